@@ -1,0 +1,173 @@
+/* finch — fine-tune LLMs on the user's own GPU, from C.
+ *
+ * Every call returns a finch_status (FINCH_OK == 0). On failure finch_last_error() gives a message
+ * naming the file, tensor or field at fault. The library never aborts or exits on bad input or on
+ * device errors, and never writes a user-visible file in place: outputs go to a temporary file that
+ * is renamed over the destination once complete.
+ *
+ * Typical use:
+ *     finch_runtime *rt;  finch_runtime_open("auto", &rt);
+ *     finch_model *m;     finch_model_load(rt, "path/to/hf-model", NULL, &m);
+ *     finch_lora_config lc = finch_lora_config_default();  finch_lora_attach(m, &lc);
+ *     finch_batch b = { .batch = 2, .seq_len = 512, .input_ids = ids, .labels = labels };
+ *     finch_step_result r;  finch_forward_backward(m, &b, NULL, &r);
+ *     finch_lora_save(m, "out/adapter");
+ *     finch_model_free(m);  finch_runtime_close(rt);
+ */
+#ifndef FINCH_H
+#define FINCH_H
+
+#include "finch/types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FINCH_VERSION_MAJOR 0
+#define FINCH_VERSION_MINOR 1
+#define FINCH_VERSION_PATCH 0
+
+typedef struct finch_runtime finch_runtime;
+typedef struct finch_model finch_model;
+
+/* The message of the last failed call on this thread ("" if none). */
+const char *finch_last_error(void);
+const char *finch_version_string(void);
+const char *finch_status_name(finch_status s);
+size_t finch_dtype_size(finch_dtype t);  /* bytes per element; 0 for NF4 (half a byte) */
+const char *finch_dtype_name(finch_dtype t);
+
+/* ---- runtime: backends and devices ------------------------------------------------------------- */
+
+typedef struct finch_runtime_options {
+    const char *backend;      /* "auto" (best device), "cpu", "cuda", "cuda:1", "opencl:0", ...; NULL = "auto" */
+    const char *plugin_path;  /* a directory searched first for plugin modules, or NULL */
+    int n_threads;            /* CPU backend threads; 0 = all cores */
+} finch_runtime_options;
+
+finch_status finch_runtime_open(const char *backend, finch_runtime **out);
+finch_status finch_runtime_open_ex(const finch_runtime_options *opts, finch_runtime **out);
+void finch_runtime_close(finch_runtime *rt);
+
+/* Every backend module found, loaded or not, and each loaded backend's devices. */
+typedef struct finch_backend_report {
+    char name[32];            /* "cpu", "cuda", ... */
+    char path[512];           /* module file; "(built in)" for the CPU backend */
+    int loaded;               /* 1 if usable */
+    char reason[512];         /* why it did not load (driver missing, ABI mismatch, no device) */
+    int abi_major, abi_minor;
+    int n_devices;
+} finch_backend_report;
+
+typedef struct finch_device_report {
+    char backend[32];
+    int index;                /* device index within its backend */
+    char name[128];
+    int kind;                 /* finch_device_kind from plugin.h: 0 cpu, 1 gpu, 2 igpu, 3 other */
+    uint64_t total_memory, free_memory;
+} finch_device_report;
+
+int finch_runtime_backend_count(const finch_runtime *rt);
+finch_status finch_runtime_backend(const finch_runtime *rt, int i, finch_backend_report *out);
+int finch_runtime_device_count(const finch_runtime *rt);
+finch_status finch_runtime_device(const finch_runtime *rt, int i, finch_device_report *out);
+/* The backend and device the runtime computes on. */
+finch_status finch_runtime_active(const finch_runtime *rt, finch_device_report *out);
+
+/* ---- models ------------------------------------------------------------------------------------ */
+
+typedef struct finch_load_options {
+    finch_dtype compute_dtype; /* F32 or BF16 (weights and activations); default F32 on CPU, BF16 on GPUs */
+    int full_finetune;         /* 1: every weight is trainable (no LoRA) */
+    int gradient_checkpointing;/* 1: keep only layer inputs in forward, recompute in backward */
+} finch_load_options;
+
+finch_load_options finch_load_options_default(void);
+
+/* Loads a Hugging Face model folder: config.json and model.safetensors or a sharded
+ * model.safetensors.index.json. opts may be NULL. */
+finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_load_options *opts, finch_model **out);
+void finch_model_free(finch_model *m);
+
+typedef struct finch_model_info {
+    char model_type[64];       /* as in config.json: "llama", "gemma2", ... */
+    int64_t n_layers, hidden_size, n_heads, n_kv_heads, head_dim, intermediate_size, vocab_size;
+    int64_t n_params;          /* base model parameters */
+    int64_t n_trainable;       /* trainable parameters (adapter, or all in full fine-tuning) */
+    finch_dtype compute_dtype;
+} finch_model_info;
+
+finch_status finch_model_info_get(const finch_model *m, finch_model_info *out);
+
+/* ---- LoRA ---------------------------------------------------------------------------------------- */
+
+typedef struct finch_lora_config {
+    int r;                     /* rank (16) */
+    float alpha;               /* scaling numerator (16): scale = alpha / r, or alpha / sqrt(r) with rslora */
+    int use_rslora;
+    float dropout;             /* on the adapter input; 0 = off */
+    const char *target_modules;/* "all-linear", or comma-separated module names ("q_proj,v_proj") */
+    uint64_t seed;             /* initialisation: A kaiming-uniform(a = sqrt 5) from this seed, B = 0 */
+} finch_lora_config;
+
+finch_lora_config finch_lora_config_default(void);
+
+finch_status finch_lora_attach(finch_model *m, const finch_lora_config *cfg);
+/* Loads a PEFT adapter folder (adapter_config.json + adapter_model.safetensors), attaching it. */
+finch_status finch_lora_load(finch_model *m, const char *adapter_dir);
+/* Writes a PEFT adapter folder that PEFT's PeftModel.from_pretrained loads. */
+finch_status finch_lora_save(const finch_model *m, const char *adapter_dir);
+
+/* ---- forward, loss, backward ------------------------------------------------------------------- */
+
+/* A batch of token rows. labels may be NULL (then input_ids are the labels). Labels are NOT shifted:
+ * position t's label is the target of position t-1, as in Hugging Face; -100 is ignored. */
+typedef struct finch_batch {
+    int64_t batch, seq_len;
+    const int32_t *input_ids;  /* [batch, seq_len] */
+    const int32_t *labels;     /* [batch, seq_len] or NULL */
+} finch_batch;
+
+typedef struct finch_step_options {
+    int want_logits;           /* keep the logits [batch, seq_len, vocab] for finch_model_logits() */
+    float grad_scale;          /* gradient of (loss_sum * grad_scale); 0 = 1 / token_count (mean loss) */
+} finch_step_options;
+
+typedef struct finch_step_result {
+    double loss;               /* loss_sum / token_count */
+    double loss_sum;
+    int64_t token_count;       /* tokens whose shifted label is not -100 */
+} finch_step_result;
+
+/* Forward and loss only. opts may be NULL. */
+finch_status finch_forward(finch_model *m, const finch_batch *b, const finch_step_options *opts, finch_step_result *out);
+/* Forward, loss and backward: gradients ACCUMULATE into the trainable tensors' gradients until
+ * finch_zero_grads(). */
+finch_status finch_forward_backward(finch_model *m, const finch_batch *b, const finch_step_options *opts,
+                                    finch_step_result *out);
+/* Copies the logits of the last step that asked for them (f32, batch*seq_len*vocab values). */
+finch_status finch_model_logits(const finch_model *m, float *dst, size_t count);
+
+/* ---- trainable tensors ----------------------------------------------------------------------- */
+
+typedef struct finch_tensor_info {
+    char name[256];            /* PEFT name for adapters ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"),
+                                  checkpoint name in full fine-tuning ("model.layers.0.self_attn.q_proj.weight") */
+    int ndim;
+    int64_t shape[4];
+    int64_t numel;
+} finch_tensor_info;
+
+int64_t finch_trainable_count(const finch_model *m);
+finch_status finch_trainable_info(const finch_model *m, int64_t i, finch_tensor_info *out);
+/* Values and gradients as f32, numel elements. */
+finch_status finch_trainable_read(const finch_model *m, int64_t i, float *dst, int64_t numel);
+finch_status finch_trainable_write(finch_model *m, int64_t i, const float *src, int64_t numel);
+finch_status finch_trainable_grad_read(const finch_model *m, int64_t i, float *dst, int64_t numel);
+finch_status finch_zero_grads(finch_model *m);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,353 @@
+/* finch plugin ABI — the one boundary between the finch core and a compute backend.
+ *
+ * A plugin is a shared module (libfinch-<name>.so) that exports one C symbol,
+ *
+ *     const finch_plugin_api *finch_plugin_entry(void);
+ *
+ * returning a static table of function pointers. The table carries the ABI major/minor it was built
+ * for and its own size. The host refuses a table whose major differs from FINCH_PLUGIN_ABI_MAJOR and
+ * reads only the first min(struct_size, sizeof(finch_plugin_api)) bytes: the table grows append-only,
+ * each addition bumps the minor, and an entry past a plugin's struct_size is treated as absent.
+ *
+ * Rules every plugin follows:
+ *  - No vendor types cross this boundary. Device memory is an opaque buffer handle plus a byte offset
+ *    (finch_dptr): an OpenCL cl_mem cannot be offset like a pointer, so nothing here does pointer math
+ *    on device memory.
+ *  - Work is queued on an explicit stream (finch_plugin_stream); NULL means the device's default
+ *    stream. Operations on one stream execute in order. read() returns when the bytes are on the host;
+ *    write() returns when the host memory may be reused.
+ *  - Every entry returns a finch_status; on failure last_error() describes it (thread-local).
+ *    Nothing aborts or exits.
+ *  - Matrices are row-major. A leading dimension ("ld") is the distance in elements between rows.
+ *    Arithmetic is f32 whatever the storage type (f32/bf16/f16).
+ *  - Parameter gradients (dw, dbias, da, db, dnorm weights, dtable) are f32 and are always ACCUMULATED
+ *    (+=), so gradient accumulation over micro-batches needs no extra pass. Activation gradients are
+ *    overwritten unless the entry's *_accumulate flag is set.
+ *  - The CPU backend built into libfinch is the reference implementation of every entry.
+ */
+#ifndef FINCH_PLUGIN_H
+#define FINCH_PLUGIN_H
+
+#include "finch/types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FINCH_PLUGIN_ABI_MAJOR 1
+#define FINCH_PLUGIN_ABI_MINOR 0
+#define FINCH_PLUGIN_ENTRY_SYMBOL "finch_plugin_entry"
+#define FINCH_IGNORE_INDEX (-100)
+
+typedef struct finch_plugin_device finch_plugin_device; /* one opened device, plugin-defined  */
+typedef struct finch_plugin_buffer finch_plugin_buffer; /* one device allocation              */
+typedef struct finch_plugin_stream finch_plugin_stream; /* an in-order queue of device work   */
+
+/* A device address: a buffer and a byte offset into it. buf == NULL means "absent". */
+typedef struct finch_dptr {
+    finch_plugin_buffer *buf;
+    size_t offset;
+} finch_dptr;
+
+typedef enum finch_device_kind {
+    FINCH_DEVICE_CPU = 0,
+    FINCH_DEVICE_GPU = 1,      /* discrete accelerator */
+    FINCH_DEVICE_IGPU = 2,     /* integrated, shares host memory */
+    FINCH_DEVICE_OTHER = 3
+} finch_device_kind;
+
+typedef struct finch_device_info {
+    char name[128];
+    finch_device_kind kind;
+    uint64_t total_memory;  /* bytes */
+    uint64_t free_memory;   /* bytes, at the time of the query */
+    int compute_units;      /* SMs, CUs, or CPU threads */
+    int supports_bf16;      /* native bf16 arithmetic; bf16 storage is always accepted */
+} finch_device_info;
+
+typedef enum finch_activation {
+    FINCH_ACT_SILU = 0,        /* x * sigmoid(x)                               */
+    FINCH_ACT_GELU_ERF = 1,    /* 0.5 x (1 + erf(x / sqrt 2))                  */
+    FINCH_ACT_GELU_TANH = 2,   /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+    FINCH_ACT_RELU = 3,
+    FINCH_ACT_SOFTCAP = 4      /* param * tanh(x / param)                      */
+} finch_activation;
+
+/* A [out_features, in_features] weight: dense, or NF4-quantised (bitsandbytes layout). */
+typedef struct finch_weight {
+    finch_dtype dtype;      /* F32, BF16, F16 (dense, row-major [out, in]) or NF4 */
+    finch_dptr data;        /* dense values, or out*in/2 packed bytes over the flattened weight */
+    finch_dptr absmax;      /* NF4: f32 [out*in / blocksize], one scale per block */
+    finch_dptr code;        /* NF4: f32 [16] code table (the NF4 or FP4 values) */
+    int64_t blocksize;      /* NF4: elements per absmax block (64 by default) */
+} finch_weight;
+
+/* C[b] = alpha * op(A[b]) op(B[b]) + beta * C[b] for b < batch; op(A) is [m,k], op(B) is [k,n]. */
+typedef struct finch_gemm_desc {
+    int trans_a, trans_b;           /* 1: the stored matrix is the transpose of op(X) */
+    int64_t m, n, k;
+    finch_dtype a_type, b_type, c_type;
+    finch_dptr a, b, c;
+    int64_t lda, ldb, ldc;          /* row strides of the stored matrices, elements */
+    int64_t stride_a, stride_b, stride_c; /* batch strides, elements */
+    int64_t batch;                  /* >= 1 */
+    float alpha, beta;
+} finch_gemm_desc;
+
+/* Fused linear with optional bias and LoRA adapter:
+ *     y = x W^T + bias + scale * (drop(x) A^T) B^T
+ * x [m, in] (row stride ldx), y [m, out] (ldy), A [rank, in], B [out, rank].
+ * rank == 0 means no adapter. drop() zeroes element (i, j) of x when
+ * finch_dropout_keep(dropout_seed, i * in + j, dropout) is 0 and scales kept ones by 1/(1-dropout).
+ * Forward writes xa = drop(x) A^T [m, rank] (f32) for the backward pass when xa.buf != NULL.
+ * Backward, with dy [m, out]:
+ *     dx  = dy W + scale * drop'((dy B) A)      (when dx.buf; accumulated if dx_accumulate)
+ *     dA += scale * (dy B)^T drop(x)            (f32)
+ *     dB += scale * dy^T xa                     (f32)
+ *     dW += dy^T x   (dense W only, full fine-tuning)   dbias += sum over rows of dy
+ * The adapted weight W + scale*B*A is never formed. */
+typedef struct finch_linear_desc {
+    int64_t m, in_features, out_features, rank;
+    finch_dtype act_type;           /* storage of x, y, dy, dx */
+    finch_dptr x; int64_t ldx;
+    finch_dptr y; int64_t ldy;
+    finch_weight w;
+    finch_dtype param_type;         /* storage of bias, lora_a, lora_b */
+    finch_dptr bias;                /* [out] or absent */
+    finch_dptr lora_a, lora_b;
+    float scale;
+    float dropout;                  /* 0 = off */
+    uint64_t dropout_seed;
+    finch_dptr xa;                  /* f32 [m, rank] */
+    /* backward only */
+    finch_dptr dy; int64_t lddy;
+    finch_dptr dx; int64_t lddx; int dx_accumulate;
+    finch_dptr dw, dbias, da, db;   /* f32, accumulated; each may be absent */
+} finch_linear_desc;
+
+/* Attention over packed sequences. Tokens of all sequences are flattened to n_tokens rows;
+ * sequence s owns rows [cu_seqlens[s], cu_seqlens[s+1]) and a token attends only inside its
+ * sequence. Row t of q holds n_heads heads of head_dim elements, head h at element h*head_dim;
+ * k and v hold n_kv_heads heads; query head h reads kv head h / (n_heads / n_kv_heads).
+ * Within a sequence, with i the query and j the key position:
+ *     visible(i, j) = (!causal || j <= i) && (window == 0 || i - j < window)
+ *     s_ij = scale * q_i . k_j;  if softcap > 0: s_ij = softcap * tanh(s_ij / softcap)
+ *     o_i  = sum_j softmax_j(s_ij) v_j,   lse[h, i] = log sum_j exp(s_ij)  (f32 [n_heads, n_tokens])
+ * Backward recomputes the probabilities from lse and writes (overwrites) dq, dk, dv. */
+typedef struct finch_attention_desc {
+    int64_t n_tokens, n_seqs, max_seqlen;
+    finch_dptr cu_seqlens;          /* i32 [n_seqs + 1] */
+    int64_t n_heads, n_kv_heads, head_dim;
+    finch_dtype dtype;              /* storage of q, k, v, o, dout, dq, dk, dv */
+    finch_dptr q; int64_t ldq;
+    finch_dptr k; int64_t ldk;
+    finch_dptr v; int64_t ldv;
+    finch_dptr o; int64_t ldo;
+    finch_dptr lse;
+    float scale, softcap;
+    int causal;
+    int64_t window;
+    /* backward only */
+    finch_dptr dout; int64_t lddout;
+    finch_dptr dq; int64_t lddq;
+    finch_dptr dk; int64_t lddk;
+    finch_dptr dv; int64_t lddv;
+} finch_attention_desc;
+
+/* Rotary embedding, applied in place to x [n_tokens, n_heads * head_dim] (row stride ldx) in the
+ * "rotate half" layout: within each head, element d < rot_dim/2 pairs with d + rot_dim/2; elements
+ * at and beyond rot_dim are left alone (partial rotary). Pair d turns by angle
+ *     theta = positions[section(d)][t] * inv_freq[d]
+ * where section(d) is the s with sections[0] + .. + sections[s-1] <= d < .. + sections[s]
+ * (n_sections == 1 for ordinary RoPE; 3 for multimodal M-RoPE with rows t/h/w; 2 for 2-D vision RoPE).
+ * positions: i32 [n_sections, n_tokens]. cos and sin are multiplied by attn_factor (YaRN/longrope;
+ * 1 otherwise). rope_backward applies the transpose (turns by -theta), which is the gradient. */
+typedef struct finch_rope_desc {
+    int64_t n_tokens, n_heads, head_dim, rot_dim;
+    finch_dtype dtype;
+    finch_dptr x; int64_t ldx;
+    finch_dptr positions;
+    finch_dptr inv_freq;            /* f32 [rot_dim / 2] */
+    int n_sections;
+    int sections[4];                /* frequency-pair counts; sum == rot_dim / 2 */
+    float attn_factor;
+} finch_rope_desc;
+
+/* Cross-entropy over rows of logits [n_tokens, vocab] (row stride ld). labels: i32 [n_tokens],
+ * already shifted so labels[t] is the target of row t; FINCH_IGNORE_INDEX rows are skipped.
+ * With softcap > 0 the logits are first capped: z = softcap * tanh(z / softcap).
+ * loss_sum (f32 [1]) += sum of token losses; count (f32 [1]) += number of counted tokens.
+ * If dlogits.buf: dlogits = grad_scale * d(loss_sum)/d(logits), through the cap; it may alias logits. */
+typedef struct finch_cross_entropy_desc {
+    int64_t n_tokens, vocab;
+    finch_dtype dtype;
+    finch_dptr logits; int64_t ld;
+    finch_dptr labels;
+    float softcap, grad_scale;
+    finch_dptr loss_sum, count;
+    finch_dptr dlogits; int64_t lddlogits;
+} finch_cross_entropy_desc;
+
+/* Fused lm-head + cross-entropy: logits = hidden W^T are produced chunk_tokens rows at a time and
+ * never exist in full. Same loss/count/softcap/grad_scale rules as above; with grad_scale != 0 it
+ * also writes dhidden [n_tokens, dim] (accumulated if dhidden_accumulate) and dw += (f32, if present). */
+typedef struct finch_linear_cross_entropy_desc {
+    int64_t n_tokens, dim, vocab, chunk_tokens;
+    finch_dtype act_type;
+    finch_dptr hidden; int64_t ldh;
+    finch_weight w;
+    finch_dptr labels;
+    float softcap, grad_scale;
+    finch_dptr loss_sum, count;
+    finch_dptr dhidden; int64_t lddh; int dhidden_accumulate;
+    finch_dptr dw;
+} finch_linear_cross_entropy_desc;
+
+/* One AdamW step (decoupled weight decay, as torch.optim.AdamW):
+ *     g = grad * grad_scale;  p -= lr * weight_decay * p
+ *     m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+ *     p -= lr * (m / bias_correction1) / (sqrt(v / bias_correction2) + eps)
+ * p is the f32 master copy when master.buf, else param itself (which must be f32); when a master
+ * is present the updated value is also stored to param in param_type. */
+typedef struct finch_adamw_desc {
+    int64_t n;
+    finch_dtype param_type;
+    finch_dptr param, master, grad, m, v;   /* grad, m, v, master: f32 */
+    float lr, beta1, beta2, eps, weight_decay, grad_scale;
+    float bias_correction1, bias_correction2; /* 1 - beta^step */
+} finch_adamw_desc;
+
+typedef struct finch_plugin_api {
+    /* --- identity and lifetime ------------------------------------------------------------ */
+    uint32_t abi_major, abi_minor;
+    size_t struct_size;             /* sizeof(finch_plugin_api) as the plugin was compiled */
+    const char *name;               /* "cpu", "cuda", "hip", "opencl" */
+    const char *version;
+    /* Loads drivers and enumerates devices. FINCH_ERR_DEVICE with a reason when the driver library
+     * is missing or there is no device; the host then unloads the module. */
+    int (*init)(void);
+    /* Frees everything and joins the plugin's threads; called before dlclose. */
+    void (*shutdown)(void);
+    const char *(*last_error)(void);
+
+    /* --- devices, streams, memory --------------------------------------------------------- */
+    int (*device_count)(int *count);
+    int (*device_info)(int index, finch_device_info *info);
+    int (*device_open)(int index, finch_plugin_device **out);
+    void (*device_close)(finch_plugin_device *dev);
+    int (*memory_info)(finch_plugin_device *dev, uint64_t *free_bytes, uint64_t *total_bytes);
+    int (*stream_create)(finch_plugin_device *dev, finch_plugin_stream **out);
+    void (*stream_destroy)(finch_plugin_device *dev, finch_plugin_stream *s);
+    int (*synchronize)(finch_plugin_device *dev, finch_plugin_stream *s);
+    int (*alloc)(finch_plugin_device *dev, size_t bytes, finch_plugin_buffer **out);
+    void (*free)(finch_plugin_device *dev, finch_plugin_buffer *buf);
+    int (*write)(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, const void *src, size_t bytes);
+    int (*read)(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr src, void *dst, size_t bytes);
+    int (*copy)(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, finch_dptr src, size_t bytes);
+    /* dst[i] = value for count elements of dtype (F32/BF16/F16/I32; I32 takes (int32_t)value). */
+    int (*fill)(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, finch_dtype dtype,
+                int64_t count, float value);
+    /* Strided 2-D copy of rows x cols elements of dtype, with row strides in elements. */
+    int (*copy_2d)(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t rows,
+                   int64_t cols, finch_dptr src, int64_t ld_src, finch_dptr dst, int64_t ld_dst);
+    /* dst = (dst_type) src, element-wise over n elements. */
+    int (*cast)(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype src_type,
+                finch_dptr src, finch_dtype dst_type, finch_dptr dst);
+
+    /* --- dense math ----------------------------------------------------------------------- */
+    int (*gemm)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_gemm_desc *d);
+    /* out = alpha * x + beta * y over n elements; y may be absent (treated as 0); out may alias x or y. */
+    int (*axpby)(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype dtype,
+                 float alpha, finch_dptr x, float beta, finch_dptr y, finch_dptr out);
+    /* sum_sq (f32 [1]) += sum of x[i]^2 over n elements: the building block of the global grad norm. */
+    int (*sum_squares)(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype dtype,
+                       finch_dptr x, finch_dptr sum_sq);
+
+    /* --- quantised matmul (NF4/FP4 blocks with f32 absmax) ----------------------------------- */
+    /* y [m, out] = x [m, in] deq(W)^T (+ beta * y). */
+    int (*qmatmul_forward)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_weight *w,
+                           int64_t out_features, int64_t in_features, int64_t m, finch_dtype act_type,
+                           finch_dptr x, int64_t ldx, finch_dptr y, int64_t ldy, float beta);
+    /* dx [m, in] = dy [m, out] deq(W) (+ beta * dx). */
+    int (*qmatmul_backward)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_weight *w,
+                            int64_t out_features, int64_t in_features, int64_t m, finch_dtype act_type,
+                            finch_dptr dy, int64_t lddy, finch_dptr dx, int64_t lddx, float beta);
+
+    /* --- fused layers ----------------------------------------------------------------------- */
+    int (*linear_forward)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d);
+    int (*linear_backward)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d);
+
+    int (*attention_forward)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d);
+    int (*attention_backward)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d);
+
+    /* RMSNorm over rows of x [n, dim]: y = x * rstd * (w + weight_offset), rstd = 1/sqrt(mean(x^2) + eps)
+     * (weight_offset = 1 for Gemma's (1 + w)). rstd: f32 [n], written by forward. x and y contiguous. */
+    int (*rmsnorm_forward)(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                           finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w,
+                           float weight_offset, float eps, finch_dptr y, finch_dptr rstd);
+    int (*rmsnorm_backward)(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                            finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w,
+                            float weight_offset, finch_dptr rstd, finch_dptr dy, finch_dptr dx,
+                            int dx_accumulate, finch_dptr dw);
+    /* LayerNorm: y = (x - mean) * rstd * w + b; w and b may be absent (1 and 0). mean, rstd: f32 [n]. */
+    int (*layernorm_forward)(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                             finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w, finch_dptr b,
+                             float eps, finch_dptr y, finch_dptr mean, finch_dptr rstd);
+    int (*layernorm_backward)(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                              finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w,
+                              finch_dptr mean, finch_dptr rstd, finch_dptr dy, finch_dptr dx,
+                              int dx_accumulate, finch_dptr dw, finch_dptr db);
+
+    int (*rope_forward)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_rope_desc *d);
+    int (*rope_backward)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_rope_desc *d);
+
+    /* Gated unit: out[i, j] = act(gate[i, j]) * up[i, j] for i < n, j < dim; gate and up are strided
+     * views (row strides ldg, ldu) so a fused gate_up projection needs no copy; out is [n, dim].
+     * Backward overwrites dgate and dup (same strides as gate/up; they may alias gate/up: in place). */
+    int (*glu_forward)(finch_plugin_device *dev, finch_plugin_stream *s, finch_activation act, int64_t n,
+                       int64_t dim, finch_dtype dtype, finch_dptr gate, int64_t ldg, finch_dptr up,
+                       int64_t ldu, finch_dptr out);
+    int (*glu_backward)(finch_plugin_device *dev, finch_plugin_stream *s, finch_activation act, int64_t n,
+                        int64_t dim, finch_dtype dtype, finch_dptr gate, int64_t ldg, finch_dptr up,
+                        int64_t ldu, finch_dptr dout, finch_dptr dgate, finch_dptr dup);
+    /* Element-wise y = act(x) (param: the SOFTCAP cap); backward dx = dy * act'(x) (dx may alias dy). */
+    int (*activation_forward)(finch_plugin_device *dev, finch_plugin_stream *s, finch_activation act,
+                              float param, int64_t n, finch_dtype dtype, finch_dptr x, finch_dptr y);
+    int (*activation_backward)(finch_plugin_device *dev, finch_plugin_stream *s, finch_activation act,
+                               float param, int64_t n, finch_dtype dtype, finch_dptr x, finch_dptr dy,
+                               finch_dptr dx);
+
+    /* out[t, :] = scale * table[ids[t], :]; ids i32 [n_tokens], an id outside [0, vocab) is an error
+     * (FINCH_ERR_INVALID_ARGUMENT). Backward: dtable[ids[t], :] += scale * dout[t, :] (f32). */
+    int (*embedding_forward)(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n_tokens, int64_t dim,
+                             int64_t vocab, finch_dptr ids, finch_dtype table_type, finch_dptr table,
+                             finch_dtype out_type, finch_dptr out, float scale);
+    int (*embedding_backward)(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n_tokens,
+                              int64_t dim, int64_t vocab, finch_dptr ids, finch_dtype dout_type,
+                              finch_dptr dout, finch_dptr dtable, float scale);
+
+    int (*cross_entropy)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_cross_entropy_desc *d);
+    int (*linear_cross_entropy)(finch_plugin_device *dev, finch_plugin_stream *s,
+                                const finch_linear_cross_entropy_desc *d);
+
+    int (*adamw_step)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d);
+} finch_plugin_api;
+
+typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);
+
+/* The LoRA-dropout mask, shared by every backend so that they agree bit for bit:
+ * element `index` is kept when the top 24 bits of splitmix64(seed + index) / 2^24 >= p. */
+static inline int finch_dropout_keep(uint64_t seed, uint64_t index, float p)
+{
+    uint64_t z = seed + index * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
