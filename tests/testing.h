@@ -1,0 +1,34 @@
+/* A tiny test harness: CHECK() records a result; testing_finish() prints "N passed, N failed"
+ * and returns the process exit status. */
+#ifndef FINCH_TESTS_TESTING_H
+#define FINCH_TESTS_TESTING_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+extern int testing_passed, testing_failed;
+
+#define CHECK(cond, ...)                                                                  \
+    do {                                                                                  \
+        if (cond) {                                                                       \
+            testing_passed++;                                                             \
+        } else {                                                                          \
+            testing_failed++;                                                             \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                          \
+            fprintf(stderr, __VA_ARGS__);                                                 \
+            fputc('\n', stderr);                                                          \
+        }                                                                                 \
+    } while (0)
+
+/* Prints the summary line; returns 0 when nothing failed and something was checked. */
+int testing_finish(void);
+/* ../shared (or $FINCH_SHARED_DIR). */
+const char *testing_shared_dir(void);
+/* A scratch directory for files a test writes ($FINCH_TEST_TMP, else /tmp). */
+const char *testing_tmp_dir(void);
+/* ||a - ref|| / ||ref|| (or ||a|| when ref is all zeros). */
+double testing_rel_err(const float *a, const float *ref, size_t n);
+/* Deterministic pseudo-random floats in [-1, 1). */
+void testing_fill_random(float *x, size_t n, unsigned long long seed);
+
+#endif
