@@ -13,7 +13,7 @@
 #include "tests/testing.h"
 
 #define OCL_TEST_SKIP 77
-#define OCL_TEST_MAX_BUFFERS 256
+#define OCL_TEST_MAX_BUFFERS 1024
 
 typedef struct ocl_test {
     void *module;
