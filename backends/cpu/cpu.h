@@ -2,11 +2,13 @@
  *
  * Device memory is host memory: a buffer is one 64-byte-aligned allocation and a finch_dptr resolves
  * to buffer->data + offset after a bounds check. Streams run synchronously. Storage may be f32, bf16
- * or f16; arithmetic is always f32, through the load/store converters below (cpu_convert.c). */
+ * or f16; arithmetic is always f32, through the load/store converters below (cpu_convert.c, on the
+ * scalar conversions of core/half.h). */
 #ifndef FINCH_BACKENDS_CPU_CPU_H
 #define FINCH_BACKENDS_CPU_CPU_H
 
 #include "core/error.h"
+#include "core/half.h"
 #include "finch/plugin.h"
 
 #include <stdint.h>
@@ -55,62 +57,6 @@ static inline void *cpu_at(finch_dtype t, const void *base, int64_t i)
 }
 
 /* --- conversion (cpu_convert.c) ---------------------------------------------------------------- */
-
-static inline float cpu_bf16_to_f32(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* Round to nearest, ties to even; NaN stays NaN. */
-static inline uint16_t cpu_f32_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
-
-static inline float cpu_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-    if (exp == 0) {
-        float f = (float)mant * 5.9604644775390625e-8f; /* 2^-24: zero and subnormals */
-        memcpy(&bits, &f, 4);
-        bits |= sign;
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else {
-        bits = sign | ((exp + 112) << 23) | (mant << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-/* Round to nearest, ties to even; overflow gives inf. */
-static inline uint16_t cpu_f32_to_f16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
-    uint32_t ax = x & 0x7fffffffu;
-    if (ax >= 0x7f800000u) return sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0);
-    if (ax >= 0x477ff000u) return sign | 0x7c00;          /* >= 65520 rounds to inf */
-    if (ax < 0x38800000u) {                               /* below 2^-14: f16 subnormal or zero */
-        float a, half = 0.5f;                             /* adding 0.5 rounds at 2^-24, the f16 step */
-        memcpy(&a, &ax, 4);
-        a += half;
-        uint32_t r;
-        memcpy(&r, &a, 4);
-        return sign | (uint16_t)(r - 0x3f000000u);
-    }
-    ax += 0xc8000fffu + ((ax >> 13) & 1);                 /* rebias 127 -> 15 and round */
-    return sign | (uint16_t)(ax >> 13);
-}
 
 /* n consecutive elements of t (a float type) to f32 and back. */
 void cpu_load(finch_dtype t, const void *src, int64_t n, float *dst);

@@ -7,10 +7,10 @@ void cpu_load(finch_dtype t, const void *src, int64_t n, float *dst)
         if ((const void *)dst != src) memmove(dst, src, (size_t)n * sizeof(float));
     } else if (t == FINCH_DTYPE_BF16) {
         const uint16_t *h = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = cpu_bf16_to_f32(h[i]);
+        for (int64_t i = 0; i < n; i++) dst[i] = finch_bf16_to_f32(h[i]);
     } else {
         const uint16_t *h = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = cpu_f16_to_f32(h[i]);
+        for (int64_t i = 0; i < n; i++) dst[i] = finch_f16_to_f32(h[i]);
     }
 }
 
@@ -20,10 +20,10 @@ void cpu_store(finch_dtype t, const float *src, int64_t n, void *dst)
         if ((const void *)src != dst) memmove(dst, src, (size_t)n * sizeof(float));
     } else if (t == FINCH_DTYPE_BF16) {
         uint16_t *h = dst;
-        for (int64_t i = 0; i < n; i++) h[i] = cpu_f32_to_bf16(src[i]);
+        for (int64_t i = 0; i < n; i++) h[i] = finch_f32_to_bf16(src[i]);
     } else {
         uint16_t *h = dst;
-        for (int64_t i = 0; i < n; i++) h[i] = cpu_f32_to_f16(src[i]);
+        for (int64_t i = 0; i < n; i++) h[i] = finch_f32_to_f16(src[i]);
     }
 }
 

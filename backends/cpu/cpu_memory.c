@@ -172,7 +172,7 @@ int cpu_fill(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, f
         #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (count > (1 << 18))
         for (int64_t i = 0; i < count; i++) q[i] = bits;
     } else {
-        uint16_t bits = dtype == FINCH_DTYPE_BF16 ? cpu_f32_to_bf16(value) : cpu_f32_to_f16(value);
+        uint16_t bits = dtype == FINCH_DTYPE_BF16 ? finch_f32_to_bf16(value) : finch_f32_to_f16(value);
         uint16_t *q = p;
         #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (count > (1 << 18))
         for (int64_t i = 0; i < count; i++) q[i] = bits;
