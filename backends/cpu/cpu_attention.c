@@ -134,7 +134,7 @@ int cpu_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, cons
     size_t floats = 2 * (size_t)(L * hd) + (size_t)L + 2 * (size_t)hd;
     finch_dtype t = d->dtype;
     int oom = 0;
-    #pragma omp parallel num_threads(cpu_threads())
+    #pragma omp parallel num_threads(cpu_threads()) if (n * hd * L > (1 << 15))
     {
         float *buf = malloc(floats * sizeof(float));
         if (!buf) {
@@ -207,7 +207,7 @@ int cpu_attention_backward(finch_plugin_device *dev, finch_plugin_stream *s, con
     finch_dtype t = d->dtype;
     int oom = 0;
     size_t floats = 4 * (size_t)(L * hd) + 6 * (size_t)hd + 4 * (size_t)(BLOCK * hd);
-    #pragma omp parallel num_threads(cpu_threads())
+    #pragma omp parallel num_threads(cpu_threads()) if (n * hd * L > (1 << 15))
     {
         float *buf = malloc(floats * sizeof(float));
         if (!buf) {

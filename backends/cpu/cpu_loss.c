@@ -79,7 +79,7 @@ int cpu_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s, const fi
     const int32_t *labels = lp;
     int f32 = d->dtype == FINCH_DTYPE_F32, oom = 0;
     double loss_total = 0, counted = 0;
-    #pragma omp parallel num_threads(cpu_threads()) reduction(+ : loss_total, counted)
+    #pragma omp parallel num_threads(cpu_threads()) reduction(+ : loss_total, counted) if (n * vocab > (1 << 14))
     {
         float *buf = f32 ? NULL : malloc((size_t)vocab * sizeof(float));
         if (!f32 && !buf) {

@@ -72,7 +72,7 @@ static int norm_forward(const norm_call *c)
         rc = finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu %s: weight is absent", c->op);
     int oom = 0;
     if (!rc) {
-        #pragma omp parallel num_threads(cpu_threads())
+        #pragma omp parallel num_threads(cpu_threads()) if (n * dim > (1 << 14))
         {
             float *buf = c->dtype == FINCH_DTYPE_F32 ? NULL : malloc(2 * (size_t)dim * sizeof(float));
             if (c->dtype != FINCH_DTYPE_F32 && !buf) {
@@ -137,7 +137,7 @@ static int norm_backward(const norm_call *c)
         return rc;
     }
     int oom = 0;
-    #pragma omp parallel num_threads(threads)
+    #pragma omp parallel num_threads(threads) if (n * dim > (1 << 14))
     {
         int tid = omp_get_thread_num();
         float *buf = malloc(4 * (size_t)dim * sizeof(float));

@@ -48,7 +48,7 @@ static int rope(const finch_rope_desc *d, float direction, const char *op)
         sec[j] = (int)s;
     }
     int oom = 0;
-    #pragma omp parallel num_threads(cpu_threads())
+    #pragma omp parallel num_threads(cpu_threads()) if (d->n_tokens * width > (1 << 14))
     {
         /* cos, sin for the token, then one head's rotated part in f32 */
         float *buf = malloc((size_t)(2 * half + d->rot_dim) * sizeof(float));
