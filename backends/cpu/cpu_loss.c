@@ -149,7 +149,8 @@ int cpu_linear_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s,
         cpu_mat hm = {d->act_type, cpu_at(d->act_type, hp, r0 * d->ldh), d->ldh, 0};
         rc = cpu_weight_matmul_t(&w, vocab, dim, rows, hm, 0.0f, FINCH_DTYPE_F32, logits, vocab);
         if (rc) break;
-        #pragma omp parallel for schedule(static) num_threads(cpu_threads()) reduction(+ : loss_total, counted)
+        #pragma omp parallel for schedule(static) num_threads(cpu_threads()) reduction(+ : loss_total, counted) \
+            if (rows * vocab > (1 << 14))
         for (int64_t i = 0; i < rows; i++) {
             float *z = logits + i * vocab;
             int label = labels[r0 + i];
