@@ -41,6 +41,7 @@ static void queries_of(const finch_attention_desc *d, int64_t j, int64_t len, in
 static float dot(const float *a, const float *b, int64_t n)
 {
     float s = 0;
+    #pragma omp simd reduction(+ : s)
     for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
     return s;
 }

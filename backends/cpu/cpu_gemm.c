@@ -157,6 +157,7 @@ int cpu_sum_squares(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n,
         int64_t i0 = ci * CHUNK, len = min64(CHUNK, n - i0);
         cpu_load(dtype, cpu_at(dtype, xp, i0), len, xb);
         float acc = 0;
+        #pragma omp simd reduction(+ : acc)
         for (int64_t i = 0; i < len; i++) acc += xb[i] * xb[i];
         total += acc;
     }

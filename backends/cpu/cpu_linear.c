@@ -90,14 +90,25 @@ static void dropped_x(const finch_linear_desc *d, const void *x, int64_t r0, int
     }
 }
 
-/* The adapter's input for a chunk: drop(x) converted into xd, or x itself when there is no dropout. */
-static cpu_mat adapter_input(const finch_linear_desc *d, const void *x, int64_t r0, int64_t rows, float *xd)
+/* Rows [r0, r0+rows) of an activation as a product operand: in place when f32, else converted once
+ * into scratch (so the several products that read a chunk do not each convert it). */
+static cpu_mat chunk_operand(finch_dtype t, const void *base, int64_t ld, int64_t r0, int64_t rows, int64_t cols,
+                             float *scratch)
+{
+    int64_t ld_out;
+    const float *p = cpu_load_block(t, cpu_at(t, base, r0 * ld), rows, cols, ld, scratch, &ld_out);
+    return (cpu_mat){FINCH_DTYPE_F32, p, ld_out, 0};
+}
+
+/* The adapter's input for a chunk: drop(x) converted into xd, or the chunk's x operand. */
+static cpu_mat adapter_input(const finch_linear_desc *d, const void *x, int64_t r0, int64_t rows, float *xd,
+                             cpu_mat xm)
 {
     if (d->dropout > 0) {
         dropped_x(d, x, r0, rows, xd);
         return (cpu_mat){FINCH_DTYPE_F32, xd, d->in_features, 0};
     }
-    return (cpu_mat){d->act_type, cpu_at(d->act_type, x, r0 * d->ldx), d->ldx, 0};
+    return xm;
 }
 
 int cpu_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d)
@@ -110,10 +121,11 @@ int cpu_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const f
     size_t nxd = r > 0 && d->dropout > 0 ? (size_t)(mc * in) : 0;
     size_t nxa = r > 0 && !p.xa ? (size_t)(mc * r) : 0;
     size_t nbias = p.bias ? (size_t)out : 0;
-    size_t total = ny + nxd + nxa + nbias + 1;
+    size_t nxs = d->act_type != FINCH_DTYPE_F32 ? (size_t)(mc * in) : 0;
+    size_t total = ny + nxd + nxa + nbias + nxs + 1;
     float *scratch = malloc(total * sizeof(float));
     if (!scratch) return cpu_oom(total * sizeof(float), "linear_forward scratch");
-    float *ys = scratch, *xd = ys + ny, *xas = xd + nxd, *bias = xas + nxa;
+    float *ys = scratch, *xd = ys + ny, *xas = xd + nxd, *bias = xas + nxa, *xs = bias + nbias;
     if (p.bias) cpu_load(d->param_type, p.bias, out, bias);
 
     for (int64_t r0 = 0; r0 < m && !rc; r0 += mc) {
@@ -121,7 +133,7 @@ int cpu_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const f
         void *ydst = cpu_at(d->act_type, p.y, r0 * d->ldy);
         float *yc = cpu_out_block(d->act_type, ydst, d->ldy, ys, &ldyc);
         if (yc == ys) ldyc = out;
-        cpu_mat xm = {d->act_type, cpu_at(d->act_type, p.x, r0 * d->ldx), d->ldx, 0};
+        cpu_mat xm = chunk_operand(d->act_type, p.x, d->ldx, r0, rows, in, xs);
         rc = cpu_weight_matmul_t(&p.w, out, in, rows, xm, 0.0f, FINCH_DTYPE_F32, yc, ldyc);
         if (!rc && p.bias) {
             #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (rows * out > (1 << 15))
@@ -130,7 +142,7 @@ int cpu_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const f
         }
         if (!rc && r > 0) {
             float *xac = p.xa ? (float *)p.xa + r0 * r : xas;
-            cpu_mat xl = adapter_input(d, p.x, r0, rows, xd);
+            cpu_mat xl = adapter_input(d, p.x, r0, rows, xd, xm);
             cpu_mat at = {d->param_type, p.lora_a, in, 1}, bt = {d->param_type, p.lora_b, r, 1};
             rc = cpu_gemm(rows, r, in, 1.0f, xl, at, 0.0f, FINCH_DTYPE_F32, xac, r);
             cpu_mat xam = {FINCH_DTYPE_F32, xac, r, 0};
@@ -155,17 +167,21 @@ int cpu_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const 
     size_t ndyb = need_dyb ? (size_t)(mc * r) : 0;
     size_t nxa = r > 0 && p.db && !p.xa ? (size_t)(mc * r) : 0;
     size_t nones = p.dbias ? (size_t)mc : 0;
-    size_t total = ndx + nxd + nt + ndyb + nxa + nones + 1;
+    int convert = d->act_type != FINCH_DTYPE_F32, need_xm = p.x && (p.dw || (r > 0 && (p.da || (p.db && !p.xa))));
+    size_t ndys = convert ? (size_t)(mc * out) : 0, nxs = convert && need_xm ? (size_t)(mc * in) : 0;
+    size_t total = ndx + nxd + nt + ndyb + nxa + nones + ndys + nxs + 1;
     float *scratch = malloc(total * sizeof(float));
     if (!scratch) return cpu_oom(total * sizeof(float), "linear_backward scratch");
     float *dxs = scratch, *xd = dxs + ndx, *t = xd + nxd, *dyb = t + nt, *xas = dyb + ndyb, *ones = xas + nxa;
+    float *dys = ones + nones, *xs = dys + ndys;
     for (size_t i = 0; i < nones; i++) ones[i] = 1.0f;
     float keep_scale = 1.0f / (1.0f - d->dropout);
 
     for (int64_t r0 = 0; r0 < m && !rc; r0 += mc) {
         int64_t rows = m - r0 < mc ? m - r0 : mc;
-        cpu_mat dym = {d->act_type, cpu_at(d->act_type, p.dy, r0 * d->lddy), d->lddy, 0};
+        cpu_mat dym = chunk_operand(d->act_type, p.dy, d->lddy, r0, rows, out, dys);
         cpu_mat dymt = {dym.type, dym.p, dym.ld, 1};
+        cpu_mat xm = need_xm ? chunk_operand(d->act_type, p.x, d->ldx, r0, rows, in, xs) : (cpu_mat){0};
         if (need_dyb) {   /* dy B: [rows, rank] */
             cpu_mat bm = {d->param_type, p.lora_b, r, 0};
             rc = cpu_gemm(rows, r, out, 1.0f, dym, bm, 0.0f, FINCH_DTYPE_F32, dyb, r);
@@ -198,7 +214,7 @@ int cpu_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const 
             if (!rc) cpu_store_block(d->act_type, dxc, lddxc, rows, in, dxdst, d->lddx);
         }
         if (!rc && r > 0 && (p.da || (p.db && !p.xa))) {
-            cpu_mat xl = adapter_input(d, p.x, r0, rows, xd);
+            cpu_mat xl = adapter_input(d, p.x, r0, rows, xd, xm);
             if (p.da) {   /* dA += scale * (dy B)^T drop(x) */
                 cpu_mat dybt = {FINCH_DTYPE_F32, dyb, r, 1};
                 rc = cpu_gemm(r, in, rows, d->scale, dybt, xl, 1.0f, FINCH_DTYPE_F32, p.da, in);
@@ -213,7 +229,6 @@ int cpu_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const 
             rc = cpu_gemm(out, r, rows, d->scale, dymt, xam, 1.0f, FINCH_DTYPE_F32, p.db, r);
         }
         if (!rc && p.dw) {   /* dW += dy^T x */
-            cpu_mat xm = {d->act_type, cpu_at(d->act_type, p.x, r0 * d->ldx), d->ldx, 0};
             rc = cpu_gemm(out, in, rows, 1.0f, dymt, xm, 1.0f, FINCH_DTYPE_F32, p.dw, in);
         }
         if (!rc && p.dbias) {   /* dbias += dy^T 1 */

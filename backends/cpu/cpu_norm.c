@@ -87,9 +87,11 @@ static int norm_forward(const norm_call *c)
                 float *y = cpu_out_block(c->dtype, cpu_at(c->dtype, yp, i * dim), dim, buf ? buf + dim : NULL, &ld);
                 float mu = 0, var = 0;
                 if (c->centered) {
+                    #pragma omp simd reduction(+ : mu)
                     for (int64_t j = 0; j < dim; j++) mu += x[j];
                     mu /= (float)dim;
                 }
+                #pragma omp simd reduction(+ : var)
                 for (int64_t j = 0; j < dim; j++) var += (x[j] - mu) * (x[j] - mu);
                 float rs = 1.0f / sqrtf(var / (float)dim + c->eps);
                 for (int64_t j = 0; j < dim; j++) y[j] = (x[j] - mu) * rs * w[j] + b[j];
@@ -154,6 +156,7 @@ static int norm_backward(const norm_call *c)
             const float *dy = cpu_load_block(c->dtype, cpu_at(c->dtype, dyp, i * dim), 1, dim, dim, buf + dim, &ld);
             float *xhat = buf + 2 * dim, *g = buf + 3 * dim;
             float rs = ((float *)rp)[i], mu = mp ? ((float *)mp)[i] : 0.0f, g_mean = 0, gx_mean = 0;
+            #pragma omp simd reduction(+ : g_mean, gx_mean)
             for (int64_t j = 0; j < dim; j++) {
                 xhat[j] = (x[j] - mu) * rs;
                 g[j] = dy[j] * w[j];
