@@ -28,7 +28,8 @@ int finch_error_prefix(int status, const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, error_message, sizeof old);
-    snprintf(error_message, sizeof error_message, "%s%s", prefix, old);
+    if (snprintf(error_message, sizeof error_message, "%s%s", prefix, old) >= (int)sizeof error_message)
+        memcpy(error_message + sizeof error_message - 4, "...", 4); /* truncated: say so */
     return status;
 }
 
