@@ -2,6 +2,7 @@
 #include "core/nf4.h"
 #include "core/error.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,28 +80,41 @@ static inline uint8_t code_nearest(const code_search *cs, float x) { return cs->
 /* ---- 4-bit blocks -------------------------------------------------------------------------------- */
 
 /* Quantises w[0, n) whose first element is element `base` of the whole tensor (base is a multiple
- * of blocksize, so packed and absmax start at base / 2 and base / blocksize). */
+ * of blocksize, so packed and absmax start at base / 2 and base / blocksize). The loops are written
+ * so the compiler vectorises them: ranks are counted against all 15 thresholds, not searched. */
 static int quantize_range(const code_search *cs, const float *w, int64_t n, int64_t blocksize, uint8_t *packed,
                           float *absmax, int64_t base)
 {
+    uint8_t q[4096 + 1];
+    float t[15];
+    memcpy(t, cs->t, sizeof t); /* a local copy: stores to q (uint8_t) could alias cs->t */
     for (int64_t start = 0; start < n; start += blocksize) {
         int64_t len = n - start < blocksize ? n - start : blocksize;
         const float *x = w + start;
         float m = 0.0f;
+        int finite = 1;
         for (int64_t i = 0; i < len; i++) {
-            if (!isfinite(x[i]))
-                return finch_error(FINCH_ERR_INVALID_ARGUMENT, "element %lld is %s", (long long)(base + start + i),
-                                   isnan(x[i]) ? "NaN" : "infinite");
+            finite &= fabsf(x[i]) <= FLT_MAX;
             m = fmaxf(m, fabsf(x[i]));
         }
+        if (!finite)
+            for (int64_t i = 0; i < len; i++)
+                if (!isfinite(x[i]))
+                    return finch_error(FINCH_ERR_INVALID_ARGUMENT, "element %lld is %s", (long long)(base + start + i),
+                                       isnan(x[i]) ? "NaN" : "infinite");
         absmax[start / blocksize] = m;
         float r = 1.0f / m;
+        for (int64_t i = 0; i < len; i++) {
+            float v = x[i] * r;
+            int k = 0;
+            for (int j = 0; j < 15; j++) k += v > t[j];
+            q[i] = (uint8_t)k;
+        }
+        int k = 0; /* odd tail: the missing partner is a 0.0 of this block */
+        for (int j = 0; j < 15; j++) k += 0.0f * r > t[j];
+        q[len] = (uint8_t)k;
         uint8_t *p = packed + start / 2;
-        int64_t i = 0;
-        for (; i + 1 < len; i += 2)
-            p[i / 2] = (uint8_t)(code_nearest(cs, x[i] * r) << 4 | code_nearest(cs, x[i + 1] * r));
-        if (i < len) /* odd tail: the missing partner is a 0.0 of this block */
-            p[i / 2] = (uint8_t)(code_nearest(cs, x[i] * r) << 4 | code_nearest(cs, 0.0f * r));
+        for (int64_t i = 0; i < len; i += 2) p[i / 2] = (uint8_t)(cs->code_of_rank[q[i]] << 4 | cs->code_of_rank[q[i + 1]]);
     }
     return FINCH_OK;
 }
