@@ -202,7 +202,7 @@ static int json_int(const cJSON *o, const char *key, int64_t lo, int64_t hi, int
     return 1;
 }
 
-/* Finds tensor name.suffix with the given dtype (any dtype when want_any) and element count. */
+/* Finds tensor name.suffix, which must have the given dtype and element count. */
 static int find_part(const st_set *s, const char *where, const char *name, const char *suffix, st_dtype dtype,
                      int64_t numel, const st_tensor **out)
 {

@@ -6,6 +6,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* bitsandbytes' NF4 table (get_4bit_type("nf4"), equal to its CUDA LUT), by code. */
 static const float nf4_table[16] = {
@@ -240,7 +242,21 @@ void nf4_weight_dequantize(const nf4_weight *w, float *out)
 
 #define NF4_CHUNK ((int64_t)1 << 16) /* elements converted at a time; a multiple of every blocksize */
 
-int nf4_quantize_st_tensor(const st_tensor *t, nf4_type type, int64_t blocksize, int double_quant, nf4_weight *out)
+/* Unmaps the whole pages of [*from, to) of a read-only private file mapping: they leave the
+ * process's resident set and fault back in from the file if read again. Never used on heap memory,
+ * where MADV_DONTNEED would zero the data. */
+static void release_pages(const unsigned char **from, const unsigned char *to)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)*from + page - 1) & ~(page - 1), b = (uintptr_t)to & ~(page - 1);
+    if (b > a) {
+        madvise((void *)a, b - a, MADV_DONTNEED); /* a hint: failure only costs memory */
+        *from = (const unsigned char *)b;
+    }
+}
+
+static int quantize_tensor(const st_tensor *t, nf4_type type, int64_t blocksize, int double_quant, int from_mapping,
+                           nf4_weight *out)
 {
     memset(out, 0, sizeof *out);
     if (t->ndim != 2 || t->numel == 0)
@@ -268,12 +284,14 @@ int nf4_quantize_st_tensor(const st_tensor *t, nf4_type type, int64_t blocksize,
     code_search cs;
     if (!rc) rc = code_search_init(&cs, out->code, 16);
     size_t esize = st_dtype_size(t->dtype);
+    const unsigned char *unreleased = t->data;
     for (int64_t start = 0; start < n && !rc; start += NF4_CHUNK) {
         st_tensor view = *t;
         view.numel = n - start < NF4_CHUNK ? n - start : NF4_CHUNK;
         view.data = (const unsigned char *)t->data + (size_t)start * esize;
         view.nbytes = (size_t)view.numel * esize;
         rc = st_to_f32(&view, buf);
+        if (from_mapping) release_pages(&unreleased, (const unsigned char *)view.data + view.nbytes);
         if (!rc) rc = quantize_range(&cs, buf, view.numel, blocksize, out->packed + start / 2, out->absmax + start / blocksize, start);
     }
     free(buf);
@@ -297,13 +315,18 @@ int nf4_quantize_st_tensor(const st_tensor *t, nf4_type type, int64_t blocksize,
     return rc;
 }
 
+int nf4_quantize_st_tensor(const st_tensor *t, nf4_type type, int64_t blocksize, int double_quant, nf4_weight *out)
+{
+    return quantize_tensor(t, type, blocksize, double_quant, 0, out);
+}
+
 int nf4_quantize_from_set(const st_set *s, const char *name, nf4_type type, int64_t blocksize, int double_quant,
                           nf4_weight *out)
 {
     memset(out, 0, sizeof *out);
     const st_tensor *t = st_set_find(s, name);
     if (!t) return finch_error(FINCH_ERR_FORMAT, "tensor '%s' is not in the checkpoint", name);
-    int rc = nf4_quantize_st_tensor(t, type, blocksize, double_quant, out);
+    int rc = quantize_tensor(t, type, blocksize, double_quant, 1, out); /* st_set tensors live in file mappings */
     if (rc) finch_error_prefix(rc, "%s: ", st_set_file_of(s, name));
     return rc;
 }

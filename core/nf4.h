@@ -97,12 +97,14 @@ void nf4_weight_free(nf4_weight *w);   /* frees the buffers and zeroes *w; NULL-
 /* out [rows * cols] f32. */
 void nf4_weight_dequantize(const nf4_weight *w, float *out);
 
-/* Quantise-on-load: converts a 2-D F32/BF16/F16/F64 safetensors tensor to *out in chunks of 64Ki
- * elements, so host memory is the packed output + absmax + a 256 KiB buffer, never an f32 copy of
- * the tensor (the source stays in the file mapping). double_quant adds the nested absmax (256).
- * Errors name the tensor. */
+/* Quantise-on-load: converts a 2-D F32/BF16/F16/F64 tensor to *out in chunks of 64Ki elements, so
+ * host memory is the packed output + absmax + a 256 KiB buffer, never an f32 copy of the tensor.
+ * double_quant adds the nested absmax (blocksize 256). Errors name the tensor. t->data may be any
+ * memory (it is only read). */
 int nf4_quantize_st_tensor(const st_tensor *t, nf4_type type, int64_t blocksize, int double_quant, nf4_weight *out);
-/* The same for tensor `name` of a set; FINCH_ERR_FORMAT (naming the file set's lack) if absent. */
+/* The same for tensor `name` of a set (FINCH_ERR_FORMAT if absent). The set's data are file
+ * mappings, so the source pages already converted are also dropped from the resident set as it
+ * goes: loading a whole model tensor by tensor keeps the process near one tensor's output. */
 int nf4_quantize_from_set(const st_set *s, const char *name, nf4_type type, int64_t blocksize, int double_quant,
                           nf4_weight *out);
 

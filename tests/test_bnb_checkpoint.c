@@ -219,12 +219,12 @@ static void test_hand_built(void)
     h_absmax_f32[0] = 2.0f; h_absmax_f32[1] = 0.0f; h_absmax_f32[2] = 1e-3f;
     snprintf(h_json, sizeof h_json, "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [3, 50]}");
     st_entry plain[4] = {
-        {.name = "y.weight", .dtype = ST_BF16, .ndim = 2, .shape = {HN / 4 + 1, 1}, .data = h_packed},
+        {.name = "y.weight", .dtype = ST_BF16, .ndim = 2, .shape = {HN / 4, 1}, .data = h_packed},
         {.name = "y.weight.absmax", .dtype = ST_F32, .ndim = 1, .shape = {HNB}, .data = h_absmax_f32},
         {.name = "y.weight.quant_map", .dtype = ST_F32, .ndim = 1, .shape = {16}, .data = h_qmap},
         {.name = "y.weight.quant_state.bitsandbytes__nf4", .dtype = ST_U8, .ndim = 1, .shape = {(int64_t)strlen(h_json)}, .data = h_json},
     };
-    plain[0].shape[0] = HN / 4; /* 150 elements = 75 bytes: not a whole number of bf16 -> must be rejected */
+    /* 150 elements pack into 75 bytes, not a whole number of bf16: 37 bf16 (74 bytes) must be rejected */
     CHECK(st_write(p, plain, 4, NULL) == FINCH_OK, "write");
     CHECK(load_file(p, "y.weight", &w) == FINCH_ERR_FORMAT && strstr(finch_last_error(), "y.weight"), "74 bytes: %s", finch_last_error());
     snprintf(h_json, sizeof h_json, "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [4, 50]}");
