@@ -172,6 +172,8 @@ int ocl_glu_backward(finch_plugin_device *dev, finch_plugin_stream *s, finch_act
 int ocl_adamw_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d)
 {
     OCL_NEED(dev && d && d->n >= 0, "opencl: adamw_step: bad arguments");
+    OCL_NEED(d->bias_correction1 > 0 && d->bias_correction2 > 0, "opencl: adamw_step: bias corrections %g, %g must be > 0",
+             d->bias_correction1, d->bias_correction2);
     if (d->n == 0) return FINCH_OK;
     OCL_NEED(d->param.buf && d->grad.buf && d->m.buf && d->v.buf, "opencl: adamw_step: param, grad, m and v are required");
     if (!d->master.buf && d->param_type != FINCH_DTYPE_F32)

@@ -116,5 +116,5 @@ size_t ocl_dtype_size(finch_dtype t)
 int ocl_check_float_type(finch_dtype t, const char *what)
 {
     if (t == FINCH_DTYPE_F32 || t == FINCH_DTYPE_BF16 || t == FINCH_DTYPE_F16) return FINCH_OK;
-    return ocl_fail(FINCH_ERR_UNSUPPORTED, "opencl: %s: storage type %d is not f32, bf16 or f16", what, (int)t);
+    return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: %s: storage type %d is not f32, bf16 or f16", what, (int)t);
 }

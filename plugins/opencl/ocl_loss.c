@@ -75,6 +75,8 @@ int ocl_linear_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s,
     if (rc || d->n_tokens == 0) return rc;
     OCL_NEED(d->hidden.buf && d->labels.buf && d->loss_sum.buf && d->count.buf,
              "opencl: linear_cross_entropy: hidden, labels, loss_sum or count is absent");
+    if (d->dw.buf && d->w.dtype == FINCH_DTYPE_NF4)
+        return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: linear_cross_entropy: dw asked of an NF4 weight (dense weights only)");
     int grad = d->grad_scale != 0.0f;
     OCL_NEED(!grad || d->dhidden.buf, "opencl: linear_cross_entropy: grad_scale != 0 needs dhidden");
     s = ocl_stream(dev, s);

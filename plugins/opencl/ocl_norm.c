@@ -17,7 +17,8 @@ int ocl_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_
                         finch_dptr rstd)
 {
     OCL_NEED(dev, "opencl: rmsnorm_forward: device is NULL");
-    int rc = check_norm(n, dim, dtype, w_type, w.buf != NULL, "rmsnorm_forward");
+    OCL_NEED(w.buf, "opencl: rmsnorm_forward: the weight is absent");
+    int rc = check_norm(n, dim, dtype, w_type, 1, "rmsnorm_forward");
     if (rc || n == 0) return rc;
     OCL_NEED(x.buf && y.buf && rstd.buf, "opencl: rmsnorm_forward: x, y or rstd is absent");
     ocl_args a = {0};
@@ -39,7 +40,8 @@ int ocl_rmsnorm_backward(finch_plugin_device *dev, finch_plugin_stream *s, int64
                          finch_dptr dy, finch_dptr dx, int dx_accumulate, finch_dptr dw)
 {
     OCL_NEED(dev, "opencl: rmsnorm_backward: device is NULL");
-    int rc = check_norm(n, dim, dtype, w_type, w.buf != NULL, "rmsnorm_backward");
+    OCL_NEED(w.buf, "opencl: rmsnorm_backward: the weight is absent");
+    int rc = check_norm(n, dim, dtype, w_type, 1, "rmsnorm_backward");
     if (rc || n == 0) return rc;
     OCL_NEED(x.buf && rstd.buf && dy.buf, "opencl: rmsnorm_backward: x, rstd or dy is absent");
     if (dx.buf) {
