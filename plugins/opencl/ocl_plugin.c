@@ -1,6 +1,7 @@
 /* The plugin table, and device enumeration: every available device of every platform, numbered
  * in the order the ICD loader lists platforms and each platform lists its devices, so an index
  * names the same device from one run to the next on an unchanged machine. */
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,8 +16,17 @@ static struct {
     cl_device_id device[OCL_MAX_DEVICES];
 } ocl_devices;
 
+/* The ICD loader keeps its list of drivers in globals and the drivers start threads: were it
+ * unloaded along with this module, that list would leak and those threads could lose their code.
+ * So it stays loaded for the life of the process, whatever happens to this module. */
+static void pin_icd_loader(void)
+{
+    (void)dlopen("libOpenCL.so.1", RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 static int ocl_init(void)
 {
+    pin_icd_loader();
     ocl_devices.count = 0;
     cl_uint n_platforms = 0;
     cl_int err = clGetPlatformIDs(0, NULL, &n_platforms);
