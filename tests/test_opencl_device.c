@@ -90,6 +90,22 @@ static void test_devices(ocl_test *t)
     }
     finch_device_info info;
     CHECK(t->api->device_info(n, &info) == FINCH_ERR_INVALID_ARGUMENT, "device_info past the end");
+
+    /* FINCH_OPENCL_DEVICE keeps the devices whose name contains it, in any case. */
+    finch_device_info first;
+    t->api->device_info(0, &first);
+    char part[8] = {0};
+    for (int i = 0; i < 6 && first.name[i + 1]; i++) part[i] = (char)(first.name[i + 1] ^ ((first.name[i + 1] >= 'a' && first.name[i + 1] <= 'z') ? 0x20 : 0));
+    setenv("FINCH_OPENCL_DEVICE", part, 1);
+    int m = 0;
+    CHECK(t->api->init() == FINCH_OK && t->api->device_count(&m) == FINCH_OK && m >= 1 && m <= n,
+          "FINCH_OPENCL_DEVICE='%s': %d of %d devices: %s", part, m, n, t->api->last_error());
+    setenv("FINCH_OPENCL_DEVICE", "no-such-device-anywhere", 1);
+    CHECK(t->api->init() == FINCH_ERR_DEVICE && strstr(t->api->last_error(), "no-such-device-anywhere") &&
+              strstr(t->api->last_error(), first.name),
+          "an unmatched filter: %s", t->api->last_error());
+    unsetenv("FINCH_OPENCL_DEVICE");
+    CHECK(t->api->init() == FINCH_OK && t->api->device_count(&m) == FINCH_OK && m == n, "init again: %d devices", m);
     finch_plugin_device *dev = NULL;
     CHECK(t->api->device_open(-1, &dev) == FINCH_ERR_INVALID_ARGUMENT && dev == NULL, "device_open(-1)");
 }

@@ -1,10 +1,12 @@
 /* The plugin table, and device enumeration: every available device of every platform, numbered
  * in the order the ICD loader lists platforms and each platform lists its devices, so an index
- * names the same device from one run to the next on an unchanged machine. */
+ * names the same device from one run to the next on an unchanged machine. FINCH_OPENCL_DEVICE,
+ * when set, keeps only the devices whose "platform name: device name" contains it (any case). */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "ocl.h"
 
@@ -24,6 +26,22 @@ static void pin_icd_loader(void)
     (void)dlopen("libOpenCL.so.1", RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
 }
 
+/* Does "platform: device" contain the filter, ignoring case? Appends the pair to seen. */
+static int device_matches(cl_platform_id platform, cl_device_id device, const char *filter, char *seen, size_t size)
+{
+    char pname[256] = {0}, dname[256] = {0}, both[520];
+    clGetPlatformInfo(platform, CL_PLATFORM_NAME, sizeof pname - 1, pname, NULL);
+    clGetDeviceInfo(device, CL_DEVICE_NAME, sizeof dname - 1, dname, NULL);
+    snprintf(both, sizeof both, "%s: %s", pname, dname);
+    size_t used = strlen(seen);
+    snprintf(seen + used, size - used, "%s'%s'", used ? ", " : "", both);
+    if (!filter || !*filter) return 1;
+    size_t n = strlen(filter);
+    for (const char *p = both; *p; p++)
+        if (strncasecmp(p, filter, n) == 0) return 1;
+    return 0;
+}
+
 static int ocl_init(void)
 {
     pin_icd_loader();
@@ -34,6 +52,8 @@ static int ocl_init(void)
         return ocl_fail(FINCH_ERR_DEVICE, "opencl: the OpenCL ICD loader found no platform "
                                           "(no driver is registered in /etc/OpenCL/vendors; install one, e.g. pocl-opencl-icd)");
     if (err != CL_SUCCESS) return ocl_cl_fail(err, "clGetPlatformIDs", "listing platforms");
+    const char *filter = getenv("FINCH_OPENCL_DEVICE");
+    char seen[2048] = {0};
     cl_platform_id platforms[16];
     if (n_platforms > 16) n_platforms = 16;
     err = clGetPlatformIDs(n_platforms, platforms, NULL);
@@ -48,12 +68,14 @@ static int ocl_init(void)
         for (cl_uint d = 0; d < n && ocl_devices.count < OCL_MAX_DEVICES; d++) {
             cl_bool available = CL_FALSE;
             clGetDeviceInfo(devices[d], CL_DEVICE_AVAILABLE, sizeof available, &available, NULL);
-            if (!available) continue;
+            if (!available || !device_matches(platforms[p], devices[d], filter, seen, sizeof seen)) continue;
             ocl_devices.platform[ocl_devices.count] = platforms[p];
             ocl_devices.device[ocl_devices.count] = devices[d];
             ocl_devices.count++;
         }
     }
+    if (ocl_devices.count == 0 && filter && *filter)
+        return ocl_fail(FINCH_ERR_DEVICE, "opencl: no device matches FINCH_OPENCL_DEVICE='%s' (devices: %s)", filter, seen);
     if (ocl_devices.count == 0)
         return ocl_fail(FINCH_ERR_DEVICE, "opencl: %u platform(s) found but no available device", n_platforms);
     return FINCH_OK;
