@@ -186,15 +186,16 @@ static nf4_weight make_nf4(int64_t out, int64_t in, int64_t blocksize)
 {
     nf4_weight q;
     int64_t n = out * in, blocks = (n + blocksize - 1) / blocksize;
-    unsigned char *packed = hold((size_t)n / 2);
-    for (int64_t i = 0; i < n / 2; i++) packed[i] = (unsigned char)((i * 131 + 7) * 2654435761u >> 24);
+    int64_t bytes = (n + 1) / 2; /* an odd count leaves the last low nibble unused */
+    unsigned char *packed = hold((size_t)bytes);
+    for (int64_t i = 0; i < bytes; i++) packed[i] = (unsigned char)((i * 131 + 7) * 2654435761u >> 24);
     float *absmax = hold((size_t)blocks * sizeof(float)), code[16];
     testing_fill_random(absmax, (size_t)blocks, next_seed++);
     for (int64_t b = 0; b < blocks; b++) absmax[b] = 0.05f + fabsf(absmax[b]);
     memcpy(code, nf4_code, sizeof code);
     q.w.dtype = FINCH_DTYPE_NF4;
-    q.w.data = ocl_test_alloc(&G, (size_t)n / 2);
-    API->write(DEV, NULL, q.w.data, packed, (size_t)n / 2);
+    q.w.data = ocl_test_alloc(&G, (size_t)bytes);
+    API->write(DEV, NULL, q.w.data, packed, (size_t)bytes);
     q.w.absmax = ocl_test_upload(&G, absmax, (size_t)blocks, FINCH_DTYPE_F32);
     q.w.code = ocl_test_upload(&G, code, 16, FINCH_DTYPE_F32);
     q.w.blocksize = blocksize;
@@ -208,7 +209,7 @@ static nf4_weight make_nf4(int64_t out, int64_t in, int64_t blocksize)
 
 static void test_qmatmul(finch_dtype dt)
 {
-    int64_t out = 46, in = 70, m = 11, blocksize = 64;
+    int64_t out = 45, in = 71, m = 11, blocksize = 64; /* 3195 elements: odd, and a partial last block */
     nf4_weight q = make_nf4(out, in, blocksize);
     int64_t ldx = in + 3, ldy = out + 1;
     ht x = ht_random((size_t)(m * ldx), dt, 1), y = ht_random((size_t)(m * ldy), dt, 1);

@@ -46,9 +46,6 @@ int ocl_check_weight(const finch_weight *w, int64_t out_features, int64_t in_fea
         if (!w->absmax.buf || !w->code.buf || w->blocksize <= 0)
             return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: %s: an NF4 weight needs absmax, code and a blocksize > 0",
                             entry);
-        if ((out_features * in_features) % 2)
-            return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: %s: an NF4 weight of %lld x %lld has an odd element count",
-                            entry, (long long)out_features, (long long)in_features);
         return FINCH_OK;
     }
     return ocl_check_float_type(w->dtype, entry);
