@@ -115,6 +115,9 @@ static void test_cache_and_build_errors(ocl_test *t)
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/opencl-cache-%ld", testing_tmp_dir(), (long)getpid());
     clear_cache(dir);
+    const char *user_dir = getenv("FINCH_OPENCL_CACHE_DIR");
+    char saved[4096] = {0};
+    if (user_dir) snprintf(saved, sizeof saved, "%s", user_dir);
     setenv("FINCH_OPENCL_CACHE_DIR", dir, 1);
 
     CHECK(open_and_run(t, "cold cache"), "cold cache");
@@ -138,7 +141,8 @@ static void test_cache_and_build_errors(ocl_test *t)
     /* An unusable cache directory only costs the cache. */
     setenv("FINCH_OPENCL_CACHE_DIR", "/proc/finch-no-such-dir/cache", 1);
     CHECK(open_and_run(t, "unwritable cache"), "unwritable cache directory");
-    unsetenv("FINCH_OPENCL_CACHE_DIR");
+    if (user_dir) setenv("FINCH_OPENCL_CACHE_DIR", saved, 1);
+    else unsetenv("FINCH_OPENCL_CACHE_DIR");
     clear_cache(dir);
     rmdir(dir);
 }

@@ -2,7 +2,9 @@
  * slowly), built when a device opens. Built binaries are cached on disk under
  * $FINCH_OPENCL_CACHE_DIR, else $XDG_CACHE_HOME/finch, else ~/.cache/finch, keyed by a hash of
  * the platform, device, driver version, build options and source; an unusable cache only costs
- * a rebuild. A failed build returns FINCH_ERR_DEVICE with the compiler's log. */
+ * a rebuild (FINCH_OPENCL_CACHE_DIR="" turns the cache off). FINCH_OPENCL_BUILD_OPTIONS adds
+ * OpenCL C compiler options (e.g. -cl-mad-enable). A failed build returns FINCH_ERR_DEVICE with
+ * the compiler's log. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
