@@ -330,7 +330,8 @@ static jv binop(render *r, const char *op, jv a, jv b)
         if (ints) return jv_int(int_val(a) + int_val(b));
         if (is_number(a) && is_number(b)) return jv_float(num_val(a) + num_val(b));
         if (a.t == JV_STRING && b.t == JV_STRING) {
-            jv s = jv_str(&r->c, a.s->p, a.s->len + b.s->len);
+            jv s = jv_str(&r->c, NULL, a.s->len + b.s->len);
+            memcpy(s.s->p, a.s->p, a.s->len);
             memcpy(s.s->p + a.s->len, b.s->p, b.s->len);
             s.s->p[s.s->len] = 0;
             return s;

@@ -85,7 +85,7 @@ jv jv_str(jctx *c, const char *s, size_t n)
 {
     jstr *js = alloc(c, sizeof *js + n + 1);
     js->len = n;
-    if (n) memcpy(js->p, s, n);
+    if (n && s) memcpy(js->p, s, n); /* s == NULL: left zeroed for the caller to fill */
     js->p[n] = 0;
     jv v = {.t = JV_STRING};
     v.s = js;

@@ -160,8 +160,45 @@ static void errors(void)
     jinja_template_free(jt);
 }
 
+/* Deterministic mutation fuzzing: mutated templates must parse or fail cleanly, never crash (the ASan
+ * build of the suite turns memory errors into failures). */
+static void mutations(void)
+{
+    uint64_t s = 12345;
+    int n = (int)(sizeof JINJA_CASES / sizeof JINJA_CASES[0]), rendered = 0, rejected = 0;
+    static const char ALPHABET[] = "{}%#-+|.()[]'\"\n ax0,:=~!<>";
+    for (int iter = 0; iter < 3000; iter++) {
+        const struct jinja_case *c = &JINJA_CASES[iter % n];
+        size_t len = strlen(c->tpl);
+        char *m = malloc(len + 8);
+        memcpy(m, c->tpl, len + 1);
+        for (int k = 0; k < 1 + iter % 3; k++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            size_t at = len ? (size_t)(s >> 33) % len : 0;
+            int op = (int)((s >> 20) % 3);
+            char ch = ALPHABET[(s >> 40) % (sizeof ALPHABET - 1)];
+            if (op == 0 && len) m[at] = ch;
+            else if (op == 1 && len) { memmove(m + at, m + at + 1, len - at); len--; }
+            else { memmove(m + at + 1, m + at, len - at + 1); m[at] = ch; len++; }
+        }
+        char *err = NULL;
+        jinja_template *t = jinja_parse(m, "fuzz", &err);
+        jinja_result r = {0};
+        if (t && !jinja_render_json(t, c->vars, &r, &err)) rendered++;
+        else rejected++;
+        free(r.text);
+        free(r.spans);
+        free(err);
+        jinja_template_free(t);
+        free(m);
+    }
+    CHECK(rendered + rejected == 3000, "fuzz");
+    printf("jinja mutations: %d rendered, %d rejected with an error, none crashed\n", rendered, rejected);
+}
+
 int main(void)
 {
+    mutations();
     golden_chats();
     language_cases();
     builtin_templates();
