@@ -63,7 +63,7 @@ static int trainable_at(const finch_model *m, int64_t i, int64_t numel, const ch
 
 finch_status finch_trainable_info(const finch_model *m, int64_t i, finch_tensor_info *out)
 {
-    const finch_trainable *t;
+    const finch_trainable *t = NULL;
     int rc = trainable_at(m, i, -1, "finch_trainable_info", &t);
     if (rc) return rc;
     if (!out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_trainable_info: NULL output");
@@ -80,7 +80,7 @@ static const int32_t *perm_of(const finch_trainable *t) { return t->perm_rows ? 
 
 finch_status finch_trainable_read(const finch_model *m, int64_t i, float *dst, int64_t numel)
 {
-    const finch_trainable *t;
+    const finch_trainable *t = NULL;
     int rc = trainable_at(m, i, numel, "finch_trainable_read", &t);
     if (rc) return rc;
     if (!dst) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_trainable_read: NULL destination");
@@ -90,7 +90,7 @@ finch_status finch_trainable_read(const finch_model *m, int64_t i, float *dst, i
 
 finch_status finch_trainable_write(finch_model *m, int64_t i, const float *src, int64_t numel)
 {
-    const finch_trainable *t;
+    const finch_trainable *t = NULL;
     int rc = trainable_at(m, i, numel, "finch_trainable_write", &t);
     if (rc) return rc;
     if (!src) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_trainable_write: NULL source");
@@ -100,7 +100,7 @@ finch_status finch_trainable_write(finch_model *m, int64_t i, const float *src, 
 
 finch_status finch_trainable_grad_read(const finch_model *m, int64_t i, float *dst, int64_t numel)
 {
-    const finch_trainable *t;
+    const finch_trainable *t = NULL;
     int rc = trainable_at(m, i, numel, "finch_trainable_grad_read", &t);
     if (rc) return rc;
     if (!dst) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_trainable_grad_read: NULL destination");

@@ -36,7 +36,7 @@ static int get_double(const json_ctx *c, const cJSON *obj, const char *prefix, c
 
 static int get_int(const json_ctx *c, const cJSON *obj, const char *key, int required, int64_t dflt, int64_t *out)
 {
-    double d;
+    double d = 0;
     int rc = get_double(c, obj, "", key, required, (double)dflt, &d);
     if (rc) return rc;
     if (d != floor(d) || fabs(d) > 9e15)
@@ -144,7 +144,7 @@ static int parse_rope(const json_ctx *c, const rope_source *s, int64_t head_dim,
                            "llama3, yarn, longrope",
                            c->path, type, s->prefix);
 
-    double prf;
+    double prf = 1;
     if ((rc = rope_num(c, s, "rope_theta", 0, s->theta_default, &r->theta)) ||
         (rc = rope_num(c, s, "partial_rotary_factor", 0, 1.0, &prf)))
         return rc;
@@ -177,7 +177,7 @@ static int parse_rope(const json_ctx *c, const rope_source *s, int64_t head_dim,
         break;
     }
     case FINCH_ROPE_LLAMA3: {
-        double factor, lo, hi, old_ctx;
+        double factor = 0, lo = 0, hi = 0, old_ctx = 0;
         if ((rc = rope_num(c, s, "factor", 1, 0, &factor)) || (rc = rope_num(c, s, "low_freq_factor", 1, 0, &lo)) ||
             (rc = rope_num(c, s, "high_freq_factor", 1, 0, &hi)) ||
             (rc = get_double(c, s->params, s->prefix, "original_max_position_embeddings", 1, 0, &old_ctx)))
@@ -198,7 +198,7 @@ static int parse_rope(const json_ctx *c, const rope_source *s, int64_t head_dim,
         break;
     }
     case FINCH_ROPE_YARN: {
-        double factor, attn, mscale, mscale_all, beta_fast, beta_slow, orig;
+        double factor = 1, attn = -1, mscale = 0, mscale_all = 0, beta_fast = 32, beta_slow = 1, orig = -1;
         int truncate = 1;
         if ((rc = rope_num(c, s, "factor", 1, 1.0, &factor)) ||
             (rc = get_double(c, s->params, s->prefix, "attention_factor", 0, -1, &attn)) ||
@@ -235,7 +235,7 @@ static int parse_rope(const json_ctx *c, const rope_source *s, int64_t head_dim,
         break;
     }
     case FINCH_ROPE_LONGROPE: {
-        double *sf = NULL, *lf = NULL, attn, orig;
+        double *sf = NULL, *lf = NULL, attn = -1, orig = 0;
         if ((rc = rope_num(c, s, "original_max_position_embeddings", 0, (double)max_positions, &orig)) ||
             (rc = get_double(c, s->params, s->prefix, "attention_factor", 0, -1, &attn)))
             return rc;
@@ -392,7 +392,7 @@ static int parse_text_config(const json_ctx *c, const cJSON *root, const cJSON *
     if (falcon) {
         int64_t ffn, kv;
         int bias, alibi;
-        double n_ln;
+        double n_ln = 1;
         if ((rc = get_positive(c, text, "ffn_hidden_size", 0, 4 * cfg->hidden, &ffn)) ||
             (rc = get_bool(c, text, "parallel_attn", 1, &cfg->parallel_attn)) ||
             (rc = get_bool(c, text, "new_decoder_architecture", 0, &cfg->new_decoder_arch)) ||
@@ -454,7 +454,7 @@ static int parse_text_config(const json_ctx *c, const cJSON *root, const cJSON *
     cfg->sandwich_norms = a == FINCH_ARCH_GEMMA2 || a == FINCH_ARCH_GEMMA3;
     cfg->attn_scale = (float)(1.0 / sqrt((double)cfg->head_dim));
     if (a == FINCH_ARCH_GEMMA2 || a == FINCH_ARCH_GEMMA3) {
-        double qpas, softcap, final_softcap;
+        double qpas = 256, softcap = 0, final_softcap = 0;
         if ((rc = get_double(c, text, "", "query_pre_attn_scalar", 0, 256, &qpas)) ||
             (rc = get_double(c, text, "", "attn_logit_softcapping", 0, 0, &softcap)) ||
             (rc = get_double(c, text, "", "final_logit_softcapping", 0, 0, &final_softcap)))
@@ -520,7 +520,7 @@ static int parse_text_config(const json_ctx *c, const cJSON *root, const cJSON *
             return finch_error(FINCH_ERR_FORMAT, "%s: field 'rope_scaling' must be an object or null", c->path);
         rope_source s = {scaling, text, "rope_scaling.", 10000.0};
         if ((rc = parse_rope(c, &s, cfg->head_dim, cfg->max_positions, &cfg->rope_global))) return rc;
-        double local_base;
+        double local_base = 10000;
         if (a == FINCH_ARCH_GEMMA3) {
             if ((rc = get_double(c, text, "", "rope_local_base_freq", 0, 10000.0, &local_base))) return rc;
             rope_source sl = {NULL, NULL, "", local_base};

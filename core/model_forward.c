@@ -72,10 +72,11 @@ static int norm(step_ctx *s, const finch_tensor *x, const finch_param *w, const 
 static int head_norm(step_ctx *s, const finch_tensor *x, const finch_param *w, int64_t heads, finch_tensor *y)
 {
     const finch_model_config *c = &s->m->cfg;
-    finch_tensor rows = finch_tensor_reshape(x, x->rows * heads, c->head_dim), out;
+    int64_t n = x->rows;
+    finch_tensor rows = finch_tensor_reshape(x, n * heads, c->head_dim), out;
     int rc = finch_op_rmsnorm(s->g, &rows, w, c->norm_offset, (float)c->norm_eps, &out);
     if (rc) return rc;
-    *y = finch_tensor_reshape(&out, x->rows, heads * c->head_dim);
+    *y = finch_tensor_reshape(&out, n, heads * c->head_dim);
     return FINCH_OK;
 }
 
@@ -157,10 +158,13 @@ static int layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const fi
 {
     const finch_model_config *c = &s->m->cfg;
     const finch_layer *ly = &s->m->layers[l];
-    finch_tensor a, attn, mlp_in, mo, x1, sum;
+    finch_tensor a, attn, raw, mlp_in, mo, x1, sum, res;
     int rc;
     if ((rc = norm(s, x, &ly->attn_norm, &ly->attn_norm_b, &a)) || (rc = attention_block(s, l, &a, &attn))) return rc;
-    if (c->sandwich_norms && (rc = norm(s, &attn, &ly->post_attn_norm, NULL, &attn))) return rc;
+    if (c->sandwich_norms) {
+        raw = attn;
+        if ((rc = norm(s, &raw, &ly->post_attn_norm, NULL, &attn))) return rc;
+    }
     if (c->arch == FINCH_ARCH_FALCON && c->parallel_attn) {
         /* Falcon: attention and MLP read the same input; both add to the residual. */
         if (param_present(&ly->mlp_norm)) {
@@ -169,13 +173,16 @@ static int layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const fi
             mlp_in = a;
         }
         if ((rc = mlp_block(s, l, &mlp_in, &mo)) || (rc = finch_op_add(s->g, &mo, &attn, NULL, &sum))) return rc;
-        return finch_op_add(s->g, x, &sum, out, &sum);
+        return finch_op_add(s->g, x, &sum, out, &res);
     }
     if ((rc = finch_op_add(s->g, x, &attn, NULL, &x1)) || (rc = norm(s, &x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in)) ||
         (rc = mlp_block(s, l, &mlp_in, &mo)))
         return rc;
-    if (c->sandwich_norms && (rc = norm(s, &mo, &ly->post_ffn_norm, NULL, &mo))) return rc;
-    return finch_op_add(s->g, &x1, &mo, out, &sum);
+    if (c->sandwich_norms) {
+        raw = mo;
+        if ((rc = norm(s, &raw, &ly->post_ffn_norm, NULL, &mo))) return rc;
+    }
+    return finch_op_add(s->g, &x1, &mo, out, &res);
 }
 
 static int layer_trainable(const finch_layer *ly)
@@ -354,7 +361,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     if (rc) return rc;
     finch_graph_clear(g);
     step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward};
-    int64_t count;
+    int64_t count = 0;
     if ((rc = upload_batch(&s, b, &count))) return rc;
     float grad_scale = opts && opts->grad_scale != 0 ? opts->grad_scale : count ? 1.0f / (float)count : 0.0f;
     int ckpt = do_backward && m->gradient_checkpointing;

@@ -411,8 +411,10 @@ static int add_backward(finch_graph *g, const void *rec)
     return pass_gradient(g, &r->b, dy);
 }
 
-int finch_op_add(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y)
+int finch_op_add(finch_graph *g, const finch_tensor *a_in, const finch_tensor *b_in, const finch_tensor *dst, finch_tensor *y)
 {
+    finch_tensor a_copy = *a_in, b_copy = *b_in; /* y may alias an input */
+    const finch_tensor *a = &a_copy, *b = &b_copy;
     if (!finch_tensor_contiguous(a) || !finch_tensor_contiguous(b) || a->rows != b->rows || a->cols != b->cols)
         return internal("residual sum of mismatched tensors");
     int rc;

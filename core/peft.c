@@ -180,7 +180,7 @@ finch_status finch_lora_load(finch_model *m, const char *adapter_dir)
     cJSON *c = NULL;
     int rc = read_json(cpath, &c);
     if (rc) return rc;
-    double r, alpha, dropout;
+    double r = 0, alpha = 8, dropout = 0;
     const cJSON *rs = get(c, "use_rslora"), *tm = get(c, "target_modules");
     targets t;
     memset(&t, 0, sizeof t);

@@ -118,7 +118,7 @@ static int run(const forward_args *a)
     size_t n_logits = (size_t)(B * T * info.vocab_size);
     if (!rc) {
         logits = malloc(n_logits * sizeof(float) + 1);
-        rc = logits ? finch_model_logits(m, logits, n_logits) : finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+        rc = logits ? (int)finch_model_logits(m, logits, n_logits) : finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     }
     if (!rc && a->grads) n_train = finch_trainable_count(m);
     size_t total = 0;
