@@ -144,6 +144,13 @@ static int st_to_finch_dtype(st_dtype t, finch_dtype *out)
     }
 }
 
+static void format_shape(char *buf, size_t size, int ndim, const int64_t *shape)
+{
+    size_t at = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < ndim && at < size; i++) at += (size_t)snprintf(buf + at, size - at, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (at < size) snprintf(buf + at, size - at, "]");
+}
+
 /* Loads tensor `name` into p, which must be absent; shape [d0] (ndim 1) or [d0, d1]. */
 static int load_param(loader *L, finch_param *p, const char *name, finch_dtype dtype, int ndim, int64_t d0, int64_t d1,
                       const int32_t *perm)
@@ -151,21 +158,17 @@ static int load_param(loader *L, finch_param *p, const char *name, finch_dtype d
     finch_model *m = L->m;
     snprintf(p->name, sizeof p->name, "%s", name);
     const st_tensor *t = st_set_find(L->set, name);
+    int64_t want[2] = {d0, d1};
+    char expected[64], found[160];
+    format_shape(expected, sizeof expected, ndim, want);
     if (!t)
-        return finch_error(FINCH_ERR_FORMAT, "%s: missing tensor '%s' (expected shape [%lld%s%.0lld]) for model_type '%s'",
-                           L->dir, name, (long long)d0, ndim > 1 ? ", " : "", ndim > 1 ? (long long)d1 : 0LL,
-                           m->cfg.model_type);
+        return finch_error(FINCH_ERR_FORMAT, "%s: missing tensor '%s' (expected shape %s) for model_type '%s'", L->dir, name,
+                           expected, m->cfg.model_type);
     const char *file = st_set_file_of(L->set, name);
     if (t->ndim != ndim || t->shape[0] != d0 || (ndim > 1 && t->shape[1] != d1)) {
-        char found[128] = "[";
-        for (int i = 0; i < t->ndim; i++)
-            snprintf(found + strlen(found), sizeof found - strlen(found), "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-        strncat(found, "]", sizeof found - strlen(found) - 1);
-        if (ndim > 1)
-            return finch_error(FINCH_ERR_FORMAT, "%s: tensor '%s' has shape %s, but config.json implies [%lld, %lld]",
-                               file ? file : L->dir, name, found, (long long)d0, (long long)d1);
-        return finch_error(FINCH_ERR_FORMAT, "%s: tensor '%s' has shape %s, but config.json implies [%lld]",
-                           file ? file : L->dir, name, found, (long long)d0);
+        format_shape(found, sizeof found, t->ndim, t->shape);
+        return finch_error(FINCH_ERR_FORMAT, "%s: tensor '%s' has shape %s, but config.json implies %s", file ? file : L->dir,
+                           name, found, expected);
     }
     finch_dtype src_type;
     float *converted = NULL;
