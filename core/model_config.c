@@ -200,7 +200,7 @@ static int parse_rope(const json_ctx *c, const rope_source *s, int64_t head_dim,
     case FINCH_ROPE_YARN: {
         double factor = 1, attn = -1, mscale = 0, mscale_all = 0, beta_fast = 32, beta_slow = 1, orig = -1;
         int truncate = 1;
-        if ((rc = rope_num(c, s, "factor", 1, 1.0, &factor)) ||
+        if ((rc = rope_num(c, s, "factor", 0, -1.0, &factor)) ||
             (rc = get_double(c, s->params, s->prefix, "attention_factor", 0, -1, &attn)) ||
             (rc = get_double(c, s->params, s->prefix, "mscale", 0, 0, &mscale)) ||
             (rc = get_double(c, s->params, s->prefix, "mscale_all_dim", 0, 0, &mscale_all)) ||
@@ -209,11 +209,9 @@ static int parse_rope(const json_ctx *c, const rope_source *s, int64_t head_dim,
             (rc = get_double(c, s->params, s->prefix, "original_max_position_embeddings", 0, -1, &orig)) ||
             (rc = get_bool(c, s->params, "truncate", 1, &truncate)))
             return rc;
-        if (orig > 0) {
-            factor = (double)max_positions / orig; /* as transformers: the ratio replaces factor */
-        } else {
-            orig = (double)max_positions;
-        }
+        if (orig <= 0) orig = (double)max_positions;
+        /* transformers 5: an explicit factor wins; without one it is the ratio of the context lengths. */
+        if (factor <= 0) factor = (double)max_positions / orig;
         if (attn < 0) attn = (mscale != 0 && mscale_all != 0) ? yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all)
                                                                 : yarn_mscale(factor, 1.0);
         double low = yarn_correction_dim(beta_fast, dim, base, orig), high = yarn_correction_dim(beta_slow, dim, base, orig);
@@ -461,7 +459,9 @@ static int parse_text_config(const json_ctx *c, const cJSON *root, const cJSON *
             return rc;
         if (!(qpas > 0)) return finch_error(FINCH_ERR_FORMAT, "%s: field 'query_pre_attn_scalar' must be positive", c->path);
         cfg->attn_scale = (float)pow(qpas, -0.5);
-        cfg->attn_softcap = (float)softcap;
+        /* Hugging Face's Gemma 3 ignores attn_logit_softcapping (checked against transformers 5.17);
+         * only Gemma 2 caps attention scores. The final-logit cap applies to both. */
+        cfg->attn_softcap = a == FINCH_ARCH_GEMMA2 ? (float)softcap : 0.0f;
         cfg->final_softcap = (float)final_softcap;
     }
 
