@@ -69,6 +69,8 @@ struct finch_model {
     finch_dptr logits;                       /* f32 [logits_count] of the last step that kept them */
     int64_t logits_count;
     uint64_t step;
+    finch_tensor *stream;                    /* x_0 .. x_L, the residual stream between layers */
+    int *segments;                           /* tape position where each layer's entries start */
     int32_t *host_i32;                       /* staging for ids, labels, positions */
     size_t host_i32_cap;
 };

@@ -376,13 +376,8 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     }
 
     /* x[0] .. x[L]: the residual stream between layers. */
-    finch_tensor *x = malloc((size_t)(L + 1) * sizeof *x);
-    int *seg = malloc((size_t)(L + 2) * sizeof *seg);
-    if (!x || !seg) {
-        free(x);
-        free(seg);
-        return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
-    }
+    finch_tensor *x = m->stream;
+    int *seg = m->segments;
     float escale = c->scale_embeddings ? round_to(m->dtype, (float)sqrt((double)H)) : 1.0f;
     rc = finch_op_embedding(g, s.ids, n, &m->embed, m->dtype, escale, &x[0]);
     seg[0] = g->n_tape;
@@ -430,8 +425,6 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             rc = finch_graph_backward(g, 0);
         }
     }
-    free(x);
-    free(seg);
     if (rc) return rc;
 
     float sums[2];

@@ -420,6 +420,12 @@ finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_lo
         free(m);
         return rc;
     }
+    m->stream = malloc((size_t)(m->cfg.n_layers + 1) * sizeof *m->stream);
+    m->segments = malloc((size_t)(m->cfg.n_layers + 2) * sizeof *m->segments);
+    if (!m->stream || !m->segments) {
+        finch_model_free(m);
+        return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+    }
     loader L = {m, NULL, dir};
     rc = st_set_open_dir(dir, &L.set);
     if (!rc) rc = load_weights(&L);
@@ -472,5 +478,7 @@ void finch_model_free(finch_model *m)
     free(m->trainables);
     free(m->lora_targets_json);
     free(m->host_i32);
+    free(m->stream);
+    free(m->segments);
     free(m);
 }

@@ -269,6 +269,27 @@ int main(int argc, char **argv)
     }
     finch_model_free(m);
 
+    /* bf16 compute: within the tolerance the references give for bf16 (2e-2). */
+    {
+        finch_load_options o = finch_load_options_default();
+        o.compute_dtype = FINCH_DTYPE_BF16;
+        finch_model *mb = NULL;
+        if (ok(finch_model_load(rt, model_dir, &o, &mb), "bf16 load") && ok(finch_lora_load(mb, adapter_dir), "bf16 adapter") &&
+            step(mb, 1, &r)) {
+            int64_t n = 0;
+            float *ref = gold_f32("lora.logits", &n), *got = malloc((size_t)n * sizeof(float) + 1), *loss = gold_f32("lora.loss", NULL);
+            if (ref && loss && ok(finch_model_logits(mb, got, (size_t)n), "bf16 logits")) {
+                double e = testing_rel_err(got, ref, (size_t)n), el = fabs(r.loss - loss[0]) / loss[0];
+                CHECK(e <= 2e-2 && el <= 2e-2, "bf16 lora.logits rel err %.3g, loss rel err %.3g", e, el);
+                printf("  %-40s rel err %.2e, loss %.2e\n", "bf16 lora.logits", e, el);
+            }
+            free(ref);
+            free(got);
+            free(loss);
+        }
+        finch_model_free(mb);
+    }
+
     /* The golden PEFT adapter. */
     m = load(rt, model_dir, 0, 0);
     if (m && ok(finch_lora_load(m, adapter_dir), "finch_lora_load")) {
