@@ -262,6 +262,13 @@ int main(int argc, char **argv)
     /* Fused head + gradient checkpointing; two calls accumulate twice the gradient. */
     m = load(rt, model_dir, 1, 1);
     if (m && step(m, 0, &r) && step(m, 0, &r)) {
+        /* The second step reused the first one's arena: one chunk, no growth. */
+        size_t peak = m->arena.peak;
+        CHECK(step(m, 0, &r) && m->arena.n_chunks == 1 && m->arena.peak == peak, "arena: %d chunks, peak %zu -> %zu",
+              m->arena.n_chunks, peak, m->arena.peak);
+        finch_zero_grads(m);
+        step(m, 0, &r);
+        step(m, 0, &r);
         float *loss = gold_f32("base.loss", NULL);
         CHECK(loss && fabs(r.loss - loss[0]) <= TOL * fabs(loss[0]), "fused loss %.7f", r.loss);
         free(loss);
