@@ -4,12 +4,16 @@ find_package(Threads REQUIRED)
 find_package(OpenMP REQUIRED COMPONENTS C)
 
 pkg_check_modules(CJSON REQUIRED IMPORTED_TARGET libcjson)
-# PCRE2: PEFT adapters may give target_modules as a (Python-syntax) regular expression.
-pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 
 # OpenBLAS: CPU GEMM. Debian ships openblas.pc; the cblas.h header lives in an alternatives dir.
 pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
 
-set(FINCH_PUBLIC_LIBS PkgConfig::CJSON PkgConfig::PCRE2 PkgConfig::OPENBLAS OpenMP::OpenMP_C Threads::Threads ${CMAKE_DL_LIBS} m)
+set(FINCH_PUBLIC_LIBS PkgConfig::CJSON PkgConfig::OPENBLAS OpenMP::OpenMP_C Threads::Threads ${CMAKE_DL_LIBS} m)
 set(FINCH_SYSTEM_INCLUDES "")
-set(FINCH_PKGCONFIG_REQUIRES "libcjson libpcre2-8 openblas")
+set(FINCH_PKGCONFIG_REQUIRES "libcjson openblas")
+
+# Tokenizer: PCRE2 runs the pre-tokenizer regexes of tokenizer.json; utf8proc does NFC/NFKC.
+pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
+list(APPEND FINCH_PUBLIC_LIBS PkgConfig::PCRE2 PkgConfig::UTF8PROC)
+string(APPEND FINCH_PKGCONFIG_REQUIRES " libpcre2-8 libutf8proc")
