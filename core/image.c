@@ -1,0 +1,177 @@
+/* Decoding images to 8-bit RGB with stb_image, linked from Debian's libstb.
+ *
+ * Order of work, so that a hostile file costs little: sniff the signature, read only the header
+ * (stbi_info) for the dimensions, refuse zero-sized images and those over the pixel limit, and only
+ * then decode. stb_image reports failures through stbi_failure_reason() (thread-local in this build);
+ * its short reason is appended to our message. */
+#include "core/image.h"
+#include "core/error.h"
+
+#include <stb/stb_image.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int starts_with(const unsigned char *data, size_t size, const char *magic, size_t n)
+{
+    return size >= n && memcmp(data, magic, n) == 0;
+}
+
+image_format image_sniff(const unsigned char *data, size_t size)
+{
+    if (starts_with(data, size, "\x89PNG\r\n\x1a\n", 8)) return IMAGE_PNG;
+    if (starts_with(data, size, "\xff\xd8", 2)) return IMAGE_JPEG;
+    if (starts_with(data, size, "BM", 2)) return IMAGE_BMP;
+    if (starts_with(data, size, "GIF87a", 6) || starts_with(data, size, "GIF89a", 6)) return IMAGE_GIF;
+    if (starts_with(data, size, "8BPS", 4) || starts_with(data, size, "#?RADIANCE\n", 11) ||
+        starts_with(data, size, "#?RGBE\n", 7) || starts_with(data, size, "\x53\x80\xf6\x34", 4) ||
+        starts_with(data, size, "P5", 2) || starts_with(data, size, "P6", 2))
+        return IMAGE_REFUSED;
+    return IMAGE_UNKNOWN;
+}
+
+const char *image_format_name(image_format f)
+{
+    switch (f) {
+    case IMAGE_PNG: return "PNG";
+    case IMAGE_JPEG: return "JPEG";
+    case IMAGE_BMP: return "BMP";
+    case IMAGE_GIF: return "GIF";
+    case IMAGE_REFUSED: return "PSD/HDR/PIC/PNM";
+    case IMAGE_UNKNOWN: break;
+    }
+    return "unknown format";
+}
+
+static const char *reason(void)
+{
+    const char *r = stbi_failure_reason();
+    return r ? r : "no reason given";
+}
+
+/* Over-white compositing as PIL's paste with an alpha mask does it: round((c*a + 255*(255-a)) / 255). */
+static void rgba_to_rgb(const unsigned char *rgba, unsigned char *rgb, size_t n_pixels, int on_white)
+{
+    for (size_t i = 0; i < n_pixels; i++) {
+        unsigned a = rgba[4 * i + 3];
+        for (int c = 0; c < 3; c++) {
+            unsigned v = rgba[4 * i + c];
+            rgb[3 * i + c] = on_white ? (unsigned char)((v * a + 255u * (255u - a) + 127u) / 255u) : (unsigned char)v;
+        }
+    }
+}
+
+finch_status finch_image_load_memory(const void *data, size_t size, const char *name,
+                                     const finch_image_load_options *opts, finch_image *out)
+{
+    if (!out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_image_load: out is NULL");
+    memset(out, 0, sizeof *out);
+    if (!name) name = "<memory>";
+    if (!data && size) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "%s: data is NULL", name);
+    long long max_pixels = opts && opts->max_pixels > 0 ? opts->max_pixels : FINCH_IMAGE_DEFAULT_MAX_PIXELS;
+    int on_white = opts ? opts->alpha_on_white : 0;
+
+    const unsigned char *bytes = data;
+    if (size == 0) return finch_error(FINCH_ERR_FORMAT, "%s: empty file, not an image", name);
+    if (size > INT_MAX)
+        return finch_error(FINCH_ERR_UNSUPPORTED, "%s: %zu bytes, more than the image decoder reads (%d)",
+                           name, size, INT_MAX);
+    image_format fmt = image_sniff(bytes, size);
+    if (fmt == IMAGE_REFUSED)
+        return finch_error(FINCH_ERR_UNSUPPORTED, "%s: PSD/HDR/PIC/PNM images are not accepted "
+                           "(use PNG, JPEG, BMP, GIF or TGA)", name);
+
+    int w = 0, h = 0, comp = 0;
+    if (!stbi_info_from_memory(bytes, (int)size, &w, &h, &comp)) {
+        if (fmt == IMAGE_UNKNOWN)
+            return finch_error(FINCH_ERR_FORMAT, "%s: not an image (no PNG, JPEG, BMP, GIF or TGA header)", name);
+        if (strcmp(reason(), "too large") == 0)
+            return finch_error(FINCH_ERR_UNSUPPORTED, "%s: %s header gives dimensions too large to decode",
+                               name, image_format_name(fmt));
+        return finch_error(FINCH_ERR_FORMAT, "%s: corrupt %s header (%s)", name, image_format_name(fmt), reason());
+    }
+    const char *fmt_name = fmt == IMAGE_UNKNOWN ? "TGA" : image_format_name(fmt);
+    if (w <= 0 || h <= 0)
+        return finch_error(FINCH_ERR_FORMAT, "%s: %s image has zero size (%dx%d)", name, fmt_name, w, h);
+    if ((long long)w * h > max_pixels)
+        return finch_error(FINCH_ERR_UNSUPPORTED, "%s: %s image is %dx%d = %lld pixels, over the limit of %lld "
+                           "(finch_image_load_options.max_pixels)", name, fmt_name, w, h, (long long)w * h, max_pixels);
+
+    int has_alpha = comp == 2 || comp == 4;
+    int want = has_alpha && on_white ? 4 : 3;
+    int dw = 0, dh = 0, dn = 0;
+    unsigned char *pixels = stbi_load_from_memory(bytes, (int)size, &dw, &dh, &dn, want);
+    if (!pixels) {
+        if (strcmp(reason(), "outofmem") == 0)
+            return finch_error(FINCH_ERR_OUT_OF_MEMORY, "%s: out of memory decoding a %dx%d %s image",
+                               name, w, h, fmt_name);
+        return finch_error(FINCH_ERR_FORMAT, "%s: corrupt or truncated %s image (%s)", name, fmt_name, reason());
+    }
+    if (dw != w || dh != h) {
+        stbi_image_free(pixels);
+        return finch_error(FINCH_ERR_FORMAT, "%s: %s header says %dx%d but the image decodes as %dx%d",
+                           name, fmt_name, w, h, dw, dh);
+    }
+
+    size_t n = (size_t)w * (size_t)h;
+    out->rgb = malloc(n * 3);
+    out->source = strdup(name);
+    if (!out->rgb || !out->source) {
+        stbi_image_free(pixels);
+        finch_image_free(out);
+        return finch_error(FINCH_ERR_OUT_OF_MEMORY, "%s: out of memory for a %dx%d image", name, w, h);
+    }
+    if (want == 4) rgba_to_rgb(pixels, out->rgb, n, 1);
+    else memcpy(out->rgb, pixels, n * 3);
+    stbi_image_free(pixels);
+    out->width = w;
+    out->height = h;
+    return FINCH_OK;
+}
+
+finch_status finch_image_load(const char *path, const finch_image_load_options *opts, finch_image *out)
+{
+    if (!out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_image_load: out is NULL");
+    memset(out, 0, sizeof *out);
+    if (!path) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_image_load: path is NULL");
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return finch_error(FINCH_ERR_IO, "%s: cannot open image: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(fp);
+        return finch_error(FINCH_ERR_IO, "%s: not a regular file", path);
+    }
+    if ((unsigned long long)st.st_size > INT_MAX) {
+        fclose(fp);
+        return finch_error(FINCH_ERR_UNSUPPORTED, "%s: %lld bytes, more than the image decoder reads (%d)",
+                           path, (long long)st.st_size, INT_MAX);
+    }
+    size_t size = (size_t)st.st_size;
+    unsigned char *buf = malloc(size ? size : 1);
+    if (!buf) {
+        fclose(fp);
+        return finch_error(FINCH_ERR_OUT_OF_MEMORY, "%s: out of memory reading %zu bytes", path, size);
+    }
+    size_t got = fread(buf, 1, size, fp);
+    int read_failed = ferror(fp);
+    fclose(fp);
+    if (read_failed || got != size) {
+        free(buf);
+        return finch_error(FINCH_ERR_IO, "%s: read %zu of %zu bytes", path, got, size);
+    }
+    finch_status rc = finch_image_load_memory(buf, size, path, opts, out);
+    free(buf);
+    return rc;
+}
+
+void finch_image_free(finch_image *img)
+{
+    if (!img) return;
+    free(img->rgb);
+    free(img->source);
+    memset(img, 0, sizeof *img);
+}
