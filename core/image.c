@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,7 +51,61 @@ const char *image_format_name(image_format f)
 static const char *reason(void)
 {
     const char *r = stbi_failure_reason();
-    return r ? r : "no reason given";
+    return r && *r ? r : "no details";
+}
+
+static unsigned be16(const unsigned char *p) { return (unsigned)p[0] << 8 | p[1]; }
+static unsigned le16(const unsigned char *p) { return (unsigned)p[1] << 8 | p[0]; }
+static uint32_t be32(const unsigned char *p) { return (uint32_t)be16(p) << 16 | be16(p + 2); }
+
+/* The dimensions a header claims, read by us for the messages when stb rejects a header (its reason
+ * is then only "unknown image type"). Returns 0 when they cannot be found. */
+static int peek_dimensions(image_format fmt, const unsigned char *p, size_t n, long long *w, long long *h)
+{
+    switch (fmt) {
+    case IMAGE_PNG:
+        if (n < 24 || memcmp(p + 12, "IHDR", 4) != 0) return 0;
+        *w = be32(p + 16);
+        *h = be32(p + 20);
+        return 1;
+    case IMAGE_GIF:
+        if (n < 10) return 0;
+        *w = le16(p + 6);
+        *h = le16(p + 8);
+        return 1;
+    case IMAGE_BMP:
+        if (n < 26) return 0;
+        *w = (int32_t)(le16(p + 18) | (uint32_t)le16(p + 20) << 16);
+        *h = (int32_t)(le16(p + 22) | (uint32_t)le16(p + 24) << 16);
+        if (*h < 0) *h = -*h;   /* top-down bitmap */
+        return 1;
+    case IMAGE_JPEG:
+        /* Walk the marker segments to the first start-of-frame (SOF0..SOF15 but DHT, JPG, DAC). */
+        for (size_t i = 2; i + 9 <= n;) {
+            if (p[i] != 0xff) return 0;
+            unsigned m = p[i + 1];
+            if (m == 0xff) { i++; continue; }
+            if (m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc) {
+                *h = be16(p + i + 5);
+                *w = be16(p + i + 7);
+                return 1;
+            }
+            i += 2 + be16(p + i + 2);
+        }
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+static int check_dimensions(const char *name, const char *fmt_name, long long w, long long h, long long max_pixels)
+{
+    if (w <= 0 || h <= 0)
+        return finch_error(FINCH_ERR_FORMAT, "%s: %s image has zero size (%lldx%lld)", name, fmt_name, w, h);
+    if (w * h > max_pixels)
+        return finch_error(FINCH_ERR_UNSUPPORTED, "%s: %s image is %lldx%lld = %lld pixels, over the limit of %lld "
+                           "(finch_image_load_options.max_pixels)", name, fmt_name, w, h, w * h, max_pixels);
+    return FINCH_OK;
 }
 
 /* Over-white compositing as PIL's paste with an alpha mask does it: round((c*a + 255*(255-a)) / 255). */
@@ -89,17 +144,17 @@ finch_status finch_image_load_memory(const void *data, size_t size, const char *
     if (!stbi_info_from_memory(bytes, (int)size, &w, &h, &comp)) {
         if (fmt == IMAGE_UNKNOWN)
             return finch_error(FINCH_ERR_FORMAT, "%s: not an image (no PNG, JPEG, BMP, GIF or TGA header)", name);
-        if (strcmp(reason(), "too large") == 0)
-            return finch_error(FINCH_ERR_UNSUPPORTED, "%s: %s header gives dimensions too large to decode",
-                               name, image_format_name(fmt));
-        return finch_error(FINCH_ERR_FORMAT, "%s: corrupt %s header (%s)", name, image_format_name(fmt), reason());
+        long long pw, ph;
+        int rc;
+        if (!peek_dimensions(fmt, bytes, size, &pw, &ph))
+            return finch_error(FINCH_ERR_FORMAT, "%s: corrupt or truncated %s header", name, image_format_name(fmt));
+        if ((rc = check_dimensions(name, image_format_name(fmt), pw, ph, max_pixels))) return rc;
+        return finch_error(FINCH_ERR_FORMAT, "%s: corrupt or unsupported %s header (claiming %lldx%lld)",
+                           name, image_format_name(fmt), pw, ph);
     }
     const char *fmt_name = fmt == IMAGE_UNKNOWN ? "TGA" : image_format_name(fmt);
-    if (w <= 0 || h <= 0)
-        return finch_error(FINCH_ERR_FORMAT, "%s: %s image has zero size (%dx%d)", name, fmt_name, w, h);
-    if ((long long)w * h > max_pixels)
-        return finch_error(FINCH_ERR_UNSUPPORTED, "%s: %s image is %dx%d = %lld pixels, over the limit of %lld "
-                           "(finch_image_load_options.max_pixels)", name, fmt_name, w, h, (long long)w * h, max_pixels);
+    int rc = check_dimensions(name, fmt_name, w, h, max_pixels);
+    if (rc) return rc;
 
     int has_alpha = comp == 2 || comp == 4;
     int want = has_alpha && on_white ? 4 : 3;
