@@ -25,7 +25,11 @@ static int starts_with(const unsigned char *data, size_t size, const char *magic
 image_format image_sniff(const unsigned char *data, size_t size)
 {
     if (starts_with(data, size, "\x89PNG\r\n\x1a\n", 8)) return IMAGE_PNG;
-    if (starts_with(data, size, "\xff\xd8", 2)) return IMAGE_JPEG;
+    if (size >= 2 && data[0] == 0xff) {   /* stb, like libjpeg, allows fill bytes before SOI */
+        size_t i = 1;
+        while (i < size && data[i] == 0xff) i++;
+        if (i < size && data[i] == 0xd8) return IMAGE_JPEG;
+    }
     if (starts_with(data, size, "BM", 2)) return IMAGE_BMP;
     if (starts_with(data, size, "GIF87a", 6) || starts_with(data, size, "GIF89a", 6)) return IMAGE_GIF;
     if (starts_with(data, size, "8BPS", 4) || starts_with(data, size, "#?RADIANCE\n", 11) ||
@@ -85,6 +89,7 @@ static int peek_dimensions(image_format fmt, const unsigned char *p, size_t n, l
             if (p[i] != 0xff) return 0;
             unsigned m = p[i + 1];
             if (m == 0xff) { i++; continue; }
+            if (m == 0xd8) { i += 2; continue; }
             if (m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc) {
                 *h = be16(p + i + 5);
                 *w = be16(p + i + 7);
@@ -96,6 +101,37 @@ static int peek_dimensions(image_format fmt, const unsigned char *p, size_t n, l
     default:
         return 0;
     }
+}
+
+/* stb_image as Debian packages it (2022 snapshot) trusts the 16 code counts of a JPEG Huffman table
+ * (DHT): past 256 codes it writes beyond its tables, corrupting its own decoder state. Every place a
+ * DHT marker (FF C4) occurs is read the way stb reads one (length, then tables until the length is
+ * used up, bytes past the end reading as 0) and refused if a table has more than 256 codes. FF C4
+ * cannot occur inside entropy-coded data (FF is followed by 00 there), so valid files are only ever
+ * checked at their real DHT segments; a budget bounds the work on hostile files full of FF C4. */
+static int jpeg_huffman_tables_ok(const unsigned char *p, size_t n)
+{
+    size_t budget = 64 * n + (1u << 20);
+    for (size_t at = 0; at + 1 < n; at++) {
+        if (p[at] != 0xff || p[at + 1] != 0xc4) continue;
+        size_t pos = at + 2;
+#define BYTE(i) ((i) < n ? p[(i)] : 0)
+        long remaining = (long)((unsigned)BYTE(pos) << 8 | BYTE(pos + 1)) - 2;
+        pos += 2;
+        while (remaining > 0) {
+            unsigned q = BYTE(pos);
+            if ((q >> 4) > 1 || (q & 15) > 3) break;   /* stb stops here with "bad DHT header" */
+            unsigned codes = 0;
+            for (int i = 1; i <= 16; i++) codes += BYTE(pos + (size_t)i);
+            if (codes > 256) return 0;
+            if (budget < 17) return 0;
+            budget -= 17;
+            pos += 17 + codes;
+            remaining -= 17 + (long)codes;
+        }
+#undef BYTE
+    }
+    return 1;
 }
 
 static int check_dimensions(const char *name, const char *fmt_name, long long w, long long h, long long max_pixels)
@@ -139,6 +175,9 @@ finch_status finch_image_load_memory(const void *data, size_t size, const char *
     if (fmt == IMAGE_REFUSED)
         return finch_error(FINCH_ERR_UNSUPPORTED, "%s: PSD/HDR/PIC/PNM images are not accepted "
                            "(use PNG, JPEG, BMP, GIF or TGA)", name);
+
+    if (fmt == IMAGE_JPEG && !jpeg_huffman_tables_ok(bytes, size))
+        return finch_error(FINCH_ERR_FORMAT, "%s: corrupt JPEG (a Huffman table with more than 256 codes)", name);
 
     int w = 0, h = 0, comp = 0;
     if (!stbi_info_from_memory(bytes, (int)size, &w, &h, &comp)) {

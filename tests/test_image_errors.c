@@ -182,6 +182,19 @@ static void test_not_images(void)
     write_bytes(path, junk, sizeof junk);
     expect_file_error("JPEG signature + junk", path, NULL, FINCH_ERR_FORMAT, "JPEG");
 
+    /* A Huffman table claiming 512 codes: the packaged stb_image would write past its tables. Also
+     * behind fill bytes (FF FF D8), which stb accepts as a JPEG start too. */
+    unsigned char dht[64] = {0xff, 0xd8, 0xff, 0xc4, 0x00, 0x13, 0x00};
+    for (int i = 7; i < 23; i++) dht[i] = 0x20;
+    snprintf(path, sizeof path, "%s/bad_huffman.jpg", tmp);
+    write_bytes(path, dht, sizeof dht);
+    expect_file_error("JPEG with a 512-code DHT", path, NULL, FINCH_ERR_FORMAT, "Huffman");
+    unsigned char filled[65] = {0xff};
+    memcpy(filled + 1, dht, sizeof dht);
+    snprintf(path, sizeof path, "%s/bad_huffman_fill.jpg", tmp);
+    write_bytes(path, filled, sizeof filled);
+    expect_file_error("same after a fill byte", path, NULL, FINCH_ERR_FORMAT, "Huffman");
+
     finch_image img;
     CHECK(finch_image_load(NULL, NULL, &img) == FINCH_ERR_INVALID_ARGUMENT && is_zeroed(&img), "NULL path");
     CHECK(finch_image_load(path, NULL, NULL) == FINCH_ERR_INVALID_ARGUMENT, "NULL out");
