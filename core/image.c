@@ -138,9 +138,10 @@ static int check_dimensions(const char *name, const char *fmt_name, long long w,
 {
     if (w <= 0 || h <= 0)
         return finch_error(FINCH_ERR_FORMAT, "%s: %s image has zero size (%lldx%lld)", name, fmt_name, w, h);
-    if (w * h > max_pixels)
-        return finch_error(FINCH_ERR_UNSUPPORTED, "%s: %s image is %lldx%lld = %lld pixels, over the limit of %lld "
-                           "(finch_image_load_options.max_pixels)", name, fmt_name, w, h, w * h, max_pixels);
+    if (w > max_pixels / h)   /* w * h > max_pixels without overflow: a header may claim 2^32 x 2^32 */
+        return finch_error(FINCH_ERR_UNSUPPORTED, "%s: %s image is %lldx%lld = %llu pixels, over the limit of %lld "
+                           "(finch_image_load_options.max_pixels)", name, fmt_name, w, h,
+                           (unsigned long long)w * (unsigned long long)h, max_pixels);
     return FINCH_OK;
 }
 

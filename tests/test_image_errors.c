@@ -141,6 +141,11 @@ static void test_huge_headers(void)
     write_bytes(path, png, n);
     expect_file_error("10000x10000 header", path, NULL, FINCH_ERR_UNSUPPORTED, "over the limit");
 
+    n = craft_png(png, 0xffffffffu, 0xffffffffu);   /* w * h overflows 64 bits if multiplied carelessly */
+    snprintf(path, sizeof path, "%s/max_u32.png", tmp);
+    write_bytes(path, png, n);
+    expect_file_error("4294967295^2 header", path, NULL, FINCH_ERR_UNSUPPORTED, "over the limit");
+
     n = craft_png(png, 0, 16);
     snprintf(path, sizeof path, "%s/zero_width.png", tmp);
     write_bytes(path, png, n);
