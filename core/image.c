@@ -137,7 +137,7 @@ static int jpeg_huffman_tables_ok(const unsigned char *p, size_t n)
 static int check_dimensions(const char *name, const char *fmt_name, long long w, long long h, long long max_pixels)
 {
     if (w <= 0 || h <= 0)
-        return finch_error(FINCH_ERR_FORMAT, "%s: %s image has zero size (%lldx%lld)", name, fmt_name, w, h);
+        return finch_error(FINCH_ERR_FORMAT, "%s: %s image has no pixels (%lldx%lld)", name, fmt_name, w, h);
     if (w > max_pixels / h)   /* w * h > max_pixels without overflow: a header may claim 2^32 x 2^32 */
         return finch_error(FINCH_ERR_UNSUPPORTED, "%s: %s image is %lldx%lld = %llu pixels, over the limit of %lld "
                            "(finch_image_load_options.max_pixels)", name, fmt_name, w, h,

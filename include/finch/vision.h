@@ -10,9 +10,10 @@
  *     finch_image_patches_free(&p);
  *     finch_image_free(&img);
  *
- * Decoding reads PNG, JPEG, BMP, GIF (first frame) and TGA. The image's dimensions are read from its
- * header and checked against a pixel limit before any pixel memory is allocated. EXIF orientation is
- * not applied (as Hugging Face processors do not apply it either). */
+ * Decoding (stb_image, from Debian's libstb) reads PNG, JPEG, BMP, GIF (first frame) and TGA; the other
+ * formats stb knows (PSD, HDR, PIC, PNM) are refused. The image's dimensions are read from its header
+ * and checked against a pixel limit before any pixel memory is allocated. 16-bit PNGs are reduced to
+ * 8 bits. EXIF orientation is not applied (Hugging Face processors do not apply it either). */
 #ifndef FINCH_VISION_H
 #define FINCH_VISION_H
 
