@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define FINCH_PLUGIN_ABI_MAJOR 1
-#define FINCH_PLUGIN_ABI_MINOR 0
+#define FINCH_PLUGIN_ABI_MINOR 1
 #define FINCH_PLUGIN_ENTRY_SYMBOL "finch_plugin_entry"
 #define FINCH_IGNORE_INDEX (-100)
 
@@ -153,6 +153,32 @@ typedef struct finch_attention_desc {
     finch_dptr dk; int64_t lddk;
     finch_dptr dv; int64_t lddv;
 } finch_attention_desc;
+
+/* Attention of new query rows over a key/value cache (ABI 1.1; prefill and decode, forward only).
+ * Sequence s has q_len = cu_seqlens_q[s+1] - cu_seqlens_q[s] query rows in q and kv_len[s] >= q_len
+ * key and value rows in k and v, at rows kv_start[s] .. kv_start[s] + kv_len[s] - 1 (sequences may
+ * sit anywhere in k and v: a cache with room to grow). Its queries are the LAST q_len of its kv_len
+ * positions: query row i of the sequence is at position p = kv_len[s] - q_len + i, and with j a key
+ * position, visibility and scores are those of finch_attention_desc (causal: j <= p; window: p - j <
+ * window). With kv_len == q_len and kv_start == cu_seqlens_q this is attention_forward. lse, when
+ * present, is f32 [n_heads, n_tokens] as there. */
+typedef struct finch_attention_cache_desc {
+    int64_t n_tokens, n_seqs;       /* query rows, sequences */
+    int64_t max_q_len, max_kv_len;  /* the largest q_len and kv_len[s] */
+    finch_dptr cu_seqlens_q;        /* i32 [n_seqs + 1] */
+    finch_dptr kv_start, kv_len;    /* i32 [n_seqs] each */
+    int64_t kv_rows;                /* rows of k and v: kv_start[s] + kv_len[s] <= kv_rows */
+    int64_t n_heads, n_kv_heads, head_dim;
+    finch_dtype dtype;              /* storage of q, k, v, o */
+    finch_dptr q; int64_t ldq;
+    finch_dptr k; int64_t ldk;
+    finch_dptr v; int64_t ldv;
+    finch_dptr o; int64_t ldo;
+    finch_dptr lse;                 /* or absent */
+    float scale, softcap;
+    int causal;
+    int64_t window;
+} finch_attention_cache_desc;
 
 /* Rotary embedding, applied in place to x [n_tokens, n_heads * head_dim] (row stride ldx) in the
  * "rotate half" layout: within each head, element d < rot_dim/2 pairs with d + rot_dim/2; elements
@@ -331,6 +357,10 @@ typedef struct finch_plugin_api {
                                 const finch_linear_cross_entropy_desc *d);
 
     int (*adamw_step)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d);
+
+    /* --- appended in ABI 1.1 (optional: the host checks for NULL) -------------------------- */
+    int (*attention_cache_forward)(finch_plugin_device *dev, finch_plugin_stream *s,
+                                   const finch_attention_cache_desc *d);
 } finch_plugin_api;
 
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);
