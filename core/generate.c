@@ -180,8 +180,10 @@ static int update_text(const finch_generate_options *o, finch_generation *g, seq
         g->finish = FINCH_FINISH_STOP;
         end = (size_t)at;
     } else if (!st->done) {
-        end -= stop_holdback(o, text, end);
+        /* A trailing U+FFFD may still become a character; an ending may still become a stop string. */
         if (end >= 3 && memcmp(text + end - 3, REPLACEMENT, 3) == 0) end -= 3;
+        size_t hold = stop_holdback(o, text, len);
+        if (len - hold < end) end = len - hold;
     }
     st->text_len = end;
     if (end > st->emitted) {

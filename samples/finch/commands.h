@@ -6,5 +6,7 @@
 int finch_cmd_info(int argc, char **argv);
 int finch_cmd_forward(int argc, char **argv);
 int finch_cmd_tokenize(int argc, char **argv);
+int finch_cmd_generate(int argc, char **argv);
+int finch_cmd_chat(int argc, char **argv);
 
 #endif
