@@ -1,0 +1,381 @@
+/* Parity of Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration) with Hugging Face transformers + PEFT
+ * (float64 references in $FINCH_SHARED_DIR/golden/qwen2_5_vl), on the CPU backend in f32:
+ * the image's pixel_values and grid from golden.safetensors go in with the batch; base logits, loss
+ * and every full fine-tuning gradient (vision tower included); the same through the fused head with
+ * gradient checkpointing; the golden adapter's logits, loss and LoRA gradients; bf16 within 2e-2;
+ * the multimodal RoPE position ids; LoRA on the vision tower; and the batch errors. */
+#include "core/model.h"
+#include "core/mrope.h"
+#include "core/safetensors.h"
+#include "core/vision_tower.h"
+#include "finch/finch.h"
+#include "tests/testing.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TOL 1e-4
+
+static st_set *gold;
+static int32_t *ids, *labels, grid[3];
+static float *pixels;
+static int64_t B, T, n_patches;
+
+static float *gold_f32(const char *name, int64_t *numel)
+{
+    const st_tensor *t = st_set_find(gold, name);
+    if (!t) return NULL;
+    float *v = malloc((size_t)t->numel * sizeof(float) + 1);
+    if (v && st_to_f32(t, v)) {
+        free(v);
+        return NULL;
+    }
+    if (numel) *numel = t->numel;
+    return v;
+}
+
+static int ok(int rc, const char *what)
+{
+    CHECK(rc == FINCH_OK, "%s: %s (%s)", what, finch_status_name(rc), finch_last_error());
+    return rc == FINCH_OK;
+}
+
+static finch_model *load(finch_runtime *rt, const char *dir, int full, int ckpt, finch_dtype dtype)
+{
+    finch_load_options o = finch_load_options_default();
+    o.full_finetune = full;
+    o.gradient_checkpointing = ckpt;
+    o.compute_dtype = dtype;
+    finch_model *m = NULL;
+    ok(finch_model_load(rt, dir, &o, &m), "finch_model_load");
+    return m;
+}
+
+static finch_batch image_batch(void)
+{
+    finch_batch b = {.batch = B, .seq_len = T, .input_ids = ids, .labels = labels, .pixel_values = pixels,
+                     .image_grid_thw = grid, .n_images = 1, .n_patches = n_patches,
+                     /* make_golden called the model without mm_token_type_ids: transformers 5 then
+                      * numbers the positions 0, 1, 2, ... on all three M-RoPE rows. */
+                     .text_positions = 1};
+    return b;
+}
+
+static int step(finch_model *m, int want_logits, finch_step_result *r)
+{
+    finch_batch b = image_batch();
+    finch_step_options so = {want_logits, 0.0f};
+    return ok(finch_forward_backward(m, &b, &so, r), "finch_forward_backward");
+}
+
+static double compare_logits(finch_model *m, const finch_step_result *r, const char *prefix, double tol)
+{
+    char name[128];
+    snprintf(name, sizeof name, "%s.logits", prefix);
+    int64_t n = 0;
+    float *ref = gold_f32(name, &n), *got = malloc((size_t)n * sizeof(float) + 1);
+    double e = 1;
+    CHECK(ref != NULL, "no %s", name);
+    if (ref && ok(finch_model_logits(m, got, (size_t)n), "finch_model_logits")) {
+        e = testing_rel_err(got, ref, (size_t)n);
+        CHECK(e <= tol, "%s: rel err %.3g", name, e);
+        printf("  %-44s rel err %.2e\n", name, e);
+    }
+    free(ref);
+    free(got);
+    snprintf(name, sizeof name, "%s.loss", prefix);
+    float *loss = gold_f32(name, NULL);
+    CHECK(loss != NULL, "no %s", name);
+    if (loss) {
+        double el = fabs(r->loss - loss[0]) / fabs(loss[0]);
+        CHECK(el <= tol, "%s: %.7f vs %.7f", name, r->loss, loss[0]);
+        printf("  %-44s %.7f vs %.7f\n", name, r->loss, loss[0]);
+    }
+    free(loss);
+    return e;
+}
+
+/* Every golden gradient <prefix><name> matches the trainable of that name (times factor), and every
+ * one has a trainable; returns how many trainables whose name contains `part` were matched. */
+static int64_t compare_grads(finch_model *m, const char *prefix, double factor, const char *label, const char *part)
+{
+    int64_t nt = finch_trainable_count(m), matched = 0, with_part = 0;
+    double worst = 0;
+    char worst_name[300] = "";
+    for (int64_t i = 0; i < nt; i++) {
+        finch_tensor_info ti;
+        if (!ok(finch_trainable_info(m, i, &ti), "finch_trainable_info")) return 0;
+        float *got = malloc((size_t)ti.numel * sizeof(float));
+        ok(finch_trainable_grad_read(m, i, got, ti.numel), "finch_trainable_grad_read");
+        char name[400];
+        snprintf(name, sizeof name, "%s%s", prefix, ti.name);
+        int64_t n = 0;
+        float *ref = gold_f32(name, &n);
+        if (!ref) {
+            double s = 0;
+            for (int64_t j = 0; j < ti.numel; j++) s += fabs(got[j]);
+            CHECK(s == 0, "%s: no golden gradient for %s, and ours is not zero", label, ti.name);
+        } else {
+            CHECK(n == ti.numel, "%s: %s has %lld elements, golden %lld", label, ti.name, (long long)ti.numel, (long long)n);
+            for (int64_t j = 0; j < n; j++) ref[j] = (float)(ref[j] * factor);
+            double e = n == ti.numel ? testing_rel_err(got, ref, (size_t)n) : 1.0;
+            CHECK(e <= TOL, "%s: %s rel err %.3g", label, name, e);
+            if (e > worst) {
+                worst = e;
+                snprintf(worst_name, sizeof worst_name, "%s", ti.name);
+            }
+            matched++;
+            with_part += part && strstr(ti.name, part) != NULL;
+        }
+        free(ref);
+        free(got);
+    }
+    int64_t golden = 0;
+    size_t plen = strlen(prefix);
+    for (int i = 0; i < st_set_count(gold); i++) golden += !strncmp(st_set_at(gold, i)->name, prefix, plen);
+    CHECK(matched == golden && golden > 0, "%s: %lld of %lld golden gradients have a trainable of that name", label,
+          (long long)matched, (long long)golden);
+    printf("  %-44s %lld tensors, worst rel err %.2e (%s)\n", label, (long long)matched, worst, worst_name);
+    return with_part;
+}
+
+/* Multimodal RoPE positions: what transformers 5.17's get_rope_index printed (with the processor's
+ * mm_token_type_ids) for 5 text tokens, vision_start, a 1x4x6 image's 6 tokens, vision_end and
+ * 3 more text tokens; then two images in one row and one in the next. */
+static void check_mrope(int32_t image_token)
+{
+    int32_t ids1[16] = {5, 6, 7, 8, 9, 302, 300, 300, 300, 300, 300, 300, 303, 10, 11, 12}, g1[3] = {1, 4, 6}, pos[3 * 16];
+    static const int32_t hf[3][16] = {{0, 1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6, 9, 10, 11, 12},
+                                      {0, 1, 2, 3, 4, 5, 6, 6, 6, 7, 7, 7, 9, 10, 11, 12},
+                                      {0, 1, 2, 3, 4, 5, 6, 7, 8, 6, 7, 8, 9, 10, 11, 12}};
+    int same = ok(finch_mrope_positions(ids1, 1, 16, 300, g1, 1, 2, pos), "finch_mrope_positions") &&
+               !memcmp(pos, hf, sizeof pos);
+    CHECK(same, "M-RoPE positions differ from transformers'");
+    /* Row 0: text, a 2x3 merged image, text, a 3x4 one (rows 5..7, columns 5..8 from 5); row 1: an
+     * image first. */
+    int32_t ids2[2 * 24], g2[9] = {1, 4, 6, 1, 6, 8, 1, 4, 6}, pos2[3 * 48];
+    for (int i = 0; i < 48; i++) ids2[i] = 7;
+    for (int i = 1; i < 7; i++) ids2[i] = 300;  /* row 0: positions 1..6 */
+    for (int i = 8; i < 20; i++) ids2[i] = 300; /* row 0: positions 8..19 */
+    for (int i = 24; i < 30; i++) ids2[i] = 300; /* row 1: positions 0..5 */
+    int good = ok(finch_mrope_positions(ids2, 2, 24, 300, g2, 3, 2, pos2), "finch_mrope_positions, 3 images");
+    const int32_t *t = pos2, *h = pos2 + 48, *w = pos2 + 96;
+    good &= t[0] == 0 && t[1] == 1 && h[6] == 2 && w[6] == 3 && t[7] == 4;   /* first image from 1: 2 rows, 3 columns */
+    good &= t[8] == 5 && h[8] == 5 && w[8] == 5 && h[19] == 7 && w[19] == 8; /* second from 5 */
+    good &= t[20] == 9 && h[23] == 12 && w[23] == 12;                        /* text resumes at 5 + max(3, 4) */
+    good &= t[24] == 0 && h[29] == 1 && w[29] == 2 && t[30] == 3;            /* row 1 starts over */
+    CHECK(good, "M-RoPE positions over several images and rows");
+    /* text_positions: 0, 1, 2, ... on every row. */
+    int plain = ok(finch_mrope_text_positions(ids1, 1, 16, 300, g1, 1, 2, pos), "finch_mrope_text_positions");
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < 16; i++) plain &= pos[r * 16 + i] == i;
+    CHECK(plain, "text positions");
+    const st_tensor *gt = st_set_find(gold, "mrope_position_ids");
+    if (gt) { /* [3, B, T], if a golden ever carries them (computed with mm_token_type_ids) */
+        int64_t n = B * T;
+        int32_t *ref = malloc((size_t)gt->numel * sizeof *ref), *mine = malloc((size_t)(3 * n) * sizeof *mine);
+        int match = gt->numel == 3 * n && !st_to_i32(gt, ref) &&
+                    !finch_mrope_positions(ids, B, T, image_token, grid, 1, 2, mine) && !memcmp(ref, mine, (size_t)(3 * n) * sizeof *ref);
+        CHECK(match, "mrope_position_ids differ from the golden ones");
+        free(ref);
+        free(mine);
+    }
+    printf("  %-44s %s%s\n", "mrope positions", same && good && plain ? "match" : "DIFFER", gt ? " (and the golden ids)" : "");
+}
+
+static void check_errors(finch_runtime *rt, const char *model_dir, const char *text_model_dir, int32_t image_token)
+{
+    finch_model *m = load(rt, model_dir, 0, 0, FINCH_DTYPE_F32);
+    if (!m) return;
+    finch_step_result r;
+    finch_batch b = image_batch();
+    /* Missing pixel values: image tokens but no image. */
+    finch_batch none = b;
+    none.pixel_values = NULL;
+    none.image_grid_thw = NULL;
+    none.n_images = 0;
+    none.n_patches = 0;
+    int rc = finch_forward(m, &none, NULL, &r);
+    CHECK(rc == FINCH_ERR_INVALID_ARGUMENT && strstr(finch_last_error(), "image token"), "image tokens without images: %s",
+          finch_last_error());
+    /* n_images without pixel values. */
+    none.n_images = 1;
+    rc = finch_forward(m, &none, NULL, &r);
+    CHECK(rc == FINCH_ERR_INVALID_ARGUMENT && strstr(finch_last_error(), "pixel_values"), "missing pixel_values: %s",
+          finch_last_error());
+    /* One image token too few. */
+    int32_t *fewer = malloc((size_t)(B * T) * sizeof *fewer);
+    memcpy(fewer, ids, (size_t)(B * T) * sizeof *fewer);
+    for (int64_t t = 0; t < T; t++)
+        if (fewer[t] == image_token) {
+            fewer[t] = 7;
+            break;
+        }
+    finch_batch bad = b;
+    bad.input_ids = fewer;
+    rc = finch_forward(m, &bad, NULL, &r);
+    CHECK(rc == FINCH_ERR_INVALID_ARGUMENT && strstr(finch_last_error(), "needs"), "image token count mismatch: %s",
+          finch_last_error());
+    /* No image tokens at all for the image given. */
+    for (int64_t t = 0; t < T; t++)
+        if (fewer[t] == image_token) fewer[t] = 7;
+    rc = finch_forward(m, &bad, NULL, &r);
+    CHECK(rc == FINCH_ERR_INVALID_ARGUMENT && strstr(finch_last_error(), "image tokens for 0"), "unused image: %s",
+          finch_last_error());
+    free(fewer);
+    /* Patch rows that do not add up to the grid. */
+    bad = b;
+    bad.n_patches = n_patches - 4;
+    rc = finch_forward(m, &bad, NULL, &r);
+    CHECK(rc == FINCH_ERR_INVALID_ARGUMENT && strstr(finch_last_error(), "grids add up"), "patch count mismatch: %s",
+          finch_last_error());
+    /* A grid that is not a multiple of the merge size. */
+    int32_t odd[3] = {1, 3, 8};
+    bad = b;
+    bad.image_grid_thw = odd;
+    rc = finch_forward(m, &bad, NULL, &r);
+    CHECK(rc == FINCH_ERR_INVALID_ARGUMENT, "odd grid refused: %s", finch_last_error());
+    /* A good batch still works after the errors. */
+    CHECK(finch_forward(m, &b, NULL, &r) == FINCH_OK, "good batch after errors: %s", finch_last_error());
+    finch_model_free(m);
+
+    /* Images for a text model. */
+    m = load(rt, text_model_dir, 0, 0, FINCH_DTYPE_F32);
+    if (!m) return;
+    int32_t tids[4] = {5, 6, 7, 8};
+    finch_batch tb = {.batch = 1, .seq_len = 4, .input_ids = tids, .pixel_values = pixels, .image_grid_thw = grid,
+                      .n_images = 1, .n_patches = n_patches};
+    rc = finch_forward(m, &tb, NULL, &r);
+    CHECK(rc == FINCH_ERR_INVALID_ARGUMENT && strstr(finch_last_error(), "no vision tower"), "images for a text model: %s",
+          finch_last_error());
+    finch_model_free(m);
+}
+
+int main(void)
+{
+    char base[1024], model_dir[1100], adapter_dir[1100], gold_path[1200], text_dir[1100];
+    snprintf(base, sizeof base, "%s/golden/qwen2_5_vl", testing_shared_dir());
+    snprintf(model_dir, sizeof model_dir, "%s/model", base);
+    snprintf(adapter_dir, sizeof adapter_dir, "%s/adapter", base);
+    snprintf(gold_path, sizeof gold_path, "%s/golden.safetensors", base);
+    snprintf(text_dir, sizeof text_dir, "%s/golden/qwen2/model", testing_shared_dir());
+    printf("golden qwen2_5_vl\n");
+
+    finch_runtime *rt = NULL;
+    if (!ok(finch_runtime_open("cpu", &rt), "finch_runtime_open") || !ok(st_set_open_file(gold_path, &gold), gold_path))
+        return testing_finish();
+    const st_tensor *t = st_set_find(gold, "input_ids"), *pv = st_set_find(gold, "image0.pixel_values"),
+                    *gt = st_set_find(gold, "image0.grid_thw");
+    CHECK(t && t->ndim == 2 && pv && pv->ndim == 2 && gt && gt->numel == 3, "%s: input_ids, image0.pixel_values, image0.grid_thw",
+          gold_path);
+    if (!t || !pv || !gt) return testing_finish();
+    B = t->shape[0];
+    T = t->shape[1];
+    n_patches = pv->shape[0];
+    ids = malloc((size_t)(B * T) * 4);
+    labels = malloc((size_t)(B * T) * 4);
+    pixels = gold_f32("image0.pixel_values", NULL);
+    st_to_i32(t, ids);
+    st_to_i32(st_set_find(gold, "labels"), labels);
+    st_to_i32(gt, grid);
+    finch_step_result r;
+
+    /* Base model, full fine-tuning, logits kept: every gradient, the vision tower's included. */
+    finch_model *m = load(rt, model_dir, 1, 0, FINCH_DTYPE_F32);
+    int32_t image_token = -1;
+    if (m) {
+        finch_model_info info;
+        ok(finch_model_info_get(m, &info), "finch_model_info_get");
+        CHECK(!strcmp(info.model_type, "qwen2_5_vl"), "model_type %s", info.model_type);
+        CHECK(m->vision != NULL, "no vision tower");
+        if (m->vision) image_token = m->vision->cfg.image_token_id;
+    }
+    if (m && step(m, 1, &r)) {
+        compare_logits(m, &r, "base", TOL);
+        int64_t vis = compare_grads(m, "base.grad.", 1.0, "base.grad (logits path)", "visual");
+        CHECK(vis > 20, "only %lld vision-tower gradients compared", (long long)vis);
+    }
+    finch_model_free(m);
+
+    /* Fused head + gradient checkpointing; two calls accumulate twice the gradient. */
+    m = load(rt, model_dir, 1, 1, FINCH_DTYPE_F32);
+    if (m && step(m, 0, &r) && step(m, 0, &r)) {
+        float *loss = gold_f32("base.loss", NULL);
+        CHECK(loss && fabs(r.loss - loss[0]) <= TOL * fabs(loss[0]), "fused loss %.7f", r.loss);
+        free(loss);
+        compare_grads(m, "base.grad.", 2.0, "2 x base.grad (fused, checkpointed)", NULL);
+    }
+    finch_model_free(m);
+
+    /* The golden PEFT adapter (target_modules: a regex that leaves the vision tower alone). */
+    m = load(rt, model_dir, 0, 0, FINCH_DTYPE_F32);
+    if (m && ok(finch_lora_load(m, adapter_dir), "finch_lora_load") && step(m, 1, &r)) {
+        compare_logits(m, &r, "lora", TOL);
+        compare_grads(m, "lora.grad.", 1.0, "lora.grad", NULL);
+    }
+    finch_model_free(m);
+
+    /* bf16 compute within 2e-2. */
+    m = load(rt, model_dir, 0, 0, FINCH_DTYPE_BF16);
+    if (m && ok(finch_lora_load(m, adapter_dir), "bf16 finch_lora_load") && step(m, 1, &r)) compare_logits(m, &r, "lora", 2e-2);
+    finch_model_free(m);
+
+    /* "all-linear" LoRA stays on the language model; named vision modules get adapters too, and
+     * their gradients flow through the tower. */
+    m = load(rt, model_dir, 0, 0, FINCH_DTYPE_F32);
+    if (m) {
+        finch_lora_config lc = finch_lora_config_default();
+        lc.r = 4;
+        if (ok(finch_lora_attach(m, &lc), "finch_lora_attach all-linear")) {
+            int vision = 0;
+            for (int64_t i = 0; i < finch_trainable_count(m); i++) {
+                finch_tensor_info ti;
+                finch_trainable_info(m, i, &ti);
+                vision += strstr(ti.name, "visual") != NULL;
+            }
+            CHECK(vision == 0 && finch_trainable_count(m) == 2 * 7 * 2, "all-linear: %lld trainables, %d in the vision tower",
+                  (long long)finch_trainable_count(m), vision);
+        }
+    }
+    finch_model_free(m);
+    m = load(rt, model_dir, 0, 0, FINCH_DTYPE_F32);
+    if (m) {
+        finch_lora_config lc = finch_lora_config_default();
+        lc.r = 4;
+        lc.target_modules = "q_proj,v_proj,qkv,mlp.0,mlp.2";
+        if (ok(finch_lora_attach(m, &lc), "finch_lora_attach with vision modules")) {
+            /* B = 0 at init, so gradients reach every lora_B (and only they are non-zero). */
+            int64_t nt = finch_trainable_count(m), vision_b = 0, vision_b_nonzero = 0;
+            if (step(m, 0, &r)) {
+                for (int64_t i = 0; i < nt; i++) {
+                    finch_tensor_info ti;
+                    finch_trainable_info(m, i, &ti);
+                    if (!strstr(ti.name, "visual") || !strstr(ti.name, "lora_B")) continue;
+                    float *gr = malloc((size_t)ti.numel * sizeof(float));
+                    finch_trainable_grad_read(m, i, gr, ti.numel);
+                    double s = 0;
+                    for (int64_t j = 0; j < ti.numel; j++) s += fabs(gr[j]);
+                    vision_b++;
+                    vision_b_nonzero += s > 0;
+                    free(gr);
+                }
+            }
+            CHECK(vision_b == 2 * 1 + 2 && vision_b_nonzero == vision_b, "vision LoRA: %lld lora_B in the tower, %lld with gradient",
+                  (long long)vision_b, (long long)vision_b_nonzero);
+            printf("  %-44s %lld vision lora_B tensors with gradient\n", "vision LoRA", (long long)vision_b_nonzero);
+        }
+    }
+    finch_model_free(m);
+
+    check_mrope(image_token);
+    check_errors(rt, model_dir, text_dir, image_token);
+
+    st_set_close(gold);
+    free(ids);
+    free(labels);
+    free(pixels);
+    finch_runtime_close(rt);
+    return testing_finish();
+}
