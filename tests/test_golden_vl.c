@@ -11,6 +11,8 @@
 #include "finch/finch.h"
 #include "tests/testing.h"
 
+#include <cjson/cJSON.h>
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -253,6 +255,148 @@ static void check_errors(finch_runtime *rt, const char *model_dir, const char *t
     finch_model_free(m);
 }
 
+/* The same model in the other layouts a checkpoint can have: transformers 4's flat config.json
+ * (text fields at the top, rope_scaling {"type": "mrope"}, vision in_chans) with transformers 5's
+ * tensor names (model.language_model.*, model.visual.*). Logits and trainable names must agree. */
+static void check_layouts(finch_runtime *rt, const char *model_dir)
+{
+    char path[1400], dir[1200];
+    snprintf(path, sizeof path, "%s/config.json", model_dir);
+    FILE *f = fopen(path, "rb");
+    char text[16384];
+    size_t len = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    if (f) fclose(f);
+    text[len] = 0;
+    cJSON *cfg = cJSON_Parse(text);
+    CHECK(cfg != NULL, "%s", path);
+    if (!cfg) return;
+    /* Flatten: text_config's fields go to the top; RoPE as transformers 4 wrote it. */
+    cJSON *tc = cJSON_DetachItemFromObject(cfg, "text_config"), *e;
+    cJSON *rp = cJSON_DetachItemFromObject(tc, "rope_parameters");
+    cJSON_ArrayForEach(e, tc) {
+        if (!cJSON_GetObjectItem(cfg, e->string)) cJSON_AddItemToObject(cfg, e->string, cJSON_Duplicate(e, 1));
+    }
+    cJSON_AddNumberToObject(cfg, "rope_theta", cJSON_GetObjectItem(rp, "rope_theta")->valuedouble);
+    cJSON *scaling = cJSON_AddObjectToObject(cfg, "rope_scaling");
+    cJSON_AddStringToObject(scaling, "type", "mrope");
+    cJSON_AddItemToObject(scaling, "mrope_section", cJSON_Duplicate(cJSON_GetObjectItem(rp, "mrope_section"), 1));
+    cJSON *vc = cJSON_GetObjectItem(cfg, "vision_config");
+    cJSON_AddNumberToObject(vc, "in_chans", cJSON_GetObjectItem(vc, "in_channels")->valuedouble);
+    cJSON_DeleteItemFromObject(vc, "in_channels");
+    cJSON_DeleteItemFromObject(vc, "rope_parameters");
+    cJSON_Delete(tc);
+    cJSON_Delete(rp);
+    snprintf(dir, sizeof dir, "%s/qwen2_5_vl_layouts", testing_tmp_dir());
+    char cmd[1300];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", dir);
+    CHECK(system(cmd) == 0, "mkdir %s", dir);
+    char *out = cJSON_Print(cfg);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    f = fopen(path, "wb");
+    CHECK(f && fputs(out, f) >= 0 && fclose(f) == 0, "writing %s", path);
+    cJSON_free(out);
+    cJSON_Delete(cfg);
+
+    /* Tensors under their transformers 5 names. */
+    st_set *src = NULL;
+    snprintf(path, sizeof path, "%s/model.safetensors", model_dir);
+    if (!ok(st_set_open_file(path, &src), path)) return;
+    int n = st_set_count(src);
+    st_entry *ent = calloc((size_t)n, sizeof *ent);
+    char (*names)[256] = calloc((size_t)n, sizeof *names);
+    for (int i = 0; i < n; i++) {
+        const st_tensor *t = st_set_at(src, i);
+        if (!strncmp(t->name, "visual.", 7)) snprintf(names[i], sizeof names[i], "model.%s", t->name);
+        else if (!strncmp(t->name, "model.", 6)) snprintf(names[i], sizeof names[i], "model.language_model.%s", t->name + 6);
+        else snprintf(names[i], sizeof names[i], "%s", t->name);
+        ent[i].name = names[i];
+        ent[i].dtype = t->dtype;
+        ent[i].ndim = t->ndim;
+        memcpy(ent[i].shape, t->shape, sizeof ent[i].shape);
+        ent[i].data = t->data;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    ok(st_write(path, ent, n, NULL), "st_write");
+    st_set_close(src);
+    free(ent);
+    free(names);
+
+    finch_model *m = load(rt, dir, 1, 0, FINCH_DTYPE_F32), *ref = load(rt, model_dir, 1, 0, FINCH_DTYPE_F32);
+    finch_step_result r;
+    if (m && ref && step(m, 1, &r)) {
+        compare_logits(m, &r, "base", TOL);
+        int same = finch_trainable_count(m) == finch_trainable_count(ref);
+        for (int64_t i = 0; same && i < finch_trainable_count(m); i++) {
+            finch_tensor_info a, b;
+            finch_trainable_info(m, i, &a);
+            finch_trainable_info(ref, i, &b);
+            same = !strcmp(a.name, b.name);
+        }
+        CHECK(same, "trainable names differ between the two checkpoint layouts");
+        printf("  %-44s %s\n", "flat config + transformers 5 names", same ? "same names" : "NAMES DIFFER");
+    }
+    finch_model_free(m);
+    finch_model_free(ref);
+}
+
+/* A few AdamW steps of LoRA (language model and the tower's qkv) on the image batch, with
+ * M-RoPE positions and LoRA dropout: the loss falls. */
+static void train_smoke(finch_runtime *rt, const char *model_dir)
+{
+    finch_model *m = load(rt, model_dir, 0, 0, FINCH_DTYPE_F32);
+    if (!m) return;
+    finch_lora_config lc = finch_lora_config_default();
+    lc.r = 8;
+    lc.dropout = 0.05f;
+    lc.target_modules = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,qkv";
+    const finch_backend *be = &rt->backend;
+    int nt = 0;
+    finch_plugin_buffer **state = NULL;
+    if (ok(finch_lora_attach(m, &lc), "finch_lora_attach")) {
+        nt = m->n_trainables;
+        state = calloc((size_t)nt, sizeof *state);
+        for (int i = 0; i < nt; i++) {
+            int64_t n = m->trainables[i].param->numel;
+            be->api->alloc(be->dev, (size_t)(2 * n) * 4, &state[i]);
+            be->api->fill(be->dev, be->stream, (finch_dptr){state[i], 0}, FINCH_DTYPE_F32, 2 * n, 0.0f);
+        }
+    }
+    double first = 0, last = 0;
+    finch_batch b = image_batch();
+    b.text_positions = 0;
+    for (int s = 1; state && s <= 30; s++) {
+        finch_step_result r;
+        finch_zero_grads(m);
+        if (!ok(finch_forward_backward(m, &b, NULL, &r), "training step")) break;
+        if (s == 1) first = r.loss;
+        last = r.loss;
+        for (int i = 0; i < nt; i++) {
+            finch_param *p = m->trainables[i].param;
+            finch_adamw_desc d;
+            memset(&d, 0, sizeof d);
+            d.n = p->numel;
+            d.param_type = p->dtype;
+            d.param = p->data;
+            d.grad = p->grad;
+            d.m = (finch_dptr){state[i], 0};
+            d.v = (finch_dptr){state[i], (size_t)p->numel * 4};
+            d.lr = 1e-2f;
+            d.beta1 = 0.9f;
+            d.beta2 = 0.999f;
+            d.eps = 1e-8f;
+            d.grad_scale = 1.0f;
+            d.bias_correction1 = 1.0f - powf(0.9f, (float)s);
+            d.bias_correction2 = 1.0f - powf(0.999f, (float)s);
+            be->api->adamw_step(be->dev, be->stream, &d);
+        }
+    }
+    CHECK(last < 0.8 * first, "multimodal LoRA training: loss %.4f -> %.4f", first, last);
+    printf("  %-44s loss %.4f -> %.4f in 30 steps\n", "LoRA training on the image batch", first, last);
+    for (int i = 0; i < nt; i++) be->api->free(be->dev, state[i]);
+    free(state);
+    finch_model_free(m);
+}
+
 int main(void)
 {
     char base[1024], model_dir[1100], adapter_dir[1100], gold_path[1200], text_dir[1100];
@@ -369,6 +513,8 @@ int main(void)
     }
     finch_model_free(m);
 
+    check_layouts(rt, model_dir);
+    train_smoke(rt, model_dir);
     check_mrope(image_token);
     check_errors(rt, model_dir, text_dir, image_token);
 
