@@ -12,6 +12,8 @@
 #include "tests/testing.h"
 
 #include <cjson/cJSON.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -397,6 +399,60 @@ static void train_smoke(finch_runtime *rt, const char *model_dir)
     finch_model_free(m);
 }
 
+/* `finch forward --image image0.png` decodes and preprocesses the PNG itself: the golden's logits,
+ * loss and full fine-tuning gradients come out of the file it writes. */
+static void check_cli(const char *base)
+{
+    char bin[1100], model[1100], image[1100], batch[1200], out[1200], log[1200];
+    const char *dir = getenv("FINCH_BIN_DIR");
+    snprintf(bin, sizeof bin, "%s/finch", dir && *dir ? dir : "bin");
+    snprintf(model, sizeof model, "%s/model", base);
+    snprintf(image, sizeof image, "%s/image0.png", base);
+    snprintf(batch, sizeof batch, "%s/golden.safetensors", base);
+    snprintf(out, sizeof out, "%s/forward_qwen2_5_vl.safetensors", testing_tmp_dir());
+    snprintf(log, sizeof log, "%s/forward_qwen2_5_vl.log", testing_tmp_dir());
+    unlink(out);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(log, "w", stdout) || dup2(fileno(stdout), 2) < 0) _exit(126);
+        execl(bin, bin, "forward", "--model", model, "--batch", batch, "--image", image, "--text-positions", "--full", "--grads",
+              "--backend", "cpu", "--out", out, (char *)NULL);
+        _exit(127);
+    }
+    int status = -1;
+    if (pid > 0) waitpid(pid, &status, 0);
+    CHECK(pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "finch forward --image exited with status %d (log %s)", status,
+          log);
+    st_set *res = NULL;
+    if (!ok(st_set_open_file(out, &res), out)) return;
+    int64_t n = 0, nr = 0, worst_at = -1;
+    double worst = 0;
+    int grads = 0;
+    for (int i = 0; i < st_set_count(gold); i++) {
+        const char *name = st_set_at(gold, i)->name;
+        char mine[400];
+        if (!strcmp(name, "base.logits") || !strcmp(name, "base.loss")) snprintf(mine, sizeof mine, "%s", name + 5);
+        else if (!strncmp(name, "base.grad.", 10)) snprintf(mine, sizeof mine, "grad.%s", name + 10);
+        else continue;
+        const st_tensor *t = st_set_find(res, mine);
+        float *a = t ? malloc((size_t)t->numel * sizeof(float)) : NULL, *ref = gold_f32(name, &nr);
+        n = t ? t->numel : -1;
+        double e = a && ref && n == nr && !st_to_f32(t, a) ? testing_rel_err(a, ref, (size_t)n) : 1.0;
+        CHECK(e <= TOL, "finch forward --image: %s rel err %.3g", mine, e);
+        if (e > worst) {
+            worst = e;
+            worst_at = i;
+        }
+        grads += !strncmp(mine, "grad.", 5);
+        free(a);
+        free(ref);
+    }
+    CHECK(grads > 50, "finch forward --image: %d gradients", grads);
+    printf("  %-44s %d gradients + logits + loss, worst rel err %.2e (%s)\n", "finch forward --image image0.png", grads, worst,
+           worst_at >= 0 ? st_set_at(gold, (int)worst_at)->name : "");
+    st_set_close(res);
+}
+
 int main(void)
 {
     char base[1024], model_dir[1100], adapter_dir[1100], gold_path[1200], text_dir[1100];
@@ -514,6 +570,7 @@ int main(void)
     finch_model_free(m);
 
     check_layouts(rt, model_dir);
+    check_cli(base);
     train_smoke(rt, model_dir);
     check_mrope(image_token);
     check_errors(rt, model_dir, text_dir, image_token);
