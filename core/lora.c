@@ -231,6 +231,9 @@ finch_status finch_lora_attach(finch_model *m, const finch_lora_config *cfg)
     free(chosen);
     if (!rc) {
         strcat(json, "]");
+        rc = finch_vl_lora_targets(m, targets, &json);
+    }
+    if (!rc) {
         m->lora_targets_json = json;
         json = NULL;
     }

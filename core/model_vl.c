@@ -5,6 +5,7 @@
 #include "core/mrope.h"
 #include "core/vision_tower.h"
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,31 @@ int finch_vl_load(finch_model *m, const st_set *set, const char *dir)
 void finch_vl_free(finch_model *m)
 {
     finch_vision_free(m);
+}
+
+int finch_vl_lora_targets(const finch_model *m, const char *targets, char **json)
+{
+    if (!m->vision || strcmp(targets, "all-linear")) return FINCH_OK;
+    size_t cap = 64, len = 0;
+    for (int i = 0; i < m->n_linears; i++) cap += strlen(m->linears[i]->leaf) + 1;
+    char *re = malloc(cap);
+    if (!re) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+    len = (size_t)sprintf(re, "^(?!.*visual).*\\.(");
+    for (int i = 0; i < m->n_linears; i++) {
+        const finch_linear_module *lin = m->linears[i];
+        int seen = lin->vision || !lin->rank;
+        for (int j = 0; j < i && !seen; j++) seen = !m->linears[j]->vision && m->linears[j]->rank && !strcmp(m->linears[j]->leaf, lin->leaf);
+        if (!seen) len += (size_t)sprintf(re + len, "%s%s", re[len - 1] == '(' ? "" : "|", lin->leaf);
+    }
+    strcpy(re + len, ")$");
+    cJSON *str = cJSON_CreateString(re);
+    char *text = str ? cJSON_PrintUnformatted(str) : NULL;
+    cJSON_Delete(str);
+    free(re);
+    if (!text) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+    free(*json);
+    *json = text;
+    return FINCH_OK;
 }
 
 static int each_linear(finch_model *m, finch_linear_module *lin, finch_vl_param_fn fn)

@@ -21,6 +21,12 @@ int finch_vl_positions(finch_model *m, const finch_batch *b, finch_dptr *positio
  * gradient node when the tower has trainable parameters. */
 int finch_vl_embed_images(finch_model *m, finch_graph *g, const finch_batch *b, int train, finch_tensor *x0);
 
+/* target_modules for adapter_config.json: "all-linear" on a vision-language model adapts the
+ * language model only, and the leaf-name list PEFT would otherwise save also names the tower's
+ * gate/up/down projections; it is replaced (in *json, a JSON value) by PEFT's regular-expression
+ * form "^(?!.*visual).*\.(q_proj|...)$". Other cases are left as they are. */
+int finch_vl_lora_targets(const finch_model *m, const char *targets, char **json);
+
 /* Calls fn(m, param, owning linear module or NULL, 0) for each vision-tower parameter in module
  * order (full fine-tuning's trainables); fn may be NULL. Returns how many there are (0: none). */
 typedef void (*finch_vl_param_fn)(finch_model *m, finch_param *p, const finch_linear_module *owner, int perm_rows);

@@ -74,7 +74,7 @@ static int step(finch_model *m, int want_logits, finch_step_result *r)
     return ok(finch_forward_backward(m, &b, &so, r), "finch_forward_backward");
 }
 
-static double compare_logits(finch_model *m, const finch_step_result *r, const char *prefix, double tol)
+static double compare_logits(finch_model *m, const finch_step_result *r, const char *prefix, double tol, const char *tag)
 {
     char name[128];
     snprintf(name, sizeof name, "%s.logits", prefix);
@@ -85,7 +85,7 @@ static double compare_logits(finch_model *m, const finch_step_result *r, const c
     if (ref && ok(finch_model_logits(m, got, (size_t)n), "finch_model_logits")) {
         e = testing_rel_err(got, ref, (size_t)n);
         CHECK(e <= tol, "%s: rel err %.3g", name, e);
-        printf("  %-44s rel err %.2e\n", name, e);
+        printf("  %s%-*s rel err %.2e\n", tag, 44 - (int)strlen(tag), name, e);
     }
     free(ref);
     free(got);
@@ -95,7 +95,7 @@ static double compare_logits(finch_model *m, const finch_step_result *r, const c
     if (loss) {
         double el = fabs(r->loss - loss[0]) / fabs(loss[0]);
         CHECK(el <= tol, "%s: %.7f vs %.7f", name, r->loss, loss[0]);
-        printf("  %-44s %.7f vs %.7f\n", name, r->loss, loss[0]);
+        printf("  %s%-*s %.7f vs %.7f\n", tag, 44 - (int)strlen(tag), name, r->loss, loss[0]);
     }
     free(loss);
     return e;
@@ -326,7 +326,7 @@ static void check_layouts(finch_runtime *rt, const char *model_dir)
     finch_model *m = load(rt, dir, 1, 0, FINCH_DTYPE_F32), *ref = load(rt, model_dir, 1, 0, FINCH_DTYPE_F32);
     finch_step_result r;
     if (m && ref && step(m, 1, &r)) {
-        compare_logits(m, &r, "base", TOL);
+        compare_logits(m, &r, "base", TOL, "");
         int same = finch_trainable_count(m) == finch_trainable_count(ref);
         for (int64_t i = 0; same && i < finch_trainable_count(m); i++) {
             finch_tensor_info a, b;
@@ -412,6 +412,7 @@ static void check_cli(const char *base)
     snprintf(out, sizeof out, "%s/forward_qwen2_5_vl.safetensors", testing_tmp_dir());
     snprintf(log, sizeof log, "%s/forward_qwen2_5_vl.log", testing_tmp_dir());
     unlink(out);
+    fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
         if (!freopen(log, "w", stdout) || dup2(fileno(stdout), 2) < 0) _exit(126);
@@ -493,7 +494,7 @@ int main(void)
         if (m->vision) image_token = m->vision->cfg.image_token_id;
     }
     if (m && step(m, 1, &r)) {
-        compare_logits(m, &r, "base", TOL);
+        compare_logits(m, &r, "base", TOL, "flat config: ");
         int64_t vis = compare_grads(m, "base.grad.", 1.0, "base.grad (logits path)", "visual");
         CHECK(vis > 20, "only %lld vision-tower gradients compared", (long long)vis);
     }
@@ -512,14 +513,14 @@ int main(void)
     /* The golden PEFT adapter (target_modules: a regex that leaves the vision tower alone). */
     m = load(rt, model_dir, 0, 0, FINCH_DTYPE_F32);
     if (m && ok(finch_lora_load(m, adapter_dir), "finch_lora_load") && step(m, 1, &r)) {
-        compare_logits(m, &r, "lora", TOL);
+        compare_logits(m, &r, "lora", TOL, "");
         compare_grads(m, "lora.grad.", 1.0, "lora.grad", NULL);
     }
     finch_model_free(m);
 
     /* bf16 compute within 2e-2. */
     m = load(rt, model_dir, 0, 0, FINCH_DTYPE_BF16);
-    if (m && ok(finch_lora_load(m, adapter_dir), "bf16 finch_lora_load") && step(m, 1, &r)) compare_logits(m, &r, "lora", 2e-2);
+    if (m && ok(finch_lora_load(m, adapter_dir), "bf16 finch_lora_load") && step(m, 1, &r)) compare_logits(m, &r, "lora", 2e-2, "bf16 ");
     finch_model_free(m);
 
     /* "all-linear" LoRA stays on the language model; named vision modules get adapters too, and
@@ -537,6 +538,39 @@ int main(void)
             }
             CHECK(vision == 0 && finch_trainable_count(m) == 2 * 7 * 2, "all-linear: %lld trainables, %d in the vision tower",
                   (long long)finch_trainable_count(m), vision);
+            /* Saved so that PEFT (and finch) put it back on the same modules only: the tower's MLP
+             * shares the leaf names gate_proj/up_proj/down_proj. */
+            char dir[1200], cfg_path[1300];
+            snprintf(dir, sizeof dir, "%s/qwen2_5_vl_all_linear_adapter", testing_tmp_dir());
+            snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", dir);
+            finch_model *m2 = NULL;
+            if (ok(finch_lora_save(m, dir), "finch_lora_save") && (m2 = load(rt, model_dir, 0, 0, FINCH_DTYPE_F32)) &&
+                ok(finch_lora_load(m2, dir), "finch_lora_load of the saved all-linear adapter")) {
+                FILE *f = fopen(cfg_path, "rb");
+                char text[8192];
+                size_t len = f ? fread(text, 1, sizeof text - 1, f) : 0;
+                if (f) fclose(f);
+                text[len] = 0;
+                cJSON *c = cJSON_Parse(text);
+                const cJSON *tm = cJSON_GetObjectItem(c, "target_modules");
+                CHECK(cJSON_IsString(tm) && strstr(tm->valuestring, "(?!.*visual)"), "saved target_modules: %s",
+                      cJSON_IsString(tm) ? tm->valuestring : "(not a string)");
+                cJSON_Delete(c);
+                int same = finch_trainable_count(m2) == finch_trainable_count(m);
+                for (int64_t i = 0; same && i < finch_trainable_count(m); i++) {
+                    finch_tensor_info a, b;
+                    finch_trainable_info(m, i, &a);
+                    finch_trainable_info(m2, i, &b);
+                    float *x = malloc((size_t)a.numel * 4), *y = malloc((size_t)a.numel * 4);
+                    same = !strcmp(a.name, b.name) && a.numel == b.numel && !finch_trainable_read(m, i, x, a.numel) &&
+                           !finch_trainable_read(m2, i, y, b.numel) && !memcmp(x, y, (size_t)a.numel * 4);
+                    free(x);
+                    free(y);
+                }
+                CHECK(same, "the reloaded all-linear adapter differs");
+                printf("  %-44s %s\n", "all-linear adapter save/reload", same ? "bit-exact, tower left out" : "DIFFERS");
+            }
+            finch_model_free(m2);
         }
     }
     finch_model_free(m);
