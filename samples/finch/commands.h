@@ -6,5 +6,6 @@
 int finch_cmd_info(int argc, char **argv);
 int finch_cmd_forward(int argc, char **argv);
 int finch_cmd_tokenize(int argc, char **argv);
+int finch_cmd_export(int argc, char **argv);
 
 #endif
