@@ -164,9 +164,10 @@ static cJSON *adapter_config(const gguf_plan *p, int64_t rank, float alpha)
     return c;
 }
 
-finch_status finch_gguf_verify(finch_model *m, const char *path, finch_export_report *out)
+/* Reads path, fills out's weight errors and builds the model the file describes. */
+static int rebuild(finch_model *m, const char *path, finch_export_report *out, finch_model **rebuilt_out)
 {
-    if (!m || !path || !out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_gguf_verify: NULL argument");
+    *rebuilt_out = NULL;
     memset(out, 0, sizeof *out);
     gguf_file *f = NULL;
     int rc = gguf_open(path, &f);
@@ -178,7 +179,7 @@ finch_status finch_gguf_verify(finch_model *m, const char *path, finch_export_re
     rc = is_adapter ? gguf_plan_adapter(m, FINCH_GGUF_F32, &plan) : gguf_plan_model(m, FINCH_GGUF_F32, &plan);
     if (rc) {
         gguf_close(f);
-        return finch_error_prefix(rc, "verifying %s: ", path);
+        return rc;
     }
     out->is_adapter = is_adapter;
 
@@ -287,11 +288,31 @@ finch_status finch_gguf_verify(finch_model *m, const char *path, finch_export_re
         free(e);
         cJSON_Delete(cfg);
     }
-    if (!rc) rc = compare_logits(m, rebuilt, out);
-    finch_model_free(rebuilt);
+    if (rc) finch_model_free(rebuilt);
+    else *rebuilt_out = rebuilt;
     remove_tree(dir);
     cJSON_Delete(index);
     gguf_plan_free(&plan);
     gguf_close(f);
+    return rc;
+}
+
+finch_status finch_gguf_verify(finch_model *m, const char *path, finch_export_report *out)
+{
+    if (!m || !path || !out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_gguf_verify: NULL argument");
+    finch_model *rebuilt = NULL;
+    int rc = rebuild(m, path, out, &rebuilt);
+    if (!rc) rc = compare_logits(m, rebuilt, out);
+    finch_model_free(rebuilt);
     return rc ? finch_error_prefix(rc, "verifying %s: ", path) : FINCH_OK;
+}
+
+finch_status finch_gguf_rebuild(finch_model *m, const char *path, finch_model **out)
+{
+    if (!out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_gguf_rebuild: NULL argument");
+    *out = NULL;
+    if (!m || !path) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_gguf_rebuild: NULL argument");
+    finch_export_report unused;
+    int rc = rebuild(m, path, &unused, out);
+    return rc ? finch_error_prefix(rc, "loading %s: ", path) : FINCH_OK;
 }

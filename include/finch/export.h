@@ -84,6 +84,9 @@ finch_status finch_merged_verify(finch_model *m, const char *dir, finch_export_r
  * from the file (for an adapter: m's base with the file's adapter) and compares its logits with m's
  * on a fixed token sequence. m must be the model the file was exported from. */
 finch_status finch_gguf_verify(finch_model *m, const char *path, finch_export_report *out);
+/* The model finch_gguf_verify compares with: the file's tensors dequantised to f32 in a new model
+ * (for an adapter file: m's base with the file's adapter), on m's runtime. Free with finch_model_free. */
+finch_status finch_gguf_rebuild(finch_model *m, const char *path, finch_model **out);
 
 #ifdef __cplusplus
 }
