@@ -18,7 +18,7 @@
 
 /* Values for a tensor by role: embeddings in [-1, 1), linear weights in +-sqrt(3 / in), norm weights
  * near 1 (near 0 where the model adds 1), biases small. */
-static void export_models_fill(const char *name, int ndim, const int64_t *shape, int norm_offset, float *x, uint64_t seed)
+static inline void export_models_fill(const char *name, int ndim, const int64_t *shape, int norm_offset, float *x, uint64_t seed)
 {
     int64_t n = ndim > 1 ? shape[0] * shape[1] : shape[0];
     testing_fill_random(x, (size_t)n, seed);
@@ -29,7 +29,7 @@ static void export_models_fill(const char *name, int ndim, const int64_t *shape,
         for (int64_t i = 0; i < n; i++) x[i] += 1.0f;
 }
 
-static int export_models_copy_tokenizer(const char *tokenizer_dir, const char *dir)
+static inline int export_models_copy_tokenizer(const char *tokenizer_dir, const char *dir)
 {
     const char *files[] = {"tokenizer.json", "tokenizer_config.json"};
     for (int i = 0; i < 2; i++) {
@@ -42,7 +42,7 @@ static int export_models_copy_tokenizer(const char *tokenizer_dir, const char *d
     return 0;
 }
 
-static int export_models_write_config(const char *dir, cJSON *cfg)
+static inline int export_models_write_config(const char *dir, cJSON *cfg)
 {
     char path[8400], *text = cJSON_Print(cfg);
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -51,7 +51,7 @@ static int export_models_write_config(const char *dir, cJSON *cfg)
     return rc;
 }
 
-static void export_models_set(cJSON *cfg, const char *key, cJSON *value)
+static inline void export_models_set(cJSON *cfg, const char *key, cJSON *value)
 {
     cJSON_DeleteItemFromObjectCaseSensitive(cfg, key);
     cJSON_AddItemToObject(cfg, key, value);
@@ -59,7 +59,7 @@ static void export_models_set(cJSON *cfg, const char *key, cJSON *value)
 
 /* The golden arch's tensors with vocab rows from tokenizer_dir; overrides: a JSON object merged into
  * config.json, or NULL. Returns 0 on success. */
-static int make_golden_shaped_model(const char *dir, const char *arch, const char *tokenizer_dir, const char *overrides,
+static inline int make_golden_shaped_model(const char *dir, const char *arch, const char *tokenizer_dir, const char *overrides,
                                     uint64_t seed)
 {
     char path[8400];
@@ -113,7 +113,7 @@ static int make_golden_shaped_model(const char *dir, const char *arch, const cha
 }
 
 /* A llama of the given size with a tied embedding. */
-static int make_llama_model(const char *dir, const char *tokenizer_dir, int64_t hidden, int64_t inter, int64_t heads,
+static inline int make_llama_model(const char *dir, const char *tokenizer_dir, int64_t hidden, int64_t inter, int64_t heads,
                             int64_t kv_heads, int64_t layers, uint64_t seed)
 {
     finch_tokenizer *tok = NULL;
