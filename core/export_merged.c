@@ -169,7 +169,7 @@ finch_status finch_export_merged(const finch_model *m, const char *out_dir, cons
     int n = 0;
     finch_staged staged = {0};
     cJSON *index = NULL;
-    if ((rc = finch_make_dirs(out_dir)) || (rc = finch_model_tensors(m, &t, &n))) goto fail;
+    if ((rc = finch_mkdirs(out_dir)) || (rc = finch_model_tensors(m, &t, &n))) goto fail;
 
     /* shards: consecutive tensors up to shard_bytes each (a larger tensor gets a shard of its own) */
     int *shard_of = calloc((size_t)n + 1, sizeof *shard_of);

@@ -11,7 +11,6 @@
 #include "core/safetensors.h"
 
 #include <cjson/cJSON.h>
-#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,21 +23,6 @@ typedef struct type_sums {
     int type, tensors;
     double diff2, ref2;
 } type_sums;
-
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[8400];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            remove(p);
-        }
-    closedir(d);
-    rmdir(dir);
-}
 
 static void add_sums(type_sums *s, int *n, int type, const float *a, const float *ref, int64_t count)
 {
@@ -82,7 +66,7 @@ static int write_json(const char *path, const cJSON *j)
 
 static int logits_of(finch_model *m, const int32_t *ids, float *out, size_t n)
 {
-    finch_batch b = {1, VERIFY_TOKENS, ids, NULL};
+    finch_batch b = {.batch = 1, .seq_len = VERIFY_TOKENS, .input_ids = ids};
     finch_step_options so = {1, 0};
     finch_step_result r;
     int rc = finch_forward(m, &b, &so, &r);
@@ -191,7 +175,7 @@ static int rebuild(finch_model *m, const char *path, finch_export_report *out, f
     finch_model *rebuilt = NULL;
     int64_t rank = 0;
     if (!map) rc = finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
-    if (!rc) rc = finch_make_dirs(dir);
+    if (!rc) rc = finch_mkdirs(dir);
     if (!rc && gguf_tensor_count(f) != plan.n)
         rc = finch_error(FINCH_ERR_FORMAT, "%s holds %d tensors, the export of this model has %d", path, gguf_tensor_count(f), plan.n);
     for (int i = 0; !rc && i < plan.n; i++) {
@@ -290,7 +274,7 @@ static int rebuild(finch_model *m, const char *path, finch_export_report *out, f
     }
     if (rc) finch_model_free(rebuilt);
     else *rebuilt_out = rebuilt;
-    remove_tree(dir);
+    finch_remove_tree(dir);
     cJSON_Delete(index);
     gguf_plan_free(&plan);
     gguf_close(f);

@@ -8,24 +8,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int finch_make_dirs(const char *dir)
-{
-    char p[4096];
-    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "path too long: %s", dir);
-    for (char *s = p + 1;; s++) {
-        if (*s == '/' || *s == 0) {
-            char c = *s;
-            *s = 0;
-            if (mkdir(p, 0755) && errno != EEXIST) return finch_error(FINCH_ERR_IO, "cannot create directory %s: %s", p, strerror(errno));
-            *s = c;
-            if (!c) break;
-        }
-    }
-    struct stat st;
-    if (stat(dir, &st) || !S_ISDIR(st.st_mode)) return finch_error(FINCH_ERR_IO, "%s is not a directory", dir);
-    return FINCH_OK;
-}
-
 void finch_temp_name(char *buf, size_t size, const char *path)
 {
     snprintf(buf, size, "%s.tmp.%ld", path, (long)getpid());
@@ -45,20 +27,6 @@ int finch_close_checked(void *fp, const char *path)
         e = errno;
     }
     return ok ? FINCH_OK : finch_error(FINCH_ERR_IO, "cannot write %s: %s", path, strerror(e));
-}
-
-int finch_write_file_atomic(const char *path, const void *data, size_t len)
-{
-    char tmp[4200];
-    finch_temp_name(tmp, sizeof tmp, path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return finch_error(FINCH_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
-    int rc = fwrite(data, 1, len, f) == len ? FINCH_OK : finch_error(FINCH_ERR_IO, "cannot write %s: %s", tmp, strerror(errno));
-    int rc2 = finch_close_checked(f, tmp);
-    if (!rc) rc = rc2;
-    if (!rc && rename(tmp, path)) rc = finch_error(FINCH_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-    if (rc) remove(tmp);
-    return rc;
 }
 
 int finch_write_text_atomic(const char *path, const char *text)

@@ -1,17 +1,15 @@
-/* Small file-system helpers shared by everything that writes user-visible outputs: every file is
+/* File helpers of the exporters, beside core/fsutil.h (mkdir -p, atomic writes): every file is
  * written under a temporary name in its destination folder and renamed over the final name once
  * complete, so a failure (unwritable folder, full disk) never leaves a half-written file behind. */
 #ifndef FINCH_CORE_FILES_H
 #define FINCH_CORE_FILES_H
 
+#include "core/fsutil.h"
+
 #include <stddef.h>
 
-/* mkdir -p. */
-int finch_make_dirs(const char *dir);
 /* "<path>.tmp.<pid>" into buf. */
 void finch_temp_name(char *buf, size_t size, const char *path);
-/* Writes len bytes to path through a temporary file and a rename. */
-int finch_write_file_atomic(const char *path, const void *data, size_t len);
 int finch_write_text_atomic(const char *path, const char *text);
 /* Copies src to dst (through a temporary file); *copied = 0 and FINCH_OK when src does not exist. */
 int finch_copy_file_atomic(const char *src, const char *dst, int *copied);

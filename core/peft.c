@@ -307,7 +307,7 @@ finch_status finch_lora_save(const finch_model *m, const char *adapter_dir)
 {
     if (!m || !adapter_dir) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_lora_save: NULL argument");
     if (!m->lora_attached) return finch_error(FINCH_ERR_STATE, "finch_lora_save: no adapter is attached");
-    int rc = finch_make_dirs(adapter_dir);
+    int rc = finch_mkdirs(adapter_dir);
     if (rc) return rc;
     int n = 0;
     size_t floats = 0;

@@ -64,7 +64,7 @@ static inline int make_golden_shaped_model(const char *dir, const char *arch, co
 {
     char path[8400];
     finch_tokenizer *tok = NULL;
-    if (finch_make_dirs(dir) || finch_tokenizer_load(tokenizer_dir, &tok)) return 1;
+    if (finch_mkdirs(dir) || finch_tokenizer_load(tokenizer_dir, &tok)) return 1;
     int64_t V = finch_tokenizer_vocab_size(tok);
     finch_tokenizer_free(tok);
     snprintf(path, sizeof path, "%s/golden/%s/model/config.json", testing_shared_dir(), arch);
@@ -117,7 +117,7 @@ static inline int make_llama_model(const char *dir, const char *tokenizer_dir, i
                             int64_t kv_heads, int64_t layers, uint64_t seed)
 {
     finch_tokenizer *tok = NULL;
-    if (finch_make_dirs(dir) || finch_tokenizer_load(tokenizer_dir, &tok)) return 1;
+    if (finch_mkdirs(dir) || finch_tokenizer_load(tokenizer_dir, &tok)) return 1;
     int64_t V = finch_tokenizer_vocab_size(tok), hd = hidden / heads;
     finch_tokenizer_free(tok);
     cJSON *cfg = cJSON_CreateObject();

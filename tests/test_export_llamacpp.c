@@ -51,7 +51,7 @@ static int finch_greedy(finch_model *m, int64_t V, const int32_t *prompt, size_t
     int rc = logits ? 0 : 1;
     for (int s = 0; s < steps && !rc; s++) {
         size_t T = n + (size_t)s;
-        finch_batch b = {1, (int64_t)T, ids, NULL};
+        finch_batch b = {.batch = 1, .seq_len = (int64_t)T, .input_ids = ids};
         finch_step_options so = {1, 0};
         finch_step_result r;
         rc = finch_forward(m, &b, &so, &r) || finch_model_logits(m, logits, T * (size_t)V);
@@ -103,7 +103,7 @@ static int n_jobs;
 static int softmax_rows(finch_model *m, const int32_t *prompt, int n, int64_t V, float **out)
 {
     float *x = malloc((size_t)n * (size_t)V * sizeof(float));
-    finch_batch b = {1, n, prompt, NULL};
+    finch_batch b = {.batch = 1, .seq_len = n, .input_ids = prompt};
     finch_step_options so = {1, 0};
     finch_step_result r;
     if (!x || finch_forward(m, &b, &so, &r) || finch_model_logits(m, x, (size_t)n * (size_t)V)) {

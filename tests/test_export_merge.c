@@ -37,7 +37,7 @@ static float *logits_of(finch_model *m, const int32_t *ids, int64_t B, int64_t T
     finch_model_info_get(m, &info);
     *n = (size_t)(B * T * info.vocab_size);
     float *x = malloc(*n * sizeof(float));
-    finch_batch b = {B, T, ids, NULL};
+    finch_batch b = {.batch = B, .seq_len = T, .input_ids = ids};
     finch_step_options so = {1, 0};
     finch_step_result r;
     if (!x || finch_forward(m, &b, &so, &r) || finch_model_logits(m, x, *n)) {
