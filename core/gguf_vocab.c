@@ -228,7 +228,7 @@ int gguf_vocab_keys(const char *dir, int64_t n_vocab, gguf_writer *w, gguf_vocab
     if (!rc) rc = gguf_set_arr_str(w, "tokenizer.ggml.tokens", v.tokens, (size_t)n_vocab);
     if (!rc && spm && !(rc = merge_scores(&v))) rc = gguf_set_arr_f32(w, "tokenizer.ggml.scores", v.scores, (size_t)n_vocab);
     if (!rc) rc = gguf_set_arr_i32(w, "tokenizer.ggml.token_type", v.types, (size_t)n_vocab);
-    if (!rc && !spm && v.n_merges) rc = gguf_set_arr_str(w, "tokenizer.ggml.merges", v.merges, v.n_merges);
+    if (!rc && !spm) rc = gguf_set_arr_str(w, "tokenizer.ggml.merges", v.merges, v.n_merges);  /* llama.cpp needs the key */
     if (!rc && tc.bos_id >= 0) rc = gguf_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)tc.bos_id);
     if (!rc && tc.eos_id >= 0) rc = gguf_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)tc.eos_id);
     if (!rc && tc.unk_id >= 0) rc = gguf_set_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)tc.unk_id);
