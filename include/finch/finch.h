@@ -115,6 +115,9 @@ finch_lora_config finch_lora_config_default(void);
 finch_status finch_lora_attach(finch_model *m, const finch_lora_config *cfg);
 /* Loads a PEFT adapter folder (adapter_config.json + adapter_model.safetensors), attaching it. */
 finch_status finch_lora_load(finch_model *m, const char *adapter_dir);
+/* Removes the attached adapter, keeping the base model loaded, so another can be loaded or attached
+ * (switching adapters for generation). A trainer over the model must be made again afterwards. */
+finch_status finch_lora_unload(finch_model *m);
 /* Writes a PEFT adapter folder that PEFT's PeftModel.from_pretrained loads. */
 finch_status finch_lora_save(const finch_model *m, const char *adapter_dir);
 
@@ -126,6 +129,10 @@ typedef struct finch_batch {
     int64_t batch, seq_len;
     const int32_t *input_ids;  /* [batch, seq_len] */
     const int32_t *labels;     /* [batch, seq_len] or NULL */
+    const int32_t *segment_ids;/* [batch, seq_len] or NULL (each row one sequence). Packed rows: tokens of a row
+                                  with the same id, side by side, form one sequence; positions restart at
+                                  each new sequence, attention stays inside it and no label is predicted
+                                  across a boundary; a negative id marks padding (no loss) */
     /* Images, for a vision-language model (qwen2_5_vl); NULL / 0 for text. pixel_values holds the
      * patches of every image of the batch, image after image, as the model's image processor makes
      * them (finch_image_preprocess_qwen2vl); input_ids hold, for each image in the same order, a
