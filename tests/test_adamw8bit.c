@@ -1,10 +1,12 @@
-/* The 8-bit AdamW entry (plugin ABI 1.1) of the CPU backend against a scalar reference written from
- * plugin.h's description, bit for bit: parameters, codes and block scales over several steps, with a
+/* The 8-bit AdamW entry (plugin ABI 1.1) of the CPU backend, and of the OpenCL plugin when it is built
+ * and a platform is present (PoCL in CI), against a scalar reference written from plugin.h's
+ * description, bit for bit: parameters, codes and block scales over several steps, with a
  * partial last block, an all-zero block, weight decay, gradient scaling, and a bf16 parameter with
  * an f32 master copy. Also the unsigned dynamic map's shape, and argument checks. */
 #include "backends/backend.h"
 #include "core/half.h"
 #include "core/nf4.h"
+#include "tests/test_opencl.h"
 #include "tests/testing.h"
 
 #include <math.h>
@@ -54,7 +56,7 @@ static void ref_step(state *s, const float *g, const float *mmap, const float *v
 
 static finch_dptr at(finch_plugin_buffer *b, size_t off) { return (finch_dptr){b, off}; }
 
-static void run_case(const finch_plugin_api *api, finch_plugin_device *dev, int bf16)
+static void run_case(const finch_plugin_api *api, finch_plugin_device *dev, int bf16, const char *backend)
 {
     float mmap[256], vmap[256];
     nf4_dynamic_map(mmap);
@@ -113,7 +115,7 @@ static void run_case(const finch_plugin_api *api, finch_plugin_device *dev, int 
         api->read(dev, NULL, at(buf, o_va), got.va, sizeof got.va);
         int s = !memcmp(got.p, ref.p, sizeof ref.p) && !memcmp(got.mc, ref.mc, N) && !memcmp(got.vc, ref.vc, N) &&
                 !memcmp(got.ma, ref.ma, sizeof ref.ma) && !memcmp(got.va, ref.va, sizeof ref.va);
-        CHECK(s, "%s step %d differs from the scalar reference", bf16 ? "bf16+master" : "f32", step);
+        CHECK(s, "%s %s step %d differs from the scalar reference", backend, bf16 ? "bf16+master" : "f32", step);
         same &= s;
         if (bf16) {
             uint16_t h[N];
@@ -126,7 +128,8 @@ static void run_case(const finch_plugin_api *api, finch_plugin_device *dev, int 
     }
     /* The moments decode close to their f32 values: spot-check the scale of block 0. */
     CHECK(ref.ma[0] > 0 && ref.va[0] > 0, "non-zero scales");
-    printf("  %-12s 5 steps, %d elements in blocks of %d: %s\n", bf16 ? "bf16+master" : "f32", N, BS, same ? "bit-identical" : "DIFFERENT");
+    printf("  %-7s %-12s 5 steps, %d elements in blocks of %d: %s\n", backend, bf16 ? "bf16+master" : "f32", N, BS,
+           same ? "bit-identical to the reference" : "DIFFERENT");
     api->free(dev, buf);
 }
 
@@ -145,8 +148,8 @@ int main(void)
     finch_plugin_device *dev = NULL;
     if (api->init() || api->device_open(0, &dev)) return testing_finish();
     CHECK(api->adamw8bit_step != NULL && api->abi_minor >= 1, "the CPU backend has adamw8bit_step (ABI 1.%u)", api->abi_minor);
-    run_case(api, dev, 0);
-    run_case(api, dev, 1);
+    run_case(api, dev, 0, "cpu");
+    run_case(api, dev, 1, "cpu");
     finch_adamw8bit_desc d;
     memset(&d, 0, sizeof d);
     d.n = 10;
@@ -158,5 +161,15 @@ int main(void)
     CHECK(api->adamw8bit_step(dev, NULL, &d) == FINCH_ERR_INVALID_ARGUMENT && strstr(api->last_error(), "param"), "no buffers: '%s'",
           api->last_error());
     api->device_close(dev);
+
+    ocl_test t;
+    if (ocl_test_open(&t) == 0) {
+        CHECK(t.api->adamw8bit_step != NULL, "the OpenCL plugin has no adamw8bit_step");
+        if (t.api->adamw8bit_step) {
+            run_case(t.api, t.dev, 0, "opencl");
+            run_case(t.api, t.dev, 1, "opencl");
+        }
+    }
+    ocl_test_close(&t);
     return testing_finish();
 }
