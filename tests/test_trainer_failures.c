@@ -246,7 +246,7 @@ static void schedules(void)
 int main(void)
 {
     finch_runtime *rt = NULL;
-    if (!fx_ok(finch_runtime_open("cpu", &rt), "runtime")) return testing_finish();
+    if (!(rt = fx_runtime())) return testing_finish();
     finch_train_data *data = fx_conversations(8, 11, 320);
     schedules();
     unwritable_output(rt, data);

@@ -66,7 +66,7 @@ static void per_tensor(finch_model *m, const float *a, const float *b, int *move
 int main(void)
 {
     finch_runtime *rt = NULL;
-    if (!fx_ok(finch_runtime_open("cpu", &rt), "runtime")) return testing_finish();
+    if (!(rt = fx_runtime())) return testing_finish();
     finch_train_data *data = fx_conversations(8, 21, 320);
     float *a = NULL, *b = NULL, *c = NULL, *d = NULL;
     size_t n = 0;
