@@ -98,9 +98,18 @@ void finch_lora_detach(finch_model *m)
         lin->rank = 0;
     }
     m->lora_attached = 0;
+    m->weights_version++;
     free(m->lora_targets_json);
     m->lora_targets_json = NULL;
     m->n_trainables = 0;
+}
+
+finch_status finch_lora_unload(finch_model *m)
+{
+    if (!m) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_lora_unload: NULL model");
+    if (!m->lora_attached) return finch_error(FINCH_ERR_STATE, "finch_lora_unload: no adapter is attached");
+    finch_lora_detach(m);
+    return FINCH_OK;
 }
 
 /* Gives each chosen linear an adapter of rank r (values uninitialised) and makes them trainable. */
@@ -123,6 +132,7 @@ int finch_lora_attach_modules(finch_model *m, int r, float alpha, int use_rslora
         lin->dropout = dropout;
     }
     m->lora_attached = 1;
+    m->weights_version++;
     m->lora_r = r;
     m->lora_alpha = alpha;
     m->lora_use_rslora = use_rslora;

@@ -60,6 +60,9 @@ struct finch_model {
     char *lora_targets_json;                 /* target_modules as saved: a JSON list or string */
     finch_trainable *trainables;
     int n_trainables;
+    /* Bumped whenever weights or adapters may change (attach, detach, writes, backward passes), so
+     * a generation cache knows its keys and values are stale. */
+    uint64_t weights_version;
 
     /* per-step state */
     finch_arena arena;

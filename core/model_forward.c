@@ -7,20 +7,14 @@
  * of the residual stream use two buffers in turn; everything else a layer's backward allocates is
  * released when the layer is done. */
 #include "core/error.h"
-#include "core/model.h"
+#include "core/kv_cache.h"
+#include "core/model_layer.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct step_ctx {
-    finch_model *m;
-    finch_graph *g;
-    int64_t batch, seq_len, n_tokens;
-    finch_dptr ids, labels, positions, cu_seqlens;
-    int train;                 /* LoRA dropout on */
-    int64_t n_seqs;            /* sequences in cu_seqlens: one per row, or per segment of packed rows */
-} step_ctx;
+typedef finch_step_ctx step_ctx;
 
 static int param_present(const finch_param *p) { return p->data.buf != NULL; }
 
@@ -129,7 +123,8 @@ static int attention_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_
     ap.scale = c->attn_scale;
     ap.softcap = c->attn_softcap;
     ap.window = c->layer_sliding[l] ? c->sliding_window : 0;
-    if ((rc = finch_op_attention(s->g, &q, &k, &v, &ap, &o))) return rc;
+    rc = s->cache ? finch_kv_cache_attention(s->cache, s->g, l, &q, &k, &v, &ap, &o) : finch_op_attention(s->g, &q, &k, &v, &ap, &o);
+    if (rc) return rc;
     return linear(s, &o, &ly->o, out);
 }
 
@@ -155,7 +150,7 @@ static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor
 }
 
 /* One decoder layer: x -> out (out is preallocated and keeps its gradient node). */
-static int layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out)
+int finch_layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out)
 {
     const finch_model_config *c = &s->m->cfg;
     const finch_layer *ly = &s->m->layers[l];
@@ -275,6 +270,18 @@ static float round_to(finch_dtype t, float x)
     return x;
 }
 
+int finch_model_embed(step_ctx *s, finch_tensor *x0)
+{
+    finch_model *m = s->m;
+    float escale = m->cfg.scale_embeddings ? round_to(m->dtype, (float)sqrt((double)m->cfg.hidden)) : 1.0f;
+    return finch_op_embedding(s->g, s->ids, s->n_tokens, &m->embed, m->dtype, escale, x0);
+}
+
+int finch_model_final_norm(step_ctx *s, const finch_tensor *x, finch_tensor *y)
+{
+    return norm(s, x, &s->m->final_norm, &s->m->final_norm_b, y);
+}
+
 /* ---- loss ------------------------------------------------------------------------------------ */
 
 static int head_and_loss(step_ctx *s, const finch_tensor *xL, int want_logits, int backward, float grad_scale)
@@ -284,7 +291,7 @@ static int head_and_loss(step_ctx *s, const finch_tensor *xL, int want_logits, i
     const finch_plugin_api *api = m->be->api;
     finch_graph *g = s->g;
     finch_tensor hn;
-    int rc = norm(s, xL, &m->final_norm, &m->final_norm_b, &hn);
+    int rc = finch_model_final_norm(s, xL, &hn);
     if (rc) return rc;
     finch_dptr loss_sum = m->loss_buf, count = finch_dptr_at(m->loss_buf, 4);
     if ((rc = api->fill(m->be->dev, m->be->stream, loss_sum, FINCH_DTYPE_F32, 2, 0.0f)))
@@ -376,7 +383,8 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     int rc = finch_arena_begin(&m->arena);
     if (rc) return rc;
     finch_graph_clear(g);
-    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, 0};
+    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0};
+    if (do_backward) m->weights_version++; /* an optimizer step will follow: cached keys go stale */
     int64_t count = 0;
     if ((rc = upload_batch(&s, b, &count))) return rc;
     float grad_scale = opts && opts->grad_scale != 0 ? opts->grad_scale : count ? 1.0f / (float)count : 0.0f;
@@ -394,8 +402,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     /* x[0] .. x[L]: the residual stream between layers. */
     finch_tensor *x = m->stream;
     int *seg = m->segments;
-    float escale = c->scale_embeddings ? round_to(m->dtype, (float)sqrt((double)H)) : 1.0f;
-    rc = finch_op_embedding(g, s.ids, n, &m->embed, m->dtype, escale, &x[0]);
+    rc = finch_model_embed(&s, &x[0]);
     seg[0] = g->n_tape;
     for (int64_t l = 0; !rc && l < L; l++) {
         int req = do_backward && (x[l].node >= 0 || layer_trainable(&m->layers[l]));
@@ -408,10 +415,10 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             finch_arena_mark am = finch_arena_get_mark(&m->arena);
             g->recording = 0;
             g->want_grad = 0;
-            rc = layer_forward(&s, l, &x[l], &x[l + 1]);
+            rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
             finch_arena_reset(&m->arena, am);
         } else {
-            rc = layer_forward(&s, l, &x[l], &x[l + 1]);
+            rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
         }
         seg[l + 1] = g->n_tape;
     }
@@ -427,7 +434,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             finch_arena_mark am = finch_arena_get_mark(&m->arena);
             if (ckpt) {
                 finch_graph_mark gm = finch_graph_get_mark(g);
-                rc = layer_forward(&s, l, &x[l], &x[l + 1]);
+                rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
                 if (!rc) rc = finch_graph_backward(g, gm.n_tape);
                 finch_graph_reset(g, gm);
             } else {

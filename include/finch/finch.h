@@ -115,6 +115,9 @@ finch_lora_config finch_lora_config_default(void);
 finch_status finch_lora_attach(finch_model *m, const finch_lora_config *cfg);
 /* Loads a PEFT adapter folder (adapter_config.json + adapter_model.safetensors), attaching it. */
 finch_status finch_lora_load(finch_model *m, const char *adapter_dir);
+/* Removes the attached adapter, keeping the base model loaded, so another can be loaded or attached
+ * (switching adapters for generation). A trainer over the model must be made again afterwards. */
+finch_status finch_lora_unload(finch_model *m);
 /* Writes a PEFT adapter folder that PEFT's PeftModel.from_pretrained loads. */
 finch_status finch_lora_save(const finch_model *m, const char *adapter_dir);
 

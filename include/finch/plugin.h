@@ -154,6 +154,32 @@ typedef struct finch_attention_desc {
     finch_dptr dv; int64_t lddv;
 } finch_attention_desc;
 
+/* Attention of new query rows over a key/value cache (ABI 1.1; prefill and decode, forward only).
+ * Sequence s has q_len = cu_seqlens_q[s+1] - cu_seqlens_q[s] query rows in q and kv_len[s] >= q_len
+ * key and value rows in k and v, at rows kv_start[s] .. kv_start[s] + kv_len[s] - 1 (sequences may
+ * sit anywhere in k and v: a cache with room to grow). Its queries are the LAST q_len of its kv_len
+ * positions: query row i of the sequence is at position p = kv_len[s] - q_len + i, and with j a key
+ * position, visibility and scores are those of finch_attention_desc (causal: j <= p; window: p - j <
+ * window). With kv_len == q_len and kv_start == cu_seqlens_q this is attention_forward. lse, when
+ * present, is f32 [n_heads, n_tokens] as there. */
+typedef struct finch_attention_cache_desc {
+    int64_t n_tokens, n_seqs;       /* query rows, sequences */
+    int64_t max_q_len, max_kv_len;  /* the largest q_len and kv_len[s] */
+    finch_dptr cu_seqlens_q;        /* i32 [n_seqs + 1] */
+    finch_dptr kv_start, kv_len;    /* i32 [n_seqs] each */
+    int64_t kv_rows;                /* rows of k and v: kv_start[s] + kv_len[s] <= kv_rows */
+    int64_t n_heads, n_kv_heads, head_dim;
+    finch_dtype dtype;              /* storage of q, k, v, o */
+    finch_dptr q; int64_t ldq;
+    finch_dptr k; int64_t ldk;
+    finch_dptr v; int64_t ldv;
+    finch_dptr o; int64_t ldo;
+    finch_dptr lse;                 /* or absent */
+    float scale, softcap;
+    int causal;
+    int64_t window;
+} finch_attention_cache_desc;
+
 /* Rotary embedding, applied in place to x [n_tokens, n_heads * head_dim] (row stride ldx) in the
  * "rotate half" layout: within each head, element d < rot_dim/2 pairs with d + rot_dim/2; elements
  * at and beyond rot_dim are left alone (partial rotary). Pair d turns by angle
@@ -358,6 +384,8 @@ typedef struct finch_plugin_api {
 
     /* --- ABI 1.1: optional; NULL (or past a 1.0 plugin's struct_size) when the plugin lacks them --- */
     int (*adamw8bit_step)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d);
+    int (*attention_cache_forward)(finch_plugin_device *dev, finch_plugin_stream *s,
+                                   const finch_attention_cache_desc *d);
 } finch_plugin_api;
 
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);
