@@ -8,6 +8,7 @@
  * released when the layer is done. */
 #include "core/error.h"
 #include "core/model.h"
+#include "core/model_quant.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -36,8 +37,7 @@ static finch_linear_params linear_params(const step_ctx *s, const finch_linear_m
     memset(&p, 0, sizeof p);
     p.in_features = lin->in_features;
     p.out_features = lin->out_features;
-    p.w.dtype = lin->weight.dtype;
-    p.w.data = lin->weight.data;
+    p.w = finch_quant_linear_weight(lin);
     p.dw = lin->weight.grad;
     p.param_type = FINCH_DTYPE_F32;
     p.bias = lin->bias.data;

@@ -12,14 +12,16 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: finch forward --model DIR [--adapter DIR] --batch IN.safetensors [--grads] [--full]\n"
-               "                     [--backend NAME] [--dtype f32|bf16] --out OUT.safetensors\n"
+               "                     [--load-in-4bit] [--backend NAME] [--dtype f32|bf16] --out OUT.safetensors\n"
                "Reads int32 input_ids and labels [B, T] (-100 = ignored); writes logits [B, T, V] f32, loss [1] f32\n"
-               "and, with --grads, grad.<name> for every trainable tensor (adapter tensors, or every weight with --full).\n");
+               "and, with --grads, grad.<name> for every trainable tensor (adapter tensors, or every weight with --full).\n"
+               "--load-in-4bit quantises the decoder's linear weights to NF4 as they load (QLoRA); a bitsandbytes\n"
+               "4-bit checkpoint loads in 4 bits without it.\n");
 }
 
 typedef struct forward_args {
     const char *model, *adapter, *batch, *backend, *dtype, *out;
-    int grads, full;
+    int grads, full, load_in_4bit;
 } forward_args;
 
 static int parse_args(int argc, char **argv, forward_args *a)
@@ -42,6 +44,8 @@ static int parse_args(int argc, char **argv, forward_args *a)
             a->grads = 1;
         } else if (!strcmp(s, "--full")) {
             a->full = 1;
+        } else if (!strcmp(s, "--load-in-4bit")) {
+            a->load_in_4bit = 1;
         } else if (!strcmp(s, "--help") || !strcmp(s, "-h")) {
             usage(stdout);
             return -1;
@@ -101,6 +105,7 @@ static int run(const forward_args *a)
         finch_load_options o = finch_load_options_default();
         o.compute_dtype = strcmp(a->dtype, "bf16") ? FINCH_DTYPE_F32 : FINCH_DTYPE_BF16;
         o.full_finetune = a->full;
+        o.load_in_4bit = a->load_in_4bit;
         rc = finch_model_load(rt, a->model, &o, &m);
     }
     if (!rc && a->adapter) rc = finch_lora_load(m, a->adapter);
