@@ -185,4 +185,8 @@ finch_status finch_zero_grads(finch_model *m);
 }
 #endif
 
+/* The rest of the public API: tokenizer, chat templates and datasets; images. */
+#include "finch/data.h"
+#include "finch/vision.h"
+
 #endif
