@@ -32,6 +32,7 @@ static const char *const archs[] = {"llama", "mistral", "qwen2", "qwen3", "gemma
 
 static int32_t *ids, *labels;
 static int64_t B, T;
+static int quant_type = FINCH_QUANT_NF4;   /* of the load_in_4bit loads below */
 
 static int ok(int rc, const char *what)
 {
@@ -135,6 +136,7 @@ static finch_model *load(finch_runtime *rt, const char *dir, int in4, int64_t bs
     finch_load_options o = finch_load_options_default();
     o.load_in_4bit = in4;
     o.quant_blocksize = bs;
+    o.quant_type = quant_type;
     o.double_quant = dq;
     o.compute_dtype = dt;
     o.gradient_checkpointing = ckpt;
@@ -186,7 +188,7 @@ static int run(finch_model *m, int backward, outputs *o)
     if (!m) return 0;
     finch_model_info info;
     finch_model_info_get(m, &info);
-    finch_batch b = {B, T, ids, labels};
+    finch_batch b = {.batch = B, .seq_len = T, .input_ids = ids, .labels = labels};
     finch_step_options so = {1, 0.0f};
     finch_step_result r;
     int rc = backward ? finch_forward_backward(m, &b, &so, &r) : finch_forward(m, &b, &so, &r);
@@ -241,7 +243,7 @@ static float *reference_dequant(const st_tensor *t, const int32_t *perm, int64_t
     view.data = w;
     view.nbytes = (size_t)n * sizeof(float);
     nf4_weight q;
-    if (nf4_quantize_st_tensor(&view, NF4_TYPE_NF4, bs, dq, &q)) {
+    if (nf4_quantize_st_tensor(&view, quant_type == FINCH_QUANT_FP4 ? NF4_TYPE_FP4 : NF4_TYPE_NF4, bs, dq, &q)) {
         free(w);
         free(deq);
         return NULL;
@@ -642,6 +644,24 @@ int main(void)
         st_set_close(g);
     }
     check_errors(rt, shared);
+    /* FP4 codes through the same path (code table on the device) */
+    char llama[1200];
+    snprintf(llama, sizeof llama, "%s/golden/llama/model", shared);
+    snprintf(path, sizeof path, "%s/golden/llama/golden.safetensors", shared);
+    if (ok(st_set_open_file(path, &g), path)) {
+        const st_tensor *ti = st_set_find(g, "input_ids"), *tl = st_set_find(g, "labels");
+        B = ti->shape[0];
+        T = ti->shape[1];
+        ids = malloc((size_t)(B * T) * sizeof *ids);
+        labels = malloc((size_t)(B * T) * sizeof *labels);
+        st_to_i32(ti, ids);
+        st_to_i32(tl, labels);
+        quant_type = FINCH_QUANT_FP4;
+        check_model(rt, "llama fp4 (bs 128)", llama, "llama_fp4", 128, NULL);
+        free(ids);
+        free(labels);
+        st_set_close(g);
+    }
     finch_runtime_close(rt);
     return testing_finish();
 }

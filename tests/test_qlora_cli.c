@@ -56,7 +56,7 @@ int main(void)
         finch_load_options o = finch_load_options_default();
         o.load_in_4bit = 1;
         finch_model *m = NULL;
-        finch_batch b = {ti->shape[0], ti->shape[1], ids, labels};
+        finch_batch b = {.batch = ti->shape[0], .seq_len = ti->shape[1], .input_ids = ids, .labels = labels};
         finch_step_result r;
         if (finch_model_load(rt, path, &o, &m) == FINCH_OK && finch_forward(m, &b, NULL, &r) == FINCH_OK) lib_loss = r.loss;
         finch_model_free(m);

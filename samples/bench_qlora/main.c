@@ -407,7 +407,7 @@ int main(int argc, char **argv)
         r = r * 6364136223846793005ull + 1442695040888963407ull;
         ids[i] = (int32_t)((r >> 33) % (uint64_t)s->vocab);
     }
-    finch_batch b = {a.batch, a.seq, ids, NULL};
+    finch_batch b = {.batch = a.batch, .seq_len = a.seq, .input_ids = ids};
     finch_step_result res;
     t0 = now();
     if (finch_forward_backward(m, &b, NULL, &res)) return fail("warm-up step");
