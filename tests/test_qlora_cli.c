@@ -1,5 +1,6 @@
 /* The QLoRA command-line pieces, run as programs from $FINCH_BIN_DIR: `finch forward --load-in-4bit`
- * (its loss equals the library's 4-bit load, differs from the dense one; --full is refused) and
+ * (its loss equals the library's 4-bit load, differs from the dense one; --full is refused),
+ * `finch train --load-in-4bit` on a tiny `finch init` model (the loss falls), and
  * samples/bench_qlora at a tiny shape (it generates its 4-bit checkpoint, trains and reports). */
 #include "core/safetensors.h"
 #include "finch/finch.h"
@@ -84,6 +85,44 @@ int main(void)
              bin, g, g, tmp);
     rc = run(cmd, out, sizeof out);
     CHECK(rc != 0 && strstr(out, "full fine-tuning needs dense weights"), "--full --load-in-4bit is refused (exit %d):\n%s", rc, out);
+
+    /* QLoRA training from the CLI */
+    char dir[1200];
+    snprintf(dir, sizeof dir, "%s/qlora_cli_train", tmp);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s' && '%s/finch' init --arch llama --out '%s/model' --hidden 64 --layers 2 --heads 4 --kv-heads 2 --seed 5",
+             dir, dir, bin, dir);
+    rc = run(cmd, out, sizeof out);
+    CHECK(rc == 0, "finch init exited %d:\n%s", rc, out);
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    FILE *f = fopen(path, "w");
+    unsigned sd = 7;
+    for (int i = 0; f && i < 64; i++) {
+        sd = sd * 1103515245u + 12345u;
+        int x = (int)(sd >> 16) % 10, y = (int)(sd >> 8) % 10;
+        fprintf(f, "{\"messages\": [{\"role\": \"user\", \"content\": \"%d+%d=\"}, {\"role\": \"assistant\", \"content\": \"%d\"}]}\n", x, y, x + y);
+    }
+    if (f) fclose(f);
+    snprintf(cmd, sizeof cmd, "'%s/finch' train --load-in-4bit --model '%s/model' --data '%s' --out '%s/run' --max-steps 16 --lr-scheduler constant "
+             "--learning-rate 3e-3 --batch-size 8 --grad-accum 1 --lora-r 8 --threads 1", bin, dir, path, dir);
+    rc = run(cmd, out, sizeof out);
+    CHECK(rc == 0, "finch train --load-in-4bit exited %d:\n%s", rc, out);
+    snprintf(path, sizeof path, "%s/run/metrics.jsonl", dir);
+    f = fopen(path, "r");
+    double first = -1, recent[3] = {0, 0, 0};
+    int steps = 0;
+    char line[1024];
+    while (f && fgets(line, sizeof line, f)) {
+        long step;
+        const char *l = strstr(line, "\"loss\": ");
+        if (sscanf(line, "{\"step\": %ld", &step) != 1 || !l) continue;
+        double v = atof(l + 8);
+        if (step == 1) first = v;
+        recent[steps++ % 3] = v;
+    }
+    if (f) fclose(f);
+    double last = (recent[0] + recent[1] + recent[2]) / 3;
+    CHECK(steps == 16 && first > 0 && last < first - 0.3, "QLoRA training: %d steps, loss %.4f -> %.4f", steps, first, last);
+    printf("  finch train --load-in-4bit: loss %.4f -> %.4f over %d steps\n", first, last, steps);
 
     snprintf(cmd, sizeof cmd, "'%s/bench_qlora' --shape tiny --seq 32 --batch 2 --steps 2 --backend cpu --dir '%s'", bin, tmp);
     rc = run(cmd, out, sizeof out);
