@@ -16,7 +16,9 @@
 #include "core/bnb_checkpoint.h"
 #include "core/model.h"
 #include "core/model_quant.h"
+#include "core/model_weights.h"
 #include "core/runtime.h"
+#include "finch/export.h"
 #include "finch/finch.h"
 #include "tests/testing.h"
 
@@ -298,6 +300,59 @@ static int write_dequantised(const char *src, const char *deq_dir, const finch_m
     return rc;
 }
 
+/* ---- merging from NF4 ----------------------------------------------------------------------------- */
+
+/* The base weight of a 4-bit model reads back as deq(W) (the dense-dequantised model's weight, bit for
+ * bit); merged = deq(W) + s B A (A, B read back, the product summed here in double); and the merged
+ * export of the 4-bit model reloads as a dense model with the 4-bit model's logits. */
+static void check_merge(finch_runtime *rt, const finch_model *q, const finch_model *d, const outputs *oq, const char *label,
+                        const char *tag)
+{
+    int same_base = 1;
+    double worst = 0;
+    for (int k = 0; k < q->n_linears; k++) {
+        const finch_linear_module *lq = q->linears[k], *ld = d->linears[k];
+        int64_t out = lq->out_features, in = lq->in_features, r = lq->rank;
+        float *bq = malloc((size_t)(out * in) * sizeof(float)), *bd = malloc((size_t)(out * in) * sizeof(float));
+        float *merged = malloc((size_t)(out * in) * sizeof(float));
+        float *a = malloc((size_t)(r * in) * sizeof(float)), *b = malloc((size_t)(out * r) * sizeof(float));
+        if (ok(finch_linear_weight_f32(q, lq, bq), "finch_linear_weight_f32 (4-bit)") && ok(finch_linear_weight_f32(d, ld, bd), "finch_linear_weight_f32") &&
+            ok(finch_linear_merged_f32(q, lq, merged), "finch_linear_merged_f32") && ok(finch_lora_factors_f32(q, lq, a, b), "finch_lora_factors_f32")) {
+            same_base &= !memcmp(bq, bd, (size_t)(out * in) * sizeof(float));
+            double num = 0, den = 0;
+            for (int64_t o = 0; o < out; o++)
+                for (int64_t i = 0; i < in; i++) {
+                    double ba = 0;
+                    for (int64_t j = 0; j < r; j++) ba += (double)b[o * r + j] * (double)a[j * in + i];
+                    double ref = (double)bq[o * in + i] + (double)lq->scale * ba, dd = merged[o * in + i] - ref;
+                    num += dd * dd;
+                    den += ref * ref;
+                }
+            double e = sqrt(num / den);
+            worst = e > worst ? e : worst;
+        }
+        free(bq);
+        free(bd);
+        free(merged);
+        free(a);
+        free(b);
+    }
+    CHECK(same_base, "%s: the 4-bit base reads back as the dequantised weights, bit for bit", label);
+    CHECK(worst <= 1e-6, "%s: merged-from-NF4 = deq(W) + s B A: rel err %.3g", label, worst);
+    char dir[1200];
+    tmp_path(dir, sizeof dir, tag, "merged");
+    if (!ok(finch_export_merged(q, dir, NULL), "finch_export_merged (4-bit)")) return;
+    finch_model *mm = load(rt, dir, 0, 0, 0, FINCH_DTYPE_F32, 0);
+    outputs om;
+    if (mm && run(mm, 0, &om)) {
+        double e = testing_rel_err(om.logits, oq->logits, (size_t)om.n_logits);
+        CHECK(e <= 1e-5, "%s: the merged export of the 4-bit model has its logits: rel err %.3g", label, e);
+        printf("  %-28s merged from NF4: weights rel err %.2e, logits rel err %.2e\n", label, worst, e);
+        outputs_free(&om);
+    }
+    finch_model_free(mm);
+}
+
 /* ---- the equivalence check ------------------------------------------------------------------- */
 
 /* Device bytes of lin's weight buffer. */
@@ -351,6 +406,7 @@ static void check_model(finch_runtime *rt, const char *label, const char *src, c
         double e = compare(&oq, &od);
         CHECK(e <= 1e-4, "%s: NF4 vs dequantised dense: rel err %.3g", label, e);
         printf("  %-28s NF4 vs dense deq: loss %.6f vs %.6f, worst rel err %.2e\n", label, oq.loss, od.loss, e);
+        check_merge(rt, q, d, &oq, label, tag);
         if (original && original->logits) {
             double eo = testing_rel_err(oq.logits, original->logits, (size_t)oq.n_logits);
             CHECK(eo > 100 * e && eo > 1e-4, "%s: 4-bit logits differ from the original weights' (rel %.3g)", label, eo);
