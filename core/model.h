@@ -20,6 +20,7 @@ typedef struct finch_linear_module {
     finch_param lora_a, lora_b;  /* f32 [rank, in], [out, rank] */
     uint64_t id;                 /* position in the model, for dropout seeds */
     int vision;                  /* 1: a vision-tower linear ("all-linear" LoRA leaves it alone) */
+    struct finch_quant_weight *quant; /* 4-bit weight (core/model_quant.h; weight.dtype NF4), or NULL */
 } finch_linear_module;
 
 typedef struct finch_layer {

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/kv_cache.h"
 #include "core/model_layer.h"
+#include "core/model_quant.h"
 #include "core/model_vl.h"
 
 #include <math.h>
@@ -32,8 +33,7 @@ finch_linear_params finch_model_linear_params(const finch_model *m, const finch_
     memset(&p, 0, sizeof p);
     p.in_features = lin->in_features;
     p.out_features = lin->out_features;
-    p.w.dtype = lin->weight.dtype;
-    p.w.data = lin->weight.data;
+    p.w = finch_quant_linear_weight(lin);
     p.dw = lin->weight.grad;
     p.param_type = FINCH_DTYPE_F32;
     p.bias = lin->bias.data;

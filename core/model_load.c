@@ -1,5 +1,6 @@
 #include "core/error.h"
 #include "core/model.h"
+#include "core/model_quant.h"
 #include "core/safetensors.h"
 #include "core/model_vl.h"
 
@@ -9,7 +10,11 @@
 
 finch_load_options finch_load_options_default(void)
 {
-    finch_load_options o = {FINCH_DTYPE_F32, 0, 0};
+    finch_load_options o;
+    memset(&o, 0, sizeof o);
+    o.compute_dtype = FINCH_DTYPE_F32;
+    o.quant_type = FINCH_QUANT_NF4;
+    o.quant_blocksize = 64;
     return o;
 }
 
@@ -134,6 +139,7 @@ typedef struct loader {
     st_set *set;
     const char *dir;
     int flatten;         /* accept [d0, a, b, ...] with a * b * ... == d1 for a 2-D parameter */
+    finch_quant_plan quant;
 } loader;
 
 static int st_to_finch_dtype(st_dtype t, finch_dtype *out)
@@ -202,7 +208,7 @@ static int load_param(loader *L, finch_param *p, const char *name, finch_dtype d
 int finch_model_load_param(finch_model *m, const st_set *set, const char *dir, finch_param *p, const char *name, finch_dtype dtype,
                            int ndim, int64_t d0, int64_t d1, int flatten)
 {
-    loader L = {m, (st_set *)set, dir, flatten};
+    loader L = {m, (st_set *)set, dir, flatten, {0}};
     return load_param(&L, p, name, dtype, ndim, d0, d1, NULL);
 }
 
@@ -228,7 +234,9 @@ static int load_linear(loader *L, finch_layer *layer, finch_linear_module *lin, 
     lin->id = (uint64_t)m->n_linears;
     char name[256];
     snprintf(name, sizeof name, "%s.weight", path);
-    int rc = load_param(L, &lin->weight, name, m->dtype, 2, out, in, lin->row_perm);
+    int quantized = 0;
+    int rc = finch_quant_load_linear(m, L->set, L->dir, &L->quant, lin, name, &quantized);
+    if (!rc && !quantized) rc = load_param(L, &lin->weight, name, m->dtype, 2, out, in, lin->row_perm);
     if (!rc && has_bias) {
         snprintf(name, sizeof name, "%s.bias", path);
         rc = load_param(L, &lin->bias, name, FINCH_DTYPE_F32, 1, out, 1, lin->row_perm);
@@ -438,8 +446,9 @@ finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_lo
         finch_model_free(m);
         return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     }
-    loader L = {m, NULL, dir, 0};
-    rc = st_set_open_dir(dir, &L.set);
+    loader L = {m, NULL, dir, 0, {0}};
+    rc = finch_quant_plan_make(dir, &o, &L.quant);
+    if (!rc) rc = st_set_open_dir(dir, &L.set);
     if (!rc) rc = load_weights(&L);
     if (!rc && m->cfg.has_vision) rc = finch_vl_load(m, L.set, dir);
     if (L.set) st_set_close(L.set);
@@ -462,6 +471,7 @@ static void release_linear(finch_model *m, finch_linear_module *lin)
     finch_param_release(m, &lin->bias);
     finch_param_release(m, &lin->lora_a);
     finch_param_release(m, &lin->lora_b);
+    finch_quant_weight_free(lin->quant);
     free(lin->row_perm);
 }
 

@@ -1,5 +1,6 @@
 #include "core/model_weights.h"
 #include "core/error.h"
+#include "core/model_quant.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -67,6 +68,7 @@ static int read_param(const finch_model *m, const finch_param *p, const int32_t 
 
 int finch_linear_weight_f32(const finch_model *m, const finch_linear_module *lin, float *dst)
 {
+    if (lin->quant) return finch_quant_dequantize(m, lin, dst);   /* 4-bit: deq(W) */
     return read_param(m, &lin->weight, lin->row_perm, dst);
 }
 

@@ -80,7 +80,18 @@ typedef struct finch_load_options {
     finch_dtype compute_dtype; /* F32 or BF16 (weights and activations); default F32 on CPU, BF16 on GPUs */
     int full_finetune;         /* 1: every weight is trainable (no LoRA) */
     int gradient_checkpointing;/* 1: keep only layer inputs in forward, recompute in backward */
+    /* QLoRA. A bitsandbytes 4-bit checkpoint (quantization_config in config.json) always loads with
+     * its decoder linear weights in 4 bits, as stored. load_in_4bit quantises every decoder linear
+     * weight of a bf16/f16/f32 checkpoint (and any a bnb-4bit checkpoint left dense) as it loads,
+     * tensor by tensor; norms, embeddings, lm_head and biases stay dense. 4-bit weights are frozen:
+     * full_finetune is refused with them. */
+    int load_in_4bit;
+    int quant_type;            /* FINCH_QUANT_NF4 (0) or FINCH_QUANT_FP4 */
+    int64_t quant_blocksize;   /* elements per absmax scale: 32..4096, a power of two; 0 = 64 */
+    int double_quant;          /* 1: absmax itself in 8 bits (bitsandbytes' compress_statistics) */
 } finch_load_options;
+
+enum { FINCH_QUANT_NF4 = 0, FINCH_QUANT_FP4 = 1 };
 
 finch_load_options finch_load_options_default(void);
 
@@ -88,6 +99,10 @@ finch_load_options finch_load_options_default(void);
  * model.safetensors.index.json. opts may be NULL. */
 finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_load_options *opts, finch_model **out);
 void finch_model_free(finch_model *m);
+/* Writes the base model with its 4-bit decoder weights as a bitsandbytes 4-bit checkpoint folder
+ * (config.json with quantization_config, model.safetensors) that finch and transformers load.
+ * FINCH_ERR_STATE when the model holds no 4-bit weights. */
+finch_status finch_model_save_4bit(const finch_model *m, const char *dir);
 
 typedef struct finch_model_info {
     char model_type[64];       /* as in config.json: "llama", "gemma2", ... */

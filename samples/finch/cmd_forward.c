@@ -12,10 +12,12 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: finch forward --model DIR [--adapter DIR] --batch IN.safetensors [--grads] [--full]\n"
-               "                     [--backend NAME] [--dtype f32|bf16] [--image PATH]... [--processor JSON]\n"
+               "                     [--load-in-4bit] [--backend NAME] [--dtype f32|bf16] [--image PATH]... [--processor JSON]\n"
                "                     [--text-positions] --out OUT.safetensors\n"
                "Reads int32 input_ids and labels [B, T] (-100 = ignored); writes logits [B, T, V] f32, loss [1] f32\n"
                "and, with --grads, grad.<name> for every trainable tensor (adapter tensors, or every weight with --full).\n"
+               "--load-in-4bit quantises the decoder's linear weights to NF4 as they load (QLoRA); a bitsandbytes\n"
+               "4-bit checkpoint loads in 4 bits without it.\n"
                "Vision-language models: each --image fills the next block of image tokens in input_ids (in order;\n"
                "grid_t*grid_h*grid_w/4 tokens each), preprocessed as preprocessor_config.json (--processor, else the\n"
                "model folder's) says; without --image, the batch file's pixel_values and image_grid_thw are used when\n"
@@ -26,7 +28,7 @@ static void usage(FILE *f)
 
 typedef struct forward_args {
     const char *model, *adapter, *batch, *backend, *dtype, *out, *processor;
-    int grads, full, text_positions;
+    int grads, full, text_positions, load_in_4bit;
     const char *images[MAX_IMAGES];
     int n_images;
 } forward_args;
@@ -59,6 +61,8 @@ static int parse_args(int argc, char **argv, forward_args *a)
             a->grads = 1;
         } else if (!strcmp(s, "--full")) {
             a->full = 1;
+        } else if (!strcmp(s, "--load-in-4bit")) {
+            a->load_in_4bit = 1;
         } else if (!strcmp(s, "--text-positions")) {
             a->text_positions = 1;
         } else if (!strcmp(s, "--help") || !strcmp(s, "-h")) {
@@ -141,6 +145,7 @@ static int run(const forward_args *a)
         finch_load_options o = finch_load_options_default();
         o.compute_dtype = strcmp(a->dtype, "bf16") ? FINCH_DTYPE_F32 : FINCH_DTYPE_BF16;
         o.full_finetune = a->full;
+        o.load_in_4bit = a->load_in_4bit;
         rc = finch_model_load(rt, a->model, &o, &m);
     }
     if (!rc && a->adapter) rc = finch_lora_load(m, a->adapter);
