@@ -8,5 +8,7 @@ int finch_cmd_forward(int argc, char **argv);
 int finch_cmd_tokenize(int argc, char **argv);
 int finch_cmd_generate(int argc, char **argv);
 int finch_cmd_chat(int argc, char **argv);
+int finch_cmd_bench(int argc, char **argv);
+int finch_cmd_bench_decode(int argc, char **argv);
 
 #endif

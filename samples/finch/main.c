@@ -17,6 +17,7 @@ static const struct {
     {"tokenize", finch_cmd_tokenize, "encode text or a chat with a model's tokenizer and template; show ids and labels"},
     {"generate", finch_cmd_generate, "generate text from a prompt or a JSONL file of prompts (JSON lines out)"},
     {"chat", finch_cmd_chat, "talk to a model (and its adapter) through its chat template, replies streamed"},
+    {"bench", finch_cmd_bench, "benchmarks on random-weight models (finch bench decode: decode speed vs the memory roofline)"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 
