@@ -114,7 +114,7 @@ static int attention_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_
     finch_rope_params rq = rope_params(s, l, c->n_heads), rk = rope_params(s, l, c->n_kv_heads);
     if ((rc = finch_op_rope(s->g, &q, &rq)) || (rc = finch_op_rope(s->g, &k, &rk))) return rc;
     finch_attention_params ap;
-    ap.n_seqs = s->batch;
+    ap.n_seqs = s->n_seqs;
     ap.max_seqlen = s->seq_len;
     ap.cu_seqlens = s->cu_seqlens;
     ap.n_heads = c->n_heads;
@@ -197,11 +197,21 @@ static int layer_trainable(const finch_layer *ly)
 
 /* ---- batch upload ---------------------------------------------------------------------------- */
 
+/* A new sequence starts at token t of a row when it is the row's first or its segment id differs
+ * from the previous token's (without segment ids every row is one sequence). */
+static int segment_starts(const finch_batch *b, int64_t i, int64_t t)
+{
+    return t == 0 || (b->segment_ids && b->segment_ids[i * b->seq_len + t] != b->segment_ids[i * b->seq_len + t - 1]);
+}
+
 static int upload_batch(step_ctx *s, const finch_batch *b, int64_t *count)
 {
     finch_model *m = s->m;
     int64_t B = b->batch, T = b->seq_len, n = B * T, V = m->cfg.vocab;
-    size_t need = (size_t)(3 * n + B + 1);
+    int64_t n_seqs = 0;
+    for (int64_t i = 0; i < B; i++)
+        for (int64_t t = 0; t < T; t++) n_seqs += segment_starts(b, i, t);
+    size_t need = (size_t)(3 * n + n_seqs + 1);
     if (need > m->host_i32_cap) {
         int32_t *p = realloc(m->host_i32, need * sizeof *p);
         if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
@@ -210,7 +220,7 @@ static int upload_batch(step_ctx *s, const finch_batch *b, int64_t *count)
     }
     int32_t *ids = m->host_i32, *labels = ids + n, *pos = labels + n, *cu = pos + n;
     const int32_t *lab = b->labels ? b->labels : b->input_ids;
-    int64_t counted = 0;
+    int64_t counted = 0, seq = 0, start = 0;
     for (int64_t i = 0; i < B; i++) {
         for (int64_t t = 0; t < T; t++) {
             int64_t at = i * T + t;
@@ -222,15 +232,19 @@ static int upload_batch(step_ctx *s, const finch_batch *b, int64_t *count)
             if (l != FINCH_IGNORE_INDEX && (l < 0 || l >= V))
                 return finch_error(FINCH_ERR_INVALID_ARGUMENT, "labels[%lld][%lld] = %d is neither -100 nor in [0, %lld)",
                                    (long long)i, (long long)t, l, (long long)V);
+            if (segment_starts(b, i, t)) {
+                cu[seq++] = (int32_t)at;
+                start = t;
+            }
             ids[at] = id;
-            pos[at] = (int32_t)t;
-            /* Row t predicts the label of position t + 1. */
-            labels[at] = t + 1 < T ? lab[at + 1] : FINCH_IGNORE_INDEX;
+            pos[at] = (int32_t)(t - start);
+            /* Row t predicts the label of position t + 1, inside its own sequence and never from padding. */
+            int same = t + 1 < T && !segment_starts(b, i, t + 1) && !(b->segment_ids && b->segment_ids[at] < 0);
+            labels[at] = same ? lab[at + 1] : FINCH_IGNORE_INDEX;
             counted += labels[at] != FINCH_IGNORE_INDEX;
         }
-        cu[i] = (int32_t)(i * T);
     }
-    cu[B] = (int32_t)n;
+    cu[n_seqs] = (int32_t)n;
     finch_dptr d;
     int rc = finch_arena_alloc(&m->arena, need * sizeof(int32_t), &d);
     if (rc) return rc;
@@ -240,6 +254,7 @@ static int upload_batch(step_ctx *s, const finch_batch *b, int64_t *count)
     s->labels = finch_dptr_at(d, (size_t)n * 4);
     s->positions = finch_dptr_at(d, (size_t)(2 * n) * 4);
     s->cu_seqlens = finch_dptr_at(d, (size_t)(3 * n) * 4);
+    s->n_seqs = n_seqs;
     *count = counted;
     return FINCH_OK;
 }
@@ -368,7 +383,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     int rc = finch_arena_begin(&m->arena);
     if (rc) return rc;
     finch_graph_clear(g);
-    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL};
+    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, 0, NULL};
     if (do_backward) m->weights_version++; /* an optimizer step will follow: cached keys go stale */
     int64_t count = 0;
     if ((rc = upload_batch(&s, b, &count))) return rc;

@@ -36,7 +36,11 @@ static int64_t vocab_of(finch_model *m)
 static float *forward_logits(finch_model *m, const int32_t *ids, int64_t len)
 {
     int64_t V = vocab_of(m);
-    finch_batch b = {1, len, ids, NULL};
+    finch_batch b;
+    memset(&b, 0, sizeof b);
+    b.batch = 1;
+    b.seq_len = len;
+    b.input_ids = ids;
     finch_step_options so = {1, 0.0f};
     finch_step_result r;
     float *lg = malloc((size_t)(len * V) * sizeof(float));

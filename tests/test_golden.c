@@ -1,6 +1,7 @@
 /* Parity with Hugging Face transformers + PEFT (float64 references) for one architecture:
- *     test_golden <arch>      (reads $FINCH_SHARED_DIR/golden/<arch>)
- * On the CPU backend in f32: base logits, loss and full fine-tuning gradients (with the logits kept,
+ *     test_golden <arch> [backend]     (reads $FINCH_SHARED_DIR/golden/<arch>; backend "cpu" by default;
+ *                                       exit 77 = skipped when that backend has no device here)
+ * In f32: base logits, loss and full fine-tuning gradients (with the logits kept,
  * and again through the fused head + gradient checkpointing, accumulated over two calls); the golden
  * adapter's logits, loss and LoRA gradients; two AdamW steps; adapter save/reload bit for bit. */
 #include "core/model.h"
@@ -51,7 +52,7 @@ static finch_model *load(finch_runtime *rt, const char *dir, int full, int ckpt)
 
 static int step(finch_model *m, int want_logits, finch_step_result *r)
 {
-    finch_batch b = {B, T, ids, labels};
+    finch_batch b = {B, T, ids, labels, NULL};
     finch_step_options so = {want_logits, 0.0f};
     return ok(finch_forward_backward(m, &b, &so, r), "finch_forward_backward");
 }
@@ -227,18 +228,23 @@ static void save_reload(finch_runtime *rt, const char *model_dir, finch_model *m
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: test_golden ARCH\n");
+        fprintf(stderr, "usage: test_golden ARCH [BACKEND]\n");
         return 2;
     }
+    const char *backend = argc > 2 ? argv[2] : "cpu";
     char base[1024], model_dir[1100], adapter_dir[1100];
     snprintf(base, sizeof base, "%s/golden/%s", testing_shared_dir(), argv[1]);
     snprintf(model_dir, sizeof model_dir, "%s/model", base);
     snprintf(adapter_dir, sizeof adapter_dir, "%s/adapter", base);
     snprintf(gold_path, sizeof gold_path, "%s/golden.safetensors", base);
-    printf("golden %s\n", argv[1]);
+    printf("golden %s on %s\n", argv[1], backend);
 
     finch_runtime *rt = NULL;
-    if (!ok(finch_runtime_open("cpu", &rt), "finch_runtime_open") || !ok(st_set_open_file(gold_path, &gold), gold_path))
+    if (finch_runtime_open(backend, &rt) != FINCH_OK) {
+        printf("skipped: backend %s unavailable: %s\n", backend, finch_last_error());
+        return 77;
+    }
+    if (!ok(st_set_open_file(gold_path, &gold), gold_path))
         return testing_finish();
     const st_tensor *t = st_set_find(gold, "input_ids");
     CHECK(t && t->ndim == 2, "%s: input_ids", gold_path);

@@ -111,7 +111,7 @@ static int run(const forward_args *a)
     if (!rc) rc = finch_model_info_get(m, &info);
     finch_step_result res;
     if (!rc) {
-        finch_batch b = {B, T, ids, labels};
+        finch_batch b = {B, T, ids, labels, NULL};
         finch_step_options so = {1, 0.0f};
         rc = a->grads ? finch_forward_backward(m, &b, &so, &res) : finch_forward(m, &b, &so, &res);
     }

@@ -6,6 +6,8 @@
 int finch_cmd_info(int argc, char **argv);
 int finch_cmd_forward(int argc, char **argv);
 int finch_cmd_tokenize(int argc, char **argv);
+int finch_cmd_train(int argc, char **argv);
+int finch_cmd_init(int argc, char **argv);
 int finch_cmd_generate(int argc, char **argv);
 int finch_cmd_chat(int argc, char **argv);
 int finch_cmd_bench(int argc, char **argv);
