@@ -2,6 +2,7 @@
  * factors, or every weight in full fine-tuning). */
 #include "core/error.h"
 #include "core/model.h"
+#include "core/model_vl.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -27,7 +28,7 @@ int finch_lora_module_targeted(const char *targets, const finch_linear_module *l
 {
     *hit = 0;
     if (!strcmp(targets, "all-linear")) {
-        *hit = 1;
+        *hit = !lin->vision; /* the language model; a vision tower only when named */
         return FINCH_OK;
     }
     for (const char *p = targets; *p;) {
@@ -54,7 +55,7 @@ static void add_trainable(finch_model *m, finch_param *p, const finch_linear_mod
 /* Rebuilds the trainable list from the model's mode and gives every entry a gradient buffer. */
 int finch_model_rebuild_trainables(finch_model *m)
 {
-    int cap = 8 + (int)m->cfg.n_layers * 32;
+    int cap = 8 + (int)m->cfg.n_layers * 32 + finch_vl_each_param(m, NULL);
     finch_trainable *t = realloc(m->trainables, (size_t)cap * sizeof *t);
     if (!t) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     m->trainables = t;
@@ -74,6 +75,7 @@ int finch_model_rebuild_trainables(finch_model *m)
         add_trainable(m, &m->final_norm, NULL, 0);
         add_trainable(m, &m->final_norm_b, NULL, 0);
         if (!m->tied) add_trainable(m, &m->lm_head_own, NULL, 0);
+        finch_vl_each_param(m, add_trainable);
     } else {
         for (int i = 0; i < m->n_linears; i++) {
             finch_linear_module *lin = m->linears[i];
@@ -239,6 +241,9 @@ finch_status finch_lora_attach(finch_model *m, const finch_lora_config *cfg)
     free(chosen);
     if (!rc) {
         strcat(json, "]");
+        rc = finch_vl_lora_targets(m, targets, &json);
+    }
+    if (!rc) {
         m->lora_targets_json = json;
         json = NULL;
     }

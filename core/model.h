@@ -7,6 +7,7 @@
 #include "core/model_config.h"
 #include "core/ops.h"
 #include "core/runtime.h"
+#include "core/safetensors.h"
 
 typedef struct finch_linear_module {
     char path[160];              /* module path in the checkpoint: "model.layers.0.self_attn.q_proj" */
@@ -18,6 +19,7 @@ typedef struct finch_linear_module {
     float scale, dropout;
     finch_param lora_a, lora_b;  /* f32 [rank, in], [out, rank] */
     uint64_t id;                 /* position in the model, for dropout seeds */
+    int vision;                  /* 1: a vision-tower linear ("all-linear" LoRA leaves it alone) */
 } finch_linear_module;
 
 typedef struct finch_layer {
@@ -47,7 +49,8 @@ struct finch_model {
     finch_param *lm_head;                    /* &embed when tied */
     int tied;
     finch_layer *layers;
-    finch_linear_module **linears;           /* every decoder linear, in module order */
+    struct finch_vision *vision;             /* the image encoder of a vision-language model, or NULL */
+    finch_linear_module **linears;           /* every decoder linear, in module order (then the vision tower's) */
     int n_linears;
     finch_dptr rope_inv[2][2];               /* inv_freq, f32: [global, local][short, long] */
     int64_t n_params;
@@ -87,9 +90,17 @@ int finch_param_alloc(finch_model *m, finch_param *p, finch_dtype dtype, int ndi
 void finch_param_release(finch_model *m, finch_param *p);
 int finch_param_alloc_grad(finch_model *m, finch_param *p);
 
+/* Loads checkpoint tensor `name` into p (which takes that name), shape [d0] (ndim 1) or [d0, d1].
+ * With flatten, a tensor of more dimensions whose trailing ones multiply to d1 loads as [d0, d1]
+ * (a convolution whose kernel equals its stride is a linear layer over the flattened patch). */
+int finch_model_load_param(finch_model *m, const st_set *set, const char *dir, finch_param *p, const char *name, finch_dtype dtype,
+                           int ndim, int64_t d0, int64_t d1, int flatten);
+
 /* model_forward.c: one step; backward when do_backward. */
 int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_options *opts, int do_backward,
                      finch_step_result *out);
+/* The op-level view of a linear module for one step (train: LoRA dropout on). */
+finch_linear_params finch_model_linear_params(const finch_model *m, const finch_linear_module *lin, int train);
 
 /* lora.c */
 int finch_lora_module_targeted(const char *targets, const finch_linear_module *lin, int *hit);

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/kv_cache.h"
 #include "core/model_layer.h"
+#include "core/model_vl.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -25,7 +26,7 @@ static uint64_t mix64(uint64_t z)
     return z ^ (z >> 31);
 }
 
-static finch_linear_params linear_params(const step_ctx *s, const finch_linear_module *lin)
+finch_linear_params finch_model_linear_params(const finch_model *m, const finch_linear_module *lin, int train)
 {
     finch_linear_params p;
     memset(&p, 0, sizeof p);
@@ -44,15 +45,15 @@ static finch_linear_params linear_params(const step_ctx *s, const finch_linear_m
         p.da = lin->lora_a.grad;
         p.db = lin->lora_b.grad;
         p.scale = lin->scale;
-        p.dropout = s->train ? lin->dropout : 0.0f;
-        p.dropout_seed = mix64(s->m->step * 0x9E3779B97F4A7C15ull + lin->id);
+        p.dropout = train ? lin->dropout : 0.0f;
+        p.dropout_seed = mix64(m->step * 0x9E3779B97F4A7C15ull + lin->id);
     }
     return p;
 }
 
 static int linear(step_ctx *s, const finch_tensor *x, const finch_linear_module *lin, finch_tensor *y)
 {
-    finch_linear_params p = linear_params(s, lin);
+    finch_linear_params p = finch_model_linear_params(s->m, lin, s->train);
     return finch_op_linear(s->g, x, &p, y);
 }
 
@@ -83,12 +84,15 @@ static finch_rope_params rope_params(const step_ctx *s, int64_t layer, int64_t h
     int which = r == &c->rope_local ? 1 : 0;
     int use_long = r->inv_freq_long && s->seq_len > r->long_after;
     finch_rope_params p;
+    memset(&p, 0, sizeof p);
     p.n_heads = heads;
     p.head_dim = c->head_dim;
     p.rot_dim = r->rot_dim;
     p.positions = s->positions;
     p.inv_freq = m->rope_inv[which][use_long];
     p.attn_factor = use_long ? r->attn_factor_long : r->attn_factor;
+    p.n_sections = c->rope_n_sections;
+    memcpy(p.sections, c->rope_sections, sizeof p.sections);
     return p;
 }
 
@@ -114,6 +118,7 @@ static int attention_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_
     finch_rope_params rq = rope_params(s, l, c->n_heads), rk = rope_params(s, l, c->n_kv_heads);
     if ((rc = finch_op_rope(s->g, &q, &rq)) || (rc = finch_op_rope(s->g, &k, &rk))) return rc;
     finch_attention_params ap;
+    memset(&ap, 0, sizeof ap);
     ap.n_seqs = s->n_seqs;
     ap.max_seqlen = s->seq_len;
     ap.cu_seqlens = s->cu_seqlens;
@@ -383,10 +388,10 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     int rc = finch_arena_begin(&m->arena);
     if (rc) return rc;
     finch_graph_clear(g);
-    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, 0, NULL};
+    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0};
     if (do_backward) m->weights_version++; /* an optimizer step will follow: cached keys go stale */
     int64_t count = 0;
-    if ((rc = upload_batch(&s, b, &count))) return rc;
+    if ((rc = upload_batch(&s, b, &count)) || (rc = finch_vl_positions(m, b, &s.positions))) return rc;
     float grad_scale = opts && opts->grad_scale != 0 ? opts->grad_scale : count ? 1.0f / (float)count : 0.0f;
     int ckpt = do_backward && m->gradient_checkpointing;
     int64_t L = c->n_layers, n = s.n_tokens, H = c->hidden;
@@ -403,6 +408,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     finch_tensor *x = m->stream;
     int *seg = m->segments;
     rc = finch_model_embed(&s, &x[0]);
+    if (!rc) rc = finch_vl_embed_images(m, g, b, do_backward, &x[0]);
     seg[0] = g->n_tape;
     for (int64_t l = 0; !rc && l < L; l++) {
         int req = do_backward && (x[l].node >= 0 || layer_trainable(&m->layers[l]));

@@ -14,8 +14,8 @@ typedef struct finch_step_ctx {
     int64_t batch, seq_len, n_tokens;  /* with a cache: sequences, longest cached + new length, new tokens */
     finch_dptr ids, labels, positions, cu_seqlens;
     int train;                         /* LoRA dropout on */
-    int64_t n_seqs;                    /* sequences in cu_seqlens: one per row, or per segment of packed rows */
     finch_kv_cache *cache;             /* NULL: attention within the batch's rows; else over the cache */
+    int64_t n_seqs;                    /* sequences in cu_seqlens: one per row, or per segment of packed rows */
 } finch_step_ctx;
 
 /* x_0: the embeddings of s->ids (scaled where the architecture scales them). */

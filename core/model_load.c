@@ -1,6 +1,7 @@
 #include "core/error.h"
 #include "core/model.h"
 #include "core/safetensors.h"
+#include "core/model_vl.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,6 +133,7 @@ typedef struct loader {
     finch_model *m;
     st_set *set;
     const char *dir;
+    int flatten;         /* accept [d0, a, b, ...] with a * b * ... == d1 for a 2-D parameter */
 } loader;
 
 static int st_to_finch_dtype(st_dtype t, finch_dtype *out)
@@ -165,7 +167,10 @@ static int load_param(loader *L, finch_param *p, const char *name, finch_dtype d
         return finch_error(FINCH_ERR_FORMAT, "%s: missing tensor '%s' (expected shape %s) for model_type '%s'", L->dir, name,
                            expected, m->cfg.model_type);
     const char *file = st_set_file_of(L->set, name);
-    if (t->ndim != ndim || t->shape[0] != d0 || (ndim > 1 && t->shape[1] != d1)) {
+    int64_t trailing = 1;
+    for (int i = 1; i < t->ndim; i++) trailing *= t->shape[i];
+    int flat_ok = L->flatten && ndim == 2 && t->ndim > 2 && t->shape[0] == d0 && trailing == d1;
+    if (!flat_ok && (t->ndim != ndim || t->shape[0] != d0 || (ndim > 1 && t->shape[1] != d1))) {
         format_shape(found, sizeof found, t->ndim, t->shape);
         return finch_error(FINCH_ERR_FORMAT, "%s: tensor '%s' has shape %s, but config.json implies %s", file ? file : L->dir,
                            name, found, expected);
@@ -192,6 +197,13 @@ static int load_param(loader *L, finch_param *p, const char *name, finch_dtype d
     free(converted);
     if (!rc) m->n_params += p->numel;
     return rc;
+}
+
+int finch_model_load_param(finch_model *m, const st_set *set, const char *dir, finch_param *p, const char *name, finch_dtype dtype,
+                           int ndim, int64_t d0, int64_t d1, int flatten)
+{
+    loader L = {m, (st_set *)set, dir, flatten};
+    return load_param(&L, p, name, dtype, ndim, d0, d1, NULL);
 }
 
 static int load_norm(loader *L, finch_param *w, finch_param *b, const char *base, int64_t dim)
@@ -426,9 +438,10 @@ finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_lo
         finch_model_free(m);
         return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     }
-    loader L = {m, NULL, dir};
+    loader L = {m, NULL, dir, 0};
     rc = st_set_open_dir(dir, &L.set);
     if (!rc) rc = load_weights(&L);
+    if (!rc && m->cfg.has_vision) rc = finch_vl_load(m, L.set, dir);
     if (L.set) st_set_close(L.set);
     if (!rc) rc = upload_rope_tables(m);
     if (!rc && o.full_finetune) {
@@ -469,6 +482,7 @@ void finch_model_free(finch_model *m)
     finch_param_release(m, &m->final_norm);
     finch_param_release(m, &m->final_norm_b);
     finch_param_release(m, &m->lm_head_own);
+    finch_vl_free(m);
     if (m->persistent) m->be->api->free(m->be->dev, m->persistent);
     finch_arena_free(&m->arena);
     finch_graph_free(&m->graph);

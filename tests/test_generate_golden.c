@@ -39,11 +39,7 @@ static int64_t vocab_of(finch_model *m)
 static float *forward_logits(finch_model *m, const int32_t *ids, int64_t len)
 {
     int64_t V = vocab_of(m);
-    finch_batch b;
-    memset(&b, 0, sizeof b);
-    b.batch = 1;
-    b.seq_len = len;
-    b.input_ids = ids;
+    finch_batch b = {.batch = 1, .seq_len = len, .input_ids = ids, .labels = NULL};
     finch_step_options so = {1, 0.0f};
     finch_step_result r;
     float *lg = malloc((size_t)(len * V) * sizeof(float));
@@ -303,7 +299,7 @@ static void run_arch(finch_runtime *rt, const char *arch)
 int main(int argc, char **argv)
 {
     const char *only = argc > 1 && strcmp(argv[1], "all") ? argv[1] : NULL, *backend = argc > 2 ? argv[2] : "cpu";
-    /* "cpu-abi1.0": the CPU backend without attention_cache_forward, as a plugin built before ABI 1.2
+    /* "cpu-abi1.0": the CPU backend without attention_cache_forward, as a plugin built for ABI 1.0
      * looks: generation falls back to attention_forward over each sequence's whole key range. */
     int legacy = !strcmp(backend, "cpu-abi1.0");
     finch_runtime *rt = NULL;

@@ -109,7 +109,7 @@ int main(void)
     }
 
     /* Packed: logits and the summed gradient. */
-    finch_batch packed = {pb.rows, pb.seq_len, pb.input_ids, pb.labels, pb.seq_ids};
+    finch_batch packed = {.batch = pb.rows, .seq_len = pb.seq_len, .input_ids = pb.input_ids, .labels = pb.labels, .segment_ids = pb.seq_ids};
     finch_step_options so = {1, 1.0f};
     finch_step_result rp;
     size_t n_logits = (size_t)(pb.rows * pb.seq_len * V);
@@ -126,7 +126,7 @@ int main(void)
     int64_t sum_count = 0;
     for (int c = 0; c < N_CONV; c++) {
         int64_t len = (int64_t)ex[c].ids.len;
-        finch_batch one = {1, len, ex[c].ids.ids, ex[c].labels.ids, NULL};
+        finch_batch one = {.batch = 1, .seq_len = len, .input_ids = ex[c].ids.ids, .labels = ex[c].labels.ids, .segment_ids = NULL};
         finch_step_result r1;
         float *lg = malloc((size_t)(len * V) * sizeof(float));
         if (!ok(finch_forward_backward(m, &one, &so, &r1), "single step") || !ok(finch_model_logits(m, lg, (size_t)(len * V)), "logits")) {
@@ -144,7 +144,7 @@ int main(void)
         int32_t *lab = malloc((size_t)(pb.rows * pb.seq_len) * sizeof(int32_t));
         for (int64_t k = 0; k < pb.rows * pb.seq_len; k++) lab[k] = FINCH_LABEL_IGNORE;
         for (int64_t t = 1; t < len; t++) lab[where[c][0] * pb.seq_len + where[c][1] + t] = ex[c].labels.ids[t];
-        finch_batch masked = {pb.rows, pb.seq_len, pb.input_ids, lab, pb.seq_ids};
+        finch_batch masked = {.batch = pb.rows, .seq_len = pb.seq_len, .input_ids = pb.input_ids, .labels = lab, .segment_ids = pb.seq_ids};
         finch_step_options fo = {0, 0.0f};
         finch_step_result rm;
         if (ok(finch_forward(m, &masked, &fo, &rm), "masked forward")) {
@@ -170,7 +170,7 @@ int main(void)
     {
         int32_t ids[8], lab[8], seg[8] = {0, 0, 0, 0, 0, -1, -1, -1};
         for (int i = 0; i < 8; i++) ids[i] = lab[i] = next_id((int32_t)V);
-        finch_batch b = {1, 8, ids, lab, seg};
+        finch_batch b = {.batch = 1, .seq_len = 8, .input_ids = ids, .labels = lab, .segment_ids = seg};
         finch_step_result r;
         finch_step_options fo = {0, 0.0f};
         if (ok(finch_forward(m, &b, &fo, &r), "padded forward")) CHECK(r.token_count == 4, "padded row counts %lld tokens, not 4", (long long)r.token_count);

@@ -71,7 +71,7 @@ int main(void)
         int64_t count = 0;
         for (size_t c = 0; c < finch_train_data_count(data); c++) {
             const finch_example *e = finch_train_data_example(data, c);
-            finch_batch b = {1, (int64_t)e->ids.len, e->ids.ids, e->labels.ids, NULL};
+            finch_batch b = {.batch = 1, .seq_len = (int64_t)e->ids.len, .input_ids = e->ids.ids, .labels = e->labels.ids, .segment_ids = NULL};
             finch_step_result r;
             finch_step_options so = {0, 0.0f};
             if (fx_ok(finch_forward(m, &b, &so, &r), "forward")) {

@@ -133,6 +133,17 @@ typedef struct finch_batch {
                                   with the same id, side by side, form one sequence; positions restart at
                                   each new sequence, attention stays inside it and no label is predicted
                                   across a boundary; a negative id marks padding (no loss) */
+    /* Images, for a vision-language model (qwen2_5_vl); NULL / 0 for text. pixel_values holds the
+     * patches of every image of the batch, image after image, as the model's image processor makes
+     * them (finch_image_preprocess_qwen2vl); input_ids hold, for each image in the same order, a
+     * block of grid_t * grid_h * grid_w / spatial_merge_size^2 image tokens (image_token_id). */
+    const float *pixel_values;      /* [n_patches, patch_dim]: patch_dim = 3 * 2 * 14 * 14 = 1176 */
+    const int32_t *image_grid_thw;  /* [n_images, 3]: frames, rows, columns of each image, in patches */
+    int64_t n_images, n_patches;
+    /* 1: positions 0, 1, 2, ... on all three multimodal RoPE rows, ignoring the image grids: what
+     * transformers 5 computes when the model is called without mm_token_type_ids (its goldens were
+     * made so). 0: the image tokens take their grid's rows and columns, as with the processor. */
+    int text_positions;
 } finch_batch;
 
 typedef struct finch_step_options {

@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define FINCH_PLUGIN_ABI_MAJOR 1
-#define FINCH_PLUGIN_ABI_MINOR 2
+#define FINCH_PLUGIN_ABI_MINOR 1
 #define FINCH_PLUGIN_ENTRY_SYMBOL "finch_plugin_entry"
 #define FINCH_IGNORE_INDEX (-100)
 
@@ -154,7 +154,7 @@ typedef struct finch_attention_desc {
     finch_dptr dv; int64_t lddv;
 } finch_attention_desc;
 
-/* Attention of new query rows over a key/value cache (ABI 1.2; prefill and decode, forward only).
+/* Attention of new query rows over a key/value cache (ABI 1.1; prefill and decode, forward only).
  * Sequence s has q_len = cu_seqlens_q[s+1] - cu_seqlens_q[s] query rows in q and kv_len[s] >= q_len
  * key and value rows in k and v, at rows kv_start[s] .. kv_start[s] + kv_len[s] - 1 (sequences may
  * sit anywhere in k and v: a cache with room to grow). Its queries are the LAST q_len of its kv_len
@@ -384,8 +384,6 @@ typedef struct finch_plugin_api {
 
     /* --- ABI 1.1: optional; NULL (or past a 1.0 plugin's struct_size) when the plugin lacks them --- */
     int (*adamw8bit_step)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d);
-
-    /* --- ABI 1.2: optional, as above ------------------------------------------------------------ */
     int (*attention_cache_forward)(finch_plugin_device *dev, finch_plugin_stream *s,
                                    const finch_attention_cache_desc *d);
 } finch_plugin_api;
