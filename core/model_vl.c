@@ -134,7 +134,7 @@ int finch_vl_positions(finch_model *m, const finch_batch *b, finch_dptr *positio
     int32_t *pos = malloc((size_t)(3 * n) * sizeof *pos);
     if (!pos) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     int rc = (b->text_positions ? finch_mrope_text_positions : finch_mrope_positions)(
-        b->input_ids, b->batch, b->seq_len, v->cfg.image_token_id, b->image_grid_thw, b->n_images, v->cfg.merge_size, pos);
+        b->input_ids, b->segment_ids, b->batch, b->seq_len, v->cfg.image_token_id, b->image_grid_thw, b->n_images, v->cfg.merge_size, pos);
     if (!rc) rc = finch_arena_alloc(&m->arena, (size_t)(3 * n) * sizeof *pos, positions);
     if (!rc && m->be->api->write(m->be->dev, m->be->stream, *positions, pos, (size_t)(3 * n) * sizeof *pos))
         rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "uploading the position ids");

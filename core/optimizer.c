@@ -159,19 +159,36 @@ void finch_optim_free(finch_optim *o)
     free(o);
 }
 
-int finch_optim_grad_norm(finch_optim *o, double *norm)
+/* The sum of squares of every gradient (grads) or every weight, into one f32. */
+static int sum_squares(finch_optim *o, int grads, float *out)
 {
     const finch_backend *be = o->m->be;
     int rc = be->api->fill(be->dev, be->stream, o->sum_sq, FINCH_DTYPE_F32, 1, 0.0f);
     for (int i = 0; !rc && i < o->n_slots; i++) {
-        const finch_param *p = o->slots[i].param;
-        rc = be->api->sum_squares(be->dev, be->stream, p->numel, FINCH_DTYPE_F32, p->grad, o->sum_sq);
+        const optim_slot *s = &o->slots[i];
+        const finch_param *p = s->param;
+        if (grads) rc = be->api->sum_squares(be->dev, be->stream, p->numel, FINCH_DTYPE_F32, p->grad, o->sum_sq);
+        else if (s->master.buf) rc = be->api->sum_squares(be->dev, be->stream, p->numel, FINCH_DTYPE_F32, s->master, o->sum_sq);
+        else rc = be->api->sum_squares(be->dev, be->stream, p->numel, p->dtype, p->data, o->sum_sq);
     }
+    if (!rc) rc = be->api->read(be->dev, be->stream, o->sum_sq, out, sizeof *out);
+    return rc ? finch_device_error(be, rc, grads ? "the gradient norm" : "the weight norm") : FINCH_OK;
+}
+
+int finch_optim_grad_norm(finch_optim *o, double *norm)
+{
     float ss = 0;
-    if (!rc) rc = be->api->read(be->dev, be->stream, o->sum_sq, &ss, sizeof ss);
-    if (rc) return finch_device_error(be, rc, "the gradient norm");
-    *norm = sqrt((double)ss);
-    return FINCH_OK;
+    int rc = sum_squares(o, 1, &ss);
+    if (!rc) *norm = sqrt((double)ss);
+    return rc;
+}
+
+int finch_optim_weights_finite(finch_optim *o, int *finite)
+{
+    float ss = 0;
+    int rc = sum_squares(o, 0, &ss);
+    if (!rc) *finite = isfinite(ss);
+    return rc;
 }
 
 int finch_optim_step(finch_optim *o, int64_t step, double lr, double embed_lr, float grad_scale)

@@ -24,6 +24,8 @@ void finch_optim_free(finch_optim *o);
 
 /* sqrt of the sum of squares of every trainable gradient (one device read). */
 int finch_optim_grad_norm(finch_optim *o, double *norm);
+/* *finite = 0 when any trainable value (or master copy) is NaN or infinite (one device read). */
+int finch_optim_weights_finite(finch_optim *o, int *finite);
 /* Step number `step` (1-based: bias corrections 1 - beta^step). Gradients are multiplied by
  * grad_scale (clipping); embed_lr applies to embed_tokens / lm_head, lr to everything else. */
 int finch_optim_step(finch_optim *o, int64_t step, double lr, double embed_lr, float grad_scale);

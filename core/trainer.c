@@ -30,6 +30,7 @@ finch_trainer_config finch_trainer_config_default(void)
     c.max_seq_length = 2048;
     c.logging_steps = 1;
     c.lora = finch_lora_config_default();
+    c.lora.seed = 0;   /* 0: the adapter is initialised from `seed` */
     return c;
 }
 

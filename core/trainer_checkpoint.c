@@ -126,11 +126,16 @@ static int parent_of(const char *dir, char *out, size_t size)
 finch_status finch_trainer_save(finch_trainer *t, const char *dir)
 {
     if (!t || !dir || !*dir) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_trainer_save: NULL argument");
+    int finite = 1, rc = finch_optim_weights_finite(t->opt, &finite);
+    if (rc) return rc;
+    if (!finite)
+        return finch_error(FINCH_ERR_NUMERIC, "not saving checkpoint %s: the weights after step %lld hold NaN or infinite values; last good "
+                           "checkpoint: %s", dir, (long long)t->step, t->last_checkpoint[0] ? t->last_checkpoint : "(none)");
     char tmp[4200], old[4200], parent[4096];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dir, (long)getpid());
     snprintf(old, sizeof old, "%s.old.%ld", dir, (long)getpid());
     parent_of(dir, parent, sizeof parent);
-    int rc = finch_mkdirs(parent);
+    rc = finch_mkdirs(parent);
     if (!rc) rc = finch_remove_tree(tmp);
     if (!rc && mkdir(tmp, 0755)) rc = finch_error(FINCH_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
     if (!rc) rc = write_files(t, tmp);

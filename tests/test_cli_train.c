@@ -188,6 +188,41 @@ static void interrupt_and_resume(char baseline[][40], int steps)
     printf("  resumed from step %d in a new process: %d losses identical to the uninterrupted run\n", k, steps);
 }
 
+/* A JSON config with flags over it; continued pre-training on text with full fine-tuning. */
+static void config_and_text(void)
+{
+    static char out[1 << 16];
+    char cmd[8192], path[1400];
+    snprintf(path, sizeof path, "%s/train.json", dir);
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fprintf(f, "{\"learning_rate\": 3e-3, \"per_device_train_batch_size\": 8, \"gradient_accumulation_steps\": 1,\n"
+                   " \"lr_scheduler_type\": \"cosine\", \"target_modules\": [\"q_proj\", \"v_proj\"], \"lora_r\": 4,\n"
+                   " \"max_steps\": 2, \"threads\": 1, \"packing\": true, \"max_seq_length\": 64}\n");
+        fclose(f);
+    }
+    snprintf(cmd, sizeof cmd, "'%s/finch' train --config '%s' --model '%s' --data '%s' --out '%s/run_cfg' --max-steps 3", bin, path, model, data, dir);
+    int rc = run_cmd(cmd, out, sizeof out);
+    snprintf(path, sizeof path, "%s/run_cfg/metrics.jsonl", dir);
+    CHECK(rc == 0 && count_lines(path, "\"loss\"") == 3, "config file + --max-steps 3: exit %d, %d steps\n%s", rc, count_lines(path, "\"loss\""), out);
+    snprintf(path, sizeof path, "%s/run_cfg/adapter_config.json", dir);
+    CHECK(count_lines(path, "q_proj") == 1 && count_lines(path, "v_proj") == 1 && count_lines(path, "up_proj") == 0,
+          "target_modules from the config file are not in %s", path);
+
+    char text[1400];
+    snprintf(text, sizeof text, "%s/text.jsonl", dir);
+    f = fopen(text, "w");
+    for (int i = 0; f && i < 16; i++) fprintf(f, "{\"text\": \"The number %d comes after %d and before %d.\"}\n", i + 1, i, i + 2);
+    if (f) fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "'%s/finch' train --model '%s' --data '%s' --out '%s/run_text' --max-steps 3 --full-finetune --embedding-learning-rate 1e-4 "
+             "--batch-size 4 --grad-accum 1 --threads 1",
+             bin, model, text, dir);
+    rc = run_cmd(cmd, out, sizeof out);
+    snprintf(path, sizeof path, "%s/run_text/checkpoint-3/trainer_state.safetensors", dir);
+    CHECK(rc == 0 && strstr(out, "weights in") && exists(path), "full fine-tuning on text: exit %d\n%s", rc, out);
+}
+
 static void failures(void)
 {
     static char out[65536];
@@ -223,6 +258,7 @@ int main(void)
     init_and_data();
     train_end_to_end(baseline, STEPS);
     interrupt_and_resume(baseline, STEPS);
+    config_and_text();
     failures();
     return testing_finish();
 }

@@ -154,7 +154,7 @@ static void check_mrope(int32_t image_token)
     static const int32_t hf[3][16] = {{0, 1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6, 9, 10, 11, 12},
                                       {0, 1, 2, 3, 4, 5, 6, 6, 6, 7, 7, 7, 9, 10, 11, 12},
                                       {0, 1, 2, 3, 4, 5, 6, 7, 8, 6, 7, 8, 9, 10, 11, 12}};
-    int same = ok(finch_mrope_positions(ids1, 1, 16, 300, g1, 1, 2, pos), "finch_mrope_positions") &&
+    int same = ok(finch_mrope_positions(ids1, NULL, 1, 16, 300, g1, 1, 2, pos), "finch_mrope_positions") &&
                !memcmp(pos, hf, sizeof pos);
     CHECK(same, "M-RoPE positions differ from transformers'");
     /* Row 0: text, a 2x3 merged image, text, a 3x4 one (rows 5..7, columns 5..8 from 5); row 1: an
@@ -164,15 +164,21 @@ static void check_mrope(int32_t image_token)
     for (int i = 1; i < 7; i++) ids2[i] = 300;  /* row 0: positions 1..6 */
     for (int i = 8; i < 20; i++) ids2[i] = 300; /* row 0: positions 8..19 */
     for (int i = 24; i < 30; i++) ids2[i] = 300; /* row 1: positions 0..5 */
-    int good = ok(finch_mrope_positions(ids2, 2, 24, 300, g2, 3, 2, pos2), "finch_mrope_positions, 3 images");
+    int good = ok(finch_mrope_positions(ids2, NULL, 2, 24, 300, g2, 3, 2, pos2), "finch_mrope_positions, 3 images");
     const int32_t *t = pos2, *h = pos2 + 48, *w = pos2 + 96;
     good &= t[0] == 0 && t[1] == 1 && h[6] == 2 && w[6] == 3 && t[7] == 4;   /* first image from 1: 2 rows, 3 columns */
     good &= t[8] == 5 && h[8] == 5 && w[8] == 5 && h[19] == 7 && w[19] == 8; /* second from 5 */
     good &= t[20] == 9 && h[23] == 12 && w[23] == 12;                        /* text resumes at 5 + max(3, 4) */
     good &= t[24] == 0 && h[29] == 1 && w[29] == 2 && t[30] == 3;            /* row 1 starts over */
     CHECK(good, "M-RoPE positions over several images and rows");
+    /* Packed: the two rows side by side in one row, as two segments, give the same positions. */
+    int32_t seg[48], packed[3 * 48];
+    for (int i = 0; i < 48; i++) seg[i] = i / 24;
+    int same_packed = ok(finch_mrope_positions(ids2, seg, 1, 48, 300, g2, 3, 2, packed), "packed M-RoPE positions") &&
+                      !memcmp(packed, pos2, sizeof packed);
+    CHECK(same_packed, "packed M-RoPE positions differ from the rows run apart");
     /* text_positions: 0, 1, 2, ... on every row. */
-    int plain = ok(finch_mrope_text_positions(ids1, 1, 16, 300, g1, 1, 2, pos), "finch_mrope_text_positions");
+    int plain = ok(finch_mrope_text_positions(ids1, NULL, 1, 16, 300, g1, 1, 2, pos), "finch_mrope_text_positions");
     for (int r = 0; r < 3; r++)
         for (int i = 0; i < 16; i++) plain &= pos[r * 16 + i] == i;
     CHECK(plain, "text positions");
@@ -181,12 +187,13 @@ static void check_mrope(int32_t image_token)
         int64_t n = B * T;
         int32_t *ref = malloc((size_t)gt->numel * sizeof *ref), *mine = malloc((size_t)(3 * n) * sizeof *mine);
         int match = gt->numel == 3 * n && !st_to_i32(gt, ref) &&
-                    !finch_mrope_positions(ids, B, T, image_token, grid, 1, 2, mine) && !memcmp(ref, mine, (size_t)(3 * n) * sizeof *ref);
+                    !finch_mrope_positions(ids, NULL, B, T, image_token, grid, 1, 2, mine) && !memcmp(ref, mine, (size_t)(3 * n) * sizeof *ref);
         CHECK(match, "mrope_position_ids differ from the golden ones");
         free(ref);
         free(mine);
     }
-    printf("  %-44s %s%s\n", "mrope positions", same && good && plain ? "match" : "DIFFER", gt ? " (and the golden ids)" : "");
+    printf("  %-44s %s%s\n", "mrope positions", same && good && plain && same_packed ? "match" : "DIFFER",
+           gt ? " (and the golden ids)" : "");
 }
 
 static void check_errors(finch_runtime *rt, const char *model_dir, const char *text_model_dir, int32_t image_token)
@@ -339,6 +346,51 @@ static void check_layouts(finch_runtime *rt, const char *model_dir)
     }
     finch_model_free(m);
     finch_model_free(ref);
+}
+
+/* The golden row twice, packed into one row as two segments (two images), with M-RoPE positions:
+ * twice the loss of the row alone, and the same logits in each half. */
+static void check_packed(finch_runtime *rt, const char *model_dir)
+{
+    finch_model *m = load(rt, model_dir, 0, 0, FINCH_DTYPE_F32);
+    if (!m || B != 1) {
+        finch_model_free(m);
+        return;
+    }
+    int64_t V = m->cfg.vocab;
+    int32_t *ids2 = malloc((size_t)(2 * T) * 4), *lab2 = malloc((size_t)(2 * T) * 4), *seg = malloc((size_t)(2 * T) * 4), g2[6];
+    float *px2 = malloc((size_t)(2 * n_patches * 1176) * sizeof(float));
+    for (int64_t t = 0; t < 2 * T; t++) {
+        ids2[t] = ids[t % T];
+        lab2[t] = labels[t % T];
+        seg[t] = (int32_t)(t / T);
+    }
+    memcpy(g2, grid, sizeof grid);
+    memcpy(g2 + 3, grid, sizeof grid);
+    memcpy(px2, pixels, (size_t)(n_patches * 1176) * sizeof(float));
+    memcpy(px2 + n_patches * 1176, pixels, (size_t)(n_patches * 1176) * sizeof(float));
+    finch_batch one = image_batch();
+    one.text_positions = 0;
+    finch_batch two = {.batch = 1, .seq_len = 2 * T, .input_ids = ids2, .labels = lab2, .segment_ids = seg, .pixel_values = px2,
+                       .image_grid_thw = g2, .n_images = 2, .n_patches = 2 * n_patches};
+    finch_step_options so = {1, 0.0f};
+    finch_step_result r1, r2;
+    float *l1 = malloc((size_t)(T * V) * 4), *l2 = malloc((size_t)(2 * T * V) * 4);
+    if (ok(finch_forward(m, &one, &so, &r1), "single row") && ok(finch_model_logits(m, l1, (size_t)(T * V)), "logits") &&
+        ok(finch_forward(m, &two, &so, &r2), "packed row") && ok(finch_model_logits(m, l2, (size_t)(2 * T * V)), "logits")) {
+        double e0 = testing_rel_err(l2, l1, (size_t)(T * V)), e1 = testing_rel_err(l2 + T * V, l1, (size_t)(T * V));
+        CHECK(e0 <= 1e-5 && e1 <= 1e-5 && fabs(r2.loss_sum - 2 * r1.loss_sum) <= 1e-4 * r1.loss_sum &&
+                  r2.token_count == 2 * r1.token_count,
+              "packed: logits rel err %.3g / %.3g, loss_sum %.6f vs 2 x %.6f", e0, e1, r2.loss_sum, r1.loss_sum);
+        printf("  %-44s logits rel err %.1e / %.1e, loss_sum x2\n", "packed multimodal row (2 segments, 2 images)", e0, e1);
+    }
+    free(l1);
+    free(l2);
+    free(ids2);
+    free(lab2);
+    free(seg);
+    free(px2);
+    finch_model_free(m);
 }
 
 /* A few AdamW steps of LoRA (language model and the tower's qkv) on the image batch, with
@@ -606,6 +658,7 @@ int main(void)
     check_layouts(rt, model_dir);
     check_cli(base);
     train_smoke(rt, model_dir);
+    check_packed(rt, model_dir);
     check_mrope(image_token);
     check_errors(rt, model_dir, text_dir, image_token);
 

@@ -73,7 +73,8 @@ int main(void)
     snprintf(adapter_dir, sizeof adapter_dir, "%s/golden/llama/adapter", testing_shared_dir());
     finch_runtime *rt = NULL;
     finch_model *m = NULL;
-    if (!ok(finch_runtime_open("cpu", &rt), "runtime") || !ok(finch_model_load(rt, model_dir, NULL, &m), "load") ||
+    finch_runtime_options ro = {"cpu", NULL, 1};
+    if (!ok(finch_runtime_open_ex(&ro, &rt), "runtime") || !ok(finch_model_load(rt, model_dir, NULL, &m), "load") ||
         !ok(finch_lora_load(m, adapter_dir), "adapter"))
         return testing_finish();
     finch_model_info info;

@@ -45,7 +45,7 @@ static int one_step(finch_runtime *rt, const finch_train_data *data, int batch, 
 int main(void)
 {
     finch_runtime *rt = NULL;
-    if (!fx_ok(finch_runtime_open("cpu", &rt), "runtime")) return testing_finish();
+    if (!(rt = fx_runtime())) return testing_finish();
     finch_train_data *data = fx_conversations(8, 7, 320);
     static const struct { int batch, accum, packing; } shapes[] = {{1, 8, 0}, {2, 4, 0}, {8, 1, 0}, {4, 2, 0}, {8, 1, 1}};
     outcome ref, o;

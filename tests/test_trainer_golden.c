@@ -78,7 +78,7 @@ int main(void)
 {
     static const char *archs[] = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "falcon"};
     finch_runtime *rt = NULL;
-    if (!fx_ok(finch_runtime_open("cpu", &rt), "runtime")) return testing_finish();
+    if (!(rt = fx_runtime())) return testing_finish();
     for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++) golden_arch(rt, archs[i]);
     finch_runtime_close(rt);
     return testing_finish();

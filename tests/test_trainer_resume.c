@@ -143,7 +143,7 @@ static void rotation_and_refusals(finch_runtime *rt, const finch_train_data *dat
 int main(void)
 {
     finch_runtime *rt = NULL;
-    if (!fx_ok(finch_runtime_open("cpu", &rt), "runtime")) return testing_finish();
+    if (!(rt = fx_runtime())) return testing_finish();
     finch_train_data *data = fx_conversations(10, 3, 320);
     static const setup setups[] = {{"lora + dropout, adamw", 0, FINCH_OPTIM_ADAMW}, {"full fine-tuning, adamw8bit", 1, FINCH_OPTIM_ADAMW_8BIT}};
     for (size_t i = 0; i < sizeof setups / sizeof setups[0]; i++) resume_case(rt, &setups[i], data);

@@ -46,6 +46,15 @@ static inline finch_train_data *fx_conversations(size_t n, uint64_t seed, int32_
     return d;
 }
 
+/* The CPU backend on one thread: the tests stay quick on a loaded 2-core machine. */
+static inline finch_runtime *fx_runtime(void)
+{
+    finch_runtime_options o = {"cpu", NULL, 1};
+    finch_runtime *rt = NULL;
+    fx_ok(finch_runtime_open_ex(&o, &rt), "finch_runtime_open_ex");
+    return rt;
+}
+
 static inline void fx_golden_dir(char *dst, size_t size, const char *arch, const char *what)
 {
     snprintf(dst, size, "%s/golden/%s/%s", testing_shared_dir(), arch, what);

@@ -85,7 +85,8 @@ typedef struct finch_trainer_config {
     int64_t save_steps;              /* checkpoint every N steps; 0 = none during the run */
     int save_total_limit;            /* keep the last K checkpoints; 0 = all */
     int64_t logging_steps;           /* progress callback every N steps: 1 */
-    finch_lora_config lora;          /* attached by finch_trainer_open when the model has no trainable tensor */
+    finch_lora_config lora;          /* attached by finch_trainer_open when the model has no trainable tensor;
+                                        r 16, alpha 16, all-linear; lora.seed 0 = use seed */
 } finch_trainer_config;
 
 finch_trainer_config finch_trainer_config_default(void);

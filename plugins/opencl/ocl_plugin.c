@@ -185,6 +185,7 @@ static const finch_plugin_api ocl_api = {
     .cross_entropy = ocl_cross_entropy,
     .linear_cross_entropy = ocl_linear_cross_entropy,
     .adamw_step = ocl_adamw_step,
+    .adamw8bit_step = ocl_adamw8bit_step,
     .attention_cache_forward = ocl_attention_cache_forward,
 };
 

@@ -157,8 +157,8 @@ static int run(const forward_args *a)
     if (!rc) rc = finch_model_info_get(m, &info);
     finch_step_result res;
     if (!rc) {
-        finch_batch b = {.batch = B, .seq_len = T, .input_ids = ids, .labels = labels, .segment_ids = NULL, .pixel_values = pixels,
-                         .image_grid_thw = grids, .n_images = n_images, .n_patches = n_patches,
+        finch_batch b = {.batch = B, .seq_len = T, .input_ids = ids, .labels = labels, .segment_ids = NULL,
+                         .pixel_values = pixels, .image_grid_thw = grids, .n_images = n_images, .n_patches = n_patches,
                          .text_positions = a->text_positions};
         finch_step_options so = {1, 0.0f};
         rc = a->grads ? finch_forward_backward(m, &b, &so, &res) : finch_forward(m, &b, &so, &res);
