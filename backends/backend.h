@@ -22,10 +22,12 @@ void finch_cpu_set_threads(int n_threads);
 
 typedef struct finch_registry finch_registry;
 
-/* Finds modules named libfinch-<name>.so in: plugin_path (if not NULL), each directory of
- * $FINCH_PLUGIN_PATH (':'-separated), the directory of the running executable, and the
- * directory of the shared object holding this code. Loads each with dlopen(RTLD_NOW|RTLD_LOCAL),
- * checks the ABI and init(); keeps a report for every module, loaded or not. */
+/* Finds modules named libfinch-<name>.so in: plugin_path (if not NULL; FINCH_ERR_IO if it is not
+ * a directory), each directory of $FINCH_PLUGIN_PATH (':'-separated), the directory of the running
+ * executable, the directory of the shared object holding this code, and the installed plugin
+ * directory. Loads each with dlopen(RTLD_NOW|RTLD_LOCAL), checks the ABI and init(); keeps a report
+ * for every module, loaded or not (the first module of a name that loads wins; later ones are
+ * reported as shadowed). The CPU backend is report 0. */
 int finch_registry_open(const char *plugin_path, int cpu_threads, finch_registry **out);
 void finch_registry_close(finch_registry *reg);
 

@@ -28,7 +28,13 @@ int finch_error_prefix(int status, const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, error_message, sizeof old);
-    snprintf(error_message, sizeof error_message, "%s%s", prefix, old);
+    size_t n = strlen(prefix);
+    if (n >= sizeof error_message) n = sizeof error_message - 1;
+    memcpy(error_message, prefix, n);
+    size_t rest = strlen(old);
+    if (rest > sizeof error_message - 1 - n) rest = sizeof error_message - 1 - n;
+    memcpy(error_message + n, old, rest);
+    error_message[n + rest] = 0;
     return status;
 }
 

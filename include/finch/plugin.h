@@ -76,8 +76,8 @@ typedef enum finch_activation {
 /* A [out_features, in_features] weight: dense, or NF4-quantised (bitsandbytes layout). */
 typedef struct finch_weight {
     finch_dtype dtype;      /* F32, BF16, F16 (dense, row-major [out, in]) or NF4 */
-    finch_dptr data;        /* dense values, or out*in/2 packed bytes over the flattened weight */
-    finch_dptr absmax;      /* NF4: f32 [out*in / blocksize], one scale per block */
+    finch_dptr data;        /* dense values, or ceil(out*in/2) packed bytes over the flattened weight */
+    finch_dptr absmax;      /* NF4: f32 [ceil(out*in / blocksize)], one scale per block */
     finch_dptr code;        /* NF4: f32 [16] code table (the NF4 or FP4 values) */
     int64_t blocksize;      /* NF4: elements per absmax block (64 by default) */
 } finch_weight;

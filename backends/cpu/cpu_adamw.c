@@ -1,0 +1,45 @@
+/* One AdamW step, torch.optim.AdamW semantics (decoupled weight decay). */
+#include "backends/cpu/cpu.h"
+
+#include <inttypes.h>
+#include <math.h>
+
+enum { CHUNK = 1024 };
+
+int cpu_adamw_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d)
+{
+    if (!d) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu adamw_step: descriptor is NULL");
+    int64_t n = d->n;
+    if (n < 0) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu adamw_step: n %" PRId64 " < 0", n);
+    if (!(d->bias_correction1 > 0) || !(d->bias_correction2 > 0))
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu adamw_step: bias corrections %g, %g must be > 0",
+                           d->bias_correction1, d->bias_correction2);
+    int rc = cpu_check_float(d->param_type, "adamw_step: param");
+    if (rc) return rc;
+    if (!d->master.buf && d->param_type != FINCH_DTYPE_F32)
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT,
+                           "cpu adamw_step: param is %s without an f32 master copy", cpu_dtype_name(d->param_type));
+    void *pp, *mp, *gp, *m1p, *m2p;
+    if ((rc = cpu_matrix(d->param, d->param_type, 1, n, n, "adamw_step: param", &pp))) return rc;
+    if ((rc = cpu_matrix_opt(d->master, FINCH_DTYPE_F32, 1, n, n, "adamw_step: master", &mp))) return rc;
+    if ((rc = cpu_matrix(d->grad, FINCH_DTYPE_F32, 1, n, n, "adamw_step: grad", &gp))) return rc;
+    if ((rc = cpu_matrix(d->m, FINCH_DTYPE_F32, 1, n, n, "adamw_step: m", &m1p))) return rc;
+    if ((rc = cpu_matrix(d->v, FINCH_DTYPE_F32, 1, n, n, "adamw_step: v", &m2p))) return rc;
+    float *p = mp ? mp : pp, *m = m1p, *v = m2p;
+    const float *g = gp;
+    const float decay = 1.0f - d->lr * d->weight_decay, step = d->lr / d->bias_correction1;
+    const float rbc2 = 1.0f / sqrtf(d->bias_correction2);
+    int64_t chunks = (n + CHUNK - 1) / CHUNK;
+    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (n > (1 << 14))
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t i0 = c * CHUNK, i1 = n - i0 < CHUNK ? n : i0 + CHUNK;
+        for (int64_t i = i0; i < i1; i++) {
+            float gi = g[i] * d->grad_scale;
+            m[i] = d->beta1 * m[i] + (1.0f - d->beta1) * gi;
+            v[i] = d->beta2 * v[i] + (1.0f - d->beta2) * gi * gi;
+            p[i] = p[i] * decay - step * m[i] / (sqrtf(v[i]) * rbc2 + d->eps);
+        }
+        if (mp) cpu_store(d->param_type, p + i0, i1 - i0, cpu_at(d->param_type, pp, i0));
+    }
+    return FINCH_OK;
+}

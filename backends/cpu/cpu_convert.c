@@ -1,0 +1,58 @@
+/* Storage <-> f32 conversion: the one place that knows bf16 and f16 bit layouts (with cpu.h). */
+#include "backends/cpu/cpu.h"
+
+void cpu_load(finch_dtype t, const void *src, int64_t n, float *dst)
+{
+    if (t == FINCH_DTYPE_F32) {
+        if ((const void *)dst != src) memmove(dst, src, (size_t)n * sizeof(float));
+    } else if (t == FINCH_DTYPE_BF16) {
+        const uint16_t *h = src;
+        for (int64_t i = 0; i < n; i++) dst[i] = finch_bf16_to_f32(h[i]);
+    } else {
+        const uint16_t *h = src;
+        for (int64_t i = 0; i < n; i++) dst[i] = finch_f16_to_f32(h[i]);
+    }
+}
+
+void cpu_store(finch_dtype t, const float *src, int64_t n, void *dst)
+{
+    if (t == FINCH_DTYPE_F32) {
+        if ((const void *)src != dst) memmove(dst, src, (size_t)n * sizeof(float));
+    } else if (t == FINCH_DTYPE_BF16) {
+        uint16_t *h = dst;
+        for (int64_t i = 0; i < n; i++) h[i] = finch_f32_to_bf16(src[i]);
+    } else {
+        uint16_t *h = dst;
+        for (int64_t i = 0; i < n; i++) h[i] = finch_f32_to_f16(src[i]);
+    }
+}
+
+const float *cpu_load_block(finch_dtype t, const void *src, int64_t rows, int64_t cols, int64_t ld,
+                            float *scratch, int64_t *ld_out)
+{
+    if (t == FINCH_DTYPE_F32) {
+        *ld_out = ld;
+        return src;
+    }
+    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (rows * cols > (1 << 16))
+    for (int64_t r = 0; r < rows; r++) cpu_load(t, cpu_at(t, src, r * ld), cols, scratch + r * cols);
+    *ld_out = cols;
+    return scratch;
+}
+
+float *cpu_out_block(finch_dtype t, void *dst, int64_t ld, float *scratch, int64_t *ld_out)
+{
+    if (t == FINCH_DTYPE_F32) {
+        *ld_out = ld;
+        return dst;
+    }
+    return scratch;
+}
+
+void cpu_store_block(finch_dtype t, const float *src, int64_t ld_src, int64_t rows, int64_t cols, void *dst,
+                     int64_t ld)
+{
+    if (t == FINCH_DTYPE_F32 && (const void *)src == dst && ld_src == ld) return;
+    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (rows * cols > (1 << 16))
+    for (int64_t r = 0; r < rows; r++) cpu_store(t, src + r * ld_src, cols, cpu_at(t, dst, r * ld));
+}
