@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(THREADS) attention_forward_kernel(attn_params 
         int col = l + TPR * c;
         if (col < D) out[col] = from_f32<T>(acc[c] * inv);
     }
-    if (l == 0) p.lse[h * p.n_tokens + start + i] = row_sum > 0.0f ? row_max + logf(row_sum) : -INFINITY;
+    if (l == 0 && p.lse) p.lse[h * p.n_tokens + start + i] = row_sum > 0.0f ? row_max + logf(row_sum) : -INFINITY;
 }
 
 /* delta[h, t] = dout[t, h] . o[t, h], one warp per (token, head). */
@@ -259,7 +259,7 @@ static int check_attention(const finch_attention_desc *d, int backward, const ch
         return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": %s: head_dim %lld > 256", entry, (long long)d->head_dim);
     if (!gpu_is_float_type(d->dtype))
         return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": %s: dtype %s", entry, gpu_dtype_name(d->dtype));
-    if (!gpu_ptr(d->cu_seqlens) || !gpu_ptr(d->q) || !gpu_ptr(d->k) || !gpu_ptr(d->v) || !gpu_ptr(d->o) || !gpu_ptr(d->lse))
+    if (!gpu_ptr(d->cu_seqlens) || !gpu_ptr(d->q) || !gpu_ptr(d->k) || !gpu_ptr(d->v) || !gpu_ptr(d->o) || (backward && !gpu_ptr(d->lse)))
         return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: cu_seqlens, q, k, v, o or lse is absent", entry);
     if (backward && (!gpu_ptr(d->dout) || !gpu_ptr(d->dq) || !gpu_ptr(d->dk) || !gpu_ptr(d->dv)))
         return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: dout, dq, dk or dv is absent", entry);

@@ -39,8 +39,8 @@ cross_entropy_kernel(int64_t n_tokens, int64_t vocab, int dtype, const void *log
         float lse = row_max + logf(block_sum(sum, shared));
         if (threadIdx.x == 0) {
             float zl = capped(load_as_f32(logits, dtype, r * ld + label), softcap);
-            atomicAdd(loss_sum, lse - zl);
-            atomicAdd(count, 1.0f);
+            if (loss_sum) atomicAdd(loss_sum, lse - zl);
+            if (count) atomicAdd(count, 1.0f);
         }
         if (!dlogits) continue;
         __syncthreads(); /* thread 0 read logits[label] above; dlogits may alias logits */
@@ -95,8 +95,8 @@ extern "C" int plugin_cross_entropy(finch_plugin_device *dev, finch_plugin_strea
                         (long long)d->ld);
     if (!gpu_is_float_type(d->dtype))
         return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": cross_entropy: dtype %s", gpu_dtype_name(d->dtype));
-    if (!gpu_ptr(d->logits) || !gpu_ptr(d->labels) || !gpu_ptr(d->loss_sum) || !gpu_ptr(d->count))
-        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": cross_entropy: logits, labels, loss_sum or count is absent");
+    if (!gpu_ptr(d->logits) || !gpu_ptr(d->labels))
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": cross_entropy: logits or labels is absent");
     int32_t *bad;
     GPU_TRY(new_flag(st, &bad, "cross_entropy"));
     int rc = gpu_cross_entropy_rows(st, d->n_tokens, d->vocab, d->dtype, gpu_ptr(d->logits), d->ld,
@@ -117,9 +117,10 @@ extern "C" int plugin_linear_cross_entropy(finch_plugin_device *dev, finch_plugi
                         (long long)d->vocab, (long long)d->dim, (long long)d->ldh);
     if (!gpu_is_float_type(d->act_type))
         return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": linear_cross_entropy: dtype %s", gpu_dtype_name(d->act_type));
-    if (!gpu_ptr(d->hidden) || !gpu_ptr(d->labels) || !gpu_ptr(d->loss_sum) || !gpu_ptr(d->count))
-        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT,
-                        FINCH_GPU_PLUGIN_NAME ": linear_cross_entropy: hidden, labels, loss_sum or count is absent");
+    if (!gpu_ptr(d->hidden) || !gpu_ptr(d->labels))
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": linear_cross_entropy: hidden or labels is absent");
+    if (d->grad_scale != 0.0f && gpu_ptr(d->dw) && d->w.dtype == FINCH_DTYPE_NF4)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": linear_cross_entropy: dw requested for an NF4 weight");
     GPU_TRY(gpu_weight_operand(&d->w, d->vocab, d->dim, 1, &w_t));
     GPU_TRY(gpu_weight_operand(&d->w, d->vocab, d->dim, 0, &w));
     int backward = d->grad_scale != 0.0f && (gpu_ptr(d->dhidden) || gpu_ptr(d->dw));

@@ -215,7 +215,7 @@ int gpu_weight_operand(const finch_weight *w, int64_t out_features, int64_t in_f
         out->blocksize = w->blocksize;
         if (!out->absmax || !out->code)
             return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": NF4 weight without absmax or code");
-        if (w->blocksize <= 0 || (out_features * in_features) % 2)
+        if (w->blocksize <= 0)
             return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": NF4 weight [%lld, %lld] with blocksize %lld",
                             (long long)out_features, (long long)in_features, (long long)w->blocksize);
     } else if (!gpu_is_float_type(w->dtype)) {

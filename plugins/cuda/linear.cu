@@ -72,7 +72,7 @@ static int release(scratch_set *s, int rc)
     return rc;
 }
 
-static int check_linear(const finch_linear_desc *d, const char *entry)
+static int check_linear(const finch_linear_desc *d, int need_x, const char *entry)
 {
     if (d->m < 0 || d->in_features <= 0 || d->out_features <= 0 || d->rank < 0)
         return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: m=%lld in=%lld out=%lld rank=%lld", entry,
@@ -86,7 +86,7 @@ static int check_linear(const finch_linear_desc *d, const char *entry)
                         (long long)d->rank);
     if (d->dropout < 0.0f || d->dropout >= 1.0f)
         return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: dropout %g", entry, d->dropout);
-    if (!gpu_ptr(d->x) || d->ldx < d->in_features)
+    if (need_x && (!gpu_ptr(d->x) || d->ldx < d->in_features))
         return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: x absent or ldx %lld < in %lld", entry,
                         (long long)d->ldx, (long long)d->in_features);
     return FINCH_OK;
@@ -123,7 +123,7 @@ extern "C" int plugin_linear_forward(finch_plugin_device *dev, finch_plugin_stre
     gpuStream_t st = NULL;
     gpu_operand x, wt;
     GPU_TRY(gpu_begin(dev, s, &st));
-    GPU_TRY(check_linear(d, "linear_forward"));
+    GPU_TRY(check_linear(d, 1, "linear_forward"));
     if (!gpu_ptr(d->y) || d->ldy < d->out_features)
         return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": linear_forward: y absent or ldy %lld < out %lld",
                         (long long)d->ldy, (long long)d->out_features);
@@ -159,7 +159,8 @@ extern "C" int plugin_linear_backward(finch_plugin_device *dev, finch_plugin_str
 {
     gpuStream_t st = NULL;
     GPU_TRY(gpu_begin(dev, s, &st));
-    GPU_TRY(check_linear(d, "linear_backward"));
+    int need_x = gpu_ptr(d->dw) || (d->rank > 0 && (gpu_ptr(d->da) || (gpu_ptr(d->db) && !gpu_ptr(d->xa))));
+    GPU_TRY(check_linear(d, need_x, "linear_backward"));
     if (!gpu_ptr(d->dy) || d->lddy < d->out_features)
         return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": linear_backward: dy absent or lddy %lld < out %lld",
                         (long long)d->lddy, (long long)d->out_features);
