@@ -132,6 +132,14 @@ static int lt_takes(const gpu_operand *a, const gpu_operand *b, finch_dtype c_ty
     return 1;
 }
 
+/* The alignment in bytes (up to 256) that every batch's pointer of an operand keeps. */
+static uint32_t lt_alignment(const void *p, int64_t stride, size_t elem, int64_t batch)
+{
+    uint64_t bits = (uint64_t)(uintptr_t)p | 256u;
+    if (batch > 1) bits |= (uint64_t)stride * elem;
+    return (uint32_t)(bits & (~bits + 1)); /* lowest set bit */
+}
+
 /* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLASLt gets B as its first
  * operand and A as its second, each stored matrix read as its column-major transpose. */
 static int gemm_lt(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
@@ -165,6 +173,17 @@ static int gemm_lt(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t 
     if (!e) e = gpublasLtMatmulPreferenceCreate(&pref);
     if (!e) e = gpublasLtMatmulPreferenceSetAttribute(pref, GPUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                       &dev->lt_workspace_size, sizeof dev->lt_workspace_size);
+#if FINCH_GPU_CUDA
+    /* cuBLASLt assumes 256-byte aligned operands unless told otherwise. */
+    uint32_t align[4] = {lt_alignment(b->ptr, b->stride, gpu_dtype_size(b->dtype), batch),
+                         lt_alignment(a->ptr, a->stride, gpu_dtype_size(a->dtype), batch),
+                         lt_alignment(c, stride_c, gpu_dtype_size(c_type), batch), 0};
+    align[3] = align[2];
+    const cublasLtMatmulPreferenceAttributes_t align_attr[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; i < 4 && !e; i++) e = gpublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &align[i], sizeof align[i]);
+#endif
     if (!e) e = gpublasLtMatmulAlgoGetHeuristic(dev->lt, op, la, lb, lc, lc, pref, 1, &heur, &found);
     int rc = FINCH_OK;
     if (!e && found > 0) {
