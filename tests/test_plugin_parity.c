@@ -69,7 +69,8 @@ static double tol_for(finch_dtype t)
 static void release_all(void)
 {
     for (int i = 0; i < n_live; i++)
-        for (int s = 0; s < 2; s++) sides[s].api->free(sides[s].dev, live[s][i]);
+        for (int s = 0; s < 2; s++)
+            if (live[s][i]) sides[s].api->free(sides[s].dev, live[s][i]);
     n_live = 0;
 }
 
@@ -386,17 +387,18 @@ static void test_gemm(void)
     for (int ti = 0; ti < 3; ti++) {
         for (int ta = 0; ta < 2; ta++) {
             for (int tb = 0; tb < 2; tb++) {
-                for (int variant = 0; variant < 3; variant++) {
-                    /* 0: C in the operands' type, beta 0 (C poisoned); 1: f32 C, batch 3; 2: B in f32 (mixed). */
+                for (int variant = 0; variant < 4; variant++) {
+                    /* 0: C in the operands' type, beta 0 (C poisoned); 1: f32 C, batch 3; 2: B in f32 (mixed);
+                     * 3: mixed and large enough for several tiles in every direction. */
                     finch_gemm_desc d[2];
                     memset(&d[0], 0, sizeof d[0]);
                     d[0].trans_a = ta;
                     d[0].trans_b = tb;
-                    d[0].m = 37;
-                    d[0].n = 29;
-                    d[0].k = 53;
+                    d[0].m = variant == 3 ? 151 : 37;
+                    d[0].n = variant == 3 ? 133 : 29;
+                    d[0].k = variant == 3 ? 97 : 53;
                     d[0].a_type = types[ti];
-                    d[0].b_type = variant == 2 ? FINCH_DTYPE_F32 : types[ti];
+                    d[0].b_type = variant >= 2 ? FINCH_DTYPE_F32 : types[ti];
                     d[0].c_type = variant == 1 ? FINCH_DTYPE_F32 : types[ti];
                     d[0].batch = variant == 1 ? 3 : 1;
                     int64_t arows = ta ? d[0].k : d[0].m, acols = ta ? d[0].m : d[0].k;
@@ -484,7 +486,8 @@ static void test_qmatmul(void)
     char what[64];
     for (int ti = 0; ti < 2; ti++) {
         finch_dtype t = ti ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
-        int64_t out = 33, in = 47, m = 19, ldx = in + 3, ldy = out + 2;
+        for (int big = 0; big < 2; big++) {
+        int64_t out = big ? 161 : 33, in = big ? 95 : 47, m = big ? 77 : 19, ldx = in + 3, ldy = out + 2;
         nf4_parts parts = make_nf4(out, in);
         finch_weight w[2] = {nf4_weight(&parts, 0), nf4_weight(&parts, 1)};
         for (int with_beta = 0; with_beta < 2; with_beta++) {
@@ -496,11 +499,13 @@ static void test_qmatmul(void)
                                                              ldy, beta));
             BOTH("qmatmul_backward", sd->api->qmatmul_backward(sd->dev, NULL, &w[s], out, in, m, t, D(dy, s), ldy, D(dx, s),
                                                                ldx, beta));
-            snprintf(what, sizeof what, "nf4 [33, 47] %s m 19 beta %g", dtype_name(t), beta);
+            snprintf(what, sizeof what, "nf4 [%lld, %lld] %s m %lld beta %g", (long long)out, (long long)in,
+                     dtype_name(t), (long long)m, beta);
             compare_rows("qmatmul_forward", what, y, 1, m, out, ldy, 0, tol_for(t));
             compare_rows("qmatmul_backward", what, dx, 1, m, in, ldx, 0, tol_for(t));
         }
         release_all();
+        }
     }
 }
 
@@ -520,6 +525,9 @@ static void test_linear(void)
         {"f32 nf4, r3, dropout", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 23, 47, 33, 3, 0, 1, 0, 1, 0.2f},
         {"bf16 nf4, bias, no adapter", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_NF4, 17, 40, 24, 0, 1, 0, 0, 0, 0.0f},
         {"f16 dense, f32 params, r8", FINCH_DTYPE_F16, FINCH_DTYPE_F32, FINCH_DTYPE_F16, 31, 72, 40, 8, 0, 1, 0, 0, 0.0f},
+        {"bf16 nf4, r16, m 150", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_NF4, 150, 136, 200, 16, 0, 1, 0, 1, 0.0f},
+        {"bf16 dense, r16, dropout, m 130", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 130, 96, 160, 16, 1, 1, 1, 0, 0.05f},
+        {"f32 nf4, r7, m 70", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 70, 81, 65, 7, 1, 0, 0, 0, 0.0f},
     };
     char what[96];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -609,6 +617,8 @@ static void test_attention(void)
         {FINCH_DTYPE_BF16, 2, 2, 64, 1, {33}, 0, 0, 0.0f},
         {FINCH_DTYPE_BF16, 4, 2, 128, 2, {21, 11}, 1, 0, 0.0f},
         {FINCH_DTYPE_F16, 2, 1, 256, 1, {19}, 1, 7, 30.0f},
+        {FINCH_DTYPE_BF16, 8, 2, 64, 3, {150, 77, 96}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F32, 2, 1, 32, 2, {130, 70}, 1, 40, 0.0f},
     };
     char what[128];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -950,6 +960,216 @@ static void test_adamw(void)
     }
 }
 
+/* ---- optional timings (FINCH_PARITY_BENCH=1): training-sized calls on the plugin alone ------------ */
+static finch_dptr bench_buffer(finch_dtype t, size_t n, float scale)
+{
+    const side *p = &sides[1];
+    finch_plugin_buffer *b = NULL;
+    size_t bytes = n * dtype_size(t), chunk = (size_t)1 << 22;
+    if (p->api->alloc(p->dev, bytes, &b)) fatal("alloc", 1);
+    if (n_live == MAX_BUFFERS) exit(1);
+    live[1][n_live] = b;
+    live[0][n_live++] = NULL;
+    float *x = malloc(chunk * sizeof(float));
+    void *raw = malloc(chunk * 4);
+    for (size_t i0 = 0; i0 < n; i0 += chunk) {
+        size_t len = n - i0 < chunk ? n - i0 : chunk;
+        testing_fill_random(x, len, seed_counter++);
+        for (size_t i = 0; i < len; i++) x[i] *= scale;
+        if (t == FINCH_DTYPE_U8)
+            for (size_t i = 0; i < len; i++) ((unsigned char *)raw)[i] = (unsigned char)((x[i] / scale + 1.0f) * 127.99f);
+        else
+            encode(t, x, len, raw);
+        if (p->api->write(p->dev, NULL, (finch_dptr){b, i0 * dtype_size(t)}, raw, len * dtype_size(t))) fatal("write", 1);
+    }
+    free(x);
+    free(raw);
+    return (finch_dptr){b, 0};
+}
+
+typedef int (*bench_fn)(void *ctx);
+
+/* Median wall time of `fn` over 9 runs after 2 warm-ups, each synchronized; prints one line. */
+static double bench(const char *name, bench_fn fn, void *ctx, double flops)
+{
+    const side *p = &sides[1];
+    double t[9];
+    for (int i = 0; i < 11; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        if (fn(ctx)) fatal(name, 1);
+        if (p->api->synchronize(p->dev, NULL)) fatal(name, 1);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        if (i >= 2) t[i - 2] = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+    }
+    for (int i = 0; i < 9; i++)
+        for (int j = i + 1; j < 9; j++)
+            if (t[j] < t[i]) { double x = t[i]; t[i] = t[j]; t[j] = x; }
+    double med = t[4];
+    if (flops > 0) printf("bench %-52s %9.3f ms  %7.1f TFLOP/s\n", name, med * 1e3, flops / med * 1e-12);
+    else printf("bench %-52s %9.3f ms\n", name, med * 1e3);
+    return med;
+}
+
+static int bench_gemm(void *ctx) { return sides[1].api->gemm(sides[1].dev, NULL, ctx); }
+static int bench_linear_fwd(void *ctx) { return sides[1].api->linear_forward(sides[1].dev, NULL, ctx); }
+static int bench_linear_bwd(void *ctx) { return sides[1].api->linear_backward(sides[1].dev, NULL, ctx); }
+static int bench_attn_fwd(void *ctx) { return sides[1].api->attention_forward(sides[1].dev, NULL, ctx); }
+static int bench_attn_bwd(void *ctx) { return sides[1].api->attention_backward(sides[1].dev, NULL, ctx); }
+static int bench_lce(void *ctx) { return sides[1].api->linear_cross_entropy(sides[1].dev, NULL, ctx); }
+
+typedef struct norm_ctx { int64_t n, dim; finch_dptr x, w, y, rstd, dy, dx, dw; } norm_ctx;
+static int bench_rms_fwd(void *ctx)
+{
+    norm_ctx *c = ctx;
+    return sides[1].api->rmsnorm_forward(sides[1].dev, NULL, c->n, c->dim, FINCH_DTYPE_BF16, c->x, FINCH_DTYPE_BF16, c->w,
+                                         0.0f, 1e-5f, c->y, c->rstd);
+}
+static int bench_rms_bwd(void *ctx)
+{
+    norm_ctx *c = ctx;
+    return sides[1].api->rmsnorm_backward(sides[1].dev, NULL, c->n, c->dim, FINCH_DTYPE_BF16, c->x, FINCH_DTYPE_BF16, c->w,
+                                          0.0f, c->rstd, c->dy, c->dx, 0, c->dw);
+}
+static int bench_glu_fwd(void *ctx)
+{
+    norm_ctx *c = ctx;
+    return sides[1].api->glu_forward(sides[1].dev, NULL, FINCH_ACT_SILU, c->n, c->dim, FINCH_DTYPE_BF16, c->x, c->dim,
+                                     c->dy, c->dim, c->y);
+}
+static int bench_glu_bwd(void *ctx)
+{
+    norm_ctx *c = ctx;
+    return sides[1].api->glu_backward(sides[1].dev, NULL, FINCH_ACT_SILU, c->n, c->dim, FINCH_DTYPE_BF16, c->x, c->dim,
+                                      c->dy, c->dim, c->y, c->dx, c->dw);
+}
+
+static void benchmarks(void)
+{
+    char name[96];
+    /* Dense GEMM: the card's bf16 rate through the plugin. */
+    {
+        int64_t n = 8192;
+        finch_gemm_desc d;
+        memset(&d, 0, sizeof d);
+        d.m = d.n = d.k = n;
+        d.a_type = d.b_type = d.c_type = FINCH_DTYPE_BF16;
+        d.a = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * n), 1.0f);
+        d.b = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * n), 1.0f);
+        d.c = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * n), 1.0f);
+        d.lda = d.ldb = d.ldc = n;
+        d.trans_b = 1;
+        d.batch = 1;
+        d.alpha = 1.0f;
+        bench("gemm bf16 8192^3 (A B^T)", bench_gemm, &d, 2.0 * n * n * n);
+        release_all();
+    }
+    /* LoRA linear, Llama-8B q_proj-like: m = 4 x 2048 tokens, 4096 -> 4096, r 16. */
+    for (int nf4 = 0; nf4 < 2; nf4++) {
+        int64_t m = 8192, in = 4096, out = 4096, r = 16;
+        finch_linear_desc d;
+        memset(&d, 0, sizeof d);
+        d.m = m; d.in_features = in; d.out_features = out; d.rank = r;
+        d.act_type = d.param_type = FINCH_DTYPE_BF16;
+        d.x = bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * in), 1.0f); d.ldx = in;
+        d.y = bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * out), 1.0f); d.ldy = out;
+        if (nf4) {
+            d.w.dtype = FINCH_DTYPE_NF4;
+            d.w.data = bench_buffer(FINCH_DTYPE_U8, (size_t)(out * in / 2), 1.0f);
+            d.w.absmax = bench_buffer(FINCH_DTYPE_F32, (size_t)(out * in / 64), 0.1f);
+            d.w.code = bench_buffer(FINCH_DTYPE_F32, 16, 1.0f);
+            d.w.blocksize = 64;
+        } else {
+            d.w.dtype = FINCH_DTYPE_BF16;
+            d.w.data = bench_buffer(FINCH_DTYPE_BF16, (size_t)(out * in), 0.02f);
+        }
+        d.lora_a = bench_buffer(FINCH_DTYPE_BF16, (size_t)(r * in), 0.02f);
+        d.lora_b = bench_buffer(FINCH_DTYPE_BF16, (size_t)(out * r), 0.02f);
+        d.scale = 2.0f;
+        d.xa = bench_buffer(FINCH_DTYPE_F32, (size_t)(m * r), 1.0f);
+        d.dy = bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * out), 1.0f); d.lddy = out;
+        d.dx = bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * in), 1.0f); d.lddx = in;
+        d.da = bench_buffer(FINCH_DTYPE_F32, (size_t)(r * in), 1.0f);
+        d.db = bench_buffer(FINCH_DTYPE_F32, (size_t)(out * r), 1.0f);
+        double base = 2.0 * m * in * out, lora = 2.0 * m * r * (in + out);
+        snprintf(name, sizeof name, "linear_forward %s 8192x4096->4096 r16", nf4 ? "nf4" : "bf16");
+        bench(name, bench_linear_fwd, &d, base + lora);
+        snprintf(name, sizeof name, "linear_backward %s 8192x4096->4096 r16", nf4 ? "nf4" : "bf16");
+        bench(name, bench_linear_bwd, &d, base + 2 * lora);
+        release_all();
+    }
+    /* Attention, Llama-8B-like: 4 sequences of 2048, 32 heads, 8 kv heads, head_dim 128, causal. */
+    {
+        int64_t seqs = 4, T = 2048, H = 32, KV = 8, hd = 128, n = seqs * T;
+        int32_t cu[5];
+        for (int i = 0; i <= seqs; i++) cu[i] = (int32_t)(i * T);
+        finch_attention_desc d;
+        memset(&d, 0, sizeof d);
+        d.n_tokens = n; d.n_seqs = seqs; d.max_seqlen = T;
+        d.cu_seqlens = bench_buffer(FINCH_DTYPE_F32, 5, 1.0f);
+        if (sides[1].api->write(sides[1].dev, NULL, d.cu_seqlens, cu, sizeof cu)) fatal("write", 1);
+        d.n_heads = H; d.n_kv_heads = KV; d.head_dim = hd; d.dtype = FINCH_DTYPE_BF16;
+        d.q = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.ldq = H * hd;
+        d.k = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.ldk = KV * hd;
+        d.v = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.ldv = KV * hd;
+        d.o = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.ldo = H * hd;
+        d.lse = bench_buffer(FINCH_DTYPE_F32, (size_t)(H * n), 1.0f);
+        d.scale = 1.0f / sqrtf((float)hd); d.causal = 1;
+        d.dout = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.lddout = H * hd;
+        d.dq = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.lddq = H * hd;
+        d.dk = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.lddk = KV * hd;
+        d.dv = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.lddv = KV * hd;
+        double fwd = 4.0 * seqs * H * hd * (double)T * T / 2;
+        bench("attention_forward bf16 4x2048 h32/8 d128 causal", bench_attn_fwd, &d, fwd);
+        bench("attention_backward bf16 4x2048 h32/8 d128 causal", bench_attn_bwd, &d, 2.5 * fwd);
+        release_all();
+    }
+    /* Norm and gated unit over 8192 tokens. */
+    {
+        norm_ctx c = {8192, 4096, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
+        c.x = bench_buffer(FINCH_DTYPE_BF16, (size_t)(c.n * c.dim), 1.0f);
+        c.w = bench_buffer(FINCH_DTYPE_BF16, (size_t)c.dim, 1.0f);
+        c.y = bench_buffer(FINCH_DTYPE_BF16, (size_t)(c.n * c.dim), 1.0f);
+        c.rstd = bench_buffer(FINCH_DTYPE_F32, (size_t)c.n, 1.0f);
+        c.dy = bench_buffer(FINCH_DTYPE_BF16, (size_t)(c.n * c.dim), 1.0f);
+        c.dx = bench_buffer(FINCH_DTYPE_BF16, (size_t)(c.n * c.dim), 1.0f);
+        c.dw = bench_buffer(FINCH_DTYPE_F32, (size_t)c.dim, 1.0f);
+        bench("rmsnorm_forward bf16 8192x4096", bench_rms_fwd, &c, 0);
+        bench("rmsnorm_backward bf16 8192x4096", bench_rms_bwd, &c, 0);
+        release_all();
+        norm_ctx g = {8192, 14336, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
+        g.x = bench_buffer(FINCH_DTYPE_BF16, (size_t)(g.n * g.dim), 1.0f);
+        g.dy = bench_buffer(FINCH_DTYPE_BF16, (size_t)(g.n * g.dim), 1.0f);
+        g.y = bench_buffer(FINCH_DTYPE_BF16, (size_t)(g.n * g.dim), 1.0f);
+        g.dx = bench_buffer(FINCH_DTYPE_BF16, (size_t)(g.n * g.dim), 1.0f);
+        g.dw = bench_buffer(FINCH_DTYPE_BF16, (size_t)(g.n * g.dim), 1.0f);
+        bench("glu_forward silu bf16 8192x14336", bench_glu_fwd, &g, 0);
+        bench("glu_backward silu bf16 8192x14336", bench_glu_bwd, &g, 0);
+        release_all();
+    }
+    /* Fused lm-head + cross-entropy, Llama-3 vocabulary. */
+    {
+        int64_t n = 8192, dim = 4096, vocab = 128256;
+        int32_t *labels = malloc((size_t)n * sizeof(int32_t));
+        for (int64_t i = 0; i < n; i++) labels[i] = (int32_t)((i * 7919) % vocab);
+        finch_linear_cross_entropy_desc d;
+        memset(&d, 0, sizeof d);
+        d.n_tokens = n; d.dim = dim; d.vocab = vocab; d.act_type = FINCH_DTYPE_BF16;
+        d.hidden = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * dim), 1.0f); d.ldh = dim;
+        d.w.dtype = FINCH_DTYPE_BF16;
+        d.w.data = bench_buffer(FINCH_DTYPE_BF16, (size_t)(vocab * dim), 0.02f);
+        d.labels = bench_buffer(FINCH_DTYPE_F32, (size_t)n, 1.0f);
+        if (sides[1].api->write(sides[1].dev, NULL, d.labels, labels, (size_t)n * 4)) fatal("write", 1);
+        d.grad_scale = 1.0f / (float)n;
+        d.loss_sum = bench_buffer(FINCH_DTYPE_F32, 1, 1.0f);
+        d.count = bench_buffer(FINCH_DTYPE_F32, 1, 1.0f);
+        d.dhidden = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * dim), 1.0f); d.lddh = dim;
+        bench("linear_cross_entropy bf16 8192x4096 vocab 128256", bench_lce, &d, 4.0 * n * dim * vocab);
+        free(labels);
+        release_all();
+    }
+}
+
 /* ---- setup -------------------------------------------------------------------------------------- */
 static const finch_plugin_api *load_plugin(const char *path, void **handle)
 {
@@ -1018,6 +1238,8 @@ int main(void)
     run("cross_entropy", test_cross_entropy);
     run("linear_cross_entropy", test_linear_cross_entropy);
     run("adamw", test_adamw);
+    const char *b = getenv("FINCH_PARITY_BENCH");
+    if (b && *b && *b != '0') run("benchmarks", benchmarks);
 
     for (int s = 0; s < 2; s++) {
         sides[s].api->device_close(sides[s].dev);

@@ -200,6 +200,72 @@ static int gemm_lt(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t 
     return rc;
 }
 
+/* ---- NF4 through cuBLASLt ------------------------------------------------------------------- */
+/* Below this many rows of activations the tiled kernel, which reads the 4-bit codes directly, moves
+ * fewer bytes than dequantizing a chunk first. */
+#define NF4_LT_MIN_ROWS 64
+/* Elements of W dequantized at a time: a bounded scratch, never a full copy of a large weight. */
+#define NF4_CHUNK_ELEMS (64ll << 20)
+
+template <typename T>
+__global__ void nf4_dequant_kernel(const unsigned char *data, const float *absmax, const float *code, int64_t blocksize,
+                                   int64_t e0, int64_t count, T *out)
+{
+    __shared__ float table[16];
+    if (threadIdx.x < 16) table[threadIdx.x] = code[threadIdx.x];
+    __syncthreads();
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t e = e0 + i;
+        unsigned char byte = data[e >> 1];
+        out[i] = from_f32<T>(table[(e & 1) ? (byte & 15) : (byte >> 4)] * absmax[e / blocksize]);
+    }
+}
+
+static int nf4_dequant(gpuStream_t st, const gpu_operand *w, int64_t e0, int64_t count, finch_dtype t, void *out)
+{
+    const unsigned char *data = (const unsigned char *)w->ptr;
+    unsigned blocks = gpu_blocks(count, 256);
+    FINCH_DISPATCH_FLOAT(t, T, "nf4 dequantize",
+        nf4_dequant_kernel<T><<<blocks, 256, 0, st>>>(data, w->absmax, w->code, w->blocksize, e0, count, (T *)out));
+    return GPU_LAUNCHED("nf4 dequantize");
+}
+
+/* C = alpha op(A) op(W) + beta C with W NF4 [rows_w, ld]: chunks of W's rows are dequantized into
+ * scratch of A's storage type and multiplied by cuBLASLt. op(W) = W^T (x W^T) splits C's columns;
+ * op(W) = W (dy W) splits the reduction, later chunks accumulating into C. */
+static int gemm_nf4_chunked(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
+                            const gpu_operand *w, finch_dtype c_type, void *c, int64_t ldc, float alpha, float beta)
+{
+    int64_t rows_w = w->trans ? n : k, cols_w = w->ld;
+    int64_t chunk = NF4_CHUNK_ELEMS / cols_w;
+    if (chunk < 1) chunk = 1;
+    if (chunk > rows_w) chunk = rows_w;
+    size_t es = gpu_dtype_size(a->dtype), ec = gpu_dtype_size(c_type);
+    void *scratch = NULL;
+    GPU_TRY(gpu_scratch(st, (size_t)(chunk * cols_w) * es, &scratch, "nf4 dequantized chunk"));
+    int rc = FINCH_OK;
+    for (int64_t r0 = 0; r0 < rows_w && !rc; r0 += chunk) {
+        int64_t rows = rows_w - r0 < chunk ? rows_w - r0 : chunk;
+        rc = nf4_dequant(st, w, r0 * cols_w, rows * cols_w, a->dtype, scratch);
+        if (rc) break;
+        gpu_operand wd;
+        memset(&wd, 0, sizeof wd);
+        wd.ptr = scratch;
+        wd.dtype = a->dtype;
+        wd.trans = w->trans;
+        wd.ld = cols_w;
+        if (w->trans) {
+            rc = gpu_gemm(dev, st, m, rows, k, a, &wd, c_type, (char *)c + r0 * ec, ldc, 0, 1, alpha, beta);
+        } else {
+            gpu_operand ap = *a;
+            ap.ptr = (const char *)a->ptr + (a->trans ? r0 * a->ld : r0) * es;
+            rc = gpu_gemm(dev, st, m, n, rows, &ap, &wd, c_type, c, ldc, 0, 1, alpha, r0 ? 1.0f : beta);
+        }
+    }
+    gpu_scratch_free(st, scratch);
+    return rc;
+}
+
 int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
              const gpu_operand *b, finch_dtype c_type, void *c, int64_t ldc, int64_t stride_c, int64_t batch,
              float alpha, float beta)
@@ -212,6 +278,8 @@ int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int
         zero.ptr = c; /* never read: k == 0 leaves the accumulators at zero */
         return gemm_tiled(st, m, n, 0, &zero, &zero, c_type, c, ldc, stride_c, batch, 0.0f, beta);
     }
+    if (b->dtype == FINCH_DTYPE_NF4 && a->dtype != FINCH_DTYPE_NF4 && batch == 1 && m >= NF4_LT_MIN_ROWS)
+        return gemm_nf4_chunked(dev, st, m, n, k, a, b, c_type, c, ldc, alpha, beta);
     if (lt_takes(a, b, c_type, m, n, k, ldc, batch)) {
         int done = 0;
         GPU_TRY(gemm_lt(dev, st, m, n, k, a, b, c_type, c, ldc, stride_c, batch, alpha, beta, &done));

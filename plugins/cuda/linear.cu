@@ -55,12 +55,14 @@ static gpu_operand operand(const void *p, finch_dtype t, int trans, int64_t ld)
 /* The scratch one call holds; all freed together (stream-ordered) when the call ends. */
 typedef struct scratch_set {
     gpuStream_t st = NULL;
-    void *p[8];
+    void *p[12];
     int n;
 } scratch_set;
 
 static int take(scratch_set *s, size_t bytes, void **out, const char *what)
 {
+    if (s->n == (int)(sizeof s->p / sizeof s->p[0]))
+        return gpu_fail(FINCH_ERR_DEVICE, FINCH_GPU_PLUGIN_NAME ": linear: more scratch buffers than planned (%s)", what);
     GPU_TRY(gpu_scratch(s->st, bytes, out, what));
     s->p[s->n++] = *out;
     return FINCH_OK;
@@ -90,6 +92,30 @@ static int check_linear(const finch_linear_desc *d, int need_x, const char *entr
         return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: x absent or ldx %lld < in %lld", entry,
                         (long long)d->ldx, (long long)d->in_features);
     return FINCH_OK;
+}
+
+/* A rank-wide f32 intermediate (xa or dy B, [rows, cols]) as a product operand. When it meets
+ * 16-bit operands it is rounded to their type (like the activations themselves) so cuBLASLt takes
+ * the product; otherwise it stays f32 for the tiled kernel. */
+static int rank_operand(scratch_set *ss, const float *src, int64_t rows, int64_t cols, finch_dtype partner, int trans,
+                        gpu_operand *out)
+{
+    if (partner == FINCH_DTYPE_F32) {
+        *out = operand(src, FINCH_DTYPE_F32, trans, cols);
+        return FINCH_OK;
+    }
+    void *dst;
+    GPU_TRY(take(ss, (size_t)(rows * cols) * gpu_dtype_size(partner), &dst, "linear rank-wide operand"));
+    GPU_TRY(gpu_cast(ss->st, rows * cols, FINCH_DTYPE_F32, src, partner, dst));
+    *out = operand(dst, partner, trans, cols);
+    return FINCH_OK;
+}
+
+/* The type a rank-wide intermediate is rounded to before meeting an operand of type t (and the
+ * activations): t when both are the same 16-bit type, else F32 (no rounding). */
+static finch_dtype rank_partner(const finch_linear_desc *d, finch_dtype t)
+{
+    return d->act_type != FINCH_DTYPE_F32 && t == d->act_type ? t : FINCH_DTYPE_F32;
 }
 
 /* The adapter's input: x itself, or drop(x) as f32 scratch when dropout is on. */
@@ -147,8 +173,9 @@ extern "C" int plugin_linear_forward(finch_plugin_device *dev, finch_plugin_stre
     int rc = adapter_input(&ss, d, &xin);
     if (!rc && !xa) rc = take(&ss, (size_t)d->m * d->rank * sizeof(float), (void **)&xa, "linear xa");
     if (!rc) rc = adapter_down(dev, &ss, d, &xin, xa);
+    gpu_operand a;
+    if (!rc) rc = rank_operand(&ss, xa, d->m, d->rank, rank_partner(d, d->param_type), 0, &a);
     if (!rc) {
-        gpu_operand a = operand(xa, FINCH_DTYPE_F32, 0, d->rank);
         gpu_operand bt = operand(gpu_ptr(d->lora_b), d->param_type, 1, d->rank);
         rc = gpu_gemm(dev, st, d->m, d->out_features, d->rank, &a, &bt, d->act_type, gpu_ptr(d->y), d->ldy, 0, 1, d->scale, 1.0f);
     }
@@ -195,7 +222,8 @@ extern "C" int plugin_linear_backward(finch_plugin_device *dev, finch_plugin_str
         gpu_operand b = operand(gpu_ptr(d->lora_b), d->param_type, 0, r);
         rc = take(&ss, (size_t)m * r * sizeof(float), (void **)&g, "linear dy B");
         if (!rc) rc = gpu_gemm(dev, st, m, r, out, &dy, &b, FINCH_DTYPE_F32, g, r, 0, 1, 1.0f, 0.0f);
-        gpu_operand gop = operand(g, FINCH_DTYPE_F32, 0, r), a = operand(gpu_ptr(d->lora_a), d->param_type, 0, in);
+        gpu_operand gop, a = operand(gpu_ptr(d->lora_a), d->param_type, 0, in);
+        if (!rc && gpu_ptr(d->dx)) rc = rank_operand(&ss, g, m, r, rank_partner(d, d->param_type), 0, &gop);
         if (!rc && gpu_ptr(d->dx)) {
             if (d->dropout <= 0.0f) {
                 rc = gpu_gemm(dev, st, m, in, r, &gop, &a, d->act_type, gpu_ptr(d->dx), d->lddx, 0, 1, d->scale, 1.0f);
@@ -212,8 +240,9 @@ extern "C" int plugin_linear_backward(finch_plugin_device *dev, finch_plugin_str
             }
         }
         if (!rc && gpu_ptr(d->da)) {
-            gpu_operand xin, gt = operand(g, FINCH_DTYPE_F32, 1, r);
+            gpu_operand xin, gt;
             rc = adapter_input(&ss, d, &xin);
+            if (!rc) rc = rank_operand(&ss, g, m, r, rank_partner(d, xin.dtype), 1, &gt);
             if (!rc) rc = gpu_gemm(dev, st, r, in, m, &gt, &xin, FINCH_DTYPE_F32, gpu_ptr(d->da), in, 0, 1, d->scale, 1.0f);
         }
     }
@@ -225,7 +254,8 @@ extern "C" int plugin_linear_backward(finch_plugin_device *dev, finch_plugin_str
             if (!rc) rc = take(&ss, (size_t)m * r * sizeof(float), (void **)&xa, "linear xa");
             if (!rc) rc = adapter_down(dev, &ss, d, &xin, xa);
         }
-        gpu_operand xaop = operand(xa, FINCH_DTYPE_F32, 0, r);
+        gpu_operand xaop;
+        if (!rc) rc = rank_operand(&ss, xa, m, r, rank_partner(d, d->act_type), 0, &xaop);
         if (!rc) rc = gpu_gemm(dev, st, out, r, m, &dyt, &xaop, FINCH_DTYPE_F32, gpu_ptr(d->db), r, 0, 1, d->scale, 1.0f);
     }
     return release(&ss, rc);
