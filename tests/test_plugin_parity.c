@@ -619,6 +619,9 @@ static void test_attention(void)
         {FINCH_DTYPE_F16, 2, 1, 256, 1, {19}, 1, 7, 30.0f},
         {FINCH_DTYPE_BF16, 8, 2, 64, 3, {150, 77, 96}, 1, 0, 0.0f},
         {FINCH_DTYPE_F32, 2, 1, 32, 2, {130, 70}, 1, 40, 0.0f},
+        {FINCH_DTYPE_F16, 4, 4, 128, 2, {70, 45}, 1, 20, 25.0f},
+        {FINCH_DTYPE_BF16, 2, 1, 64, 1, {100}, 0, 30, 0.0f},
+        {FINCH_DTYPE_BF16, 6, 3, 128, 3, {64, 1, 129}, 0, 0, 10.0f},
     };
     char what[128];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {

@@ -237,6 +237,30 @@ __global__ void attention_store_dq_kernel(int64_t n_tokens, int64_t width, const
         dq[(e / width) * lddq + e % width] = from_f32<T>(acc[e]);
 }
 
+#include "attention_mma.cuh"
+
+/* The tensor-core forward where it applies (16-bit storage, head_dim 64 or 128, sm_80+): *done = 1. */
+template <typename T>
+static int launch_forward_mma(finch_plugin_device *dev, gpuStream_t st, const attn_params &p, const finch_attention_desc *d,
+                              int *done)
+{
+    *done = 0;
+#if FINCH_GPU_CUDA
+    if constexpr (!std::is_same<T, float>::value) {
+        if (dev->props.major < 8 || (d->head_dim != 64 && d->head_dim != 128)) return FINCH_OK;
+        void (*kernel)(attn_params) = d->head_dim == 64 ? attention_forward_mma_kernel<64, T> : attention_forward_mma_kernel<128, T>;
+        size_t smem = d->head_dim == 64 ? mma_smem<64>::bytes : mma_smem<128>::bytes;
+        GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                          "attention_forward shared memory"));
+        dim3 grid((unsigned)((d->max_seqlen + MMA_BLOCK_Q - 1) / MMA_BLOCK_Q), (unsigned)d->n_heads, (unsigned)d->n_seqs);
+        kernel<<<grid, MMA_THREADS, smem, st>>>(p);
+        *done = 1;
+        return GPU_LAUNCHED("attention_forward (tensor cores)");
+    }
+#endif
+    return FINCH_OK;
+}
+
 static size_t forward_smem(int maxd, int64_t D)
 {
     int bk = maxd > 128 ? 16 : 32;
@@ -329,9 +353,56 @@ extern "C" int plugin_attention_forward(finch_plugin_device *dev, finch_plugin_s
     GPU_TRY(check_attention(d, 0, "attention_forward"));
     if (d->n_tokens <= 0 || d->n_seqs == 0 || d->max_seqlen <= 0) return FINCH_OK;
     attn_params p = make_params(d);
+    int done = 0;
     FINCH_DISPATCH_FLOAT(d->dtype, T, "attention_forward",
+        GPU_TRY(launch_forward_mma<T>(dev, st, p, d, &done));
+        if (done) return FINCH_OK;
         return DISPATCH_HEAD_DIM(d->head_dim, launch_forward, T, st, p, d));
     return FINCH_OK;
+}
+
+/* Whether the tensor-core kernels take this call: 16-bit storage, head_dim 64 or 128, sm_80+. */
+static int mma_applies(const finch_plugin_device *dev, const finch_attention_desc *d)
+{
+#if FINCH_GPU_CUDA
+    return d->dtype != FINCH_DTYPE_F32 && (d->head_dim == 64 || d->head_dim == 128) && dev->props.major >= 8;
+#else
+    return 0;
+#endif
+}
+
+template <typename T>
+static int backward_typed(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d, int mma)
+{
+    int64_t warps = d->n_tokens * d->n_heads, width = d->n_heads * d->head_dim;
+    attention_delta_kernel<T><<<(unsigned)((warps * FINCH_WARP_SIZE + 255) / 256), 256, 0, st>>>(p);
+    GPU_TRY(GPU_LAUNCHED("attention_backward delta"));
+#if FINCH_GPU_CUDA
+    if constexpr (!std::is_same<T, float>::value) {
+        if (mma) {
+            int hd = (int)d->head_dim;
+            void (*dkdv)(attn_params) = hd == 64 ? attention_dkdv_mma_kernel<64, T> : attention_dkdv_mma_kernel<128, T>;
+            void (*dq)(attn_params, T *, int64_t) = hd == 64 ? attention_dq_mma_kernel<64, T> : attention_dq_mma_kernel<128, T>;
+            size_t s1 = hd == 64 ? mma_bwd_smem<64>::dkdv_bytes : mma_bwd_smem<128>::dkdv_bytes;
+            size_t s2 = hd == 64 ? mma_bwd_smem<64>::dq_bytes : mma_bwd_smem<128>::dq_bytes;
+            GPU_TRY(gpu_check(gpuFuncSetAttribute(dkdv, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s1),
+                              "attention_backward shared memory"));
+            GPU_TRY(gpu_check(gpuFuncSetAttribute(dq, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s2),
+                              "attention_backward shared memory"));
+            unsigned tiles = (unsigned)((d->max_seqlen + MMA_BLOCK_K - 1) / MMA_BLOCK_K);
+            dkdv<<<dim3(tiles, (unsigned)d->n_kv_heads, (unsigned)d->n_seqs), MMA_THREADS, s1, st>>>(p);
+            GPU_TRY(GPU_LAUNCHED("attention_backward dk/dv (tensor cores)"));
+            dq<<<dim3(tiles, (unsigned)d->n_heads, (unsigned)d->n_seqs), MMA_THREADS, s2, st>>>(p, (T *)gpu_ptr(d->dq), d->lddq);
+            return GPU_LAUNCHED("attention_backward dq (tensor cores)");
+        }
+    }
+#endif
+    (void)mma;
+    GPU_TRY(DISPATCH_HEAD_DIM(d->head_dim, launch_backward, T, st, p, d));
+    int64_t acc_n = d->n_tokens * width;
+    attention_store_dq_kernel<T><<<gpu_blocks(acc_n, 256), 256, 0, st>>>(d->n_tokens, width, p.dq_acc, (T *)gpu_ptr(d->dq),
+                                                                         d->lddq);
+    return GPU_LAUNCHED("attention_backward dq");
 }
 
 extern "C" int plugin_attention_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d)
@@ -341,40 +412,19 @@ extern "C" int plugin_attention_backward(finch_plugin_device *dev, finch_plugin_
     GPU_TRY(check_attention(d, 1, "attention_backward"));
     if (d->n_tokens <= 0 || d->n_seqs == 0 || d->max_seqlen <= 0) return FINCH_OK;
     attn_params p = make_params(d);
-    int64_t width = d->n_heads * d->head_dim;
+    int mma = mma_applies(dev, d);
     float *scratch = NULL;
-    size_t delta_n = (size_t)d->n_heads * d->n_tokens, acc_n = (size_t)d->n_tokens * width;
-    GPU_TRY(gpu_scratch(st, (delta_n + acc_n) * sizeof(float), (void **)&scratch, "attention_backward dq accumulator"));
+    size_t delta_n = (size_t)d->n_heads * d->n_tokens, acc_n = mma ? 0 : (size_t)d->n_tokens * d->n_heads * d->head_dim;
+    GPU_TRY(gpu_scratch(st, (delta_n + acc_n) * sizeof(float), (void **)&scratch, "attention_backward scratch"));
     p.delta = scratch;
     p.dq_acc = scratch + delta_n;
-    int rc = gpu_check(gpuMemsetAsync(p.dq_acc, 0, acc_n * sizeof(float), st), "attention_backward");
+    int rc = acc_n ? gpu_check(gpuMemsetAsync(p.dq_acc, 0, acc_n * sizeof(float), st), "attention_backward") : FINCH_OK;
     if (!rc) {
-        int64_t warps = d->n_tokens * d->n_heads;
-        unsigned blocks = (unsigned)((warps * FINCH_WARP_SIZE + 255) / 256);
         switch (d->dtype) {
-        case FINCH_DTYPE_F32:
-            attention_delta_kernel<float><<<blocks, 256, 0, st>>>(p);
-            rc = GPU_LAUNCHED("attention_backward delta");
-            if (!rc) rc = DISPATCH_HEAD_DIM(d->head_dim, launch_backward, float, st, p, d);
-            if (!rc) attention_store_dq_kernel<float><<<gpu_blocks(acc_n, 256), 256, 0, st>>>(
-                d->n_tokens, width, p.dq_acc, (float *)gpu_ptr(d->dq), d->lddq);
-            break;
-        case FINCH_DTYPE_BF16:
-            attention_delta_kernel<gpu_bf16><<<blocks, 256, 0, st>>>(p);
-            rc = GPU_LAUNCHED("attention_backward delta");
-            if (!rc) rc = DISPATCH_HEAD_DIM(d->head_dim, launch_backward, gpu_bf16, st, p, d);
-            if (!rc) attention_store_dq_kernel<gpu_bf16><<<gpu_blocks(acc_n, 256), 256, 0, st>>>(
-                d->n_tokens, width, p.dq_acc, (gpu_bf16 *)gpu_ptr(d->dq), d->lddq);
-            break;
-        default:
-            attention_delta_kernel<gpu_f16><<<blocks, 256, 0, st>>>(p);
-            rc = GPU_LAUNCHED("attention_backward delta");
-            if (!rc) rc = DISPATCH_HEAD_DIM(d->head_dim, launch_backward, gpu_f16, st, p, d);
-            if (!rc) attention_store_dq_kernel<gpu_f16><<<gpu_blocks(acc_n, 256), 256, 0, st>>>(
-                d->n_tokens, width, p.dq_acc, (gpu_f16 *)gpu_ptr(d->dq), d->lddq);
-            break;
+        case FINCH_DTYPE_F32: rc = backward_typed<float>(dev, st, p, d, mma); break;
+        case FINCH_DTYPE_BF16: rc = backward_typed<gpu_bf16>(dev, st, p, d, mma); break;
+        default: rc = backward_typed<gpu_f16>(dev, st, p, d, mma); break;
         }
-        if (!rc) rc = GPU_LAUNCHED("attention_backward dq");
     }
     gpu_scratch_free(st, scratch);
     return rc;
