@@ -191,5 +191,6 @@ int cpu_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s, const fi
 int cpu_linear_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s,
                              const finch_linear_cross_entropy_desc *d);
 int cpu_adamw_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d);
+int cpu_adamw8bit_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d);
 
 #endif

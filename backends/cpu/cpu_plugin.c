@@ -160,6 +160,7 @@ static const finch_plugin_api cpu_api = {
     .cross_entropy = cpu_cross_entropy,
     .linear_cross_entropy = cpu_linear_cross_entropy,
     .adamw_step = cpu_adamw_step,
+    .adamw8bit_step = cpu_adamw8bit_step,
 };
 
 const finch_plugin_api *finch_cpu_plugin_api(void) { return &cpu_api; }

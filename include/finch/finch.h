@@ -126,6 +126,10 @@ typedef struct finch_batch {
     int64_t batch, seq_len;
     const int32_t *input_ids;  /* [batch, seq_len] */
     const int32_t *labels;     /* [batch, seq_len] or NULL */
+    const int32_t *segment_ids;/* [batch, seq_len] or NULL (each row one sequence). Packed rows: tokens of a row
+                                  with the same id, side by side, form one sequence; positions restart at
+                                  each new sequence, attention stays inside it and no label is predicted
+                                  across a boundary; a negative id marks padding (no loss) */
 } finch_batch;
 
 typedef struct finch_step_options {
@@ -169,5 +173,9 @@ finch_status finch_zero_grads(finch_model *m);
 #ifdef __cplusplus
 }
 #endif
+
+/* The rest of the public API: tokenizer, chat templates and datasets; images. */
+#include "finch/data.h"
+#include "finch/vision.h"
 
 #endif

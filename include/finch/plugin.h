@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define FINCH_PLUGIN_ABI_MAJOR 1
-#define FINCH_PLUGIN_ABI_MINOR 0
+#define FINCH_PLUGIN_ABI_MINOR 1
 #define FINCH_PLUGIN_ENTRY_SYMBOL "finch_plugin_entry"
 #define FINCH_IGNORE_INDEX (-100)
 
@@ -217,6 +217,30 @@ typedef struct finch_adamw_desc {
     float bias_correction1, bias_correction2; /* 1 - beta^step */
 } finch_adamw_desc;
 
+/* One AdamW step with 8-bit blockwise moments (bitsandbytes' blockwise 8-bit Adam). ABI 1.1.
+ * The n elements are cut into blocks of blocksize consecutive elements (the last may be partial).
+ * In block b, with the stored moments decoded as
+ *     m_i = m_map[m_codes[i]] * m_absmax[b],   v_i = v_map[v_codes[i]] * v_absmax[b],
+ * each element takes exactly the f32 update of adamw_step (same operations, same order, no fused
+ * multiply-add), on the master copy when master.buf:
+ *     g = grad * grad_scale;  m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g g
+ *     p = p (1 - lr weight_decay) - (lr / bias_correction1) m / (sqrt(v) (1 / sqrt(bias_correction2)) + eps)
+ * and then the block is re-quantised from the updated m and v:
+ *     m_absmax[b] = max |m| over the block;  m_codes[i] = nearest(m_map, m / m_absmax[b])  (f32 division)
+ * and the same for v. nearest(map, x) for 256 ascending values is the number of k < 255 with
+ * x > (map[k] + map[k+1]) * 0.5f (ties go to the lower code); a block whose absmax is 0 stores
+ * nearest(map, 0). m_map is bitsandbytes' signed dynamic map, v_map its unsigned one. grad: f32. */
+typedef struct finch_adamw8bit_desc {
+    int64_t n, blocksize;
+    finch_dtype param_type;
+    finch_dptr param, master, grad;          /* master, grad: f32 */
+    finch_dptr m_codes, v_codes;             /* u8 [n] */
+    finch_dptr m_absmax, v_absmax;           /* f32 [ceil(n / blocksize)] */
+    finch_dptr m_map, v_map;                 /* f32 [256], ascending */
+    float lr, beta1, beta2, eps, weight_decay, grad_scale;
+    float bias_correction1, bias_correction2; /* 1 - beta^step */
+} finch_adamw8bit_desc;
+
 typedef struct finch_plugin_api {
     /* --- identity and lifetime ------------------------------------------------------------ */
     uint32_t abi_major, abi_minor;
@@ -331,6 +355,9 @@ typedef struct finch_plugin_api {
                                 const finch_linear_cross_entropy_desc *d);
 
     int (*adamw_step)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d);
+
+    /* --- ABI 1.1: optional; NULL (or past a 1.0 plugin's struct_size) when the plugin lacks them --- */
+    int (*adamw8bit_step)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d);
 } finch_plugin_api;
 
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);

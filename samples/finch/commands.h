@@ -5,5 +5,8 @@
 
 int finch_cmd_info(int argc, char **argv);
 int finch_cmd_forward(int argc, char **argv);
+int finch_cmd_tokenize(int argc, char **argv);
+int finch_cmd_train(int argc, char **argv);
+int finch_cmd_init(int argc, char **argv);
 
 #endif

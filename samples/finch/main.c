@@ -14,6 +14,9 @@ static const struct {
 } commands[] = {
     {"info", finch_cmd_info, "list backends (and why a plugin did not load), devices, and what \"auto\" picks"},
     {"forward", finch_cmd_forward, "run a model on a batch: logits, loss and optionally gradients to a file"},
+    {"tokenize", finch_cmd_tokenize, "encode text or a chat with a model's tokenizer and template; show ids and labels"},
+    {"train", finch_cmd_train, "fine-tune a model (LoRA or full) on a JSONL dataset, with checkpoints and a loss curve"},
+    {"init", finch_cmd_init, "create a new model folder (config, random weights, tokenizer) to train from scratch"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 

@@ -1,0 +1,42 @@
+/* A bump arena over device buffers for the activations and gradients of one step.
+ *
+ * Allocation is a pointer bump inside the current chunk; when a chunk is full a new, larger one is
+ * allocated. finch_arena_begin() starts a step: if the previous step needed more than one chunk, the
+ * chunks are replaced by a single buffer as large as that step's peak, so a step with the same shapes
+ * as the last one never allocates device memory. Marks let a caller free everything allocated after a
+ * point (one layer's recomputation and gradients). */
+#ifndef FINCH_CORE_ARENA_H
+#define FINCH_CORE_ARENA_H
+
+#include "backends/backend.h"
+
+#define FINCH_ARENA_MAX_CHUNKS 32
+#define FINCH_ARENA_ALIGN 256
+
+typedef struct finch_arena_chunk {
+    finch_plugin_buffer *buf;
+    size_t cap, used;
+} finch_arena_chunk;
+
+typedef struct finch_arena {
+    const finch_backend *be;
+    finch_arena_chunk chunks[FINCH_ARENA_MAX_CHUNKS];
+    int n_chunks;           /* chunks allocated */
+    int cur;                /* chunk allocations come from */
+    size_t in_use, peak;    /* bytes, summed over chunks */
+} finch_arena;
+
+typedef struct finch_arena_mark {
+    int chunk;
+    size_t used, in_use;
+} finch_arena_mark;
+
+void finch_arena_init(finch_arena *a, const finch_backend *be);
+/* Starts a step: everything allocated before is released. */
+int finch_arena_begin(finch_arena *a);
+int finch_arena_alloc(finch_arena *a, size_t bytes, finch_dptr *out);
+finch_arena_mark finch_arena_get_mark(const finch_arena *a);
+void finch_arena_reset(finch_arena *a, finch_arena_mark m);
+void finch_arena_free(finch_arena *a);
+
+#endif

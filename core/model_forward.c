@@ -1,0 +1,453 @@
+/* One step of a decoder-only model: embedding, the decoder layers, final norm, lm head and loss;
+ * then, for training, the backward pass over the tape, one layer at a time.
+ *
+ * Memory: the activations of a step come from the model's arena. Without gradient checkpointing
+ * every layer's activations stay until backward; with it only the residual stream between layers
+ * (x_0 .. x_L) stays, and each layer is recomputed, differentiated and released in turn. Gradients
+ * of the residual stream use two buffers in turn; everything else a layer's backward allocates is
+ * released when the layer is done. */
+#include "core/error.h"
+#include "core/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct step_ctx {
+    finch_model *m;
+    finch_graph *g;
+    int64_t batch, seq_len, n_tokens;
+    finch_dptr ids, labels, positions, cu_seqlens;
+    int train;                 /* LoRA dropout on */
+    int64_t n_seqs;            /* sequences in cu_seqlens: one per row, or per segment of packed rows */
+} step_ctx;
+
+static int param_present(const finch_param *p) { return p->data.buf != NULL; }
+
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static finch_linear_params linear_params(const step_ctx *s, const finch_linear_module *lin)
+{
+    finch_linear_params p;
+    memset(&p, 0, sizeof p);
+    p.in_features = lin->in_features;
+    p.out_features = lin->out_features;
+    p.w.dtype = lin->weight.dtype;
+    p.w.data = lin->weight.data;
+    p.dw = lin->weight.grad;
+    p.param_type = FINCH_DTYPE_F32;
+    p.bias = lin->bias.data;
+    p.dbias = lin->bias.grad;
+    p.rank = lin->rank;
+    if (lin->rank) {
+        p.lora_a = lin->lora_a.data;
+        p.lora_b = lin->lora_b.data;
+        p.da = lin->lora_a.grad;
+        p.db = lin->lora_b.grad;
+        p.scale = lin->scale;
+        p.dropout = s->train ? lin->dropout : 0.0f;
+        p.dropout_seed = mix64(s->m->step * 0x9E3779B97F4A7C15ull + lin->id);
+    }
+    return p;
+}
+
+static int linear(step_ctx *s, const finch_tensor *x, const finch_linear_module *lin, finch_tensor *y)
+{
+    finch_linear_params p = linear_params(s, lin);
+    return finch_op_linear(s->g, x, &p, y);
+}
+
+static int norm(step_ctx *s, const finch_tensor *x, const finch_param *w, const finch_param *b, finch_tensor *y)
+{
+    const finch_model_config *c = &s->m->cfg;
+    if (c->norm_kind == FINCH_NORM_LAYER) return finch_op_layernorm(s->g, x, w, param_present(b) ? b : NULL, (float)c->norm_eps, y);
+    return finch_op_rmsnorm(s->g, x, w, c->norm_offset, (float)c->norm_eps, y);
+}
+
+/* RMSNorm over each head of x [n, heads * head_dim] (qwen3 / gemma3 q_norm, k_norm). */
+static int head_norm(step_ctx *s, const finch_tensor *x, const finch_param *w, int64_t heads, finch_tensor *y)
+{
+    const finch_model_config *c = &s->m->cfg;
+    int64_t n = x->rows;
+    finch_tensor rows = finch_tensor_reshape(x, n * heads, c->head_dim), out;
+    int rc = finch_op_rmsnorm(s->g, &rows, w, c->norm_offset, (float)c->norm_eps, &out);
+    if (rc) return rc;
+    *y = finch_tensor_reshape(&out, n, heads * c->head_dim);
+    return FINCH_OK;
+}
+
+static finch_rope_params rope_params(const step_ctx *s, int64_t layer, int64_t heads)
+{
+    const finch_model *m = s->m;
+    const finch_model_config *c = &m->cfg;
+    const finch_rope_config *r = finch_model_config_rope(c, layer);
+    int which = r == &c->rope_local ? 1 : 0;
+    int use_long = r->inv_freq_long && s->seq_len > r->long_after;
+    finch_rope_params p;
+    p.n_heads = heads;
+    p.head_dim = c->head_dim;
+    p.rot_dim = r->rot_dim;
+    p.positions = s->positions;
+    p.inv_freq = m->rope_inv[which][use_long];
+    p.attn_factor = use_long ? r->attn_factor_long : r->attn_factor;
+    return p;
+}
+
+static int attention_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor *out)
+{
+    const finch_model_config *c = &s->m->cfg;
+    const finch_layer *ly = &s->m->layers[l];
+    int64_t nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim;
+    finch_tensor q, k, v, qkv, o;
+    int rc;
+    if (param_present(&ly->qkv.weight)) {
+        if ((rc = linear(s, x, &ly->qkv, &qkv))) return rc;
+        q = finch_tensor_cols(&qkv, 0, nq);
+        k = finch_tensor_cols(&qkv, nq, nkv);
+        v = finch_tensor_cols(&qkv, nq + nkv, nkv);
+    } else if ((rc = linear(s, x, &ly->q, &q)) || (rc = linear(s, x, &ly->k, &k)) || (rc = linear(s, x, &ly->v, &v))) {
+        return rc;
+    }
+    if (c->qk_norm) {
+        if ((rc = head_norm(s, &q, &ly->q_norm, c->n_heads, &q)) || (rc = head_norm(s, &k, &ly->k_norm, c->n_kv_heads, &k)))
+            return rc;
+    }
+    finch_rope_params rq = rope_params(s, l, c->n_heads), rk = rope_params(s, l, c->n_kv_heads);
+    if ((rc = finch_op_rope(s->g, &q, &rq)) || (rc = finch_op_rope(s->g, &k, &rk))) return rc;
+    finch_attention_params ap;
+    ap.n_seqs = s->n_seqs;
+    ap.max_seqlen = s->seq_len;
+    ap.cu_seqlens = s->cu_seqlens;
+    ap.n_heads = c->n_heads;
+    ap.n_kv_heads = c->n_kv_heads;
+    ap.head_dim = c->head_dim;
+    ap.scale = c->attn_scale;
+    ap.softcap = c->attn_softcap;
+    ap.window = c->layer_sliding[l] ? c->sliding_window : 0;
+    if ((rc = finch_op_attention(s->g, &q, &k, &v, &ap, &o))) return rc;
+    return linear(s, &o, &ly->o, out);
+}
+
+static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor *out)
+{
+    const finch_model_config *c = &s->m->cfg;
+    const finch_layer *ly = &s->m->layers[l];
+    finch_tensor gate, up, gu, h;
+    int rc;
+    if (c->arch == FINCH_ARCH_FALCON) {
+        if ((rc = linear(s, x, &ly->up, &up)) || (rc = finch_op_activation(s->g, c->act, 0.0f, &up, &h))) return rc;
+    } else {
+        if (param_present(&ly->gate_up.weight)) {
+            if ((rc = linear(s, x, &ly->gate_up, &gu))) return rc;
+            gate = finch_tensor_cols(&gu, 0, c->intermediate);
+            up = finch_tensor_cols(&gu, c->intermediate, c->intermediate);
+        } else if ((rc = linear(s, x, &ly->gate, &gate)) || (rc = linear(s, x, &ly->up, &up))) {
+            return rc;
+        }
+        if ((rc = finch_op_glu(s->g, c->act, &gate, &up, &h))) return rc;
+    }
+    return linear(s, &h, &ly->down, out);
+}
+
+/* One decoder layer: x -> out (out is preallocated and keeps its gradient node). */
+static int layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out)
+{
+    const finch_model_config *c = &s->m->cfg;
+    const finch_layer *ly = &s->m->layers[l];
+    finch_tensor a, attn, raw, mlp_in, mo, x1, sum, res;
+    int rc;
+    if ((rc = norm(s, x, &ly->attn_norm, &ly->attn_norm_b, &a)) || (rc = attention_block(s, l, &a, &attn))) return rc;
+    if (c->sandwich_norms) {
+        raw = attn;
+        if ((rc = norm(s, &raw, &ly->post_attn_norm, NULL, &attn))) return rc;
+    }
+    if (c->arch == FINCH_ARCH_FALCON && c->parallel_attn) {
+        /* Falcon: attention and MLP read the same input; both add to the residual. */
+        if (param_present(&ly->mlp_norm)) {
+            if ((rc = norm(s, x, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in))) return rc;
+        } else {
+            mlp_in = a;
+        }
+        if ((rc = mlp_block(s, l, &mlp_in, &mo)) || (rc = finch_op_add(s->g, &mo, &attn, NULL, &sum))) return rc;
+        return finch_op_add(s->g, x, &sum, out, &res);
+    }
+    if ((rc = finch_op_add(s->g, x, &attn, NULL, &x1)) || (rc = norm(s, &x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in)) ||
+        (rc = mlp_block(s, l, &mlp_in, &mo)))
+        return rc;
+    if (c->sandwich_norms) {
+        raw = mo;
+        if ((rc = norm(s, &raw, &ly->post_ffn_norm, NULL, &mo))) return rc;
+    }
+    return finch_op_add(s->g, &x1, &mo, out, &res);
+}
+
+static int layer_trainable(const finch_layer *ly)
+{
+    const finch_param *ps[] = {&ly->attn_norm, &ly->attn_norm_b, &ly->mlp_norm, &ly->mlp_norm_b,
+                               &ly->post_attn_norm, &ly->post_ffn_norm, &ly->q_norm, &ly->k_norm};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
+        if (ps[i]->grad.buf) return 1;
+    for (int i = 0; i < ly->n_linears; i++) {
+        const finch_linear_module *lin = ly->linears[i];
+        if (lin->weight.grad.buf || lin->bias.grad.buf || (lin->rank && (lin->lora_a.grad.buf || lin->lora_b.grad.buf)))
+            return 1;
+    }
+    return 0;
+}
+
+/* ---- batch upload ---------------------------------------------------------------------------- */
+
+/* A new sequence starts at token t of a row when it is the row's first or its segment id differs
+ * from the previous token's (without segment ids every row is one sequence). */
+static int segment_starts(const finch_batch *b, int64_t i, int64_t t)
+{
+    return t == 0 || (b->segment_ids && b->segment_ids[i * b->seq_len + t] != b->segment_ids[i * b->seq_len + t - 1]);
+}
+
+static int upload_batch(step_ctx *s, const finch_batch *b, int64_t *count)
+{
+    finch_model *m = s->m;
+    int64_t B = b->batch, T = b->seq_len, n = B * T, V = m->cfg.vocab;
+    int64_t n_seqs = 0;
+    for (int64_t i = 0; i < B; i++)
+        for (int64_t t = 0; t < T; t++) n_seqs += segment_starts(b, i, t);
+    size_t need = (size_t)(3 * n + n_seqs + 1);
+    if (need > m->host_i32_cap) {
+        int32_t *p = realloc(m->host_i32, need * sizeof *p);
+        if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+        m->host_i32 = p;
+        m->host_i32_cap = need;
+    }
+    int32_t *ids = m->host_i32, *labels = ids + n, *pos = labels + n, *cu = pos + n;
+    const int32_t *lab = b->labels ? b->labels : b->input_ids;
+    int64_t counted = 0, seq = 0, start = 0;
+    for (int64_t i = 0; i < B; i++) {
+        for (int64_t t = 0; t < T; t++) {
+            int64_t at = i * T + t;
+            int32_t id = b->input_ids[at];
+            if (id < 0 || id >= V)
+                return finch_error(FINCH_ERR_INVALID_ARGUMENT, "input_ids[%lld][%lld] = %d is outside the vocabulary [0, %lld)",
+                                   (long long)i, (long long)t, id, (long long)V);
+            int32_t l = lab[at];
+            if (l != FINCH_IGNORE_INDEX && (l < 0 || l >= V))
+                return finch_error(FINCH_ERR_INVALID_ARGUMENT, "labels[%lld][%lld] = %d is neither -100 nor in [0, %lld)",
+                                   (long long)i, (long long)t, l, (long long)V);
+            if (segment_starts(b, i, t)) {
+                cu[seq++] = (int32_t)at;
+                start = t;
+            }
+            ids[at] = id;
+            pos[at] = (int32_t)(t - start);
+            /* Row t predicts the label of position t + 1, inside its own sequence and never from padding. */
+            int same = t + 1 < T && !segment_starts(b, i, t + 1) && !(b->segment_ids && b->segment_ids[at] < 0);
+            labels[at] = same ? lab[at + 1] : FINCH_IGNORE_INDEX;
+            counted += labels[at] != FINCH_IGNORE_INDEX;
+        }
+    }
+    cu[n_seqs] = (int32_t)n;
+    finch_dptr d;
+    int rc = finch_arena_alloc(&m->arena, need * sizeof(int32_t), &d);
+    if (rc) return rc;
+    if (m->be->api->write(m->be->dev, m->be->stream, d, m->host_i32, need * sizeof(int32_t)))
+        return finch_device_error(m->be, FINCH_ERR_DEVICE, "uploading the batch");
+    s->ids = d;
+    s->labels = finch_dptr_at(d, (size_t)n * 4);
+    s->positions = finch_dptr_at(d, (size_t)(2 * n) * 4);
+    s->cu_seqlens = finch_dptr_at(d, (size_t)(3 * n) * 4);
+    s->n_seqs = n_seqs;
+    *count = counted;
+    return FINCH_OK;
+}
+
+static float round_to(finch_dtype t, float x)
+{
+    if (t != FINCH_DTYPE_BF16) return x;
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+/* ---- loss ------------------------------------------------------------------------------------ */
+
+static int head_and_loss(step_ctx *s, const finch_tensor *xL, int want_logits, int backward, float grad_scale)
+{
+    finch_model *m = s->m;
+    const finch_model_config *c = &m->cfg;
+    const finch_plugin_api *api = m->be->api;
+    finch_graph *g = s->g;
+    finch_tensor hn;
+    int rc = norm(s, xL, &m->final_norm, &m->final_norm_b, &hn);
+    if (rc) return rc;
+    finch_dptr loss_sum = m->loss_buf, count = finch_dptr_at(m->loss_buf, 4);
+    if ((rc = api->fill(m->be->dev, m->be->stream, loss_sum, FINCH_DTYPE_F32, 2, 0.0f)))
+        return finch_device_error(m->be, rc, "clearing the loss");
+    if (!want_logits) {
+        /* Fused head and cross-entropy: the logits never exist in full. */
+        finch_linear_cross_entropy_desc d;
+        memset(&d, 0, sizeof d);
+        d.n_tokens = s->n_tokens;
+        d.dim = c->hidden;
+        d.vocab = c->vocab;
+        int64_t chunk = ((int64_t)32 << 20) / (c->vocab * 4);
+        d.chunk_tokens = chunk < 1 ? 1 : chunk > s->n_tokens ? s->n_tokens : chunk;
+        d.act_type = hn.dtype;
+        d.hidden = hn.data;
+        d.ldh = hn.ld;
+        d.w.dtype = m->lm_head->dtype;
+        d.w.data = m->lm_head->data;
+        d.labels = s->labels;
+        d.softcap = c->final_softcap;
+        d.loss_sum = loss_sum;
+        d.count = count;
+        if (backward) {
+            d.grad_scale = grad_scale;
+            if ((rc = finch_grad_target(g, &hn, &d.dhidden, &d.dhidden_accumulate))) return rc;
+            d.lddh = hn.ld;
+            d.dw = m->lm_head->grad;
+        }
+        if ((rc = api->linear_cross_entropy(m->be->dev, m->be->stream, &d)))
+            return finch_device_error(m->be, rc, "lm head and cross-entropy");
+        if (backward) finch_grad_written(g, &hn);
+        return FINCH_OK;
+    }
+    finch_tensor logits;
+    if ((rc = finch_op_logits(g, &hn, m->lm_head, &logits))) return rc;
+    finch_cross_entropy_desc d;
+    memset(&d, 0, sizeof d);
+    d.n_tokens = s->n_tokens;
+    d.vocab = c->vocab;
+    d.dtype = FINCH_DTYPE_F32;
+    d.logits = logits.data;
+    d.ld = logits.ld;
+    d.labels = s->labels;
+    d.softcap = c->final_softcap;
+    d.loss_sum = loss_sum;
+    d.count = count;
+    int acc = 0;
+    if (backward) {
+        d.grad_scale = grad_scale;
+        if ((rc = finch_grad_target(g, &logits, &d.dlogits, &acc))) return rc;
+        d.lddlogits = logits.ld;
+    }
+    if ((rc = api->cross_entropy(m->be->dev, m->be->stream, &d))) return finch_device_error(m->be, rc, "cross-entropy");
+    if (backward) finch_grad_written(g, &logits);
+    m->logits = logits.data;
+    m->logits_count = s->n_tokens * c->vocab;
+    if (c->final_softcap > 0) {
+        /* The logits a caller sees are capped, as Hugging Face returns them. */
+        finch_dptr capped;
+        if ((rc = finch_arena_alloc(&m->arena, (size_t)m->logits_count * 4, &capped))) return rc;
+        if ((rc = api->activation_forward(m->be->dev, m->be->stream, FINCH_ACT_SOFTCAP, c->final_softcap, m->logits_count,
+                                          FINCH_DTYPE_F32, logits.data, capped)))
+            return finch_device_error(m->be, rc, "final logit softcap");
+        m->logits = capped;
+    }
+    return FINCH_OK;
+}
+
+/* ---- the step -------------------------------------------------------------------------------- */
+
+int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_options *opts, int do_backward,
+                     finch_step_result *out)
+{
+    if (!m || !b || !out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "NULL argument");
+    if (b->batch <= 0 || b->seq_len <= 0 || !b->input_ids)
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "batch: batch (%lld) and seq_len (%lld) must be positive and input_ids set",
+                           (long long)b->batch, (long long)b->seq_len);
+    if (b->batch * b->seq_len > INT32_MAX / 4)
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "batch: %lld tokens is too many", (long long)(b->batch * b->seq_len));
+    memset(out, 0, sizeof *out);
+    const finch_model_config *c = &m->cfg;
+    finch_graph *g = &m->graph;
+    const finch_plugin_api *api = m->be->api;
+    int want_logits = opts && opts->want_logits;
+    m->logits = finch_dptr_none();
+    m->logits_count = 0;
+    m->step++;
+
+    int rc = finch_arena_begin(&m->arena);
+    if (rc) return rc;
+    finch_graph_clear(g);
+    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, 0};
+    int64_t count = 0;
+    if ((rc = upload_batch(&s, b, &count))) return rc;
+    float grad_scale = opts && opts->grad_scale != 0 ? opts->grad_scale : count ? 1.0f / (float)count : 0.0f;
+    int ckpt = do_backward && m->gradient_checkpointing;
+    int64_t L = c->n_layers, n = s.n_tokens, H = c->hidden;
+
+    g->want_grad = do_backward;
+    g->recording = do_backward;
+    finch_dptr gbuf[2] = {{0}, {0}};
+    if (do_backward) {
+        for (int i = 0; i < 2; i++)
+            if ((rc = finch_arena_alloc(&m->arena, (size_t)(n * H) * finch_dtype_size(m->dtype), &gbuf[i]))) return rc;
+    }
+
+    /* x[0] .. x[L]: the residual stream between layers. */
+    finch_tensor *x = m->stream;
+    int *seg = m->segments;
+    float escale = c->scale_embeddings ? round_to(m->dtype, (float)sqrt((double)H)) : 1.0f;
+    rc = finch_op_embedding(g, s.ids, n, &m->embed, m->dtype, escale, &x[0]);
+    seg[0] = g->n_tape;
+    for (int64_t l = 0; !rc && l < L; l++) {
+        int req = do_backward && (x[l].node >= 0 || layer_trainable(&m->layers[l]));
+        rc = finch_graph_tensor(g, m->dtype, n, H, req, &x[l + 1]);
+        if (!rc && req && x[l + 1].node < 0) rc = finch_graph_bind_grad(g, &x[l + 1], finch_dptr_none());
+    }
+    for (int64_t l = 0; !rc && l < L; l++) {
+        if (ckpt) {
+            /* Keep only the layer's output; its internals are recomputed in backward. */
+            finch_arena_mark am = finch_arena_get_mark(&m->arena);
+            g->recording = 0;
+            g->want_grad = 0;
+            rc = layer_forward(&s, l, &x[l], &x[l + 1]);
+            finch_arena_reset(&m->arena, am);
+        } else {
+            rc = layer_forward(&s, l, &x[l], &x[l + 1]);
+        }
+        seg[l + 1] = g->n_tape;
+    }
+    g->recording = do_backward;
+    g->want_grad = do_backward;
+    if (!rc) rc = head_and_loss(&s, &x[L], want_logits, do_backward, grad_scale);
+
+    if (!rc && do_backward) {
+        if (x[L].node >= 0) finch_graph_rebind_grad(g, &x[L], gbuf[L % 2]);
+        rc = finch_graph_backward(g, seg[L]);
+        for (int64_t l = L - 1; !rc && l >= 0; l--) {
+            if (x[l].node >= 0) finch_graph_rebind_grad(g, &x[l], gbuf[l % 2]);
+            finch_arena_mark am = finch_arena_get_mark(&m->arena);
+            if (ckpt) {
+                finch_graph_mark gm = finch_graph_get_mark(g);
+                rc = layer_forward(&s, l, &x[l], &x[l + 1]);
+                if (!rc) rc = finch_graph_backward(g, gm.n_tape);
+                finch_graph_reset(g, gm);
+            } else {
+                g->n_tape = seg[l + 1];
+                rc = finch_graph_backward(g, seg[l]);
+            }
+            finch_arena_reset(&m->arena, am);
+        }
+        if (!rc) {
+            g->n_tape = seg[0];
+            rc = finch_graph_backward(g, 0);
+        }
+    }
+    if (rc) return rc;
+
+    float sums[2];
+    if (api->read(m->be->dev, m->be->stream, m->loss_buf, sums, sizeof sums))
+        return finch_device_error(m->be, FINCH_ERR_DEVICE, "reading the loss");
+    out->loss_sum = sums[0];
+    out->token_count = count;
+    out->loss = count ? sums[0] / (double)count : 0.0;
+    return FINCH_OK;
+}

@@ -1,0 +1,56 @@
+/* Ops: thin wrappers over the plugin entries. Each allocates its output from the arena, runs the
+ * plugin's forward and, while the graph records, appends its one backward to the tape. An output
+ * gets a gradient node when an input has one or the op owns a trainable parameter. */
+#ifndef FINCH_CORE_OPS_H
+#define FINCH_CORE_OPS_H
+
+#include "core/autograd.h"
+
+/* A linear layer as the op sees it: y = x W^T + bias + scale (drop(x) A^T) B^T. */
+typedef struct finch_linear_params {
+    int64_t in_features, out_features;
+    finch_weight w;
+    finch_dptr dw;                /* f32 gradient of W (full fine-tuning) or absent */
+    finch_dtype param_type;       /* storage of bias, lora_a, lora_b */
+    finch_dptr bias, dbias;
+    int64_t rank;                 /* 0: no adapter */
+    finch_dptr lora_a, lora_b, da, db;
+    float scale, dropout;
+    uint64_t dropout_seed;
+} finch_linear_params;
+
+typedef struct finch_rope_params {
+    int64_t n_heads, head_dim, rot_dim;
+    finch_dptr positions;         /* i32 [n_sections, n_tokens] */
+    finch_dptr inv_freq;          /* f32 [rot_dim / 2] */
+    float attn_factor;
+} finch_rope_params;
+
+typedef struct finch_attention_params {
+    int64_t n_seqs, max_seqlen;
+    finch_dptr cu_seqlens;
+    int64_t n_heads, n_kv_heads, head_dim;
+    float scale, softcap;
+    int64_t window;
+} finch_attention_params;
+
+int finch_op_embedding(finch_graph *g, finch_dptr ids, int64_t n_tokens, const finch_param *table, finch_dtype out_type,
+                       float scale, finch_tensor *y);
+/* RMSNorm over the rows of a contiguous x; weight_offset 1 is Gemma's (1 + w). */
+int finch_op_rmsnorm(finch_graph *g, const finch_tensor *x, const finch_param *w, float weight_offset, float eps,
+                     finch_tensor *y);
+int finch_op_layernorm(finch_graph *g, const finch_tensor *x, const finch_param *w, const finch_param *b, float eps,
+                       finch_tensor *y);
+int finch_op_linear(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y);
+/* Rotates x in place (x may be a column view). Only valid when nothing else reads the unrotated x. */
+int finch_op_rope(finch_graph *g, const finch_tensor *x, const finch_rope_params *p);
+int finch_op_attention(finch_graph *g, const finch_tensor *q, const finch_tensor *k, const finch_tensor *v,
+                       const finch_attention_params *p, finch_tensor *y);
+int finch_op_glu(finch_graph *g, finch_activation act, const finch_tensor *gate, const finch_tensor *up, finch_tensor *y);
+int finch_op_activation(finch_graph *g, finch_activation act, float param, const finch_tensor *x, finch_tensor *y);
+/* y = a + b; when dst is not NULL the sum is written into it (it keeps its node). */
+int finch_op_add(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y);
+/* f32 logits [rows, vocab] = h W^T; dw: f32 gradient of W or absent. */
+int finch_op_logits(finch_graph *g, const finch_tensor *h, const finch_param *w, finch_tensor *logits);
+
+#endif
