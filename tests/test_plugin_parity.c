@@ -12,6 +12,7 @@
 
 #include <dlfcn.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +122,8 @@ static void decode(finch_dtype t, const void *raw, size_t n, float *x)
             int32_t v;
             memcpy(&v, (const char *)raw + 4 * i, 4);
             x[i] = (float)v;
+        } else if (t == FINCH_DTYPE_U8) {
+            x[i] = (float)((const unsigned char *)raw)[i];
         } else {
             uint16_t h;
             memcpy(&h, (const char *)raw + 2 * i, 2);
@@ -963,6 +966,72 @@ static void test_adamw(void)
     }
 }
 
+/* ABI 1.1, optional: compared when the plugin has it. */
+static void test_adamw8bit(void)
+{
+    const finch_plugin_api *api = sides[1].api;
+    size_t end = offsetof(finch_plugin_api, adamw8bit_step) + sizeof api->adamw8bit_step;
+    if (api->struct_size < end || !api->adamw8bit_step) {
+        printf("%-30s %-52s %s\n", "adamw8bit_step", "absent (optional since ABI 1.1)", "skipped");
+        return;
+    }
+    float m_map[256], v_map[256];
+    for (int k = 0; k < 256; k++) {
+        float u = ((float)k - 127.5f) / 127.5f;
+        m_map[k] = u * u * u;
+        v_map[k] = ((float)k / 255.0f) * ((float)k / 255.0f);
+    }
+    for (int ci = 0; ci < 2; ci++) {
+        int64_t n = 1000, bs = 256, nb = (n + bs - 1) / bs;
+        finch_dtype pt = ci ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
+        unsigned char *codes = malloc((size_t)(2 * n));
+        float *r = malloc((size_t)(2 * n) * sizeof(float));
+        testing_fill_random(r, (size_t)(2 * n), seed_counter++);
+        for (int64_t i = 0; i < 2 * n; i++) codes[i] = (unsigned char)((r[i] + 1.0f) * 127.99f);
+        tensor mc = from_bytes(codes, (size_t)n), vc = from_bytes(codes + n, (size_t)n);
+        tensor ma = positive_tensor(FINCH_DTYPE_F32, (size_t)nb, 0.1f), va = positive_tensor(FINCH_DTYPE_F32, (size_t)nb, 0.01f);
+        tensor mm = from_floats(FINCH_DTYPE_F32, m_map, 256), vm = from_floats(FINCH_DTYPE_F32, v_map, 256);
+        tensor master = ci ? random_tensor(FINCH_DTYPE_F32, (size_t)n, 1.0f) : absent;
+        tensor param = random_tensor(pt, (size_t)n, 1.0f), grad = random_tensor(FINCH_DTYPE_F32, (size_t)n, 1.0f);
+        finch_adamw8bit_desc d[2];
+        for (int step = 1; step <= 2; step++) {
+            for (int s = 0; s < 2; s++) {
+                memset(&d[s], 0, sizeof d[s]);
+                d[s].n = n;
+                d[s].blocksize = bs;
+                d[s].param_type = pt;
+                d[s].param = D(param, s);
+                d[s].master = D(master, s);
+                d[s].grad = D(grad, s);
+                d[s].m_codes = D(mc, s);
+                d[s].v_codes = D(vc, s);
+                d[s].m_absmax = D(ma, s);
+                d[s].v_absmax = D(va, s);
+                d[s].m_map = D(mm, s);
+                d[s].v_map = D(vm, s);
+                d[s].lr = 1e-2f;
+                d[s].beta1 = 0.9f;
+                d[s].beta2 = 0.999f;
+                d[s].eps = 1e-8f;
+                d[s].weight_decay = 0.01f;
+                d[s].grad_scale = 0.5f;
+                d[s].bias_correction1 = 1.0f - powf(0.9f, (float)step);
+                d[s].bias_correction2 = 1.0f - powf(0.999f, (float)step);
+            }
+            BOTH("adamw8bit_step", sd->api->adamw8bit_step(sd->dev, NULL, &d[s]));
+        }
+        const char *what = ci ? "bf16 param, f32 master, 2 steps" : "f32 param, 2 steps";
+        compare("adamw8bit_step param", what, ci ? master : param, 1e-5);
+        compare("adamw8bit_step m codes", what, mc, 1e-2);
+        compare("adamw8bit_step v codes", what, vc, 1e-2);
+        compare("adamw8bit_step m absmax", what, ma, 1e-5);
+        compare("adamw8bit_step v absmax", what, va, 1e-5);
+        free(codes);
+        free(r);
+        release_all();
+    }
+}
+
 /* ---- optional timings (FINCH_PARITY_BENCH=1): training-sized calls on the plugin alone ------------ */
 static finch_dptr bench_buffer(finch_dtype t, size_t n, float scale)
 {
@@ -1241,6 +1310,7 @@ int main(void)
     run("cross_entropy", test_cross_entropy);
     run("linear_cross_entropy", test_linear_cross_entropy);
     run("adamw", test_adamw);
+    run("adamw8bit", test_adamw8bit);
     const char *b = getenv("FINCH_PARITY_BENCH");
     if (b && *b && *b != '0') run("benchmarks", benchmarks);
 

@@ -382,6 +382,7 @@ static const finch_plugin_api plugin_api = {
     plugin_embedding_forward, plugin_embedding_backward,
     plugin_cross_entropy, plugin_linear_cross_entropy,
     plugin_adamw_step,
+    NULL, /* adamw8bit_step (ABI 1.1, optional): absent; the trainer then asks for --optimizer adamw */
 };
 
 extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)
