@@ -115,6 +115,7 @@ static int gemm_tiled(gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu
     return FINCH_OK;
 }
 
+#if FINCH_GPU_BLASLT
 /* ---- cuBLASLt ----------------------------------------------------------------------------- */
 static gpuDataType lt_type(finch_dtype t)
 {
@@ -132,6 +133,7 @@ static int lt_takes(const gpu_operand *a, const gpu_operand *b, finch_dtype c_ty
     return 1;
 }
 
+#if FINCH_GPU_CUDA
 /* The alignment in bytes (up to 256) that every batch's pointer of an operand keeps. */
 static uint32_t lt_alignment(const void *p, int64_t stride, size_t elem, int64_t batch)
 {
@@ -139,6 +141,7 @@ static uint32_t lt_alignment(const void *p, int64_t stride, size_t elem, int64_t
     if (batch > 1) bits |= (uint64_t)stride * elem;
     return (uint32_t)(bits & (~bits + 1)); /* lowest set bit */
 }
+#endif
 
 /* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLASLt gets B as its first
  * operand and A as its second, each stored matrix read as its column-major transpose. */
@@ -266,6 +269,8 @@ static int gemm_nf4_chunked(finch_plugin_device *dev, gpuStream_t st, int64_t m,
     return rc;
 }
 
+#endif /* FINCH_GPU_BLASLT */
+
 int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
              const gpu_operand *b, finch_dtype c_type, void *c, int64_t ldc, int64_t stride_c, int64_t batch,
              float alpha, float beta)
@@ -278,6 +283,7 @@ int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int
         zero.ptr = c; /* never read: k == 0 leaves the accumulators at zero */
         return gemm_tiled(st, m, n, 0, &zero, &zero, c_type, c, ldc, stride_c, batch, 0.0f, beta);
     }
+#if FINCH_GPU_BLASLT
     if (b->dtype == FINCH_DTYPE_NF4 && a->dtype != FINCH_DTYPE_NF4 && batch == 1 && m >= NF4_LT_MIN_ROWS)
         return gemm_nf4_chunked(dev, st, m, n, k, a, b, c_type, c, ldc, alpha, beta);
     if (lt_takes(a, b, c_type, m, n, k, ldc, batch)) {
@@ -285,6 +291,7 @@ int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int
         GPU_TRY(gemm_lt(dev, st, m, n, k, a, b, c_type, c, ldc, stride_c, batch, alpha, beta, &done));
         if (done) return FINCH_OK;
     }
+#endif
     return gemm_tiled(st, m, n, k, a, b, c_type, c, ldc, stride_c, batch, alpha, beta);
 }
 
