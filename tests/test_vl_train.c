@@ -2,14 +2,18 @@
  * written by this test next to it, paths relative to the file) loaded with the image tokens expanded
  * and masked; the trainer decodes the images in its background thread and the loss falls; the same
  * run twice gives the same losses bit for bit; evaluation with images; the errors (missing image,
- * packing, a text model, an image past max_seq_length); and `finch train` on the same data.
+ * packing, a text model, an image past max_seq_length); `finch train` on the same data; and
+ * `finch chat --image` against the library's generation with the image.
  * Model: the qwen2_5_vl golden with a small tokenizer that puts the vision tokens at the config's ids. */
 #include "finch/finch.h"
+#include "finch/generate.h"
 #include "finch/multimodal.h"
 #include "finch/train.h"
 #include "tests/image_encode.h"
 #include "tests/testing.h"
 #include "tests/tiny_tokenizer.h"
+
+#include <cjson/cJSON.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -306,6 +310,92 @@ static void check_cli(void)
     printf("  %-48s loss %.4f -> %.4f\n", "finch train --data multimodal.jsonl", first, last);
 }
 
+/* `finch chat --image imgs/red.png`, two turns: the replies finch_generate gives for each turn's
+ * whole conversation, the image's tokens in the first user message. */
+static void check_chat(void)
+{
+    const char *bin = getenv("FINCH_BIN_DIR");
+    finch_runtime_options ro = {"cpu", NULL, 1};
+    finch_runtime *rt = NULL;
+    finch_model *m = NULL;
+    finch_tokenizer *tok = NULL;
+    finch_chat_template *tpl = NULL;
+    finch_image img;
+    finch_image_patches px;
+    finch_qwen2vl_image_config ic;
+    char image[1300], pp[1300], adapter[1300];
+    snprintf(image, sizeof image, "%s/imgs/red.png", work);
+    snprintf(adapter, sizeof adapter, "%s/out", work);   /* trained by check_cli */
+    snprintf(pp, sizeof pp, "%s/preprocessor_config.json", model_dir);
+    memset(&px, 0, sizeof px);
+    if (!ok(finch_runtime_open_ex(&ro, &rt), "runtime") || !(m = load_model(rt, 0)) || !ok(finch_lora_load(m, adapter), "adapter") || !ok(finch_tokenizer_load(model_dir, &tok), "tokenizer") ||
+        !ok(finch_chat_template_from_tokenizer(tok, &tpl), "template") || !ok(finch_qwen2vl_image_config_load(pp, &ic), "preprocessor") ||
+        !ok(finch_image_load(image, NULL, &img), "image") || !ok(finch_image_preprocess_qwen2vl(&img, &ic, &px), "preprocess"))
+        goto done;
+    finch_image_free(&img);
+    const char *turns[2] = {FINCH_QWEN2VL_IMAGE_TEXT "colour?", "again?"};
+    char want[4096] = "";
+    cJSON *msgs = cJSON_CreateArray();
+    finch_generate_options o = finch_generate_options_default();
+    o.sampling.greedy = 1;
+    o.max_new_tokens = 6;
+    o.use_model_eos = 0;
+    o.tokenizer = tok;
+    o.pixel_values = px.pixel_values;
+    o.image_grid_thw = px.grid_thw;
+    o.n_images = 1;
+    o.n_patches = px.num_patches;
+    for (int t = 0; t < 2; t++) {
+        cJSON *u = cJSON_CreateObject();
+        cJSON_AddStringToObject(u, "role", "user");
+        cJSON_AddStringToObject(u, "content", turns[t]);
+        cJSON_AddItemToArray(msgs, u);
+        char *json = cJSON_PrintUnformatted(msgs), *text = NULL;
+        finch_chat_options co = finch_chat_options_for(tok);
+        co.add_generation_prompt = 1;
+        finch_example ex;
+        memset(&ex, 0, sizeof ex);
+        int64_t count = px.grid_thw[1] * px.grid_thw[2] / 4;
+        finch_generation g;
+        int good = ok(finch_chat_template_render(tpl, json, &co, &text), "render") &&
+                   ok(finch_tokenizer_encode(tok, text, strlen(text), 0, &ex.ids), "encode") &&
+                   ok(finch_tokenizer_encode(tok, text, strlen(text), 0, &ex.labels), "encode") &&
+                   ok(finch_example_expand_image_tokens(&ex, 300, &count, 1), "expand");
+        const int32_t *ip = ex.ids.ids;
+        int64_t il = (int64_t)ex.ids.len;
+        if (good && ok(finch_generate(m, 1, &ip, &il, &o, &g), "generate with the image")) {
+            strncat(want, g.text, sizeof want - strlen(want) - 2);
+            strcat(want, "\n");
+            cJSON *a = cJSON_CreateObject();
+            cJSON_AddStringToObject(a, "role", "assistant");
+            cJSON_AddStringToObject(a, "content", g.text);
+            cJSON_AddItemToArray(msgs, a);
+            finch_generation_free(&g);
+        }
+        free(json);
+        finch_data_free(text);
+        finch_example_free(&ex);
+    }
+    cJSON_Delete(msgs);
+    char cmd[6000], out[4096] = "";
+    snprintf(cmd, sizeof cmd, "printf 'colour?\\nagain?\\n/quit\\n' | '%s/finch' chat --backend cpu --model '%s' --adapter '%s' "
+             "--image '%s' --greedy --max-new-tokens 6 --ignore-eos 2>/dev/null", bin && *bin ? bin : "bin", model_dir, adapter, image);
+    FILE *p = popen(cmd, "r");
+    size_t n = p ? fread(out, 1, sizeof out - 1, p) : 0;
+    out[n] = 0;
+    int status = p ? pclose(p) : -1;
+    int same = status == 0 && !strcmp(out, want);
+    CHECK(same, "finch chat --image (status %d) wrote\n'%s'\nexpected\n'%s'", status, out, want);
+    for (char *c = want; *c; c++) *c = *c == '\n' ? '|' : *c;
+    printf("  %-48s %s: %s\n", "finch chat --image (two turns)", same ? "as finch_generate" : "DIFFERS", want);
+done:
+    finch_image_patches_free(&px);
+    finch_chat_template_free(tpl);
+    finch_tokenizer_free(tok);
+    finch_model_free(m);
+    finch_runtime_close(rt);
+}
+
 int main(void)
 {
     snprintf(work, sizeof work, "%s/vl_train", testing_tmp_dir());
@@ -332,6 +422,7 @@ int main(void)
     check_training(rt, d);
     check_errors(rt, d);
     check_cli();
+    check_chat();
     finch_train_data_free(d);
     finch_runtime_close(rt);
     return testing_finish();
