@@ -22,6 +22,7 @@ struct finch_session {
      * positions by less than their token count), and image_end is its length after its last image
      * token (a cache cut below it is dropped whole). */
     int64_t *rope_delta, *image_end, *pending_delta;
+    int registered;                /* an owner of the model (model_move.c drops the cache on a move) */
 };
 
 /* finch_session_append with images for the new tokens (a vision-language model): their pixel values

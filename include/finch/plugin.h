@@ -391,8 +391,14 @@ typedef struct finch_plugin_api {
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);
 
 /* The LoRA-dropout mask, shared by every backend so that they agree bit for bit:
- * element `index` is kept when the top 24 bits of splitmix64(seed + index) / 2^24 >= p. */
-static inline int finch_dropout_keep(uint64_t seed, uint64_t index, float p)
+ * element `index` is kept when the top 24 bits of splitmix64(seed + index) / 2^24 >= p.
+ * CUDA/HIP kernels call this same function on the device. */
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FINCH_HOST_DEVICE __host__ __device__
+#else
+#define FINCH_HOST_DEVICE
+#endif
+static inline FINCH_HOST_DEVICE int finch_dropout_keep(uint64_t seed, uint64_t index, float p)
 {
     uint64_t z = seed + index * 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;

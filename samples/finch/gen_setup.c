@@ -9,6 +9,7 @@
 const char gen_setup_usage[] =
     "  --model DIR             Hugging Face model folder (config.json, safetensors, tokenizer.json)\n"
     "  --adapter DIR           a PEFT LoRA adapter, applied unmerged\n"
+    "  --4bit                  quantise the decoder's linear weights to NF4 on load (QLoRA weights)\n"
     "  --backend NAME          auto (default), cpu, cuda, cuda:1, opencl:0, ...\n"
     "  --dtype f32|bf16        compute type (default: bf16 on a GPU, f32 on the CPU)\n"
     "  --template NAME         a built-in chat template instead of the tokenizer's\n"
@@ -48,6 +49,10 @@ int gen_setup_option(gen_setup *g, int argc, char **argv, int *i)
     finch_sampling *s = &g->opts.sampling;
     if (!strcmp(a, "--greedy")) {
         s->greedy = 1;
+        return 1;
+    }
+    if (!strcmp(a, "--4bit") || !strcmp(a, "--load-in-4bit")) {
+        g->load_in_4bit = 1;
         return 1;
     }
     if (!strcmp(a, "--ignore-eos")) {
@@ -116,6 +121,7 @@ int gen_setup_open(gen_setup *g, int want_template)
     finch_device_report dev;
     if (g->dtype) lo.compute_dtype = !strcmp(g->dtype, "bf16") ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
     else if (finch_runtime_active(g->rt, &dev) == FINCH_OK && dev.kind != 0) lo.compute_dtype = FINCH_DTYPE_BF16;
+    lo.load_in_4bit = g->load_in_4bit;
     if (finch_model_load(g->rt, g->model, &lo, &g->m)) return fail(g, "loading the model");
     if (g->adapter && finch_lora_load(g->m, g->adapter)) return fail(g, "loading the adapter");
     if (finch_tokenizer_load(g->model, &g->tok)) return fail(g, "loading the tokenizer");

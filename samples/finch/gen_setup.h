@@ -14,6 +14,7 @@ typedef struct gen_setup {
     const char *model, *adapter, *backend, *dtype, *template_name, *system;
     const char *stop[GEN_MAX_STOP];
     int n_stop;
+    int load_in_4bit;                      /* --4bit */
     finch_generate_options opts;
     finch_runtime *rt;
     finch_model *m;
