@@ -7,6 +7,7 @@
  * character (the decoder shows it as U+FFFD until its last byte arrives). */
 #include "core/error.h"
 #include "core/session.h"
+#include "core/vision_tower.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -279,6 +280,12 @@ static int prefill(finch_session *s, int n, const int32_t *const *prompts, const
         int64_t keep = 0;
         while (keep < lens[i] - 1 && (size_t)keep < h->len && h->ids[keep] == prompts[i][keep]) keep++;
         finch_session_truncate(s, i, keep);
+        /* Image tokens past what the cache holds need their images. */
+        const finch_vision *v = s->m->vision;
+        for (int64_t t = s->cache.len[i]; v && t < lens[i]; t++)
+            if (prompts[i][t] == v->cfg.image_token_id)
+                return finch_error(FINCH_ERR_INVALID_ARGUMENT, "generate: prompt %d has image tokens (at %lld) but no images were given "
+                                   "(finch_generate_options.pixel_values)", i, (long long)t);
     }
     for (;;) {
         int k = 0;

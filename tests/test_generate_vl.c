@@ -3,7 +3,7 @@
  * after each greedy token equal finch_forward's (multimodal RoPE positions, decode positions
  * continuing after the largest one); finch_generate's greedy tokens are the no-cache argmax; two
  * prompts with an image each in one batch give what each gives alone; and the errors for images
- * that do not match the prompts' image tokens. */
+ * that do not match the prompts' image tokens, and for image tokens without images. */
 #include "core/safetensors.h"
 #include "core/session.h"
 #include "finch/finch.h"
@@ -150,6 +150,15 @@ int main(void)
         o.n_patches = 2 * n_patches;
         rc = finch_session_generate(s, 1, prompts, lens, &o, g2);
         CHECK(rc == FINCH_ERR_INVALID_ARGUMENT, "a grid that does not match the image block: %s (%s)", finch_status_name(rc), finch_last_error());
+        /* A prompt with image tokens and no images. */
+        o.n_images = 0;
+        o.pixel_values = NULL;
+        o.image_grid_thw = NULL;
+        o.n_patches = 0;
+        finch_session_reset(s);
+        rc = finch_session_generate(s, 1, prompts, lens, &o, g2);
+        CHECK(rc == FINCH_ERR_INVALID_ARGUMENT && strstr(finch_last_error(), "no images"), "image tokens without images: %s (%s)",
+              finch_status_name(rc), finch_last_error());
         free(two);
     }
     finch_session_free(s);

@@ -1,9 +1,10 @@
 /* Vision-language fine-tuning on the CPU: a multimodal ChatML JSONL (text and image parts, images
  * written by this test next to it, paths relative to the file) loaded with the image tokens expanded
  * and masked; the trainer decodes the images in its background thread and the loss falls; the same
- * run twice gives the same losses bit for bit; evaluation with images; the errors (missing image,
- * packing, a text model, an image past max_seq_length); `finch train` on the same data; and
- * `finch chat --image` against the library's generation with the image.
+ * run twice gives the same losses bit for bit, and so does a run resumed from a checkpoint;
+ * evaluation with images; LoRA on the tower; QLoRA; the errors (missing image, packing, a text
+ * model, an image past max_seq_length); `finch train` on the same data; and `finch chat --image`
+ * against the library's generation with the image.
  * Model: the qwen2_5_vl golden with a small tokenizer that puts the vision tokens at the config's ids. */
 #include "finch/finch.h"
 #include "finch/generate.h"
@@ -206,6 +207,23 @@ static void check_training(finch_runtime *rt, const finch_train_data *d)
     printf("  %-48s loss %.4f -> %.4f in %d steps\n", "trainer on images (background decoding)", first, last, STEPS);
     /* The background thread's timing never changes what a step sees. */
     if (train(rt, d, c, 0, b, NULL)) CHECK(!memcmp(a, b, sizeof a), "two identical runs gave different losses");
+    /* A resumed run goes on with the same images: step 6 after a checkpoint at step 5 is step 6. */
+    {
+        char ck[1300];
+        snprintf(ck, sizeof ck, "%s/resume-ckpt", work);
+        finch_model *m = load_model(rt, 0), *m2 = load_model(rt, 0);
+        finch_trainer *t = NULL, *t2 = NULL;
+        finch_train_progress p;
+        int good = m && m2 && ok(finch_trainer_open(m, &c, d, &t), "finch_trainer_open");
+        for (int s = 0; good && s < 5; s++) good = ok(finch_trainer_step(t, &p), "finch_trainer_step");
+        good = good && ok(finch_trainer_save(t, ck), "finch_trainer_save") && ok(finch_trainer_open(m2, &c, d, &t2), "finch_trainer_open") &&
+               ok(finch_trainer_resume(t2, ck), "finch_trainer_resume") && ok(finch_trainer_step(t2, &p), "resumed step");
+        if (good) CHECK(p.loss == a[5], "resumed step 6: loss %.9g, uninterrupted %.9g", p.loss, a[5]);
+        finch_trainer_close(t);
+        finch_trainer_close(t2);
+        finch_model_free(m);
+        finch_model_free(m2);
+    }
     /* Vision LoRA too, and an eval split whose examples have images. */
     c.lora.target_modules = "all-linear,vision-blocks,vision-merger";
     c.eval_split = 0.34;
