@@ -13,6 +13,17 @@
 #define API (s->m->be->api)
 #define DEV s->m->be->dev, s->m->be->stream
 
+/* A session as an owner of model state: when the model moves to another backend, the cache is
+ * dropped on the old device (every sequence forgotten) and grows again on the new one. */
+static void session_release(void *self)
+{
+    finch_session *s = self;
+    finch_kv_cache_drop(&s->cache);
+    finch_graph_clear(&s->graph);
+    finch_arena_free(&s->arena);
+    for (int i = 0; i < s->max_seqs; i++) s->held[i].len = 0;
+}
+
 finch_status finch_session_create(finch_model *m, int max_seqs, finch_session **out)
 {
     if (!m || !out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_session_create: NULL argument");
@@ -36,6 +47,12 @@ finch_status finch_session_create(finch_model *m, int max_seqs, finch_session **
     }
     finch_arena_init(&s->arena, m->be);
     finch_graph_init(&s->graph, m->be, &s->arena);
+    finch_model_owner owner = {s, NULL, NULL, session_release};
+    if ((rc = finch_model_add_owner(m, &owner))) {
+        finch_session_free(s);
+        return rc;
+    }
+    s->registered = 1;
     *out = s;
     return FINCH_OK;
 }
@@ -43,6 +60,7 @@ finch_status finch_session_create(finch_model *m, int max_seqs, finch_session **
 void finch_session_free(finch_session *s)
 {
     if (!s) return;
+    if (s->registered) finch_model_remove_owner(s->m, s);
     finch_kv_cache_free(&s->cache);
     finch_graph_free(&s->graph);
     finch_arena_free(&s->arena);

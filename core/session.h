@@ -18,6 +18,7 @@ struct finch_session {
     uint64_t weights_version;      /* the model's, when the cache was filled */
     int32_t *host;                 /* staging for token ids and positions */
     size_t host_cap;
+    int registered;                /* an owner of the model (model_move.c drops the cache on a move) */
 };
 
 #endif

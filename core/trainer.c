@@ -135,6 +135,17 @@ void finch_trainer_cancel(finch_trainer *t)
     if (t) t->cancel = 1;
 }
 
+static const char *last_good(const finch_trainer *t);
+
+finch_status finch_trainer_switch_backend(finch_trainer *t, const char *backend)
+{
+    if (!t || !backend) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_trainer_switch_backend: NULL argument");
+    /* The optimizer is an owner of the model's device state: it moves with the model. */
+    int rc = finch_model_move(t->m, backend);
+    if (rc) finch_error_prefix(rc, "switching backend after step %lld (last checkpoint: %s): ", (long long)t->step, last_good(t));
+    return rc;
+}
+
 int64_t finch_trainer_global_step(const finch_trainer *t) { return t ? t->step : 0; }
 int64_t finch_trainer_total_steps(const finch_trainer *t) { return t ? t->total_steps : 0; }
 
@@ -167,11 +178,24 @@ static const char *last_good(const finch_trainer *t)
     return t->last_checkpoint[0] ? t->last_checkpoint : "(none written yet)";
 }
 
+static int step_once(finch_trainer *t, finch_train_progress *out);
+
 finch_status finch_trainer_step(finch_trainer *t, finch_train_progress *out)
 {
     if (!t) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_trainer_step: NULL trainer");
     if (t->step >= t->total_steps)
         return finch_error(FINCH_ERR_STATE, "finch_trainer_step: all %lld steps are done", (long long)t->total_steps);
+    /* A step that fails (a device error, a cancel) leaves no trace: the model's pass counter, which
+     * seeds LoRA dropout, goes back too, so retrying the step (on this or another backend after
+     * finch_trainer_switch_backend) computes what it would have. */
+    uint64_t model_step = t->m->step;
+    int rc = step_once(t, out);
+    if (rc) t->m->step = model_step;
+    return rc;
+}
+
+static int step_once(finch_trainer *t, finch_train_progress *out)
+{
     if (t->run_start == 0) t->run_start = now_seconds();
     int A = t->cfg.gradient_accumulation_steps;
     int64_t epoch = t->epoch, row = t->row, targets = 0, tokens = 0;

@@ -211,8 +211,8 @@ static int upload_rope_table(finch_model *m, finch_vision *v)
      * patch row for the first quarter of the head and to its column for the second. */
     for (int64_t i = 0; i < quarter; i++)
         table[i] = table[i + quarter] = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / (double)half));
-    if (m->be->api->alloc(m->be->dev, (size_t)half * sizeof(float), &v->tables))
-        return finch_error(FINCH_ERR_OUT_OF_MEMORY, "cannot allocate the vision RoPE table: %s", m->be->api->last_error());
+    int rc = finch_devmem_alloc(&m->mem, (size_t)half * sizeof(float), "the vision RoPE table", &v->tables);
+    if (rc) return rc;
     v->rope_inv_freq = (finch_dptr){v->tables, 0};
     return finch_model_upload_f32(m, table, 1, half, NULL, FINCH_DTYPE_F32, v->rope_inv_freq);
 }
@@ -282,7 +282,7 @@ void finch_vision_free(finch_model *m)
     finch_param_release(m, &v->merger_norm);
     release_linear(m, &v->merger_fc1);
     release_linear(m, &v->merger_fc2);
-    if (v->tables) m->be->api->free(m->be->dev, v->tables);
+    finch_devmem_free(&m->mem, v->tables);
     finch_vision_config_free(&v->cfg);
     free(v->blocks);
     free(v->host);
@@ -290,6 +290,20 @@ void finch_vision_free(finch_model *m)
     free(v->runs);
     free(v);
     m->vision = NULL;
+}
+
+void finch_vision_visit_devrefs(finch_vision *v, finch_devref_fn fn, void *ctx)
+{
+    for (int64_t b = 0; v->blocks && b < v->cfg.depth; b++) {
+        fn(&v->blocks[b].norm1.data.buf, ctx);
+        fn(&v->blocks[b].norm1.grad.buf, ctx);
+        fn(&v->blocks[b].norm2.data.buf, ctx);
+        fn(&v->blocks[b].norm2.grad.buf, ctx);
+    }
+    fn(&v->merger_norm.data.buf, ctx);
+    fn(&v->merger_norm.grad.buf, ctx);
+    fn(&v->tables, ctx);
+    fn(&v->rope_inv_freq.buf, ctx);
 }
 
 /* ---- the layout of one step's images --------------------------------------------------------- */
