@@ -14,6 +14,7 @@ int finch_cmd_generate(int argc, char **argv);
 int finch_cmd_chat(int argc, char **argv);
 int finch_cmd_bench(int argc, char **argv);
 int finch_cmd_bench_decode(int argc, char **argv);
+int finch_cmd_bench_train(int argc, char **argv);
 int finch_cmd_export(int argc, char **argv);
 
 /* images.c: the image preprocessing settings of a vision-language model: preprocessor_config.json from
