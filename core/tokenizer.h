@@ -132,6 +132,8 @@ typedef struct tok_bpe {
     str_map vocab;               /* token -> id */
     tok_merge_slot *merges;      /* open addressing on pair = (left << 32 | right); rank < 0: empty */
     size_t merges_mask;
+    uint64_t *merge_bits;        /* a one-hash filter over the pairs that have a merge */
+    size_t merge_bits_mask;
     int32_t unk_id;              /* -1: no unk token */
     char *continuing_prefix, *end_suffix;
     int fuse_unk, byte_fallback, ignore_merges;

@@ -16,10 +16,20 @@ static size_t pair_slot(uint64_t pair, size_t mask)
     return (size_t)(pair ^ (pair >> 29)) & mask;
 }
 
+/* The bit of a pair in the merge filter: the high bits of the same mix, independent of the slot. */
+static size_t pair_bit(uint64_t pair, size_t mask)
+{
+    pair ^= pair >> 32;
+    pair *= 0x9E3779B97F4A7C15ull;
+    return (size_t)(pair >> 40) & mask;
+}
+
 static const tok_merge_slot *merge_find(const tok_bpe *m, int32_t a, int32_t b)
 {
     if (!m->merges) return NULL;
     uint64_t pair = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+    size_t bit = pair_bit(pair, m->merge_bits_mask);
+    if (!(m->merge_bits[bit / 64] >> (bit % 64) & 1)) return NULL; /* most pairs are no merge: no table miss */
     size_t j = pair_slot(pair, m->merges_mask);
     while (m->merges[j].rank >= 0) {
         if (m->merges[j].pair == pair) return &m->merges[j];
@@ -30,13 +40,17 @@ static const tok_merge_slot *merge_find(const tok_bpe *m, int32_t a, int32_t b)
 
 int tok_bpe_reserve_merges(tok_bpe *m, size_t n)
 {
-    size_t cap = 64;
+    size_t cap = 64, bits = 4096;
     while (cap < n * 2) cap *= 2;
+    while (bits < n * 16 && bits < ((size_t)1 << 24)) bits *= 2;
     free(m->merges);
+    free(m->merge_bits);
     m->merges = malloc(cap * sizeof *m->merges);
-    if (!m->merges) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "BPE merges");
+    m->merge_bits = calloc(bits / 64, sizeof *m->merge_bits);
+    if (!m->merges || !m->merge_bits) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "BPE merges");
     for (size_t i = 0; i < cap; i++) m->merges[i].rank = -1;
     m->merges_mask = cap - 1;
+    m->merge_bits_mask = bits - 1;
     return FINCH_OK;
 }
 
@@ -44,9 +58,10 @@ int tok_bpe_reserve_merges(tok_bpe *m, size_t n)
 void tok_bpe_add_merge(tok_bpe *m, int32_t a, int32_t b, int32_t rank, int32_t new_id)
 {
     uint64_t pair = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-    size_t j = pair_slot(pair, m->merges_mask);
+    size_t j = pair_slot(pair, m->merges_mask), bit = pair_bit(pair, m->merge_bits_mask);
     while (m->merges[j].rank >= 0 && m->merges[j].pair != pair) j = (j + 1) & m->merges_mask;
     m->merges[j] = (tok_merge_slot){pair, rank, new_id};
+    m->merge_bits[bit / 64] |= (uint64_t)1 << (bit % 64);
 }
 
 typedef struct symbol { int32_t id, prev, next, len; } symbol;
@@ -263,24 +278,6 @@ static int encode_word(const tok_bpe *m, const char *s, size_t n, finch_tokens *
     return rc;
 }
 
-/* encode_word through the cache. */
-static int encode_word_cached(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_t n, finch_tokens *out)
-{
-    if (!cache || n > TOK_CACHE_KEY) return encode_word(m, s, n, out);
-    uint64_t h = word_hash(s, n);
-    const tok_cache_slot *e = cache_find(cache, h, s, n);
-    if (e) {
-        if (tok_ids_reserve(out, e->n_ids)) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "BPE");
-        memcpy(out->ids + out->len, e->ids, e->n_ids * sizeof *e->ids);
-        out->len += e->n_ids;
-        return FINCH_OK;
-    }
-    size_t first = out->len;
-    int rc = encode_word(m, s, n, out);
-    if (rc == FINCH_OK) cache_store(cache, h, s, n, out->ids + first, out->len - first);
-    return rc;
-}
-
 static int pair_known(const tok_bpe *m, uint32_t a, uint32_t b)
 {
     uint64_t key = (((uint64_t)a << 32) | b) + 1;
@@ -311,17 +308,13 @@ static int32_t whole_piece_id(const tok_bpe *m, const char *s, size_t n)
 /* Pieces longer than this are cut into words where they can be (tok_bpe.pairs). */
 #define LONG_PIECE 32
 
-int tok_bpe_encode(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_t n, finch_tokens *out)
+static int encode_piece(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_t n, int whole, finch_tokens *out);
+
+/* Cuts a long piece between characters where no merge can join the symbols on both sides: characters
+ * that are one-character tokens and that no token holds side by side. BPE then runs on each side
+ * independently and applies the same merges in the same order. */
+static int encode_long(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_t n, finch_tokens *out)
 {
-    if (n == 0) return FINCH_OK;
-    if (m->ignore_merges) {
-        int32_t id = whole_piece_id(m, s, n);
-        if (id >= 0) return tok_ids_push(out, id) ? finch_error(FINCH_ERR_OUT_OF_MEMORY, "BPE") : FINCH_OK;
-    }
-    if (!m->pairs || n <= LONG_PIECE) return encode_word_cached(m, cache, s, n, out);
-    /* Between two characters that are one-character tokens and that no token holds side by side, no
-     * merge can ever join the symbols left and right of the cut: BPE runs on each side independently and
-     * applies the same merges in the same order. */
     size_t word = 0, pos = 0;
     uint32_t prev_cp = 0;
     int32_t prev_id = -1;
@@ -330,14 +323,44 @@ int tok_bpe_encode(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_
         uint32_t cp;
         int32_t id = next_char(m, s, &pos, &cp);
         if (start > word && prev_id >= 0 && id >= 0 && !pair_known(m, prev_cp, cp)) {
-            int rc = encode_word_cached(m, cache, s + word, start - word, out);
+            int rc = encode_piece(m, cache, s + word, start - word, 0, out);
             if (rc) return rc;
             word = start;
         }
         prev_cp = cp;
         prev_id = id;
     }
-    return encode_word_cached(m, cache, s + word, n - word, out);
+    return word ? encode_piece(m, cache, s + word, n - word, 0, out) : encode_word(m, s, n, out);
+}
+
+/* whole: s is a whole pre-tokenized piece (so ignore_merges applies), not a part of one. */
+static int encode_piece(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_t n, int whole, finch_tokens *out)
+{
+    uint64_t h = 0;
+    int cacheable = cache && n <= TOK_CACHE_KEY;
+    if (cacheable) {
+        h = word_hash(s, n);
+        const tok_cache_slot *e = cache_find(cache, h, s, n);
+        if (e) {
+            if (tok_ids_reserve(out, e->n_ids)) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "BPE");
+            memcpy(out->ids + out->len, e->ids, e->n_ids * sizeof *e->ids);
+            out->len += e->n_ids;
+            return FINCH_OK;
+        }
+    }
+    size_t first = out->len;
+    int32_t id = whole && m->ignore_merges ? whole_piece_id(m, s, n) : -1;
+    int rc;
+    if (id >= 0) rc = tok_ids_push(out, id) ? finch_error(FINCH_ERR_OUT_OF_MEMORY, "BPE") : FINCH_OK;
+    else if (m->pairs && n > LONG_PIECE) rc = encode_long(m, cache, s, n, out);
+    else rc = encode_word(m, s, n, out);
+    if (rc == FINCH_OK && cacheable) cache_store(cache, h, s, n, out->ids + first, out->len - first);
+    return rc;
+}
+
+int tok_bpe_encode(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_t n, finch_tokens *out)
+{
+    return n ? encode_piece(m, cache, s, n, 1, out) : FINCH_OK;
 }
 
 static void pair_add(tok_bpe *m, uint32_t a, uint32_t b)
@@ -394,6 +417,7 @@ void tok_bpe_free(tok_bpe *m)
 {
     str_map_free(&m->vocab);
     free(m->merges);
+    free(m->merge_bits);
     free(m->continuing_prefix);
     free(m->end_suffix);
     free(m->char_ids);
