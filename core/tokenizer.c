@@ -143,7 +143,7 @@ static int post_process(const tok_post *p, finch_tokens *out, size_t base)
     size_t n = out->len - base;
     int32_t *seq = malloc((n + 1) * sizeof *seq);
     if (!seq) return OOM;
-    memcpy(seq, out->ids + base, n * sizeof *seq);
+    if (n) memcpy(seq, out->ids + base, n * sizeof *seq);
     out->len = base;
     int rc = FINCH_OK;
     for (int i = 0; rc == FINCH_OK && i < p->n_items; i++) {

@@ -248,7 +248,7 @@ static void cache_store(tok_cache_slot *cache, uint64_t h, const char *s, size_t
     e->key_len = (uint8_t)n;
     e->n_ids = (uint8_t)cnt;
     memcpy(e->key, s, n);
-    memcpy(e->ids, ids, cnt * sizeof *ids);
+    if (cnt) memcpy(e->ids, ids, cnt * sizeof *ids);
 }
 
 /* ---- encoding ---- */
@@ -343,7 +343,7 @@ static int encode_piece(const tok_bpe *m, tok_cache_slot *cache, const char *s, 
         const tok_cache_slot *e = cache_find(cache, h, s, n);
         if (e) {
             if (tok_ids_reserve(out, e->n_ids)) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "BPE");
-            memcpy(out->ids + out->len, e->ids, e->n_ids * sizeof *e->ids);
+            if (e->n_ids) memcpy(out->ids + out->len, e->ids, e->n_ids * sizeof *e->ids);
             out->len += e->n_ids;
             return FINCH_OK;
         }
