@@ -417,7 +417,7 @@ static int parse_decoder(const load_ctx *c, const cJSON *o, const char *where, t
     if (!strcmp(t, "Fuse")) { d->type = DEC_FUSE; return FINCH_OK; }
     if (!strcmp(t, "Metaspace")) {
         d->type = DEC_METASPACE;
-        tok_prepend_scheme ps;
+        tok_prepend_scheme ps = PREPEND_ALWAYS;
         int rc = parse_replacement(c, o, where, d->replacement);
         if (!rc) rc = parse_prepend_scheme(c, o, where, &ps);
         d->prepend_first = ps != PREPEND_NEVER;
