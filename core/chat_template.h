@@ -14,4 +14,8 @@ struct finch_chat_template {
 /* Renders messages (a cJSON array owned by the caller). res->text and res->spans are malloc'd. */
 int chat_render_cjson(const finch_chat_template *t, const cJSON *messages, const finch_chat_options *opts, jinja_result *res);
 
+/* The Jinja source of a built-in template (NULL if there is none of that name), e.g. to write it into a
+ * tokenizer_config.json. */
+const char *chat_template_builtin_source(const char *name);
+
 #endif

@@ -1,5 +1,6 @@
 /* Built-in chat templates for models whose tokenizer_config.json has none. Each is the Jinja source of
  * the template the model family documents (system prompts folded in where the family has no system role). */
+#include "core/chat_template.h"
 #include "core/error.h"
 #include "finch/data.h"
 
@@ -172,4 +173,11 @@ finch_status finch_chat_template_builtin(const char *name, finch_chat_template *
         if (!strcmp(BUILTIN[i].name, name)) return finch_chat_template_parse(BUILTIN[i].source, BUILTIN[i].name, out);
     return finch_error(FINCH_ERR_INVALID_ARGUMENT,
                        "no built-in chat template named '%s' (chatml, llama-3, mistral, gemma, qwen2.5, phi-3, alpaca)", name);
+}
+
+const char *chat_template_builtin_source(const char *name)
+{
+    for (size_t i = 0; name && i < sizeof BUILTIN / sizeof BUILTIN[0]; i++)
+        if (!strcmp(BUILTIN[i].name, name)) return BUILTIN[i].source;
+    return NULL;
 }

@@ -51,6 +51,7 @@ const char *finch_status_name(finch_status s)
     case FINCH_ERR_ABI: return "plugin ABI mismatch";
     case FINCH_ERR_CANCELLED: return "cancelled";
     case FINCH_ERR_STATE: return "invalid state";
+    case FINCH_ERR_NUMERIC: return "non-finite value";
     }
     return "unknown status";
 }

@@ -2,6 +2,7 @@
  * factors, or every weight in full fine-tuning). */
 #include "core/error.h"
 #include "core/model.h"
+#include "core/model_vl.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -27,7 +28,7 @@ int finch_lora_module_targeted(const char *targets, const finch_linear_module *l
 {
     *hit = 0;
     if (!strcmp(targets, "all-linear")) {
-        *hit = 1;
+        *hit = !lin->vision; /* the language model; a vision tower only when named */
         return FINCH_OK;
     }
     for (const char *p = targets; *p;) {
@@ -54,7 +55,7 @@ static void add_trainable(finch_model *m, finch_param *p, const finch_linear_mod
 /* Rebuilds the trainable list from the model's mode and gives every entry a gradient buffer. */
 int finch_model_rebuild_trainables(finch_model *m)
 {
-    int cap = 8 + (int)m->cfg.n_layers * 32;
+    int cap = 8 + (int)m->cfg.n_layers * 32 + finch_vl_each_param(m, NULL);
     finch_trainable *t = realloc(m->trainables, (size_t)cap * sizeof *t);
     if (!t) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     m->trainables = t;
@@ -74,6 +75,7 @@ int finch_model_rebuild_trainables(finch_model *m)
         add_trainable(m, &m->final_norm, NULL, 0);
         add_trainable(m, &m->final_norm_b, NULL, 0);
         if (!m->tied) add_trainable(m, &m->lm_head_own, NULL, 0);
+        finch_vl_each_param(m, add_trainable);
     } else {
         for (int i = 0; i < m->n_linears; i++) {
             finch_linear_module *lin = m->linears[i];
@@ -98,9 +100,18 @@ void finch_lora_detach(finch_model *m)
         lin->rank = 0;
     }
     m->lora_attached = 0;
+    m->weights_version++;
     free(m->lora_targets_json);
     m->lora_targets_json = NULL;
     m->n_trainables = 0;
+}
+
+finch_status finch_lora_unload(finch_model *m)
+{
+    if (!m) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_lora_unload: NULL model");
+    if (!m->lora_attached) return finch_error(FINCH_ERR_STATE, "finch_lora_unload: no adapter is attached");
+    finch_lora_detach(m);
+    return FINCH_OK;
 }
 
 /* Gives each chosen linear an adapter of rank r (values uninitialised) and makes them trainable. */
@@ -123,6 +134,7 @@ int finch_lora_attach_modules(finch_model *m, int r, float alpha, int use_rslora
         lin->dropout = dropout;
     }
     m->lora_attached = 1;
+    m->weights_version++;
     m->lora_r = r;
     m->lora_alpha = alpha;
     m->lora_use_rslora = use_rslora;
@@ -229,6 +241,9 @@ finch_status finch_lora_attach(finch_model *m, const finch_lora_config *cfg)
     free(chosen);
     if (!rc) {
         strcat(json, "]");
+        rc = finch_vl_lora_targets(m, targets, &json);
+    }
+    if (!rc) {
         m->lora_targets_json = json;
         json = NULL;
     }

@@ -4,9 +4,11 @@
 #ifndef FINCH_CORE_MODEL_H
 #define FINCH_CORE_MODEL_H
 
+#include "core/devmem.h"
 #include "core/model_config.h"
 #include "core/ops.h"
 #include "core/runtime.h"
+#include "core/safetensors.h"
 
 typedef struct finch_linear_module {
     char path[160];              /* module path in the checkpoint: "model.layers.0.self_attn.q_proj" */
@@ -18,6 +20,8 @@ typedef struct finch_linear_module {
     float scale, dropout;
     finch_param lora_a, lora_b;  /* f32 [rank, in], [out, rank] */
     uint64_t id;                 /* position in the model, for dropout seeds */
+    int vision;                  /* 1: a vision-tower linear ("all-linear" LoRA leaves it alone) */
+    struct finch_quant_weight *quant; /* 4-bit weight (core/model_quant.h; weight.dtype NF4), or NULL */
 } finch_linear_module;
 
 typedef struct finch_layer {
@@ -36,9 +40,26 @@ typedef struct finch_trainable {
     int perm_rows;                           /* 1: rows follow module->row_perm */
 } finch_trainable;
 
+/* Something outside the model that keeps device state of it (the optimizer, generation sessions):
+ * told when the model moves to another backend (model_move.c). Each callback may be NULL. */
+typedef struct finch_model_owner {
+    void *self;
+    /* May refuse the target before anything moves (an optimizer entry it lacks). */
+    int (*check)(void *self, const finch_backend *to);
+    /* Reports every pointer it keeps into the model's ledger (m->mem). */
+    void (*visit)(void *self, finch_devref_fn fn, void *ctx);
+    /* Drops per-device state that does not move (a generation cache), on the old backend. */
+    void (*release)(void *self);
+} finch_model_owner;
+
 struct finch_model {
     finch_runtime *rt;
-    const finch_backend *be;
+    const finch_backend *be;                 /* &backend */
+    finch_backend backend;                   /* the device the model lives on */
+    int backend_owned;                       /* 1: opened by a move, closed with the model; 0: the runtime's */
+    finch_devmem mem;                        /* every device buffer the model owns beyond a step */
+    finch_model_owner *owners;
+    int n_owners;
     finch_model_config cfg;
     finch_dtype dtype;                       /* compute: weights and activations */
     char dir[1024];
@@ -47,7 +68,8 @@ struct finch_model {
     finch_param *lm_head;                    /* &embed when tied */
     int tied;
     finch_layer *layers;
-    finch_linear_module **linears;           /* every decoder linear, in module order */
+    struct finch_vision *vision;             /* the image encoder of a vision-language model, or NULL */
+    finch_linear_module **linears;           /* every decoder linear, in module order (then the vision tower's) */
     int n_linears;
     finch_dptr rope_inv[2][2];               /* inv_freq, f32: [global, local][short, long] */
     int64_t n_params;
@@ -60,6 +82,9 @@ struct finch_model {
     char *lora_targets_json;                 /* target_modules as saved: a JSON list or string */
     finch_trainable *trainables;
     int n_trainables;
+    /* Bumped whenever weights or adapters may change (attach, detach, writes, backward passes), so
+     * a generation cache knows its keys and values are stale. */
+    uint64_t weights_version;
 
     /* per-step state */
     finch_arena arena;
@@ -84,9 +109,29 @@ int finch_param_alloc(finch_model *m, finch_param *p, finch_dtype dtype, int ndi
 void finch_param_release(finch_model *m, finch_param *p);
 int finch_param_alloc_grad(finch_model *m, finch_param *p);
 
+/* Loads checkpoint tensor `name` into p (which takes that name), shape [d0] (ndim 1) or [d0, d1].
+ * With flatten, a tensor of more dimensions whose trailing ones multiply to d1 loads as [d0, d1]
+ * (a convolution whose kernel equals its stride is a linear layer over the flattened patch). */
+int finch_model_load_param(finch_model *m, const st_set *set, const char *dir, finch_param *p, const char *name, finch_dtype dtype,
+                           int ndim, int64_t d0, int64_t d1, int flatten);
+
 /* model_forward.c: one step; backward when do_backward. */
 int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_options *opts, int do_backward,
                      finch_step_result *out);
+/* The op-level view of a linear module for one step (train: LoRA dropout on). */
+finch_linear_params finch_model_linear_params(const finch_model *m, const finch_linear_module *lin, int train);
+
+/* model_move.c */
+int finch_model_add_owner(finch_model *m, const finch_model_owner *o);
+void finch_model_remove_owner(finch_model *m, void *self);
+/* Every pointer the model itself keeps into its ledger (the visit of the model as an owner). */
+void finch_model_visit_devrefs(finch_model *m, finch_devref_fn fn, void *ctx);
+/* Moves m and its owners' state onto the opened backend `to` (see finch_model_move). On success the
+ * model takes `to` (closing it with the model when take is 1); on failure nothing changed and the
+ * caller still holds `to`. */
+int finch_model_move_backend(finch_model *m, const finch_backend *to, int take);
+/* Bytes of the model's ledger: what it (and its owners) hold on the device beyond a step. */
+uint64_t finch_model_device_bytes(const finch_model *m);
 
 /* lora.c */
 int finch_lora_module_targeted(const char *targets, const finch_linear_module *lin, int *hit);

@@ -95,6 +95,7 @@ finch_status finch_trainable_write(finch_model *m, int64_t i, const float *src, 
     if (rc) return rc;
     if (!src) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_trainable_write: NULL source");
     const finch_param *p = t->param;
+    m->weights_version++;
     return finch_model_upload_f32(m, src, p->shape[0], p->numel / p->shape[0], perm_of(t), p->dtype, p->data);
 }
 

@@ -133,7 +133,8 @@ static int parse_rope(const json_ctx *c, const rope_source *s, int64_t head_dim,
     int rc = get_string(c, s->params, s->prefix, "rope_type", &type);
     if (!rc && !type) rc = get_string(c, s->params, s->prefix, "type", &type);
     if (rc) return rc;
-    if (!type || !strcmp(type, "default")) r->type = FINCH_ROPE_DEFAULT;
+    /* "mrope" (transformers 4 Qwen2-VL configs) is default RoPE with multimodal sections. */
+    if (!type || !strcmp(type, "default") || !strcmp(type, "mrope")) r->type = FINCH_ROPE_DEFAULT;
     else if (!strcmp(type, "linear")) r->type = FINCH_ROPE_LINEAR;
     else if (!strcmp(type, "llama3")) r->type = FINCH_ROPE_LLAMA3;
     else if (!strcmp(type, "yarn")) r->type = FINCH_ROPE_YARN;
@@ -284,7 +285,7 @@ static const struct {
     {"llama", FINCH_ARCH_LLAMA}, {"mistral", FINCH_ARCH_MISTRAL}, {"qwen2", FINCH_ARCH_QWEN2},
     {"qwen3", FINCH_ARCH_QWEN3}, {"gemma", FINCH_ARCH_GEMMA},     {"gemma2", FINCH_ARCH_GEMMA2},
     {"gemma3_text", FINCH_ARCH_GEMMA3}, {"gemma3", FINCH_ARCH_GEMMA3}, {"phi3", FINCH_ARCH_PHI3},
-    {"falcon", FINCH_ARCH_FALCON},
+    {"falcon", FINCH_ARCH_FALCON}, {"qwen2_5_vl", FINCH_ARCH_QWEN2}, {"qwen2_5_vl_text", FINCH_ARCH_QWEN2},
 };
 
 static int parse_activation(const json_ctx *c, const char *key, const char *name, finch_activation *out)
@@ -351,6 +352,36 @@ static int parse_layer_types(const json_ctx *c, const cJSON *text, finch_model_c
         i++;
     }
     *found = 1;
+    return FINCH_OK;
+}
+
+/* mrope_section [t, h, w] (frequency pairs per position row) from rope_parameters or rope_scaling. */
+static int parse_mrope_sections(const json_ctx *c, const cJSON *text, finch_model_config *cfg)
+{
+    const char *where = "rope_parameters.";
+    const cJSON *src = field(text, "rope_parameters");
+    if (!src || !field(src, "mrope_section")) {
+        src = field(text, "rope_scaling");
+        where = "rope_scaling.";
+    }
+    const cJSON *sec = src ? field(src, "mrope_section") : NULL;
+    if (!sec) return FINCH_OK;
+    int n = cJSON_IsArray(sec) ? cJSON_GetArraySize(sec) : -1;
+    if (n < 1 || n > 4)
+        return finch_error(FINCH_ERR_FORMAT, "%s: field '%smrope_section' must be a list of 1 to 4 integers", c->path, where);
+    int64_t sum = 0, i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, sec) {
+        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble != floor(e->valuedouble) || e->valuedouble > 4096)
+            return finch_error(FINCH_ERR_FORMAT, "%s: field '%smrope_section' must hold non-negative integers", c->path, where);
+        cfg->rope_sections[i++] = (int)e->valuedouble;
+        sum += (int64_t)e->valuedouble;
+    }
+    if (sum * 2 != cfg->rope_global.rot_dim)
+        return finch_error(FINCH_ERR_FORMAT, "%s: field '%smrope_section' sums to %lld, but the rotary dimension %lld needs %lld",
+                           c->path, where, (long long)sum, (long long)cfg->rope_global.rot_dim,
+                           (long long)(cfg->rope_global.rot_dim / 2));
+    cfg->rope_n_sections = n;
     return FINCH_OK;
 }
 
@@ -528,7 +559,7 @@ static int parse_text_config(const json_ctx *c, const cJSON *root, const cJSON *
             cfg->has_local_rope = 1;
         }
     }
-    return FINCH_OK;
+    return parse_mrope_sections(c, text, cfg);
 }
 
 int finch_model_config_load(const char *dir, finch_model_config *cfg)
@@ -561,7 +592,10 @@ int finch_model_config_load(const char *dir, finch_model_config *cfg)
         text = tc;
     }
     const char *type = NULL;
-    rc = get_string(&c, text, "", "model_type", &type);
+    /* Qwen2.5-VL is named by its top-level model_type, not its text part's ("qwen2_5_vl_text"). */
+    const cJSON *root_type = field(root, "model_type");
+    int vl = cJSON_IsString(root_type) && !strcmp(root_type->valuestring, "qwen2_5_vl");
+    rc = get_string(&c, vl ? root : text, "", "model_type", &type);
     if (!rc && !type && text != root) rc = get_string(&c, root, "", "model_type", &type);
     if (!rc && !type) rc = finch_error(FINCH_ERR_FORMAT, "%s: missing field 'model_type'", path);
     if (!rc) {
@@ -571,10 +605,11 @@ int finch_model_config_load(const char *dir, finch_model_config *cfg)
         if (i == n)
             rc = finch_error(FINCH_ERR_UNSUPPORTED,
                              "%s: model_type '%s' is not supported; supported: llama, mistral, qwen2, qwen3, gemma, gemma2, "
-                             "gemma3_text, phi3, falcon",
+                             "gemma3_text, phi3, falcon, qwen2_5_vl",
                              path, type);
         else
             cfg->arch = known_types[i].arch;
+        cfg->has_vision = vl && field(root, "vision_config") != NULL;
     }
     if (!rc) rc = parse_text_config(&c, root, text, cfg);
     cJSON_Delete(root);

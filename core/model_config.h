@@ -50,6 +50,10 @@ typedef struct finch_model_config {
     int has_local_rope;
     /* falcon */
     int parallel_attn, new_decoder_arch, multi_query, n_ln_parallel;
+    /* multimodal RoPE (qwen2_5_vl): rotary frequency pairs per position row t/h/w; 0 sections: plain RoPE */
+    int rope_n_sections;
+    int rope_sections[4];
+    int has_vision;            /* config.json has a vision_config (qwen2_5_vl): see core/vision_tower.h */
 } finch_model_config;
 
 /* Reads dir/config.json. Errors name the file and the field. */

@@ -7,19 +7,16 @@
  * of the residual stream use two buffers in turn; everything else a layer's backward allocates is
  * released when the layer is done. */
 #include "core/error.h"
-#include "core/model.h"
+#include "core/kv_cache.h"
+#include "core/model_layer.h"
+#include "core/model_quant.h"
+#include "core/model_vl.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct step_ctx {
-    finch_model *m;
-    finch_graph *g;
-    int64_t batch, seq_len, n_tokens;
-    finch_dptr ids, labels, positions, cu_seqlens;
-    int train;                 /* LoRA dropout on */
-} step_ctx;
+typedef finch_step_ctx step_ctx;
 
 static int param_present(const finch_param *p) { return p->data.buf != NULL; }
 
@@ -30,14 +27,13 @@ static uint64_t mix64(uint64_t z)
     return z ^ (z >> 31);
 }
 
-static finch_linear_params linear_params(const step_ctx *s, const finch_linear_module *lin)
+finch_linear_params finch_model_linear_params(const finch_model *m, const finch_linear_module *lin, int train)
 {
     finch_linear_params p;
     memset(&p, 0, sizeof p);
     p.in_features = lin->in_features;
     p.out_features = lin->out_features;
-    p.w.dtype = lin->weight.dtype;
-    p.w.data = lin->weight.data;
+    p.w = finch_quant_linear_weight(lin);
     p.dw = lin->weight.grad;
     p.param_type = FINCH_DTYPE_F32;
     p.bias = lin->bias.data;
@@ -49,15 +45,15 @@ static finch_linear_params linear_params(const step_ctx *s, const finch_linear_m
         p.da = lin->lora_a.grad;
         p.db = lin->lora_b.grad;
         p.scale = lin->scale;
-        p.dropout = s->train ? lin->dropout : 0.0f;
-        p.dropout_seed = mix64(s->m->step * 0x9E3779B97F4A7C15ull + lin->id);
+        p.dropout = train ? lin->dropout : 0.0f;
+        p.dropout_seed = mix64(m->step * 0x9E3779B97F4A7C15ull + lin->id);
     }
     return p;
 }
 
 static int linear(step_ctx *s, const finch_tensor *x, const finch_linear_module *lin, finch_tensor *y)
 {
-    finch_linear_params p = linear_params(s, lin);
+    finch_linear_params p = finch_model_linear_params(s->m, lin, s->train);
     return finch_op_linear(s->g, x, &p, y);
 }
 
@@ -88,12 +84,19 @@ static finch_rope_params rope_params(const step_ctx *s, int64_t layer, int64_t h
     int which = r == &c->rope_local ? 1 : 0;
     int use_long = r->inv_freq_long && s->seq_len > r->long_after;
     finch_rope_params p;
+    memset(&p, 0, sizeof p);
     p.n_heads = heads;
     p.head_dim = c->head_dim;
     p.rot_dim = r->rot_dim;
     p.positions = s->positions;
     p.inv_freq = m->rope_inv[which][use_long];
     p.attn_factor = use_long ? r->attn_factor_long : r->attn_factor;
+    /* Training steps give multimodal RoPE models three rows of positions (model_vl.c). Generation
+     * over the cache gives one: text-only, where all three rows would be equal, which is plain RoPE. */
+    if (!s->cache) {
+        p.n_sections = c->rope_n_sections;
+        memcpy(p.sections, c->rope_sections, sizeof p.sections);
+    }
     return p;
 }
 
@@ -119,7 +122,8 @@ static int attention_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_
     finch_rope_params rq = rope_params(s, l, c->n_heads), rk = rope_params(s, l, c->n_kv_heads);
     if ((rc = finch_op_rope(s->g, &q, &rq)) || (rc = finch_op_rope(s->g, &k, &rk))) return rc;
     finch_attention_params ap;
-    ap.n_seqs = s->batch;
+    memset(&ap, 0, sizeof ap);
+    ap.n_seqs = s->n_seqs;
     ap.max_seqlen = s->seq_len;
     ap.cu_seqlens = s->cu_seqlens;
     ap.n_heads = c->n_heads;
@@ -128,7 +132,8 @@ static int attention_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_
     ap.scale = c->attn_scale;
     ap.softcap = c->attn_softcap;
     ap.window = c->layer_sliding[l] ? c->sliding_window : 0;
-    if ((rc = finch_op_attention(s->g, &q, &k, &v, &ap, &o))) return rc;
+    rc = s->cache ? finch_kv_cache_attention(s->cache, s->g, l, &q, &k, &v, &ap, &o) : finch_op_attention(s->g, &q, &k, &v, &ap, &o);
+    if (rc) return rc;
     return linear(s, &o, &ly->o, out);
 }
 
@@ -154,7 +159,7 @@ static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor
 }
 
 /* One decoder layer: x -> out (out is preallocated and keeps its gradient node). */
-static int layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out)
+int finch_layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out)
 {
     const finch_model_config *c = &s->m->cfg;
     const finch_layer *ly = &s->m->layers[l];
@@ -201,11 +206,21 @@ static int layer_trainable(const finch_layer *ly)
 
 /* ---- batch upload ---------------------------------------------------------------------------- */
 
+/* A new sequence starts at token t of a row when it is the row's first or its segment id differs
+ * from the previous token's (without segment ids every row is one sequence). */
+static int segment_starts(const finch_batch *b, int64_t i, int64_t t)
+{
+    return t == 0 || (b->segment_ids && b->segment_ids[i * b->seq_len + t] != b->segment_ids[i * b->seq_len + t - 1]);
+}
+
 static int upload_batch(step_ctx *s, const finch_batch *b, int64_t *count)
 {
     finch_model *m = s->m;
     int64_t B = b->batch, T = b->seq_len, n = B * T, V = m->cfg.vocab;
-    size_t need = (size_t)(3 * n + B + 1);
+    int64_t n_seqs = 0;
+    for (int64_t i = 0; i < B; i++)
+        for (int64_t t = 0; t < T; t++) n_seqs += segment_starts(b, i, t);
+    size_t need = (size_t)(3 * n + n_seqs + 1);
     if (need > m->host_i32_cap) {
         int32_t *p = realloc(m->host_i32, need * sizeof *p);
         if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
@@ -214,7 +229,7 @@ static int upload_batch(step_ctx *s, const finch_batch *b, int64_t *count)
     }
     int32_t *ids = m->host_i32, *labels = ids + n, *pos = labels + n, *cu = pos + n;
     const int32_t *lab = b->labels ? b->labels : b->input_ids;
-    int64_t counted = 0;
+    int64_t counted = 0, seq = 0, start = 0;
     for (int64_t i = 0; i < B; i++) {
         for (int64_t t = 0; t < T; t++) {
             int64_t at = i * T + t;
@@ -226,15 +241,19 @@ static int upload_batch(step_ctx *s, const finch_batch *b, int64_t *count)
             if (l != FINCH_IGNORE_INDEX && (l < 0 || l >= V))
                 return finch_error(FINCH_ERR_INVALID_ARGUMENT, "labels[%lld][%lld] = %d is neither -100 nor in [0, %lld)",
                                    (long long)i, (long long)t, l, (long long)V);
+            if (segment_starts(b, i, t)) {
+                cu[seq++] = (int32_t)at;
+                start = t;
+            }
             ids[at] = id;
-            pos[at] = (int32_t)t;
-            /* Row t predicts the label of position t + 1. */
-            labels[at] = t + 1 < T ? lab[at + 1] : FINCH_IGNORE_INDEX;
+            pos[at] = (int32_t)(t - start);
+            /* Row t predicts the label of position t + 1, inside its own sequence and never from padding. */
+            int same = t + 1 < T && !segment_starts(b, i, t + 1) && !(b->segment_ids && b->segment_ids[at] < 0);
+            labels[at] = same ? lab[at + 1] : FINCH_IGNORE_INDEX;
             counted += labels[at] != FINCH_IGNORE_INDEX;
         }
-        cu[i] = (int32_t)(i * T);
     }
-    cu[B] = (int32_t)n;
+    cu[n_seqs] = (int32_t)n;
     finch_dptr d;
     int rc = finch_arena_alloc(&m->arena, need * sizeof(int32_t), &d);
     if (rc) return rc;
@@ -244,6 +263,7 @@ static int upload_batch(step_ctx *s, const finch_batch *b, int64_t *count)
     s->labels = finch_dptr_at(d, (size_t)n * 4);
     s->positions = finch_dptr_at(d, (size_t)(2 * n) * 4);
     s->cu_seqlens = finch_dptr_at(d, (size_t)(3 * n) * 4);
+    s->n_seqs = n_seqs;
     *count = counted;
     return FINCH_OK;
 }
@@ -259,6 +279,18 @@ static float round_to(finch_dtype t, float x)
     return x;
 }
 
+int finch_model_embed(step_ctx *s, finch_tensor *x0)
+{
+    finch_model *m = s->m;
+    float escale = m->cfg.scale_embeddings ? round_to(m->dtype, (float)sqrt((double)m->cfg.hidden)) : 1.0f;
+    return finch_op_embedding(s->g, s->ids, s->n_tokens, &m->embed, m->dtype, escale, x0);
+}
+
+int finch_model_final_norm(step_ctx *s, const finch_tensor *x, finch_tensor *y)
+{
+    return norm(s, x, &s->m->final_norm, &s->m->final_norm_b, y);
+}
+
 /* ---- loss ------------------------------------------------------------------------------------ */
 
 static int head_and_loss(step_ctx *s, const finch_tensor *xL, int want_logits, int backward, float grad_scale)
@@ -268,7 +300,7 @@ static int head_and_loss(step_ctx *s, const finch_tensor *xL, int want_logits, i
     const finch_plugin_api *api = m->be->api;
     finch_graph *g = s->g;
     finch_tensor hn;
-    int rc = norm(s, xL, &m->final_norm, &m->final_norm_b, &hn);
+    int rc = finch_model_final_norm(s, xL, &hn);
     if (rc) return rc;
     finch_dptr loss_sum = m->loss_buf, count = finch_dptr_at(m->loss_buf, 4);
     if ((rc = api->fill(m->be->dev, m->be->stream, loss_sum, FINCH_DTYPE_F32, 2, 0.0f)))
@@ -360,9 +392,10 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     int rc = finch_arena_begin(&m->arena);
     if (rc) return rc;
     finch_graph_clear(g);
-    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward};
+    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0};
+    if (do_backward) m->weights_version++; /* an optimizer step will follow: cached keys go stale */
     int64_t count = 0;
-    if ((rc = upload_batch(&s, b, &count))) return rc;
+    if ((rc = upload_batch(&s, b, &count)) || (rc = finch_vl_positions(m, b, &s.positions))) return rc;
     float grad_scale = opts && opts->grad_scale != 0 ? opts->grad_scale : count ? 1.0f / (float)count : 0.0f;
     int ckpt = do_backward && m->gradient_checkpointing;
     int64_t L = c->n_layers, n = s.n_tokens, H = c->hidden;
@@ -378,8 +411,8 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     /* x[0] .. x[L]: the residual stream between layers. */
     finch_tensor *x = m->stream;
     int *seg = m->segments;
-    float escale = c->scale_embeddings ? round_to(m->dtype, (float)sqrt((double)H)) : 1.0f;
-    rc = finch_op_embedding(g, s.ids, n, &m->embed, m->dtype, escale, &x[0]);
+    rc = finch_model_embed(&s, &x[0]);
+    if (!rc) rc = finch_vl_embed_images(m, g, b, do_backward, &x[0]);
     seg[0] = g->n_tape;
     for (int64_t l = 0; !rc && l < L; l++) {
         int req = do_backward && (x[l].node >= 0 || layer_trainable(&m->layers[l]));
@@ -392,10 +425,10 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             finch_arena_mark am = finch_arena_get_mark(&m->arena);
             g->recording = 0;
             g->want_grad = 0;
-            rc = layer_forward(&s, l, &x[l], &x[l + 1]);
+            rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
             finch_arena_reset(&m->arena, am);
         } else {
-            rc = layer_forward(&s, l, &x[l], &x[l + 1]);
+            rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
         }
         seg[l + 1] = g->n_tape;
     }
@@ -411,7 +444,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             finch_arena_mark am = finch_arena_get_mark(&m->arena);
             if (ckpt) {
                 finch_graph_mark gm = finch_graph_get_mark(g);
-                rc = layer_forward(&s, l, &x[l], &x[l + 1]);
+                rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
                 if (!rc) rc = finch_graph_backward(g, gm.n_tape);
                 finch_graph_reset(g, gm);
             } else {

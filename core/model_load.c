@@ -1,6 +1,8 @@
 #include "core/error.h"
 #include "core/model.h"
+#include "core/model_quant.h"
 #include "core/safetensors.h"
+#include "core/model_vl.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,7 +10,11 @@
 
 finch_load_options finch_load_options_default(void)
 {
-    finch_load_options o = {FINCH_DTYPE_F32, 0, 0};
+    finch_load_options o;
+    memset(&o, 0, sizeof o);
+    o.compute_dtype = FINCH_DTYPE_F32;
+    o.quant_type = FINCH_QUANT_NF4;
+    o.quant_blocksize = 64;
     return o;
 }
 
@@ -16,13 +22,8 @@ finch_load_options finch_load_options_default(void)
 
 static int device_alloc(finch_model *m, size_t bytes, finch_dptr *out, const char *what)
 {
-    finch_plugin_buffer *buf = NULL;
-    if (m->be->api->alloc(m->be->dev, bytes ? bytes : 1, &buf) != FINCH_OK)
-        return finch_error(FINCH_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes on the %s device for %s: %s", bytes,
-                           m->be->name, what, m->be->api->last_error());
-    out->buf = buf;
     out->offset = 0;
-    return FINCH_OK;
+    return finch_devmem_alloc(&m->mem, bytes, what, &out->buf);
 }
 
 int finch_param_alloc(finch_model *m, finch_param *p, finch_dtype dtype, int ndim, int64_t d0, int64_t d1)
@@ -46,8 +47,8 @@ int finch_param_alloc_grad(finch_model *m, finch_param *p)
 
 void finch_param_release(finch_model *m, finch_param *p)
 {
-    if (p->data.buf) m->be->api->free(m->be->dev, p->data.buf);
-    if (p->grad.buf) m->be->api->free(m->be->dev, p->grad.buf);
+    finch_devmem_free(&m->mem, p->data.buf);
+    finch_devmem_free(&m->mem, p->grad.buf);
     p->data = p->grad = finch_dptr_none();
 }
 
@@ -80,7 +81,7 @@ static int upload_rows(finch_model *m, const void *src, finch_dtype src_type, in
                 rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "upload with conversion");
             else if (api->synchronize(m->be->dev, m->be->stream))
                 rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "synchronize");
-            api->free(m->be->dev, staging.buf);
+            finch_devmem_free(&m->mem, staging.buf);
         }
     }
     free(ordered);
@@ -132,6 +133,8 @@ typedef struct loader {
     finch_model *m;
     st_set *set;
     const char *dir;
+    int flatten;         /* accept [d0, a, b, ...] with a * b * ... == d1 for a 2-D parameter */
+    finch_quant_plan quant;
 } loader;
 
 static int st_to_finch_dtype(st_dtype t, finch_dtype *out)
@@ -165,7 +168,10 @@ static int load_param(loader *L, finch_param *p, const char *name, finch_dtype d
         return finch_error(FINCH_ERR_FORMAT, "%s: missing tensor '%s' (expected shape %s) for model_type '%s'", L->dir, name,
                            expected, m->cfg.model_type);
     const char *file = st_set_file_of(L->set, name);
-    if (t->ndim != ndim || t->shape[0] != d0 || (ndim > 1 && t->shape[1] != d1)) {
+    int64_t trailing = 1;
+    for (int i = 1; i < t->ndim; i++) trailing *= t->shape[i];
+    int flat_ok = L->flatten && ndim == 2 && t->ndim > 2 && t->shape[0] == d0 && trailing == d1;
+    if (!flat_ok && (t->ndim != ndim || t->shape[0] != d0 || (ndim > 1 && t->shape[1] != d1))) {
         format_shape(found, sizeof found, t->ndim, t->shape);
         return finch_error(FINCH_ERR_FORMAT, "%s: tensor '%s' has shape %s, but config.json implies %s", file ? file : L->dir,
                            name, found, expected);
@@ -194,6 +200,13 @@ static int load_param(loader *L, finch_param *p, const char *name, finch_dtype d
     return rc;
 }
 
+int finch_model_load_param(finch_model *m, const st_set *set, const char *dir, finch_param *p, const char *name, finch_dtype dtype,
+                           int ndim, int64_t d0, int64_t d1, int flatten)
+{
+    loader L = {m, (st_set *)set, dir, flatten, {0}};
+    return load_param(&L, p, name, dtype, ndim, d0, d1, NULL);
+}
+
 static int load_norm(loader *L, finch_param *w, finch_param *b, const char *base, int64_t dim)
 {
     char name[256];
@@ -216,7 +229,9 @@ static int load_linear(loader *L, finch_layer *layer, finch_linear_module *lin, 
     lin->id = (uint64_t)m->n_linears;
     char name[256];
     snprintf(name, sizeof name, "%s.weight", path);
-    int rc = load_param(L, &lin->weight, name, m->dtype, 2, out, in, lin->row_perm);
+    int quantized = 0;
+    int rc = finch_quant_load_linear(m, L->set, L->dir, &L->quant, lin, name, &quantized);
+    if (!rc && !quantized) rc = load_param(L, &lin->weight, name, m->dtype, 2, out, in, lin->row_perm);
     if (!rc && has_bias) {
         snprintf(name, sizeof name, "%s.bias", path);
         rc = load_param(L, &lin->bias, name, FINCH_DTYPE_F32, 1, out, 1, lin->row_perm);
@@ -409,7 +424,9 @@ finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_lo
     finch_model *m = calloc(1, sizeof *m);
     if (!m) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     m->rt = rt;
-    m->be = &rt->backend;
+    m->backend = rt->backend;   /* borrowed from the runtime until the model moves (model_move.c) */
+    m->be = &m->backend;
+    finch_devmem_init(&m->mem, m->be);
     m->dtype = o.compute_dtype;
     m->gradient_checkpointing = o.gradient_checkpointing;
     snprintf(m->dir, sizeof m->dir, "%s", dir);
@@ -426,9 +443,11 @@ finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_lo
         finch_model_free(m);
         return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     }
-    loader L = {m, NULL, dir};
-    rc = st_set_open_dir(dir, &L.set);
+    loader L = {m, NULL, dir, 0, {0}};
+    rc = finch_quant_plan_make(dir, &o, &L.quant);
+    if (!rc) rc = st_set_open_dir(dir, &L.set);
     if (!rc) rc = load_weights(&L);
+    if (!rc && m->cfg.has_vision) rc = finch_vl_load(m, L.set, dir);
     if (L.set) st_set_close(L.set);
     if (!rc) rc = upload_rope_tables(m);
     if (!rc && o.full_finetune) {
@@ -449,6 +468,7 @@ static void release_linear(finch_model *m, finch_linear_module *lin)
     finch_param_release(m, &lin->bias);
     finch_param_release(m, &lin->lora_a);
     finch_param_release(m, &lin->lora_b);
+    finch_quant_weight_free(lin->quant);
     free(lin->row_perm);
 }
 
@@ -469,8 +489,13 @@ void finch_model_free(finch_model *m)
     finch_param_release(m, &m->final_norm);
     finch_param_release(m, &m->final_norm_b);
     finch_param_release(m, &m->lm_head_own);
-    if (m->persistent) m->be->api->free(m->be->dev, m->persistent);
+    finch_vl_free(m);
+    finch_devmem_free(&m->mem, m->persistent);
     finch_arena_free(&m->arena);
+    finch_devmem_release_all(&m->mem);
+    free(m->mem.entries);
+    if (m->backend_owned) finch_backend_close(&m->backend);
+    free(m->owners);
     finch_graph_free(&m->graph);
     finch_model_config_free(&m->cfg);
     free(m->layers);

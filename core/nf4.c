@@ -154,28 +154,32 @@ static int cmp_float(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* For each decade i = 0..6: the 2^i midpoints of torch.linspace(0.1, 1, 2^i + 1) (f32; torch fills the
- * first half from the start and the second half from the end), times 10^(i-6) in f32, with both
- * signs; then 0 and 1; sorted. */
-void nf4_dynamic_map(float map[256])
+/* bitsandbytes' create_dynamic_map(signed): for each decade i = 0..6 the midpoints of
+ * torch.linspace(0.1, 1, k + 1) (f32; torch fills the first half from the start and the second half
+ * from the end), k = 2^i with both signs when signed, k = 2^(i+1) unsigned, times 10^(i-6) in f32;
+ * then 0 and 1; sorted. */
+static void dynamic_map(int is_signed, float map[256])
 {
     int n = 0;
     for (int i = 0; i < 7; i++) {
-        int steps = (1 << i) + 1;
+        int steps = (1 << (is_signed ? i : i + 1)) + 1;
         const float start = 0.1f, end = 1.0f, step = (end - start) / (float)(steps - 1);
-        float scale = (float)pow(10.0, i - 6), b[65];
+        float scale = (float)pow(10.0, i - 6), b[129];
         for (int k = 0; k < steps; k++)
             b[k] = k < steps / 2 ? start + step * (float)k : end - step * (float)(steps - k - 1);
         for (int k = 0; k + 1 < steps; k++) {
             float v = scale * ((b[k] + b[k + 1]) / 2.0f);
             map[n++] = v;
-            map[n++] = -v;
+            if (is_signed) map[n++] = -v;
         }
     }
     map[n++] = 0.0f;
     map[n++] = 1.0f;
     qsort(map, 256, sizeof(float), cmp_float);
 }
+
+void nf4_dynamic_map(float map[256]) { dynamic_map(1, map); }
+void nf4_dynamic_map_unsigned(float map[256]) { dynamic_map(0, map); }
 
 int nf4_map_matches(const float *stored, const float *ref, int n, int *bad_index)
 {

@@ -61,6 +61,9 @@ void nf4_dequantize(const uint8_t *packed, const float *absmax, int64_t n, int64
  * [-1, 1], 0 at index 127, 1.0 at 255. bitsandbytes builds it with torch.linspace, whose last bits
  * depend on the machine's vector width, so stored maps are compared with a tolerance (nf4_map_matches). */
 void nf4_dynamic_map(float map[256]);
+/* The unsigned map (create_dynamic_map(signed=False)): 256 ascending values in [0, 1], 0 at index 0,
+ * 1.0 at 255; 8-bit optimizers store the second moment with it. */
+void nf4_dynamic_map_unsigned(float map[256]);
 /* 1 if stored[i] equals ref[i] within 1e-6 relative (zeros exactly, either sign) for all i < n;
  * else 0 and *bad_index = the first mismatch. */
 int nf4_map_matches(const float *stored, const float *ref, int n, int *bad_index);

@@ -224,8 +224,9 @@ int finch_op_rope(finch_graph *g, const finch_tensor *x, const finch_rope_params
     d->ldx = x->ld;
     d->positions = p->positions;
     d->inv_freq = p->inv_freq;
-    d->n_sections = 1;
-    d->sections[0] = (int)(p->rot_dim / 2);
+    d->n_sections = p->n_sections > 0 ? p->n_sections : 1;
+    if (p->n_sections > 0) memcpy(d->sections, p->sections, sizeof d->sections);
+    else d->sections[0] = (int)(p->rot_dim / 2);
     d->attn_factor = p->attn_factor;
     int rc = API->rope_forward(DEV, d);
     if (rc) return check(g, rc, "rope");
@@ -301,7 +302,7 @@ int finch_op_attention(finch_graph *g, const finch_tensor *q, const finch_tensor
     d->ldo = y->ld;
     d->scale = p->scale;
     d->softcap = p->softcap;
-    d->causal = 1;
+    d->causal = !p->bidirectional;
     d->window = p->window;
     rc = finch_arena_alloc(g->arena, (size_t)(p->n_heads * q->rows) * sizeof(float), &d->lse);
     if (rc) return rc;

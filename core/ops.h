@@ -24,6 +24,8 @@ typedef struct finch_rope_params {
     finch_dptr positions;         /* i32 [n_sections, n_tokens] */
     finch_dptr inv_freq;          /* f32 [rot_dim / 2] */
     float attn_factor;
+    int n_sections;               /* 0: one row of positions; else positions has n_sections rows and */
+    int sections[4];              /* section s turns sections[s] frequency pairs (M-RoPE, 2-D RoPE) */
 } finch_rope_params;
 
 typedef struct finch_attention_params {
@@ -32,6 +34,7 @@ typedef struct finch_attention_params {
     int64_t n_heads, n_kv_heads, head_dim;
     float scale, softcap;
     int64_t window;
+    int bidirectional;            /* 1: every token of a sequence sees all of it (vision towers); 0: causal */
 } finch_attention_params;
 
 int finch_op_embedding(finch_graph *g, finch_dptr ids, int64_t n_tokens, const finch_param *table, finch_dtype out_type,

@@ -1,6 +1,7 @@
 /* PEFT LoRA adapter folders: adapter_config.json + adapter_model.safetensors with tensors named
  * base_model.model.<module path>.lora_A.weight / lora_B.weight. */
 #include "core/error.h"
+#include "core/files.h"
 #include "core/model.h"
 #include "core/safetensors.h"
 
@@ -264,39 +265,6 @@ done:
 
 /* ---- save ------------------------------------------------------------------------------------ */
 
-static int make_dirs(const char *dir)
-{
-    char p[4096];
-    snprintf(p, sizeof p, "%s", dir);
-    for (char *s = p + 1;; s++) {
-        if (*s == '/' || *s == 0) {
-            char c = *s;
-            *s = 0;
-            if (mkdir(p, 0755) && errno != EEXIST) return finch_error(FINCH_ERR_IO, "cannot create directory %s: %s", p, strerror(errno));
-            *s = c;
-            if (!c) break;
-        }
-    }
-    return FINCH_OK;
-}
-
-static int write_text_atomic(const char *path, const char *text)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return finch_error(FINCH_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
-    size_t len = strlen(text);
-    int ok = fwrite(text, 1, len, f) == len;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path)) {
-        int e = errno;
-        remove(tmp);
-        return finch_error(FINCH_ERR_IO, "cannot write %s: %s", path, strerror(e));
-    }
-    return FINCH_OK;
-}
-
 static cJSON *adapter_config_json(const finch_model *m)
 {
     cJSON *c = cJSON_CreateObject();
@@ -339,7 +307,7 @@ finch_status finch_lora_save(const finch_model *m, const char *adapter_dir)
 {
     if (!m || !adapter_dir) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_lora_save: NULL argument");
     if (!m->lora_attached) return finch_error(FINCH_ERR_STATE, "finch_lora_save: no adapter is attached");
-    int rc = make_dirs(adapter_dir);
+    int rc = finch_mkdirs(adapter_dir);
     if (rc) return rc;
     int n = 0;
     size_t floats = 0;
@@ -387,7 +355,7 @@ finch_status finch_lora_save(const finch_model *m, const char *adapter_dir)
     cJSON_Delete(c);
     if (!text) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     snprintf(path, sizeof path, "%s/adapter_config.json", adapter_dir);
-    rc = write_text_atomic(path, text);
+    rc = finch_write_text_atomic(path, text);
     cJSON_free(text);
     return rc;
 }

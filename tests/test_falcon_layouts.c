@@ -173,7 +173,7 @@ static void check_layout(finch_runtime *rt, const char *shared, int layout, cons
         CHECK(rc == FINCH_OK, "%s: load: %s", name, finch_last_error());
         if (rc) return;
         if (!full) CHECK(finch_lora_load(m, adapter) == FINCH_OK, "%s: adapter: %s", name, finch_last_error());
-        finch_batch b = {B, T, ids, labels};
+        finch_batch b = {.batch = B, .seq_len = T, .input_ids = ids, .labels = labels, .segment_ids = NULL};
         finch_step_options so = {1, 0};
         finch_step_result r;
         CHECK(finch_forward_backward(m, &b, &so, &r) == FINCH_OK, "%s: step: %s", name, finch_last_error());

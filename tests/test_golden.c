@@ -52,7 +52,7 @@ static finch_model *load(finch_runtime *rt, const char *dir, int full, int ckpt)
 
 static int step(finch_model *m, int want_logits, finch_step_result *r)
 {
-    finch_batch b = {B, T, ids, labels};
+    finch_batch b = {.batch = B, .seq_len = T, .input_ids = ids, .labels = labels, .segment_ids = NULL};
     finch_step_options so = {want_logits, 0.0f};
     return ok(finch_forward_backward(m, &b, &so, r), "finch_forward_backward");
 }

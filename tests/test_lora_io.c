@@ -14,7 +14,7 @@
 static char model_dir[1024], tmp[1024];
 static finch_runtime *rt;
 static int32_t ids[2 * 12], labels[2 * 12];
-static const finch_batch batch = {2, 12, ids, labels};
+static const finch_batch batch = {.batch = 2, .seq_len = 12, .input_ids = ids, .labels = labels, .segment_ids = NULL};
 
 static finch_model *load(int full, int ckpt)
 {

@@ -154,7 +154,7 @@ static void test_steps_and_adapters(void)
     if (!m) return;
     int32_t ids[8] = {5, 6, 7, 8, 9, 10, 11, 12}, labels[8] = {5, 6, 7, 8, 9, 10, 11, 12};
     finch_step_result r;
-    finch_batch b = {2, 4, ids, labels};
+    finch_batch b = {.batch = 2, .seq_len = 4, .input_ids = ids, .labels = labels, .segment_ids = NULL};
     ids[3] = 320;
     rc = finch_forward(m, &b, NULL, &r);
     CHECK(rc == FINCH_ERR_INVALID_ARGUMENT && strstr(finch_last_error(), "input_ids[0][3]"), "token out of range: %s",
@@ -164,7 +164,7 @@ static void test_steps_and_adapters(void)
     rc = finch_forward(m, &b, NULL, &r);
     CHECK(rc == FINCH_ERR_INVALID_ARGUMENT && strstr(finch_last_error(), "labels[1][1]"), "bad label: %s", finch_last_error());
     labels[5] = -100;
-    finch_batch empty = {0, 4, ids, labels};
+    finch_batch empty = {.batch = 0, .seq_len = 4, .input_ids = ids, .labels = labels, .segment_ids = NULL};
     CHECK(finch_forward(m, &empty, NULL, &r) == FINCH_ERR_INVALID_ARGUMENT, "empty batch refused");
     CHECK(finch_forward(NULL, &b, NULL, &r) == FINCH_ERR_INVALID_ARGUMENT, "NULL model refused");
     CHECK(finch_forward(m, &b, NULL, &r) == FINCH_OK, "good batch after errors: %s", finch_last_error());

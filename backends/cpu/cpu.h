@@ -156,6 +156,7 @@ int cpu_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const f
 int cpu_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d);
 int cpu_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d);
 int cpu_attention_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d);
+int cpu_attention_cache_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_cache_desc *d);
 int cpu_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
                         finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w, float weight_offset,
                         float eps, finch_dptr y, finch_dptr rstd);
@@ -191,5 +192,6 @@ int cpu_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s, const fi
 int cpu_linear_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s,
                              const finch_linear_cross_entropy_desc *d);
 int cpu_adamw_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d);
+int cpu_adamw8bit_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d);
 
 #endif

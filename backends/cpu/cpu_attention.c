@@ -1,6 +1,7 @@
 /* Attention over packed sequences (finch_attention_desc): causal, sliding window, GQA/MQA, logit
  * softcap. Work is split into (sequence, head, block of BLOCK queries) items; each item converts the
- * keys and values it can see to f32 once. The backward pass recomputes probabilities from lse and
+ * keys and values it can see to f32 once. The forward pass also serves attention over a key/value
+ * cache (finch_attention_cache_desc), where a sequence's queries are the last of its keys' positions. The backward pass recomputes probabilities from lse and
  * runs in two race-free passes: one per query block writes dq, one per key block writes dk and dv
  * (summing over the query heads that share the kv head). */
 #include "backends/cpu/cpu.h"
@@ -19,6 +20,8 @@ typedef struct attn {
     int64_t *block_seq;                 /* blocks entries: sequence of each block; its first row follows */
     int64_t *block_row;
     void *q, *k, *v, *o, *lse, *dout, *dq, *dk, *dv;
+    const int32_t *kv_start, *kv_len;   /* attention over a cache: each sequence's key rows; else NULL */
+    int64_t max_kv_len;
 } attn;
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -60,6 +63,28 @@ static const float *head_rows(const attn *a, const void *base, int64_t ld, int64
                           ld_out);
 }
 
+/* Sequence blocks of BLOCK query rows, from a->cu; a->max_len set. */
+static int make_blocks(attn *a, const char *op)
+{
+    const finch_attention_desc *d = a->d;
+    for (int64_t s = 0; s < d->n_seqs; s++) {
+        int64_t len = (int64_t)a->cu[s + 1] - a->cu[s];
+        if (len < 0)
+            return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu %s: cu_seqlens decreases at sequence %" PRId64, op, s);
+        a->max_len = max64(a->max_len, len);
+        a->blocks += (len + BLOCK - 1) / BLOCK;
+    }
+    a->block_seq = malloc(2 * (size_t)(a->blocks + 1) * sizeof(int64_t));
+    if (!a->block_seq) return cpu_oom(2 * (size_t)(a->blocks + 1) * sizeof(int64_t), op);
+    a->block_row = a->block_seq + a->blocks + 1;
+    for (int64_t s = 0, b = 0; s < d->n_seqs; s++)
+        for (int64_t r = 0; r < (int64_t)a->cu[s + 1] - a->cu[s]; r += BLOCK, b++) {
+            a->block_seq[b] = s;
+            a->block_row[b] = r;
+        }
+    return FINCH_OK;
+}
+
 static int attn_setup(const finch_attention_desc *d, int backward, attn *a)
 {
     const char *op = backward ? "attention_backward" : "attention_forward";
@@ -83,13 +108,6 @@ static int attn_setup(const finch_attention_desc *d, int backward, attn *a)
         return finch_error(FINCH_ERR_INVALID_ARGUMENT,
                            "cpu %s: cu_seqlens must run from 0 to n_tokens %" PRId64 " (got %d .. %d)", op,
                            d->n_tokens, a->cu[0], a->cu[d->n_seqs]);
-    for (int64_t s = 0; s < d->n_seqs; s++) {
-        int64_t len = (int64_t)a->cu[s + 1] - a->cu[s];
-        if (len < 0)
-            return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu %s: cu_seqlens decreases at sequence %" PRId64, op, s);
-        a->max_len = max64(a->max_len, len);
-        a->blocks += (len + BLOCK - 1) / BLOCK;
-    }
     int64_t wq = d->n_heads * d->head_dim, wkv = d->n_kv_heads * d->head_dim, n = d->n_tokens;
 #define MAT(field, width, ld, req)                                                                          \
     snprintf(what, sizeof what, "%s: " #field, op);                                                         \
@@ -112,26 +130,17 @@ static int attn_setup(const finch_attention_desc *d, int backward, attn *a)
                   : cpu_matrix_opt(d->lse, FINCH_DTYPE_F32, d->n_heads, n, n, what, &a->lse);
     if (rc) return rc;
     a->group = d->n_heads / d->n_kv_heads;
-    a->block_seq = malloc(2 * (size_t)(a->blocks + 1) * sizeof(int64_t));
-    if (!a->block_seq) return cpu_oom(2 * (size_t)(a->blocks + 1) * sizeof(int64_t), op);
-    a->block_row = a->block_seq + a->blocks + 1;
-    for (int64_t s = 0, b = 0; s < d->n_seqs; s++)
-        for (int64_t r = 0; r < (int64_t)a->cu[s + 1] - a->cu[s]; r += BLOCK, b++) {
-            a->block_seq[b] = s;
-            a->block_row[b] = r;
-        }
-    return FINCH_OK;
+    return make_blocks(a, op);
 }
 
-int cpu_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d)
+/* The forward pass of a set-up attn; frees its blocks. Sequence s's queries are rows cu[s] .. of q;
+ * its keys are rows kv_start[s] .. of k and v (or the same rows as its queries), and query i sits at
+ * key position kv_len[s] - len + i. */
+static int forward_run(attn *ap)
 {
-    attn a;
-    int rc = attn_setup(d, 0, &a);
-    if (rc) {
-        free(a.block_seq);
-        return rc;
-    }
-    int64_t hd = d->head_dim, n = d->n_tokens, L = a.max_len, items = a.blocks * d->n_heads;
+    attn a = *ap;
+    const finch_attention_desc *d = a.d;
+    int64_t hd = d->head_dim, n = d->n_tokens, L = a.kv_len ? a.max_kv_len : a.max_len, items = a.blocks * d->n_heads;
     size_t floats = 2 * (size_t)(L * hd) + (size_t)L + 2 * (size_t)hd;
     finch_dtype t = d->dtype;
     int oom = 0;
@@ -148,15 +157,17 @@ int cpu_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, cons
             float *kb = buf, *vb = kb + L * hd, *p = vb + L * hd, *qb = p + L, *ob = qb + hd;
             int64_t blk = it / d->n_heads, h = it % d->n_heads, kvh = h / a.group;
             int64_t seq = a.block_seq[blk], start = a.cu[seq], len = a.cu[seq + 1] - start;
+            int64_t kstart = a.kv_start ? a.kv_start[seq] : start, klen = a.kv_len ? a.kv_len[seq] : len;
+            int64_t off = klen - len; /* position of query row 0 among the keys */
             int64_t i0 = a.block_row[blk], i1 = min64(len, i0 + BLOCK), jlo, jhi, unused, ldk, ldv, ldq;
-            keys_of(d, i0, len, &jlo, &unused);
-            keys_of(d, i1 - 1, len, &unused, &jhi);
-            const float *K = head_rows(&a, a.k, d->ldk, kvh, start + jlo, start + jhi, kb, &ldk);
-            const float *V = head_rows(&a, a.v, d->ldv, kvh, start + jlo, start + jhi, vb, &ldv);
+            keys_of(d, off + i0, klen, &jlo, &unused);
+            keys_of(d, off + i1 - 1, klen, &unused, &jhi);
+            const float *K = head_rows(&a, a.k, d->ldk, kvh, kstart + jlo, kstart + jhi, kb, &ldk);
+            const float *V = head_rows(&a, a.v, d->ldv, kvh, kstart + jlo, kstart + jhi, vb, &ldv);
             for (int64_t i = i0; i < i1; i++) {
                 const float *q = head_rows(&a, a.q, d->ldq, h, start + i, start + i + 1, qb, &ldq);
                 int64_t lo, hi;
-                keys_of(d, i, len, &lo, &hi);
+                keys_of(d, off + i, klen, &lo, &hi);
                 float mx = -INFINITY;
                 for (int64_t j = lo; j < hi; j++) {
                     p[j - lo] = cap(d, d->scale * dot(q, K + (j - jlo) * ldk, hd));
@@ -178,6 +189,89 @@ int cpu_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, cons
     }
     free(a.block_seq);
     return oom ? cpu_oom(floats * sizeof(float), "attention_forward") : FINCH_OK;
+}
+
+int cpu_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d)
+{
+    attn a;
+    int rc = attn_setup(d, 0, &a);
+    if (rc) {
+        free(a.block_seq);
+        return rc;
+    }
+    return forward_run(&a);
+}
+
+int cpu_attention_cache_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_cache_desc *c)
+{
+    const char *op = "attention_cache_forward";
+    if (!c) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu %s: descriptor is NULL", op);
+    finch_attention_desc d;
+    memset(&d, 0, sizeof d);
+    d.n_tokens = c->n_tokens;
+    d.n_seqs = c->n_seqs;
+    d.max_seqlen = c->max_q_len;
+    d.cu_seqlens = c->cu_seqlens_q;
+    d.n_heads = c->n_heads;
+    d.n_kv_heads = c->n_kv_heads;
+    d.head_dim = c->head_dim;
+    d.dtype = c->dtype;
+    d.q = c->q; d.ldq = c->ldq;
+    d.k = c->k; d.ldk = c->ldk;
+    d.v = c->v; d.ldv = c->ldv;
+    d.o = c->o; d.ldo = c->ldo;
+    d.lse = c->lse;
+    d.scale = c->scale;
+    d.softcap = c->softcap;
+    d.causal = c->causal;
+    d.window = c->window;
+    attn a;
+    memset(&a, 0, sizeof a);
+    a.d = &d;
+    if (c->n_tokens < 0 || c->n_seqs < 1 || c->n_heads < 1 || c->n_kv_heads < 1 || c->head_dim < 1 ||
+        c->n_heads % c->n_kv_heads || c->window < 0 || c->kv_rows < 0)
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT,
+                           "cpu %s: bad shape tokens %" PRId64 " seqs %" PRId64 " heads %" PRId64 " kv heads %" PRId64
+                           " head_dim %" PRId64 " window %" PRId64 " kv rows %" PRId64,
+                           op, c->n_tokens, c->n_seqs, c->n_heads, c->n_kv_heads, c->head_dim, c->window, c->kv_rows);
+    int rc = cpu_check_float(c->dtype, op);
+    if (rc) return rc;
+    void *p;
+    if ((rc = cpu_matrix(c->cu_seqlens_q, FINCH_DTYPE_I32, 1, c->n_seqs + 1, c->n_seqs + 1, "attention_cache_forward: cu_seqlens_q", &p)))
+        return rc;
+    a.cu = p;
+    if ((rc = cpu_matrix(c->kv_start, FINCH_DTYPE_I32, 1, c->n_seqs, c->n_seqs, "attention_cache_forward: kv_start", &p)))
+        return rc;
+    a.kv_start = p;
+    if ((rc = cpu_matrix(c->kv_len, FINCH_DTYPE_I32, 1, c->n_seqs, c->n_seqs, "attention_cache_forward: kv_len", &p)))
+        return rc;
+    a.kv_len = p;
+    if (a.cu[0] != 0 || a.cu[c->n_seqs] != c->n_tokens)
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT,
+                           "cpu %s: cu_seqlens_q must run from 0 to n_tokens %" PRId64 " (got %d .. %d)", op, c->n_tokens,
+                           a.cu[0], a.cu[c->n_seqs]);
+    for (int64_t q = 0; q < c->n_seqs; q++) {
+        int64_t qlen = (int64_t)a.cu[q + 1] - a.cu[q];
+        if (a.kv_start[q] < 0 || a.kv_len[q] < qlen || (int64_t)a.kv_start[q] + a.kv_len[q] > c->kv_rows)
+            return finch_error(FINCH_ERR_INVALID_ARGUMENT,
+                               "cpu %s: sequence %" PRId64 ": keys at rows %d + %d of %" PRId64 " for %" PRId64
+                               " queries (need kv_len >= q_len, inside the kv rows)",
+                               op, q, a.kv_start[q], a.kv_len[q], c->kv_rows, qlen);
+        a.max_kv_len = max64(a.max_kv_len, a.kv_len[q]);
+    }
+    int64_t wq = c->n_heads * c->head_dim, wkv = c->n_kv_heads * c->head_dim;
+    if ((rc = cpu_matrix(c->q, c->dtype, c->n_tokens, wq, c->ldq, "attention_cache_forward: q", &a.q)) ||
+        (rc = cpu_matrix(c->k, c->dtype, c->kv_rows, wkv, c->ldk, "attention_cache_forward: k", &a.k)) ||
+        (rc = cpu_matrix(c->v, c->dtype, c->kv_rows, wkv, c->ldv, "attention_cache_forward: v", &a.v)) ||
+        (rc = cpu_matrix(c->o, c->dtype, c->n_tokens, wq, c->ldo, "attention_cache_forward: o", &a.o)) ||
+        (rc = cpu_matrix_opt(c->lse, FINCH_DTYPE_F32, c->n_heads, c->n_tokens, c->n_tokens, "attention_cache_forward: lse", &a.lse)))
+        return rc;
+    a.group = c->n_heads / c->n_kv_heads;
+    if ((rc = make_blocks(&a, op))) {
+        free(a.block_seq);
+        return rc;
+    }
+    return forward_run(&a);
 }
 
 /* Probability and score gradient of one (query, key) pair, given q.k, dout.v and D = dout.o. */

@@ -160,6 +160,8 @@ static const finch_plugin_api cpu_api = {
     .cross_entropy = cpu_cross_entropy,
     .linear_cross_entropy = cpu_linear_cross_entropy,
     .adamw_step = cpu_adamw_step,
+    .adamw8bit_step = cpu_adamw8bit_step,
+    .attention_cache_forward = cpu_attention_cache_forward,
 };
 
 const finch_plugin_api *finch_cpu_plugin_api(void) { return &cpu_api; }

@@ -80,7 +80,18 @@ typedef struct finch_load_options {
     finch_dtype compute_dtype; /* F32 or BF16 (weights and activations); default F32 on CPU, BF16 on GPUs */
     int full_finetune;         /* 1: every weight is trainable (no LoRA) */
     int gradient_checkpointing;/* 1: keep only layer inputs in forward, recompute in backward */
+    /* QLoRA. A bitsandbytes 4-bit checkpoint (quantization_config in config.json) always loads with
+     * its decoder linear weights in 4 bits, as stored. load_in_4bit quantises every decoder linear
+     * weight of a bf16/f16/f32 checkpoint (and any a bnb-4bit checkpoint left dense) as it loads,
+     * tensor by tensor; norms, embeddings, lm_head and biases stay dense. 4-bit weights are frozen:
+     * full_finetune is refused with them. */
+    int load_in_4bit;
+    int quant_type;            /* FINCH_QUANT_NF4 (0) or FINCH_QUANT_FP4 */
+    int64_t quant_blocksize;   /* elements per absmax scale: 32..4096, a power of two; 0 = 64 */
+    int double_quant;          /* 1: absmax itself in 8 bits (bitsandbytes' compress_statistics) */
 } finch_load_options;
+
+enum { FINCH_QUANT_NF4 = 0, FINCH_QUANT_FP4 = 1 };
 
 finch_load_options finch_load_options_default(void);
 
@@ -88,6 +99,27 @@ finch_load_options finch_load_options_default(void);
  * model.safetensors.index.json. opts may be NULL. */
 finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_load_options *opts, finch_model **out);
 void finch_model_free(finch_model *m);
+/* Writes the base model with its 4-bit decoder weights as a bitsandbytes 4-bit checkpoint folder
+ * (config.json with quantization_config, model.safetensors) that finch and transformers load.
+ * FINCH_ERR_STATE when the model holds no 4-bit weights. */
+finch_status finch_model_save_4bit(const finch_model *m, const char *dir);
+
+/* Moves a loaded model, between steps, to another backend of its runtime's registry ("cpu",
+ * "opencl:0", "cuda", "auto"; as finch_runtime_open names them): every weight (4-bit ones and the
+ * vision tower included), adapter, gradient and, when a trainer is open on the model, its optimizer
+ * state, then frees all of it on the old device. Host-side state (a trainer's step, data position,
+ * schedule, dropout seeds) is untouched, so training continues as it would have where it was, to the
+ * backends' numerical tolerance. Generation sessions of the model forget their sequences (their
+ * caches are freed on the old device and grow again on the new one). Moving where the model already
+ * is does nothing.
+ * Atomic: when the target fails (it does not open, its kernels do not build, out of memory, a failed
+ * copy) or refuses the state (an adamw8bit trainer on a plugin without adamw8bit_step), the model is
+ * unchanged and still usable where it was. When the CURRENT device fails while it is read (a lost
+ * device), FINCH_ERR_DEVICE says that the state on it is lost: free the model and load it again (a
+ * trainer resumes from its last checkpoint); finch keeps no host copy of device state. */
+finch_status finch_model_move(finch_model *m, const char *backend);
+/* The backend and device the model lives on, with the device's current memory. */
+finch_status finch_model_device(const finch_model *m, finch_device_report *out);
 
 typedef struct finch_model_info {
     char model_type[64];       /* as in config.json: "llama", "gemma2", ... */
@@ -115,6 +147,9 @@ finch_lora_config finch_lora_config_default(void);
 finch_status finch_lora_attach(finch_model *m, const finch_lora_config *cfg);
 /* Loads a PEFT adapter folder (adapter_config.json + adapter_model.safetensors), attaching it. */
 finch_status finch_lora_load(finch_model *m, const char *adapter_dir);
+/* Removes the attached adapter, keeping the base model loaded, so another can be loaded or attached
+ * (switching adapters for generation). A trainer over the model must be made again afterwards. */
+finch_status finch_lora_unload(finch_model *m);
 /* Writes a PEFT adapter folder that PEFT's PeftModel.from_pretrained loads. */
 finch_status finch_lora_save(const finch_model *m, const char *adapter_dir);
 
@@ -126,6 +161,21 @@ typedef struct finch_batch {
     int64_t batch, seq_len;
     const int32_t *input_ids;  /* [batch, seq_len] */
     const int32_t *labels;     /* [batch, seq_len] or NULL */
+    const int32_t *segment_ids;/* [batch, seq_len] or NULL (each row one sequence). Packed rows: tokens of a row
+                                  with the same id, side by side, form one sequence; positions restart at
+                                  each new sequence, attention stays inside it and no label is predicted
+                                  across a boundary; a negative id marks padding (no loss) */
+    /* Images, for a vision-language model (qwen2_5_vl); NULL / 0 for text. pixel_values holds the
+     * patches of every image of the batch, image after image, as the model's image processor makes
+     * them (finch_image_preprocess_qwen2vl); input_ids hold, for each image in the same order, a
+     * block of grid_t * grid_h * grid_w / spatial_merge_size^2 image tokens (image_token_id). */
+    const float *pixel_values;      /* [n_patches, patch_dim]: patch_dim = 3 * 2 * 14 * 14 = 1176 */
+    const int32_t *image_grid_thw;  /* [n_images, 3]: frames, rows, columns of each image, in patches */
+    int64_t n_images, n_patches;
+    /* 1: positions 0, 1, 2, ... on all three multimodal RoPE rows, ignoring the image grids: what
+     * transformers 5 computes when the model is called without mm_token_type_ids (its goldens were
+     * made so). 0: the image tokens take their grid's rows and columns, as with the processor. */
+    int text_positions;
 } finch_batch;
 
 typedef struct finch_step_options {

@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define FINCH_PLUGIN_ABI_MAJOR 1
-#define FINCH_PLUGIN_ABI_MINOR 0
+#define FINCH_PLUGIN_ABI_MINOR 1
 #define FINCH_PLUGIN_ENTRY_SYMBOL "finch_plugin_entry"
 #define FINCH_IGNORE_INDEX (-100)
 
@@ -154,6 +154,32 @@ typedef struct finch_attention_desc {
     finch_dptr dv; int64_t lddv;
 } finch_attention_desc;
 
+/* Attention of new query rows over a key/value cache (ABI 1.1; prefill and decode, forward only).
+ * Sequence s has q_len = cu_seqlens_q[s+1] - cu_seqlens_q[s] query rows in q and kv_len[s] >= q_len
+ * key and value rows in k and v, at rows kv_start[s] .. kv_start[s] + kv_len[s] - 1 (sequences may
+ * sit anywhere in k and v: a cache with room to grow). Its queries are the LAST q_len of its kv_len
+ * positions: query row i of the sequence is at position p = kv_len[s] - q_len + i, and with j a key
+ * position, visibility and scores are those of finch_attention_desc (causal: j <= p; window: p - j <
+ * window). With kv_len == q_len and kv_start == cu_seqlens_q this is attention_forward. lse, when
+ * present, is f32 [n_heads, n_tokens] as there. */
+typedef struct finch_attention_cache_desc {
+    int64_t n_tokens, n_seqs;       /* query rows, sequences */
+    int64_t max_q_len, max_kv_len;  /* the largest q_len and kv_len[s] */
+    finch_dptr cu_seqlens_q;        /* i32 [n_seqs + 1] */
+    finch_dptr kv_start, kv_len;    /* i32 [n_seqs] each */
+    int64_t kv_rows;                /* rows of k and v: kv_start[s] + kv_len[s] <= kv_rows */
+    int64_t n_heads, n_kv_heads, head_dim;
+    finch_dtype dtype;              /* storage of q, k, v, o */
+    finch_dptr q; int64_t ldq;
+    finch_dptr k; int64_t ldk;
+    finch_dptr v; int64_t ldv;
+    finch_dptr o; int64_t ldo;
+    finch_dptr lse;                 /* or absent */
+    float scale, softcap;
+    int causal;
+    int64_t window;
+} finch_attention_cache_desc;
+
 /* Rotary embedding, applied in place to x [n_tokens, n_heads * head_dim] (row stride ldx) in the
  * "rotate half" layout: within each head, element d < rot_dim/2 pairs with d + rot_dim/2; elements
  * at and beyond rot_dim are left alone (partial rotary). Pair d turns by angle
@@ -216,6 +242,30 @@ typedef struct finch_adamw_desc {
     float lr, beta1, beta2, eps, weight_decay, grad_scale;
     float bias_correction1, bias_correction2; /* 1 - beta^step */
 } finch_adamw_desc;
+
+/* One AdamW step with 8-bit blockwise moments (bitsandbytes' blockwise 8-bit Adam). ABI 1.1.
+ * The n elements are cut into blocks of blocksize consecutive elements (the last may be partial).
+ * In block b, with the stored moments decoded as
+ *     m_i = m_map[m_codes[i]] * m_absmax[b],   v_i = v_map[v_codes[i]] * v_absmax[b],
+ * each element takes exactly the f32 update of adamw_step (same operations, same order, no fused
+ * multiply-add), on the master copy when master.buf:
+ *     g = grad * grad_scale;  m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g g
+ *     p = p (1 - lr weight_decay) - (lr / bias_correction1) m / (sqrt(v) (1 / sqrt(bias_correction2)) + eps)
+ * and then the block is re-quantised from the updated m and v:
+ *     m_absmax[b] = max |m| over the block;  m_codes[i] = nearest(m_map, m / m_absmax[b])  (f32 division)
+ * and the same for v. nearest(map, x) for 256 ascending values is the number of k < 255 with
+ * x > (map[k] + map[k+1]) * 0.5f (ties go to the lower code); a block whose absmax is 0 stores
+ * nearest(map, 0). m_map is bitsandbytes' signed dynamic map, v_map its unsigned one. grad: f32. */
+typedef struct finch_adamw8bit_desc {
+    int64_t n, blocksize;
+    finch_dtype param_type;
+    finch_dptr param, master, grad;          /* master, grad: f32 */
+    finch_dptr m_codes, v_codes;             /* u8 [n] */
+    finch_dptr m_absmax, v_absmax;           /* f32 [ceil(n / blocksize)] */
+    finch_dptr m_map, v_map;                 /* f32 [256], ascending */
+    float lr, beta1, beta2, eps, weight_decay, grad_scale;
+    float bias_correction1, bias_correction2; /* 1 - beta^step */
+} finch_adamw8bit_desc;
 
 typedef struct finch_plugin_api {
     /* --- identity and lifetime ------------------------------------------------------------ */
@@ -331,13 +381,24 @@ typedef struct finch_plugin_api {
                                 const finch_linear_cross_entropy_desc *d);
 
     int (*adamw_step)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d);
+
+    /* --- ABI 1.1: optional; NULL (or past a 1.0 plugin's struct_size) when the plugin lacks them --- */
+    int (*adamw8bit_step)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d);
+    int (*attention_cache_forward)(finch_plugin_device *dev, finch_plugin_stream *s,
+                                   const finch_attention_cache_desc *d);
 } finch_plugin_api;
 
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);
 
 /* The LoRA-dropout mask, shared by every backend so that they agree bit for bit:
- * element `index` is kept when the top 24 bits of splitmix64(seed + index) / 2^24 >= p. */
-static inline int finch_dropout_keep(uint64_t seed, uint64_t index, float p)
+ * element `index` is kept when the top 24 bits of splitmix64(seed + index) / 2^24 >= p.
+ * CUDA/HIP kernels call this same function on the device. */
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FINCH_HOST_DEVICE __host__ __device__
+#else
+#define FINCH_HOST_DEVICE
+#endif
+static inline FINCH_HOST_DEVICE int finch_dropout_keep(uint64_t seed, uint64_t index, float p)
 {
     uint64_t z = seed + index * 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;

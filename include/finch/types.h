@@ -20,7 +20,8 @@ typedef enum finch_status {
     FINCH_ERR_DEVICE = 6,           /* a device, driver or plugin failed                         */
     FINCH_ERR_ABI = 7,              /* a plugin was built for another ABI major                  */
     FINCH_ERR_CANCELLED = 8,        /* a callback asked to stop                                  */
-    FINCH_ERR_STATE = 9             /* the call is not valid in the object's current state       */
+    FINCH_ERR_STATE = 9,            /* the call is not valid in the object's current state       */
+    FINCH_ERR_NUMERIC = 10          /* a loss or gradient became NaN or infinite                 */
 } finch_status;
 
 /* Element types of tensors. NF4 packs two 4-bit codes per byte (first element in the high nibble). */

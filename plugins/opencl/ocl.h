@@ -19,7 +19,7 @@
     X(add_bias) X(dropout_apply) X(dropout_accumulate) X(rmsnorm_forward) X(rmsnorm_backward)      \
     X(rmsnorm_dw) X(layernorm_forward) X(layernorm_backward) X(layernorm_dwdb) X(rope)             \
     X(embedding_forward) X(embedding_backward) X(cross_entropy_rows) X(attention_forward)          \
-    X(attention_delta) X(attention_dq) X(attention_dkdv)
+    X(attention_delta) X(attention_dq) X(attention_dkdv) X(adamw8bit_step) X(attention_cache_forward)
 
 typedef enum ocl_kernel_id {
 #define OCL_KERNEL_ENUM(name) OCL_K_##name,
@@ -198,6 +198,7 @@ int ocl_glu_backward(finch_plugin_device *dev, finch_plugin_stream *s, finch_act
                      finch_dtype dtype, finch_dptr gate, int64_t ldg, finch_dptr up, int64_t ldu, finch_dptr dout,
                      finch_dptr dgate, finch_dptr dup);
 int ocl_adamw_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d);
+int ocl_adamw8bit_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d);
 int ocl_sum_squares(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype dtype, finch_dptr x,
                     finch_dptr sum_sq);
 
@@ -212,6 +213,7 @@ int ocl_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const f
 int ocl_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d);
 int ocl_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d);
 int ocl_attention_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d);
+int ocl_attention_cache_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_cache_desc *d);
 int ocl_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim, finch_dtype dtype,
                         finch_dptr x, finch_dtype w_type, finch_dptr w, float weight_offset, float eps,
                         finch_dptr y, finch_dptr rstd);

@@ -1,5 +1,7 @@
-/* Element-wise entries: fill, cast, copy_2d, axpby, activations, gated units, AdamW. */
+/* Element-wise entries: fill, cast, copy_2d, axpby, activations, gated units, AdamW (f32 and 8-bit moments). */
 #include "ocl.h"
+
+#include <math.h>
 
 int ocl_fill(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, finch_dtype dtype, int64_t count,
              float value)
@@ -198,4 +200,42 @@ int ocl_adamw_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch
     ocl_arg_f(&a, d->bias_correction1);
     ocl_arg_f(&a, d->bias_correction2);
     return ocl_launch_1d(dev, s, OCL_K_adamw_step, &a, d->n);
+}
+
+int ocl_adamw8bit_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d)
+{
+    OCL_NEED(dev && d && d->n >= 0 && d->blocksize >= 1 && d->blocksize <= 4096, "opencl: adamw8bit_step: bad arguments (blocksize %lld)",
+             d ? (long long)d->blocksize : 0LL);
+    OCL_NEED(d->bias_correction1 > 0 && d->bias_correction2 > 0, "opencl: adamw8bit_step: bias corrections %g, %g must be > 0",
+             d->bias_correction1, d->bias_correction2);
+    if (d->n == 0) return FINCH_OK;
+    OCL_NEED(d->param.buf && d->grad.buf && d->m_codes.buf && d->v_codes.buf && d->m_absmax.buf && d->v_absmax.buf && d->m_map.buf &&
+                 d->v_map.buf,
+             "opencl: adamw8bit_step: param, grad, codes, scales and maps are required");
+    if (!d->master.buf && d->param_type != FINCH_DTYPE_F32)
+        return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: adamw8bit_step: a non-f32 parameter needs an f32 master copy");
+    int rc = ocl_check_float_type(d->param_type, "adamw8bit_step");
+    if (rc) return rc;
+    ocl_args a = {0};
+    ocl_arg_l(&a, d->n);
+    ocl_arg_l(&a, d->blocksize);
+    ocl_arg_i(&a, d->param_type);
+    ocl_arg_ptr(&a, ocl_p(d->param));
+    ocl_arg_i(&a, d->master.buf != NULL);
+    ocl_arg_ptr(&a, ocl_p(d->master));
+    ocl_arg_ptr(&a, ocl_p(d->grad));
+    ocl_arg_ptr(&a, ocl_p(d->m_codes));
+    ocl_arg_ptr(&a, ocl_p(d->v_codes));
+    ocl_arg_ptr(&a, ocl_p(d->m_absmax));
+    ocl_arg_ptr(&a, ocl_p(d->v_absmax));
+    ocl_arg_ptr(&a, ocl_p(d->m_map));
+    ocl_arg_ptr(&a, ocl_p(d->v_map));
+    ocl_arg_f(&a, d->beta1);
+    ocl_arg_f(&a, d->beta2);
+    ocl_arg_f(&a, d->eps);
+    ocl_arg_f(&a, d->grad_scale);
+    ocl_arg_f(&a, 1.0f - d->lr * d->weight_decay);
+    ocl_arg_f(&a, d->lr / d->bias_correction1);
+    ocl_arg_f(&a, 1.0f / sqrtf(d->bias_correction2));
+    return ocl_launch_rows(dev, s, OCL_K_adamw8bit_step, &a, (d->n + d->blocksize - 1) / d->blocksize);
 }

@@ -185,6 +185,8 @@ static const finch_plugin_api ocl_api = {
     .cross_entropy = ocl_cross_entropy,
     .linear_cross_entropy = ocl_linear_cross_entropy,
     .adamw_step = ocl_adamw_step,
+    .adamw8bit_step = ocl_adamw8bit_step,
+    .attention_cache_forward = ocl_attention_cache_forward,
 };
 
 __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)

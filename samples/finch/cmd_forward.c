@@ -12,14 +12,25 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: finch forward --model DIR [--adapter DIR] --batch IN.safetensors [--grads] [--full]\n"
-               "                     [--backend NAME] [--dtype f32|bf16] --out OUT.safetensors\n"
+               "                     [--load-in-4bit] [--backend NAME] [--dtype f32|bf16] [--image PATH]... [--processor JSON]\n"
+               "                     [--text-positions] --out OUT.safetensors\n"
                "Reads int32 input_ids and labels [B, T] (-100 = ignored); writes logits [B, T, V] f32, loss [1] f32\n"
-               "and, with --grads, grad.<name> for every trainable tensor (adapter tensors, or every weight with --full).\n");
+               "and, with --grads, grad.<name> for every trainable tensor (adapter tensors, or every weight with --full).\n"
+               "--load-in-4bit quantises the decoder's linear weights to NF4 as they load (QLoRA); a bitsandbytes\n"
+               "4-bit checkpoint loads in 4 bits without it.\n"
+               "Vision-language models: each --image fills the next block of image tokens in input_ids (in order;\n"
+               "grid_t*grid_h*grid_w/4 tokens each), preprocessed as preprocessor_config.json (--processor, else the\n"
+               "model folder's) says; without --image, the batch file's pixel_values and image_grid_thw are used when\n"
+               "present. --text-positions numbers positions 0, 1, 2, ... as transformers does without mm_token_type_ids.\n");
 }
 
+#define MAX_IMAGES 64
+
 typedef struct forward_args {
-    const char *model, *adapter, *batch, *backend, *dtype, *out;
-    int grads, full;
+    const char *model, *adapter, *batch, *backend, *dtype, *out, *processor;
+    int grads, full, text_positions, load_in_4bit;
+    const char *images[MAX_IMAGES];
+    int n_images;
 } forward_args;
 
 static int parse_args(int argc, char **argv, forward_args *a)
@@ -31,7 +42,15 @@ static int parse_args(int argc, char **argv, forward_args *a)
         const char *s = argv[i];
         const char **slot = !strcmp(s, "--model") ? &a->model : !strcmp(s, "--adapter") ? &a->adapter
                           : !strcmp(s, "--batch") ? &a->batch : !strcmp(s, "--backend") ? &a->backend
-                          : !strcmp(s, "--dtype") ? &a->dtype : !strcmp(s, "--out") ? &a->out : NULL;
+                          : !strcmp(s, "--dtype") ? &a->dtype : !strcmp(s, "--out") ? &a->out
+                          : !strcmp(s, "--processor") ? &a->processor : NULL;
+        if (!strcmp(s, "--image")) {
+            if (a->n_images == MAX_IMAGES) {
+                fprintf(stderr, "finch forward: at most %d --image\n", MAX_IMAGES);
+                return 2;
+            }
+            slot = &a->images[a->n_images++];
+        }
         if (slot) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "finch forward: %s needs a value\n", s);
@@ -42,6 +61,10 @@ static int parse_args(int argc, char **argv, forward_args *a)
             a->grads = 1;
         } else if (!strcmp(s, "--full")) {
             a->full = 1;
+        } else if (!strcmp(s, "--load-in-4bit")) {
+            a->load_in_4bit = 1;
+        } else if (!strcmp(s, "--text-positions")) {
+            a->text_positions = 1;
         } else if (!strcmp(s, "--help") || !strcmp(s, "-h")) {
             usage(stdout);
             return -1;
@@ -85,13 +108,34 @@ static int read_ids(const st_set *set, const char *path, const char *name, int64
     return FINCH_OK;
 }
 
+/* pixel_values [n_patches, patch_dim] f32 and image_grid_thw [n_images, 3] from the batch file, if present. */
+static int read_pixels(const st_set *set, const char *path, float **pixels, int32_t **grids, int64_t *n_images,
+                       int64_t *n_patches)
+{
+    const st_tensor *pv = st_set_find(set, "pixel_values"), *g = st_set_find(set, "image_grid_thw");
+    if (!pv && !g) return FINCH_OK;
+    if (!pv || !g || pv->ndim != 2 || g->ndim != 2 || g->shape[1] != 3)
+        return finch_error(FINCH_ERR_FORMAT, "%s: images need both pixel_values [n_patches, patch_dim] and image_grid_thw "
+                                             "[n_images, 3]", path);
+    *pixels = malloc((size_t)pv->numel * sizeof(float) + 1);
+    *grids = malloc((size_t)g->numel * sizeof(int32_t) + 1);
+    if (!*pixels || !*grids) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+    int rc = st_to_f32(pv, *pixels);
+    if (!rc) rc = st_to_i32(g, *grids);
+    if (rc) return finch_error_prefix(rc, "%s: ", path);
+    *n_images = g->shape[0];
+    *n_patches = pv->shape[0];
+    return FINCH_OK;
+}
+
 static int run(const forward_args *a)
 {
     finch_runtime *rt = NULL;
     finch_model *m = NULL;
     st_set *batch = NULL;
-    int32_t *ids = NULL, *labels = NULL;
-    float *logits = NULL, *values = NULL;
+    int32_t *ids = NULL, *labels = NULL, *grids = NULL;
+    float *logits = NULL, *values = NULL, *pixels = NULL;
+    int64_t n_images = 0, n_patches = 0;
     st_entry *entries = NULL;
     char (*names)[300] = NULL;
     int64_t B = -1, T = -1, n_train = 0;
@@ -101,17 +145,26 @@ static int run(const forward_args *a)
         finch_load_options o = finch_load_options_default();
         o.compute_dtype = strcmp(a->dtype, "bf16") ? FINCH_DTYPE_F32 : FINCH_DTYPE_BF16;
         o.full_finetune = a->full;
+        o.load_in_4bit = a->load_in_4bit;
         rc = finch_model_load(rt, a->model, &o, &m);
     }
     if (!rc && a->adapter) rc = finch_lora_load(m, a->adapter);
     if (!rc) rc = st_set_open_file(a->batch, &batch);
     if (!rc) rc = read_ids(batch, a->batch, "input_ids", &B, &T, &ids);
     if (!rc) rc = st_set_find(batch, "labels") ? read_ids(batch, a->batch, "labels", &B, &T, &labels) : FINCH_OK;
+    if (!rc && a->n_images) {
+        rc = finch_cli_load_images(a->model, a->processor, a->images, a->n_images, &pixels, &grids, &n_patches);
+        n_images = a->n_images;
+    } else if (!rc) {
+        rc = read_pixels(batch, a->batch, &pixels, &grids, &n_images, &n_patches);
+    }
     finch_model_info info;
     if (!rc) rc = finch_model_info_get(m, &info);
     finch_step_result res;
     if (!rc) {
-        finch_batch b = {B, T, ids, labels};
+        finch_batch b = {.batch = B, .seq_len = T, .input_ids = ids, .labels = labels, .segment_ids = NULL,
+                         .pixel_values = pixels, .image_grid_thw = grids, .n_images = n_images, .n_patches = n_patches,
+                         .text_positions = a->text_positions};
         finch_step_options so = {1, 0.0f};
         rc = a->grads ? finch_forward_backward(m, &b, &so, &res) : finch_forward(m, &b, &so, &res);
     }
@@ -160,6 +213,8 @@ static int run(const forward_args *a)
     free(logits);
     free(ids);
     free(labels);
+    free(pixels);
+    free(grids);
     if (batch) st_set_close(batch);
     finch_model_free(m);
     finch_runtime_close(rt);

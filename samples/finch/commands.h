@@ -6,5 +6,19 @@
 int finch_cmd_info(int argc, char **argv);
 int finch_cmd_forward(int argc, char **argv);
 int finch_cmd_tokenize(int argc, char **argv);
+int finch_cmd_train(int argc, char **argv);
+int finch_cmd_init(int argc, char **argv);
+int finch_cmd_generate(int argc, char **argv);
+int finch_cmd_chat(int argc, char **argv);
+int finch_cmd_bench(int argc, char **argv);
+int finch_cmd_bench_decode(int argc, char **argv);
+int finch_cmd_export(int argc, char **argv);
+
+/* images.c: decodes and preprocesses n images for a vision-language model (preprocessor_config.json
+ * from `processor`, else from model_dir, else the Qwen2-VL defaults): pixel values of all images one
+ * after the other [n_patches, patch_dim] and their grids [n, 3]; free both with free(). */
+#include <stdint.h>
+int finch_cli_load_images(const char *model_dir, const char *processor, const char *const *paths, int n, float **pixels,
+                          int32_t **grids, int64_t *n_patches);
 
 #endif

@@ -15,6 +15,12 @@ static const struct {
     {"info", finch_cmd_info, "list backends (and why a plugin did not load), devices, and what \"auto\" picks"},
     {"forward", finch_cmd_forward, "run a model on a batch: logits, loss and optionally gradients to a file"},
     {"tokenize", finch_cmd_tokenize, "encode text or a chat with a model's tokenizer and template; show ids and labels"},
+    {"train", finch_cmd_train, "fine-tune a model (LoRA or full) on a JSONL dataset, with checkpoints and a loss curve"},
+    {"init", finch_cmd_init, "create a new model folder (config, random weights, tokenizer) to train from scratch"},
+    {"generate", finch_cmd_generate, "generate text from a prompt or a JSONL file of prompts (JSON lines out)"},
+    {"chat", finch_cmd_chat, "talk to a model (and its adapter) through its chat template, replies streamed"},
+    {"bench", finch_cmd_bench, "benchmarks on random-weight models (finch bench decode: decode speed vs the memory roofline)"},
+    {"export", finch_cmd_export, "write a PEFT adapter, a merged Hugging Face folder, a GGUF file or a GGUF LoRA"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
 

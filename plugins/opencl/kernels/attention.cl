@@ -77,6 +77,48 @@ kernel void attention_forward(long n_tokens, int n_seqs, BUF(cu), int n_heads, i
     ((global float *)AT(lse))[(long)h * n_tokens + i] = l > 0.0f ? mx + log(l) : -INFINITY;
 }
 
+/* Attention over a key/value cache: query row i of sequence s (rows cu[s] ..) sits at position
+ * p = kv_len[s] - q_len + (i - cu[s]) among the sequence's keys, which are rows kv_start[s] .. of k, v. */
+kernel void attention_cache_forward(long n_tokens, int n_seqs, BUF(cu), BUF(kv_start), BUF(kv_len), int n_heads,
+                                    int n_kv_heads, int hd, int dt, BUF(q), long ldq, BUF(k), long ldk, BUF(v),
+                                    long ldv, BUF(o), long ldo, BUF(lse), int has_lse, float scale, float softcap,
+                                    int causal, long window)
+{
+    long i = get_global_id(0);
+    int h = (int)get_global_id(1);
+    if (i >= n_tokens || h >= n_heads) return;
+    int g = h / (n_heads / n_kv_heads);
+    const global int *pcu = (const global int *)AT(cu);
+    int s = attn_sequence(pcu, n_seqs, i);
+    long klen = ((const global int *)AT(kv_len))[s], k0 = ((const global int *)AT(kv_start))[s];
+    long p = klen - ((long)pcu[s + 1] - pcu[s]) + (i - pcu[s]);
+    long lo = window > 0 ? max(0L, p - window + 1) : 0L, hi = causal ? p : klen - 1;
+    const global uchar *pq = AT(q), *pk = AT(k), *pv = AT(v);
+    float qi[FINCH_MAX_HEAD_DIM], acc[FINCH_MAX_HEAD_DIM];
+    for (int d = 0; d < hd; d++) {
+        qi[d] = load(pq, i * ldq + h * hd + d, dt);
+        acc[d] = 0.0f;
+    }
+    float mx = -INFINITY, l = 0.0f;
+    for (long j = k0 + lo; j <= k0 + hi; j++) {
+        float sc = 0.0f;
+        for (int d = 0; d < hd; d++) sc = fma(qi[d], load(pk, j * ldk + g * hd + d, dt), sc);
+        sc = softcap_apply(sc * scale, softcap);
+        if (sc > mx) {
+            float corr = exp(mx - sc);
+            l *= corr;
+            for (int d = 0; d < hd; d++) acc[d] *= corr;
+            mx = sc;
+        }
+        float e = exp(sc - mx);
+        l += e;
+        for (int d = 0; d < hd; d++) acc[d] = fma(e, load(pv, j * ldv + g * hd + d, dt), acc[d]);
+    }
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int d = 0; d < hd; d++) store(AT(o), i * ldo + h * hd + d, dt, acc[d] * inv);
+    if (has_lse) ((global float *)AT(lse))[(long)h * n_tokens + i] = l > 0.0f ? mx + log(l) : -INFINITY;
+}
+
 /* delta[h, i] = dout_i . o_i, the softmax-backward correction term. */
 kernel void attention_delta(long n_tokens, int n_heads, int hd, int dt, BUF(o), long ldo, BUF(dout),
                             long lddout, BUF(delta))

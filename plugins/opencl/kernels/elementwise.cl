@@ -124,3 +124,60 @@ kernel void adamw_step(long n, int param_dt, BUF(param), int has_master, BUF(mas
     p32[i] = p;
     if (has_master) store(AT(param), i, param_dt, p);
 }
+
+/* The nearest of 256 ascending map values: the number of midpoints below x (ties go down). */
+uchar nearest_code(const global float *map, float x)
+{
+    int lo = 0, hi = 255;
+    while (lo < hi) {
+        int k = (lo + hi) / 2;
+        if (x > (map[k] + map[k + 1]) * 0.5f) lo = k + 1;
+        else hi = k;
+    }
+    return (uchar)lo;
+}
+
+/* One work-group per block of bs elements (plugin.h, finch_adamw8bit_desc). The moments are computed
+ * twice, identically: once to update the parameter and find the block's new scales, once to encode
+ * them against those scales (each element's codes are read and written by one work-item only).
+ * decay = 1 - lr wd, step = lr / bias_correction1 and rbc2 = 1 / sqrt(bias_correction2) come from
+ * the host, correctly rounded. */
+kernel void adamw8bit_step(long n, long bs, int param_dt, BUF(param), int has_master, BUF(master), BUF(grad),
+                           BUF(mc), BUF(vc), BUF(ma), BUF(va), BUF(mmap), BUF(vmap), float beta1, float beta2,
+                           float eps, float grad_scale, float decay, float step, float rbc2)
+{
+#pragma OPENCL FP_CONTRACT OFF
+    local float red[FINCH_ROW_WG];
+    long b = get_group_id(0), i0 = b * bs, len = min(bs, n - i0);
+    global float *p32 = (global float *)(has_master ? AT(master) : AT(param));
+    const global float *g = (const global float *)AT(grad), *mmap = (const global float *)AT(mmap),
+                       *vmap = (const global float *)AT(vmap);
+    global uchar *mcode = AT(mc), *vcode = AT(vc);
+    global float *mabs = (global float *)AT(ma), *vabs = (global float *)AT(va);
+    float m_scale = mabs[b], v_scale = vabs[b], m_max = 0.0f, v_max = 0.0f;
+    for (long k = get_local_id(0); k < len; k += get_local_size(0)) {
+        long i = i0 + k;
+        float gi = g[i] * grad_scale;
+        float m = beta1 * (mmap[mcode[i]] * m_scale) + (1.0f - beta1) * gi;
+        float v = beta2 * (vmap[vcode[i]] * v_scale) + (1.0f - beta2) * gi * gi;
+        float p = p32[i] * decay - step * m / (sqrt(v) * rbc2 + eps);
+        p32[i] = p;
+        if (has_master) store(AT(param), i, param_dt, p);
+        m_max = fmax(m_max, fabs(m));
+        v_max = fmax(v_max, fabs(v));
+    }
+    m_max = group_max(red, m_max);
+    v_max = group_max(red, v_max);
+    for (long k = get_local_id(0); k < len; k += get_local_size(0)) {
+        long i = i0 + k;
+        float gi = g[i] * grad_scale;
+        float m = beta1 * (mmap[mcode[i]] * m_scale) + (1.0f - beta1) * gi;
+        float v = beta2 * (vmap[vcode[i]] * v_scale) + (1.0f - beta2) * gi * gi;
+        mcode[i] = nearest_code(mmap, m_max > 0.0f ? m / m_max : 0.0f);
+        vcode[i] = nearest_code(vmap, v_max > 0.0f ? v / v_max : 0.0f);
+    }
+    if (get_local_id(0) == 0) {
+        mabs[b] = m_max;
+        vabs[b] = v_max;
+    }
+}

@@ -1,0 +1,226 @@
+/* The model's forward pass for generation: new tokens of several sequences go through the same
+ * decoder layers as in training (model_forward.c's finch_layer_forward, no tape), with attention
+ * reading and extending each sequence's key/value cache; only each sequence's last new token goes
+ * on through the final norm and the head. Prefill (a whole prompt) and decode (one token) are the
+ * same pass with different token counts. */
+#include "core/error.h"
+#include "core/model_layer.h"
+#include "core/session.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define API (s->m->be->api)
+#define DEV s->m->be->dev, s->m->be->stream
+
+/* A session as an owner of model state: when the model moves to another backend, the cache is
+ * dropped on the old device (every sequence forgotten) and grows again on the new one. */
+static void session_release(void *self)
+{
+    finch_session *s = self;
+    finch_kv_cache_drop(&s->cache);
+    finch_graph_clear(&s->graph);
+    finch_arena_free(&s->arena);
+    for (int i = 0; i < s->max_seqs; i++) s->held[i].len = 0;
+}
+
+finch_status finch_session_create(finch_model *m, int max_seqs, finch_session **out)
+{
+    if (!m || !out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_session_create: NULL argument");
+    *out = NULL;
+    if (max_seqs < 1 || max_seqs > 65536)
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_session_create: max_seqs %d must be in [1, 65536]", max_seqs);
+    finch_session *s = calloc(1, sizeof *s);
+    if (!s || !(s->held = calloc((size_t)max_seqs, sizeof *s->held))) {
+        free(s);
+        return finch_error(FINCH_ERR_OUT_OF_MEMORY, "finch_session_create: out of host memory");
+    }
+    s->m = m;
+    s->max_seqs = max_seqs;
+    s->weights_version = m->weights_version;
+    const finch_model_config *c = &m->cfg;
+    int rc = finch_kv_cache_init(&s->cache, m->be, c->n_layers, max_seqs, c->n_kv_heads * c->head_dim, m->dtype);
+    if (rc) {
+        free(s->held);
+        free(s);
+        return rc;
+    }
+    finch_arena_init(&s->arena, m->be);
+    finch_graph_init(&s->graph, m->be, &s->arena);
+    finch_model_owner owner = {s, NULL, NULL, session_release};
+    if ((rc = finch_model_add_owner(m, &owner))) {
+        finch_session_free(s);
+        return rc;
+    }
+    s->registered = 1;
+    *out = s;
+    return FINCH_OK;
+}
+
+void finch_session_free(finch_session *s)
+{
+    if (!s) return;
+    if (s->registered) finch_model_remove_owner(s->m, s);
+    finch_kv_cache_free(&s->cache);
+    finch_graph_free(&s->graph);
+    finch_arena_free(&s->arena);
+    for (int i = 0; i < s->max_seqs; i++) finch_tokens_free(&s->held[i]);
+    free(s->held);
+    free(s->host);
+    free(s);
+}
+
+finch_status finch_session_reset(finch_session *s)
+{
+    if (!s) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_session_reset: NULL session");
+    for (int i = 0; i < s->max_seqs; i++) {
+        finch_kv_cache_truncate(&s->cache, i, 0);
+        s->held[i].len = 0;
+    }
+    s->weights_version = s->m->weights_version;
+    return FINCH_OK;
+}
+
+int64_t finch_session_length(const finch_session *s, int seq)
+{
+    return s && seq >= 0 && seq < s->max_seqs ? s->cache.len[seq] : 0;
+}
+
+static int append_held(finch_tokens *t, const int32_t *ids, int64_t n)
+{
+    if (t->len + (size_t)n > t->cap) {
+        size_t cap = t->cap ? t->cap : 64;
+        while (cap < t->len + (size_t)n) cap *= 2;
+        int32_t *p = realloc(t->ids, cap * sizeof *p);
+        if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+        t->ids = p;
+        t->cap = cap;
+    }
+    memcpy(t->ids + t->len, ids, (size_t)n * sizeof *ids);
+    t->len += (size_t)n;
+    return FINCH_OK;
+}
+
+static int check_tokens(const finch_session *s, int n, const int *seqs, const int32_t *const *tokens, const int64_t *n_tokens,
+                        int64_t *total)
+{
+    const finch_model_config *c = &s->m->cfg;
+    *total = 0;
+    for (int i = 0; i < n; i++) {
+        int q = seqs[i];
+        if (q < 0 || q >= s->max_seqs)
+            return finch_error(FINCH_ERR_INVALID_ARGUMENT, "sequence %d is outside the session's [0, %d)", q, s->max_seqs);
+        if (n_tokens[i] < 1 || !tokens[i])
+            return finch_error(FINCH_ERR_INVALID_ARGUMENT, "sequence %d: no tokens to append (an empty prompt needs at least a BOS token)", q);
+        for (int64_t t = 0; t < n_tokens[i]; t++)
+            if (tokens[i][t] < 0 || tokens[i][t] >= c->vocab)
+                return finch_error(FINCH_ERR_INVALID_ARGUMENT, "sequence %d: token %lld is id %d, outside the vocabulary [0, %lld)", q,
+                                   (long long)t, tokens[i][t], (long long)c->vocab);
+        if (s->cache.len[q] + n_tokens[i] > c->max_positions)
+            return finch_error(FINCH_ERR_INVALID_ARGUMENT,
+                               "sequence %d: %lld tokens exceed the model's context of %lld (max_position_embeddings in %s/config.json)",
+                               q, (long long)(s->cache.len[q] + n_tokens[i]), (long long)c->max_positions, s->m->dir);
+        *total += n_tokens[i];
+    }
+    if (*total > INT32_MAX / 4) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "%lld tokens in one pass is too many", (long long)*total);
+    return FINCH_OK;
+}
+
+/* The pass: embeddings, layers, and the logits of each sequence's last new token. */
+static int run_pass(finch_session *s, int n, const int *seqs, const int32_t *const *tokens, const int64_t *n_tokens,
+                    int64_t total, float *logits)
+{
+    finch_model *m = s->m;
+    const finch_model_config *c = &m->cfg;
+    finch_graph *g = &s->graph;
+    int64_t H = c->hidden;
+    size_t need = 2 * (size_t)total;
+    if (need > s->host_cap) {
+        int32_t *p = realloc(s->host, need * sizeof *p);
+        if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+        s->host = p;
+        s->host_cap = need;
+    }
+    int32_t *ids = s->host, *pos = ids + total;
+    int64_t at = 0, longest = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t held = s->cache.len[seqs[i]];
+        for (int64_t t = 0; t < n_tokens[i]; t++, at++) {
+            ids[at] = tokens[i][t];
+            pos[at] = (int32_t)(held + t);
+        }
+        if (held + n_tokens[i] > longest) longest = held + n_tokens[i];
+    }
+    int rc = finch_arena_begin(&s->arena);
+    if (rc) return rc;
+    finch_graph_clear(g);
+    g->recording = 0;
+    g->want_grad = 0;
+    finch_dptr d;
+    if ((rc = finch_arena_alloc(&s->arena, need * sizeof(int32_t), &d))) return rc;
+    if (API->write(DEV, d, s->host, need * sizeof(int32_t))) return finch_device_error(m->be, FINCH_ERR_DEVICE, "uploading tokens");
+    if ((rc = finch_kv_cache_begin(&s->cache, &s->arena, n, seqs, n_tokens))) return rc;
+
+    finch_step_ctx ctx = {m, g, n, longest, total, d, finch_dptr_none(), finch_dptr_at(d, (size_t)total * sizeof(int32_t)),
+                          s->cache.cu_q, 0, &s->cache, n};
+    finch_tensor x[2];
+    if ((rc = finch_model_embed(&ctx, &x[0])) || (rc = finch_graph_tensor(g, m->dtype, total, H, 0, &x[1]))) return rc;
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        finch_arena_mark mark = finch_arena_get_mark(&s->arena);
+        finch_graph_mark gm = finch_graph_get_mark(g);
+        if ((rc = finch_layer_forward(&ctx, l, &x[l % 2], &x[(l + 1) % 2]))) return rc;
+        finch_arena_reset(&s->arena, mark);
+        finch_graph_reset(g, gm);
+    }
+    finch_tensor h = x[c->n_layers % 2], last, hn, lg;
+    if (total == n) {
+        last = h;
+    } else {
+        /* Only each sequence's last new token goes on to the head. */
+        if ((rc = finch_graph_tensor(g, m->dtype, n, H, 0, &last))) return rc;
+        size_t es = finch_dtype_size(m->dtype);
+        const int32_t *cu = s->cache.host;
+        for (int i = 0; i < n; i++)
+            if (API->copy(DEV, finch_dptr_at(last.data, (size_t)(i * H) * es), finch_dptr_at(h.data, (size_t)((cu[i + 1] - 1) * H) * es),
+                          (size_t)H * es))
+                return finch_device_error(m->be, FINCH_ERR_DEVICE, "gathering the last tokens");
+    }
+    if ((rc = finch_model_final_norm(&ctx, &last, &hn)) || (rc = finch_op_logits(g, &hn, m->lm_head, &lg))) return rc;
+    if (c->final_softcap > 0) {
+        finch_tensor capped;
+        if ((rc = finch_op_activation(g, FINCH_ACT_SOFTCAP, c->final_softcap, &lg, &capped))) return rc;
+        lg = capped;
+    }
+    if (API->read(DEV, lg.data, logits, (size_t)(n * c->vocab) * sizeof(float)))
+        return finch_device_error(m->be, FINCH_ERR_DEVICE, "reading the logits");
+    return FINCH_OK;
+}
+
+finch_status finch_session_append(finch_session *s, int n, const int *seqs, const int32_t *const *tokens,
+                                  const int64_t *n_tokens, float *logits)
+{
+    if (!s || !seqs || !tokens || !n_tokens || !logits) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_session_append: NULL argument");
+    if (n < 1 || n > s->max_seqs)
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_session_append: %d sequences (1 to %d)", n, s->max_seqs);
+    int64_t total;
+    int rc = check_tokens(s, n, seqs, tokens, n_tokens, &total);
+    if (rc) return rc;
+    if (s->weights_version != s->m->weights_version) {
+        for (int q = 0; q < s->max_seqs; q++)
+            if (s->cache.len[q])
+                return finch_error(FINCH_ERR_STATE, "finch_session_append: the model's weights or adapter changed since the cache was filled "
+                                                    "(finch_session_reset first)");
+        s->weights_version = s->m->weights_version;
+    }
+    if ((rc = run_pass(s, n, seqs, tokens, n_tokens, total, logits))) {
+        s->cache.n_active = 0;
+        return rc;
+    }
+    finch_kv_cache_commit(&s->cache);
+    for (int i = 0; i < n; i++)
+        if ((rc = append_held(&s->held[seqs[i]], tokens[i], n_tokens[i]))) {
+            finch_kv_cache_truncate(&s->cache, seqs[i], (int64_t)s->held[seqs[i]].len);
+            return rc;
+        }
+    return FINCH_OK;
+}

@@ -1,0 +1,28 @@
+/* The decoder's per-layer code (model_forward.c), shared by training steps and by generation over
+ * a key/value cache (model_decode.c): one description of each architecture's layer serves both. */
+#ifndef FINCH_CORE_MODEL_LAYER_H
+#define FINCH_CORE_MODEL_LAYER_H
+
+#include "core/model.h"
+
+typedef struct finch_kv_cache finch_kv_cache;
+
+/* One pass over the layers: the tokens' device arrays and where attention finds its keys. */
+typedef struct finch_step_ctx {
+    finch_model *m;
+    finch_graph *g;
+    int64_t batch, seq_len, n_tokens;  /* with a cache: sequences, longest cached + new length, new tokens */
+    finch_dptr ids, labels, positions, cu_seqlens;
+    int train;                         /* LoRA dropout on */
+    finch_kv_cache *cache;             /* NULL: attention within the batch's rows; else over the cache */
+    int64_t n_seqs;                    /* sequences in cu_seqlens: one per row, or per segment of packed rows */
+} finch_step_ctx;
+
+/* x_0: the embeddings of s->ids (scaled where the architecture scales them). */
+int finch_model_embed(finch_step_ctx *s, finch_tensor *x0);
+/* One decoder layer: x -> out (out is preallocated). */
+int finch_layer_forward(finch_step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out);
+/* The final norm before the head. */
+int finch_model_final_norm(finch_step_ctx *s, const finch_tensor *x, finch_tensor *y);
+
+#endif

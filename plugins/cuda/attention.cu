@@ -1,0 +1,431 @@
+/* Attention over packed variable-length sequences, FlashAttention-2 style: the forward pass keeps
+ * a running max and sum per query row (online softmax) and saves lse; the backward pass recomputes
+ * the probabilities from lse, one key tile per block, with dK/dV in registers and dQ accumulated
+ * in f32 by atomics. Causal, sliding window, softcap, GQA/MQA, head_dim up to 256.
+ * This is the portable f32-arithmetic path: tiles live in shared memory as f32. */
+#include "gpu_plugin.h"
+
+#include <string.h>
+
+#define THREADS 128
+#define BLOCK_Q 16            /* query rows per tile; 8 threads per row */
+#define TPR (THREADS / BLOCK_Q)
+
+template <int MAXD> struct tiles {
+    static const int BLOCK_K = MAXD > 128 ? 16 : 32; /* key rows per tile */
+};
+
+struct attn_params {
+    const int32_t *cu;
+    int64_t n_tokens, n_heads, n_kv_heads, head_dim;
+    const void *q, *k, *v, *o, *dout;
+    int64_t ldq, ldk, ldv, ldo, lddout, lddk, lddv;
+    void *out, *dk, *dv;
+    float *lse, *delta, *dq_acc;
+    float scale, softcap;
+    int causal;
+    int64_t window;
+};
+
+__device__ __forceinline__ bool visible(const attn_params &p, int64_t i, int64_t j, int64_t len)
+{
+    return i < len && j < len && (!p.causal || j <= i) && (p.window == 0 || i - j < p.window);
+}
+
+__device__ __forceinline__ float cap_score(const attn_params &p, float s)
+{
+    return p.softcap > 0.0f ? p.softcap * tanhf(s / p.softcap) : s;
+}
+
+/* rows x D elements of a strided head slice into f32 shared memory (row stride D + 1). */
+template <typename T>
+__device__ __forceinline__ void load_tile(float *dst, const T *src, int64_t ld, int64_t row0, int rows, int64_t valid_rows,
+                                          int D)
+{
+    int Dp = D + 1;
+    for (int e = threadIdx.x; e < rows * D; e += THREADS) {
+        int r = e / D, d = e % D;
+        dst[r * Dp + d] = r < valid_rows ? to_f32(src[(row0 + r) * ld + d]) : 0.0f;
+    }
+}
+
+template <int MAXD, typename T>
+__global__ void __launch_bounds__(THREADS) attention_forward_kernel(attn_params p)
+{
+    const int BK = tiles<MAXD>::BLOCK_K, D = (int)p.head_dim, Dp = D + 1, NC = MAXD / TPR;
+    extern __shared__ float smem[];
+    float *qs = smem, *ks = qs + BLOCK_Q * Dp, *vs = ks + BK * Dp, *ps = vs + BK * Dp; /* ps: [BLOCK_Q][BK + 1] */
+
+    int64_t seq = blockIdx.z, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+    int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, q0 = (int64_t)blockIdx.x * BLOCK_Q;
+    if (q0 >= len) return;
+    int r = threadIdx.x / TPR, l = threadIdx.x % TPR;
+    int64_t i = q0 + r;
+
+    load_tile(qs, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, BLOCK_Q, len - q0, D);
+    float acc[NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++) acc[c] = 0.0f;
+    float row_max = -INFINITY, row_sum = 0.0f;
+
+    int64_t last_q = q0 + BLOCK_Q < len ? q0 + BLOCK_Q : len;
+    int64_t k_lo = p.window > 0 ? q0 - p.window + 1 : 0, k_hi = p.causal ? last_q : len;
+    if (k_lo < 0) k_lo = 0;
+    for (int64_t k0 = k_lo - k_lo % BK; k0 < k_hi; k0 += BK) {
+        __syncthreads(); /* previous tile fully used */
+        load_tile(ks, (const T *)p.k + start * p.ldk + kvh * D, p.ldk, k0, BK, len - k0, D);
+        load_tile(vs, (const T *)p.v + start * p.ldv + kvh * D, p.ldv, k0, BK, len - k0, D);
+        __syncthreads();
+        float s[BK / TPR], tile_max = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < BK / TPR; u++) {
+            int jj = l + TPR * u;
+            float dot = 0.0f;
+            for (int d = 0; d < D; d++) dot = fmaf(qs[r * Dp + d], ks[jj * Dp + d], dot);
+            s[u] = visible(p, i, k0 + jj, len) ? cap_score(p, p.scale * dot) : -INFINITY;
+            tile_max = fmaxf(tile_max, s[u]);
+        }
+        for (int o = TPR / 2; o > 0; o >>= 1) tile_max = fmaxf(tile_max, gpu_shfl_xor(tile_max, o));
+        float new_max = fmaxf(row_max, tile_max);
+        float alpha = new_max == -INFINITY ? 1.0f : expf(row_max - new_max);
+        float tile_sum = 0.0f;
+#pragma unroll
+        for (int u = 0; u < BK / TPR; u++) {
+            float e = s[u] == -INFINITY ? 0.0f : expf(s[u] - new_max);
+            ps[r * (BK + 1) + l + TPR * u] = e;
+            tile_sum += e;
+        }
+        for (int o = TPR / 2; o > 0; o >>= 1) tile_sum += gpu_shfl_xor(tile_sum, o);
+        row_sum = row_sum * alpha + tile_sum;
+        row_max = new_max;
+        __syncthreads();
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            int col = l + TPR * c;
+            if (col >= D) break;
+            float a = acc[c] * alpha;
+            for (int jj = 0; jj < BK; jj++) a = fmaf(ps[r * (BK + 1) + jj], vs[jj * Dp + col], a);
+            acc[c] = a;
+        }
+    }
+    if (i >= len) return;
+    T *out = (T *)p.out + (start + i) * p.ldo + h * D;
+    float inv = row_sum > 0.0f ? 1.0f / row_sum : 0.0f;
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        int col = l + TPR * c;
+        if (col < D) out[col] = from_f32<T>(acc[c] * inv);
+    }
+    if (l == 0 && p.lse) p.lse[h * p.n_tokens + start + i] = row_sum > 0.0f ? row_max + logf(row_sum) : -INFINITY;
+}
+
+/* delta[h, t] = dout[t, h] . o[t, h], one warp per (token, head). */
+template <typename T>
+__global__ void attention_delta_kernel(attn_params p)
+{
+    int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / FINCH_WARP_SIZE;
+    int lane = threadIdx.x % FINCH_WARP_SIZE;
+    if (w >= p.n_tokens * p.n_heads) return;
+    int64_t t = w / p.n_heads, h = w % p.n_heads;
+    const T *o = (const T *)p.o + t * p.ldo + h * p.head_dim, *g = (const T *)p.dout + t * p.lddout + h * p.head_dim;
+    float acc = 0.0f;
+    for (int64_t d = lane; d < p.head_dim; d += FINCH_WARP_SIZE) acc += to_f32(o[d]) * to_f32(g[d]);
+    for (int off = FINCH_WARP_SIZE / 2; off > 0; off >>= 1) acc += gpu_shfl_xor(acc, off);
+    if (lane == 0) p.delta[h * p.n_tokens + t] = acc;
+}
+
+template <int MAXD, typename T>
+__global__ void __launch_bounds__(THREADS) attention_backward_kernel(attn_params p)
+{
+    const int BK = tiles<MAXD>::BLOCK_K, D = (int)p.head_dim, Dp = D + 1;
+    const int TPK = THREADS / BK, NCK = MAXD / TPK, NCQ = MAXD / TPR;
+    extern __shared__ float smem[];
+    float *ks = smem, *vs = ks + BK * Dp, *qs = vs + BK * Dp, *dos = qs + BLOCK_Q * Dp;
+    float *ps = dos + BLOCK_Q * Dp, *dss = ps + BLOCK_Q * (BK + 1), *row_lse = dss + BLOCK_Q * (BK + 1);
+    float *row_delta = row_lse + BLOCK_Q;
+
+    int64_t seq = blockIdx.z, kvh = blockIdx.y, group = p.n_heads / p.n_kv_heads;
+    int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, k0 = (int64_t)blockIdx.x * BK;
+    if (k0 >= len) return;
+    load_tile(ks, (const T *)p.k + start * p.ldk + kvh * D, p.ldk, k0, BK, len - k0, D);
+    load_tile(vs, (const T *)p.v + start * p.ldv + kvh * D, p.ldv, k0, BK, len - k0, D);
+
+    int kr = threadIdx.x / TPK, kl = threadIdx.x % TPK;   /* this thread's dK/dV row and columns */
+    int qr = threadIdx.x / TPR, ql = threadIdx.x % TPR;   /* its S/P entries and dQ columns */
+    float dk[NCK], dv[NCK];
+#pragma unroll
+    for (int c = 0; c < NCK; c++) dk[c] = dv[c] = 0.0f;
+
+    int64_t last_k = (k0 + BK < len ? k0 + BK : len) - 1;
+    int64_t q_lo = p.causal ? k0 : 0, q_hi = p.window > 0 ? last_k + p.window : len;
+    if (q_hi > len) q_hi = len;
+    for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
+        for (int64_t q0 = q_lo; q0 < q_hi; q0 += BLOCK_Q) {
+            __syncthreads(); /* previous tile fully used (and K/V loaded) */
+            load_tile(qs, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, BLOCK_Q, len - q0, D);
+            load_tile(dos, (const T *)p.dout + start * p.lddout + h * D, p.lddout, q0, BLOCK_Q, len - q0, D);
+            if (threadIdx.x < BLOCK_Q) {
+                int64_t i = q0 + threadIdx.x;
+                row_lse[threadIdx.x] = i < len ? p.lse[h * p.n_tokens + start + i] : 0.0f;
+                row_delta[threadIdx.x] = i < len ? p.delta[h * p.n_tokens + start + i] : 0.0f;
+            }
+            __syncthreads();
+            int64_t i = q0 + qr;
+#pragma unroll
+            for (int u = 0; u < BK / TPR; u++) {
+                int jj = ql + TPR * u;
+                float prob = 0.0f, ds = 0.0f;
+                if (visible(p, i, k0 + jj, len)) {
+                    float dot = 0.0f, dp = 0.0f;
+                    for (int d = 0; d < D; d++) {
+                        dot = fmaf(qs[qr * Dp + d], ks[jj * Dp + d], dot);
+                        dp = fmaf(dos[qr * Dp + d], vs[jj * Dp + d], dp);
+                    }
+                    float sc = cap_score(p, p.scale * dot);
+                    prob = expf(sc - row_lse[qr]);
+                    ds = prob * (dp - row_delta[qr]);
+                    if (p.softcap > 0.0f) ds *= 1.0f - (sc / p.softcap) * (sc / p.softcap);
+                    ds *= p.scale;
+                }
+                ps[qr * (BK + 1) + jj] = prob;
+                dss[qr * (BK + 1) + jj] = ds;
+            }
+            __syncthreads();
+            /* dV += P^T dO, dK += dS^T Q for this thread's key row. */
+#pragma unroll
+            for (int c = 0; c < NCK; c++) {
+                int col = kl + TPK * c;
+                if (col >= D) break;
+                float a = dv[c], b = dk[c];
+                for (int r = 0; r < BLOCK_Q; r++) {
+                    a = fmaf(ps[r * (BK + 1) + kr], dos[r * Dp + col], a);
+                    b = fmaf(dss[r * (BK + 1) + kr], qs[r * Dp + col], b);
+                }
+                dv[c] = a;
+                dk[c] = b;
+            }
+            /* dQ += dS K for this thread's query row. */
+            if (i < len) {
+                float *dq = p.dq_acc + (start + i) * p.n_heads * D + h * D;
+#pragma unroll
+                for (int c = 0; c < NCQ; c++) {
+                    int col = ql + TPR * c;
+                    if (col >= D) break;
+                    float a = 0.0f;
+                    for (int jj = 0; jj < BK; jj++) a = fmaf(dss[qr * (BK + 1) + jj], ks[jj * Dp + col], a);
+                    if (a != 0.0f) atomicAdd(dq + col, a);
+                }
+            }
+        }
+    }
+    if (kr >= len - k0) return;
+    T *dkr = (T *)p.dk + (start + k0 + kr) * p.lddk + kvh * D, *dvr = (T *)p.dv + (start + k0 + kr) * p.lddv + kvh * D;
+#pragma unroll
+    for (int c = 0; c < NCK; c++) {
+        int col = kl + TPK * c;
+        if (col >= D) break;
+        dkr[col] = from_f32<T>(dk[c]);
+        dvr[col] = from_f32<T>(dv[c]);
+    }
+}
+
+/* dq[t, h*D + d] = dq_acc[t, h*D + d] in the storage type, honouring lddq. */
+template <typename T>
+__global__ void attention_store_dq_kernel(int64_t n_tokens, int64_t width, const float *acc, T *dq, int64_t lddq)
+{
+    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n_tokens * width; e += (int64_t)gridDim.x * blockDim.x)
+        dq[(e / width) * lddq + e % width] = from_f32<T>(acc[e]);
+}
+
+#include "attention_mma.cuh"
+
+/* The tensor-core forward where it applies (16-bit storage, head_dim 64 or 128, sm_80+): *done = 1. */
+template <typename T>
+static int launch_forward_mma(finch_plugin_device *dev, gpuStream_t st, const attn_params &p, const finch_attention_desc *d,
+                              int *done)
+{
+    *done = 0;
+#if FINCH_GPU_CUDA
+    if constexpr (!std::is_same<T, float>::value) {
+        if (dev->props.major < 8 || (d->head_dim != 64 && d->head_dim != 128)) return FINCH_OK;
+        void (*kernel)(attn_params) = d->head_dim == 64 ? attention_forward_mma_kernel<64, T> : attention_forward_mma_kernel<128, T>;
+        size_t smem = d->head_dim == 64 ? mma_smem<64>::bytes : mma_smem<128>::bytes;
+        GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                          "attention_forward shared memory"));
+        dim3 grid((unsigned)((d->max_seqlen + MMA_BLOCK_Q - 1) / MMA_BLOCK_Q), (unsigned)d->n_heads, (unsigned)d->n_seqs);
+        kernel<<<grid, MMA_THREADS, smem, st>>>(p);
+        *done = 1;
+        return GPU_LAUNCHED("attention_forward (tensor cores)");
+    }
+#endif
+    return FINCH_OK;
+}
+
+static size_t forward_smem(int maxd, int64_t D)
+{
+    int bk = maxd > 128 ? 16 : 32;
+    return ((size_t)(BLOCK_Q + 2 * bk) * (D + 1) + BLOCK_Q * (bk + 1)) * sizeof(float);
+}
+
+static size_t backward_smem(int maxd, int64_t D)
+{
+    int bk = maxd > 128 ? 16 : 32;
+    return ((size_t)(2 * bk + 2 * BLOCK_Q) * (D + 1) + 2 * BLOCK_Q * (bk + 1) + 2 * BLOCK_Q) * sizeof(float);
+}
+
+static int check_attention(const finch_attention_desc *d, int backward, const char *entry)
+{
+    if (d->n_heads <= 0 || d->n_kv_heads <= 0 || d->n_heads % d->n_kv_heads || d->head_dim <= 0 || d->n_seqs < 0 ||
+        d->window < 0)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: %lld heads, %lld kv heads, head_dim %lld, window %lld",
+                        entry, (long long)d->n_heads, (long long)d->n_kv_heads, (long long)d->head_dim, (long long)d->window);
+    if (d->head_dim > 256)
+        return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": %s: head_dim %lld > 256", entry, (long long)d->head_dim);
+    if (!gpu_is_float_type(d->dtype))
+        return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": %s: dtype %s", entry, gpu_dtype_name(d->dtype));
+    if (!gpu_ptr(d->cu_seqlens) || !gpu_ptr(d->q) || !gpu_ptr(d->k) || !gpu_ptr(d->v) || !gpu_ptr(d->o) || (backward && !gpu_ptr(d->lse)))
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: cu_seqlens, q, k, v, o or lse is absent", entry);
+    if (backward && (!gpu_ptr(d->dout) || !gpu_ptr(d->dq) || !gpu_ptr(d->dk) || !gpu_ptr(d->dv)))
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: dout, dq, dk or dv is absent", entry);
+    if (d->n_seqs > 65535 || (d->max_seqlen + BLOCK_Q - 1) / BLOCK_Q > INT32_MAX || d->n_heads > 65535)
+        return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": %s: %lld sequences / %lld heads", entry,
+                        (long long)d->n_seqs, (long long)d->n_heads);
+    return FINCH_OK;
+}
+
+static attn_params make_params(const finch_attention_desc *d)
+{
+    attn_params p;
+    memset(&p, 0, sizeof p);
+    p.cu = (const int32_t *)gpu_ptr(d->cu_seqlens);
+    p.n_tokens = d->n_tokens;
+    p.n_heads = d->n_heads;
+    p.n_kv_heads = d->n_kv_heads;
+    p.head_dim = d->head_dim;
+    p.q = gpu_ptr(d->q); p.ldq = d->ldq;
+    p.k = gpu_ptr(d->k); p.ldk = d->ldk;
+    p.v = gpu_ptr(d->v); p.ldv = d->ldv;
+    p.o = gpu_ptr(d->o); p.ldo = d->ldo;
+    p.out = gpu_ptr(d->o);
+    p.lse = (float *)gpu_ptr(d->lse);
+    p.dout = gpu_ptr(d->dout); p.lddout = d->lddout;
+    p.dk = gpu_ptr(d->dk); p.lddk = d->lddk;
+    p.dv = gpu_ptr(d->dv); p.lddv = d->lddv;
+    p.scale = d->scale;
+    p.softcap = d->softcap;
+    p.causal = d->causal;
+    p.window = d->window;
+    return p;
+}
+
+template <int MAXD, typename T>
+static int launch_forward(gpuStream_t st, const attn_params &p, const finch_attention_desc *d)
+{
+    size_t smem = forward_smem(MAXD, d->head_dim);
+    void (*kernel)(attn_params) = attention_forward_kernel<MAXD, T>;
+    GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                      "attention_forward shared memory"));
+    dim3 grid((unsigned)((d->max_seqlen + BLOCK_Q - 1) / BLOCK_Q), (unsigned)d->n_heads, (unsigned)d->n_seqs);
+    kernel<<<grid, THREADS, smem, st>>>(p);
+    return GPU_LAUNCHED("attention_forward");
+}
+
+template <int MAXD, typename T>
+static int launch_backward(gpuStream_t st, const attn_params &p, const finch_attention_desc *d)
+{
+    size_t smem = backward_smem(MAXD, d->head_dim);
+    void (*kernel)(attn_params) = attention_backward_kernel<MAXD, T>;
+    GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                      "attention_backward shared memory"));
+    int bk = tiles<MAXD>::BLOCK_K;
+    dim3 grid((unsigned)((d->max_seqlen + bk - 1) / bk), (unsigned)d->n_kv_heads, (unsigned)d->n_seqs);
+    kernel<<<grid, THREADS, smem, st>>>(p);
+    return GPU_LAUNCHED("attention_backward");
+}
+
+#define DISPATCH_HEAD_DIM(D, fn, T, ...) \
+    ((D) <= 64 ? fn<64, T>(__VA_ARGS__) : (D) <= 128 ? fn<128, T>(__VA_ARGS__) : fn<256, T>(__VA_ARGS__))
+
+extern "C" int plugin_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_attention(d, 0, "attention_forward"));
+    if (d->n_tokens <= 0 || d->n_seqs == 0 || d->max_seqlen <= 0) return FINCH_OK;
+    attn_params p = make_params(d);
+    int done = 0;
+    FINCH_DISPATCH_FLOAT(d->dtype, T, "attention_forward",
+        GPU_TRY(launch_forward_mma<T>(dev, st, p, d, &done));
+        if (done) return FINCH_OK;
+        return DISPATCH_HEAD_DIM(d->head_dim, launch_forward, T, st, p, d));
+    return FINCH_OK;
+}
+
+/* Whether the tensor-core kernels take this call: 16-bit storage, head_dim 64 or 128, sm_80+. */
+static int mma_applies(const finch_plugin_device *dev, const finch_attention_desc *d)
+{
+#if FINCH_GPU_CUDA
+    return d->dtype != FINCH_DTYPE_F32 && (d->head_dim == 64 || d->head_dim == 128) && dev->props.major >= 8;
+#else
+    return 0;
+#endif
+}
+
+template <typename T>
+static int backward_typed(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d, int mma)
+{
+    int64_t warps = d->n_tokens * d->n_heads, width = d->n_heads * d->head_dim;
+    attention_delta_kernel<T><<<(unsigned)((warps * FINCH_WARP_SIZE + 255) / 256), 256, 0, st>>>(p);
+    GPU_TRY(GPU_LAUNCHED("attention_backward delta"));
+#if FINCH_GPU_CUDA
+    if constexpr (!std::is_same<T, float>::value) {
+        if (mma) {
+            int hd = (int)d->head_dim;
+            void (*dkdv)(attn_params) = hd == 64 ? attention_dkdv_mma_kernel<64, T> : attention_dkdv_mma_kernel<128, T>;
+            void (*dq)(attn_params, T *, int64_t) = hd == 64 ? attention_dq_mma_kernel<64, T> : attention_dq_mma_kernel<128, T>;
+            size_t s1 = hd == 64 ? mma_bwd_smem<64>::dkdv_bytes : mma_bwd_smem<128>::dkdv_bytes;
+            size_t s2 = hd == 64 ? mma_bwd_smem<64>::dq_bytes : mma_bwd_smem<128>::dq_bytes;
+            GPU_TRY(gpu_check(gpuFuncSetAttribute(dkdv, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s1),
+                              "attention_backward shared memory"));
+            GPU_TRY(gpu_check(gpuFuncSetAttribute(dq, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s2),
+                              "attention_backward shared memory"));
+            unsigned tiles = (unsigned)((d->max_seqlen + MMA_BLOCK_K - 1) / MMA_BLOCK_K);
+            dkdv<<<dim3(tiles, (unsigned)d->n_kv_heads, (unsigned)d->n_seqs), MMA_THREADS, s1, st>>>(p);
+            GPU_TRY(GPU_LAUNCHED("attention_backward dk/dv (tensor cores)"));
+            dq<<<dim3(tiles, (unsigned)d->n_heads, (unsigned)d->n_seqs), MMA_THREADS, s2, st>>>(p, (T *)gpu_ptr(d->dq), d->lddq);
+            return GPU_LAUNCHED("attention_backward dq (tensor cores)");
+        }
+    }
+#endif
+    (void)mma;
+    GPU_TRY(DISPATCH_HEAD_DIM(d->head_dim, launch_backward, T, st, p, d));
+    int64_t acc_n = d->n_tokens * width;
+    attention_store_dq_kernel<T><<<gpu_blocks(acc_n, 256), 256, 0, st>>>(d->n_tokens, width, p.dq_acc, (T *)gpu_ptr(d->dq),
+                                                                         d->lddq);
+    return GPU_LAUNCHED("attention_backward dq");
+}
+
+extern "C" int plugin_attention_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_attention(d, 1, "attention_backward"));
+    if (d->n_tokens <= 0 || d->n_seqs == 0 || d->max_seqlen <= 0) return FINCH_OK;
+    attn_params p = make_params(d);
+    int mma = mma_applies(dev, d);
+    float *scratch = NULL;
+    size_t delta_n = (size_t)d->n_heads * d->n_tokens, acc_n = mma ? 0 : (size_t)d->n_tokens * d->n_heads * d->head_dim;
+    GPU_TRY(gpu_scratch(st, (delta_n + acc_n) * sizeof(float), (void **)&scratch, "attention_backward scratch"));
+    p.delta = scratch;
+    p.dq_acc = scratch + delta_n;
+    int rc = acc_n ? gpu_check(gpuMemsetAsync(p.dq_acc, 0, acc_n * sizeof(float), st), "attention_backward") : FINCH_OK;
+    if (!rc) {
+        switch (d->dtype) {
+        case FINCH_DTYPE_F32: rc = backward_typed<float>(dev, st, p, d, mma); break;
+        case FINCH_DTYPE_BF16: rc = backward_typed<gpu_bf16>(dev, st, p, d, mma); break;
+        default: rc = backward_typed<gpu_f16>(dev, st, p, d, mma); break;
+        }
+    }
+    gpu_scratch_free(st, scratch);
+    return rc;
+}

@@ -1,0 +1,417 @@
+/* Tensor-core forward attention for 16-bit storage on sm_80+ (a CUDA-only fast path; the portable
+ * kernel in attention.cu covers everything else). FlashAttention-2 layout: 4 warps, each owning 16
+ * query rows of a 64-row tile; per 64-key tile, S = Q K^T and O += P V run on mma.sync m16n8k16
+ * with f32 accumulation, the online softmax on the S accumulators in registers, and P fed back as
+ * the A operand without leaving registers. Fragment layouts are those of the PTX ISA for
+ * m16n8k16: g = lane / 4 is the row (and B column), t = lane % 4 picks the element pair. */
+#ifndef FINCH_GPU_ATTENTION_MMA_CUH
+#define FINCH_GPU_ATTENTION_MMA_CUH
+
+#if FINCH_GPU_CUDA
+#include <type_traits>
+
+#define MMA_BLOCK_Q 64
+#define MMA_BLOCK_K 64
+#define MMA_THREADS 128
+
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<gpu_bf16>(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+template <> __device__ __forceinline__ uint32_t pack2<gpu_f16>(float lo, float hi)
+{
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+/* d += a b for one 16x8x16 tile. */
+template <typename T>
+__device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (sizeof(T) == 2 && std::is_same<T, gpu_bf16>::value)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+template <int D> struct mma_smem {
+    static const int LDK = D + 8;                 /* row stride of Q and K tiles (elements) */
+    static const int LDV = MMA_BLOCK_K + 8;       /* row stride of the transposed V tile */
+    static const size_t bytes = ((size_t)(MMA_BLOCK_Q + MMA_BLOCK_K) * LDK + (size_t)D * LDV) * 2;
+};
+
+template <int D, typename T>
+__global__ void __launch_bounds__(MMA_THREADS) attention_forward_mma_kernel(attn_params p)
+{
+    const int LDK = mma_smem<D>::LDK, LDV = mma_smem<D>::LDV;
+    extern __shared__ float smem_raw[];
+    T *qs = (T *)smem_raw, *ks = qs + MMA_BLOCK_Q * LDK, *vt = ks + MMA_BLOCK_K * LDK;
+
+    int64_t seq = blockIdx.z, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+    int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, q0 = (int64_t)blockIdx.x * MMA_BLOCK_Q;
+    if (q0 >= len) return;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    int r0 = warp * 16;
+
+    const T *q = (const T *)p.q + start * p.ldq + h * D;
+    for (int e = threadIdx.x; e < MMA_BLOCK_Q * D; e += MMA_THREADS) {
+        int r = e / D, c = e % D;
+        qs[r * LDK + c] = q0 + r < len ? q[(q0 + r) * p.ldq + c] : from_f32<T>(0.0f);
+    }
+    __syncthreads();
+    uint32_t qf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        qf[kk][0] = *(const uint32_t *)&qs[(r0 + g) * LDK + kk * 16 + t * 2];
+        qf[kk][1] = *(const uint32_t *)&qs[(r0 + g + 8) * LDK + kk * 16 + t * 2];
+        qf[kk][2] = *(const uint32_t *)&qs[(r0 + g) * LDK + kk * 16 + 8 + t * 2];
+        qf[kk][3] = *(const uint32_t *)&qs[(r0 + g + 8) * LDK + kk * 16 + 8 + t * 2];
+    }
+    float o[D / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < D / 8; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+    int64_t rows_i[2] = {q0 + r0 + g, q0 + r0 + g + 8};
+
+    int64_t last_q = q0 + MMA_BLOCK_Q < len ? q0 + MMA_BLOCK_Q : len;
+    int64_t k_lo = p.window > 0 ? q0 - p.window + 1 : 0, k_hi = p.causal ? last_q : len;
+    if (k_lo < 0) k_lo = 0;
+    const T *kp = (const T *)p.k + start * p.ldk + kvh * D, *vp = (const T *)p.v + start * p.ldv + kvh * D;
+    for (int64_t k0 = k_lo - k_lo % MMA_BLOCK_K; k0 < k_hi; k0 += MMA_BLOCK_K) {
+        __syncthreads(); /* the previous tile is fully used */
+        for (int e = threadIdx.x; e < MMA_BLOCK_K * D; e += MMA_THREADS) {
+            int r = e / D, c = e % D;
+            bool in = k0 + r < len;
+            ks[r * LDK + c] = in ? kp[(k0 + r) * p.ldk + c] : from_f32<T>(0.0f);
+            vt[c * LDV + r] = in ? vp[(k0 + r) * p.ldv + c] : from_f32<T>(0.0f);
+        }
+        __syncthreads();
+        float s[MMA_BLOCK_K / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t b0 = *(const uint32_t *)&ks[(nt * 8 + g) * LDK + kk * 16 + t * 2];
+                uint32_t b1 = *(const uint32_t *)&ks[(nt * 8 + g) * LDK + kk * 16 + 8 + t * 2];
+                mma16816<T>(s[nt], qf[kk], b0, b1);
+            }
+        }
+        float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int64_t j = k0 + nt * 8 + t * 2 + (e & 1);
+                float v = visible(p, rows_i[e >> 1], j, len) ? cap_score(p, p.scale * s[nt][e]) : -INFINITY;
+                s[nt][e] = v;
+                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], v);
+            }
+        float alpha[2], new_max[2], tile_sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+            new_max[r] = fmaxf(row_max[r], tile_max[r]);
+            alpha[r] = new_max[r] == -INFINITY ? 1.0f : expf(row_max[r] - new_max[r]);
+            row_max[r] = new_max[r];
+        }
+#pragma unroll
+        for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float v = s[nt][e] == -INFINITY ? 0.0f : expf(s[nt][e] - new_max[e >> 1]);
+                s[nt][e] = v;
+                tile_sum[e >> 1] += v;
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 1);
+            tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 2);
+            row_sum[r] = row_sum[r] * alpha[r] + tile_sum[r];
+        }
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            o[nd][0] *= alpha[0];
+            o[nd][1] *= alpha[0];
+            o[nd][2] *= alpha[1];
+            o[nd][3] *= alpha[1];
+        }
+#pragma unroll
+        for (int kk = 0; kk < MMA_BLOCK_K / 16; kk++) {
+            uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int nd = 0; nd < D / 8; nd++) {
+                uint32_t b0 = *(const uint32_t *)&vt[(nd * 8 + g) * LDV + kk * 16 + t * 2];
+                uint32_t b1 = *(const uint32_t *)&vt[(nd * 8 + g) * LDV + kk * 16 + 8 + t * 2];
+                mma16816<T>(o[nd], pa, b0, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int64_t i = rows_i[r];
+        if (i >= len) continue;
+        float inv = row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f;
+        T *out = (T *)p.out + (start + i) * p.ldo + h * D;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            out[nd * 8 + t * 2] = from_f32<T>(o[nd][2 * r] * inv);
+            out[nd * 8 + t * 2 + 1] = from_f32<T>(o[nd][2 * r + 1] * inv);
+        }
+        if (t == 0 && p.lse) p.lse[h * p.n_tokens + start + i] = row_sum[r] > 0.0f ? row_max[r] + logf(row_sum[r]) : -INFINITY;
+    }
+}
+
+/* ---- backward: two kernels, no atomics ---------------------------------------------------------
+ * attention_dkdv_mma_kernel: one 64-key tile per block (16 keys per warp) of one kv head, looping
+ * over the query heads of its group and over 32-query tiles: S^T = K Q^T, P^T from lse,
+ * dP^T = V dO^T, dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q.
+ * attention_dq_mma_kernel: one 64-query tile per block (16 per warp), looping over key tiles:
+ * S = Q K^T, P, dP = dO V^T, dS, dQ += dS K. Operands are read from shared memory tiles laid out
+ * so that every fragment register is one 32-bit load (row-major where the ISA's pair runs along
+ * the row, transposed copies where it runs down a column). */
+#define MMA_BWD_Q 32
+
+template <int D> struct mma_bwd_smem {
+    static const int LD = D + 8, LDT_Q = MMA_BWD_Q + 8, LDT_K = MMA_BLOCK_K + 8;
+    /* dK/dV kernel: K, V [64][LD]; Q, dO [32][LD]; Q^T, dO^T [D][LDT_Q]; lse, delta [32] f32 */
+    static const size_t dkdv_bytes = ((size_t)2 * MMA_BLOCK_K * LD + 2 * MMA_BWD_Q * LD + 2 * (size_t)D * LDT_Q) * 2 +
+                                     2 * MMA_BWD_Q * sizeof(float);
+    /* dQ kernel: Q, dO [64][LD]; K, V [64][LD]; K^T [D][LDT_K]; lse, delta [64] f32 */
+    static const size_t dq_bytes = ((size_t)4 * MMA_BLOCK_K * LD + (size_t)D * LDT_K) * 2 + 2 * MMA_BLOCK_Q * sizeof(float);
+};
+
+/* rows x D of a head slice into shared memory, row-major (ld) and optionally transposed (ldt). */
+template <int D, typename T>
+__device__ __forceinline__ void mma_load_rows(T *dst, int ld, T *dst_t, int ldt, const T *src, int64_t src_ld, int64_t row0,
+                                              int rows, int64_t len)
+{
+    for (int e = threadIdx.x; e < rows * D; e += MMA_THREADS) {
+        int r = e / D, c = e % D;
+        T v = row0 + r < len ? src[(row0 + r) * src_ld + c] : from_f32<T>(0.0f);
+        if (dst) dst[r * ld + c] = v;
+        if (dst_t) dst_t[c * ldt + r] = v;
+    }
+}
+
+template <int D, typename T>
+__global__ void __launch_bounds__(MMA_THREADS) attention_dkdv_mma_kernel(attn_params p)
+{
+    typedef mma_bwd_smem<D> L;
+    const int LD = L::LD, LDT = L::LDT_Q;
+    extern __shared__ float smem_raw[];
+    T *ks = (T *)smem_raw, *vs = ks + MMA_BLOCK_K * LD, *qs = vs + MMA_BLOCK_K * LD, *dos = qs + MMA_BWD_Q * LD;
+    T *qt = dos + MMA_BWD_Q * LD, *dot = qt + D * LDT;
+    float *lse_s = (float *)(dot + D * LDT), *delta_s = lse_s + MMA_BWD_Q;
+
+    int64_t seq = blockIdx.z, kvh = blockIdx.y, group = p.n_heads / p.n_kv_heads;
+    int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, k0 = (int64_t)blockIdx.x * MMA_BLOCK_K;
+    if (k0 >= len) return;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, kr0 = warp * 16;
+    mma_load_rows<D, T>(ks, LD, NULL, 0, (const T *)p.k + start * p.ldk + kvh * D, p.ldk, k0, MMA_BLOCK_K, len);
+    mma_load_rows<D, T>(vs, LD, NULL, 0, (const T *)p.v + start * p.ldv + kvh * D, p.ldv, k0, MMA_BLOCK_K, len);
+
+    float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < D / 8; nd++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[nd][e] = dv[nd][e] = 0.0f;
+    int64_t keys_j[2] = {k0 + kr0 + g, k0 + kr0 + g + 8};
+
+    int64_t last_k = (k0 + MMA_BLOCK_K < len ? k0 + MMA_BLOCK_K : len) - 1;
+    int64_t q_lo = p.causal ? k0 : 0, q_hi = p.window > 0 ? last_k + p.window : len;
+    if (q_hi > len) q_hi = len;
+    for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
+        for (int64_t q0 = q_lo; q0 < q_hi; q0 += MMA_BWD_Q) {
+            __syncthreads(); /* previous tiles fully used; K and V loaded */
+            mma_load_rows<D, T>(qs, LD, qt, LDT, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, MMA_BWD_Q, len);
+            mma_load_rows<D, T>(dos, LD, dot, LDT, (const T *)p.dout + start * p.lddout + h * D, p.lddout, q0, MMA_BWD_Q,
+                                len);
+            if (threadIdx.x < MMA_BWD_Q) {
+                int64_t i = q0 + threadIdx.x;
+                lse_s[threadIdx.x] = i < len ? p.lse[h * p.n_tokens + start + i] : 0.0f;
+                delta_s[threadIdx.x] = i < len ? p.delta[h * p.n_tokens + start + i] : 0.0f;
+            }
+            __syncthreads();
+            float st[MMA_BWD_Q / 8][4], dpt[MMA_BWD_Q / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < MMA_BWD_Q / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t ka[4] = {*(const uint32_t *)&ks[(kr0 + g) * LD + kk * 16 + t * 2],
+                                  *(const uint32_t *)&ks[(kr0 + g + 8) * LD + kk * 16 + t * 2],
+                                  *(const uint32_t *)&ks[(kr0 + g) * LD + kk * 16 + 8 + t * 2],
+                                  *(const uint32_t *)&ks[(kr0 + g + 8) * LD + kk * 16 + 8 + t * 2]};
+                uint32_t va[4] = {*(const uint32_t *)&vs[(kr0 + g) * LD + kk * 16 + t * 2],
+                                  *(const uint32_t *)&vs[(kr0 + g + 8) * LD + kk * 16 + t * 2],
+                                  *(const uint32_t *)&vs[(kr0 + g) * LD + kk * 16 + 8 + t * 2],
+                                  *(const uint32_t *)&vs[(kr0 + g + 8) * LD + kk * 16 + 8 + t * 2]};
+#pragma unroll
+                for (int nt = 0; nt < MMA_BWD_Q / 8; nt++) {
+                    mma16816<T>(st[nt], ka, *(const uint32_t *)&qs[(nt * 8 + g) * LD + kk * 16 + t * 2],
+                                *(const uint32_t *)&qs[(nt * 8 + g) * LD + kk * 16 + 8 + t * 2]);
+                    mma16816<T>(dpt[nt], va, *(const uint32_t *)&dos[(nt * 8 + g) * LD + kk * 16 + t * 2],
+                                *(const uint32_t *)&dos[(nt * 8 + g) * LD + kk * 16 + 8 + t * 2]);
+                }
+            }
+            /* st becomes P^T, dpt becomes dS^T (scaled), element by element. */
+#pragma unroll
+            for (int nt = 0; nt < MMA_BWD_Q / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int col = nt * 8 + t * 2 + (e & 1);
+                    float prob = 0.0f, ds = 0.0f;
+                    if (visible(p, q0 + col, keys_j[e >> 1], len)) {
+                        float sc = cap_score(p, p.scale * st[nt][e]);
+                        prob = expf(sc - lse_s[col]);
+                        ds = prob * (dpt[nt][e] - delta_s[col]);
+                        if (p.softcap > 0.0f) ds *= 1.0f - (sc / p.softcap) * (sc / p.softcap);
+                        ds *= p.scale;
+                    }
+                    st[nt][e] = prob;
+                    dpt[nt][e] = ds;
+                }
+#pragma unroll
+            for (int kq = 0; kq < MMA_BWD_Q / 16; kq++) {
+                uint32_t pa[4] = {pack2<T>(st[2 * kq][0], st[2 * kq][1]), pack2<T>(st[2 * kq][2], st[2 * kq][3]),
+                                  pack2<T>(st[2 * kq + 1][0], st[2 * kq + 1][1]), pack2<T>(st[2 * kq + 1][2], st[2 * kq + 1][3])};
+                uint32_t sa[4] = {pack2<T>(dpt[2 * kq][0], dpt[2 * kq][1]), pack2<T>(dpt[2 * kq][2], dpt[2 * kq][3]),
+                                  pack2<T>(dpt[2 * kq + 1][0], dpt[2 * kq + 1][1]),
+                                  pack2<T>(dpt[2 * kq + 1][2], dpt[2 * kq + 1][3])};
+#pragma unroll
+                for (int nd = 0; nd < D / 8; nd++) {
+                    mma16816<T>(dv[nd], pa, *(const uint32_t *)&dot[(nd * 8 + g) * LDT + kq * 16 + t * 2],
+                                *(const uint32_t *)&dot[(nd * 8 + g) * LDT + kq * 16 + 8 + t * 2]);
+                    mma16816<T>(dk[nd], sa, *(const uint32_t *)&qt[(nd * 8 + g) * LDT + kq * 16 + t * 2],
+                                *(const uint32_t *)&qt[(nd * 8 + g) * LDT + kq * 16 + 8 + t * 2]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int64_t j = keys_j[r];
+        if (j >= len) continue;
+        T *dkr = (T *)p.dk + (start + j) * p.lddk + kvh * D, *dvr = (T *)p.dv + (start + j) * p.lddv + kvh * D;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            dkr[nd * 8 + t * 2] = from_f32<T>(dk[nd][2 * r]);
+            dkr[nd * 8 + t * 2 + 1] = from_f32<T>(dk[nd][2 * r + 1]);
+            dvr[nd * 8 + t * 2] = from_f32<T>(dv[nd][2 * r]);
+            dvr[nd * 8 + t * 2 + 1] = from_f32<T>(dv[nd][2 * r + 1]);
+        }
+    }
+}
+
+template <int D, typename T>
+__global__ void __launch_bounds__(MMA_THREADS) attention_dq_mma_kernel(attn_params p, T *dq_out, int64_t lddq)
+{
+    typedef mma_bwd_smem<D> L;
+    const int LD = L::LD, LDT = L::LDT_K;
+    extern __shared__ float smem_raw[];
+    T *qs = (T *)smem_raw, *dos = qs + MMA_BLOCK_Q * LD, *ks = dos + MMA_BLOCK_Q * LD, *vs = ks + MMA_BLOCK_K * LD;
+    T *kt = vs + MMA_BLOCK_K * LD;
+    float *lse_s = (float *)(kt + D * LDT), *delta_s = lse_s + MMA_BLOCK_Q;
+
+    int64_t seq = blockIdx.z, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+    int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, q0 = (int64_t)blockIdx.x * MMA_BLOCK_Q;
+    if (q0 >= len) return;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = warp * 16;
+    mma_load_rows<D, T>(qs, LD, NULL, 0, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, MMA_BLOCK_Q, len);
+    mma_load_rows<D, T>(dos, LD, NULL, 0, (const T *)p.dout + start * p.lddout + h * D, p.lddout, q0, MMA_BLOCK_Q, len);
+    if (threadIdx.x < MMA_BLOCK_Q) {
+        int64_t i = q0 + threadIdx.x;
+        lse_s[threadIdx.x] = i < len ? p.lse[h * p.n_tokens + start + i] : 0.0f;
+        delta_s[threadIdx.x] = i < len ? p.delta[h * p.n_tokens + start + i] : 0.0f;
+    }
+    float dq[D / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < D / 8; nd++) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.0f;
+    int rows[2] = {r0 + g, r0 + g + 8};
+
+    int64_t last_q = q0 + MMA_BLOCK_Q < len ? q0 + MMA_BLOCK_Q : len;
+    int64_t k_lo = p.window > 0 ? q0 - p.window + 1 : 0, k_hi = p.causal ? last_q : len;
+    if (k_lo < 0) k_lo = 0;
+    const T *kp = (const T *)p.k + start * p.ldk + kvh * D, *vp = (const T *)p.v + start * p.ldv + kvh * D;
+    for (int64_t k0 = k_lo - k_lo % MMA_BLOCK_K; k0 < k_hi; k0 += MMA_BLOCK_K) {
+        __syncthreads();
+        mma_load_rows<D, T>(ks, LD, kt, LDT, kp, p.ldk, k0, MMA_BLOCK_K, len);
+        mma_load_rows<D, T>(vs, LD, NULL, 0, vp, p.ldv, k0, MMA_BLOCK_K, len);
+        __syncthreads();
+        float s[MMA_BLOCK_K / 8][4], dp[MMA_BLOCK_K / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[nt][e] = dp[nt][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t qa[4] = {*(const uint32_t *)&qs[(r0 + g) * LD + kk * 16 + t * 2],
+                              *(const uint32_t *)&qs[(r0 + g + 8) * LD + kk * 16 + t * 2],
+                              *(const uint32_t *)&qs[(r0 + g) * LD + kk * 16 + 8 + t * 2],
+                              *(const uint32_t *)&qs[(r0 + g + 8) * LD + kk * 16 + 8 + t * 2]};
+            uint32_t da[4] = {*(const uint32_t *)&dos[(r0 + g) * LD + kk * 16 + t * 2],
+                              *(const uint32_t *)&dos[(r0 + g + 8) * LD + kk * 16 + t * 2],
+                              *(const uint32_t *)&dos[(r0 + g) * LD + kk * 16 + 8 + t * 2],
+                              *(const uint32_t *)&dos[(r0 + g + 8) * LD + kk * 16 + 8 + t * 2]};
+#pragma unroll
+            for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++) {
+                mma16816<T>(s[nt], qa, *(const uint32_t *)&ks[(nt * 8 + g) * LD + kk * 16 + t * 2],
+                            *(const uint32_t *)&ks[(nt * 8 + g) * LD + kk * 16 + 8 + t * 2]);
+                mma16816<T>(dp[nt], da, *(const uint32_t *)&vs[(nt * 8 + g) * LD + kk * 16 + t * 2],
+                            *(const uint32_t *)&vs[(nt * 8 + g) * LD + kk * 16 + 8 + t * 2]);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int row = rows[e >> 1];
+                float ds = 0.0f;
+                if (visible(p, q0 + row, k0 + nt * 8 + t * 2 + (e & 1), len)) {
+                    float sc = cap_score(p, p.scale * s[nt][e]);
+                    float prob = expf(sc - lse_s[row]);
+                    ds = prob * (dp[nt][e] - delta_s[row]);
+                    if (p.softcap > 0.0f) ds *= 1.0f - (sc / p.softcap) * (sc / p.softcap);
+                    ds *= p.scale;
+                }
+                s[nt][e] = ds;
+            }
+#pragma unroll
+        for (int kk = 0; kk < MMA_BLOCK_K / 16; kk++) {
+            uint32_t sa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int nd = 0; nd < D / 8; nd++)
+                mma16816<T>(dq[nd], sa, *(const uint32_t *)&kt[(nd * 8 + g) * LDT + kk * 16 + t * 2],
+                            *(const uint32_t *)&kt[(nd * 8 + g) * LDT + kk * 16 + 8 + t * 2]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int64_t i = q0 + rows[r];
+        if (i >= len) continue;
+        T *dst = dq_out + (start + i) * lddq + h * D;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            dst[nd * 8 + t * 2] = from_f32<T>(dq[nd][2 * r]);
+            dst[nd * 8 + t * 2 + 1] = from_f32<T>(dq[nd][2 * r + 1]);
+        }
+    }
+}
+#endif
+
+#endif

@@ -1,0 +1,241 @@
+/* Element-wise entries: fill, cast, axpby, sum_squares, activation and gated-unit forward/backward. */
+#include "activation.h"
+
+#define THREADS 256
+#define GRID_STRIDE(i, n) for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
+static int check_ptr(const void *p, const char *entry, const char *name)
+{
+    if (!p) return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: %s is absent", entry, name);
+    return FINCH_OK;
+}
+
+__global__ void fill_kernel(void *dst, int dtype, int64_t n, float value)
+{
+    GRID_STRIDE(i, n) {
+        if (dtype == FINCH_DTYPE_I32) ((int32_t *)dst)[i] = (int32_t)value;
+        else store_from_f32(dst, dtype, i, value);
+    }
+}
+
+extern "C" int plugin_fill(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, finch_dtype dtype,
+                           int64_t count, float value)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (!gpu_is_float_type(dtype) && dtype != FINCH_DTYPE_I32)
+        return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": fill: dtype %s", gpu_dtype_name(dtype));
+    if (count <= 0) return FINCH_OK;
+    GPU_TRY(check_ptr(gpu_ptr(dst), "fill", "dst"));
+    fill_kernel<<<gpu_blocks(count, THREADS), THREADS, 0, st>>>(gpu_ptr(dst), dtype, count, value);
+    return GPU_LAUNCHED("fill");
+}
+
+__global__ void cast_kernel(int64_t n, const void *src, int src_type, void *dst, int dst_type)
+{
+    GRID_STRIDE(i, n) {
+        if (src_type == FINCH_DTYPE_I32 && dst_type == FINCH_DTYPE_I32)
+            ((int32_t *)dst)[i] = ((const int32_t *)src)[i];
+        else
+            store_from_f32(dst, dst_type, i, load_as_f32(src, src_type, i));
+    }
+}
+
+int gpu_cast(gpuStream_t st, int64_t n, finch_dtype src_type, const void *src, finch_dtype dst_type, void *dst)
+{
+    if ((!gpu_is_float_type(src_type) && src_type != FINCH_DTYPE_I32) ||
+        (!gpu_is_float_type(dst_type) && dst_type != FINCH_DTYPE_I32))
+        return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": cast from %s to %s", gpu_dtype_name(src_type),
+                        gpu_dtype_name(dst_type));
+    if (n <= 0) return FINCH_OK;
+    GPU_TRY(check_ptr(src, "cast", "src"));
+    GPU_TRY(check_ptr(dst, "cast", "dst"));
+    cast_kernel<<<gpu_blocks(n, THREADS), THREADS, 0, st>>>(n, src, src_type, dst, dst_type);
+    return GPU_LAUNCHED("cast");
+}
+
+extern "C" int plugin_cast(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype src_type,
+                           finch_dptr src, finch_dtype dst_type, finch_dptr dst)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    return gpu_cast(st, n, src_type, gpu_ptr(src), dst_type, gpu_ptr(dst));
+}
+
+template <typename T>
+__global__ void axpby_kernel(int64_t n, float alpha, const T *x, float beta, const T *y, T *out)
+{
+    GRID_STRIDE(i, n) {
+        float v = alpha * to_f32(x[i]);
+        if (y) v += beta * to_f32(y[i]);
+        out[i] = from_f32<T>(v);
+    }
+}
+
+extern "C" int plugin_axpby(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype dtype, float alpha,
+                            finch_dptr x, float beta, finch_dptr y, finch_dptr out)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (n <= 0) return FINCH_OK;
+    GPU_TRY(check_ptr(gpu_ptr(x), "axpby", "x"));
+    GPU_TRY(check_ptr(gpu_ptr(out), "axpby", "out"));
+    FINCH_DISPATCH_FLOAT(dtype, T, "axpby",
+        axpby_kernel<T><<<gpu_blocks(n, THREADS), THREADS, 0, st>>>(n, alpha, (const T *)gpu_ptr(x), beta,
+                                                                      (const T *)gpu_ptr(y), (T *)gpu_ptr(out)));
+    return GPU_LAUNCHED("axpby");
+}
+
+template <typename T>
+__global__ void sum_squares_kernel(int64_t n, const T *x, float *sum_sq)
+{
+    __shared__ float shared[32];
+    float acc = 0.0f;
+    GRID_STRIDE(i, n) {
+        float v = to_f32(x[i]);
+        acc += v * v;
+    }
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) atomicAdd(sum_sq, acc);
+}
+
+extern "C" int plugin_sum_squares(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype dtype,
+                                  finch_dptr x, finch_dptr sum_sq)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (n <= 0) return FINCH_OK;
+    GPU_TRY(check_ptr(gpu_ptr(x), "sum_squares", "x"));
+    GPU_TRY(check_ptr(gpu_ptr(sum_sq), "sum_squares", "sum_sq"));
+    unsigned blocks = gpu_blocks(n, THREADS);
+    if (blocks > 1024) blocks = 1024;
+    FINCH_DISPATCH_FLOAT(dtype, T, "sum_squares",
+        sum_squares_kernel<T><<<blocks, THREADS, 0, st>>>(n, (const T *)gpu_ptr(x), (float *)gpu_ptr(sum_sq)));
+    return GPU_LAUNCHED("sum_squares");
+}
+
+static int check_activation(finch_activation act, float param, const char *entry)
+{
+    if ((int)act < FINCH_ACT_SILU || (int)act > FINCH_ACT_SOFTCAP)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: unknown activation %d", entry, (int)act);
+    if (act == FINCH_ACT_SOFTCAP && !(param > 0.0f))
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: softcap needs a cap > 0 (got %g)", entry, param);
+    return FINCH_OK;
+}
+
+template <typename T>
+__global__ void activation_forward_kernel(int act, float param, int64_t n, const T *x, T *y)
+{
+    GRID_STRIDE(i, n) y[i] = from_f32<T>(act_forward(act, param, to_f32(x[i])));
+}
+
+template <typename T>
+__global__ void activation_backward_kernel(int act, float param, int64_t n, const T *x, const T *dy, T *dx)
+{
+    GRID_STRIDE(i, n) dx[i] = from_f32<T>(to_f32(dy[i]) * act_derivative(act, param, to_f32(x[i])));
+}
+
+extern "C" int plugin_activation_forward(finch_plugin_device *dev, finch_plugin_stream *s, finch_activation act, float param,
+                                         int64_t n, finch_dtype dtype, finch_dptr x, finch_dptr y)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_activation(act, param, "activation_forward"));
+    if (n <= 0) return FINCH_OK;
+    GPU_TRY(check_ptr(gpu_ptr(x), "activation_forward", "x"));
+    GPU_TRY(check_ptr(gpu_ptr(y), "activation_forward", "y"));
+    FINCH_DISPATCH_FLOAT(dtype, T, "activation_forward",
+        activation_forward_kernel<T><<<gpu_blocks(n, THREADS), THREADS, 0, st>>>(act, param, n, (const T *)gpu_ptr(x),
+                                                                                   (T *)gpu_ptr(y)));
+    return GPU_LAUNCHED("activation_forward");
+}
+
+extern "C" int plugin_activation_backward(finch_plugin_device *dev, finch_plugin_stream *s, finch_activation act, float param,
+                                          int64_t n, finch_dtype dtype, finch_dptr x, finch_dptr dy, finch_dptr dx)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_activation(act, param, "activation_backward"));
+    if (n <= 0) return FINCH_OK;
+    GPU_TRY(check_ptr(gpu_ptr(x), "activation_backward", "x"));
+    GPU_TRY(check_ptr(gpu_ptr(dy), "activation_backward", "dy"));
+    GPU_TRY(check_ptr(gpu_ptr(dx), "activation_backward", "dx"));
+    FINCH_DISPATCH_FLOAT(dtype, T, "activation_backward",
+        activation_backward_kernel<T><<<gpu_blocks(n, THREADS), THREADS, 0, st>>>(
+            act, param, n, (const T *)gpu_ptr(x), (const T *)gpu_ptr(dy), (T *)gpu_ptr(dx)));
+    return GPU_LAUNCHED("activation_backward");
+}
+
+/* Gated units: element (i, j) of strided gate/up views, contiguous out/dout. The cap of SOFTCAP is
+ * not a parameter of the glu entries, so the gated entries accept the four plain activations. */
+template <typename T>
+__global__ void glu_forward_kernel(int act, int64_t n, int64_t dim, const T *gate, int64_t ldg, const T *up,
+                                   int64_t ldu, T *out)
+{
+    GRID_STRIDE(idx, n * dim) {
+        int64_t i = idx / dim, j = idx % dim;
+        float g = to_f32(gate[i * ldg + j]), u = to_f32(up[i * ldu + j]);
+        out[idx] = from_f32<T>(act_forward(act, 0.0f, g) * u);
+    }
+}
+
+template <typename T>
+__global__ void glu_backward_kernel(int act, int64_t n, int64_t dim, const T *gate, int64_t ldg, const T *up,
+                                    int64_t ldu, const T *dout, T *dgate, T *dup)
+{
+    GRID_STRIDE(idx, n * dim) {
+        int64_t i = idx / dim, j = idx % dim;
+        float g = to_f32(gate[i * ldg + j]), u = to_f32(up[i * ldu + j]), d = to_f32(dout[idx]);
+        float a = act_forward(act, 0.0f, g), da = act_derivative(act, 0.0f, g);
+        dgate[i * ldg + j] = from_f32<T>(d * u * da);
+        dup[i * ldu + j] = from_f32<T>(d * a);
+    }
+}
+
+static int check_glu(finch_activation act, int64_t dim, int64_t ldg, int64_t ldu, const char *entry)
+{
+    if ((int)act < FINCH_ACT_SILU || (int)act > FINCH_ACT_RELU)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: activation %d is not a gate activation", entry,
+                        (int)act);
+    if (ldg < dim || ldu < dim)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: row strides %lld/%lld below dim %lld", entry,
+                        (long long)ldg, (long long)ldu, (long long)dim);
+    return FINCH_OK;
+}
+
+extern "C" int plugin_glu_forward(finch_plugin_device *dev, finch_plugin_stream *s, finch_activation act, int64_t n,
+                                  int64_t dim, finch_dtype dtype, finch_dptr gate, int64_t ldg, finch_dptr up, int64_t ldu,
+                                  finch_dptr out)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_glu(act, dim, ldg, ldu, "glu_forward"));
+    if (n <= 0 || dim <= 0) return FINCH_OK;
+    GPU_TRY(check_ptr(gpu_ptr(gate), "glu_forward", "gate"));
+    GPU_TRY(check_ptr(gpu_ptr(up), "glu_forward", "up"));
+    GPU_TRY(check_ptr(gpu_ptr(out), "glu_forward", "out"));
+    FINCH_DISPATCH_FLOAT(dtype, T, "glu_forward",
+        glu_forward_kernel<T><<<gpu_blocks(n * dim, THREADS), THREADS, 0, st>>>(
+            act, n, dim, (const T *)gpu_ptr(gate), ldg, (const T *)gpu_ptr(up), ldu, (T *)gpu_ptr(out)));
+    return GPU_LAUNCHED("glu_forward");
+}
+
+extern "C" int plugin_glu_backward(finch_plugin_device *dev, finch_plugin_stream *s, finch_activation act, int64_t n,
+                                   int64_t dim, finch_dtype dtype, finch_dptr gate, int64_t ldg, finch_dptr up, int64_t ldu,
+                                   finch_dptr dout, finch_dptr dgate, finch_dptr dup)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_glu(act, dim, ldg, ldu, "glu_backward"));
+    if (n <= 0 || dim <= 0) return FINCH_OK;
+    GPU_TRY(check_ptr(gpu_ptr(gate), "glu_backward", "gate"));
+    GPU_TRY(check_ptr(gpu_ptr(up), "glu_backward", "up"));
+    GPU_TRY(check_ptr(gpu_ptr(dout), "glu_backward", "dout"));
+    GPU_TRY(check_ptr(gpu_ptr(dgate), "glu_backward", "dgate"));
+    GPU_TRY(check_ptr(gpu_ptr(dup), "glu_backward", "dup"));
+    FINCH_DISPATCH_FLOAT(dtype, T, "glu_backward",
+        glu_backward_kernel<T><<<gpu_blocks(n * dim, THREADS), THREADS, 0, st>>>(
+            act, n, dim, (const T *)gpu_ptr(gate), ldg, (const T *)gpu_ptr(up), ldu, (const T *)gpu_ptr(dout),
+            (T *)gpu_ptr(dgate), (T *)gpu_ptr(dup)));
+    return GPU_LAUNCHED("glu_backward");
+}

@@ -1,0 +1,184 @@
+/* The thin layer that lets the same kernel sources build with nvcc (CUDA) and hipcc (HIP/ROCm).
+ * Plugin sources use only the gpu* names below, never cuda* or hip* directly; vendor-specific
+ * fast paths, if any, sit behind #if FINCH_GPU_CUDA / FINCH_GPU_HIP. */
+#ifndef FINCH_GPU_COMPAT_H
+#define FINCH_GPU_COMPAT_H
+
+#if defined(__HIPCC__) || defined(FINCH_GPU_HIP)
+#undef FINCH_GPU_HIP
+#define FINCH_GPU_HIP 1
+#define FINCH_GPU_CUDA 0
+#define FINCH_GPU_API "HIP"
+#define FINCH_GPU_PLUGIN_NAME "hip"
+#include <hip/hip_runtime.h>
+#include <hip/hip_bf16.h>
+#include <hip/hip_fp16.h>
+#include <hipblaslt/hipblaslt.h>
+
+typedef hipError_t gpuError_t;
+typedef hipStream_t gpuStream_t;
+typedef hipDeviceProp_t gpuDeviceProp;
+typedef hipMemPool_t gpuMemPool_t;
+typedef __hip_bfloat16 gpu_bf16;
+typedef __half gpu_f16;
+#define gpuSuccess hipSuccess
+#define gpuErrorMemoryAllocation hipErrorOutOfMemory
+#define gpuErrorNoDevice hipErrorNoDevice
+#define gpuErrorInsufficientDriver hipErrorInsufficientDriver
+#define gpuGetErrorString hipGetErrorString
+#define gpuGetErrorName hipGetErrorName
+#define gpuGetLastError hipGetLastError
+#define gpuDriverGetVersion hipDriverGetVersion
+#define gpuRuntimeGetVersion hipRuntimeGetVersion
+#define gpuGetDeviceCount hipGetDeviceCount
+#define gpuGetDeviceProperties hipGetDeviceProperties
+#define gpuSetDevice hipSetDevice
+#define gpuGetDevice hipGetDevice
+#define gpuMemGetInfo hipMemGetInfo
+#define gpuMalloc hipMalloc
+#define gpuFree hipFree
+#define gpuMallocAsync hipMallocAsync
+#define gpuFreeAsync hipFreeAsync
+#define gpuDeviceGetDefaultMemPool hipDeviceGetDefaultMemPool
+#define gpuMemPoolSetAttribute hipMemPoolSetAttribute
+#define gpuMemPoolAttrReleaseThreshold hipMemPoolAttrReleaseThreshold
+#define gpuMemPoolTrimTo hipMemPoolTrimTo
+#define gpuMemcpyAsync hipMemcpyAsync
+#define gpuMemcpy2DAsync hipMemcpy2DAsync
+#define gpuMemsetAsync hipMemsetAsync
+#define gpuMemcpyHostToDevice hipMemcpyHostToDevice
+#define gpuMemcpyDeviceToHost hipMemcpyDeviceToHost
+#define gpuMemcpyDeviceToDevice hipMemcpyDeviceToDevice
+#define gpuStreamCreateWithFlags hipStreamCreateWithFlags
+#define gpuStreamNonBlocking hipStreamNonBlocking
+#define gpuStreamDestroy hipStreamDestroy
+#define gpuStreamSynchronize hipStreamSynchronize
+#define gpuDeviceSynchronize hipDeviceSynchronize
+#define gpuFuncSetAttribute(f, a, v) hipFuncSetAttribute((const void *)(f), a, v)
+#define gpuFuncAttributeMaxDynamicSharedMemorySize hipFuncAttributeMaxDynamicSharedMemorySize
+#define FINCH_WARP_SIZE warpSize
+#define gpu_shfl_xor(v, lane_mask) __shfl_xor((v), (lane_mask))
+
+/* hipBLASLt mirrors cuBLASLt name for name. */
+typedef hipblasLtHandle_t gpublasLtHandle_t;
+typedef hipblasLtMatmulDesc_t gpublasLtMatmulDesc_t;
+typedef hipblasLtMatrixLayout_t gpublasLtMatrixLayout_t;
+typedef hipblasLtMatmulPreference_t gpublasLtMatmulPreference_t;
+typedef hipblasLtMatmulHeuristicResult_t gpublasLtMatmulHeuristicResult_t;
+typedef hipblasStatus_t gpublasStatus_t;
+typedef hipDataType gpuDataType;
+#define GPUBLAS_STATUS_SUCCESS HIPBLAS_STATUS_SUCCESS
+#define GPUBLAS_OP_N HIPBLAS_OP_N
+#define GPUBLAS_OP_T HIPBLAS_OP_T
+#define GPUBLAS_COMPUTE_32F HIPBLAS_COMPUTE_32F
+#define GPU_R_32F HIP_R_32F
+#define GPU_R_16BF HIP_R_16BF
+#define GPU_R_16F HIP_R_16F
+#define GPUBLASLT_MATMUL_DESC_TRANSA HIPBLASLT_MATMUL_DESC_TRANSA
+#define GPUBLASLT_MATMUL_DESC_TRANSB HIPBLASLT_MATMUL_DESC_TRANSB
+#define GPUBLASLT_MATRIX_LAYOUT_BATCH_COUNT HIPBLASLT_MATRIX_LAYOUT_BATCH_COUNT
+#define GPUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET HIPBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET
+#define GPUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES HIPBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
+#define gpublasLtCreate hipblasLtCreate
+#define gpublasLtDestroy hipblasLtDestroy
+#define gpublasLtMatmulDescCreate hipblasLtMatmulDescCreate
+#define gpublasLtMatmulDescDestroy hipblasLtMatmulDescDestroy
+#define gpublasLtMatmulDescSetAttribute hipblasLtMatmulDescSetAttribute
+#define gpublasLtMatrixLayoutCreate hipblasLtMatrixLayoutCreate
+#define gpublasLtMatrixLayoutDestroy hipblasLtMatrixLayoutDestroy
+#define gpublasLtMatrixLayoutSetAttribute hipblasLtMatrixLayoutSetAttribute
+#define gpublasLtMatmulPreferenceCreate hipblasLtMatmulPreferenceCreate
+#define gpublasLtMatmulPreferenceDestroy hipblasLtMatmulPreferenceDestroy
+#define gpublasLtMatmulPreferenceSetAttribute hipblasLtMatmulPreferenceSetAttribute
+#define gpublasLtMatmulAlgoGetHeuristic hipblasLtMatmulAlgoGetHeuristic
+#define gpublasLtMatmul hipblasLtMatmul
+
+#else
+#define FINCH_GPU_CUDA 1
+#define FINCH_GPU_HIP 0
+#define FINCH_GPU_API "CUDA"
+#define FINCH_GPU_PLUGIN_NAME "cuda"
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cublasLt.h>
+
+typedef cudaError_t gpuError_t;
+typedef cudaStream_t gpuStream_t;
+typedef cudaDeviceProp gpuDeviceProp;
+typedef cudaMemPool_t gpuMemPool_t;
+typedef __nv_bfloat16 gpu_bf16;
+typedef __half gpu_f16;
+#define gpuSuccess cudaSuccess
+#define gpuErrorMemoryAllocation cudaErrorMemoryAllocation
+#define gpuErrorNoDevice cudaErrorNoDevice
+#define gpuErrorInsufficientDriver cudaErrorInsufficientDriver
+#define gpuGetErrorString cudaGetErrorString
+#define gpuGetErrorName cudaGetErrorName
+#define gpuGetLastError cudaGetLastError
+#define gpuDriverGetVersion cudaDriverGetVersion
+#define gpuRuntimeGetVersion cudaRuntimeGetVersion
+#define gpuGetDeviceCount cudaGetDeviceCount
+#define gpuGetDeviceProperties cudaGetDeviceProperties
+#define gpuSetDevice cudaSetDevice
+#define gpuGetDevice cudaGetDevice
+#define gpuMemGetInfo cudaMemGetInfo
+#define gpuMalloc cudaMalloc
+#define gpuFree cudaFree
+#define gpuMallocAsync cudaMallocAsync
+#define gpuFreeAsync cudaFreeAsync
+#define gpuDeviceGetDefaultMemPool cudaDeviceGetDefaultMemPool
+#define gpuMemPoolSetAttribute cudaMemPoolSetAttribute
+#define gpuMemPoolAttrReleaseThreshold cudaMemPoolAttrReleaseThreshold
+#define gpuMemPoolTrimTo cudaMemPoolTrimTo
+#define gpuMemcpyAsync cudaMemcpyAsync
+#define gpuMemcpy2DAsync cudaMemcpy2DAsync
+#define gpuMemsetAsync cudaMemsetAsync
+#define gpuMemcpyHostToDevice cudaMemcpyHostToDevice
+#define gpuMemcpyDeviceToHost cudaMemcpyDeviceToHost
+#define gpuMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
+#define gpuStreamCreateWithFlags cudaStreamCreateWithFlags
+#define gpuStreamNonBlocking cudaStreamNonBlocking
+#define gpuStreamDestroy cudaStreamDestroy
+#define gpuStreamSynchronize cudaStreamSynchronize
+#define gpuDeviceSynchronize cudaDeviceSynchronize
+#define gpuFuncSetAttribute(f, a, v) cudaFuncSetAttribute((f), a, v)
+#define gpuFuncAttributeMaxDynamicSharedMemorySize cudaFuncAttributeMaxDynamicSharedMemorySize
+#define FINCH_WARP_SIZE 32
+#define gpu_shfl_xor(v, lane_mask) __shfl_xor_sync(0xffffffffu, (v), (lane_mask))
+
+typedef cublasLtHandle_t gpublasLtHandle_t;
+typedef cublasLtMatmulDesc_t gpublasLtMatmulDesc_t;
+typedef cublasLtMatrixLayout_t gpublasLtMatrixLayout_t;
+typedef cublasLtMatmulPreference_t gpublasLtMatmulPreference_t;
+typedef cublasLtMatmulHeuristicResult_t gpublasLtMatmulHeuristicResult_t;
+typedef cublasStatus_t gpublasStatus_t;
+typedef cudaDataType_t gpuDataType;
+#define GPUBLAS_STATUS_SUCCESS CUBLAS_STATUS_SUCCESS
+#define GPUBLAS_OP_N CUBLAS_OP_N
+#define GPUBLAS_OP_T CUBLAS_OP_T
+#define GPUBLAS_COMPUTE_32F CUBLAS_COMPUTE_32F
+#define GPU_R_32F CUDA_R_32F
+#define GPU_R_16BF CUDA_R_16BF
+#define GPU_R_16F CUDA_R_16F
+#define GPUBLASLT_MATMUL_DESC_TRANSA CUBLASLT_MATMUL_DESC_TRANSA
+#define GPUBLASLT_MATMUL_DESC_TRANSB CUBLASLT_MATMUL_DESC_TRANSB
+#define GPUBLASLT_MATRIX_LAYOUT_BATCH_COUNT CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT
+#define GPUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET
+#define GPUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
+#define gpublasLtCreate cublasLtCreate
+#define gpublasLtDestroy cublasLtDestroy
+#define gpublasLtMatmulDescCreate cublasLtMatmulDescCreate
+#define gpublasLtMatmulDescDestroy cublasLtMatmulDescDestroy
+#define gpublasLtMatmulDescSetAttribute cublasLtMatmulDescSetAttribute
+#define gpublasLtMatrixLayoutCreate cublasLtMatrixLayoutCreate
+#define gpublasLtMatrixLayoutDestroy cublasLtMatrixLayoutDestroy
+#define gpublasLtMatrixLayoutSetAttribute cublasLtMatrixLayoutSetAttribute
+#define gpublasLtMatmulPreferenceCreate cublasLtMatmulPreferenceCreate
+#define gpublasLtMatmulPreferenceDestroy cublasLtMatmulPreferenceDestroy
+#define gpublasLtMatmulPreferenceSetAttribute cublasLtMatmulPreferenceSetAttribute
+#define gpublasLtMatmulAlgoGetHeuristic cublasLtMatmulAlgoGetHeuristic
+#define gpublasLtMatmul cublasLtMatmul
+#endif
+
+#endif

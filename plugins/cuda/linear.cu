@@ -1,0 +1,262 @@
+/* The fused linear layer: y = x W^T + bias + scale (drop(x) A^T) B^T and its backward, with the
+ * adapter products kept rank-wide (xa = drop(x) A^T and g = dy B are [m, rank], f32) so that the
+ * adapted weight W + scale B A is never formed. Dense W goes through cuBLASLt, NF4 W through the
+ * tiled kernel that dequantizes as it loads. */
+#include "gpu_plugin.h"
+
+#include <string.h>
+
+#define THREADS 256
+
+/* out[i, j] = x[i, j] * keep(i * in + j) / (1 - p), f32 [m, in] contiguous. */
+template <typename T>
+__global__ void dropout_kernel(int64_t m, int64_t in, const T *x, int64_t ldx, uint64_t seed, float p, float *out)
+{
+    float keep_scale = 1.0f / (1.0f - p);
+    for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < m * in; idx += (int64_t)gridDim.x * blockDim.x) {
+        int64_t i = idx / in, j = idx % in;
+        out[idx] = finch_dropout_keep(seed, (uint64_t)idx, p) ? to_f32(x[i * ldx + j]) * keep_scale : 0.0f;
+    }
+}
+
+/* dx[i, j] += scale * keep(i * in + j) / (1 - p) * t[i, j]. */
+template <typename T>
+__global__ void dropout_backward_kernel(int64_t m, int64_t in, const float *t, uint64_t seed, float p, float scale, T *dx,
+                                        int64_t lddx)
+{
+    float keep_scale = scale / (1.0f - p);
+    for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < m * in; idx += (int64_t)gridDim.x * blockDim.x) {
+        if (!finch_dropout_keep(seed, (uint64_t)idx, p)) continue;
+        int64_t i = idx / in, j = idx % in;
+        dx[i * lddx + j] = from_f32<T>(to_f32(dx[i * lddx + j]) + keep_scale * t[idx]);
+    }
+}
+
+template <typename T>
+__global__ void add_bias_kernel(int64_t m, int64_t n, T *y, int64_t ldy, const void *bias, int bias_type)
+{
+    for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < m * n; idx += (int64_t)gridDim.x * blockDim.x) {
+        int64_t i = idx / n, j = idx % n;
+        y[i * ldy + j] = from_f32<T>(to_f32(y[i * ldy + j]) + load_as_f32(bias, bias_type, j));
+    }
+}
+
+static gpu_operand operand(const void *p, finch_dtype t, int trans, int64_t ld)
+{
+    gpu_operand o;
+    memset(&o, 0, sizeof o);
+    o.ptr = p;
+    o.dtype = t;
+    o.trans = trans;
+    o.ld = ld;
+    return o;
+}
+
+/* The scratch one call holds; all freed together (stream-ordered) when the call ends. */
+typedef struct scratch_set {
+    gpuStream_t st = NULL;
+    void *p[12];
+    int n;
+} scratch_set;
+
+static int take(scratch_set *s, size_t bytes, void **out, const char *what)
+{
+    if (s->n == (int)(sizeof s->p / sizeof s->p[0]))
+        return gpu_fail(FINCH_ERR_DEVICE, FINCH_GPU_PLUGIN_NAME ": linear: more scratch buffers than planned (%s)", what);
+    GPU_TRY(gpu_scratch(s->st, bytes, out, what));
+    s->p[s->n++] = *out;
+    return FINCH_OK;
+}
+
+static int release(scratch_set *s, int rc)
+{
+    for (int i = 0; i < s->n; i++) gpu_scratch_free(s->st, s->p[i]);
+    return rc;
+}
+
+static int check_linear(const finch_linear_desc *d, int need_x, const char *entry)
+{
+    if (d->m < 0 || d->in_features <= 0 || d->out_features <= 0 || d->rank < 0)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: m=%lld in=%lld out=%lld rank=%lld", entry,
+                        (long long)d->m, (long long)d->in_features, (long long)d->out_features, (long long)d->rank);
+    if (!gpu_is_float_type(d->act_type) || (d->rank > 0 && !gpu_is_float_type(d->param_type)) ||
+        (gpu_ptr(d->bias) && !gpu_is_float_type(d->param_type)))
+        return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": %s: dtypes %s/%s", entry, gpu_dtype_name(d->act_type),
+                        gpu_dtype_name(d->param_type));
+    if (d->rank > 0 && (!gpu_ptr(d->lora_a) || !gpu_ptr(d->lora_b)))
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: rank %lld without lora_a/lora_b", entry,
+                        (long long)d->rank);
+    if (d->dropout < 0.0f || d->dropout >= 1.0f)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: dropout %g", entry, d->dropout);
+    if (need_x && (!gpu_ptr(d->x) || d->ldx < d->in_features))
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: x absent or ldx %lld < in %lld", entry,
+                        (long long)d->ldx, (long long)d->in_features);
+    return FINCH_OK;
+}
+
+/* A rank-wide f32 intermediate (xa or dy B, [rows, cols]) as a product operand. When it meets
+ * 16-bit operands it is rounded to their type (like the activations themselves) so cuBLASLt takes
+ * the product; otherwise it stays f32 for the tiled kernel. */
+static int rank_operand(scratch_set *ss, const float *src, int64_t rows, int64_t cols, finch_dtype partner, int trans,
+                        gpu_operand *out)
+{
+    if (partner == FINCH_DTYPE_F32) {
+        *out = operand(src, FINCH_DTYPE_F32, trans, cols);
+        return FINCH_OK;
+    }
+    void *dst;
+    GPU_TRY(take(ss, (size_t)(rows * cols) * gpu_dtype_size(partner), &dst, "linear rank-wide operand"));
+    GPU_TRY(gpu_cast(ss->st, rows * cols, FINCH_DTYPE_F32, src, partner, dst));
+    *out = operand(dst, partner, trans, cols);
+    return FINCH_OK;
+}
+
+/* The type a rank-wide intermediate is rounded to before meeting an operand of type t (and the
+ * activations): t when both are the same 16-bit type, else F32 (no rounding). */
+static finch_dtype rank_partner(const finch_linear_desc *d, finch_dtype t)
+{
+    return d->act_type != FINCH_DTYPE_F32 && t == d->act_type ? t : FINCH_DTYPE_F32;
+}
+
+/* The adapter's input: x itself, or drop(x) as f32 scratch when dropout is on. */
+static int adapter_input(scratch_set *ss, const finch_linear_desc *d, gpu_operand *out)
+{
+    if (d->dropout <= 0.0f) {
+        *out = operand(gpu_ptr(d->x), d->act_type, 0, d->ldx);
+        return FINCH_OK;
+    }
+    float *xd;
+    GPU_TRY(take(ss, (size_t)d->m * d->in_features * sizeof(float), (void **)&xd, "linear dropout(x)"));
+    int64_t n = d->m * d->in_features;
+    FINCH_DISPATCH_FLOAT(d->act_type, T, "linear dropout",
+        dropout_kernel<T><<<gpu_blocks(n, THREADS), THREADS, 0, ss->st>>>(d->m, d->in_features, (const T *)gpu_ptr(d->x), d->ldx,
+                                                                          d->dropout_seed, d->dropout, xd));
+    GPU_TRY(GPU_LAUNCHED("linear dropout"));
+    *out = operand(xd, FINCH_DTYPE_F32, 0, d->in_features);
+    return FINCH_OK;
+}
+
+/* xa = drop(x) A^T into dst (f32 [m, rank]). */
+static int adapter_down(finch_plugin_device *dev, scratch_set *ss, const finch_linear_desc *d, const gpu_operand *xin,
+                        float *dst)
+{
+    gpu_operand at = operand(gpu_ptr(d->lora_a), d->param_type, 1, d->in_features);
+    return gpu_gemm(dev, ss->st, d->m, d->rank, d->in_features, xin, &at, FINCH_DTYPE_F32, dst, d->rank, 0, 1, 1.0f, 0.0f);
+}
+
+extern "C" int plugin_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d)
+{
+    gpuStream_t st = NULL;
+    gpu_operand x, wt;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_linear(d, 1, "linear_forward"));
+    if (!gpu_ptr(d->y) || d->ldy < d->out_features)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": linear_forward: y absent or ldy %lld < out %lld",
+                        (long long)d->ldy, (long long)d->out_features);
+    if (d->m == 0) return FINCH_OK;
+    x = operand(gpu_ptr(d->x), d->act_type, 0, d->ldx);
+    GPU_TRY(gpu_weight_operand(&d->w, d->out_features, d->in_features, 1, &wt));
+    GPU_TRY(gpu_gemm(dev, st, d->m, d->out_features, d->in_features, &x, &wt, d->act_type, gpu_ptr(d->y), d->ldy, 0, 1, 1.0f,
+                     0.0f));
+    if (gpu_ptr(d->bias)) {
+        int64_t n = d->m * d->out_features;
+        FINCH_DISPATCH_FLOAT(d->act_type, T, "linear bias",
+            add_bias_kernel<T><<<gpu_blocks(n, THREADS), THREADS, 0, st>>>(d->m, d->out_features, (T *)gpu_ptr(d->y), d->ldy,
+                                                                           gpu_ptr(d->bias), d->param_type));
+        GPU_TRY(GPU_LAUNCHED("linear bias"));
+    }
+    if (d->rank == 0) return FINCH_OK;
+
+    scratch_set ss = {st, {0}, 0};
+    gpu_operand xin;
+    float *xa = (float *)gpu_ptr(d->xa);
+    int rc = adapter_input(&ss, d, &xin);
+    if (!rc && !xa) rc = take(&ss, (size_t)d->m * d->rank * sizeof(float), (void **)&xa, "linear xa");
+    if (!rc) rc = adapter_down(dev, &ss, d, &xin, xa);
+    gpu_operand a;
+    if (!rc) rc = rank_operand(&ss, xa, d->m, d->rank, rank_partner(d, d->param_type), 0, &a);
+    if (!rc) {
+        gpu_operand bt = operand(gpu_ptr(d->lora_b), d->param_type, 1, d->rank);
+        rc = gpu_gemm(dev, st, d->m, d->out_features, d->rank, &a, &bt, d->act_type, gpu_ptr(d->y), d->ldy, 0, 1, d->scale, 1.0f);
+    }
+    return release(&ss, rc);
+}
+
+extern "C" int plugin_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    int need_x = gpu_ptr(d->dw) || (d->rank > 0 && (gpu_ptr(d->da) || (gpu_ptr(d->db) && !gpu_ptr(d->xa))));
+    GPU_TRY(check_linear(d, need_x, "linear_backward"));
+    if (!gpu_ptr(d->dy) || d->lddy < d->out_features)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": linear_backward: dy absent or lddy %lld < out %lld",
+                        (long long)d->lddy, (long long)d->out_features);
+    if (gpu_ptr(d->dx) && d->lddx < d->in_features)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": linear_backward: lddx %lld < in %lld",
+                        (long long)d->lddx, (long long)d->in_features);
+    if (gpu_ptr(d->dw) && d->w.dtype == FINCH_DTYPE_NF4)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": linear_backward: dw requested for an NF4 weight");
+    if (d->m == 0) return FINCH_OK;
+
+    gpu_operand dy = operand(gpu_ptr(d->dy), d->act_type, 0, d->lddy);
+    gpu_operand dyt = operand(gpu_ptr(d->dy), d->act_type, 1, d->lddy);
+    gpu_operand x = operand(gpu_ptr(d->x), d->act_type, 0, d->ldx);
+    int lora = d->rank > 0;
+    int64_t m = d->m, in = d->in_features, out = d->out_features, r = d->rank;
+    scratch_set ss = {st, {0}, 0};
+    int rc = FINCH_OK;
+
+    if (gpu_ptr(d->dx)) {
+        gpu_operand w;
+        rc = gpu_weight_operand(&d->w, out, in, 0, &w);
+        if (!rc) rc = gpu_gemm(dev, st, m, in, out, &dy, &w, d->act_type, gpu_ptr(d->dx), d->lddx, 0, 1, 1.0f,
+                               d->dx_accumulate ? 1.0f : 0.0f);
+    }
+    if (!rc && gpu_ptr(d->dw))
+        rc = gpu_gemm(dev, st, out, in, m, &dyt, &x, FINCH_DTYPE_F32, gpu_ptr(d->dw), in, 0, 1, 1.0f, 1.0f);
+    if (!rc && gpu_ptr(d->dbias))
+        rc = gpu_column_sums(st, m, out, d->act_type, gpu_ptr(d->dy), d->lddy, NULL, 0, NULL, NULL, (float *)gpu_ptr(d->dbias));
+
+    if (!rc && lora && (gpu_ptr(d->dx) || gpu_ptr(d->da))) {
+        float *g = NULL; /* g = dy B, f32 [m, rank] */
+        gpu_operand b = operand(gpu_ptr(d->lora_b), d->param_type, 0, r);
+        rc = take(&ss, (size_t)m * r * sizeof(float), (void **)&g, "linear dy B");
+        if (!rc) rc = gpu_gemm(dev, st, m, r, out, &dy, &b, FINCH_DTYPE_F32, g, r, 0, 1, 1.0f, 0.0f);
+        gpu_operand gop, a = operand(gpu_ptr(d->lora_a), d->param_type, 0, in);
+        if (!rc && gpu_ptr(d->dx)) rc = rank_operand(&ss, g, m, r, rank_partner(d, d->param_type), 0, &gop);
+        if (!rc && gpu_ptr(d->dx)) {
+            if (d->dropout <= 0.0f) {
+                rc = gpu_gemm(dev, st, m, in, r, &gop, &a, d->act_type, gpu_ptr(d->dx), d->lddx, 0, 1, d->scale, 1.0f);
+            } else {
+                float *t = NULL;
+                rc = take(&ss, (size_t)m * in * sizeof(float), (void **)&t, "linear (dy B) A");
+                if (!rc) rc = gpu_gemm(dev, st, m, in, r, &gop, &a, FINCH_DTYPE_F32, t, in, 0, 1, 1.0f, 0.0f);
+                if (!rc) {
+                    FINCH_DISPATCH_FLOAT(d->act_type, T, "linear dropout backward",
+                        dropout_backward_kernel<T><<<gpu_blocks(m * in, THREADS), THREADS, 0, st>>>(
+                            m, in, t, d->dropout_seed, d->dropout, d->scale, (T *)gpu_ptr(d->dx), d->lddx));
+                    rc = GPU_LAUNCHED("linear dropout backward");
+                }
+            }
+        }
+        if (!rc && gpu_ptr(d->da)) {
+            gpu_operand xin, gt;
+            rc = adapter_input(&ss, d, &xin);
+            if (!rc) rc = rank_operand(&ss, g, m, r, rank_partner(d, xin.dtype), 1, &gt);
+            if (!rc) rc = gpu_gemm(dev, st, r, in, m, &gt, &xin, FINCH_DTYPE_F32, gpu_ptr(d->da), in, 0, 1, d->scale, 1.0f);
+        }
+    }
+    if (!rc && lora && gpu_ptr(d->db)) {
+        float *xa = (float *)gpu_ptr(d->xa);
+        if (!xa) { /* not saved by the forward pass: recompute it */
+            gpu_operand xin;
+            rc = adapter_input(&ss, d, &xin);
+            if (!rc) rc = take(&ss, (size_t)m * r * sizeof(float), (void **)&xa, "linear xa");
+            if (!rc) rc = adapter_down(dev, &ss, d, &xin, xa);
+        }
+        gpu_operand xaop;
+        if (!rc) rc = rank_operand(&ss, xa, m, r, rank_partner(d, d->act_type), 0, &xaop);
+        if (!rc) rc = gpu_gemm(dev, st, out, r, m, &dyt, &xaop, FINCH_DTYPE_F32, gpu_ptr(d->db), r, 0, 1, d->scale, 1.0f);
+    }
+    return release(&ss, rc);
+}

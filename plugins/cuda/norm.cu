@@ -1,0 +1,235 @@
+/* RMSNorm and LayerNorm forward/backward: one block per row, statistics in f32; weight and bias
+ * gradients by a column reduction shared with the linear bias gradient. */
+#include "gpu_plugin.h"
+
+#define THREADS 256
+#define ROW_CHUNK 128 /* rows per block of the column reduction */
+
+template <typename T, typename W>
+__global__ void __launch_bounds__(THREADS)
+rmsnorm_forward_kernel(int64_t n, int64_t dim, const T *x, const W *w, float offset, float eps, T *y, float *rstd_out)
+{
+    __shared__ float shared[32];
+    for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+        const T *xr = x + r * dim;
+        float ss = 0.0f;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float v = to_f32(xr[j]);
+            ss += v * v;
+        }
+        ss = block_sum(ss, shared);
+        float rstd = 1.0f / sqrtf(ss / (float)dim + eps);
+        if (rstd_out && threadIdx.x == 0) rstd_out[r] = rstd;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float wv = w ? to_f32(w[j]) + offset : 1.0f;
+            y[r * dim + j] = from_f32<T>(to_f32(xr[j]) * rstd * wv);
+        }
+    }
+}
+
+template <typename T, typename W>
+__global__ void __launch_bounds__(THREADS)
+rmsnorm_backward_kernel(int64_t n, int64_t dim, const T *x, const W *w, float offset, const float *rstd_in, const T *dy,
+                        T *dx, int accumulate)
+{
+    __shared__ float shared[32];
+    for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+        const T *xr = x + r * dim, *dyr = dy + r * dim;
+        float rstd = rstd_in[r], dot = 0.0f;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float wv = w ? to_f32(w[j]) + offset : 1.0f;
+            dot += to_f32(dyr[j]) * wv * to_f32(xr[j]) * rstd;
+        }
+        float mean_gx = block_sum(dot, shared) / (float)dim;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float wv = w ? to_f32(w[j]) + offset : 1.0f;
+            float xhat = to_f32(xr[j]) * rstd;
+            float v = rstd * (to_f32(dyr[j]) * wv - xhat * mean_gx);
+            if (accumulate) v += to_f32(dx[r * dim + j]);
+            dx[r * dim + j] = from_f32<T>(v);
+        }
+    }
+}
+
+template <typename T, typename W>
+__global__ void __launch_bounds__(THREADS)
+layernorm_forward_kernel(int64_t n, int64_t dim, const T *x, const W *w, const W *b, float eps, T *y, float *mean_out,
+                         float *rstd_out)
+{
+    __shared__ float shared[32];
+    for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+        const T *xr = x + r * dim;
+        float s = 0.0f;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) s += to_f32(xr[j]);
+        float mean = block_sum(s, shared) / (float)dim;
+        float var = 0.0f;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float d = to_f32(xr[j]) - mean;
+            var += d * d;
+        }
+        var = block_sum(var, shared) / (float)dim;
+        float rstd = 1.0f / sqrtf(var + eps);
+        if (threadIdx.x == 0) {
+            if (mean_out) mean_out[r] = mean;
+            if (rstd_out) rstd_out[r] = rstd;
+        }
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float v = (to_f32(xr[j]) - mean) * rstd;
+            if (w) v *= to_f32(w[j]);
+            if (b) v += to_f32(b[j]);
+            y[r * dim + j] = from_f32<T>(v);
+        }
+    }
+}
+
+template <typename T, typename W>
+__global__ void __launch_bounds__(THREADS)
+layernorm_backward_kernel(int64_t n, int64_t dim, const T *x, const W *w, const float *mean_in, const float *rstd_in,
+                          const T *dy, T *dx, int accumulate)
+{
+    __shared__ float shared[32];
+    for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+        const T *xr = x + r * dim, *dyr = dy + r * dim;
+        float mean = mean_in[r], rstd = rstd_in[r], sg = 0.0f, sgx = 0.0f;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float g = to_f32(dyr[j]) * (w ? to_f32(w[j]) : 1.0f);
+            sg += g;
+            sgx += g * (to_f32(xr[j]) - mean) * rstd;
+        }
+        float mean_g = block_sum(sg, shared) / (float)dim;
+        float mean_gx = block_sum(sgx, shared) / (float)dim;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float g = to_f32(dyr[j]) * (w ? to_f32(w[j]) : 1.0f);
+            float xhat = (to_f32(xr[j]) - mean) * rstd;
+            float v = rstd * (g - mean_g - xhat * mean_gx);
+            if (accumulate) v += to_f32(dx[r * dim + j]);
+            dx[r * dim + j] = from_f32<T>(v);
+        }
+    }
+}
+
+template <typename T>
+__global__ void column_sums_kernel(int64_t n, int64_t dim, const T *dy, int64_t lddy, const T *x, int64_t ldx,
+                                   const float *mean, const float *rstd, float *out)
+{
+    int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= dim) return;
+    int64_t r0 = (int64_t)blockIdx.y * ROW_CHUNK, r1 = r0 + ROW_CHUNK < n ? r0 + ROW_CHUNK : n;
+    float acc = 0.0f;
+    for (int64_t r = r0; r < r1; r++) {
+        float v = to_f32(dy[r * lddy + j]);
+        if (x) v *= (to_f32(x[r * ldx + j]) - (mean ? mean[r] : 0.0f)) * rstd[r];
+        acc += v;
+    }
+    atomicAdd(out + j, acc);
+}
+
+int gpu_column_sums(gpuStream_t st, int64_t n, int64_t dim, finch_dtype dtype, const void *dy, int64_t lddy,
+                    const void *x, int64_t ldx, const float *mean, const float *rstd, float *out)
+{
+    if (n <= 0 || dim <= 0) return FINCH_OK;
+    int64_t chunks = (n + ROW_CHUNK - 1) / ROW_CHUNK;
+    if (chunks > 65535) return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": column sums over %lld rows", (long long)n);
+    dim3 grid((unsigned)((dim + THREADS - 1) / THREADS), (unsigned)chunks);
+    FINCH_DISPATCH_FLOAT(dtype, T, "column sums",
+        column_sums_kernel<T><<<grid, THREADS, 0, st>>>(n, dim, (const T *)dy, lddy, (const T *)x, ldx, mean, rstd, out));
+    return GPU_LAUNCHED("column sums");
+}
+
+static unsigned row_blocks(int64_t n)
+{
+    return (unsigned)(n < 65535 * 4 ? n : 65535 * 4);
+}
+
+static int check_norm(const char *entry, int64_t dim, finch_dtype dtype, finch_dtype w_type, const void *x, const void *y,
+                      const char *yname)
+{
+    if (dim <= 0) return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: dim %lld", entry, (long long)dim);
+    if (!gpu_is_float_type(dtype) || !gpu_is_float_type(w_type))
+        return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": %s: dtypes %s/%s", entry, gpu_dtype_name(dtype),
+                        gpu_dtype_name(w_type));
+    if (!x || !y) return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: x or %s is absent", entry, yname);
+    return FINCH_OK;
+}
+
+/* Runs body with T the activation and W the weight storage type. */
+#define DISPATCH_NORM(dtype, w_type, what, ...) \
+    FINCH_DISPATCH_FLOAT(dtype, T, what, FINCH_DISPATCH_FLOAT(w_type, W, what, __VA_ARGS__))
+
+extern "C" int plugin_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                                      finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w, float weight_offset,
+                                      float eps, finch_dptr y, finch_dptr rstd)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (n <= 0) return FINCH_OK;
+    GPU_TRY(check_norm("rmsnorm_forward", dim, dtype, w_type, gpu_ptr(x), gpu_ptr(y), "y"));
+    DISPATCH_NORM(dtype, w_type, "rmsnorm_forward",
+        rmsnorm_forward_kernel<T, W><<<row_blocks(n), THREADS, 0, st>>>(n, dim, (const T *)gpu_ptr(x), (const W *)gpu_ptr(w),
+                                                                        weight_offset, eps, (T *)gpu_ptr(y),
+                                                                        (float *)gpu_ptr(rstd)));
+    return GPU_LAUNCHED("rmsnorm_forward");
+}
+
+extern "C" int plugin_rmsnorm_backward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                                       finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w, float weight_offset,
+                                       finch_dptr rstd, finch_dptr dy, finch_dptr dx, int dx_accumulate, finch_dptr dw)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (n <= 0) return FINCH_OK;
+    GPU_TRY(check_norm("rmsnorm_backward", dim, dtype, w_type, gpu_ptr(x), gpu_ptr(dy), "dy"));
+    if (!gpu_ptr(rstd)) return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": rmsnorm_backward: rstd is absent");
+    if (gpu_ptr(dw))
+        GPU_TRY(gpu_column_sums(st, n, dim, dtype, gpu_ptr(dy), dim, gpu_ptr(x), dim, NULL, (const float *)gpu_ptr(rstd),
+                                (float *)gpu_ptr(dw)));
+    if (gpu_ptr(dx)) {
+        DISPATCH_NORM(dtype, w_type, "rmsnorm_backward",
+            rmsnorm_backward_kernel<T, W><<<row_blocks(n), THREADS, 0, st>>>(
+                n, dim, (const T *)gpu_ptr(x), (const W *)gpu_ptr(w), weight_offset, (const float *)gpu_ptr(rstd),
+                (const T *)gpu_ptr(dy), (T *)gpu_ptr(dx), dx_accumulate));
+        GPU_TRY(GPU_LAUNCHED("rmsnorm_backward"));
+    }
+    return FINCH_OK;
+}
+
+extern "C" int plugin_layernorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                                        finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w, finch_dptr b,
+                                        float eps, finch_dptr y, finch_dptr mean, finch_dptr rstd)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (n <= 0) return FINCH_OK;
+    GPU_TRY(check_norm("layernorm_forward", dim, dtype, w_type, gpu_ptr(x), gpu_ptr(y), "y"));
+    DISPATCH_NORM(dtype, w_type, "layernorm_forward",
+        layernorm_forward_kernel<T, W><<<row_blocks(n), THREADS, 0, st>>>(
+            n, dim, (const T *)gpu_ptr(x), (const W *)gpu_ptr(w), (const W *)gpu_ptr(b), eps, (T *)gpu_ptr(y),
+            (float *)gpu_ptr(mean), (float *)gpu_ptr(rstd)));
+    return GPU_LAUNCHED("layernorm_forward");
+}
+
+extern "C" int plugin_layernorm_backward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                                         finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w, finch_dptr mean,
+                                         finch_dptr rstd, finch_dptr dy, finch_dptr dx, int dx_accumulate, finch_dptr dw,
+                                         finch_dptr db)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (n <= 0) return FINCH_OK;
+    GPU_TRY(check_norm("layernorm_backward", dim, dtype, w_type, gpu_ptr(x), gpu_ptr(dy), "dy"));
+    if (!gpu_ptr(mean) || !gpu_ptr(rstd))
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": layernorm_backward: mean or rstd is absent");
+    if (gpu_ptr(dw))
+        GPU_TRY(gpu_column_sums(st, n, dim, dtype, gpu_ptr(dy), dim, gpu_ptr(x), dim, (const float *)gpu_ptr(mean),
+                                (const float *)gpu_ptr(rstd), (float *)gpu_ptr(dw)));
+    if (gpu_ptr(db))
+        GPU_TRY(gpu_column_sums(st, n, dim, dtype, gpu_ptr(dy), dim, NULL, 0, NULL, NULL, (float *)gpu_ptr(db)));
+    if (gpu_ptr(dx)) {
+        DISPATCH_NORM(dtype, w_type, "layernorm_backward",
+            layernorm_backward_kernel<T, W><<<row_blocks(n), THREADS, 0, st>>>(
+                n, dim, (const T *)gpu_ptr(x), (const W *)gpu_ptr(w), (const float *)gpu_ptr(mean),
+                (const float *)gpu_ptr(rstd), (const T *)gpu_ptr(dy), (T *)gpu_ptr(dx), dx_accumulate));
+        GPU_TRY(GPU_LAUNCHED("layernorm_backward"));
+    }
+    return FINCH_OK;
+}

@@ -1,0 +1,391 @@
+/* The plugin table and its lifetime, device, stream, memory and transfer entries. */
+#include "gpu_plugin.h"
+
+#include <mutex>
+#include <stdlib.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- errors --------------------------------------------------------------------------------- */
+static thread_local char error_message[1024];
+
+int gpu_fail(int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(error_message, sizeof error_message, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+const char *gpu_last_error(void) { return error_message; }
+
+int gpu_check(gpuError_t err, const char *what)
+{
+    if (err == gpuSuccess) return FINCH_OK;
+    if (err == gpuErrorMemoryAllocation) {
+        gpuGetLastError(); /* not sticky: clear it so the caller can retry smaller */
+        size_t free_b = 0, total_b = 0;
+        gpuMemGetInfo(&free_b, &total_b);
+        return gpu_fail(FINCH_ERR_OUT_OF_MEMORY, FINCH_GPU_PLUGIN_NAME ": %s: out of device memory (%zu MiB free of %zu MiB)",
+                        what, free_b >> 20, total_b >> 20);
+    }
+    return gpu_fail(FINCH_ERR_DEVICE, FINCH_GPU_PLUGIN_NAME ": %s: %s (%s)", what, gpuGetErrorString(err), gpuGetErrorName(err));
+}
+
+/* ---- bookkeeping of live objects, so shutdown can free everything ---------------------------- */
+static std::mutex live_lock;
+static finch_plugin_device *live_devices;
+static finch_plugin_buffer *live_buffers;
+static finch_plugin_stream *live_streams;
+
+template <typename T> static void list_add(T **head, T *x)
+{
+    std::lock_guard<std::mutex> g(live_lock);
+    x->prev = NULL;
+    x->next = *head;
+    if (*head) (*head)->prev = x;
+    *head = x;
+}
+template <typename T> static void list_remove(T **head, T *x)
+{
+    std::lock_guard<std::mutex> g(live_lock);
+    if (x->prev) x->prev->next = x->next; else *head = x->next;
+    if (x->next) x->next->prev = x->prev;
+    x->prev = x->next = NULL;
+}
+
+int gpu_begin(finch_plugin_device *dev, finch_plugin_stream *s, gpuStream_t *out)
+{
+    if (!dev) return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": NULL device");
+    GPU_TRY(gpu_check(gpuSetDevice(dev->index), "selecting the device"));
+    *out = s ? s->stream : dev->stream;
+    return FINCH_OK;
+}
+
+int gpu_scratch(gpuStream_t st, size_t bytes, void **out, const char *what)
+{
+    *out = NULL;
+    if (bytes == 0) bytes = 16;
+    return gpu_check(gpuMallocAsync(out, bytes, st), what);
+}
+
+void gpu_scratch_free(gpuStream_t st, void *p)
+{
+    if (p) gpuFreeAsync(p, st);
+}
+
+size_t gpu_dtype_size(finch_dtype t)
+{
+    switch (t) {
+    case FINCH_DTYPE_F32: case FINCH_DTYPE_I32: return 4;
+    case FINCH_DTYPE_BF16: case FINCH_DTYPE_F16: return 2;
+    case FINCH_DTYPE_U8: return 1;
+    default: return 0;
+    }
+}
+
+int gpu_is_float_type(finch_dtype t)
+{
+    return t == FINCH_DTYPE_F32 || t == FINCH_DTYPE_BF16 || t == FINCH_DTYPE_F16;
+}
+
+const char *gpu_dtype_name(finch_dtype t)
+{
+    switch (t) {
+    case FINCH_DTYPE_F32: return "F32";
+    case FINCH_DTYPE_BF16: return "BF16";
+    case FINCH_DTYPE_F16: return "F16";
+    case FINCH_DTYPE_I32: return "I32";
+    case FINCH_DTYPE_U8: return "U8";
+    case FINCH_DTYPE_NF4: return "NF4";
+    }
+    return "unknown";
+}
+
+/* ---- lifetime ------------------------------------------------------------------------------- */
+static int plugin_init(void)
+{
+    int driver = 0, runtime = 0, count = 0;
+    gpuError_t e = gpuDriverGetVersion(&driver);
+    gpuRuntimeGetVersion(&runtime);
+    if (e != gpuSuccess || driver == 0)
+        return gpu_fail(FINCH_ERR_DEVICE, "no " FINCH_GPU_API " driver: %s",
+                        e != gpuSuccess ? gpuGetErrorString(e) : "the driver library (libcuda.so.1) was not found");
+    e = gpuGetDeviceCount(&count);
+    if (e == gpuErrorNoDevice || (e == gpuSuccess && count == 0)) {
+        gpuGetLastError();
+        return gpu_fail(FINCH_ERR_DEVICE, "no " FINCH_GPU_API " device");
+    }
+    if (e == gpuErrorInsufficientDriver) {
+        gpuGetLastError();
+        return gpu_fail(FINCH_ERR_DEVICE, "no " FINCH_GPU_API " driver: driver %d.%d is older than the runtime %d.%d this plugin was built with",
+                        driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10);
+    }
+    if (e != gpuSuccess) {
+        gpuGetLastError();
+        return gpu_fail(FINCH_ERR_DEVICE, "no " FINCH_GPU_API " driver: %s", gpuGetErrorString(e));
+    }
+    return FINCH_OK;
+}
+
+static void plugin_device_close(finch_plugin_device *dev);
+static void plugin_free(finch_plugin_device *dev, finch_plugin_buffer *buf);
+static void plugin_stream_destroy(finch_plugin_device *dev, finch_plugin_stream *s);
+
+static void plugin_shutdown(void)
+{
+    while (live_buffers) plugin_free(NULL, live_buffers);
+    while (live_streams) plugin_stream_destroy(NULL, live_streams);
+    while (live_devices) plugin_device_close(live_devices);
+}
+
+/* ---- devices -------------------------------------------------------------------------------- */
+static int plugin_device_count(int *count)
+{
+    *count = 0;
+    gpuError_t e = gpuGetDeviceCount(count);
+    if (e == gpuErrorNoDevice) { gpuGetLastError(); *count = 0; return FINCH_OK; }
+    return gpu_check(e, "counting devices");
+}
+
+static int plugin_device_info(int index, finch_device_info *info)
+{
+    gpuDeviceProp p;
+    memset(info, 0, sizeof *info);
+    GPU_TRY(gpu_check(gpuGetDeviceProperties(&p, index), "reading device properties"));
+    int previous = 0;
+    gpuGetDevice(&previous);
+    GPU_TRY(gpu_check(gpuSetDevice(index), "selecting the device"));
+    size_t free_b = 0, total_b = 0;
+    int rc = gpu_check(gpuMemGetInfo(&free_b, &total_b), "reading device memory");
+    gpuSetDevice(previous);
+    if (rc) return rc;
+    snprintf(info->name, sizeof info->name, "%.127s", p.name);
+    info->kind = p.integrated ? FINCH_DEVICE_IGPU : FINCH_DEVICE_GPU;
+    info->total_memory = total_b;
+    info->free_memory = free_b;
+    info->compute_units = p.multiProcessorCount;
+#if FINCH_GPU_CUDA
+    info->supports_bf16 = p.major >= 8;
+#else
+    info->supports_bf16 = 1;
+#endif
+    return FINCH_OK;
+}
+
+static int plugin_device_open(int index, finch_plugin_device **out)
+{
+    *out = NULL;
+    int count = 0;
+    GPU_TRY(plugin_device_count(&count));
+    if (index < 0 || index >= count)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": device %d does not exist (%d devices)", index, count);
+    finch_plugin_device *dev = (finch_plugin_device *)calloc(1, sizeof *dev);
+    if (!dev) return gpu_fail(FINCH_ERR_OUT_OF_MEMORY, FINCH_GPU_PLUGIN_NAME ": out of host memory");
+    dev->index = index;
+    int rc = gpu_check(gpuSetDevice(index), "selecting the device");
+    if (!rc) rc = gpu_check(gpuGetDeviceProperties(&dev->props, index), "reading device properties");
+    if (!rc) rc = gpu_check(gpuStreamCreateWithFlags(&dev->stream, gpuStreamNonBlocking), "creating the default stream");
+    if (!rc) {
+        /* Keep freed scratch in the pool: entries allocate and free it on every call. */
+        gpuMemPool_t pool;
+        uint64_t keep = UINT64_MAX;
+        rc = gpu_check(gpuDeviceGetDefaultMemPool(&pool, index), "reading the memory pool");
+        if (!rc) rc = gpu_check(gpuMemPoolSetAttribute(pool, gpuMemPoolAttrReleaseThreshold, &keep), "configuring the memory pool");
+    }
+    if (!rc && gpublasLtCreate(&dev->lt) != GPUBLAS_STATUS_SUCCESS)
+        rc = gpu_fail(FINCH_ERR_DEVICE, FINCH_GPU_PLUGIN_NAME ": creating the BLASLt handle failed");
+    if (!rc) {
+        dev->lt_workspace_size = 32u << 20;
+        rc = gpu_check(gpuMalloc(&dev->lt_workspace, dev->lt_workspace_size), "allocating the GEMM workspace");
+    }
+    if (rc) {
+        if (dev->lt) gpublasLtDestroy(dev->lt);
+        if (dev->stream) gpuStreamDestroy(dev->stream);
+        free(dev);
+        return rc;
+    }
+    list_add(&live_devices, dev);
+    *out = dev;
+    return FINCH_OK;
+}
+
+static void plugin_device_close(finch_plugin_device *dev)
+{
+    if (!dev) return;
+    list_remove(&live_devices, dev);
+    gpuSetDevice(dev->index);
+    gpuStreamSynchronize(dev->stream);
+    gpuFree(dev->lt_workspace);
+    gpublasLtDestroy(dev->lt);
+    gpuStreamDestroy(dev->stream);
+    gpuMemPool_t pool;
+    if (gpuDeviceGetDefaultMemPool(&pool, dev->index) == gpuSuccess) gpuMemPoolTrimTo(pool, 0);
+    free(dev);
+}
+
+static int plugin_memory_info(finch_plugin_device *dev, uint64_t *free_bytes, uint64_t *total_bytes)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, NULL, &st));
+    size_t f = 0, t = 0;
+    GPU_TRY(gpu_check(gpuMemGetInfo(&f, &t), "reading device memory"));
+    *free_bytes = f;
+    *total_bytes = t;
+    return FINCH_OK;
+}
+
+/* ---- streams -------------------------------------------------------------------------------- */
+static int plugin_stream_create(finch_plugin_device *dev, finch_plugin_stream **out)
+{
+    gpuStream_t st = NULL;
+    *out = NULL;
+    GPU_TRY(gpu_begin(dev, NULL, &st));
+    finch_plugin_stream *s = (finch_plugin_stream *)calloc(1, sizeof *s);
+    if (!s) return gpu_fail(FINCH_ERR_OUT_OF_MEMORY, FINCH_GPU_PLUGIN_NAME ": out of host memory");
+    int rc = gpu_check(gpuStreamCreateWithFlags(&s->stream, gpuStreamNonBlocking), "creating a stream");
+    if (rc) { free(s); return rc; }
+    s->device = dev->index;
+    list_add(&live_streams, s);
+    *out = s;
+    return FINCH_OK;
+}
+
+static void plugin_stream_destroy(finch_plugin_device *dev, finch_plugin_stream *s)
+{
+    (void)dev;
+    if (!s) return;
+    list_remove(&live_streams, s);
+    gpuSetDevice(s->device);
+    gpuStreamSynchronize(s->stream);
+    gpuStreamDestroy(s->stream);
+    free(s);
+}
+
+static int plugin_synchronize(finch_plugin_device *dev, finch_plugin_stream *s)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    return gpu_check(gpuStreamSynchronize(st), "synchronizing the stream");
+}
+
+/* ---- memory --------------------------------------------------------------------------------- */
+static int plugin_alloc(finch_plugin_device *dev, size_t bytes, finch_plugin_buffer **out)
+{
+    gpuStream_t st = NULL;
+    *out = NULL;
+    GPU_TRY(gpu_begin(dev, NULL, &st));
+    finch_plugin_buffer *b = (finch_plugin_buffer *)calloc(1, sizeof *b);
+    if (!b) return gpu_fail(FINCH_ERR_OUT_OF_MEMORY, FINCH_GPU_PLUGIN_NAME ": out of host memory");
+    if (bytes) {
+        char what[96];
+        snprintf(what, sizeof what, "allocating a buffer of %zu bytes", bytes);
+        int rc = gpu_check(gpuMalloc(&b->ptr, bytes), what);
+        if (rc) { free(b); return rc; }
+    }
+    b->size = bytes;
+    b->device = dev->index;
+    list_add(&live_buffers, b);
+    *out = b;
+    return FINCH_OK;
+}
+
+static void plugin_free(finch_plugin_device *dev, finch_plugin_buffer *buf)
+{
+    (void)dev;
+    if (!buf) return;
+    list_remove(&live_buffers, buf);
+    if (buf->ptr) {
+        gpuSetDevice(buf->device);
+        gpuFree(buf->ptr); /* waits for work still using it */
+    }
+    free(buf);
+}
+
+static int check_range(finch_dptr p, size_t bytes, const char *what)
+{
+    if (!p.buf) return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: NULL buffer", what);
+    if (p.offset > p.buf->size || bytes > p.buf->size - p.offset)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: %zu bytes at offset %zu overrun a buffer of %zu bytes",
+                        what, bytes, p.offset, p.buf->size);
+    return FINCH_OK;
+}
+
+static int plugin_write(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, const void *src, size_t bytes)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_range(dst, bytes, "write"));
+    if (!bytes) return FINCH_OK;
+    GPU_TRY(gpu_check(gpuMemcpyAsync(gpu_ptr(dst), src, bytes, gpuMemcpyHostToDevice, st), "writing to the device"));
+    /* The caller may reuse src on return; pinned sources would still be in flight otherwise. */
+    return gpu_check(gpuStreamSynchronize(st), "writing to the device");
+}
+
+static int plugin_read(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr src, void *dst, size_t bytes)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_range(src, bytes, "read"));
+    if (!bytes) return FINCH_OK;
+    GPU_TRY(gpu_check(gpuMemcpyAsync(dst, gpu_ptr(src), bytes, gpuMemcpyDeviceToHost, st), "reading from the device"));
+    return gpu_check(gpuStreamSynchronize(st), "reading from the device");
+}
+
+static int plugin_copy(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, finch_dptr src, size_t bytes)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_range(dst, bytes, "copy destination"));
+    GPU_TRY(check_range(src, bytes, "copy source"));
+    if (!bytes) return FINCH_OK;
+    return gpu_check(gpuMemcpyAsync(gpu_ptr(dst), gpu_ptr(src), bytes, gpuMemcpyDeviceToDevice, st), "copying on the device");
+}
+
+static int plugin_copy_2d(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t rows, int64_t cols,
+                          finch_dptr src, int64_t ld_src, finch_dptr dst, int64_t ld_dst)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    size_t es = gpu_dtype_size(dtype);
+    if (!es) return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": copy_2d: dtype %s", gpu_dtype_name(dtype));
+    if (rows < 0 || cols < 0 || ld_src < cols || ld_dst < cols)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": copy_2d: %lld x %lld with row strides %lld, %lld",
+                        (long long)rows, (long long)cols, (long long)ld_src, (long long)ld_dst);
+    if (!rows || !cols) return FINCH_OK;
+    GPU_TRY(check_range(src, ((rows - 1) * ld_src + cols) * es, "copy_2d source"));
+    GPU_TRY(check_range(dst, ((rows - 1) * ld_dst + cols) * es, "copy_2d destination"));
+    return gpu_check(gpuMemcpy2DAsync(gpu_ptr(dst), ld_dst * es, gpu_ptr(src), ld_src * es, cols * es, rows,
+                                      gpuMemcpyDeviceToDevice, st), "copy_2d");
+}
+
+/* ---- the table ------------------------------------------------------------------------------ */
+static const finch_plugin_api plugin_api = {
+    FINCH_PLUGIN_ABI_MAJOR, FINCH_PLUGIN_ABI_MINOR, sizeof(finch_plugin_api),
+    FINCH_GPU_PLUGIN_NAME, "0.1.0",
+    plugin_init, plugin_shutdown, gpu_last_error,
+    plugin_device_count, plugin_device_info, plugin_device_open, plugin_device_close, plugin_memory_info,
+    plugin_stream_create, plugin_stream_destroy, plugin_synchronize,
+    plugin_alloc, plugin_free, plugin_write, plugin_read, plugin_copy,
+    plugin_fill, plugin_copy_2d, plugin_cast,
+    plugin_gemm, plugin_axpby, plugin_sum_squares,
+    plugin_qmatmul_forward, plugin_qmatmul_backward,
+    plugin_linear_forward, plugin_linear_backward,
+    plugin_attention_forward, plugin_attention_backward,
+    plugin_rmsnorm_forward, plugin_rmsnorm_backward,
+    plugin_layernorm_forward, plugin_layernorm_backward,
+    plugin_rope_forward, plugin_rope_backward,
+    plugin_glu_forward, plugin_glu_backward,
+    plugin_activation_forward, plugin_activation_backward,
+    plugin_embedding_forward, plugin_embedding_backward,
+    plugin_cross_entropy, plugin_linear_cross_entropy,
+    plugin_adamw_step,
+    NULL, /* adamw8bit_step (ABI 1.1, optional): absent; the trainer then asks for --optimizer adamw */
+};
+
+extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)
+{
+    return &plugin_api;
+}

@@ -1,0 +1,79 @@
+/* Rotary embedding in place, "rotate half" layout, with sections (M-RoPE), partial rotation and
+ * attn_factor. Backward turns by -theta. One thread per rotated pair. */
+#include "gpu_plugin.h"
+
+#define THREADS 256
+
+struct rope_params {
+    int64_t n_tokens, n_heads, head_dim, half, ldx;
+    const int32_t *positions;
+    const float *inv_freq;
+    int n_sections;
+    int section_end[4];   /* running sums of sections */
+    float attn_factor, sign; /* sign -1: backward */
+};
+
+template <typename T>
+__global__ void rope_kernel(rope_params p, T *x)
+{
+    int64_t total = p.n_tokens * p.n_heads * p.half;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t d = i % p.half, th = i / p.half, h = th % p.n_heads, t = th / p.n_heads;
+        int s = 0;
+        while (s < p.n_sections - 1 && d >= p.section_end[s]) s++;
+        float theta = (float)p.positions[(int64_t)s * p.n_tokens + t] * p.inv_freq[d];
+        float c = cosf(theta) * p.attn_factor, sn = sinf(theta) * p.attn_factor * p.sign;
+        T *row = x + t * p.ldx + h * p.head_dim;
+        float x1 = to_f32(row[d]), x2 = to_f32(row[d + p.half]);
+        row[d] = from_f32<T>(x1 * c - x2 * sn);
+        row[d + p.half] = from_f32<T>(x2 * c + x1 * sn);
+    }
+}
+
+static int rope(finch_plugin_device *dev, finch_plugin_stream *s, const finch_rope_desc *d, float sign, const char *entry)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (d->n_tokens <= 0 || d->n_heads <= 0) return FINCH_OK;
+    if (d->rot_dim < 0 || d->rot_dim % 2 || d->rot_dim > d->head_dim || d->ldx < d->n_heads * d->head_dim)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: rot_dim %lld, head_dim %lld, ldx %lld", entry,
+                        (long long)d->rot_dim, (long long)d->head_dim, (long long)d->ldx);
+    if (d->n_sections < 1 || d->n_sections > 4)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: n_sections %d", entry, d->n_sections);
+    rope_params p;
+    p.n_tokens = d->n_tokens;
+    p.n_heads = d->n_heads;
+    p.head_dim = d->head_dim;
+    p.half = d->rot_dim / 2;
+    p.ldx = d->ldx;
+    p.positions = (const int32_t *)gpu_ptr(d->positions);
+    p.inv_freq = (const float *)gpu_ptr(d->inv_freq);
+    p.n_sections = d->n_sections;
+    int sum = 0;
+    for (int i = 0; i < 4; i++) {
+        sum += i < d->n_sections ? d->sections[i] : 0;
+        p.section_end[i] = sum;
+    }
+    if (d->n_sections > 1 && sum != p.half)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: sections sum to %d, not rot_dim/2 = %lld", entry,
+                        sum, (long long)p.half);
+    p.attn_factor = d->attn_factor;
+    p.sign = sign;
+    if (!p.half) return FINCH_OK;
+    if (!gpu_ptr(d->x) || !p.positions || !p.inv_freq)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: x, positions or inv_freq is absent", entry);
+    int64_t total = d->n_tokens * d->n_heads * p.half;
+    FINCH_DISPATCH_FLOAT(d->dtype, T, entry,
+        rope_kernel<T><<<gpu_blocks(total, THREADS), THREADS, 0, st>>>(p, (T *)gpu_ptr(d->x)));
+    return GPU_LAUNCHED(entry);
+}
+
+extern "C" int plugin_rope_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_rope_desc *d)
+{
+    return rope(dev, s, d, 1.0f, "rope_forward");
+}
+
+extern "C" int plugin_rope_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_rope_desc *d)
+{
+    return rope(dev, s, d, -1.0f, "rope_backward");
+}

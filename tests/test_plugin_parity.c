@@ -1,0 +1,1323 @@
+/* Parity of a plugin module with the built-in CPU backend, entry by entry.
+ *
+ * Loads the module named by $FINCH_PARITY_PLUGIN (a path to libfinch-<x>.so) with dlopen, runs every
+ * entry of the plugin ABI on the same random inputs (odd sizes, padded row strides, accumulated
+ * outputs starting from random values, overwritten outputs poisoned with NaN) on that plugin and on
+ * finch_cpu_plugin_api(), and compares the results: f32 within 1e-4 relative, f16 5e-3, bf16 2e-2.
+ * One line per check, then the summary line. Without $FINCH_PARITY_PLUGIN it exits 77 (skipped).
+ * Works for any plugin: it uses nothing but the ABI. */
+#include "backends/backend.h"
+#include "core/half.h"
+#include "tests/testing.h"
+
+#include <dlfcn.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define SKIP_STATUS 77
+
+typedef struct side {
+    const char *name;
+    const finch_plugin_api *api;
+    finch_plugin_device *dev;
+} side;
+
+/* sides[0] is the CPU reference, sides[1] the plugin under test. */
+static side sides[2];
+
+/* One tensor with the same contents on both sides. A zeroed tensor is "absent". */
+typedef struct tensor {
+    finch_dptr p[2];
+    size_t n;
+    finch_dtype t;
+} tensor;
+
+enum { MAX_BUFFERS = 512 };
+static finch_plugin_buffer *live[2][MAX_BUFFERS];
+static int n_live;
+
+static void fatal(const char *what, int s)
+{
+    fprintf(stderr, "parity: %s on %s failed: %s\n", what, sides[s].name, sides[s].api->last_error());
+    exit(1);
+}
+
+static size_t dtype_size(finch_dtype t)
+{
+    switch (t) {
+    case FINCH_DTYPE_BF16: case FINCH_DTYPE_F16: return 2;
+    case FINCH_DTYPE_U8: case FINCH_DTYPE_NF4: return 1;
+    default: return 4;
+    }
+}
+
+static const char *dtype_name(finch_dtype t)
+{
+    static const char *names[] = {"f32", "bf16", "f16", "i32", "u8", "nf4"};
+    return (unsigned)t < 6 ? names[t] : "?";
+}
+
+static double tol_for(finch_dtype t)
+{
+    return t == FINCH_DTYPE_BF16 ? 2e-2 : t == FINCH_DTYPE_F16 ? 5e-3 : 1e-4;
+}
+
+/* Frees every tensor made since the last call. */
+static void release_all(void)
+{
+    for (int i = 0; i < n_live; i++)
+        for (int s = 0; s < 2; s++)
+            if (live[s][i]) sides[s].api->free(sides[s].dev, live[s][i]);
+    n_live = 0;
+}
+
+static tensor alloc_tensor(finch_dtype t, size_t n, size_t bytes)
+{
+    tensor x = {{{0}, {0}}, n, t};
+    if (n_live == MAX_BUFFERS) {
+        fprintf(stderr, "parity: too many live buffers\n");
+        exit(1);
+    }
+    for (int s = 0; s < 2; s++) {
+        finch_plugin_buffer *b = NULL;
+        if (sides[s].api->alloc(sides[s].dev, bytes ? bytes : 1, &b)) fatal("alloc", s);
+        live[s][n_live] = b;
+        x.p[s] = (finch_dptr){b, 0};
+    }
+    n_live++;
+    return x;
+}
+
+static void write_both(tensor x, const void *raw, size_t bytes)
+{
+    for (int s = 0; s < 2; s++)
+        if (bytes && sides[s].api->write(sides[s].dev, NULL, x.p[s], raw, bytes)) fatal("write", s);
+}
+
+static void encode(finch_dtype t, const float *x, size_t n, void *raw)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (t == FINCH_DTYPE_F32) {
+            memcpy((char *)raw + 4 * i, &x[i], 4);
+        } else if (t == FINCH_DTYPE_I32) {
+            int32_t v = (int32_t)x[i];
+            memcpy((char *)raw + 4 * i, &v, 4);
+        } else {
+            uint16_t h = t == FINCH_DTYPE_BF16 ? finch_f32_to_bf16(x[i]) : finch_f32_to_f16(x[i]);
+            memcpy((char *)raw + 2 * i, &h, 2);
+        }
+    }
+}
+
+static void decode(finch_dtype t, const void *raw, size_t n, float *x)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (t == FINCH_DTYPE_F32) {
+            memcpy(&x[i], (const char *)raw + 4 * i, 4);
+        } else if (t == FINCH_DTYPE_I32) {
+            int32_t v;
+            memcpy(&v, (const char *)raw + 4 * i, 4);
+            x[i] = (float)v;
+        } else if (t == FINCH_DTYPE_U8) {
+            x[i] = (float)((const unsigned char *)raw)[i];
+        } else {
+            uint16_t h;
+            memcpy(&h, (const char *)raw + 2 * i, 2);
+            x[i] = t == FINCH_DTYPE_BF16 ? finch_bf16_to_f32(h) : finch_f16_to_f32(h);
+        }
+    }
+}
+
+/* n values of storage type t from host floats. */
+static tensor from_floats(finch_dtype t, const float *x, size_t n)
+{
+    tensor r = alloc_tensor(t, n, n * dtype_size(t));
+    void *raw = malloc(n * dtype_size(t) + 1);
+    encode(t, x, n, raw);
+    write_both(r, raw, n * dtype_size(t));
+    free(raw);
+    return r;
+}
+
+static unsigned long long seed_counter = 1;
+
+/* Uniform in [-scale, scale). */
+static tensor random_tensor(finch_dtype t, size_t n, float scale)
+{
+    float *x = malloc(n * sizeof(float) + 4);
+    testing_fill_random(x, n, seed_counter++);
+    for (size_t i = 0; i < n; i++) x[i] *= scale;
+    tensor r = from_floats(t, x, n);
+    free(x);
+    return r;
+}
+
+/* Uniform in [0, scale). */
+static tensor positive_tensor(finch_dtype t, size_t n, float scale)
+{
+    float *x = malloc(n * sizeof(float) + 4);
+    testing_fill_random(x, n, seed_counter++);
+    for (size_t i = 0; i < n; i++) x[i] = 0.5f * (x[i] + 1.0f) * scale;
+    tensor r = from_floats(t, x, n);
+    free(x);
+    return r;
+}
+
+static tensor from_ints(const int32_t *v, size_t n)
+{
+    tensor r = alloc_tensor(FINCH_DTYPE_I32, n, n * 4);
+    write_both(r, v, n * 4);
+    return r;
+}
+
+static tensor from_bytes(const void *v, size_t n)
+{
+    tensor r = alloc_tensor(FINCH_DTYPE_U8, n, n);
+    write_both(r, v, n);
+    return r;
+}
+
+/* An output the entry must overwrite: every byte 0xFF (NaN in every float type). */
+static tensor poisoned(finch_dtype t, size_t n)
+{
+    tensor r = alloc_tensor(t, n, n * dtype_size(t));
+    unsigned char *raw = malloc(n * dtype_size(t) + 1);
+    memset(raw, 0xFF, n * dtype_size(t));
+    write_both(r, raw, n * dtype_size(t));
+    free(raw);
+    return r;
+}
+
+/* A view of x starting `elems` elements in. */
+static tensor offset_view(tensor x, size_t elems)
+{
+    tensor v = x;
+    for (int s = 0; s < 2; s++) v.p[s].offset += elems * dtype_size(x.t);
+    v.n = x.n - elems;
+    return v;
+}
+
+static const tensor absent;
+
+static finch_dptr D(tensor x, int s) { return x.p[s]; }
+
+static void download(tensor x, int s, float *out)
+{
+    size_t bytes = x.n * dtype_size(x.t);
+    void *raw = malloc(bytes + 1);
+    if (sides[s].api->read(sides[s].dev, NULL, x.p[s], raw, bytes)) fatal("read", s);
+    decode(x.t, raw, x.n, out);
+    free(raw);
+}
+
+static void report(const char *entry, const char *what, const float *got, const float *ref, size_t n, double tol)
+{
+    double err = testing_rel_err(got, ref, n);
+    int ok = err <= tol; /* NaN fails */
+    printf("%-30s %-52s rel_err %.2e (tol %.0e) %s\n", entry, what, err, tol, ok ? "ok" : "FAIL");
+    CHECK(ok, "%s %s: rel err %.3g > %.3g", entry, what, err, tol);
+}
+
+/* Compares all of x on both sides: one output line and one CHECK. */
+static void compare(const char *entry, const char *what, tensor x, double tol)
+{
+    float *ref = malloc(x.n * sizeof(float) + 4), *got = malloc(x.n * sizeof(float) + 4);
+    download(x, 0, ref);
+    download(x, 1, got);
+    report(entry, what, got, ref, x.n, tol);
+    free(ref);
+    free(got);
+}
+
+/* Compares only the rows x cols elements of each of `batch` matrices (row stride ld, batch stride
+ * stride) of x: padding that the entry does not write keeps its poison on both sides. */
+static void compare_rows(const char *entry, const char *what, tensor x, int64_t batch, int64_t rows, int64_t cols,
+                         int64_t ld, int64_t stride, double tol)
+{
+    size_t n = (size_t)(batch * rows * cols);
+    float *packed[2], *all = malloc(x.n * sizeof(float) + 4);
+    for (int s = 0; s < 2; s++) {
+        packed[s] = malloc(n * sizeof(float) + 4);
+        download(x, s, all);
+        for (int64_t b = 0; b < batch; b++)
+            for (int64_t r = 0; r < rows; r++)
+                memcpy(packed[s] + (b * rows + r) * cols, all + b * stride + r * ld, (size_t)cols * sizeof(float));
+    }
+    report(entry, what, packed[1], packed[0], n, tol);
+    free(packed[0]);
+    free(packed[1]);
+    free(all);
+}
+
+/* Runs `call` (an expression using s, sd and D(x, s)) on both sides; both must return `expect`. */
+#define BOTH_EXPECT(entry, expect, call)                                                                 \
+    for (int s = 0; s < 2; s++) {                                                                        \
+        const side *sd = &sides[s];                                                                      \
+        int rc_ = (call);                                                                                \
+        CHECK(rc_ == (expect), "%s on %s returned %d (expected %d): %s", entry, sd->name, rc_, (int)(expect), \
+              rc_ ? sd->api->last_error() : "");                                                         \
+        (void)sd;                                                                                        \
+    }
+#define BOTH(entry, call) BOTH_EXPECT(entry, FINCH_OK, call)
+
+/* ---- memory, copies, element-wise --------------------------------------------------------------- */
+static void test_devices(void)
+{
+    const side *p = &sides[1];
+    int count = 0;
+    finch_device_info info;
+    uint64_t free_b = 0, total_b = 0;
+    CHECK(p->api->device_count(&count) == FINCH_OK && count >= 1, "device_count: %d", count);
+    CHECK(p->api->device_info(0, &info) == FINCH_OK && info.total_memory > 0 && info.name[0],
+          "device_info: %s", p->api->last_error());
+    CHECK(p->api->memory_info(p->dev, &free_b, &total_b) == FINCH_OK && total_b > 0 && free_b <= total_b,
+          "memory_info: %s", p->api->last_error());
+    printf("%-30s %s: %s, %llu MiB (%llu MiB free), %d compute units, bf16 %s\n", "device_info", p->name, info.name,
+           (unsigned long long)(info.total_memory >> 20), (unsigned long long)(free_b >> 20), info.compute_units,
+           info.supports_bf16 ? "yes" : "no");
+
+    /* Out of memory is an error the caller can recover from. */
+    finch_plugin_buffer *huge = NULL, *small = NULL;
+    int rc = p->api->alloc(p->dev, (size_t)1 << 52, &huge);
+    CHECK(rc == FINCH_ERR_OUT_OF_MEMORY && !huge, "alloc of 4 PiB returned %d", rc);
+    printf("%-30s %-52s %s\n", "alloc", "4 PiB -> out of memory", rc == FINCH_ERR_OUT_OF_MEMORY ? "ok" : "FAIL");
+    rc = p->api->alloc(p->dev, 4096, &small);
+    CHECK(rc == FINCH_OK, "alloc after out of memory: %s", p->api->last_error());
+    if (small) p->api->free(p->dev, small);
+}
+
+static void test_memory(void)
+{
+    static const finch_dtype types[4] = {FINCH_DTYPE_F32, FINCH_DTYPE_BF16, FINCH_DTYPE_F16, FINCH_DTYPE_I32};
+    char what[64];
+    for (int i = 0; i < 4; i++) {
+        tensor x = poisoned(types[i], 1001);
+        BOTH("fill", sd->api->fill(sd->dev, NULL, D(x, s), x.t, 1001, -2.75f));
+        snprintf(what, sizeof what, "%s", dtype_name(types[i]));
+        compare("fill", what, x, 0);
+        for (int j = 0; j < 4; j++) {
+            if ((i == 3 || j == 3) && i != j) continue; /* cast is between float types (or a same-type copy) */
+            tensor src = random_tensor(types[i], 777, types[i] == FINCH_DTYPE_I32 ? 1000.0f : 3.0f);
+            tensor dst = poisoned(types[j], 777);
+            BOTH("cast", sd->api->cast(sd->dev, NULL, 777, src.t, D(src, s), dst.t, D(dst, s)));
+            snprintf(what, sizeof what, "%s -> %s", dtype_name(types[i]), dtype_name(types[j]));
+            compare("cast", what, dst, 0);
+        }
+    }
+    tensor a = random_tensor(FINCH_DTYPE_F32, 999, 1.0f), b = poisoned(FINCH_DTYPE_F32, 999);
+    BOTH("copy", sd->api->copy(sd->dev, NULL, D(b, s), D(a, s), 999 * 4));
+    compare("copy", "f32 x 999", b, 0);
+
+    /* 13 x 7 block out of a [13, 11] matrix into a [13, 9] one. */
+    tensor m = random_tensor(FINCH_DTYPE_BF16, 13 * 11, 2.0f), out = random_tensor(FINCH_DTYPE_BF16, 13 * 9, 1.0f);
+    BOTH("copy_2d", sd->api->copy_2d(sd->dev, NULL, FINCH_DTYPE_BF16, 13, 7, D(offset_view(m, 2), s), 11,
+                                     D(offset_view(out, 1), s), 9));
+    compare("copy_2d", "bf16 13x7, ld 11 -> 9", out, 0);
+
+    for (int i = 0; i < 3; i++) {
+        finch_dtype t = types[i];
+        tensor x = random_tensor(t, 1234, 2.0f), y = random_tensor(t, 1234, 2.0f), o = poisoned(t, 1234);
+        BOTH("axpby", sd->api->axpby(sd->dev, NULL, 1234, t, 0.75f, D(x, s), -1.5f, D(y, s), D(o, s)));
+        snprintf(what, sizeof what, "%s", dtype_name(t));
+        compare("axpby", what, o, tol_for(t));
+        BOTH("axpby", sd->api->axpby(sd->dev, NULL, 1234, t, 3.0f, D(x, s), 0.0f, D(absent, s), D(x, s)));
+        snprintf(what, sizeof what, "%s, y absent, out = x", dtype_name(t));
+        compare("axpby", what, x, tol_for(t));
+        tensor ss = from_floats(FINCH_DTYPE_F32, (float[]){0.5f}, 1);
+        BOTH("sum_squares", sd->api->sum_squares(sd->dev, NULL, 1234, t, D(y, s), D(ss, s)));
+        compare("sum_squares", dtype_name(t), ss, 1e-5);
+    }
+
+    /* Work queued on a created stream. */
+    finch_plugin_stream *st[2] = {NULL, NULL};
+    tensor x = random_tensor(FINCH_DTYPE_F32, 4097, 1.0f), o = poisoned(FINCH_DTYPE_F32, 4097);
+    BOTH("stream_create", sd->api->stream_create(sd->dev, &st[s]));
+    BOTH("axpby", sd->api->axpby(sd->dev, st[s], 4097, FINCH_DTYPE_F32, 2.0f, D(x, s), 0.0f, D(absent, s), D(o, s)));
+    BOTH("synchronize", sd->api->synchronize(sd->dev, st[s]));
+    for (int s = 0; s < 2; s++) sides[s].api->stream_destroy(sides[s].dev, st[s]);
+    compare("stream", "axpby on a created stream", o, 1e-6);
+    release_all();
+}
+
+static void test_activations(void)
+{
+    static const finch_activation acts[5] = {FINCH_ACT_SILU, FINCH_ACT_GELU_ERF, FINCH_ACT_GELU_TANH, FINCH_ACT_RELU,
+                                             FINCH_ACT_SOFTCAP};
+    static const char *names[5] = {"silu", "gelu_erf", "gelu_tanh", "relu", "softcap"};
+    char what[64];
+    for (int a = 0; a < 5; a++) {
+        for (int ti = 0; ti < 2; ti++) {
+            finch_dtype t = ti ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
+            int n = 1001;
+            tensor x = random_tensor(t, n, 4.0f), y = poisoned(t, n), dy = random_tensor(t, n, 1.0f), dx = poisoned(t, n);
+            BOTH("activation_forward", sd->api->activation_forward(sd->dev, NULL, acts[a], 3.0f, n, t, D(x, s), D(y, s)));
+            BOTH("activation_backward",
+                 sd->api->activation_backward(sd->dev, NULL, acts[a], 3.0f, n, t, D(x, s), D(dy, s), D(dx, s)));
+            snprintf(what, sizeof what, "%s %s", names[a], dtype_name(t));
+            compare("activation_forward", what, y, tol_for(t));
+            compare("activation_backward", what, dx, tol_for(t));
+            if (a == FINCH_ACT_SOFTCAP) continue;
+            /* Gated: gate and up are the two halves of one [n, 2 dim] gate_up row. */
+            int rows = 9, dim = 37;
+            tensor gu = random_tensor(t, (size_t)rows * 2 * dim, 3.0f), out = poisoned(t, (size_t)rows * dim);
+            tensor dout = random_tensor(t, (size_t)rows * dim, 1.0f), dgu = poisoned(t, (size_t)rows * 2 * dim);
+            tensor up = offset_view(gu, dim), dup = offset_view(dgu, dim);
+            BOTH("glu_forward", sd->api->glu_forward(sd->dev, NULL, acts[a], rows, dim, t, D(gu, s), 2 * dim, D(up, s),
+                                                     2 * dim, D(out, s)));
+            BOTH("glu_backward", sd->api->glu_backward(sd->dev, NULL, acts[a], rows, dim, t, D(gu, s), 2 * dim, D(up, s),
+                                                       2 * dim, D(dout, s), D(dgu, s), D(dup, s)));
+            compare("glu_forward", what, out, tol_for(t));
+            compare("glu_backward", what, dgu, tol_for(t));
+            /* In place: dgate/dup overwrite gate/up. */
+            BOTH("glu_backward", sd->api->glu_backward(sd->dev, NULL, acts[a], rows, dim, t, D(gu, s), 2 * dim, D(up, s),
+                                                       2 * dim, D(dout, s), D(gu, s), D(up, s)));
+            snprintf(what, sizeof what, "%s %s in place", names[a], dtype_name(t));
+            compare("glu_backward", what, gu, tol_for(t));
+        }
+        release_all();
+    }
+}
+
+/* ---- matrix products ---------------------------------------------------------------------------- */
+static void test_gemm(void)
+{
+    static const finch_dtype types[3] = {FINCH_DTYPE_F32, FINCH_DTYPE_BF16, FINCH_DTYPE_F16};
+    char what[96];
+    for (int ti = 0; ti < 3; ti++) {
+        for (int ta = 0; ta < 2; ta++) {
+            for (int tb = 0; tb < 2; tb++) {
+                for (int variant = 0; variant < 4; variant++) {
+                    /* 0: C in the operands' type, beta 0 (C poisoned); 1: f32 C, batch 3; 2: B in f32 (mixed);
+                     * 3: mixed and large enough for several tiles in every direction. */
+                    finch_gemm_desc d[2];
+                    memset(&d[0], 0, sizeof d[0]);
+                    d[0].trans_a = ta;
+                    d[0].trans_b = tb;
+                    d[0].m = variant == 3 ? 151 : 37;
+                    d[0].n = variant == 3 ? 133 : 29;
+                    d[0].k = variant == 3 ? 97 : 53;
+                    d[0].a_type = types[ti];
+                    d[0].b_type = variant >= 2 ? FINCH_DTYPE_F32 : types[ti];
+                    d[0].c_type = variant == 1 ? FINCH_DTYPE_F32 : types[ti];
+                    d[0].batch = variant == 1 ? 3 : 1;
+                    int64_t arows = ta ? d[0].k : d[0].m, acols = ta ? d[0].m : d[0].k;
+                    int64_t brows = tb ? d[0].n : d[0].k, bcols = tb ? d[0].k : d[0].n;
+                    d[0].lda = acols + 3;
+                    d[0].ldb = bcols + 1;
+                    d[0].ldc = d[0].n + 2;
+                    d[0].stride_a = arows * d[0].lda + 5;
+                    d[0].stride_b = brows * d[0].ldb;
+                    d[0].stride_c = d[0].m * d[0].ldc + 7;
+                    d[0].alpha = 0.75f;
+                    d[0].beta = variant == 0 ? 0.0f : -0.5f;
+                    size_t na = (size_t)(d[0].stride_a * d[0].batch), nb = (size_t)(d[0].stride_b * d[0].batch);
+                    size_t nc = (size_t)(d[0].stride_c * d[0].batch);
+                    tensor a = random_tensor(d[0].a_type, na, 1.0f), b = random_tensor(d[0].b_type, nb, 1.0f);
+                    tensor c = variant == 0 ? poisoned(d[0].c_type, nc) : random_tensor(d[0].c_type, nc, 1.0f);
+                    d[1] = d[0];
+                    for (int s = 0; s < 2; s++) {
+                        d[s].a = D(a, s);
+                        d[s].b = D(b, s);
+                        d[s].c = D(c, s);
+                    }
+                    BOTH("gemm", sd->api->gemm(sd->dev, NULL, &d[s]));
+                    snprintf(what, sizeof what, "%s%s A %s B %s C %s batch %lld beta %g", ta ? "At" : "A",
+                             tb ? " Bt" : " B", dtype_name(d[0].a_type), dtype_name(d[0].b_type),
+                             dtype_name(d[0].c_type), (long long)d[0].batch, d[0].beta);
+                    compare_rows("gemm", what, c, d[0].batch, d[0].m, d[0].n, d[0].ldc, d[0].stride_c,
+                                 tol_for(d[0].c_type == FINCH_DTYPE_F32 ? d[0].a_type : d[0].c_type));
+                }
+            }
+        }
+        release_all();
+    }
+}
+
+static const float nf4_code[16] = {-1.0f, -0.6961928f, -0.5250731f, -0.3949175f, -0.2844414f, -0.1848489f,
+                                   -0.0910500f, 0.0f, 0.0795803f, 0.1609302f, 0.2461123f, 0.3379152f,
+                                   0.4407098f, 0.5626170f, 0.7229568f, 1.0f};
+
+/* A random NF4 weight [out, in] (odd element counts included), blocksize 64: packed codes, absmax, code. */
+typedef struct nf4_parts {
+    tensor data, absmax, code;
+} nf4_parts;
+
+static nf4_parts make_nf4(int64_t out, int64_t in)
+{
+    int64_t n = out * in, nbytes = (n + 1) / 2, nblocks = (n + 63) / 64;
+    unsigned char *bytes = malloc((size_t)nbytes);
+    float *absmax = malloc((size_t)nblocks * sizeof(float));
+    float *r = malloc((size_t)(nbytes + nblocks) * sizeof(float));
+    testing_fill_random(r, (size_t)(nbytes + nblocks), seed_counter++);
+    for (int64_t i = 0; i < nbytes; i++) bytes[i] = (unsigned char)((r[i] + 1.0f) * 127.99f);
+    for (int64_t i = 0; i < nblocks; i++) absmax[i] = 0.5f + 0.5f * (r[nbytes + i] + 1.0f);
+    nf4_parts p = {from_bytes(bytes, (size_t)nbytes), from_floats(FINCH_DTYPE_F32, absmax, (size_t)nblocks),
+                   from_floats(FINCH_DTYPE_F32, nf4_code, 16)};
+    free(bytes);
+    free(absmax);
+    free(r);
+    return p;
+}
+
+static finch_weight nf4_weight(const nf4_parts *p, int s)
+{
+    finch_weight w;
+    memset(&w, 0, sizeof w);
+    w.dtype = FINCH_DTYPE_NF4;
+    w.blocksize = 64;
+    w.data = D(p->data, s);
+    w.absmax = D(p->absmax, s);
+    w.code = D(p->code, s);
+    return w;
+}
+
+static finch_weight dense_weight(tensor w, int s)
+{
+    finch_weight r;
+    memset(&r, 0, sizeof r);
+    r.dtype = w.t;
+    r.data = D(w, s);
+    return r;
+}
+
+static void test_qmatmul(void)
+{
+    char what[64];
+    for (int ti = 0; ti < 2; ti++) {
+        finch_dtype t = ti ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
+        for (int big = 0; big < 2; big++) {
+        int64_t out = big ? 161 : 33, in = big ? 95 : 47, m = big ? 77 : 19, ldx = in + 3, ldy = out + 2;
+        nf4_parts parts = make_nf4(out, in);
+        finch_weight w[2] = {nf4_weight(&parts, 0), nf4_weight(&parts, 1)};
+        for (int with_beta = 0; with_beta < 2; with_beta++) {
+            float beta = with_beta ? 0.5f : 0.0f;
+            tensor x = random_tensor(t, (size_t)(m * ldx), 1.0f), dy = random_tensor(t, (size_t)(m * ldy), 1.0f);
+            tensor y = with_beta ? random_tensor(t, (size_t)(m * ldy), 1.0f) : poisoned(t, (size_t)(m * ldy));
+            tensor dx = with_beta ? random_tensor(t, (size_t)(m * ldx), 1.0f) : poisoned(t, (size_t)(m * ldx));
+            BOTH("qmatmul_forward", sd->api->qmatmul_forward(sd->dev, NULL, &w[s], out, in, m, t, D(x, s), ldx, D(y, s),
+                                                             ldy, beta));
+            BOTH("qmatmul_backward", sd->api->qmatmul_backward(sd->dev, NULL, &w[s], out, in, m, t, D(dy, s), ldy, D(dx, s),
+                                                               ldx, beta));
+            snprintf(what, sizeof what, "nf4 [%lld, %lld] %s m %lld beta %g", (long long)out, (long long)in,
+                     dtype_name(t), (long long)m, beta);
+            compare_rows("qmatmul_forward", what, y, 1, m, out, ldy, 0, tol_for(t));
+            compare_rows("qmatmul_backward", what, dx, 1, m, in, ldx, 0, tol_for(t));
+        }
+        release_all();
+        }
+    }
+}
+
+typedef struct linear_case {
+    const char *name;
+    finch_dtype act, param, wtype;   /* wtype NF4 or a dense type */
+    int64_t m, in, out, rank;
+    int bias, save_xa, want_dw, dx_accumulate;
+    float dropout;
+} linear_case;
+
+static void test_linear(void)
+{
+    static const linear_case cases[] = {
+        {"f32 dense, bias, r5, dropout, dw", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_F32, 37, 67, 53, 5, 1, 1, 1, 1, 0.1f},
+        {"bf16 dense, bias, r4, xa recomputed", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 29, 64, 48, 4, 1, 0, 0, 0, 0.0f},
+        {"f32 nf4, r3, dropout", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 23, 47, 33, 3, 0, 1, 0, 1, 0.2f},
+        {"bf16 nf4, bias, no adapter", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_NF4, 17, 40, 24, 0, 1, 0, 0, 0, 0.0f},
+        {"f16 dense, f32 params, r8", FINCH_DTYPE_F16, FINCH_DTYPE_F32, FINCH_DTYPE_F16, 31, 72, 40, 8, 0, 1, 0, 0, 0.0f},
+        {"bf16 nf4, r16, m 150", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_NF4, 150, 136, 200, 16, 0, 1, 0, 1, 0.0f},
+        {"bf16 dense, r16, dropout, m 130", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 130, 96, 160, 16, 1, 1, 1, 0, 0.05f},
+        {"f32 nf4, r7, m 70", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 70, 81, 65, 7, 1, 0, 0, 0, 0.0f},
+    };
+    char what[96];
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const linear_case *c = &cases[ci];
+        int64_t ldx = c->in + 1, ldy = c->out + 3;
+        int nf4 = c->wtype == FINCH_DTYPE_NF4;
+        tensor x = random_tensor(c->act, (size_t)(c->m * ldx), 1.0f), y = poisoned(c->act, (size_t)(c->m * ldy));
+        nf4_parts parts = {absent, absent, absent};
+        tensor wd = absent;
+        if (nf4) parts = make_nf4(c->out, c->in);
+        else wd = random_tensor(c->wtype, (size_t)(c->out * c->in), 0.2f);
+        tensor bias = c->bias ? random_tensor(c->param, (size_t)c->out, 1.0f) : absent;
+        tensor la = c->rank ? random_tensor(c->param, (size_t)(c->rank * c->in), 0.3f) : absent;
+        tensor lb = c->rank ? random_tensor(c->param, (size_t)(c->out * c->rank), 0.3f) : absent;
+        tensor xa = c->rank && c->save_xa ? poisoned(FINCH_DTYPE_F32, (size_t)(c->m * c->rank)) : absent;
+        tensor dy = random_tensor(c->act, (size_t)(c->m * ldy), 1.0f);
+        tensor dx = c->dx_accumulate ? random_tensor(c->act, (size_t)(c->m * ldx), 1.0f) : poisoned(c->act, (size_t)(c->m * ldx));
+        tensor dw = c->want_dw ? random_tensor(FINCH_DTYPE_F32, (size_t)(c->out * c->in), 1.0f) : absent;
+        tensor dbias = c->bias ? random_tensor(FINCH_DTYPE_F32, (size_t)c->out, 1.0f) : absent;
+        tensor da = c->rank ? random_tensor(FINCH_DTYPE_F32, (size_t)(c->rank * c->in), 1.0f) : absent;
+        tensor db = c->rank ? random_tensor(FINCH_DTYPE_F32, (size_t)(c->out * c->rank), 1.0f) : absent;
+        finch_linear_desc d[2];
+        for (int s = 0; s < 2; s++) {
+            memset(&d[s], 0, sizeof d[s]);
+            d[s].m = c->m;
+            d[s].in_features = c->in;
+            d[s].out_features = c->out;
+            d[s].rank = c->rank;
+            d[s].act_type = c->act;
+            d[s].x = D(x, s);
+            d[s].ldx = ldx;
+            d[s].y = D(y, s);
+            d[s].ldy = ldy;
+            d[s].w = nf4 ? nf4_weight(&parts, s) : dense_weight(wd, s);
+            d[s].param_type = c->param;
+            d[s].bias = D(bias, s);
+            d[s].lora_a = D(la, s);
+            d[s].lora_b = D(lb, s);
+            d[s].scale = 2.0f;
+            d[s].dropout = c->dropout;
+            d[s].dropout_seed = 0x1234567ull;
+            d[s].xa = D(xa, s);
+            d[s].dy = D(dy, s);
+            d[s].lddy = ldy;
+            d[s].dx = D(dx, s);
+            d[s].lddx = ldx;
+            d[s].dx_accumulate = c->dx_accumulate;
+            d[s].dw = D(dw, s);
+            d[s].dbias = D(dbias, s);
+            d[s].da = D(da, s);
+            d[s].db = D(db, s);
+        }
+        BOTH("linear_forward", sd->api->linear_forward(sd->dev, NULL, &d[s]));
+        BOTH("linear_backward", sd->api->linear_backward(sd->dev, NULL, &d[s]));
+        double tol = tol_for(c->act);
+        snprintf(what, sizeof what, "%s: y", c->name);
+        compare_rows("linear_forward", what, y, 1, c->m, c->out, ldy, 0, tol);
+        if (xa.n) { snprintf(what, sizeof what, "%s: xa", c->name); compare("linear_forward", what, xa, tol); }
+        snprintf(what, sizeof what, "%s: dx", c->name);
+        compare_rows("linear_backward", what, dx, 1, c->m, c->in, ldx, 0, tol);
+        if (dw.n) { snprintf(what, sizeof what, "%s: dw", c->name); compare("linear_backward", what, dw, tol); }
+        if (dbias.n) { snprintf(what, sizeof what, "%s: dbias", c->name); compare("linear_backward", what, dbias, tol); }
+        if (da.n) { snprintf(what, sizeof what, "%s: da", c->name); compare("linear_backward", what, da, tol); }
+        if (db.n) { snprintf(what, sizeof what, "%s: db", c->name); compare("linear_backward", what, db, tol); }
+        release_all();
+    }
+}
+
+/* ---- attention ---------------------------------------------------------------------------------- */
+typedef struct attention_case {
+    finch_dtype t;
+    int64_t heads, kv_heads, head_dim;
+    int n_seqs;
+    int32_t lens[3];
+    int causal;
+    int64_t window;
+    float softcap;
+} attention_case;
+
+static void test_attention(void)
+{
+    static const attention_case cases[] = {
+        {FINCH_DTYPE_F32, 4, 2, 16, 3, {5, 17, 9}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F32, 3, 1, 80, 2, {13, 4}, 1, 5, 20.0f},
+        {FINCH_DTYPE_F32, 2, 2, 24, 2, {11, 30}, 0, 0, 0.0f},
+        {FINCH_DTYPE_F32, 2, 1, 16, 1, {19}, 0, 6, 0.0f},
+        {FINCH_DTYPE_BF16, 2, 2, 64, 1, {33}, 0, 0, 0.0f},
+        {FINCH_DTYPE_BF16, 4, 2, 128, 2, {21, 11}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F16, 2, 1, 256, 1, {19}, 1, 7, 30.0f},
+        {FINCH_DTYPE_BF16, 8, 2, 64, 3, {150, 77, 96}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F32, 2, 1, 32, 2, {130, 70}, 1, 40, 0.0f},
+        {FINCH_DTYPE_F16, 4, 4, 128, 2, {70, 45}, 1, 20, 25.0f},
+        {FINCH_DTYPE_BF16, 2, 1, 64, 1, {100}, 0, 30, 0.0f},
+        {FINCH_DTYPE_BF16, 6, 3, 128, 3, {64, 1, 129}, 0, 0, 10.0f},
+    };
+    char what[128];
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const attention_case *c = &cases[ci];
+        int32_t cu[4] = {0};
+        int64_t max_len = 0;
+        for (int i = 0; i < c->n_seqs; i++) {
+            cu[i + 1] = cu[i] + c->lens[i];
+            if (c->lens[i] > max_len) max_len = c->lens[i];
+        }
+        int64_t n = cu[c->n_seqs], hd = c->head_dim;
+        int64_t ldq = c->heads * hd + 8, ldk = c->kv_heads * hd, ldv = c->kv_heads * hd + 4, ldo = c->heads * hd;
+        tensor cut = from_ints(cu, (size_t)c->n_seqs + 1);
+        tensor q = random_tensor(c->t, (size_t)(n * ldq), 1.0f), k = random_tensor(c->t, (size_t)(n * ldk), 1.0f);
+        tensor v = random_tensor(c->t, (size_t)(n * ldv), 1.0f), o = poisoned(c->t, (size_t)(n * ldo));
+        tensor lse = poisoned(FINCH_DTYPE_F32, (size_t)(c->heads * n)), dout = random_tensor(c->t, (size_t)(n * ldo), 1.0f);
+        tensor dq = poisoned(c->t, (size_t)(n * ldq)), dk = poisoned(c->t, (size_t)(n * ldk));
+        tensor dv = poisoned(c->t, (size_t)(n * ldv));
+        finch_attention_desc d[2];
+        for (int s = 0; s < 2; s++) {
+            memset(&d[s], 0, sizeof d[s]);
+            d[s].n_tokens = n;
+            d[s].n_seqs = c->n_seqs;
+            d[s].max_seqlen = max_len;
+            d[s].cu_seqlens = D(cut, s);
+            d[s].n_heads = c->heads;
+            d[s].n_kv_heads = c->kv_heads;
+            d[s].head_dim = hd;
+            d[s].dtype = c->t;
+            d[s].q = D(q, s);
+            d[s].ldq = ldq;
+            d[s].k = D(k, s);
+            d[s].ldk = ldk;
+            d[s].v = D(v, s);
+            d[s].ldv = ldv;
+            d[s].o = D(o, s);
+            d[s].ldo = ldo;
+            d[s].lse = D(lse, s);
+            d[s].scale = 1.0f / sqrtf((float)hd);
+            d[s].softcap = c->softcap;
+            d[s].causal = c->causal;
+            d[s].window = c->window;
+            d[s].dout = D(dout, s);
+            d[s].lddout = ldo;
+            d[s].dq = D(dq, s);
+            d[s].lddq = ldq;
+            d[s].dk = D(dk, s);
+            d[s].lddk = ldk;
+            d[s].dv = D(dv, s);
+            d[s].lddv = ldv;
+        }
+        BOTH("attention_forward", sd->api->attention_forward(sd->dev, NULL, &d[s]));
+        BOTH("attention_backward", sd->api->attention_backward(sd->dev, NULL, &d[s]));
+        snprintf(what, sizeof what, "%s h%lld/%lld d%lld seqs %d%s w%lld cap %g", dtype_name(c->t), (long long)c->heads,
+                 (long long)c->kv_heads, (long long)hd, c->n_seqs, c->causal ? " causal" : "", (long long)c->window,
+                 c->softcap);
+        double tol = tol_for(c->t);
+        compare("attention_forward o", what, o, tol);
+        compare("attention_forward lse", what, lse, tol);
+        compare_rows("attention_backward dq", what, dq, 1, n, c->heads * hd, ldq, 0, tol);
+        compare_rows("attention_backward dk", what, dk, 1, n, c->kv_heads * hd, ldk, 0, tol);
+        compare_rows("attention_backward dv", what, dv, 1, n, c->kv_heads * hd, ldv, 0, tol);
+        release_all();
+    }
+}
+
+/* ---- norms, rope, embedding --------------------------------------------------------------------- */
+static void test_norms(void)
+{
+    static const struct { finch_dtype t, wt; float offset; int with_w; } cases[] = {
+        {FINCH_DTYPE_F32, FINCH_DTYPE_F32, 0.0f, 1},
+        {FINCH_DTYPE_BF16, FINCH_DTYPE_F32, 1.0f, 1},
+        {FINCH_DTYPE_F16, FINCH_DTYPE_BF16, 0.0f, 1},
+        {FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 0.0f, 0},
+    };
+    char what[64];
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        finch_dtype t = cases[ci].t, wt = cases[ci].wt;
+        int64_t n = 13, dim = 67 + 64 * (int64_t)ci * (int64_t)ci;
+        tensor x = random_tensor(t, (size_t)(n * dim), 2.0f), w = random_tensor(wt, (size_t)dim, 1.0f);
+        tensor b = random_tensor(wt, (size_t)dim, 1.0f), y = poisoned(t, (size_t)(n * dim));
+        tensor mean = poisoned(FINCH_DTYPE_F32, (size_t)n), rstd = poisoned(FINCH_DTYPE_F32, (size_t)n);
+        tensor dy = random_tensor(t, (size_t)(n * dim), 1.0f), dx = random_tensor(t, (size_t)(n * dim), 1.0f);
+        tensor dw = random_tensor(FINCH_DTYPE_F32, (size_t)dim, 1.0f), db = random_tensor(FINCH_DTYPE_F32, (size_t)dim, 1.0f);
+        double tol = tol_for(t);
+        int acc = (int)(ci % 2);
+        if (cases[ci].with_w) {
+            snprintf(what, sizeof what, "%s, w %s, offset %g, dim %lld", dtype_name(t), dtype_name(wt), cases[ci].offset,
+                     (long long)dim);
+            BOTH("rmsnorm_forward", sd->api->rmsnorm_forward(sd->dev, NULL, n, dim, t, D(x, s), wt, D(w, s),
+                                                             cases[ci].offset, 1e-5f, D(y, s), D(rstd, s)));
+            BOTH("rmsnorm_backward", sd->api->rmsnorm_backward(sd->dev, NULL, n, dim, t, D(x, s), wt, D(w, s),
+                                                               cases[ci].offset, D(rstd, s), D(dy, s), D(dx, s), acc,
+                                                               D(dw, s)));
+            compare("rmsnorm_forward y", what, y, tol);
+            compare("rmsnorm_forward rstd", what, rstd, tol);
+            compare("rmsnorm_backward dx", what, dx, tol);
+            compare("rmsnorm_backward dw", what, dw, tol);
+        }
+        tensor lw = cases[ci].with_w ? w : absent, lb = cases[ci].with_w ? b : absent;
+        snprintf(what, sizeof what, "%s, w/b %s, dim %lld", dtype_name(t), cases[ci].with_w ? dtype_name(wt) : "absent",
+                 (long long)dim);
+        BOTH("layernorm_forward", sd->api->layernorm_forward(sd->dev, NULL, n, dim, t, D(x, s), wt, D(lw, s), D(lb, s),
+                                                             1e-5f, D(y, s), D(mean, s), D(rstd, s)));
+        BOTH("layernorm_backward", sd->api->layernorm_backward(sd->dev, NULL, n, dim, t, D(x, s), wt, D(lw, s),
+                                                               D(mean, s), D(rstd, s), D(dy, s), D(dx, s), acc,
+                                                               D(dw, s), D(db, s)));
+        compare("layernorm_forward y", what, y, tol);
+        compare("layernorm_forward mean", what, mean, tol);
+        compare("layernorm_forward rstd", what, rstd, tol);
+        compare("layernorm_backward dx", what, dx, tol);
+        compare("layernorm_backward dw", what, dw, tol);
+        compare("layernorm_backward db", what, db, tol);
+        release_all();
+    }
+}
+
+static void test_rope(void)
+{
+    static const struct { finch_dtype t; int64_t heads, head_dim, rot_dim; int n_sections; int sections[4]; float factor; } cases[] = {
+        {FINCH_DTYPE_F32, 3, 16, 16, 1, {8, 0, 0, 0}, 1.0f},
+        {FINCH_DTYPE_BF16, 2, 24, 12, 1, {6, 0, 0, 0}, 1.25f},
+        {FINCH_DTYPE_F32, 2, 32, 32, 3, {4, 6, 6, 0}, 1.0f},
+        {FINCH_DTYPE_F16, 4, 64, 64, 1, {32, 0, 0, 0}, 0.9f},
+    };
+    char what[64];
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        int64_t n = 11, half = cases[ci].rot_dim / 2, ldx = cases[ci].heads * cases[ci].head_dim + 5;
+        int32_t pos[3 * 11];
+        for (int i = 0; i < cases[ci].n_sections * n; i++) pos[i] = (i * 37) % 101 + (i % 3) * 1000;
+        float inv[32];
+        for (int64_t i = 0; i < half; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)cases[ci].rot_dim);
+        tensor pt = from_ints(pos, (size_t)(cases[ci].n_sections * n)), it = from_floats(FINCH_DTYPE_F32, inv, (size_t)half);
+        tensor x = random_tensor(cases[ci].t, (size_t)(n * ldx), 1.0f), g = random_tensor(cases[ci].t, (size_t)(n * ldx), 1.0f);
+        finch_rope_desc d[2], b[2];
+        for (int s = 0; s < 2; s++) {
+            memset(&d[s], 0, sizeof d[s]);
+            d[s].n_tokens = n;
+            d[s].n_heads = cases[ci].heads;
+            d[s].head_dim = cases[ci].head_dim;
+            d[s].rot_dim = cases[ci].rot_dim;
+            d[s].dtype = cases[ci].t;
+            d[s].x = D(x, s);
+            d[s].ldx = ldx;
+            d[s].positions = D(pt, s);
+            d[s].inv_freq = D(it, s);
+            d[s].n_sections = cases[ci].n_sections;
+            memcpy(d[s].sections, cases[ci].sections, sizeof d[s].sections);
+            d[s].attn_factor = cases[ci].factor;
+            b[s] = d[s];
+            b[s].x = D(g, s);
+        }
+        BOTH("rope_forward", sd->api->rope_forward(sd->dev, NULL, &d[s]));
+        BOTH("rope_backward", sd->api->rope_backward(sd->dev, NULL, &b[s]));
+        snprintf(what, sizeof what, "%s h%lld d%lld rot %lld sections %d", dtype_name(cases[ci].t), (long long)cases[ci].heads,
+                 (long long)cases[ci].head_dim, (long long)cases[ci].rot_dim, cases[ci].n_sections);
+        compare("rope_forward", what, x, tol_for(cases[ci].t));
+        compare("rope_backward", what, g, tol_for(cases[ci].t));
+        release_all();
+    }
+}
+
+static void test_embedding(void)
+{
+    int64_t vocab = 50, dim = 19, n = 23;
+    int32_t ids[23];
+    for (int i = 0; i < n; i++) ids[i] = (i * 7 + 3) % 11 + (i % 4 == 0 ? 39 : 0);
+    for (int ci = 0; ci < 2; ci++) {
+        finch_dtype tt = ci ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32, ot = ci ? FINCH_DTYPE_F32 : FINCH_DTYPE_BF16;
+        tensor idt = from_ints(ids, (size_t)n), table = random_tensor(tt, (size_t)(vocab * dim), 1.0f);
+        tensor out = poisoned(ot, (size_t)(n * dim)), dout = random_tensor(ot, (size_t)(n * dim), 1.0f);
+        tensor dtable = random_tensor(FINCH_DTYPE_F32, (size_t)(vocab * dim), 1.0f);
+        BOTH("embedding_forward", sd->api->embedding_forward(sd->dev, NULL, n, dim, vocab, D(idt, s), tt, D(table, s), ot,
+                                                             D(out, s), 1.7f));
+        BOTH("embedding_backward", sd->api->embedding_backward(sd->dev, NULL, n, dim, vocab, D(idt, s), ot, D(dout, s),
+                                                               D(dtable, s), 1.7f));
+        const char *what = ci ? "bf16 table -> f32, repeated ids" : "f32 table -> bf16, repeated ids";
+        compare("embedding_forward", what, out, ci ? 1e-6 : 2e-2);
+        compare("embedding_backward", what, dtable, ci ? 1e-5 : 2e-2);
+        int32_t bad[3] = {1, 50, 2};
+        tensor badt = from_ints(bad, 3);
+        int failed = testing_failed;
+        BOTH_EXPECT("embedding_forward (id 50 of 50)", FINCH_ERR_INVALID_ARGUMENT,
+                    sd->api->embedding_forward(sd->dev, NULL, 3, dim, vocab, D(badt, s), tt, D(table, s), ot, D(out, s), 1.0f));
+        printf("%-30s %-52s %s\n", "embedding_forward", "id out of range -> invalid argument",
+               testing_failed == failed ? "ok" : "FAIL");
+        release_all();
+    }
+}
+
+/* ---- losses and optimizer ----------------------------------------------------------------------- */
+static void labels_for(int32_t *labels, int64_t n, int64_t vocab)
+{
+    for (int64_t i = 0; i < n; i++) labels[i] = i % 5 == 3 ? FINCH_IGNORE_INDEX : (int32_t)((i * 31 + 7) % vocab);
+}
+
+static void test_cross_entropy(void)
+{
+    char what[96];
+    for (int ci = 0; ci < 3; ci++) {
+        finch_dtype t = ci == 0 ? FINCH_DTYPE_F32 : ci == 1 ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F16;
+        int64_t n = 17 + 4 * ci, vocab = 101 + 50 * ci, ld = vocab + 3;
+        float softcap = ci == 1 ? 15.0f : 0.0f;
+        int in_place = ci == 1;
+        int32_t labels[64];
+        labels_for(labels, n, vocab);
+        tensor lt = from_ints(labels, (size_t)n), logits = random_tensor(t, (size_t)(n * ld), 8.0f);
+        tensor loss = from_floats(FINCH_DTYPE_F32, (float[]){1.25f}, 1), count = from_floats(FINCH_DTYPE_F32, (float[]){2.0f}, 1);
+        tensor dl = in_place ? logits : poisoned(t, (size_t)(n * ld));
+        finch_cross_entropy_desc d[2];
+        for (int s = 0; s < 2; s++) {
+            memset(&d[s], 0, sizeof d[s]);
+            d[s].n_tokens = n;
+            d[s].vocab = vocab;
+            d[s].dtype = t;
+            d[s].logits = D(logits, s);
+            d[s].ld = ld;
+            d[s].labels = D(lt, s);
+            d[s].softcap = softcap;
+            d[s].grad_scale = 0.5f;
+            d[s].loss_sum = D(loss, s);
+            d[s].count = D(count, s);
+            d[s].dlogits = D(dl, s);
+            d[s].lddlogits = ld;
+        }
+        BOTH("cross_entropy", sd->api->cross_entropy(sd->dev, NULL, &d[s]));
+        snprintf(what, sizeof what, "%s n%lld vocab %lld cap %g%s", dtype_name(t), (long long)n, (long long)vocab, softcap,
+                 in_place ? " in place" : "");
+        compare("cross_entropy loss_sum", what, loss, tol_for(t) / 10);
+        compare("cross_entropy count", what, count, 0);
+        compare_rows("cross_entropy dlogits", what, dl, 1, n, vocab, ld, 0, tol_for(t));
+        labels[2] = (int32_t)vocab;
+        tensor bad = from_ints(labels, (size_t)n);
+        for (int s = 0; s < 2; s++) {
+            d[s].labels = D(bad, s);
+            d[s].dlogits = D(absent, s);
+        }
+        int failed = testing_failed;
+        BOTH_EXPECT("cross_entropy (label == vocab)", FINCH_ERR_INVALID_ARGUMENT, sd->api->cross_entropy(sd->dev, NULL, &d[s]));
+        printf("%-30s %-52s %s\n", "cross_entropy", "label out of range -> invalid argument",
+               testing_failed == failed ? "ok" : "FAIL");
+        release_all();
+    }
+}
+
+static void test_linear_cross_entropy(void)
+{
+    static const struct { finch_dtype t, wt; int64_t n, dim, vocab, chunk; float softcap, grad_scale; int acc; } cases[] = {
+        {FINCH_DTYPE_F32, FINCH_DTYPE_F32, 23, 40, 101, 7, 0.0f, 1.0f / 23, 1},
+        {FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 19, 32, 77, 0, 10.0f, 0.25f, 0},
+        {FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 11, 48, 65, 4, 0.0f, 0.5f, 0},
+        {FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 9, 24, 300, 5, 0.0f, 0.0f, 0},
+    };
+    char what[96];
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        finch_dtype t = cases[ci].t;
+        int64_t n = cases[ci].n, dim = cases[ci].dim, vocab = cases[ci].vocab, ldh = dim + 2;
+        int nf4 = cases[ci].wt == FINCH_DTYPE_NF4;
+        int32_t labels[64];
+        labels_for(labels, n, vocab);
+        tensor lt = from_ints(labels, (size_t)n), h = random_tensor(t, (size_t)(n * ldh), 1.0f);
+        nf4_parts parts = {absent, absent, absent};
+        tensor wd = absent;
+        if (nf4) parts = make_nf4(vocab, dim);
+        else wd = random_tensor(cases[ci].wt, (size_t)(vocab * dim), 0.5f);
+        tensor loss = from_floats(FINCH_DTYPE_F32, (float[]){0.5f}, 1), count = from_floats(FINCH_DTYPE_F32, (float[]){1.0f}, 1);
+        int grad = cases[ci].grad_scale != 0.0f;
+        tensor dh = grad ? (cases[ci].acc ? random_tensor(t, (size_t)(n * ldh), 1.0f) : poisoned(t, (size_t)(n * ldh))) : absent;
+        tensor dw = grad && !nf4 ? random_tensor(FINCH_DTYPE_F32, (size_t)(vocab * dim), 1.0f) : absent;
+        finch_linear_cross_entropy_desc d[2];
+        for (int s = 0; s < 2; s++) {
+            memset(&d[s], 0, sizeof d[s]);
+            d[s].n_tokens = n;
+            d[s].dim = dim;
+            d[s].vocab = vocab;
+            d[s].chunk_tokens = cases[ci].chunk;
+            d[s].act_type = t;
+            d[s].hidden = D(h, s);
+            d[s].ldh = ldh;
+            d[s].w = nf4 ? nf4_weight(&parts, s) : dense_weight(wd, s);
+            d[s].labels = D(lt, s);
+            d[s].softcap = cases[ci].softcap;
+            d[s].grad_scale = cases[ci].grad_scale;
+            d[s].loss_sum = D(loss, s);
+            d[s].count = D(count, s);
+            d[s].dhidden = D(dh, s);
+            d[s].lddh = ldh;
+            d[s].dhidden_accumulate = cases[ci].acc;
+            d[s].dw = D(dw, s);
+        }
+        BOTH("linear_cross_entropy", sd->api->linear_cross_entropy(sd->dev, NULL, &d[s]));
+        snprintf(what, sizeof what, "%s w %s n%lld dim %lld vocab %lld chunk %lld cap %g", dtype_name(t),
+                 dtype_name(cases[ci].wt), (long long)n, (long long)dim, (long long)vocab, (long long)cases[ci].chunk,
+                 cases[ci].softcap);
+        compare("linear_cross_entropy loss_sum", what, loss, tol_for(t) / 10);
+        compare("linear_cross_entropy count", what, count, 0);
+        if (dh.n) compare_rows("linear_cross_entropy dhidden", what, dh, 1, n, dim, ldh, 0, tol_for(t));
+        if (dw.n) compare("linear_cross_entropy dw", what, dw, tol_for(t));
+        release_all();
+    }
+}
+
+static void test_adamw(void)
+{
+    for (int ci = 0; ci < 2; ci++) {
+        int64_t n = 1003;
+        finch_dtype pt = ci ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
+        tensor master = ci ? random_tensor(FINCH_DTYPE_F32, (size_t)n, 1.0f) : absent;
+        tensor param = random_tensor(pt, (size_t)n, 1.0f), grad = random_tensor(FINCH_DTYPE_F32, (size_t)n, 1.0f);
+        tensor m = random_tensor(FINCH_DTYPE_F32, (size_t)n, 0.1f), v = positive_tensor(FINCH_DTYPE_F32, (size_t)n, 0.01f);
+        finch_adamw_desc d[2];
+        for (int step = 1; step <= 3; step++) {
+            for (int s = 0; s < 2; s++) {
+                memset(&d[s], 0, sizeof d[s]);
+                d[s].n = n;
+                d[s].param_type = pt;
+                d[s].param = D(param, s);
+                d[s].master = D(master, s);
+                d[s].grad = D(grad, s);
+                d[s].m = D(m, s);
+                d[s].v = D(v, s);
+                d[s].lr = 1e-2f;
+                d[s].beta1 = 0.9f;
+                d[s].beta2 = 0.999f;
+                d[s].eps = 1e-8f;
+                d[s].weight_decay = 0.01f;
+                d[s].grad_scale = 0.5f;
+                d[s].bias_correction1 = 1.0f - powf(0.9f, (float)step);
+                d[s].bias_correction2 = 1.0f - powf(0.999f, (float)step);
+            }
+            BOTH("adamw_step", sd->api->adamw_step(sd->dev, NULL, &d[s]));
+        }
+        const char *what = ci ? "bf16 param, f32 master, 3 steps" : "f32 param, 3 steps";
+        compare("adamw_step param", what, param, ci ? 1e-2 : 1e-5);
+        if (ci) compare("adamw_step master", what, master, 1e-5);
+        compare("adamw_step m", what, m, 1e-5);
+        compare("adamw_step v", what, v, 1e-5);
+        release_all();
+    }
+}
+
+/* ABI 1.1, optional: compared when the plugin has it. */
+static void test_adamw8bit(void)
+{
+    const finch_plugin_api *api = sides[1].api;
+    size_t end = offsetof(finch_plugin_api, adamw8bit_step) + sizeof api->adamw8bit_step;
+    if (api->struct_size < end || !api->adamw8bit_step) {
+        printf("%-30s %-52s %s\n", "adamw8bit_step", "absent (optional since ABI 1.1)", "skipped");
+        return;
+    }
+    float m_map[256], v_map[256];
+    for (int k = 0; k < 256; k++) {
+        float u = ((float)k - 127.5f) / 127.5f;
+        m_map[k] = u * u * u;
+        v_map[k] = ((float)k / 255.0f) * ((float)k / 255.0f);
+    }
+    for (int ci = 0; ci < 2; ci++) {
+        int64_t n = 1000, bs = 256, nb = (n + bs - 1) / bs;
+        finch_dtype pt = ci ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
+        unsigned char *codes = malloc((size_t)(2 * n));
+        float *r = malloc((size_t)(2 * n) * sizeof(float));
+        testing_fill_random(r, (size_t)(2 * n), seed_counter++);
+        for (int64_t i = 0; i < 2 * n; i++) codes[i] = (unsigned char)((r[i] + 1.0f) * 127.99f);
+        tensor mc = from_bytes(codes, (size_t)n), vc = from_bytes(codes + n, (size_t)n);
+        tensor ma = positive_tensor(FINCH_DTYPE_F32, (size_t)nb, 0.1f), va = positive_tensor(FINCH_DTYPE_F32, (size_t)nb, 0.01f);
+        tensor mm = from_floats(FINCH_DTYPE_F32, m_map, 256), vm = from_floats(FINCH_DTYPE_F32, v_map, 256);
+        tensor master = ci ? random_tensor(FINCH_DTYPE_F32, (size_t)n, 1.0f) : absent;
+        tensor param = random_tensor(pt, (size_t)n, 1.0f), grad = random_tensor(FINCH_DTYPE_F32, (size_t)n, 1.0f);
+        finch_adamw8bit_desc d[2];
+        for (int step = 1; step <= 2; step++) {
+            for (int s = 0; s < 2; s++) {
+                memset(&d[s], 0, sizeof d[s]);
+                d[s].n = n;
+                d[s].blocksize = bs;
+                d[s].param_type = pt;
+                d[s].param = D(param, s);
+                d[s].master = D(master, s);
+                d[s].grad = D(grad, s);
+                d[s].m_codes = D(mc, s);
+                d[s].v_codes = D(vc, s);
+                d[s].m_absmax = D(ma, s);
+                d[s].v_absmax = D(va, s);
+                d[s].m_map = D(mm, s);
+                d[s].v_map = D(vm, s);
+                d[s].lr = 1e-2f;
+                d[s].beta1 = 0.9f;
+                d[s].beta2 = 0.999f;
+                d[s].eps = 1e-8f;
+                d[s].weight_decay = 0.01f;
+                d[s].grad_scale = 0.5f;
+                d[s].bias_correction1 = 1.0f - powf(0.9f, (float)step);
+                d[s].bias_correction2 = 1.0f - powf(0.999f, (float)step);
+            }
+            BOTH("adamw8bit_step", sd->api->adamw8bit_step(sd->dev, NULL, &d[s]));
+        }
+        const char *what = ci ? "bf16 param, f32 master, 2 steps" : "f32 param, 2 steps";
+        compare("adamw8bit_step param", what, ci ? master : param, 1e-5);
+        compare("adamw8bit_step m codes", what, mc, 1e-2);
+        compare("adamw8bit_step v codes", what, vc, 1e-2);
+        compare("adamw8bit_step m absmax", what, ma, 1e-5);
+        compare("adamw8bit_step v absmax", what, va, 1e-5);
+        free(codes);
+        free(r);
+        release_all();
+    }
+}
+
+/* ---- optional timings (FINCH_PARITY_BENCH=1): training-sized calls on the plugin alone ------------ */
+static finch_dptr bench_buffer(finch_dtype t, size_t n, float scale)
+{
+    const side *p = &sides[1];
+    finch_plugin_buffer *b = NULL;
+    size_t bytes = n * dtype_size(t), chunk = (size_t)1 << 22;
+    if (p->api->alloc(p->dev, bytes, &b)) fatal("alloc", 1);
+    if (n_live == MAX_BUFFERS) exit(1);
+    live[1][n_live] = b;
+    live[0][n_live++] = NULL;
+    float *x = malloc(chunk * sizeof(float));
+    void *raw = malloc(chunk * 4);
+    for (size_t i0 = 0; i0 < n; i0 += chunk) {
+        size_t len = n - i0 < chunk ? n - i0 : chunk;
+        testing_fill_random(x, len, seed_counter++);
+        for (size_t i = 0; i < len; i++) x[i] *= scale;
+        if (t == FINCH_DTYPE_U8)
+            for (size_t i = 0; i < len; i++) ((unsigned char *)raw)[i] = (unsigned char)((x[i] / scale + 1.0f) * 127.99f);
+        else
+            encode(t, x, len, raw);
+        if (p->api->write(p->dev, NULL, (finch_dptr){b, i0 * dtype_size(t)}, raw, len * dtype_size(t))) fatal("write", 1);
+    }
+    free(x);
+    free(raw);
+    return (finch_dptr){b, 0};
+}
+
+typedef int (*bench_fn)(void *ctx);
+
+/* Median wall time of `fn` over 9 runs after 2 warm-ups, each synchronized; prints one line. */
+static double bench(const char *name, bench_fn fn, void *ctx, double flops)
+{
+    const side *p = &sides[1];
+    double t[9];
+    for (int i = 0; i < 11; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        if (fn(ctx)) fatal(name, 1);
+        if (p->api->synchronize(p->dev, NULL)) fatal(name, 1);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        if (i >= 2) t[i - 2] = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+    }
+    for (int i = 0; i < 9; i++)
+        for (int j = i + 1; j < 9; j++)
+            if (t[j] < t[i]) { double x = t[i]; t[i] = t[j]; t[j] = x; }
+    double med = t[4];
+    if (flops > 0) printf("bench %-52s %9.3f ms  %7.1f TFLOP/s\n", name, med * 1e3, flops / med * 1e-12);
+    else printf("bench %-52s %9.3f ms\n", name, med * 1e3);
+    return med;
+}
+
+static int bench_gemm(void *ctx) { return sides[1].api->gemm(sides[1].dev, NULL, ctx); }
+static int bench_linear_fwd(void *ctx) { return sides[1].api->linear_forward(sides[1].dev, NULL, ctx); }
+static int bench_linear_bwd(void *ctx) { return sides[1].api->linear_backward(sides[1].dev, NULL, ctx); }
+static int bench_attn_fwd(void *ctx) { return sides[1].api->attention_forward(sides[1].dev, NULL, ctx); }
+static int bench_attn_bwd(void *ctx) { return sides[1].api->attention_backward(sides[1].dev, NULL, ctx); }
+static int bench_lce(void *ctx) { return sides[1].api->linear_cross_entropy(sides[1].dev, NULL, ctx); }
+
+typedef struct norm_ctx { int64_t n, dim; finch_dptr x, w, y, rstd, dy, dx, dw; } norm_ctx;
+static int bench_rms_fwd(void *ctx)
+{
+    norm_ctx *c = ctx;
+    return sides[1].api->rmsnorm_forward(sides[1].dev, NULL, c->n, c->dim, FINCH_DTYPE_BF16, c->x, FINCH_DTYPE_BF16, c->w,
+                                         0.0f, 1e-5f, c->y, c->rstd);
+}
+static int bench_rms_bwd(void *ctx)
+{
+    norm_ctx *c = ctx;
+    return sides[1].api->rmsnorm_backward(sides[1].dev, NULL, c->n, c->dim, FINCH_DTYPE_BF16, c->x, FINCH_DTYPE_BF16, c->w,
+                                          0.0f, c->rstd, c->dy, c->dx, 0, c->dw);
+}
+static int bench_glu_fwd(void *ctx)
+{
+    norm_ctx *c = ctx;
+    return sides[1].api->glu_forward(sides[1].dev, NULL, FINCH_ACT_SILU, c->n, c->dim, FINCH_DTYPE_BF16, c->x, c->dim,
+                                     c->dy, c->dim, c->y);
+}
+static int bench_glu_bwd(void *ctx)
+{
+    norm_ctx *c = ctx;
+    return sides[1].api->glu_backward(sides[1].dev, NULL, FINCH_ACT_SILU, c->n, c->dim, FINCH_DTYPE_BF16, c->x, c->dim,
+                                      c->dy, c->dim, c->y, c->dx, c->dw);
+}
+
+static void benchmarks(void)
+{
+    char name[96];
+    /* Dense GEMM: the card's bf16 rate through the plugin. */
+    {
+        int64_t n = 8192;
+        finch_gemm_desc d;
+        memset(&d, 0, sizeof d);
+        d.m = d.n = d.k = n;
+        d.a_type = d.b_type = d.c_type = FINCH_DTYPE_BF16;
+        d.a = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * n), 1.0f);
+        d.b = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * n), 1.0f);
+        d.c = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * n), 1.0f);
+        d.lda = d.ldb = d.ldc = n;
+        d.trans_b = 1;
+        d.batch = 1;
+        d.alpha = 1.0f;
+        bench("gemm bf16 8192^3 (A B^T)", bench_gemm, &d, 2.0 * n * n * n);
+        release_all();
+    }
+    /* LoRA linear, Llama-8B q_proj-like: m = 4 x 2048 tokens, 4096 -> 4096, r 16. */
+    for (int nf4 = 0; nf4 < 2; nf4++) {
+        int64_t m = 8192, in = 4096, out = 4096, r = 16;
+        finch_linear_desc d;
+        memset(&d, 0, sizeof d);
+        d.m = m; d.in_features = in; d.out_features = out; d.rank = r;
+        d.act_type = d.param_type = FINCH_DTYPE_BF16;
+        d.x = bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * in), 1.0f); d.ldx = in;
+        d.y = bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * out), 1.0f); d.ldy = out;
+        if (nf4) {
+            d.w.dtype = FINCH_DTYPE_NF4;
+            d.w.data = bench_buffer(FINCH_DTYPE_U8, (size_t)(out * in / 2), 1.0f);
+            d.w.absmax = bench_buffer(FINCH_DTYPE_F32, (size_t)(out * in / 64), 0.1f);
+            d.w.code = bench_buffer(FINCH_DTYPE_F32, 16, 1.0f);
+            d.w.blocksize = 64;
+        } else {
+            d.w.dtype = FINCH_DTYPE_BF16;
+            d.w.data = bench_buffer(FINCH_DTYPE_BF16, (size_t)(out * in), 0.02f);
+        }
+        d.lora_a = bench_buffer(FINCH_DTYPE_BF16, (size_t)(r * in), 0.02f);
+        d.lora_b = bench_buffer(FINCH_DTYPE_BF16, (size_t)(out * r), 0.02f);
+        d.scale = 2.0f;
+        d.xa = bench_buffer(FINCH_DTYPE_F32, (size_t)(m * r), 1.0f);
+        d.dy = bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * out), 1.0f); d.lddy = out;
+        d.dx = bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * in), 1.0f); d.lddx = in;
+        d.da = bench_buffer(FINCH_DTYPE_F32, (size_t)(r * in), 1.0f);
+        d.db = bench_buffer(FINCH_DTYPE_F32, (size_t)(out * r), 1.0f);
+        double base = 2.0 * m * in * out, lora = 2.0 * m * r * (in + out);
+        snprintf(name, sizeof name, "linear_forward %s 8192x4096->4096 r16", nf4 ? "nf4" : "bf16");
+        bench(name, bench_linear_fwd, &d, base + lora);
+        snprintf(name, sizeof name, "linear_backward %s 8192x4096->4096 r16", nf4 ? "nf4" : "bf16");
+        bench(name, bench_linear_bwd, &d, base + 2 * lora);
+        release_all();
+    }
+    /* Attention, Llama-8B-like: 4 sequences of 2048, 32 heads, 8 kv heads, head_dim 128, causal. */
+    {
+        int64_t seqs = 4, T = 2048, H = 32, KV = 8, hd = 128, n = seqs * T;
+        int32_t cu[5];
+        for (int i = 0; i <= seqs; i++) cu[i] = (int32_t)(i * T);
+        finch_attention_desc d;
+        memset(&d, 0, sizeof d);
+        d.n_tokens = n; d.n_seqs = seqs; d.max_seqlen = T;
+        d.cu_seqlens = bench_buffer(FINCH_DTYPE_F32, 5, 1.0f);
+        if (sides[1].api->write(sides[1].dev, NULL, d.cu_seqlens, cu, sizeof cu)) fatal("write", 1);
+        d.n_heads = H; d.n_kv_heads = KV; d.head_dim = hd; d.dtype = FINCH_DTYPE_BF16;
+        d.q = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.ldq = H * hd;
+        d.k = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.ldk = KV * hd;
+        d.v = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.ldv = KV * hd;
+        d.o = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.ldo = H * hd;
+        d.lse = bench_buffer(FINCH_DTYPE_F32, (size_t)(H * n), 1.0f);
+        d.scale = 1.0f / sqrtf((float)hd); d.causal = 1;
+        d.dout = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.lddout = H * hd;
+        d.dq = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.lddq = H * hd;
+        d.dk = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.lddk = KV * hd;
+        d.dv = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.lddv = KV * hd;
+        double fwd = 4.0 * seqs * H * hd * (double)T * T / 2;
+        bench("attention_forward bf16 4x2048 h32/8 d128 causal", bench_attn_fwd, &d, fwd);
+        bench("attention_backward bf16 4x2048 h32/8 d128 causal", bench_attn_bwd, &d, 2.5 * fwd);
+        release_all();
+    }
+    /* Norm and gated unit over 8192 tokens. */
+    {
+        norm_ctx c = {8192, 4096, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
+        c.x = bench_buffer(FINCH_DTYPE_BF16, (size_t)(c.n * c.dim), 1.0f);
+        c.w = bench_buffer(FINCH_DTYPE_BF16, (size_t)c.dim, 1.0f);
+        c.y = bench_buffer(FINCH_DTYPE_BF16, (size_t)(c.n * c.dim), 1.0f);
+        c.rstd = bench_buffer(FINCH_DTYPE_F32, (size_t)c.n, 1.0f);
+        c.dy = bench_buffer(FINCH_DTYPE_BF16, (size_t)(c.n * c.dim), 1.0f);
+        c.dx = bench_buffer(FINCH_DTYPE_BF16, (size_t)(c.n * c.dim), 1.0f);
+        c.dw = bench_buffer(FINCH_DTYPE_F32, (size_t)c.dim, 1.0f);
+        bench("rmsnorm_forward bf16 8192x4096", bench_rms_fwd, &c, 0);
+        bench("rmsnorm_backward bf16 8192x4096", bench_rms_bwd, &c, 0);
+        release_all();
+        norm_ctx g = {8192, 14336, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
+        g.x = bench_buffer(FINCH_DTYPE_BF16, (size_t)(g.n * g.dim), 1.0f);
+        g.dy = bench_buffer(FINCH_DTYPE_BF16, (size_t)(g.n * g.dim), 1.0f);
+        g.y = bench_buffer(FINCH_DTYPE_BF16, (size_t)(g.n * g.dim), 1.0f);
+        g.dx = bench_buffer(FINCH_DTYPE_BF16, (size_t)(g.n * g.dim), 1.0f);
+        g.dw = bench_buffer(FINCH_DTYPE_BF16, (size_t)(g.n * g.dim), 1.0f);
+        bench("glu_forward silu bf16 8192x14336", bench_glu_fwd, &g, 0);
+        bench("glu_backward silu bf16 8192x14336", bench_glu_bwd, &g, 0);
+        release_all();
+    }
+    /* Fused lm-head + cross-entropy, Llama-3 vocabulary. */
+    {
+        int64_t n = 8192, dim = 4096, vocab = 128256;
+        int32_t *labels = malloc((size_t)n * sizeof(int32_t));
+        for (int64_t i = 0; i < n; i++) labels[i] = (int32_t)((i * 7919) % vocab);
+        finch_linear_cross_entropy_desc d;
+        memset(&d, 0, sizeof d);
+        d.n_tokens = n; d.dim = dim; d.vocab = vocab; d.act_type = FINCH_DTYPE_BF16;
+        d.hidden = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * dim), 1.0f); d.ldh = dim;
+        d.w.dtype = FINCH_DTYPE_BF16;
+        d.w.data = bench_buffer(FINCH_DTYPE_BF16, (size_t)(vocab * dim), 0.02f);
+        d.labels = bench_buffer(FINCH_DTYPE_F32, (size_t)n, 1.0f);
+        if (sides[1].api->write(sides[1].dev, NULL, d.labels, labels, (size_t)n * 4)) fatal("write", 1);
+        d.grad_scale = 1.0f / (float)n;
+        d.loss_sum = bench_buffer(FINCH_DTYPE_F32, 1, 1.0f);
+        d.count = bench_buffer(FINCH_DTYPE_F32, 1, 1.0f);
+        d.dhidden = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * dim), 1.0f); d.lddh = dim;
+        bench("linear_cross_entropy bf16 8192x4096 vocab 128256", bench_lce, &d, 4.0 * n * dim * vocab);
+        free(labels);
+        release_all();
+    }
+}
+
+/* ---- setup -------------------------------------------------------------------------------------- */
+static const finch_plugin_api *load_plugin(const char *path, void **handle)
+{
+    *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!*handle) {
+        fprintf(stderr, "parity: dlopen %s: %s\n", path, dlerror());
+        return NULL;
+    }
+    finch_plugin_entry_fn entry = (finch_plugin_entry_fn)dlsym(*handle, FINCH_PLUGIN_ENTRY_SYMBOL);
+    if (!entry) {
+        fprintf(stderr, "parity: %s has no %s\n", path, FINCH_PLUGIN_ENTRY_SYMBOL);
+        return NULL;
+    }
+    const finch_plugin_api *api = entry();
+    if (finch_plugin_api_check(api, path) != FINCH_OK) {
+        fprintf(stderr, "parity: %s\n", finch_last_error());
+        return NULL;
+    }
+    return api;
+}
+
+static void run(const char *name, void (*fn)(void))
+{
+    struct timespec t0, t1;
+    int failed = testing_failed;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    fn();
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("-- %s: %s (%.2f s)\n", name, testing_failed == failed ? "ok" : "FAILED",
+           (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+    fflush(stdout);
+}
+
+int main(void)
+{
+    const char *path = getenv("FINCH_PARITY_PLUGIN");
+    if (!path || !*path) {
+        printf("skipped: set FINCH_PARITY_PLUGIN to the path of a plugin module (libfinch-<name>.so)\n");
+        return SKIP_STATUS;
+    }
+    void *handle = NULL;
+    const finch_plugin_api *api = load_plugin(path, &handle);
+    if (!api) return 1;
+    if (api->init() != FINCH_OK) {
+        /* No driver or no device where this runs: nothing to compare. */
+        printf("skipped: %s: init: %s\n", path, api->last_error());
+        dlclose(handle);
+        return SKIP_STATUS;
+    }
+    sides[0] = (side){"cpu", finch_cpu_plugin_api(), NULL};
+    sides[1] = (side){api->name, api, NULL};
+    if (sides[0].api->init() != FINCH_OK) fatal("init", 0);
+    for (int s = 0; s < 2; s++)
+        if (sides[s].api->device_open(0, &sides[s].dev) != FINCH_OK) fatal("device_open", s);
+
+    run("devices", test_devices);
+    run("memory and element-wise", test_memory);
+    run("activations and gated units", test_activations);
+    run("gemm", test_gemm);
+    run("qmatmul", test_qmatmul);
+    run("linear", test_linear);
+    run("attention", test_attention);
+    run("norms", test_norms);
+    run("rope", test_rope);
+    run("embedding", test_embedding);
+    run("cross_entropy", test_cross_entropy);
+    run("linear_cross_entropy", test_linear_cross_entropy);
+    run("adamw", test_adamw);
+    run("adamw8bit", test_adamw8bit);
+    const char *b = getenv("FINCH_PARITY_BENCH");
+    if (b && *b && *b != '0') run("benchmarks", benchmarks);
+
+    for (int s = 0; s < 2; s++) {
+        sides[s].api->device_close(sides[s].dev);
+        sides[s].api->shutdown();
+    }
+    dlclose(handle);
+    return testing_finish();
+}
