@@ -354,7 +354,7 @@ static int encode_piece(const tok_bpe *m, tok_cache_slot *cache, const char *s, 
     if (id >= 0) rc = tok_ids_push(out, id) ? finch_error(FINCH_ERR_OUT_OF_MEMORY, "BPE") : FINCH_OK;
     else if (m->pairs && n > LONG_PIECE) rc = encode_long(m, cache, s, n, out);
     else rc = encode_word(m, s, n, out);
-    if (rc == FINCH_OK && cacheable) cache_store(cache, h, s, n, out->ids + first, out->len - first);
+    if (rc == FINCH_OK && cacheable) cache_store(cache, h, s, n, out->len > first ? out->ids + first : NULL, out->len - first);
     return rc;
 }
 
