@@ -801,7 +801,11 @@ jv jinja_global_call(jctx *c, const char *name, const jv *args, int nargs, const
         else if (nargs >= 2) { a = args[0].i; b = args[1].i; if (nargs > 2) step = args[2].i; }
         else ERR(c, "range() takes 1 to 3 arguments");
         if (step == 0) ERR(c, "range() step must not be zero");
-        int64_t count = step > 0 ? (b > a ? (b - a + step - 1) / step : 0) : (a > b ? (a - b - step - 1) / -step : 0);
+        /* in unsigned arithmetic: the span of two int64 fits in a uint64 */
+        uint64_t span = step > 0 ? (b > a ? (uint64_t)b - (uint64_t)a : 0) : (a > b ? (uint64_t)a - (uint64_t)b : 0);
+        uint64_t ustep = step > 0 ? (uint64_t)step : 0 - (uint64_t)step;
+        uint64_t ucount = span ? (span - 1) / ustep + 1 : 0;
+        int64_t count = ucount > 1000000 ? 1000001 : (int64_t)ucount;
         if (count > 1000000) ERR(c, "range() of %lld items is too long for a template", (long long)count);
         jv l = jv_list(c, (size_t)count + 1);
         for (int64_t i = 0; i < count; i++) jl_push(c, l, jv_int(a + i * step));

@@ -301,8 +301,34 @@ static _Noreturn void bad_operands(render *r, const char *op, jv a, jv b)
     R_ERR(r, "unsupported operand types for %s: %s and %s", op, jv_type_name(a), jv_type_name(b));
 }
 
+/* Template integers are 64-bit (Python's are unbounded): a result that does not fit is an error. */
+#define INT_RESULT(r, op, x, y, fn)                                                                   \
+    do {                                                                                              \
+        int64_t res_;                                                                                 \
+        if (fn(x, y, &res_)) R_ERR(r, "integer overflow in %lld %s %lld", (long long)(x), op, (long long)(y)); \
+        return jv_int(res_);                                                                          \
+    } while (0)
+
+static jv int_pow(render *r, int64_t base, int64_t exp)
+{
+    int64_t x = 1, b = base;
+    while (exp > 0) {
+        if ((exp & 1) && __builtin_mul_overflow(x, b, &x)) break;
+        exp >>= 1;
+        if (exp && __builtin_mul_overflow(b, b, &b)) { exp = -1; break; }
+    }
+    if (exp != 0) R_ERR(r, "integer overflow in %lld ** ...", (long long)base);
+    return jv_int(x);
+}
+
+/* The largest string or list a template may build by repetition. */
+#define MAX_REPEAT_BYTES ((int64_t)1 << 26)
+
 static jv repeat(render *r, jv seq, int64_t times)
 {
+    int64_t unit = seq.t == JV_STRING ? (int64_t)seq.s->len : (int64_t)(seq.l->n * sizeof(jv));
+    if (times > 0 && unit > 0 && times > MAX_REPEAT_BYTES / unit)
+        R_ERR(r, "repeating a %s %lld times makes it too long for a template", jv_type_name(seq), (long long)times);
     if (seq.t == JV_STRING) {
         jbuf b = {0};
         jb_put(&r->c, &b, "", 0);
@@ -327,7 +353,7 @@ static jv binop(render *r, const char *op, jv a, jv b)
         return jv_str(&r->c, buf.p, buf.len);
     }
     case '+':
-        if (ints) return jv_int(int_val(a) + int_val(b));
+        if (ints) INT_RESULT(r, "+", int_val(a), int_val(b), __builtin_add_overflow);
         if (is_number(a) && is_number(b)) return jv_float(num_val(a) + num_val(b));
         if (a.t == JV_STRING && b.t == JV_STRING) {
             jv s = jv_str(&r->c, NULL, a.s->len + b.s->len);
@@ -344,20 +370,16 @@ static jv binop(render *r, const char *op, jv a, jv b)
         }
         bad_operands(r, op, a, b);
     case '-':
-        if (ints) return jv_int(int_val(a) - int_val(b));
+        if (ints) INT_RESULT(r, "-", int_val(a), int_val(b), __builtin_sub_overflow);
         if (is_number(a) && is_number(b)) return jv_float(num_val(a) - num_val(b));
         bad_operands(r, op, a, b);
     case '*':
         if (op[1] == '*') {
-            if (ints && int_val(b) >= 0) {
-                int64_t x = 1, base = int_val(a);
-                for (int64_t i = 0; i < int_val(b); i++) x *= base;
-                return jv_int(x);
-            }
+            if (ints && int_val(b) >= 0) return int_pow(r, int_val(a), int_val(b));
             if (is_number(a) && is_number(b)) return jv_float(pow(num_val(a), num_val(b)));
             bad_operands(r, op, a, b);
         }
-        if (ints) return jv_int(int_val(a) * int_val(b));
+        if (ints) INT_RESULT(r, "*", int_val(a), int_val(b), __builtin_mul_overflow);
         if (is_number(a) && is_number(b)) return jv_float(num_val(a) * num_val(b));
         if ((a.t == JV_STRING || a.t == JV_LIST) && (b.t == JV_INT || b.t == JV_BOOL)) return repeat(r, a, int_val(b));
         if ((b.t == JV_STRING || b.t == JV_LIST) && (a.t == JV_INT || a.t == JV_BOOL)) return repeat(r, b, int_val(a));
@@ -367,7 +389,9 @@ static jv binop(render *r, const char *op, jv a, jv b)
         if (num_val(b) == 0) R_ERR(r, "division by zero");
         if (op[1] == '/') {
             if (ints) {
-                int64_t x = int_val(a), y = int_val(b), q = x / y;
+                int64_t x = int_val(a), y = int_val(b);
+                if (x == INT64_MIN && y == -1) R_ERR(r, "integer overflow in %lld // -1", (long long)x);
+                int64_t q = x / y;
                 if ((x % y != 0) && ((x < 0) != (y < 0))) q--;
                 return jv_int(q);
             }
@@ -384,7 +408,7 @@ static jv binop(render *r, const char *op, jv a, jv b)
         if (!is_number(a) || !is_number(b)) bad_operands(r, op, a, b);
         if (num_val(b) == 0) R_ERR(r, "modulo by zero");
         if (ints) {
-            int64_t x = int_val(a), y = int_val(b), m = x % y;
+            int64_t x = int_val(a), y = int_val(b), m = y == -1 ? 0 : x % y;
             if (m != 0 && ((m < 0) != (y < 0))) m += y;
             return jv_int(m);
         }
@@ -476,7 +500,9 @@ static jv eval(render *r, const jnode *n)
         jv v = eval(r, n->a);
         if (!is_number(v)) R_ERR(r, "bad operand type for unary %c: %s", n->kind == N_NEG ? '-' : '+', jv_type_name(v));
         if (n->kind == N_POS) return v.t == JV_BOOL ? jv_int(v.b) : v;
-        return v.t == JV_FLOAT ? jv_float(-v.f) : jv_int(-int_val(v));
+        if (v.t == JV_FLOAT) return jv_float(-v.f);
+        if (int_val(v) == INT64_MIN) R_ERR(r, "integer overflow in -(%lld)", (long long)int_val(v));
+        return jv_int(-int_val(v));
     }
     case N_NOT: return jv_bool(!jv_truthy(eval(r, n->a)));
     case N_AND: { jv a = eval(r, n->a); return jv_truthy(a) ? eval(r, n->b) : a; }

@@ -3,6 +3,7 @@
  * following the precedence of jinja2/parser.py. */
 #include "core/jinja_ast.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,11 +162,18 @@ static void lex_tag(parser *p, const char *src, size_t len, size_t *pos, int *li
             }
             char num[64];
             size_t k = 0;
-            for (size_t q = i; q < j && k < sizeof num - 1; q++) if (src[q] != '_') num[k++] = src[q];
+            for (size_t q = i; q < j; q++) {
+                if (src[q] == '_') continue;
+                if (k == sizeof num - 1) P_ERR(p, "number literal '%.20s...' is too long", src + i);
+                num[k++] = src[q];
+            }
             num[k] = 0;
             jtok t = {.type = is_float ? T_FLOAT : T_INT, .line = *line, .s = src + i, .n = j - i};
+            errno = 0;
             if (is_float) t.f = strtod(num, NULL);
             else t.i = strtoll(num, NULL, 10);
+            /* templates get 64-bit integers (Python's are unbounded): a larger literal is an error */
+            if (!is_float && errno == ERANGE) P_ERR(p, "integer literal %s does not fit in 64 bits", num);
             emit(p, t);
             i = j;
         } else if (is_name_start(ch)) {

@@ -48,6 +48,15 @@ void finch_kv_cache_free(finch_kv_cache *c)
     memset(c, 0, sizeof *c);
 }
 
+void finch_kv_cache_drop(finch_kv_cache *c)
+{
+    if (c->buf) API->free(c->be->dev, c->buf);
+    c->buf = NULL;
+    c->capacity = 0;
+    for (int64_t i = 0; i < c->n_slots; i++) c->len[i] = 0;
+    c->n_active = 0;
+}
+
 int finch_kv_cache_reserve(finch_kv_cache *c, int64_t tokens)
 {
     if (tokens <= c->capacity) return FINCH_OK;

@@ -37,6 +37,8 @@ typedef struct finch_kv_cache finch_kv_cache;
 int finch_kv_cache_init(finch_kv_cache *c, const finch_backend *be, int64_t n_layers, int64_t n_slots, int64_t width,
                         finch_dtype dtype);
 void finch_kv_cache_free(finch_kv_cache *c);
+/* Frees the device memory and forgets every slot's tokens (the cache stays usable: it grows again). */
+void finch_kv_cache_drop(finch_kv_cache *c);
 /* Makes room for `tokens` tokens in every slot. */
 int finch_kv_cache_reserve(finch_kv_cache *c, int64_t tokens);
 /* Starts a pass: slot slots[i] gains n_new[i] tokens (rows cu .. of the pass's packed batch). The

@@ -4,6 +4,7 @@
 #ifndef FINCH_CORE_MODEL_H
 #define FINCH_CORE_MODEL_H
 
+#include "core/devmem.h"
 #include "core/model_config.h"
 #include "core/ops.h"
 #include "core/runtime.h"
@@ -39,9 +40,26 @@ typedef struct finch_trainable {
     int perm_rows;                           /* 1: rows follow module->row_perm */
 } finch_trainable;
 
+/* Something outside the model that keeps device state of it (the optimizer, generation sessions):
+ * told when the model moves to another backend (model_move.c). Each callback may be NULL. */
+typedef struct finch_model_owner {
+    void *self;
+    /* May refuse the target before anything moves (an optimizer entry it lacks). */
+    int (*check)(void *self, const finch_backend *to);
+    /* Reports every pointer it keeps into the model's ledger (m->mem). */
+    void (*visit)(void *self, finch_devref_fn fn, void *ctx);
+    /* Drops per-device state that does not move (a generation cache), on the old backend. */
+    void (*release)(void *self);
+} finch_model_owner;
+
 struct finch_model {
     finch_runtime *rt;
-    const finch_backend *be;
+    const finch_backend *be;                 /* &backend */
+    finch_backend backend;                   /* the device the model lives on */
+    int backend_owned;                       /* 1: opened by a move, closed with the model; 0: the runtime's */
+    finch_devmem mem;                        /* every device buffer the model owns beyond a step */
+    finch_model_owner *owners;
+    int n_owners;
     finch_model_config cfg;
     finch_dtype dtype;                       /* compute: weights and activations */
     char dir[1024];
@@ -102,6 +120,18 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
                      finch_step_result *out);
 /* The op-level view of a linear module for one step (train: LoRA dropout on). */
 finch_linear_params finch_model_linear_params(const finch_model *m, const finch_linear_module *lin, int train);
+
+/* model_move.c */
+int finch_model_add_owner(finch_model *m, const finch_model_owner *o);
+void finch_model_remove_owner(finch_model *m, void *self);
+/* Every pointer the model itself keeps into its ledger (the visit of the model as an owner). */
+void finch_model_visit_devrefs(finch_model *m, finch_devref_fn fn, void *ctx);
+/* Moves m and its owners' state onto the opened backend `to` (see finch_model_move). On success the
+ * model takes `to` (closing it with the model when take is 1); on failure nothing changed and the
+ * caller still holds `to`. */
+int finch_model_move_backend(finch_model *m, const finch_backend *to, int take);
+/* Bytes of the model's ledger: what it (and its owners) hold on the device beyond a step. */
+uint64_t finch_model_device_bytes(const finch_model *m);
 
 /* lora.c */
 int finch_lora_module_targeted(const char *targets, const finch_linear_module *lin, int *hit);

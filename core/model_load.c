@@ -22,13 +22,8 @@ finch_load_options finch_load_options_default(void)
 
 static int device_alloc(finch_model *m, size_t bytes, finch_dptr *out, const char *what)
 {
-    finch_plugin_buffer *buf = NULL;
-    if (m->be->api->alloc(m->be->dev, bytes ? bytes : 1, &buf) != FINCH_OK)
-        return finch_error(FINCH_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes on the %s device for %s: %s", bytes,
-                           m->be->name, what, m->be->api->last_error());
-    out->buf = buf;
     out->offset = 0;
-    return FINCH_OK;
+    return finch_devmem_alloc(&m->mem, bytes, what, &out->buf);
 }
 
 int finch_param_alloc(finch_model *m, finch_param *p, finch_dtype dtype, int ndim, int64_t d0, int64_t d1)
@@ -52,8 +47,8 @@ int finch_param_alloc_grad(finch_model *m, finch_param *p)
 
 void finch_param_release(finch_model *m, finch_param *p)
 {
-    if (p->data.buf) m->be->api->free(m->be->dev, p->data.buf);
-    if (p->grad.buf) m->be->api->free(m->be->dev, p->grad.buf);
+    finch_devmem_free(&m->mem, p->data.buf);
+    finch_devmem_free(&m->mem, p->grad.buf);
     p->data = p->grad = finch_dptr_none();
 }
 
@@ -86,7 +81,7 @@ static int upload_rows(finch_model *m, const void *src, finch_dtype src_type, in
                 rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "upload with conversion");
             else if (api->synchronize(m->be->dev, m->be->stream))
                 rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "synchronize");
-            api->free(m->be->dev, staging.buf);
+            finch_devmem_free(&m->mem, staging.buf);
         }
     }
     free(ordered);
@@ -429,7 +424,9 @@ finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_lo
     finch_model *m = calloc(1, sizeof *m);
     if (!m) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     m->rt = rt;
-    m->be = &rt->backend;
+    m->backend = rt->backend;   /* borrowed from the runtime until the model moves (model_move.c) */
+    m->be = &m->backend;
+    finch_devmem_init(&m->mem, m->be);
     m->dtype = o.compute_dtype;
     m->gradient_checkpointing = o.gradient_checkpointing;
     snprintf(m->dir, sizeof m->dir, "%s", dir);
@@ -493,8 +490,12 @@ void finch_model_free(finch_model *m)
     finch_param_release(m, &m->final_norm_b);
     finch_param_release(m, &m->lm_head_own);
     finch_vl_free(m);
-    if (m->persistent) m->be->api->free(m->be->dev, m->persistent);
+    finch_devmem_free(&m->mem, m->persistent);
     finch_arena_free(&m->arena);
+    finch_devmem_release_all(&m->mem);
+    free(m->mem.entries);
+    if (m->backend_owned) finch_backend_close(&m->backend);
+    free(m->owners);
     finch_graph_free(&m->graph);
     finch_model_config_free(&m->cfg);
     free(m->layers);

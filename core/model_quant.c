@@ -110,10 +110,12 @@ static int upload(finch_model *m, finch_linear_module *lin, const char *name, nf
     finch_quant_weight *q = calloc(1, sizeof *q);
     if (!q) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     finch_plugin_buffer *buf = NULL;
-    if (api->alloc(m->be->dev, l.total, &buf) != FINCH_OK) {
+    char what[96];
+    snprintf(what, sizeof what, "the 4-bit weight '%s'", name);
+    int rc = finch_devmem_alloc(&m->mem, l.total, what, &buf);
+    if (rc) {
         free(q);
-        return finch_error(FINCH_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes on the %s device for the 4-bit weight '%s': %s",
-                           l.total, m->be->name, name, api->last_error());
+        return rc;
     }
     finch_param *p = &lin->weight;
     snprintf(p->name, sizeof p->name, "%s", name);

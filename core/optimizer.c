@@ -35,6 +35,7 @@ struct finch_optim {
     finch_dptr maps, sum_sq;
     optim_entry *entries;
     int n_entries;
+    int registered;               /* an owner of the model's device state (it moves with the model) */
 };
 
 const char *finch_optimizer_name(finch_optimizer o)
@@ -77,9 +78,10 @@ static int slot_init(finch_optim *o, optim_slot *s)
     size_t state = s->eight_bit ? ((size_t)n + 3) & ~(size_t)3 : (size_t)n * 4, scales = s->eight_bit ? (size_t)nb * 4 : 0;
     size_t off_m = master ? (size_t)n * 4 : 0, off_v = off_m + state, off_ma = off_v + state;
     size_t total = off_ma + 2 * scales;
-    if (api->alloc(m->be->dev, total ? total : 1, &s->buf))
-        return finch_error(FINCH_ERR_OUT_OF_MEMORY, "cannot allocate %zu bytes of optimizer state for '%s' on %s: %s", total, p->name,
-                           m->be->name, api->last_error());
+    char what[96];
+    snprintf(what, sizeof what, "the optimizer state of '%s'", p->name);
+    int rc = finch_devmem_alloc(&m->mem, total, what, &s->buf);
+    if (rc) return rc;
     finch_dptr base = {s->buf, 0};
     s->master = master ? base : finch_dptr_none();
     s->m = finch_dptr_at(base, off_m);
@@ -87,7 +89,7 @@ static int slot_init(finch_optim *o, optim_slot *s)
     s->m_absmax = s->eight_bit ? finch_dptr_at(base, off_ma) : finch_dptr_none();
     s->v_absmax = s->eight_bit ? finch_dptr_at(base, off_ma + scales) : finch_dptr_none();
     /* Zero moments and scales: all bytes 0 (an 8-bit code with scale 0 decodes to 0). */
-    int rc = api->fill(m->be->dev, m->be->stream, s->m, FINCH_DTYPE_F32, (int64_t)((2 * state + 2 * scales) / 4), 0.0f);
+    rc = api->fill(m->be->dev, m->be->stream, s->m, FINCH_DTYPE_F32, (int64_t)((2 * state + 2 * scales) / 4), 0.0f);
     if (!rc && master) rc = api->cast(m->be->dev, m->be->stream, n, p->dtype, p->data, FINCH_DTYPE_F32, s->master);
     if (rc) return finch_device_error(m->be, rc, "initialising the optimizer state");
     add_entry(o, p->name, "", p->dtype, n, p->data);
@@ -99,6 +101,31 @@ static int slot_init(finch_optim *o, optim_slot *s)
         add_entry(o, p->name, ".exp_avg_sq.absmax", FINCH_DTYPE_F32, nb, s->v_absmax);
     }
     return FINCH_OK;
+}
+
+/* As an owner of model state: the target must have the step entry, and the state moves with the model. */
+static int optim_check(void *self, const finch_backend *to)
+{
+    const finch_optim *o = self;
+    if (o->cfg.kind == FINCH_OPTIM_ADAMW_8BIT && !to->api->adamw8bit_step)
+        return finch_error(FINCH_ERR_UNSUPPORTED, "the optimizer is adamw8bit and the %s backend has no adamw8bit_step (plugin ABI 1.1)",
+                           to->name);
+    return FINCH_OK;
+}
+
+static void optim_visit(void *self, finch_devref_fn fn, void *ctx)
+{
+    finch_optim *o = self;
+    for (int i = 0; i < o->n_slots; i++) {
+        optim_slot *s = &o->slots[i];
+        finch_dptr *ptrs[] = {&s->master, &s->m, &s->v, &s->m_absmax, &s->v_absmax};
+        fn(&s->buf, ctx);
+        for (size_t k = 0; k < sizeof ptrs / sizeof ptrs[0]; k++) fn(&ptrs[k]->buf, ctx);
+    }
+    fn(&o->misc, ctx);
+    fn(&o->maps.buf, ctx);
+    fn(&o->sum_sq.buf, ctx);
+    for (int i = 0; i < o->n_entries; i++) fn(&o->entries[i].ptr.buf, ctx);
 }
 
 int finch_optim_create(finch_model *m, const finch_optim_config *cfg, finch_optim **out)
@@ -120,8 +147,11 @@ int finch_optim_create(finch_model *m, const finch_optim_config *cfg, finch_opti
     o->slots = calloc((size_t)o->n_slots, sizeof *o->slots);
     o->entries = calloc((size_t)o->n_slots * 6, sizeof *o->entries);
     int rc = o->slots && o->entries ? FINCH_OK : finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
-    if (!rc && api->alloc(m->be->dev, 513 * sizeof(float), &o->misc))
-        rc = finch_error(FINCH_ERR_OUT_OF_MEMORY, "cannot allocate optimizer scratch on %s", m->be->name);
+    if (!rc) rc = finch_devmem_alloc(&m->mem, 513 * sizeof(float), "the optimizer's maps and scratch", &o->misc);
+    if (!rc) {
+        finch_model_owner owner = {o, optim_check, optim_visit, NULL};
+        if (!(rc = finch_model_add_owner(m, &owner))) o->registered = 1;
+    }
     if (!rc) {
         o->maps = (finch_dptr){o->misc, 0};
         o->sum_sq = (finch_dptr){o->misc, 512 * sizeof(float)};
@@ -150,10 +180,10 @@ int finch_optim_create(finch_model *m, const finch_optim_config *cfg, finch_opti
 void finch_optim_free(finch_optim *o)
 {
     if (!o) return;
-    const finch_backend *be = o->m->be;
-    for (int i = 0; o->slots && i < o->n_slots; i++)
-        if (o->slots[i].buf) be->api->free(be->dev, o->slots[i].buf);
-    if (o->misc) be->api->free(be->dev, o->misc);
+    finch_model *m = o->m;
+    if (o->registered) finch_model_remove_owner(m, o);
+    for (int i = 0; o->slots && i < o->n_slots; i++) finch_devmem_free(&m->mem, o->slots[i].buf);
+    finch_devmem_free(&m->mem, o->misc);
     free(o->slots);
     free(o->entries);
     free(o);

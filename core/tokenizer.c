@@ -23,6 +23,30 @@ static int exists(const char *p)
     return stat(p, &st) == 0;
 }
 
+static void work_free(tok_work *w)
+{
+    if (!w) return;
+    free(w->segs);
+    free(w->sub);
+    tok_buf_free(&w->norm);
+    tok_pieces_free(&w->pieces);
+    tok_pieces_free(&w->tmp);
+    free(w->cache);
+    memset(w, 0, sizeof *w);
+}
+
+/* Buffers beyond this size are not kept between calls. */
+#define WORK_KEEP_BYTES (1u << 20)
+
+static void work_trim(tok_work *w)
+{
+    if (w->cap_segs * sizeof *w->segs > WORK_KEEP_BYTES) { free(w->segs); w->segs = NULL; w->cap_segs = 0; }
+    if (w->cap_sub * sizeof *w->sub > WORK_KEEP_BYTES) { free(w->sub); w->sub = NULL; w->cap_sub = 0; }
+    if (w->norm.cap > WORK_KEEP_BYTES) tok_buf_free(&w->norm);
+    if (w->pieces.text.cap > WORK_KEEP_BYTES || w->pieces.cap * sizeof(size_t) > WORK_KEEP_BYTES) tok_pieces_free(&w->pieces);
+    if (w->tmp.text.cap > WORK_KEEP_BYTES || w->tmp.cap * sizeof(size_t) > WORK_KEEP_BYTES) tok_pieces_free(&w->tmp);
+}
+
 finch_status finch_tokenizer_load(const char *path, finch_tokenizer **out)
 {
     if (!path || !out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_tokenizer_load: NULL argument");
@@ -44,7 +68,7 @@ finch_status finch_tokenizer_load(const char *path, finch_tokenizer **out)
     if (rc == FINCH_OK) {
         tok->add_bos_token = tok->add_eos_token = -1;
         tok->path = strdup(json);
-        pthread_mutex_init(&tok->bpe.cache_lock, NULL);
+        pthread_mutex_init(&tok->work_lock, NULL);
         if (!exists(json)) rc = finch_error(FINCH_ERR_IO, "%s: no such file (a tokenizer needs tokenizer.json)", json);
     }
     if (rc == FINCH_OK) rc = tok_load_json(tok, json);
@@ -68,6 +92,9 @@ void finch_tokenizer_free(finch_tokenizer *tok)
     tok_decoder_free(tok->decoder);
     free(tok->decoder);
     tok_bpe_free(&tok->bpe);
+    work_free(tok->work);
+    free(tok->work);
+    pthread_mutex_destroy(&tok->work_lock);
     for (int i = 0; i < tok->n_added; i++) free(tok->added[i].content);
     free(tok->added);
     tok_trie_free(&tok->trie_raw);
@@ -86,15 +113,7 @@ void finch_tokenizer_free(finch_tokenizer *tok)
     free(tok);
 }
 
-/* Working storage of one encode call. */
-typedef struct encode_work {
-    tok_segment *segs, *sub;
-    size_t nsegs, cap_segs, nsub, cap_sub;
-    tok_buf norm;
-    tok_pieces pieces, tmp;
-} encode_work;
-
-static int encode_text(const finch_tokenizer *tok, const char *s, size_t n, int at_start, encode_work *w,
+static int encode_text(const finch_tokenizer *tok, const char *s, size_t n, int at_start, tok_work *w,
                        finch_tokens *out)
 {
     tok_pieces_clear(&w->pieces);
@@ -105,7 +124,7 @@ static int encode_text(const finch_tokenizer *tok, const char *s, size_t n, int 
     }
     for (size_t i = 0; i < w->pieces.n; i++) {
         size_t a = tok_piece_start(&w->pieces, i);
-        int rc = tok_bpe_encode((tok_bpe *)&tok->bpe, w->pieces.text.p + a, w->pieces.end[i] - a, out);
+        int rc = tok_bpe_encode(&tok->bpe, w->cache, w->pieces.text.p + a, w->pieces.end[i] - a, out);
         if (rc) return rc;
     }
     return FINCH_OK;
@@ -124,7 +143,7 @@ static int post_process(const tok_post *p, finch_tokens *out, size_t base)
     size_t n = out->len - base;
     int32_t *seq = malloc((n + 1) * sizeof *seq);
     if (!seq) return OOM;
-    memcpy(seq, out->ids + base, n * sizeof *seq);
+    if (n) memcpy(seq, out->ids + base, n * sizeof *seq);
     out->len = base;
     int rc = FINCH_OK;
     for (int i = 0; rc == FINCH_OK && i < p->n_items; i++) {
@@ -148,33 +167,43 @@ finch_status finch_tokenizer_encode(const finch_tokenizer *tok, const char *text
         return finch_error(FINCH_ERR_INVALID_ARGUMENT, "tokenizer: text is not valid UTF-8 (byte %zu of %zu)", bad, len);
     size_t base = out->len;
     int skip_special = (flags & FINCH_ENCODE_SPLIT_SPECIAL) != 0;
-    encode_work w = {0};
-    int rc = tok_added_split(tok->added, &tok->trie_raw, text, len, 0, skip_special, &w.segs, &w.nsegs, &w.cap_segs);
-    for (size_t i = 0; rc == FINCH_OK && i < w.nsegs; i++) {
-        tok_segment sg = w.segs[i];
+    /* Borrow the tokenizer's storage and cache, or work with storage of this call's own. */
+    finch_tokenizer *shared = (finch_tokenizer *)tok;
+    tok_work own = {0}, *w = &own;
+    int borrowed = pthread_mutex_trylock(&shared->work_lock) == 0;
+    if (borrowed) {
+        if (!shared->work) shared->work = calloc(1, sizeof *shared->work);
+        if (shared->work && !shared->work->cache) shared->work->cache = calloc(TOK_CACHE_SLOTS, sizeof(tok_cache_slot));
+        if (shared->work) w = shared->work;
+    }
+    w->nsegs = 0;
+    int rc = tok_added_split(tok->added, &tok->trie_raw, text, len, 0, skip_special, &w->segs, &w->nsegs, &w->cap_segs);
+    for (size_t i = 0; rc == FINCH_OK && i < w->nsegs; i++) {
+        tok_segment sg = w->segs[i];
         if (sg.id >= 0) { if (tok_ids_push(out, sg.id)) rc = OOM; continue; }
         const char *s = text + sg.start;
         size_t n = sg.end - sg.start;
         if (tok->normalizer) {
-            rc = tok_normalize(tok->normalizer, s, n, &w.norm);
+            rc = tok_normalize(tok->normalizer, s, n, &w->norm);
             if (rc) break;
-            s = w.norm.p ? w.norm.p : "";
-            n = w.norm.len;
+            s = w->norm.p ? w->norm.p : "";
+            n = w->norm.len;
         }
-        if (!tok->has_norm_added) { rc = encode_text(tok, s, n, sg.start == 0, &w, out); continue; }
-        w.nsub = 0;
-        rc = tok_added_split(tok->added, &tok->trie_norm, s, n, 0, skip_special, &w.sub, &w.nsub, &w.cap_sub);
-        for (size_t k = 0; rc == FINCH_OK && k < w.nsub; k++) {
-            if (w.sub[k].id >= 0) { if (tok_ids_push(out, w.sub[k].id)) rc = OOM; continue; }
-            rc = encode_text(tok, s + w.sub[k].start, w.sub[k].end - w.sub[k].start, sg.start == 0 && w.sub[k].start == 0, &w, out);
+        if (!tok->has_norm_added) { rc = encode_text(tok, s, n, sg.start == 0, w, out); continue; }
+        w->nsub = 0;
+        rc = tok_added_split(tok->added, &tok->trie_norm, s, n, 0, skip_special, &w->sub, &w->nsub, &w->cap_sub);
+        for (size_t k = 0; rc == FINCH_OK && k < w->nsub; k++) {
+            if (w->sub[k].id >= 0) { if (tok_ids_push(out, w->sub[k].id)) rc = OOM; continue; }
+            rc = encode_text(tok, s + w->sub[k].start, w->sub[k].end - w->sub[k].start, sg.start == 0 && w->sub[k].start == 0, w, out);
         }
     }
     if (rc == FINCH_OK && (flags & FINCH_ENCODE_ADD_SPECIAL) && tok->post) rc = post_process(tok->post, out, base);
-    free(w.segs);
-    free(w.sub);
-    tok_buf_free(&w.norm);
-    tok_pieces_free(&w.pieces);
-    tok_pieces_free(&w.tmp);
+    if (w == &own) {
+        work_free(&own);
+    } else {
+        work_trim(w);
+        pthread_mutex_unlock(&shared->work_lock);
+    }
     if (rc) out->len = base;
     return rc;
 }

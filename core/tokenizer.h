@@ -27,6 +27,8 @@ int tok_buf_reserve(tok_buf *b, size_t extra);
 int tok_buf_append(tok_buf *b, const char *s, size_t n);
 void tok_buf_free(tok_buf *b);
 int tok_ids_push(finch_tokens *t, int32_t id);
+/* Makes room for extra more ids; 0, or -1 when out of memory. */
+int tok_ids_reserve(finch_tokens *t, size_t extra);
 
 /* A list of strings stored back to back: piece i is text.p[start(i) .. end[i]). */
 typedef struct tok_pieces {
@@ -90,6 +92,7 @@ typedef struct tok_pretokenizer {
     tok_split_behavior behavior;   /* SPLIT */
     int invert;                    /* SPLIT */
     int add_prefix_space, use_regex; /* BYTE_LEVEL */
+    int raw_bytes;                 /* BYTE_LEVEL, the last step: pieces stay unmapped bytes (tok_bpe.byte_level) */
     char replacement[8];           /* METASPACE, as UTF-8 */
     tok_prepend_scheme prepend;    /* METASPACE */
     int split;                     /* METASPACE */
@@ -100,6 +103,8 @@ typedef struct tok_pretokenizer {
 
 /* Splits pieces in place (using tmp as scratch). at_start: the segment begins the input text. */
 int tok_pretokenize(const tok_pretokenizer *pt, tok_pieces *pieces, tok_pieces *tmp, int at_start);
+/* 1 if pt cuts text into words (at spaces or by a regex), so that pieces stay short. */
+int tok_pretokenizer_splits(const tok_pretokenizer *pt);
 void tok_pretokenizer_free(tok_pretokenizer *pt);
 
 /* The GPT-2 byte-to-unicode table: byte b is the code point byte_level_char[b]. */
@@ -111,24 +116,47 @@ int tok_byte_level_byte(uint32_t cp);
 
 typedef struct tok_merge_slot { uint64_t pair; int32_t rank, new_id; } tok_merge_slot;
 
+/* A direct-mapped cache of word -> ids, one 64-byte line per entry (key_len 0: empty). Words longer than
+ * TOK_CACHE_KEY bytes or of more than TOK_CACHE_IDS ids are not cached. */
+#define TOK_CACHE_KEY 26
+#define TOK_CACHE_IDS 8
+#define TOK_CACHE_SLOTS (1u << 16)
+typedef struct tok_cache_slot {
+    uint32_t tag;
+    uint8_t key_len, n_ids;
+    char key[TOK_CACHE_KEY];
+    int32_t ids[TOK_CACHE_IDS];
+} tok_cache_slot;
+
 typedef struct tok_bpe {
     str_map vocab;               /* token -> id */
     tok_merge_slot *merges;      /* open addressing on pair = (left << 32 | right); rank < 0: empty */
     size_t merges_mask;
+    uint64_t *merge_bits;        /* a one-hash filter over the pairs that have a merge */
+    size_t merge_bits_mask;
     int32_t unk_id;              /* -1: no unk token */
     char *continuing_prefix, *end_suffix;
     int fuse_unk, byte_fallback, ignore_merges;
     int32_t byte_ids[256];       /* ids of <0xNN> (byte_fallback), -1 if absent */
-    /* A bounded cache of piece -> ids, shared between threads through a try-lock. */
-    pthread_mutex_t cache_lock;
-    str_map cache;               /* piece -> offset into cache_ids (len first) */
-    finch_tokens cache_ids;
+    /* The ByteLevel pre-tokenizer's character map is applied here rather than to piece strings: pieces are
+     * raw bytes, byte b stands for the character tok_byte_level_char[b], a token of id byte_char_ids[b]. */
+    int byte_level;
+    int32_t byte_char_ids[256];
+    int32_t *char_ids;           /* code point < 0x10000 -> id of that one-character token, -1; NULL with a prefix/suffix */
+    /* Adjacent code point pairs (a << 32 | b, plus 1) that occur inside some vocab token. Set when pieces
+     * can be long (no pre-tokenizer splits them): a long piece is cut between characters that no token
+     * spans, and the parts are encoded (and cached) as words of their own. */
+    uint64_t *pairs;
+    size_t pairs_mask;
 } tok_bpe;
 
 int tok_bpe_reserve_merges(tok_bpe *m, size_t n);
 void tok_bpe_add_merge(tok_bpe *m, int32_t a, int32_t b, int32_t rank, int32_t new_id);
-/* Appends the ids of one pre-tokenized piece. */
-int tok_bpe_encode(tok_bpe *m, const char *s, size_t n, finch_tokens *out);
+/* Builds the lookup tables once vocab and merges are loaded. long_pieces: pieces are not cut into words
+ * by a pre-tokenizer (see pairs). Call after setting byte_level. */
+int tok_bpe_prepare(tok_bpe *m, int long_pieces);
+/* Appends the ids of one pre-tokenized piece. cache: TOK_CACHE_SLOTS entries, or NULL. */
+int tok_bpe_encode(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_t n, finch_tokens *out);
 void tok_bpe_free(tok_bpe *m);
 
 /* ---- added tokens ---- */
@@ -209,6 +237,15 @@ void tok_post_free(tok_post *p);
 
 /* ---- the tokenizer ---- */
 
+/* Working storage of encoding: buffers reused from call to call and the word cache. */
+typedef struct tok_work {
+    tok_segment *segs, *sub;
+    size_t nsegs, cap_segs, nsub, cap_sub;
+    tok_buf norm;
+    tok_pieces pieces, tmp;
+    tok_cache_slot *cache;        /* TOK_CACHE_SLOTS entries, or NULL */
+} tok_work;
+
 struct finch_tokenizer {
     char *path;
     tok_normalizer *normalizer;   /* NULL: none */
@@ -225,6 +262,10 @@ struct finch_tokenizer {
     uint8_t *id_special;
     int32_t n_ids;
     str_map added_map;            /* added token content -> id */
+    /* One tok_work lent to one encode call at a time (a try-lock): a call that finds it taken works with
+     * storage of its own, without the cache. */
+    pthread_mutex_t work_lock;
+    tok_work *work;
     /* tokenizer_config.json */
     char *bos_token, *eos_token, *pad_token, *unk_token, *chat_template;
     int add_bos_token, add_eos_token;

@@ -417,7 +417,7 @@ static int parse_decoder(const load_ctx *c, const cJSON *o, const char *where, t
     if (!strcmp(t, "Fuse")) { d->type = DEC_FUSE; return FINCH_OK; }
     if (!strcmp(t, "Metaspace")) {
         d->type = DEC_METASPACE;
-        tok_prepend_scheme ps;
+        tok_prepend_scheme ps = PREPEND_ALWAYS;
         int rc = parse_replacement(c, o, where, d->replacement);
         if (!rc) rc = parse_prepend_scheme(c, o, where, &ps);
         d->prepend_first = ps != PREPEND_NEVER;
@@ -522,6 +522,14 @@ int tok_load_json(finch_tokenizer *tok, const char *json_path)
         rc = tok->decoder ? parse_decoder(&c, o, "decoder", tok->decoder) : FAIL(FINCH_ERR_OUT_OF_MEMORY, "tokenizer");
     }
     if (rc == FINCH_OK) rc = build_id_table(&c);
+    if (rc == FINCH_OK) {
+        /* A final ByteLevel step's character map moves into the model, which then sees raw bytes. */
+        tok_pretokenizer *last = tok->pretokenizer;
+        while (last && last->type == PRE_SEQUENCE) last = last->n_children ? &last->children[last->n_children - 1] : NULL;
+        if (last && last->type == PRE_BYTE_LEVEL && !tok->bpe.continuing_prefix && !tok->bpe.end_suffix)
+            last->raw_bytes = tok->bpe.byte_level = 1;
+        rc = tok_bpe_prepare(&tok->bpe, !tok->pretokenizer || !tok_pretokenizer_splits(tok->pretokenizer));
+    }
     cJSON_Delete(root);
     return rc;
 }

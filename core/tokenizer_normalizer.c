@@ -8,7 +8,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
-static int unicode_form(utf8proc_option_t opts, const char *in, size_t n, tok_buf *out)
+static int unicode_map(utf8proc_option_t opts, const char *in, size_t n, tok_buf *out)
 {
     utf8proc_uint8_t *dst = NULL;
     utf8proc_ssize_t len = utf8proc_map((const utf8proc_uint8_t *)in, (utf8proc_ssize_t)n, &dst, opts | UTF8PROC_STABLE);
@@ -16,6 +16,43 @@ static int unicode_form(utf8proc_option_t opts, const char *in, size_t n, tok_bu
     int rc = tok_buf_append(out, (const char *)dst, (size_t)len);
     free(dst);
     return rc ? finch_error(FINCH_ERR_OUT_OF_MEMORY, "normalizer") : FINCH_OK;
+}
+
+/* A character that composition (NFC, NFKC) leaves as it is and that never combines with what precedes
+ * it: a starter without a decomposition that is not the second half of a composition (utf8proc marks
+ * those with comb_index >= 0x8000) nor a Hangul vowel or trailing consonant jamo (composed by rule;
+ * utf8proc's trailing range starts at U+11A7). Text splits before such a character into runs that
+ * normalize independently. */
+static int stable_starter(uint32_t cp)
+{
+    if (cp < 0x80) return 1;
+    if ((cp >= 0x1161 && cp <= 0x1175) || (cp >= 0x11A7 && cp <= 0x11C2)) return 0;
+    const utf8proc_property_t *p = utf8proc_get_property((utf8proc_int32_t)cp);
+    return p->combining_class == 0 && p->decomp_seqindex == UINT16_MAX &&
+           (p->comb_index == UINT16_MAX || p->comb_index < 0x8000);
+}
+
+/* Composed forms: runs of stable starters are copied, and utf8proc maps only the stretches around other
+ * characters, each from the stable starter before it to the next one. */
+static int compose(utf8proc_option_t opts, const char *in, size_t n, tok_buf *out)
+{
+    size_t copied = 0, last_stable = 0, pos = 0;
+    while (pos < n) {
+        size_t start = pos;
+        if ((unsigned char)in[pos] < 0x80) { pos++; last_stable = start; continue; }
+        if (stable_starter(utf8_next(in, &pos))) { last_stable = start; continue; }
+        size_t from = last_stable > copied ? last_stable : copied;
+        while (pos < n) {
+            size_t p = pos;
+            if (stable_starter(utf8_next(in, &p))) break;
+            pos = p;
+        }
+        if (tok_buf_append(out, in + copied, from - copied)) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "normalizer");
+        int rc = unicode_map(opts, in + from, pos - from, out);
+        if (rc) return rc;
+        copied = pos;
+    }
+    return tok_buf_append(out, in + copied, n - copied) ? finch_error(FINCH_ERR_OUT_OF_MEMORY, "normalizer") : FINCH_OK;
 }
 
 int tok_replace_all(const tok_regex *re, const char *content, const char *in, size_t n, tok_buf *out)
@@ -72,10 +109,10 @@ int tok_normalize(const tok_normalizer *nz, const char *in, size_t n, tok_buf *o
 {
     out->len = 0;
     switch (nz->type) {
-    case NORM_NFC: return unicode_form(UTF8PROC_COMPOSE, in, n, out);
-    case NORM_NFD: return unicode_form(UTF8PROC_DECOMPOSE, in, n, out);
-    case NORM_NFKC: return unicode_form(UTF8PROC_COMPOSE | UTF8PROC_COMPAT, in, n, out);
-    case NORM_NFKD: return unicode_form(UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT, in, n, out);
+    case NORM_NFC: return compose(UTF8PROC_COMPOSE, in, n, out);
+    case NORM_NFD: return unicode_map(UTF8PROC_DECOMPOSE, in, n, out);
+    case NORM_NFKC: return compose(UTF8PROC_COMPOSE | UTF8PROC_COMPAT, in, n, out);
+    case NORM_NFKD: return unicode_map(UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT, in, n, out);
     case NORM_LOWERCASE: return lowercase(in, n, out);
     case NORM_REPLACE: return tok_replace_all(&nz->pattern, nz->content, in, n, out);
     case NORM_STRIP: return strip(nz, in, n, out);

@@ -31,15 +31,21 @@ void tok_buf_free(tok_buf *b)
     memset(b, 0, sizeof *b);
 }
 
+int tok_ids_reserve(finch_tokens *t, size_t extra)
+{
+    if (t->len + extra <= t->cap) return 0;
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    while (cap < t->len + extra) cap *= 2;
+    int32_t *p = realloc(t->ids, cap * sizeof *p);
+    if (!p) return -1;
+    t->ids = p;
+    t->cap = cap;
+    return 0;
+}
+
 int tok_ids_push(finch_tokens *t, int32_t id)
 {
-    if (t->len == t->cap) {
-        size_t cap = t->cap ? t->cap * 2 : 64;
-        int32_t *p = realloc(t->ids, cap * sizeof *p);
-        if (!p) return -1;
-        t->ids = p;
-        t->cap = cap;
-    }
+    if (t->len == t->cap && tok_ids_reserve(t, 1)) return -1;
     t->ids[t->len++] = id;
     return 0;
 }

@@ -110,8 +110,9 @@ done:
     return rc;
 }
 
-static int byte_level_map(const char *s, size_t n, tok_pieces *out)
+static int byte_level_map(const char *s, size_t n, int raw, tok_pieces *out)
 {
+    if (raw) return tok_pieces_add(out, s, n) ? finch_error(FINCH_ERR_OUT_OF_MEMORY, "pre-tokenizer") : FINCH_OK;
     char small[512], *buf = 2 * n <= sizeof small ? small : malloc(2 * n);
     if (!buf) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "pre-tokenizer");
     size_t len = 0;
@@ -142,11 +143,11 @@ static int byte_level(const tok_pretokenizer *pt, const char *s, size_t n, tok_p
         rc = split_by(&pt->pattern, SPLIT_ISOLATED, 0, s, n, &split);
         for (size_t i = 0; rc == FINCH_OK && i < split.n; i++) {
             size_t a = tok_piece_start(&split, i);
-            rc = byte_level_map(split.text.p + a, split.end[i] - a, out);
+            rc = byte_level_map(split.text.p + a, split.end[i] - a, pt->raw_bytes, out);
         }
         tok_pieces_free(&split);
     } else {
-        rc = byte_level_map(s, n, out);
+        rc = byte_level_map(s, n, pt->raw_bytes, out);
     }
     free(with_space);
     return rc;
@@ -210,6 +211,19 @@ int tok_pretokenize(const tok_pretokenizer *pt, tok_pieces *pieces, tok_pieces *
     *pieces = *tmp;
     *tmp = t;
     return FINCH_OK;
+}
+
+int tok_pretokenizer_splits(const tok_pretokenizer *pt)
+{
+    switch (pt->type) {
+    case PRE_SEQUENCE:
+        for (int i = 0; i < pt->n_children; i++) if (tok_pretokenizer_splits(&pt->children[i])) return 1;
+        return 0;
+    case PRE_BYTE_LEVEL: return pt->use_regex;
+    case PRE_METASPACE: return pt->split;
+    case PRE_DIGITS: return 0;
+    default: return 1;
+    }
 }
 
 void tok_pretokenizer_free(tok_pretokenizer *pt)

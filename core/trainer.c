@@ -2,6 +2,7 @@
  * clipping, the LR schedule, the optimizer step; evaluation; the run with progress, checkpoints and
  * cancellation. */
 #include "core/trainer.h"
+#include "core/trainer_images.h"
 #include "core/error.h"
 
 #include <math.h>
@@ -72,6 +73,7 @@ static int check_config(const finch_trainer_config *c)
 void finch_trainer_close(finch_trainer *t)
 {
     if (!t) return;
+    trainer_images_close(t);
     for (int k = 0; t->micro && k < t->cfg.gradient_accumulation_steps; k++) trainer_micro_release(&t->micro[k]);
     free(t->micro);
     trainer_plan_free(t);
@@ -108,6 +110,7 @@ finch_status finch_trainer_open(finch_model *m, const finch_trainer_config *cfg,
     t->micro = calloc((size_t)cfg->gradient_accumulation_steps, sizeof *t->micro);
     if (!rc && !t->micro) rc = finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     if (!rc) rc = trainer_split(t);
+    if (!rc) rc = trainer_images_open(t);
     if (!rc) rc = trainer_epoch_rows(t, 0, &t->rows_per_epoch);
     if (!rc) {
         finch_optim_config oc = {cfg->optim, cfg->adam_beta1, cfg->adam_beta2, cfg->adam_epsilon, cfg->weight_decay};
@@ -133,6 +136,17 @@ finch_status finch_trainer_open(finch_model *m, const finch_trainer_config *cfg,
 void finch_trainer_cancel(finch_trainer *t)
 {
     if (t) t->cancel = 1;
+}
+
+static const char *last_good(const finch_trainer *t);
+
+finch_status finch_trainer_switch_backend(finch_trainer *t, const char *backend)
+{
+    if (!t || !backend) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_trainer_switch_backend: NULL argument");
+    /* The optimizer is an owner of the model's device state: it moves with the model. */
+    int rc = finch_model_move(t->m, backend);
+    if (rc) finch_error_prefix(rc, "switching backend after step %lld (last checkpoint: %s): ", (long long)t->step, last_good(t));
+    return rc;
 }
 
 int64_t finch_trainer_global_step(const finch_trainer *t) { return t ? t->step : 0; }
@@ -167,11 +181,24 @@ static const char *last_good(const finch_trainer *t)
     return t->last_checkpoint[0] ? t->last_checkpoint : "(none written yet)";
 }
 
+static int step_once(finch_trainer *t, finch_train_progress *out);
+
 finch_status finch_trainer_step(finch_trainer *t, finch_train_progress *out)
 {
     if (!t) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_trainer_step: NULL trainer");
     if (t->step >= t->total_steps)
         return finch_error(FINCH_ERR_STATE, "finch_trainer_step: all %lld steps are done", (long long)t->total_steps);
+    /* A step that fails (a device error, a cancel) leaves no trace: the model's pass counter, which
+     * seeds LoRA dropout, goes back too, so retrying the step (on this or another backend after
+     * finch_trainer_switch_backend) computes what it would have. */
+    uint64_t model_step = t->m->step;
+    int rc = step_once(t, out);
+    if (rc) t->m->step = model_step;
+    return rc;
+}
+
+static int step_once(finch_trainer *t, finch_train_progress *out)
+{
     if (t->run_start == 0) t->run_start = now_seconds();
     int A = t->cfg.gradient_accumulation_steps;
     int64_t epoch = t->epoch, row = t->row, targets = 0, tokens = 0;

@@ -211,8 +211,8 @@ static int upload_rope_table(finch_model *m, finch_vision *v)
      * patch row for the first quarter of the head and to its column for the second. */
     for (int64_t i = 0; i < quarter; i++)
         table[i] = table[i + quarter] = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / (double)half));
-    if (m->be->api->alloc(m->be->dev, (size_t)half * sizeof(float), &v->tables))
-        return finch_error(FINCH_ERR_OUT_OF_MEMORY, "cannot allocate the vision RoPE table: %s", m->be->api->last_error());
+    int rc = finch_devmem_alloc(&m->mem, (size_t)half * sizeof(float), "the vision RoPE table", &v->tables);
+    if (rc) return rc;
     v->rope_inv_freq = (finch_dptr){v->tables, 0};
     return finch_model_upload_f32(m, table, 1, half, NULL, FINCH_DTYPE_F32, v->rope_inv_freq);
 }
@@ -282,7 +282,7 @@ void finch_vision_free(finch_model *m)
     finch_param_release(m, &v->merger_norm);
     release_linear(m, &v->merger_fc1);
     release_linear(m, &v->merger_fc2);
-    if (v->tables) m->be->api->free(m->be->dev, v->tables);
+    finch_devmem_free(&m->mem, v->tables);
     finch_vision_config_free(&v->cfg);
     free(v->blocks);
     free(v->host);
@@ -290,6 +290,20 @@ void finch_vision_free(finch_model *m)
     free(v->runs);
     free(v);
     m->vision = NULL;
+}
+
+void finch_vision_visit_devrefs(finch_vision *v, finch_devref_fn fn, void *ctx)
+{
+    for (int64_t b = 0; v->blocks && b < v->cfg.depth; b++) {
+        fn(&v->blocks[b].norm1.data.buf, ctx);
+        fn(&v->blocks[b].norm1.grad.buf, ctx);
+        fn(&v->blocks[b].norm2.data.buf, ctx);
+        fn(&v->blocks[b].norm2.grad.buf, ctx);
+    }
+    fn(&v->merger_norm.data.buf, ctx);
+    fn(&v->merger_norm.grad.buf, ctx);
+    fn(&v->tables, ctx);
+    fn(&v->rope_inv_freq.buf, ctx);
 }
 
 /* ---- the layout of one step's images --------------------------------------------------------- */
@@ -405,9 +419,10 @@ static int linear(vctx *s, const finch_tensor *x, const finch_linear_module *lin
     return finch_op_linear(s->g, x, &p, y);
 }
 
-static int upload(finch_model *m, const void *src, size_t bytes, finch_dptr *dst)
+/* From the graph's arena: the model's in a training step, a session's in generation. */
+static int upload(finch_model *m, finch_graph *g, const void *src, size_t bytes, finch_dptr *dst)
 {
-    int rc = finch_arena_alloc(&m->arena, bytes, dst);
+    int rc = finch_arena_alloc(g->arena, bytes, dst);
     if (rc) return rc;
     if (m->be->api->write(m->be->dev, m->be->stream, *dst, src, bytes))
         return finch_device_error(m->be, FINCH_ERR_DEVICE, "uploading the images");
@@ -437,7 +452,7 @@ static int upload_pixels(vctx *s, const float *pixel_values, const finch_vision_
         return FINCH_OK;
     }
     finch_dptr staging;
-    if ((rc = upload(m, v->pixels, count * sizeof(float), &staging))) return rc;
+    if ((rc = upload(m, s->g, v->pixels, count * sizeof(float), &staging))) return rc;
     if (m->be->api->cast(m->be->dev, m->be->stream, (int64_t)count, FINCH_DTYPE_F32, staging, m->dtype, px->data))
         return finch_device_error(m->be, FINCH_ERR_DEVICE, "converting the images");
     return FINCH_OK;
@@ -495,7 +510,7 @@ int finch_vision_forward(finch_model *m, finch_graph *g, const float *pixel_valu
     /* Device copies of the integer layout: positions, both cu_seqlens, the token gather. */
     size_t ints = (size_t)(2 * L.n_patches + L.n_windows + 1 + L.n_frames + 1 + L.n_units);
     finch_dptr d;
-    if ((rc = upload(m, L.rope_pos, ints * sizeof(int32_t), &d))) return rc;
+    if ((rc = upload(m, g, L.rope_pos, ints * sizeof(int32_t), &d))) return rc;
     finch_dptr pos = d, cu_window = finch_dptr_at(d, (size_t)(2 * L.n_patches) * 4),
                cu_frame = finch_dptr_at(cu_window, (size_t)(L.n_windows + 1) * 4),
                token_unit = finch_dptr_at(cu_frame, (size_t)(L.n_frames + 1) * 4);

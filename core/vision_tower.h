@@ -70,6 +70,8 @@ int finch_vision_layout_make(finch_vision *v, const int32_t *grid_thw, int64_t n
  * block and merger linears in m->linears (LoRA targets). */
 int finch_vision_load(finch_model *m, const st_set *set, const char *dir);
 void finch_vision_free(finch_model *m);
+/* Its pointers into the model's ledger other than its linears' (which are in m->linears). */
+void finch_vision_visit_devrefs(finch_vision *v, finch_devref_fn fn, void *ctx);
 
 /* pixel_values [n_patches, patch_dim] (f32, host) -> out [n_units, out_hidden] in image-token order. */
 int finch_vision_forward(finch_model *m, finch_graph *g, const float *pixel_values, const int32_t *grid_thw,

@@ -104,12 +104,30 @@ void finch_model_free(finch_model *m);
  * FINCH_ERR_STATE when the model holds no 4-bit weights. */
 finch_status finch_model_save_4bit(const finch_model *m, const char *dir);
 
+/* Moves a loaded model, between steps, to another backend of its runtime's registry ("cpu",
+ * "opencl:0", "cuda", "auto"; as finch_runtime_open names them): every weight (4-bit ones and the
+ * vision tower included), adapter, gradient and, when a trainer is open on the model, its optimizer
+ * state, then frees all of it on the old device. Host-side state (a trainer's step, data position,
+ * schedule, dropout seeds) is untouched, so training continues as it would have where it was, to the
+ * backends' numerical tolerance. Generation sessions of the model forget their sequences (their
+ * caches are freed on the old device and grow again on the new one). Moving where the model already
+ * is does nothing.
+ * Atomic: when the target fails (it does not open, its kernels do not build, out of memory, a failed
+ * copy) or refuses the state (an adamw8bit trainer on a plugin without adamw8bit_step), the model is
+ * unchanged and still usable where it was. When the CURRENT device fails while it is read (a lost
+ * device), FINCH_ERR_DEVICE says that the state on it is lost: free the model and load it again (a
+ * trainer resumes from its last checkpoint); finch keeps no host copy of device state. */
+finch_status finch_model_move(finch_model *m, const char *backend);
+/* The backend and device the model lives on, with the device's current memory. */
+finch_status finch_model_device(const finch_model *m, finch_device_report *out);
+
 typedef struct finch_model_info {
     char model_type[64];       /* as in config.json: "llama", "gemma2", ... */
     int64_t n_layers, hidden_size, n_heads, n_kv_heads, head_dim, intermediate_size, vocab_size;
     int64_t n_params;          /* base model parameters */
     int64_t n_trainable;       /* trainable parameters (adapter, or all in full fine-tuning) */
     finch_dtype compute_dtype;
+    int32_t image_token_id;    /* a vision-language model's image pad token; -1 for a text model */
 } finch_model_info;
 
 finch_status finch_model_info_get(const finch_model *m, finch_model_info *out);

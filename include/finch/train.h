@@ -150,6 +150,12 @@ finch_status finch_trainer_evaluate(finch_trainer *t, double *eval_loss);
 /* Asks the trainer to stop at the next micro-batch boundary. Async-signal-safe. */
 void finch_trainer_cancel(finch_trainer *t);
 
+/* Moves the model and the optimizer state to another backend between steps (finch_model_move): the
+ * step, data position, learning-rate schedule and random streams continue, so N steps before and M
+ * after the switch give the losses of N + M steps where training started (within the backends'
+ * tolerance). Errors as finch_model_move's, prefixed with the step. */
+finch_status finch_trainer_switch_backend(finch_trainer *t, const char *backend);
+
 int64_t finch_trainer_global_step(const finch_trainer *t);
 int64_t finch_trainer_total_steps(const finch_trainer *t);
 

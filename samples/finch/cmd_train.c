@@ -1,5 +1,6 @@
 /* finch train: fine-tune a model on a JSONL (or pre-tokenized) dataset; progress, metrics.jsonl,
  * loss.svg, checkpoints (every --save-steps and on Ctrl-C) and the final PEFT adapter in --out. */
+#include "finch/multimodal.h"
 #include "finch/train.h"
 #include "samples/finch/commands.h"
 #include "samples/finch/train_options.h"
@@ -21,9 +22,39 @@ static void on_sigint(int sig)
     signal(sig, SIG_DFL);
 }
 
+/* What the progress callback works with: the report, and the backend switches still to come. */
+typedef struct progress_ctx {
+    train_report *rep;
+    const train_options *o;
+    int next_switch;
+    int64_t logging_steps;     /* the user's: the trainer reports every step when switches are planned */
+    int switch_failed;
+} progress_ctx;
+
+/* Moves the training to the next planned backends whose step has come. */
+static int switch_due(progress_ctx *c, finch_trainer *t, int64_t step)
+{
+    for (; c->next_switch < c->o->n_switches && c->o->switch_step[c->next_switch] <= step; c->next_switch++) {
+        const char *name = c->o->switch_backend[c->next_switch];
+        train_report_end_line(c->rep);
+        if (finch_trainer_switch_backend(t, name) != FINCH_OK) {
+            fprintf(stderr, "finch train: %s\n", finch_last_error());
+            c->switch_failed = 1;
+            return 1;
+        }
+        printf("finch train: after step %lld, switched to backend %s\n", (long long)step, name);
+        fflush(stdout);
+    }
+    return 0;
+}
+
 static int on_progress(const finch_train_progress *p, void *user)
 {
-    train_report_event(user, p);
+    progress_ctx *c = user;
+    int64_t every = c->logging_steps;
+    if (p->event != FINCH_TRAIN_EVENT_STEP || every <= 1 || p->step % every == 0 || p->step == p->total_steps)
+        train_report_event(c->rep, p);
+    if (p->event == FINCH_TRAIN_EVENT_STEP && active_trainer && switch_due(c, active_trainer, p->step)) return 1;
     return interrupted;
 }
 
@@ -33,7 +64,7 @@ static int ends_with(const char *s, const char *suffix)
     return n >= k && !strcmp(s + n - k, suffix);
 }
 
-static int load_data(const train_options *o, finch_trainer_config *tc, finch_train_data **out)
+static int load_data(const train_options *o, const finch_model *m, finch_trainer_config *tc, finch_train_data **out)
 {
     if (ends_with(o->data, ".safetensors")) return finch_train_data_from_safetensors(o->data, out);
     finch_tokenizer *tok = NULL;
@@ -45,7 +76,15 @@ static int load_data(const train_options *o, finch_trainer_config *tc, finch_tra
     finch_tokenizer_config tcfg;
     if (!rc && finch_tokenizer_config_get(tok, &tcfg) == FINCH_OK)
         tc->pad_token_id = tcfg.pad_id >= 0 ? tcfg.pad_id : tcfg.eos_id >= 0 ? tcfg.eos_id : 0;
-    if (!rc) rc = finch_train_data_from_jsonl(o->data, tok, tmpl, NULL, NULL, out);
+    finch_model_info info;
+    if (!rc) rc = finch_model_info_get(m, &info);
+    finch_image_data_options io = finch_image_data_options_default();
+    if (!rc && info.image_token_id >= 0 && tmpl) {  /* a vision-language model: image parts in the messages */
+        if (!(rc = finch_cli_image_config(o->model, NULL, &io.image)))
+            rc = finch_train_data_from_jsonl_images(o->data, tok, tmpl, NULL, NULL, &io, out);
+    } else if (!rc) {
+        rc = finch_train_data_from_jsonl(o->data, tok, tmpl, NULL, NULL, out);
+    }
     finch_chat_template_free(tmpl);
     finch_tokenizer_free(tok);
     return rc;
@@ -74,7 +113,9 @@ static int run(train_options *o)
         rc = finch_model_load(rt, o->model, &lo, &m);
     }
     if (!rc && o->adapter) rc = finch_lora_load(m, o->adapter);
-    if (!rc) rc = load_data(o, &o->tc, &data);
+    if (!rc) rc = load_data(o, m, &o->tc, &data);
+    progress_ctx pc = {&rep, o, 0, o->tc.logging_steps, 0};
+    if (o->n_switches) o->tc.logging_steps = 1;   /* every step reaches the callback, which switches */
     if (!rc) rc = finch_trainer_open(m, &o->tc, data, &t);
     if (!rc && o->resume) {
         if (!strcmp(o->resume, "latest")) rc = finch_trainer_latest_checkpoint(o->out, resume, sizeof resume);
@@ -98,11 +139,18 @@ static int run(train_options *o)
 
     active_trainer = t;
     void (*prev)(int) = signal(SIGINT, on_sigint);
-    rc = interrupted ? FINCH_ERR_CANCELLED : finch_trainer_run(t, on_progress, &rep);
+    rc = switch_due(&pc, t, finch_trainer_global_step(t)) ? FINCH_ERR_DEVICE
+         : interrupted                                    ? FINCH_ERR_CANCELLED
+                                                          : finch_trainer_run(t, on_progress, &pc);
     signal(SIGINT, prev);
     active_trainer = NULL;
     train_report_end_line(&rep);
     train_report_svg(&rep);
+    if (pc.switch_failed) {
+        fprintf(stderr, "finch train: stopped: the backend switch failed%s\n",
+                rc == FINCH_ERR_CANCELLED ? " (a checkpoint of the last step is in --out)" : "");
+        goto done;
+    }
     if (rc == FINCH_ERR_CANCELLED) {
         fprintf(stderr, "finch train: interrupted: %s\n  continue with the same command and --resume latest\n", finch_last_error());
         status = 130;

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { T_STR, T_INT, T_I64, T_U64, T_DBL, T_BOOL } opt_type;
+typedef enum { T_STR, T_INT, T_I64, T_U64, T_DBL, T_BOOL, T_SWITCH } opt_type;
 
 typedef struct opt_def {
     const char *flag, *key;          /* "--learning-rate", "learning_rate" */
@@ -44,7 +44,7 @@ static const opt_def defs[] = {
     {"--lora-r", "lora_r", T_INT, O(lora_r), "N  adapter rank (16)"},
     {"--lora-alpha", "lora_alpha", T_DBL, O(lora_alpha), "X  (16)"},
     {"--lora-dropout", "lora_dropout", T_DBL, O(lora_dropout), "X  (0)"},
-    {"--target-modules", "target_modules", T_STR, O(target_modules), "LIST  all-linear or q_proj,v_proj,... (all-linear)"},
+    {"--target-modules", "target_modules", T_STR, O(target_modules), "LIST  all-linear or q_proj,v_proj,...; vision models: add vision-blocks, vision-merger (all-linear)"},
     {"--full-finetune", "full_finetune", T_BOOL, O(full_finetune), "  train every weight instead of an adapter"},
     {"--gradient-checkpointing", "gradient_checkpointing", T_BOOL, O(gradient_checkpointing), "  recompute activations in backward"},
     {"--load-in-4bit", "load_in_4bit", T_BOOL, O(load_in_4bit), "  QLoRA: decoder linear weights in NF4 (a bnb-4bit model loads so anyway)"},
@@ -60,6 +60,8 @@ static const opt_def defs[] = {
     {"--backend", "backend", T_STR, O(backend), "NAME  auto, cpu, cuda, opencl:0, ... (auto)"},
     {"--dtype", "dtype", T_STR, O(dtype), "f32|bf16  compute type (bf16 on GPUs, f32 on CPU)"},
     {"--threads", "threads", T_INT, O(threads), "N  CPU backend threads (0: all cores)"},
+    {"--switch-backend-at", "switch_backend_at", T_SWITCH, O(n_switches),
+     "STEP:NAME  after optimizer step STEP, move the model and optimizer state to backend NAME (repeatable)"},
 };
 #undef O
 #undef TC
@@ -78,11 +80,42 @@ void train_options_usage(FILE *f)
                "gradient_accumulation_steps, lr_scheduler_type, optim, output_dir, ...).\n");
 }
 
+/* "STEP:NAME[,STEP:NAME...]" appended to the switches, kept in step order. */
+static int add_switches(train_options *o, const char *text)
+{
+    for (const char *at = text; *at;) {
+        char *end = NULL;
+        errno = 0;
+        long long step = strtoll(at, &end, 10);
+        const char *name = end && *end == ':' ? end + 1 : NULL;
+        size_t len = name ? strcspn(name, ",") : 0;
+        if (end == at || errno || step < 0 || !name || !len || o->n_switches == 16) return 1;
+        char *copy = strndup(name, len);
+        if (!copy || o->n_strings == (int)(sizeof o->strings / sizeof o->strings[0])) {
+            free(copy);
+            return 1;
+        }
+        o->strings[o->n_strings++] = copy;
+        int i = o->n_switches++;
+        for (; i > 0 && o->switch_step[i - 1] > step; i--) {
+            o->switch_step[i] = o->switch_step[i - 1];
+            o->switch_backend[i] = o->switch_backend[i - 1];
+        }
+        o->switch_step[i] = step;
+        o->switch_backend[i] = copy;
+        at = name + len + (name[len] == ',');
+    }
+    return 0;
+}
+
 static int set_value(train_options *o, const opt_def *d, const char *text, const char *where)
 {
     char *p = (char *)o + d->offset, *end = NULL;
     errno = 0;
     switch (d->type) {
+    case T_SWITCH:
+        if (!add_switches(o, text)) return 0;
+        break;
     case T_STR: *(const char **)p = text; return 0;
     case T_BOOL:
         if (!strcmp(text, "true") || !strcmp(text, "1")) *(int *)p = 1;
@@ -152,7 +185,7 @@ static int apply_config_file(train_options *o, const char *path)
         if (cJSON_IsString(e)) snprintf(text, sizeof text, "%s", e->valuestring);
         else if (cJSON_IsBool(e)) snprintf(text, sizeof text, "%s", cJSON_IsTrue(e) ? "true" : "false");
         else if (cJSON_IsNumber(e)) snprintf(text, sizeof text, "%.17g", e->valuedouble);
-        else if (cJSON_IsArray(e) && d->type == T_STR) {   /* target_modules as a list */
+        else if (cJSON_IsArray(e) && (d->type == T_STR || d->type == T_SWITCH)) {   /* target_modules, switches as lists */
             size_t at = 0;
             text[0] = 0;
             for (const cJSON *x = e->child; x; x = x->next)

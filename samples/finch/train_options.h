@@ -15,6 +15,9 @@ typedef struct train_options {
     int lora_r;
     double lora_alpha, lora_dropout;
     finch_trainer_config tc;         /* numeric training settings */
+    int64_t switch_step[16];         /* --switch-backend-at STEP:NAME, in step order */
+    const char *switch_backend[16];
+    int n_switches;
     char *strings[64];               /* copies of config-file strings, freed by train_options_free */
     int n_strings;
 } train_options;
