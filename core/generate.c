@@ -7,6 +7,7 @@
  * character (the decoder shows it as U+FFFD until its last byte arrives). */
 #include "core/error.h"
 #include "core/session.h"
+#include "core/vision_tower.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -227,6 +228,9 @@ static int check_request(const finch_session *s, int n, const int32_t *const *pr
     if (n < 1 || n > s->max_seqs)
         return finch_error(FINCH_ERR_INVALID_ARGUMENT, "generate: %d prompts (the session holds 1 to %d)", n, s->max_seqs);
     if (o->max_new_tokens < 0) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "generate: max_new_tokens %lld < 0", (long long)o->max_new_tokens);
+    if (o->n_images < 0 || (o->n_images && (!o->pixel_values || !o->image_grid_thw || o->n_patches < 1)))
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "generate: %lld images need pixel_values, image_grid_thw and n_patches",
+                           (long long)o->n_images);
     if ((o->n_eos_ids && !o->eos_ids) || o->n_eos_ids < 0 || (o->n_stop_strings && !o->stop_strings) || o->n_stop_strings < 0)
         return finch_error(FINCH_ERR_INVALID_ARGUMENT, "generate: eos_ids or stop_strings missing for their count");
     if (o->n_stop_strings && !o->tokenizer)
@@ -251,17 +255,37 @@ static int check_request(const finch_session *s, int n, const int32_t *const *pr
 
 /* Feeds each prompt's tokens past what the cache already holds; the logits after each prompt's
  * last token land in logits[i]. */
-static int prefill(finch_session *s, int n, const int32_t *const *prompts, const int64_t *lens, float *logits, int *seqs,
-                   const int32_t **toks, int64_t *counts, float *pass_logits)
+static int prefill(finch_session *s, int n, const int32_t *const *prompts, const int64_t *lens, const finch_generate_options *o,
+                   float *logits, int *seqs, const int32_t **toks, int64_t *counts, float *pass_logits)
 {
     int64_t V = s->m->cfg.vocab;
+    if (o->n_images) {
+        /* Image tokens do not say which image they hold: the prompts are computed whole, in one pass. */
+        finch_batch images = {0};
+        images.pixel_values = o->pixel_values;
+        images.image_grid_thw = o->image_grid_thw;
+        images.n_images = o->n_images;
+        images.n_patches = o->n_patches;
+        for (int i = 0; i < n; i++) {
+            finch_session_truncate(s, i, 0);
+            seqs[i] = i;
+        }
+        int rc = finch_session_append_images(s, n, seqs, prompts, lens, &images, pass_logits);
+        if (!rc) memcpy(logits, pass_logits, (size_t)(n * V) * sizeof(float));
+        return rc;
+    }
     for (int i = 0; i < n; i++) {
         /* Keep the cached prefix this prompt shares (at least its last token is computed again). */
         const finch_tokens *h = &s->held[i];
         int64_t keep = 0;
         while (keep < lens[i] - 1 && (size_t)keep < h->len && h->ids[keep] == prompts[i][keep]) keep++;
-        finch_kv_cache_truncate(&s->cache, i, keep);
-        s->held[i].len = (size_t)keep;
+        finch_session_truncate(s, i, keep);
+        /* Image tokens past what the cache holds need their images. */
+        const finch_vision *v = s->m->vision;
+        for (int64_t t = s->cache.len[i]; v && t < lens[i]; t++)
+            if (prompts[i][t] == v->cfg.image_token_id)
+                return finch_error(FINCH_ERR_INVALID_ARGUMENT, "generate: prompt %d has image tokens (at %lld) but no images were given "
+                                   "(finch_generate_options.pixel_values)", i, (long long)t);
     }
     for (;;) {
         int k = 0;
@@ -316,7 +340,7 @@ finch_status finch_session_generate(finch_session *s, int n, const int32_t *cons
         if (!rc) rc = finch_sampler_add_context(st[i].sampler, prompts[i], (size_t)prompt_lens[i]);
     }
     if (!rc) rc = finch_kv_cache_reserve(&s->cache, reserve);
-    if (!rc && o.max_new_tokens > 0) rc = prefill(s, n, prompts, prompt_lens, logits, seqs, toks, counts, pass_logits);
+    if (!rc && o.max_new_tokens > 0) rc = prefill(s, n, prompts, prompt_lens, &o, logits, seqs, toks, counts, pass_logits);
     for (int i = 0; i < n; i++) st[i].done = o.max_new_tokens == 0;
 
     int cancelled = 0;

@@ -157,17 +157,10 @@ static void rgba_to_rgb(const unsigned char *rgba, unsigned char *rgb, size_t n_
     }
 }
 
-finch_status finch_image_load_memory(const void *data, size_t size, const char *name,
-                                     const finch_image_load_options *opts, finch_image *out)
+/* Everything before decoding: the signature, the header's dimensions and the pixel limit. */
+static int probe(const unsigned char *bytes, size_t size, const char *name, long long max_pixels, image_format *out_fmt,
+                 int *out_w, int *out_h, int *out_comp)
 {
-    if (!out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_image_load: out is NULL");
-    memset(out, 0, sizeof *out);
-    if (!name) name = "<memory>";
-    if (!data && size) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "%s: data is NULL", name);
-    long long max_pixels = opts && opts->max_pixels > 0 ? opts->max_pixels : FINCH_IMAGE_DEFAULT_MAX_PIXELS;
-    int on_white = opts ? opts->alpha_on_white : 0;
-
-    const unsigned char *bytes = data;
     if (size == 0) return finch_error(FINCH_ERR_FORMAT, "%s: empty file, not an image", name);
     if (size > INT_MAX)
         return finch_error(FINCH_ERR_UNSUPPORTED, "%s: %zu bytes, more than the image decoder reads (%d)",
@@ -195,6 +188,29 @@ finch_status finch_image_load_memory(const void *data, size_t size, const char *
     const char *fmt_name = fmt == IMAGE_UNKNOWN ? "TGA" : image_format_name(fmt);
     int rc = check_dimensions(name, fmt_name, w, h, max_pixels);
     if (rc) return rc;
+    *out_fmt = fmt;
+    *out_w = w;
+    *out_h = h;
+    *out_comp = comp;
+    return FINCH_OK;
+}
+
+finch_status finch_image_load_memory(const void *data, size_t size, const char *name,
+                                     const finch_image_load_options *opts, finch_image *out)
+{
+    if (!out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_image_load: out is NULL");
+    memset(out, 0, sizeof *out);
+    if (!name) name = "<memory>";
+    if (!data && size) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "%s: data is NULL", name);
+    long long max_pixels = opts && opts->max_pixels > 0 ? opts->max_pixels : FINCH_IMAGE_DEFAULT_MAX_PIXELS;
+    int on_white = opts ? opts->alpha_on_white : 0;
+
+    const unsigned char *bytes = data;
+    image_format fmt;
+    int w = 0, h = 0, comp = 0;
+    int rc = probe(bytes, size, name, max_pixels, &fmt, &w, &h, &comp);
+    if (rc) return rc;
+    const char *fmt_name = fmt == IMAGE_UNKNOWN ? "TGA" : image_format_name(fmt);
 
     int has_alpha = comp == 2 || comp == 4;
     int want = has_alpha && on_white ? 4 : 3;
@@ -228,11 +244,9 @@ finch_status finch_image_load_memory(const void *data, size_t size, const char *
     return FINCH_OK;
 }
 
-finch_status finch_image_load(const char *path, const finch_image_load_options *opts, finch_image *out)
+/* The bytes of an image file (a regular file the decoder can take). */
+static int read_image_file(const char *path, unsigned char **out, size_t *out_size)
 {
-    if (!out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_image_load: out is NULL");
-    memset(out, 0, sizeof *out);
-    if (!path) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_image_load: path is NULL");
     FILE *fp = fopen(path, "rb");
     if (!fp) return finch_error(FINCH_ERR_IO, "%s: cannot open image: %s", path, strerror(errno));
     struct stat st;
@@ -258,7 +272,37 @@ finch_status finch_image_load(const char *path, const finch_image_load_options *
         free(buf);
         return finch_error(FINCH_ERR_IO, "%s: read %zu of %zu bytes", path, got, size);
     }
-    finch_status rc = finch_image_load_memory(buf, size, path, opts, out);
+    *out = buf;
+    *out_size = size;
+    return FINCH_OK;
+}
+
+finch_status finch_image_load(const char *path, const finch_image_load_options *opts, finch_image *out)
+{
+    if (!out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_image_load: out is NULL");
+    memset(out, 0, sizeof *out);
+    if (!path) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_image_load: path is NULL");
+    unsigned char *buf = NULL;
+    size_t size = 0;
+    finch_status rc = read_image_file(path, &buf, &size);
+    if (rc) return rc;
+    rc = finch_image_load_memory(buf, size, path, opts, out);
+    free(buf);
+    return rc;
+}
+
+finch_status finch_image_info(const char *path, const finch_image_load_options *opts, int *width, int *height)
+{
+    if (!path || !width || !height) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_image_info: NULL argument");
+    *width = *height = 0;
+    unsigned char *buf = NULL;
+    size_t size = 0;
+    int rc = read_image_file(path, &buf, &size);
+    if (rc) return rc;
+    image_format fmt;
+    int comp = 0;
+    rc = probe(buf, size, path, opts && opts->max_pixels > 0 ? opts->max_pixels : FINCH_IMAGE_DEFAULT_MAX_PIXELS, &fmt, width, height,
+               &comp);
     free(buf);
     return rc;
 }

@@ -371,6 +371,33 @@ static int check_config(const char *name, const finch_qwen2vl_image_config *c)
     return FINCH_OK;
 }
 
+/* The size the image is resized to (smart_resize), or its own when do_resize is off. */
+static int target_size(const char *name, const finch_qwen2vl_image_config *cfg, int width, int height, int *out_w, int *out_h)
+{
+    const int factor = cfg->patch_size * cfg->merge_size;
+    *out_w = width;
+    *out_h = height;
+    if (cfg->do_resize) return qwen2vl_smart_resize(name, height, width, factor, cfg->min_pixels, cfg->max_pixels, out_h, out_w);
+    if (height % factor || width % factor)
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "%s: with do_resize off, %dx%d must be multiples of %d", name, width, height,
+                           factor);
+    return FINCH_OK;
+}
+
+finch_status finch_qwen2vl_image_grid(const finch_qwen2vl_image_config *cfg, const char *name, int width, int height, int grid_thw[3])
+{
+    if (!cfg || !grid_thw) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_qwen2vl_image_grid: NULL argument");
+    if (!name) name = "<image>";
+    if (width <= 0 || height <= 0) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "%s: %dx%d image", name, width, height);
+    int w, h, rc = check_config(name, cfg);
+    if (!rc) rc = target_size(name, cfg, width, height, &w, &h);
+    if (rc) return rc;
+    grid_thw[0] = 1;
+    grid_thw[1] = h / cfg->patch_size;
+    grid_thw[2] = w / cfg->patch_size;
+    return FINCH_OK;
+}
+
 finch_status finch_image_preprocess_qwen2vl(const finch_image *img, const finch_qwen2vl_image_config *cfg,
                                             finch_image_patches *out)
 {
@@ -383,15 +410,8 @@ finch_status finch_image_preprocess_qwen2vl(const finch_image *img, const finch_
     if (rc) return rc;
 
     const int patch = cfg->patch_size, merge = cfg->merge_size, frames = cfg->temporal_patch_size;
-    const int factor = patch * merge;
-    int h = img->height, w = img->width;
-    if (cfg->do_resize) {
-        if ((rc = qwen2vl_smart_resize(name, img->height, img->width, factor, cfg->min_pixels, cfg->max_pixels, &h, &w)))
-            return rc;
-    } else if (h % factor || w % factor) {
-        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "%s: with do_resize off, %dx%d must be multiples of %d",
-                           name, w, h, factor);
-    }
+    int h, w;
+    if ((rc = target_size(name, cfg, img->width, img->height, &w, &h))) return rc;
 
     const int gh = h / patch, gw = w / patch;
     const long long patch_dim = 3ll * frames * patch * patch;

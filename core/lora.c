@@ -23,21 +23,35 @@ static int name_matches(const char *path, const char *name, size_t len)
     return pl > len && path[pl - len - 1] == '.' && !strncmp(path + pl - len, name, len);
 }
 
-/* targets: "all-linear" or comma-separated names. */
+/* The groups a target list may name besides module names: "all-linear" (the language model's
+ * linears), and on a vision-language model "vision-blocks" (the tower's blocks) and "vision-merger"
+ * (its patch merger). Returns 1 when p[0..len) is one of them, setting *hit for lin. */
+static int group_matches(const char *p, size_t len, const finch_linear_module *lin, int *hit)
+{
+    static const struct {
+        const char *name;
+        int vision;
+        const char *part;
+    } groups[] = {{"all-linear", 0, NULL}, {"vision-blocks", 1, ".blocks."}, {"vision-merger", 1, ".merger."}};
+    for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+        if (strlen(groups[g].name) != len || strncmp(p, groups[g].name, len)) continue;
+        if (lin->vision == groups[g].vision && (!groups[g].part || strstr(lin->path, groups[g].part))) *hit = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* targets: comma-separated module names and groups ("all-linear": the language model only). */
 int finch_lora_module_targeted(const char *targets, const finch_linear_module *lin, int *hit)
 {
     *hit = 0;
-    if (!strcmp(targets, "all-linear")) {
-        *hit = !lin->vision; /* the language model; a vision tower only when named */
-        return FINCH_OK;
-    }
     for (const char *p = targets; *p;) {
         while (*p == ',' || *p == ' ') p++;
         const char *e = p;
         while (*e && *e != ',') e++;
         size_t len = (size_t)(e - p);
         while (len && p[len - 1] == ' ') len--;
-        if (len && name_matches(lin->path, p, len)) *hit = 1;
+        if (len && !group_matches(p, len, lin, hit) && name_matches(lin->path, p, len)) *hit = 1;
         p = e;
     }
     return FINCH_OK;
@@ -188,8 +202,8 @@ finch_status finch_lora_attach(finch_model *m, const finch_lora_config *cfg)
         chosen[i] = (unsigned char)hit;
         n_chosen += hit;
     }
-    /* Every listed name must match something, as in PEFT. */
-    if (strcmp(targets, "all-linear")) {
+    /* Every listed name (and group) must match something, as in PEFT. */
+    {
         for (const char *p = targets; *p;) {
             while (*p == ',' || *p == ' ') p++;
             const char *e = p;
@@ -197,7 +211,10 @@ finch_status finch_lora_attach(finch_model *m, const finch_lora_config *cfg)
             size_t len = (size_t)(e - p);
             while (len && p[len - 1] == ' ') len--;
             int any = 0;
-            for (int i = 0; len && i < m->n_linears && !any; i++) any = name_matches(m->linears[i]->path, p, len);
+            for (int i = 0; len && i < m->n_linears && !any; i++) {
+                int hit = 0;
+                any = group_matches(p, len, m->linears[i], &hit) ? hit : name_matches(m->linears[i]->path, p, len);
+            }
             if (len && !any) {
                 free(chosen);
                 return finch_error(FINCH_ERR_INVALID_ARGUMENT,

@@ -1,6 +1,7 @@
 /* The model half of the public API: info, forward/backward, logits, trainable tensors. */
 #include "core/error.h"
 #include "core/model.h"
+#include "core/vision_tower.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -21,6 +22,7 @@ finch_status finch_model_info_get(const finch_model *m, finch_model_info *out)
     out->n_params = m->n_params;
     for (int i = 0; i < m->n_trainables; i++) out->n_trainable += m->trainables[i].param->numel;
     out->compute_dtype = m->dtype;
+    out->image_token_id = m->vision ? m->vision->cfg.image_token_id : -1;
     return FINCH_OK;
 }
 

@@ -5,6 +5,9 @@
  * same pass with different token counts. */
 #include "core/error.h"
 #include "core/model_layer.h"
+#include "core/model_vl.h"
+#include "core/mrope.h"
+#include "core/vision_tower.h"
 #include "core/session.h"
 
 #include <stdlib.h>
@@ -21,7 +24,10 @@ static void session_release(void *self)
     finch_kv_cache_drop(&s->cache);
     finch_graph_clear(&s->graph);
     finch_arena_free(&s->arena);
-    for (int i = 0; i < s->max_seqs; i++) s->held[i].len = 0;
+    for (int i = 0; i < s->max_seqs; i++) {
+        s->held[i].len = 0;
+        s->rope_delta[i] = s->image_end[i] = 0;
+    }
 }
 
 finch_status finch_session_create(finch_model *m, int max_seqs, finch_session **out)
@@ -31,10 +37,13 @@ finch_status finch_session_create(finch_model *m, int max_seqs, finch_session **
     if (max_seqs < 1 || max_seqs > 65536)
         return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_session_create: max_seqs %d must be in [1, 65536]", max_seqs);
     finch_session *s = calloc(1, sizeof *s);
-    if (!s || !(s->held = calloc((size_t)max_seqs, sizeof *s->held))) {
+    if (!s || !(s->held = calloc((size_t)max_seqs, sizeof *s->held)) || !(s->rope_delta = calloc((size_t)max_seqs, 3 * sizeof(int64_t)))) {
+        if (s) free(s->held);
         free(s);
         return finch_error(FINCH_ERR_OUT_OF_MEMORY, "finch_session_create: out of host memory");
     }
+    s->image_end = s->rope_delta + max_seqs;
+    s->pending_delta = s->image_end + max_seqs;
     s->m = m;
     s->max_seqs = max_seqs;
     s->weights_version = m->weights_version;
@@ -42,6 +51,7 @@ finch_status finch_session_create(finch_model *m, int max_seqs, finch_session **
     int rc = finch_kv_cache_init(&s->cache, m->be, c->n_layers, max_seqs, c->n_kv_heads * c->head_dim, m->dtype);
     if (rc) {
         free(s->held);
+        free(s->rope_delta);
         free(s);
         return rc;
     }
@@ -67,16 +77,22 @@ void finch_session_free(finch_session *s)
     for (int i = 0; i < s->max_seqs; i++) finch_tokens_free(&s->held[i]);
     free(s->held);
     free(s->host);
+    free(s->rope_delta);
     free(s);
+}
+
+void finch_session_truncate(finch_session *s, int seq, int64_t tokens)
+{
+    if (tokens < s->image_end[seq]) tokens = 0;
+    if (tokens == 0) s->rope_delta[seq] = s->image_end[seq] = 0;
+    finch_kv_cache_truncate(&s->cache, seq, tokens);
+    if ((size_t)tokens < s->held[seq].len) s->held[seq].len = (size_t)tokens;
 }
 
 finch_status finch_session_reset(finch_session *s)
 {
     if (!s) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_session_reset: NULL session");
-    for (int i = 0; i < s->max_seqs; i++) {
-        finch_kv_cache_truncate(&s->cache, i, 0);
-        s->held[i].len = 0;
-    }
+    for (int i = 0; i < s->max_seqs; i++) finch_session_truncate(s, i, 0);
     s->weights_version = s->m->weights_version;
     return FINCH_OK;
 }
@@ -126,15 +142,62 @@ static int check_tokens(const finch_session *s, int n, const int *seqs, const in
     return FINCH_OK;
 }
 
-/* The pass: embeddings, layers, and the logits of each sequence's last new token. */
+/* The positions of sequence i's new tokens, rows of `stride` apart (rows: 1, or 3 for multimodal
+ * RoPE), and its rope delta after them; *image consumes the pass's images from grid row *image. */
+static int pass_positions(finch_session *s, int i, int seq, const int32_t *tok, int64_t count, const finch_batch *images,
+                          int64_t *image, int rows, int32_t *pos, int64_t stride)
+{
+    const finch_vision *v = s->m->vision;
+    int64_t start = s->cache.len[seq] + s->rope_delta[seq], blocks = 0, tokens = 0;
+    s->pending_delta[seq] = s->rope_delta[seq];
+    for (int64_t t = 0; v && t < count; t++) {
+        tokens += tok[t] == v->cfg.image_token_id;
+        blocks += tok[t] == v->cfg.image_token_id && (t == 0 || tok[t - 1] != v->cfg.image_token_id);
+    }
+    /* Without images, image tokens are ordinary tokens (a generated one, say), as in transformers. */
+    if (!tokens || !images) {
+        for (int r = 0; r < rows; r++)
+            for (int64_t t = 0; t < count; t++) pos[r * stride + t] = (int32_t)(start + t);
+        return FINCH_OK;
+    }
+    /* This sequence's images: as many of the pass's next ones as its image tokens take. */
+    int64_t first = *image, merge2 = v->cfg.merge_size * v->cfg.merge_size, covered = 0;
+    while (covered < tokens && *image < images->n_images) {
+        const int32_t *g = images->image_grid_thw + 3 * *image;
+        covered += (int64_t)g[0] * g[1] * g[2] / merge2;
+        ++*image;
+    }
+    int32_t *p = malloc((size_t)(3 * count) * sizeof *p);
+    if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+    int rc = finch_mrope_positions(tok, NULL, 1, count, v->cfg.image_token_id, images->image_grid_thw + 3 * first,
+                                   *image - first, v->cfg.merge_size, p);
+    if (rc) {
+        free(p);
+        return finch_error_prefix(rc, "prompt %d: ", i);
+    }
+    int32_t top = 0;
+    for (int r = 0; r < 3; r++)
+        for (int64_t t = 0; t < count; t++) {
+            pos[r * stride + t] = (int32_t)(start + p[r * count + t]);
+            if (p[r * count + t] > top) top = p[r * count + t];
+        }
+    free(p);
+    /* Hugging Face continues after the largest position: rope_deltas = max + 1 - length. */
+    s->pending_delta[seq] = start + top + 1 - (s->cache.len[seq] + count);
+    return FINCH_OK;
+}
+
+/* The pass: embeddings (image features over the image tokens), layers, and the logits of each
+ * sequence's last new token. */
 static int run_pass(finch_session *s, int n, const int *seqs, const int32_t *const *tokens, const int64_t *n_tokens,
-                    int64_t total, float *logits)
+                    int64_t total, const finch_batch *images, float *logits)
 {
     finch_model *m = s->m;
     const finch_model_config *c = &m->cfg;
     finch_graph *g = &s->graph;
     int64_t H = c->hidden;
-    size_t need = 2 * (size_t)total;
+    int rows = c->rope_n_sections ? c->rope_n_sections : 1;
+    size_t need = (size_t)(1 + rows) * (size_t)total;
     if (need > s->host_cap) {
         int32_t *p = realloc(s->host, need * sizeof *p);
         if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
@@ -142,17 +205,20 @@ static int run_pass(finch_session *s, int n, const int *seqs, const int32_t *con
         s->host_cap = need;
     }
     int32_t *ids = s->host, *pos = ids + total;
-    int64_t at = 0, longest = 0;
-    for (int i = 0; i < n; i++) {
+    int64_t at = 0, longest = 0, image = 0;
+    int rc = FINCH_OK;
+    for (int i = 0; i < n && !rc; i++) {
         int64_t held = s->cache.len[seqs[i]];
-        for (int64_t t = 0; t < n_tokens[i]; t++, at++) {
-            ids[at] = tokens[i][t];
-            pos[at] = (int32_t)(held + t);
-        }
+        memcpy(ids + at, tokens[i], (size_t)n_tokens[i] * sizeof *ids);
+        rc = pass_positions(s, i, seqs[i], tokens[i], n_tokens[i], images, &image, rows, pos + at, total);
+        at += n_tokens[i];
         if (held + n_tokens[i] > longest) longest = held + n_tokens[i];
     }
-    int rc = finch_arena_begin(&s->arena);
+    if (!rc && images && image != images->n_images)
+        rc = finch_error(FINCH_ERR_INVALID_ARGUMENT, "%lld image(s) given, the prompts' image tokens take %lld", (long long)images->n_images,
+                         (long long)image);
     if (rc) return rc;
+    if ((rc = finch_arena_begin(&s->arena))) return rc;
     finch_graph_clear(g);
     g->recording = 0;
     g->want_grad = 0;
@@ -165,6 +231,13 @@ static int run_pass(finch_session *s, int n, const int *seqs, const int32_t *con
                           s->cache.cu_q, 0, &s->cache, n};
     finch_tensor x[2];
     if ((rc = finch_model_embed(&ctx, &x[0])) || (rc = finch_graph_tensor(g, m->dtype, total, H, 0, &x[1]))) return rc;
+    if (images && images->n_images) {
+        finch_batch b = *images;
+        b.batch = 1;
+        b.seq_len = total;
+        b.input_ids = ids;
+        if ((rc = finch_vl_embed_images(m, g, &b, 0, &x[0]))) return rc;
+    }
     for (int64_t l = 0; l < c->n_layers; l++) {
         finch_arena_mark mark = finch_arena_get_mark(&s->arena);
         finch_graph_mark gm = finch_graph_get_mark(g);
@@ -199,6 +272,12 @@ static int run_pass(finch_session *s, int n, const int *seqs, const int32_t *con
 finch_status finch_session_append(finch_session *s, int n, const int *seqs, const int32_t *const *tokens,
                                   const int64_t *n_tokens, float *logits)
 {
+    return finch_session_append_images(s, n, seqs, tokens, n_tokens, NULL, logits);
+}
+
+int finch_session_append_images(finch_session *s, int n, const int *seqs, const int32_t *const *tokens, const int64_t *n_tokens,
+                                const finch_batch *images, float *logits)
+{
     if (!s || !seqs || !tokens || !n_tokens || !logits) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_session_append: NULL argument");
     if (n < 1 || n > s->max_seqs)
         return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_session_append: %d sequences (1 to %d)", n, s->max_seqs);
@@ -212,11 +291,23 @@ finch_status finch_session_append(finch_session *s, int n, const int *seqs, cons
                                                     "(finch_session_reset first)");
         s->weights_version = s->m->weights_version;
     }
-    if ((rc = run_pass(s, n, seqs, tokens, n_tokens, total, logits))) {
+    if ((rc = run_pass(s, n, seqs, tokens, n_tokens, total, images, logits))) {
         s->cache.n_active = 0;
         return rc;
     }
     finch_kv_cache_commit(&s->cache);
+    for (int i = 0; i < n; i++) {
+        int q = seqs[i];
+        if (s->pending_delta[q] != s->rope_delta[q] || (images && images->n_images)) {
+            const finch_vision *v = s->m->vision;
+            for (int64_t t = n_tokens[i] - 1; v && t >= 0; t--)
+                if (tokens[i][t] == v->cfg.image_token_id) {
+                    s->image_end[q] = s->cache.len[q] - n_tokens[i] + t + 1;
+                    break;
+                }
+        }
+        s->rope_delta[q] = s->pending_delta[q];
+    }
     for (int i = 0; i < n; i++)
         if ((rc = append_held(&s->held[seqs[i]], tokens[i], n_tokens[i]))) {
             finch_kv_cache_truncate(&s->cache, seqs[i], (int64_t)s->held[seqs[i]].len);

@@ -91,12 +91,10 @@ static finch_rope_params rope_params(const step_ctx *s, int64_t layer, int64_t h
     p.positions = s->positions;
     p.inv_freq = m->rope_inv[which][use_long];
     p.attn_factor = use_long ? r->attn_factor_long : r->attn_factor;
-    /* Training steps give multimodal RoPE models three rows of positions (model_vl.c). Generation
-     * over the cache gives one: text-only, where all three rows would be equal, which is plain RoPE. */
-    if (!s->cache) {
-        p.n_sections = c->rope_n_sections;
-        memcpy(p.sections, c->rope_sections, sizeof p.sections);
-    }
+    /* Multimodal RoPE models get three rows of positions, in training steps (model_vl.c) and in
+     * generation over the cache (model_decode.c). */
+    p.n_sections = c->rope_n_sections;
+    memcpy(p.sections, c->rope_sections, sizeof p.sections);
     return p;
 }
 

@@ -51,25 +51,102 @@ void finch_vl_free(finch_model *m)
     finch_vision_free(m);
 }
 
-int finch_vl_lora_targets(const finch_model *m, const char *targets, char **json)
+/* 1 when the comma-separated targets name a group (all-linear, vision-blocks, vision-merger). */
+static int names_group(const char *targets)
 {
-    if (!m->vision || strcmp(targets, "all-linear")) return FINCH_OK;
-    size_t cap = 64, len = 0;
-    for (int i = 0; i < m->n_linears; i++) cap += strlen(m->linears[i]->leaf) + 1;
-    char *re = malloc(cap);
-    if (!re) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
-    len = (size_t)sprintf(re, "^(?!.*visual).*\\.(");
+    static const char *const groups[] = {"all-linear", "vision-blocks", "vision-merger"};
+    for (const char *p = targets; *p;) {
+        while (*p == ',' || *p == ' ') p++;
+        const char *e = p;
+        while (*e && *e != ',') e++;
+        size_t len = (size_t)(e - p);
+        while (len && p[len - 1] == ' ') len--;
+        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++)
+            if (len == strlen(groups[g]) && !strncmp(p, groups[g], len)) return 1;
+        p = e;
+    }
+    return 0;
+}
+
+/* The adapted modules' names after `after` in their path (the leaf for the language model), distinct,
+ * as a regex alternation with dots escaped, appended to re at *len. kind: 0 language model, 1 vision
+ * blocks, 2 merger. Returns how many. */
+static int alternation(const finch_model *m, int kind, char *re, size_t *len)
+{
+    int n = 0;
+    size_t start = *len;
     for (int i = 0; i < m->n_linears; i++) {
         const finch_linear_module *lin = m->linears[i];
-        int seen = lin->vision || !lin->rank;
-        for (int j = 0; j < i && !seen; j++) seen = !m->linears[j]->vision && m->linears[j]->rank && !strcmp(m->linears[j]->leaf, lin->leaf);
-        if (!seen) len += (size_t)sprintf(re + len, "%s%s", re[len - 1] == '(' ? "" : "|", lin->leaf);
+        if (!lin->rank) continue;
+        const char *name = NULL;
+        if (kind == 0 && !lin->vision) {
+            name = lin->leaf;
+        } else if (kind == 1 && lin->vision && (name = strstr(lin->path, ".blocks."))) {
+            name = strchr(name + 8, '.');
+            name = name ? name + 1 : NULL;
+        } else if (kind == 2 && lin->vision && (name = strstr(lin->path, ".merger."))) {
+            name += 8;
+        }
+        if (!name) continue;
+        char esc[256];
+        size_t k = 0;
+        for (const char *c = name; *c && k + 3 < sizeof esc; c++) {
+            if (*c == '.') esc[k++] = '\\';
+            esc[k++] = *c;
+        }
+        esc[k] = 0;
+        /* distinct: skip a name already in this alternation */
+        int seen = 0;
+        for (const char *q = re + start; !seen && (q = strstr(q, esc)); q += k) {
+            char before = q == re + start ? '|' : q[-1], after = q[k];
+            seen = (before == '|' || before == '(') && (after == '|' || after == 0);
+        }
+        if (seen) continue;
+        *len += (size_t)sprintf(re + *len, "%s%s", n ? "|" : "", esc);
+        n++;
     }
-    strcpy(re + len, ")$");
-    cJSON *str = cJSON_CreateString(re);
+    return n;
+}
+
+int finch_vl_lora_targets(const finch_model *m, const char *targets, char **json)
+{
+    if (!m->vision || !names_group(targets)) return FINCH_OK;
+    size_t cap = 256;
+    for (int i = 0; i < m->n_linears; i++) cap += 2 * strlen(m->linears[i]->path) + 2;
+    char *re = malloc(cap);
+    if (!re) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+    /* PEFT's regular-expression form (re.fullmatch on module names): the language model's leaves away
+     * from the tower, and the tower's adapted modules inside its blocks and merger. */
+    static const char *const heads[] = {"(?!.*visual).*\\.(", ".*visual\\.blocks\\.\\d+\\.(", ".*visual\\.merger\\.("};
+    char *part[3] = {NULL, NULL, NULL};
+    int n_parts = 0, rc = FINCH_OK;
+    for (int kind = 0; kind < 3 && !rc; kind++) {
+        size_t len = 0;
+        if (!(part[kind] = malloc(cap))) {
+            rc = finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+            break;
+        }
+        part[kind][0] = 0;
+        if (alternation(m, kind, part[kind], &len)) n_parts++;
+        else part[kind][0] = 0;
+    }
+    size_t len = 0;
+    if (!rc) {
+        /* Only the language model: the form transformers + PEFT users know, "^(?!.*visual).*\.(q_proj|...)$". */
+        len = (size_t)sprintf(re, n_parts == 1 && part[0][0] ? "^" : "^(?:");
+        int k = 0;
+        for (int kind = 0; kind < 3; kind++) {
+            if (!part[kind][0]) continue;
+            len += (size_t)sprintf(re + len, "%s%s%s)", k++ ? "|" : "", heads[kind], part[kind]);
+        }
+        strcpy(re + len, n_parts == 1 && part[0][0] ? "$" : ")$");
+    }
+    for (int kind = 0; kind < 3; kind++) free(part[kind]);
+    cJSON *str = rc ? NULL : cJSON_CreateString(re);
     char *text = str ? cJSON_PrintUnformatted(str) : NULL;
     cJSON_Delete(str);
     free(re);
+    if (rc) return rc;
     if (!text) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     free(*json);
     *json = text;

@@ -18,7 +18,19 @@ struct finch_session {
     uint64_t weights_version;      /* the model's, when the cache was filled */
     int32_t *host;                 /* staging for token ids and positions */
     size_t host_cap;
+    /* Multimodal RoPE: a sequence's next position is its length + rope_delta (images advance the
+     * positions by less than their token count), and image_end is its length after its last image
+     * token (a cache cut below it is dropped whole). */
+    int64_t *rope_delta, *image_end, *pending_delta;
     int registered;                /* an owner of the model (model_move.c drops the cache on a move) */
 };
+
+/* finch_session_append with images for the new tokens (a vision-language model): their pixel values
+ * and grids as finch_batch holds them (the other fields of images are not read), for the image-pad
+ * blocks of the sequences in order; NULL for none. A sequence's images must all be in this pass. */
+int finch_session_append_images(finch_session *s, int n, const int *seqs, const int32_t *const *tokens, const int64_t *n_tokens,
+                                const finch_batch *images, float *logits);
+/* Keeps the first `tokens` of sequence seq (all of it dropped when that would cut off images). */
+void finch_session_truncate(finch_session *s, int seq, int64_t tokens);
 
 #endif

@@ -2,31 +2,47 @@
  * pre-tokenized safetensors file, or copied from the caller. The trainer orders and packs them. */
 #include "core/error.h"
 #include "core/safetensors.h"
-#include "finch/train.h"
+#include "core/train_data.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-struct finch_train_data {
-    finch_example *ex;
-    size_t n, cap;
-};
-
-static int data_new(finch_train_data **out)
+int train_data_new(finch_train_data **out)
 {
     *out = calloc(1, sizeof **out);
-    return *out ? FINCH_OK : finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+    if (!*out) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+    (*out)->image_token_id = -1;
+    return FINCH_OK;
 }
 
-/* Appends ex (taking its buffers). */
-static int data_push(finch_train_data *d, finch_example *ex)
+void train_images_free(train_images *img)
 {
-    if (d->n == d->cap) {
-        size_t cap = d->cap ? d->cap * 2 : 64;
+    if (!img) return;
+    for (size_t i = 0; i < img->n; i++) free(img->paths[i]);
+    free(img->paths);
+    free(img->grids);
+    memset(img, 0, sizeof *img);
+}
+
+int train_data_push(finch_train_data *d, finch_example *ex, train_images *img)
+{
+    if (d->n == d->cap || (img && !d->images)) {
+        size_t cap = d->n == d->cap ? (d->cap ? d->cap * 2 : 64) : d->cap;
         finch_example *p = realloc(d->ex, cap * sizeof *p);
         if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
         d->ex = p;
+        if (img || d->images) {
+            train_images *q = realloc(d->images, cap * sizeof *q);
+            if (!q) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+            size_t old = d->images ? d->cap : 0;
+            memset(q + old, 0, (cap - old) * sizeof *q);
+            d->images = q;
+        }
         d->cap = cap;
+    }
+    if (img) {
+        d->images[d->n] = *img;
+        memset(img, 0, sizeof *img);
     }
     d->ex[d->n++] = *ex;
     memset(ex, 0, sizeof *ex);
@@ -52,8 +68,13 @@ const finch_example *finch_train_data_example(const finch_train_data *d, size_t 
 void finch_train_data_free(finch_train_data *d)
 {
     if (!d) return;
-    for (size_t i = 0; i < d->n; i++) finch_example_free(&d->ex[i]);
+    for (size_t i = 0; i < d->n; i++) {
+        finch_example_free(&d->ex[i]);
+        if (d->images) train_images_free(&d->images[i]);
+    }
     free(d->ex);
+    free(d->images);
+    free(d->image_text);
     free(d);
 }
 
@@ -62,7 +83,7 @@ finch_status finch_train_data_from_examples(const finch_example *examples, size_
     if (!out || (!examples && n)) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_train_data_from_examples: NULL argument");
     *out = NULL;
     finch_train_data *d;
-    int rc = data_new(&d);
+    int rc = train_data_new(&d);
     for (size_t i = 0; !rc && i < n; i++) {
         const finch_example *e = &examples[i];
         if (e->ids.len != e->labels.len || !e->ids.len) {
@@ -74,7 +95,7 @@ finch_status finch_train_data_from_examples(const finch_example *examples, size_
         memset(&c, 0, sizeof c);
         rc = tokens_copy(&c.ids, e->ids.ids, e->ids.len);
         if (!rc) rc = tokens_copy(&c.labels, e->labels.ids, e->labels.len);
-        if (!rc) rc = data_push(d, &c);
+        if (!rc) rc = train_data_push(d, &c, NULL);
         finch_example_free(&c);
     }
     if (rc) {
@@ -109,14 +130,14 @@ finch_status finch_train_data_from_safetensors(const char *path, finch_train_dat
     if (!rc && (rc = st_to_i32(ids, iv))) finch_error_prefix(rc, "%s: 'input_ids': ", path);
     if (!rc && labels && (rc = st_to_i32(labels, lv))) finch_error_prefix(rc, "%s: 'labels': ", path);
     if (!rc && !labels) memcpy(lv, iv, (size_t)ids->numel * sizeof(int32_t));
-    if (!rc) rc = data_new(&d);
+    if (!rc) rc = train_data_new(&d);
     int64_t N = rc ? 0 : ids->shape[0], T = rc ? 0 : ids->shape[1];
     for (int64_t r = 0; !rc && r < N; r++) {
         finch_example c;
         memset(&c, 0, sizeof c);
         rc = tokens_copy(&c.ids, iv + r * T, (size_t)T);
         if (!rc) rc = tokens_copy(&c.labels, lv + r * T, (size_t)T);
-        if (!rc) rc = data_push(d, &c);
+        if (!rc) rc = train_data_push(d, &c, NULL);
         finch_example_free(&c);
     }
     free(iv);
@@ -130,9 +151,9 @@ finch_status finch_train_data_from_safetensors(const char *path, finch_train_dat
     return FINCH_OK;
 }
 
-finch_status finch_train_data_from_jsonl(const char *path, const finch_tokenizer *tok, const finch_chat_template *tmpl,
-                                         const finch_dataset_options *dataset, const finch_label_options *labels,
-                                         finch_train_data **out)
+int train_data_load_jsonl(const char *path, const finch_tokenizer *tok, const finch_chat_template *tmpl,
+                          const finch_dataset_options *dataset, const finch_label_options *labels,
+                          const finch_image_data_options *images, finch_train_data **out)
 {
     if (!path || !tok || !out) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_train_data_from_jsonl: NULL argument");
     *out = NULL;
@@ -142,31 +163,34 @@ finch_status finch_train_data_from_jsonl(const char *path, const finch_tokenizer
     finch_dataset *ds = NULL;
     finch_train_data *d = NULL;
     int rc = finch_dataset_open(path, &dopts, &ds);
-    if (!rc) rc = data_new(&d);
+    if (!rc) rc = train_data_new(&d);
+    if (!rc && images) rc = train_data_vl_begin(d, tok, images);
     for (int has = 1; !rc;) {
         finch_record rec;
         if ((rc = finch_dataset_next(ds, &rec, &has)) || !has) break;
         finch_example ex;
+        train_images img;
         memset(&ex, 0, sizeof ex);
+        memset(&img, 0, sizeof img);
         if (rec.text) {
             rc = finch_example_from_text(tok, rec.text, rec.text_len, &lopts, &ex);
         } else if (!tmpl) {
             rc = finch_error(FINCH_ERR_INVALID_ARGUMENT, "%s:%lld: a conversation, but no chat template was given", path,
                              (long long)rec.line);
+        } else if (images) {
+            rc = train_data_vl_example(d, path, tok, tmpl, rec.messages_json, &chat, &lopts, &ex, &img);
         } else {
             rc = finch_example_from_chat(tok, tmpl, rec.messages_json, &chat, &lopts, &ex);
         }
         if (rc && rc != FINCH_ERR_OUT_OF_MEMORY && dopts.bad_lines == FINCH_BAD_LINE_SKIP) {
             rc = FINCH_OK;  /* skipped, as the skip policy skips bad JSON lines */
-            finch_example_free(&ex);
-            continue;
-        }
-        if (rc) {
+        } else if (rc) {
             finch_error_prefix(rc, "%s:%lld: ", path, (long long)rec.line);
         } else {
-            rc = data_push(d, &ex);
+            rc = train_data_push(d, &ex, images ? &img : NULL);
         }
         finch_example_free(&ex);
+        train_images_free(&img);
     }
     if (!rc && d->n == 0) rc = finch_error(FINCH_ERR_FORMAT, "%s: no usable example", path);
     finch_dataset_close(ds);
@@ -176,4 +200,11 @@ finch_status finch_train_data_from_jsonl(const char *path, const finch_tokenizer
     }
     *out = d;
     return FINCH_OK;
+}
+
+finch_status finch_train_data_from_jsonl(const char *path, const finch_tokenizer *tok, const finch_chat_template *tmpl,
+                                         const finch_dataset_options *dataset, const finch_label_options *labels,
+                                         finch_train_data **out)
+{
+    return train_data_load_jsonl(path, tok, tmpl, dataset, labels, NULL, out);
 }

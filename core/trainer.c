@@ -2,6 +2,7 @@
  * clipping, the LR schedule, the optimizer step; evaluation; the run with progress, checkpoints and
  * cancellation. */
 #include "core/trainer.h"
+#include "core/trainer_images.h"
 #include "core/error.h"
 
 #include <math.h>
@@ -72,6 +73,7 @@ static int check_config(const finch_trainer_config *c)
 void finch_trainer_close(finch_trainer *t)
 {
     if (!t) return;
+    trainer_images_close(t);
     for (int k = 0; t->micro && k < t->cfg.gradient_accumulation_steps; k++) trainer_micro_release(&t->micro[k]);
     free(t->micro);
     trainer_plan_free(t);
@@ -108,6 +110,7 @@ finch_status finch_trainer_open(finch_model *m, const finch_trainer_config *cfg,
     t->micro = calloc((size_t)cfg->gradient_accumulation_steps, sizeof *t->micro);
     if (!rc && !t->micro) rc = finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     if (!rc) rc = trainer_split(t);
+    if (!rc) rc = trainer_images_open(t);
     if (!rc) rc = trainer_epoch_rows(t, 0, &t->rows_per_epoch);
     if (!rc) {
         finch_optim_config oc = {cfg->optim, cfg->adam_beta1, cfg->adam_beta2, cfg->adam_epsilon, cfg->weight_decay};

@@ -20,6 +20,8 @@ typedef struct trainer_micro {
     finch_packed_batch owned;   /* unpacked rows padded for this micro-batch (else empty) */
     int64_t targets;            /* tokens with a trained label after the shift */
     int64_t tokens;             /* real (non-padding) input tokens */
+    float *pixels;              /* the rows' images (core/trainer_images.h), or NULL */
+    int32_t *grids;
 } trainer_micro;
 
 struct finch_trainer {
@@ -34,6 +36,7 @@ struct finch_trainer {
 
     int64_t plan_epoch;                 /* the epoch `order` / `packed` belong to; -1: none */
     finch_example *order;               /* the epoch's examples in order (shallow copies) */
+    size_t *order_idx;                  /* their indexes in the data */
     finch_packed_batch packed;          /* packing: the epoch's rows */
     int64_t plan_rows;
 
@@ -47,6 +50,7 @@ struct finch_trainer {
     int64_t last_saved_step;
     char last_checkpoint[4096];
     trainer_micro *micro;               /* gradient_accumulation_steps slots */
+    struct trainer_prefetch *prefetch;  /* image data: the decoding thread (core/trainer_images.c) */
 };
 
 /* trainer_batches.c */

@@ -2,6 +2,7 @@
  * micro-batches read from it (see core/trainer.h for the position it keeps). */
 #include "core/error.h"
 #include "core/trainer.h"
+#include "core/trainer_images.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -48,7 +49,9 @@ int trainer_split(finch_trainer *t)
 void trainer_plan_free(finch_trainer *t)
 {
     free(t->order);
+    free(t->order_idx);
     t->order = NULL;
+    t->order_idx = NULL;
     finch_packed_batch_free(&t->packed);
     t->plan_epoch = -1;
     t->plan_rows = 0;
@@ -72,7 +75,8 @@ static int plan_epoch(finch_trainer *t, int64_t epoch)
     size_t n = t->n_train;
     size_t *perm = malloc((n + 1) * sizeof *perm);
     t->order = malloc((n + 1) * sizeof *t->order);
-    if (!perm || !t->order) {
+    t->order_idx = malloc((n + 1) * sizeof *t->order_idx);
+    if (!perm || !t->order || !t->order_idx) {
         free(perm);
         return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     }
@@ -81,7 +85,10 @@ static int plan_epoch(finch_trainer *t, int64_t epoch)
     } else {
         for (size_t i = 0; i < n; i++) perm[i] = i;
     }
-    for (size_t i = 0; i < n; i++) t->order[i] = *finch_train_data_example(t->data, t->train_idx[perm[i]]);
+    for (size_t i = 0; i < n; i++) {
+        t->order_idx[i] = t->train_idx[perm[i]];
+        t->order[i] = *finch_train_data_example(t->data, t->order_idx[i]);
+    }
     free(perm);
     t->plan_rows = (int64_t)n;
     if (t->cfg.packing) {
@@ -119,6 +126,8 @@ static void count_tokens(trainer_micro *mb, const uint8_t *mask)
 void trainer_micro_release(trainer_micro *mb)
 {
     finch_packed_batch_free(&mb->owned);
+    free(mb->pixels);
+    free(mb->grids);
     memset(mb, 0, sizeof *mb);
 }
 
@@ -168,6 +177,7 @@ int trainer_next_micro(finch_trainer *t, int64_t *epoch, int64_t *row, trainer_m
     } else if ((rc = padded_micro(t, t->order + r0, (size_t)(r1 - r0), mb))) {
         return rc;
     }
+    if ((rc = trainer_images_attach(t, *epoch, r0, r1, mb))) return rc;
     if (r1 == t->plan_rows) {
         ++*epoch;
         *row = 0;
@@ -185,5 +195,6 @@ int trainer_eval_micro(finch_trainer *t, size_t first, size_t count, trainer_mic
     for (size_t i = 0; i < count; i++) ex[i] = *finch_train_data_example(t->data, t->eval_idx[first + i]);
     int rc = padded_micro(t, ex, count, mb);
     free(ex);
+    if (!rc) rc = trainer_images_attach_examples(t, t->eval_idx + first, count, mb);
     return rc;
 }

@@ -419,9 +419,10 @@ static int linear(vctx *s, const finch_tensor *x, const finch_linear_module *lin
     return finch_op_linear(s->g, x, &p, y);
 }
 
-static int upload(finch_model *m, const void *src, size_t bytes, finch_dptr *dst)
+/* From the graph's arena: the model's in a training step, a session's in generation. */
+static int upload(finch_model *m, finch_graph *g, const void *src, size_t bytes, finch_dptr *dst)
 {
-    int rc = finch_arena_alloc(&m->arena, bytes, dst);
+    int rc = finch_arena_alloc(g->arena, bytes, dst);
     if (rc) return rc;
     if (m->be->api->write(m->be->dev, m->be->stream, *dst, src, bytes))
         return finch_device_error(m->be, FINCH_ERR_DEVICE, "uploading the images");
@@ -451,7 +452,7 @@ static int upload_pixels(vctx *s, const float *pixel_values, const finch_vision_
         return FINCH_OK;
     }
     finch_dptr staging;
-    if ((rc = upload(m, v->pixels, count * sizeof(float), &staging))) return rc;
+    if ((rc = upload(m, s->g, v->pixels, count * sizeof(float), &staging))) return rc;
     if (m->be->api->cast(m->be->dev, m->be->stream, (int64_t)count, FINCH_DTYPE_F32, staging, m->dtype, px->data))
         return finch_device_error(m->be, FINCH_ERR_DEVICE, "converting the images");
     return FINCH_OK;
@@ -509,7 +510,7 @@ int finch_vision_forward(finch_model *m, finch_graph *g, const float *pixel_valu
     /* Device copies of the integer layout: positions, both cu_seqlens, the token gather. */
     size_t ints = (size_t)(2 * L.n_patches + L.n_windows + 1 + L.n_frames + 1 + L.n_units);
     finch_dptr d;
-    if ((rc = upload(m, L.rope_pos, ints * sizeof(int32_t), &d))) return rc;
+    if ((rc = upload(m, g, L.rope_pos, ints * sizeof(int32_t), &d))) return rc;
     finch_dptr pos = d, cu_window = finch_dptr_at(d, (size_t)(2 * L.n_patches) * 4),
                cu_frame = finch_dptr_at(cu_window, (size_t)(L.n_windows + 1) * 4),
                token_unit = finch_dptr_at(cu_frame, (size_t)(L.n_frames + 1) * 4);

@@ -691,6 +691,94 @@ static void test_attention(void)
     }
 }
 
+/* ABI 1.1, optional: attention of query rows over a key/value cache with room to grow. */
+typedef struct cache_case {
+    finch_dtype t;
+    int64_t heads, kv_heads, head_dim;
+    int n_seqs;
+    int32_t q_lens[3], kv_lens[3];
+    int causal;
+    int64_t window;
+    float softcap;
+} cache_case;
+
+static void test_attention_cache(void)
+{
+    const finch_plugin_api *api = sides[1].api;
+    size_t end = offsetof(finch_plugin_api, attention_cache_forward) + sizeof api->attention_cache_forward;
+    if (api->struct_size < end || !api->attention_cache_forward) {
+        printf("%-30s %-52s %s\n", "attention_cache_forward", "absent (optional since ABI 1.1)", "skipped");
+        return;
+    }
+    static const cache_case cases[] = {
+        {FINCH_DTYPE_F32, 4, 2, 16, 3, {1, 1, 1}, {5, 17, 1}, 1, 0, 0.0f},          /* decode */
+        {FINCH_DTYPE_F32, 3, 1, 80, 2, {7, 2}, {13, 40}, 1, 5, 20.0f},              /* chunked prefill, window, cap */
+        {FINCH_DTYPE_BF16, 4, 2, 64, 2, {1, 1}, {150, 77}, 1, 0, 0.0f},
+        {FINCH_DTYPE_BF16, 8, 2, 128, 3, {70, 1, 9}, {70, 200, 99}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F16, 4, 4, 128, 2, {3, 65}, {90, 130}, 1, 20, 25.0f},
+        {FINCH_DTYPE_F16, 2, 1, 256, 1, {5}, {37}, 1, 0, 0.0f},
+        {FINCH_DTYPE_BF16, 2, 1, 64, 1, {33}, {33}, 0, 0, 0.0f},                    /* = attention_forward */
+    };
+    char what[160];
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const cache_case *c = &cases[ci];
+        int32_t cu[4] = {0}, kv_start[3], kv_len[3];
+        int64_t max_q = 0, max_kv = 0, rows = 3;  /* sequences sit apart, with room between them */
+        for (int i = 0; i < c->n_seqs; i++) {
+            cu[i + 1] = cu[i] + c->q_lens[i];
+            kv_start[i] = (int32_t)rows;
+            kv_len[i] = c->kv_lens[i];
+            rows += c->kv_lens[i] + 7;
+            if (c->q_lens[i] > max_q) max_q = c->q_lens[i];
+            if (c->kv_lens[i] > max_kv) max_kv = c->kv_lens[i];
+        }
+        int64_t n = cu[c->n_seqs], hd = c->head_dim;
+        int64_t ldq = c->heads * hd + 8, ldk = c->kv_heads * hd, ldv = c->kv_heads * hd + 4, ldo = c->heads * hd;
+        tensor cut = from_ints(cu, (size_t)c->n_seqs + 1), kst = from_ints(kv_start, (size_t)c->n_seqs);
+        tensor kln = from_ints(kv_len, (size_t)c->n_seqs);
+        tensor q = random_tensor(c->t, (size_t)(n * ldq), 1.0f), k = random_tensor(c->t, (size_t)(rows * ldk), 1.0f);
+        tensor v = random_tensor(c->t, (size_t)(rows * ldv), 1.0f), o = poisoned(c->t, (size_t)(n * ldo));
+        tensor lse = poisoned(FINCH_DTYPE_F32, (size_t)(c->heads * n));
+        finch_attention_cache_desc d[2];
+        for (int s = 0; s < 2; s++) {
+            memset(&d[s], 0, sizeof d[s]);
+            d[s].n_tokens = n;
+            d[s].n_seqs = c->n_seqs;
+            d[s].max_q_len = max_q;
+            d[s].max_kv_len = max_kv;
+            d[s].cu_seqlens_q = D(cut, s);
+            d[s].kv_start = D(kst, s);
+            d[s].kv_len = D(kln, s);
+            d[s].kv_rows = rows;
+            d[s].n_heads = c->heads;
+            d[s].n_kv_heads = c->kv_heads;
+            d[s].head_dim = hd;
+            d[s].dtype = c->t;
+            d[s].q = D(q, s);
+            d[s].ldq = ldq;
+            d[s].k = D(k, s);
+            d[s].ldk = ldk;
+            d[s].v = D(v, s);
+            d[s].ldv = ldv;
+            d[s].o = D(o, s);
+            d[s].ldo = ldo;
+            d[s].lse = D(lse, s);
+            d[s].scale = 1.0f / sqrtf((float)hd);
+            d[s].softcap = c->softcap;
+            d[s].causal = c->causal;
+            d[s].window = c->window;
+        }
+        BOTH("attention_cache_forward", sd->api->attention_cache_forward(sd->dev, NULL, &d[s]));
+        snprintf(what, sizeof what, "%s h%lld/%lld d%lld seqs %d q %d kv %d%s w%lld cap %g", dtype_name(c->t),
+                 (long long)c->heads, (long long)c->kv_heads, (long long)hd, c->n_seqs, c->q_lens[0], c->kv_lens[0],
+                 c->causal ? " causal" : "", (long long)c->window, c->softcap);
+        double tol = tol_for(c->t);
+        compare("attention_cache_forward o", what, o, tol);
+        compare("attention_cache_forward lse", what, lse, tol);
+        release_all();
+    }
+}
+
 /* ---- norms, rope, embedding --------------------------------------------------------------------- */
 static void test_norms(void)
 {
@@ -1304,6 +1392,7 @@ int main(void)
     run("qmatmul", test_qmatmul);
     run("linear", test_linear);
     run("attention", test_attention);
+    run("attention_cache", test_attention_cache);
     run("norms", test_norms);
     run("rope", test_rope);
     run("embedding", test_embedding);

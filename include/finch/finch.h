@@ -127,6 +127,7 @@ typedef struct finch_model_info {
     int64_t n_params;          /* base model parameters */
     int64_t n_trainable;       /* trainable parameters (adapter, or all in full fine-tuning) */
     finch_dtype compute_dtype;
+    int32_t image_token_id;    /* a vision-language model's image pad token; -1 for a text model */
 } finch_model_info;
 
 finch_status finch_model_info_get(const finch_model *m, finch_model_info *out);

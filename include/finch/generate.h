@@ -89,6 +89,13 @@ typedef struct finch_generate_options {
     int skip_special;                 /* 1: special tokens are left out of text */
     finch_token_callback on_token;
     void *user;
+    /* Vision-language models: the images of the prompts' image-pad blocks, in order (prompt 0's
+     * first), as finch_batch holds them (finch_image_preprocess_qwen2vl). Prompts are then computed
+     * whole in one pass (a session keeps none of their cached prefix), with multimodal RoPE
+     * positions; generated tokens continue after the largest position, as in transformers. */
+    const float *pixel_values;        /* [n_patches, patch_dim] */
+    const int32_t *image_grid_thw;    /* [n_images, 3] */
+    int64_t n_images, n_patches;
 } finch_generate_options;
 
 finch_generate_options finch_generate_options_default(void);

@@ -20,6 +20,8 @@
 #define FINCH_MULTIMODAL_H
 
 #include "finch/data.h"
+#include "finch/train.h"
+#include "finch/vision.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -42,6 +44,30 @@ void finch_image_paths_free(char **paths, size_t n);
 /* Replaces the k-th pad_id token of ex (k < n, in order) by counts[k] copies of it, all with label
  * FINCH_LABEL_IGNORE. The example must hold exactly n pad tokens (else FINCH_ERR_FORMAT). */
 finch_status finch_example_expand_image_tokens(finch_example *ex, int32_t pad_id, const int64_t *counts, size_t n);
+
+/* ---- training data with images ------------------------------------------------------------------ */
+
+typedef struct finch_image_data_options {
+    finch_qwen2vl_image_config image;  /* the model's preprocessing (preprocessor_config.json): each image's grid */
+    finch_image_load_options load;     /* decoding: pixel limit, alpha */
+    const char *image_text;            /* what an image part becomes in the text; NULL = FINCH_QWEN2VL_IMAGE_TEXT */
+    const char *image_pad;             /* its pad token (the model's image_token_id); NULL = FINCH_QWEN2VL_IMAGE_PAD */
+} finch_image_data_options;
+
+finch_image_data_options finch_image_data_options_default(void);
+
+/* finch_train_data_from_jsonl for a vision-language model: conversations whose content lists hold
+ * image parts (steps 1-4 above; paths relative to the JSONL file's folder). Only each image's header
+ * is read here, for its grid and so its number of image tokens (never trained, as the prompt is
+ * not under train_on_responses_only); the trainer decodes and preprocesses the pixels in a background
+ * thread as it reaches them. A missing or bad image fails the line (or skips it under
+ * FINCH_BAD_LINE_SKIP). images may be NULL (defaults). */
+finch_status finch_train_data_from_jsonl_images(const char *path, const finch_tokenizer *tok, const finch_chat_template *tmpl,
+                                                const finch_dataset_options *dataset, const finch_label_options *labels,
+                                                const finch_image_data_options *images, finch_train_data **out);
+/* The images of example i: their count, and image k's file and grid. */
+size_t finch_train_data_image_count(const finch_train_data *d, size_t i);
+finch_status finch_train_data_image(const finch_train_data *d, size_t i, size_t k, const char **path, int32_t grid_thw[3]);
 
 #ifdef __cplusplus
 }

@@ -47,6 +47,9 @@ finch_status finch_image_load(const char *path, const finch_image_load_options *
 finch_status finch_image_load_memory(const void *data, size_t size, const char *name,
                                      const finch_image_load_options *opts, finch_image *out);
 void finch_image_free(finch_image *img);
+/* The width and height of an image file from its header, after the checks finch_image_load makes
+ * before decoding (format, pixel limit); no pixel is decoded. */
+finch_status finch_image_info(const char *path, const finch_image_load_options *opts, int *width, int *height);
 
 /* Qwen2-VL / Qwen2.5-VL image processor settings, as in preprocessor_config.json. */
 typedef struct finch_qwen2vl_image_config {
@@ -79,6 +82,9 @@ typedef struct finch_image_patches {
 finch_status finch_image_preprocess_qwen2vl(const finch_image *img, const finch_qwen2vl_image_config *cfg,
                                             finch_image_patches *out);
 void finch_image_patches_free(finch_image_patches *p);
+/* The grid_thw finch_image_preprocess_qwen2vl gives an image of width x height (a still image: one
+ * frame), without its pixels: the image takes grid_thw[1] * grid_thw[2] / merge_size^2 tokens. */
+finch_status finch_qwen2vl_image_grid(const finch_qwen2vl_image_config *cfg, const char *name, int width, int height, int grid_thw[3]);
 
 #ifdef __cplusplus
 }

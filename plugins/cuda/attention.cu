@@ -1,10 +1,13 @@
 /* Attention over packed variable-length sequences, FlashAttention-2 style: the forward pass keeps
- * a running max and sum per query row (online softmax) and saves lse; the backward pass recomputes
+ * a running max and sum per query row (online softmax) and saves lse; it also serves attention over
+ * a key/value cache (attention_cache_forward: a sequence's keys sit anywhere in k and v, and its
+ * queries are the last of its key positions); the backward pass recomputes
  * the probabilities from lse, one key tile per block, with dK/dV in registers and dQ accumulated
  * in f32 by atomics. Causal, sliding window, softcap, GQA/MQA, head_dim up to 256.
  * This is the portable f32-arithmetic path: tiles live in shared memory as f32. */
 #include "gpu_plugin.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define THREADS 128
@@ -25,7 +28,52 @@ struct attn_params {
     float scale, softcap;
     int causal;
     int64_t window;
+    const int32_t *kv_start, *kv_len;   /* attention over a cache: each sequence's key rows; else NULL */
+    int64_t kv_rows;
+    bool vec_q, vec_k, vec_v, vec_do;   /* 16-bit rows that allow 16-byte loads (the tensor-core kernels) */
 };
+
+/* One sequence's query rows [q_start, q_start + q_len) and key rows [k_start, k_start + k_len); its
+ * query i sits at key position off + i (off = 0 without a cache). Key ranges outside the kv rows are
+ * clipped rather than read. */
+struct seq_span {
+    int64_t q_start, q_len, k_start, k_len, off;
+};
+
+__device__ __forceinline__ seq_span seq_span_of(const attn_params &p, int64_t seq)
+{
+    seq_span s;
+    s.q_start = p.cu[seq];
+    s.q_len = p.cu[seq + 1] - s.q_start;
+    if (p.kv_start) {
+        s.k_start = p.kv_start[seq] > 0 ? p.kv_start[seq] : 0;
+        s.k_len = p.kv_len[seq];
+        s.off = s.k_len - s.q_len;
+        if (s.k_start + s.k_len > p.kv_rows) s.k_len = p.kv_rows - s.k_start;
+        if (s.k_len < 0) s.k_len = 0;
+    } else {
+        s.k_start = s.q_start;
+        s.k_len = s.q_len;
+        s.off = 0;
+    }
+    return s;
+}
+
+/* Whether query row i (of the sequence) sees key row j. */
+__device__ __forceinline__ bool visible_in(const attn_params &p, const seq_span &s, int64_t i, int64_t j)
+{
+    int64_t pos = i + s.off;
+    return i < s.q_len && j < s.k_len && (!p.causal || j <= pos) && (p.window == 0 || pos - j < p.window);
+}
+
+/* The key rows [*lo, *hi) that query rows [q0, q1) of the sequence can see (before tiling). */
+__device__ __forceinline__ void key_range(const attn_params &p, const seq_span &s, int64_t q0, int64_t q1, int64_t *lo,
+                                          int64_t *hi)
+{
+    int64_t l = p.window > 0 ? q0 + s.off - p.window + 1 : 0, h = p.causal ? q1 + s.off : s.k_len;
+    *lo = l < 0 ? 0 : l;
+    *hi = h > s.k_len ? s.k_len : h;
+}
 
 __device__ __forceinline__ bool visible(const attn_params &p, int64_t i, int64_t j, int64_t len)
 {
@@ -56,8 +104,9 @@ __global__ void __launch_bounds__(THREADS) attention_forward_kernel(attn_params 
     extern __shared__ float smem[];
     float *qs = smem, *ks = qs + BLOCK_Q * Dp, *vs = ks + BK * Dp, *ps = vs + BK * Dp; /* ps: [BLOCK_Q][BK + 1] */
 
-    int64_t seq = blockIdx.z, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
-    int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, q0 = (int64_t)blockIdx.x * BLOCK_Q;
+    int64_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+    const seq_span sp = seq_span_of(p, blockIdx.z);
+    int64_t start = sp.q_start, len = sp.q_len, q0 = (int64_t)blockIdx.x * BLOCK_Q;
     if (q0 >= len) return;
     int r = threadIdx.x / TPR, l = threadIdx.x % TPR;
     int64_t i = q0 + r;
@@ -68,13 +117,12 @@ __global__ void __launch_bounds__(THREADS) attention_forward_kernel(attn_params 
     for (int c = 0; c < NC; c++) acc[c] = 0.0f;
     float row_max = -INFINITY, row_sum = 0.0f;
 
-    int64_t last_q = q0 + BLOCK_Q < len ? q0 + BLOCK_Q : len;
-    int64_t k_lo = p.window > 0 ? q0 - p.window + 1 : 0, k_hi = p.causal ? last_q : len;
-    if (k_lo < 0) k_lo = 0;
+    int64_t last_q = q0 + BLOCK_Q < len ? q0 + BLOCK_Q : len, k_lo, k_hi;
+    key_range(p, sp, q0, last_q, &k_lo, &k_hi);
     for (int64_t k0 = k_lo - k_lo % BK; k0 < k_hi; k0 += BK) {
         __syncthreads(); /* previous tile fully used */
-        load_tile(ks, (const T *)p.k + start * p.ldk + kvh * D, p.ldk, k0, BK, len - k0, D);
-        load_tile(vs, (const T *)p.v + start * p.ldv + kvh * D, p.ldv, k0, BK, len - k0, D);
+        load_tile(ks, (const T *)p.k + sp.k_start * p.ldk + kvh * D, p.ldk, k0, BK, sp.k_len - k0, D);
+        load_tile(vs, (const T *)p.v + sp.k_start * p.ldv + kvh * D, p.ldv, k0, BK, sp.k_len - k0, D);
         __syncthreads();
         float s[BK / TPR], tile_max = -INFINITY;
 #pragma unroll
@@ -82,7 +130,7 @@ __global__ void __launch_bounds__(THREADS) attention_forward_kernel(attn_params 
             int jj = l + TPR * u;
             float dot = 0.0f;
             for (int d = 0; d < D; d++) dot = fmaf(qs[r * Dp + d], ks[jj * Dp + d], dot);
-            s[u] = visible(p, i, k0 + jj, len) ? cap_score(p, p.scale * dot) : -INFINITY;
+            s[u] = visible_in(p, sp, i, k0 + jj) ? cap_score(p, p.scale * dot) : -INFINITY;
             tile_max = fmaxf(tile_max, s[u]);
         }
         for (int o = TPR / 2; o > 0; o >>= 1) tile_max = fmaxf(tile_max, gpu_shfl_xor(tile_max, o));
@@ -237,6 +285,25 @@ __global__ void attention_store_dq_kernel(int64_t n_tokens, int64_t width, const
         dq[(e / width) * lddq + e % width] = from_f32<T>(acc[e]);
 }
 
+/* Rows of a 16-bit tensor at p with row stride ld can be read 16 bytes at a time (head offsets are
+ * multiples of 64 elements where the tensor-core kernels run). */
+static bool vec16(const void *p, int64_t ld, finch_dtype t)
+{
+    return gpu_dtype_size(t) == 2 && (uintptr_t)p % 16 == 0 && ld % 8 == 0;
+}
+
+/* FINCH_CUDA_ATTENTION=simt: the portable kernels everywhere (the reference path for the
+ * tensor-core kernels). */
+static bool simt_forced(void)
+{
+    static int forced = -1;
+    if (forced < 0) {
+        const char *e = getenv("FINCH_CUDA_ATTENTION");
+        forced = e && !strcmp(e, "simt");
+    }
+    return forced == 1;
+}
+
 #include "attention_mma.cuh"
 
 /* The tensor-core forward where it applies (16-bit storage, head_dim 64 or 128, sm_80+): *done = 1. */
@@ -247,7 +314,7 @@ static int launch_forward_mma(finch_plugin_device *dev, gpuStream_t st, const at
     *done = 0;
 #if FINCH_GPU_CUDA
     if constexpr (!std::is_same<T, float>::value) {
-        if (dev->props.major < 8 || (d->head_dim != 64 && d->head_dim != 128)) return FINCH_OK;
+        if (dev->props.major < 8 || (d->head_dim != 64 && d->head_dim != 128) || simt_forced()) return FINCH_OK;
         void (*kernel)(attn_params) = d->head_dim == 64 ? attention_forward_mma_kernel<64, T> : attention_forward_mma_kernel<128, T>;
         size_t smem = d->head_dim == 64 ? mma_smem<64>::bytes : mma_smem<128>::bytes;
         GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
@@ -315,6 +382,10 @@ static attn_params make_params(const finch_attention_desc *d)
     p.softcap = d->softcap;
     p.causal = d->causal;
     p.window = d->window;
+    p.vec_q = vec16(p.q, d->ldq, d->dtype);
+    p.vec_k = vec16(p.k, d->ldk, d->dtype);
+    p.vec_v = vec16(p.v, d->ldv, d->dtype);
+    p.vec_do = vec16(p.dout, d->lddout, d->dtype);
     return p;
 }
 
@@ -365,7 +436,7 @@ extern "C" int plugin_attention_forward(finch_plugin_device *dev, finch_plugin_s
 static int mma_applies(const finch_plugin_device *dev, const finch_attention_desc *d)
 {
 #if FINCH_GPU_CUDA
-    return d->dtype != FINCH_DTYPE_F32 && (d->head_dim == 64 || d->head_dim == 128) && dev->props.major >= 8;
+    return d->dtype != FINCH_DTYPE_F32 && (d->head_dim == 64 || d->head_dim == 128) && dev->props.major >= 8 && !simt_forced();
 #else
     return 0;
 #endif
@@ -428,4 +499,49 @@ extern "C" int plugin_attention_backward(finch_plugin_device *dev, finch_plugin_
     }
     gpu_scratch_free(st, scratch);
     return rc;
+}
+
+/* Attention of new query rows over a key/value cache: the forward kernels with each sequence's key
+ * rows taken from kv_start/kv_len (see seq_span_of). */
+extern "C" int plugin_attention_cache_forward(finch_plugin_device *dev, finch_plugin_stream *s,
+                                              const finch_attention_cache_desc *c)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (!c) return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": attention_cache_forward: descriptor is NULL");
+    finch_attention_desc d;
+    memset(&d, 0, sizeof d);
+    d.n_tokens = c->n_tokens;
+    d.n_seqs = c->n_seqs;
+    d.max_seqlen = c->max_q_len;
+    d.cu_seqlens = c->cu_seqlens_q;
+    d.n_heads = c->n_heads;
+    d.n_kv_heads = c->n_kv_heads;
+    d.head_dim = c->head_dim;
+    d.dtype = c->dtype;
+    d.q = c->q; d.ldq = c->ldq;
+    d.k = c->k; d.ldk = c->ldk;
+    d.v = c->v; d.ldv = c->ldv;
+    d.o = c->o; d.ldo = c->ldo;
+    d.lse = c->lse;
+    d.scale = c->scale;
+    d.softcap = c->softcap;
+    d.causal = c->causal;
+    d.window = c->window;
+    GPU_TRY(check_attention(&d, 0, "attention_cache_forward"));
+    if (!gpu_ptr(c->kv_start) || !gpu_ptr(c->kv_len) || c->kv_rows < 0 || c->max_kv_len < 0)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT,
+                        FINCH_GPU_PLUGIN_NAME ": attention_cache_forward: kv_start or kv_len absent, or kv_rows %lld / max_kv_len %lld < 0",
+                        (long long)c->kv_rows, (long long)c->max_kv_len);
+    if (d.n_tokens <= 0 || d.n_seqs == 0 || d.max_seqlen <= 0) return FINCH_OK;
+    attn_params p = make_params(&d);
+    p.kv_start = (const int32_t *)gpu_ptr(c->kv_start);
+    p.kv_len = (const int32_t *)gpu_ptr(c->kv_len);
+    p.kv_rows = c->kv_rows;
+    int done = 0;
+    FINCH_DISPATCH_FLOAT(d.dtype, T, "attention_cache_forward",
+        GPU_TRY(launch_forward_mma<T>(dev, st, p, &d, &done));
+        if (done) return FINCH_OK;
+        return DISPATCH_HEAD_DIM(d.head_dim, launch_forward, T, st, p, &d));
+    return FINCH_OK;
 }

@@ -3,7 +3,10 @@
  * query rows of a 64-row tile; per 64-key tile, S = Q K^T and O += P V run on mma.sync m16n8k16
  * with f32 accumulation, the online softmax on the S accumulators in registers, and P fed back as
  * the A operand without leaving registers. Fragment layouts are those of the PTX ISA for
- * m16n8k16: g = lane / 4 is the row (and B column), t = lane % 4 picks the element pair. */
+ * m16n8k16: g = lane / 4 is the row (and B column), t = lane % 4 picks the element pair.
+ * Tiles are loaded row-major in 16-byte vectors where the operand allows (attn_params.vec_*), and
+ * B operands that run down a column of a row-major tile (V in O += P V, dO and Q in the dK/dV
+ * kernel, K in the dQ kernel) are read with ldmatrix.trans instead of a transposed copy. */
 #ifndef FINCH_GPU_ATTENTION_MMA_CUH
 #define FINCH_GPU_ATTENTION_MMA_CUH
 
@@ -44,30 +47,66 @@ __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], uint32
 #endif
 }
 
+/* The B fragments of two adjacent n-tiles (columns c0 .. c0 + 15) over 16 k-rows of a row-major
+ * [k][n] tile in shared memory: b[0], b[1] for columns c0 .. c0 + 7, b[2], b[3] for the next 8.
+ * `row` points at element (k0, c0); ld is the tile's row stride in elements (16-byte rows). */
+template <typename T>
+__device__ __forceinline__ void ldmatrix_b_trans(uint32_t b[4], const T *row, int ld)
+{
+    int lane = threadIdx.x % 32;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(row + (lane & 15) * ld + (lane >> 4) * 8);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
+                 : "r"(a));
+#else
+    (void)row; (void)ld; (void)lane;
+    b[0] = b[1] = b[2] = b[3] = 0;
+#endif
+}
+
+/* rows x D of a head slice (rows row0.. of src, row stride src_ld; rows at or past len read as 0)
+ * into shared memory, row-major with row stride ld. vec: src and src_ld allow 16-byte loads. */
+template <int D, typename T>
+__device__ __forceinline__ void mma_load_rows(T *dst, int ld, const T *src, int64_t src_ld, int64_t row0, int rows, int64_t len,
+                                              bool vec)
+{
+    if (vec) {
+        const int C = D / 8;
+        for (int e = threadIdx.x; e < rows * C; e += MMA_THREADS) {
+            int r = e / C, c = (e % C) * 8;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (row0 + r < len) v = *(const uint4 *)(src + (row0 + r) * src_ld + c);
+            *(uint4 *)(dst + r * ld + c) = v;
+        }
+        return;
+    }
+    for (int e = threadIdx.x; e < rows * D; e += MMA_THREADS) {
+        int r = e / D, c = e % D;
+        dst[r * ld + c] = row0 + r < len ? src[(row0 + r) * src_ld + c] : from_f32<T>(0.0f);
+    }
+}
+
 template <int D> struct mma_smem {
-    static const int LDK = D + 8;                 /* row stride of Q and K tiles (elements) */
-    static const int LDV = MMA_BLOCK_K + 8;       /* row stride of the transposed V tile */
-    static const size_t bytes = ((size_t)(MMA_BLOCK_Q + MMA_BLOCK_K) * LDK + (size_t)D * LDV) * 2;
+    static const int LDK = D + 8;                 /* row stride of the Q, K and V tiles (elements) */
+    static const size_t bytes = (size_t)(MMA_BLOCK_Q + 2 * MMA_BLOCK_K) * LDK * 2;
 };
 
 template <int D, typename T>
 __global__ void __launch_bounds__(MMA_THREADS) attention_forward_mma_kernel(attn_params p)
 {
-    const int LDK = mma_smem<D>::LDK, LDV = mma_smem<D>::LDV;
+    const int LDK = mma_smem<D>::LDK;
     extern __shared__ float smem_raw[];
-    T *qs = (T *)smem_raw, *ks = qs + MMA_BLOCK_Q * LDK, *vt = ks + MMA_BLOCK_K * LDK;
+    T *qs = (T *)smem_raw, *ks = qs + MMA_BLOCK_Q * LDK, *vs = ks + MMA_BLOCK_K * LDK;
 
-    int64_t seq = blockIdx.z, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
-    int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, q0 = (int64_t)blockIdx.x * MMA_BLOCK_Q;
+    int64_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+    const seq_span sp = seq_span_of(p, blockIdx.z);
+    int64_t start = sp.q_start, len = sp.q_len, klen = sp.k_len, q0 = (int64_t)blockIdx.x * MMA_BLOCK_Q;
     if (q0 >= len) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     int r0 = warp * 16;
 
-    const T *q = (const T *)p.q + start * p.ldq + h * D;
-    for (int e = threadIdx.x; e < MMA_BLOCK_Q * D; e += MMA_THREADS) {
-        int r = e / D, c = e % D;
-        qs[r * LDK + c] = q0 + r < len ? q[(q0 + r) * p.ldq + c] : from_f32<T>(0.0f);
-    }
+    mma_load_rows<D, T>(qs, LDK, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, MMA_BLOCK_Q, len, p.vec_q);
     __syncthreads();
     uint32_t qf[D / 16][4];
 #pragma unroll
@@ -83,18 +122,13 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_forward_mma_kernel(attn
     float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
     int64_t rows_i[2] = {q0 + r0 + g, q0 + r0 + g + 8};
 
-    int64_t last_q = q0 + MMA_BLOCK_Q < len ? q0 + MMA_BLOCK_Q : len;
-    int64_t k_lo = p.window > 0 ? q0 - p.window + 1 : 0, k_hi = p.causal ? last_q : len;
-    if (k_lo < 0) k_lo = 0;
-    const T *kp = (const T *)p.k + start * p.ldk + kvh * D, *vp = (const T *)p.v + start * p.ldv + kvh * D;
+    int64_t last_q = q0 + MMA_BLOCK_Q < len ? q0 + MMA_BLOCK_Q : len, k_lo, k_hi;
+    key_range(p, sp, q0, last_q, &k_lo, &k_hi);
+    const T *kp = (const T *)p.k + sp.k_start * p.ldk + kvh * D, *vp = (const T *)p.v + sp.k_start * p.ldv + kvh * D;
     for (int64_t k0 = k_lo - k_lo % MMA_BLOCK_K; k0 < k_hi; k0 += MMA_BLOCK_K) {
         __syncthreads(); /* the previous tile is fully used */
-        for (int e = threadIdx.x; e < MMA_BLOCK_K * D; e += MMA_THREADS) {
-            int r = e / D, c = e % D;
-            bool in = k0 + r < len;
-            ks[r * LDK + c] = in ? kp[(k0 + r) * p.ldk + c] : from_f32<T>(0.0f);
-            vt[c * LDV + r] = in ? vp[(k0 + r) * p.ldv + c] : from_f32<T>(0.0f);
-        }
+        mma_load_rows<D, T>(ks, LDK, kp, p.ldk, k0, MMA_BLOCK_K, klen, p.vec_k);
+        mma_load_rows<D, T>(vs, LDK, vp, p.ldv, k0, MMA_BLOCK_K, klen, p.vec_v);
         __syncthreads();
         float s[MMA_BLOCK_K / 8][4];
 #pragma unroll
@@ -113,7 +147,7 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_forward_mma_kernel(attn
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int64_t j = k0 + nt * 8 + t * 2 + (e & 1);
-                float v = visible(p, rows_i[e >> 1], j, len) ? cap_score(p, p.scale * s[nt][e]) : -INFINITY;
+                float v = visible_in(p, sp, rows_i[e >> 1], j) ? cap_score(p, p.scale * s[nt][e]) : -INFINITY;
                 s[nt][e] = v;
                 tile_max[e >> 1] = fmaxf(tile_max[e >> 1], v);
             }
@@ -152,10 +186,11 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_forward_mma_kernel(attn
             uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
                               pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-            for (int nd = 0; nd < D / 8; nd++) {
-                uint32_t b0 = *(const uint32_t *)&vt[(nd * 8 + g) * LDV + kk * 16 + t * 2];
-                uint32_t b1 = *(const uint32_t *)&vt[(nd * 8 + g) * LDV + kk * 16 + 8 + t * 2];
-                mma16816<T>(o[nd], pa, b0, b1);
+            for (int nd = 0; nd < D / 8; nd += 2) {
+                uint32_t b[4];
+                ldmatrix_b_trans<T>(b, &vs[(kk * 16) * LDK + nd * 8], LDK);
+                mma16816<T>(o[nd], pa, b[0], b[1]);
+                mma16816<T>(o[nd + 1], pa, b[2], b[3]);
             }
         }
     }
@@ -179,49 +214,34 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_forward_mma_kernel(attn
  * over the query heads of its group and over 32-query tiles: S^T = K Q^T, P^T from lse,
  * dP^T = V dO^T, dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q.
  * attention_dq_mma_kernel: one 64-query tile per block (16 per warp), looping over key tiles:
- * S = Q K^T, P, dP = dO V^T, dS, dQ += dS K. Operands are read from shared memory tiles laid out
- * so that every fragment register is one 32-bit load (row-major where the ISA's pair runs along
- * the row, transposed copies where it runs down a column). */
+ * S = Q K^T, P, dP = dO V^T, dS, dQ += dS K. Operands are read from row-major shared memory tiles:
+ * one 32-bit load per fragment register where the ISA's pair runs along the row, ldmatrix.trans
+ * where it runs down a column. */
 #define MMA_BWD_Q 32
 
 template <int D> struct mma_bwd_smem {
-    static const int LD = D + 8, LDT_Q = MMA_BWD_Q + 8, LDT_K = MMA_BLOCK_K + 8;
-    /* dK/dV kernel: K, V [64][LD]; Q, dO [32][LD]; Q^T, dO^T [D][LDT_Q]; lse, delta [32] f32 */
-    static const size_t dkdv_bytes = ((size_t)2 * MMA_BLOCK_K * LD + 2 * MMA_BWD_Q * LD + 2 * (size_t)D * LDT_Q) * 2 +
-                                     2 * MMA_BWD_Q * sizeof(float);
-    /* dQ kernel: Q, dO [64][LD]; K, V [64][LD]; K^T [D][LDT_K]; lse, delta [64] f32 */
-    static const size_t dq_bytes = ((size_t)4 * MMA_BLOCK_K * LD + (size_t)D * LDT_K) * 2 + 2 * MMA_BLOCK_Q * sizeof(float);
+    static const int LD = D + 8;
+    /* dK/dV kernel: K, V [64][LD]; Q, dO [32][LD]; lse, delta [32] f32 */
+    static const size_t dkdv_bytes = ((size_t)2 * MMA_BLOCK_K * LD + 2 * MMA_BWD_Q * LD) * 2 + 2 * MMA_BWD_Q * sizeof(float);
+    /* dQ kernel: Q, dO [64][LD]; K, V [64][LD]; lse, delta [64] f32 */
+    static const size_t dq_bytes = (size_t)4 * MMA_BLOCK_K * LD * 2 + 2 * MMA_BLOCK_Q * sizeof(float);
 };
-
-/* rows x D of a head slice into shared memory, row-major (ld) and optionally transposed (ldt). */
-template <int D, typename T>
-__device__ __forceinline__ void mma_load_rows(T *dst, int ld, T *dst_t, int ldt, const T *src, int64_t src_ld, int64_t row0,
-                                              int rows, int64_t len)
-{
-    for (int e = threadIdx.x; e < rows * D; e += MMA_THREADS) {
-        int r = e / D, c = e % D;
-        T v = row0 + r < len ? src[(row0 + r) * src_ld + c] : from_f32<T>(0.0f);
-        if (dst) dst[r * ld + c] = v;
-        if (dst_t) dst_t[c * ldt + r] = v;
-    }
-}
 
 template <int D, typename T>
 __global__ void __launch_bounds__(MMA_THREADS) attention_dkdv_mma_kernel(attn_params p)
 {
     typedef mma_bwd_smem<D> L;
-    const int LD = L::LD, LDT = L::LDT_Q;
+    const int LD = L::LD;
     extern __shared__ float smem_raw[];
     T *ks = (T *)smem_raw, *vs = ks + MMA_BLOCK_K * LD, *qs = vs + MMA_BLOCK_K * LD, *dos = qs + MMA_BWD_Q * LD;
-    T *qt = dos + MMA_BWD_Q * LD, *dot = qt + D * LDT;
-    float *lse_s = (float *)(dot + D * LDT), *delta_s = lse_s + MMA_BWD_Q;
+    float *lse_s = (float *)(dos + MMA_BWD_Q * LD), *delta_s = lse_s + MMA_BWD_Q;
 
     int64_t seq = blockIdx.z, kvh = blockIdx.y, group = p.n_heads / p.n_kv_heads;
     int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, k0 = (int64_t)blockIdx.x * MMA_BLOCK_K;
     if (k0 >= len) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, kr0 = warp * 16;
-    mma_load_rows<D, T>(ks, LD, NULL, 0, (const T *)p.k + start * p.ldk + kvh * D, p.ldk, k0, MMA_BLOCK_K, len);
-    mma_load_rows<D, T>(vs, LD, NULL, 0, (const T *)p.v + start * p.ldv + kvh * D, p.ldv, k0, MMA_BLOCK_K, len);
+    mma_load_rows<D, T>(ks, LD, (const T *)p.k + start * p.ldk + kvh * D, p.ldk, k0, MMA_BLOCK_K, len, p.vec_k);
+    mma_load_rows<D, T>(vs, LD, (const T *)p.v + start * p.ldv + kvh * D, p.ldv, k0, MMA_BLOCK_K, len, p.vec_v);
 
     float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
@@ -236,9 +256,9 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dkdv_mma_kernel(attn_pa
     for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
         for (int64_t q0 = q_lo; q0 < q_hi; q0 += MMA_BWD_Q) {
             __syncthreads(); /* previous tiles fully used; K and V loaded */
-            mma_load_rows<D, T>(qs, LD, qt, LDT, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, MMA_BWD_Q, len);
-            mma_load_rows<D, T>(dos, LD, dot, LDT, (const T *)p.dout + start * p.lddout + h * D, p.lddout, q0, MMA_BWD_Q,
-                                len);
+            mma_load_rows<D, T>(qs, LD, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, MMA_BWD_Q, len, p.vec_q);
+            mma_load_rows<D, T>(dos, LD, (const T *)p.dout + start * p.lddout + h * D, p.lddout, q0, MMA_BWD_Q, len,
+                                p.vec_do);
             if (threadIdx.x < MMA_BWD_Q) {
                 int64_t i = q0 + threadIdx.x;
                 lse_s[threadIdx.x] = i < len ? p.lse[h * p.n_tokens + start + i] : 0.0f;
@@ -293,11 +313,14 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dkdv_mma_kernel(attn_pa
                                   pack2<T>(dpt[2 * kq + 1][0], dpt[2 * kq + 1][1]),
                                   pack2<T>(dpt[2 * kq + 1][2], dpt[2 * kq + 1][3])};
 #pragma unroll
-                for (int nd = 0; nd < D / 8; nd++) {
-                    mma16816<T>(dv[nd], pa, *(const uint32_t *)&dot[(nd * 8 + g) * LDT + kq * 16 + t * 2],
-                                *(const uint32_t *)&dot[(nd * 8 + g) * LDT + kq * 16 + 8 + t * 2]);
-                    mma16816<T>(dk[nd], sa, *(const uint32_t *)&qt[(nd * 8 + g) * LDT + kq * 16 + t * 2],
-                                *(const uint32_t *)&qt[(nd * 8 + g) * LDT + kq * 16 + 8 + t * 2]);
+                for (int nd = 0; nd < D / 8; nd += 2) {
+                    uint32_t b[4];
+                    ldmatrix_b_trans<T>(b, &dos[(kq * 16) * LD + nd * 8], LD);
+                    mma16816<T>(dv[nd], pa, b[0], b[1]);
+                    mma16816<T>(dv[nd + 1], pa, b[2], b[3]);
+                    ldmatrix_b_trans<T>(b, &qs[(kq * 16) * LD + nd * 8], LD);
+                    mma16816<T>(dk[nd], sa, b[0], b[1]);
+                    mma16816<T>(dk[nd + 1], sa, b[2], b[3]);
                 }
             }
         }
@@ -321,18 +344,17 @@ template <int D, typename T>
 __global__ void __launch_bounds__(MMA_THREADS) attention_dq_mma_kernel(attn_params p, T *dq_out, int64_t lddq)
 {
     typedef mma_bwd_smem<D> L;
-    const int LD = L::LD, LDT = L::LDT_K;
+    const int LD = L::LD;
     extern __shared__ float smem_raw[];
     T *qs = (T *)smem_raw, *dos = qs + MMA_BLOCK_Q * LD, *ks = dos + MMA_BLOCK_Q * LD, *vs = ks + MMA_BLOCK_K * LD;
-    T *kt = vs + MMA_BLOCK_K * LD;
-    float *lse_s = (float *)(kt + D * LDT), *delta_s = lse_s + MMA_BLOCK_Q;
+    float *lse_s = (float *)(vs + MMA_BLOCK_K * LD), *delta_s = lse_s + MMA_BLOCK_Q;
 
     int64_t seq = blockIdx.z, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
     int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, q0 = (int64_t)blockIdx.x * MMA_BLOCK_Q;
     if (q0 >= len) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = warp * 16;
-    mma_load_rows<D, T>(qs, LD, NULL, 0, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, MMA_BLOCK_Q, len);
-    mma_load_rows<D, T>(dos, LD, NULL, 0, (const T *)p.dout + start * p.lddout + h * D, p.lddout, q0, MMA_BLOCK_Q, len);
+    mma_load_rows<D, T>(qs, LD, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, MMA_BLOCK_Q, len, p.vec_q);
+    mma_load_rows<D, T>(dos, LD, (const T *)p.dout + start * p.lddout + h * D, p.lddout, q0, MMA_BLOCK_Q, len, p.vec_do);
     if (threadIdx.x < MMA_BLOCK_Q) {
         int64_t i = q0 + threadIdx.x;
         lse_s[threadIdx.x] = i < len ? p.lse[h * p.n_tokens + start + i] : 0.0f;
@@ -349,8 +371,8 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dq_mma_kernel(attn_para
     const T *kp = (const T *)p.k + start * p.ldk + kvh * D, *vp = (const T *)p.v + start * p.ldv + kvh * D;
     for (int64_t k0 = k_lo - k_lo % MMA_BLOCK_K; k0 < k_hi; k0 += MMA_BLOCK_K) {
         __syncthreads();
-        mma_load_rows<D, T>(ks, LD, kt, LDT, kp, p.ldk, k0, MMA_BLOCK_K, len);
-        mma_load_rows<D, T>(vs, LD, NULL, 0, vp, p.ldv, k0, MMA_BLOCK_K, len);
+        mma_load_rows<D, T>(ks, LD, kp, p.ldk, k0, MMA_BLOCK_K, len, p.vec_k);
+        mma_load_rows<D, T>(vs, LD, vp, p.ldv, k0, MMA_BLOCK_K, len, p.vec_v);
         __syncthreads();
         float s[MMA_BLOCK_K / 8][4], dp[MMA_BLOCK_K / 8][4];
 #pragma unroll
@@ -395,9 +417,12 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dq_mma_kernel(attn_para
             uint32_t sa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
                               pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
 #pragma unroll
-            for (int nd = 0; nd < D / 8; nd++)
-                mma16816<T>(dq[nd], sa, *(const uint32_t *)&kt[(nd * 8 + g) * LDT + kk * 16 + t * 2],
-                            *(const uint32_t *)&kt[(nd * 8 + g) * LDT + kk * 16 + 8 + t * 2]);
+            for (int nd = 0; nd < D / 8; nd += 2) {
+                uint32_t b[4];
+                ldmatrix_b_trans<T>(b, &ks[(kk * 16) * LD + nd * 8], LD);
+                mma16816<T>(dq[nd], sa, b[0], b[1]);
+                mma16816<T>(dq[nd + 1], sa, b[2], b[3]);
+            }
         }
     }
 #pragma unroll

@@ -4,7 +4,10 @@
  * each operand in its own storage type and dequantizes NF4 tiles as it loads them. */
 #include "gpu_plugin.h"
 
+#include <mutex>
+#include <new>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- the tiled kernel --------------------------------------------------------------------- */
@@ -140,30 +143,86 @@ static uint32_t lt_alignment(const void *p, int64_t stride, size_t elem, int64_t
     return (uint32_t)(bits & (~bits + 1)); /* lowest set bit */
 }
 
-/* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLASLt gets B as its first
- * operand and A as its second, each stored matrix read as its column-major transpose. */
-static int gemm_lt(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
-                   const gpu_operand *b, finch_dtype c_type, void *c, int64_t ldc, int64_t stride_c, int64_t batch,
-                   float alpha, float beta, int *done)
-{
-    gpublasLtMatmulDesc_t op = NULL;
-    gpublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
-    gpublasLtMatmulPreference_t pref = NULL;
+/* ---- cuBLASLt plans, cached per device and shape -------------------------------------------- *
+ * A plan is the matmul descriptor, the three layouts and the heuristic's algorithm for one shape,
+ * operand types and alignment. Building one (descriptors plus a heuristic query) costs tens of
+ * microseconds of host time, so each is made once and reused; a training step repeats the same few
+ * dozen shapes in every layer. FINCH_CUDA_LT_CACHE=0 builds a fresh plan on every call. */
+#define LT_CACHE_SIZE 512
+
+struct lt_key {
+    int32_t opa, opb, ta, tb, tc;
+    int64_t m, n, k, lda, ldb, ldc, sa, sb, sc, batch;
+    uint32_t align[3];
+};
+
+struct lt_plan {
+    lt_key key;
+    gpublasLtMatmulDesc_t op;
+    gpublasLtMatrixLayout_t la, lb, lc;
     gpublasLtMatmulHeuristicResult_t heur;
-    int found = 0;
-    *done = 0;
-    gpublasStatus_t e = gpublasLtMatmulDescCreate(&op, GPUBLAS_COMPUTE_32F, GPU_R_32F);
-    int opa = b->trans ? GPUBLAS_OP_T : GPUBLAS_OP_N, opb = a->trans ? GPUBLAS_OP_T : GPUBLAS_OP_N;
-    if (!e) e = gpublasLtMatmulDescSetAttribute(op, GPUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa);
-    if (!e) e = gpublasLtMatmulDescSetAttribute(op, GPUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb);
-    if (!e) e = gpublasLtMatrixLayoutCreate(&la, lt_type(b->dtype), b->trans ? k : n, b->trans ? n : k, b->ld);
-    if (!e) e = gpublasLtMatrixLayoutCreate(&lb, lt_type(a->dtype), a->trans ? m : k, a->trans ? k : m, a->ld);
-    if (!e) e = gpublasLtMatrixLayoutCreate(&lc, lt_type(c_type), n, m, ldc);
-    if (!e && batch > 1) {
-        int32_t count = (int32_t)batch;
-        int64_t sa = b->stride, sb = a->stride, sc = stride_c;
-        gpublasLtMatrixLayout_t layouts[3] = {la, lb, lc};
-        int64_t strides[3] = {sa, sb, sc};
+    int found;                      /* 0: cuBLASLt has no algorithm: the tiled kernel runs */
+};
+
+struct gpu_lt_cache {
+    std::mutex lock;
+    lt_plan plans[LT_CACHE_SIZE];
+    int used, next;                 /* next: the slot replaced when full (round robin) */
+};
+
+static void plan_destroy(lt_plan *p)
+{
+    if (p->lc) gpublasLtMatrixLayoutDestroy(p->lc);
+    if (p->lb) gpublasLtMatrixLayoutDestroy(p->lb);
+    if (p->la) gpublasLtMatrixLayoutDestroy(p->la);
+    if (p->op) gpublasLtMatmulDescDestroy(p->op);
+    p->op = NULL;
+    p->la = p->lb = p->lc = NULL;
+}
+
+int gpu_lt_cache_init(finch_plugin_device *dev)
+{
+    dev->lt_cache = new (std::nothrow) gpu_lt_cache();
+    if (!dev->lt_cache) return gpu_fail(FINCH_ERR_OUT_OF_MEMORY, FINCH_GPU_PLUGIN_NAME ": out of host memory for the GEMM plan cache");
+    dev->lt_cache->used = dev->lt_cache->next = 0;
+    return FINCH_OK;
+}
+
+void gpu_lt_cache_free(finch_plugin_device *dev)
+{
+    if (!dev->lt_cache) return;
+    for (int i = 0; i < dev->lt_cache->used; i++) plan_destroy(&dev->lt_cache->plans[i]);
+    delete dev->lt_cache;
+    dev->lt_cache = NULL;
+}
+
+static bool lt_cache_enabled(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("FINCH_CUDA_LT_CACHE");
+        on = !(e && !strcmp(e, "0"));
+    }
+    return on == 1;
+}
+
+/* Builds the descriptors of key and asks the heuristic for an algorithm. */
+static gpublasStatus_t plan_make(finch_plugin_device *dev, const lt_key &key, lt_plan *p)
+{
+    memset(p, 0, sizeof *p);
+    p->key = key;
+    gpublasLtMatmulPreference_t pref = NULL;
+    gpublasStatus_t e = gpublasLtMatmulDescCreate(&p->op, GPUBLAS_COMPUTE_32F, GPU_R_32F);
+    if (!e) e = gpublasLtMatmulDescSetAttribute(p->op, GPUBLASLT_MATMUL_DESC_TRANSA, &key.opa, sizeof key.opa);
+    if (!e) e = gpublasLtMatmulDescSetAttribute(p->op, GPUBLASLT_MATMUL_DESC_TRANSB, &key.opb, sizeof key.opb);
+    bool ta = key.opa == GPUBLAS_OP_T, tb = key.opb == GPUBLAS_OP_T;
+    if (!e) e = gpublasLtMatrixLayoutCreate(&p->la, lt_type((finch_dtype)key.ta), ta ? key.k : key.n, ta ? key.n : key.k, key.lda);
+    if (!e) e = gpublasLtMatrixLayoutCreate(&p->lb, lt_type((finch_dtype)key.tb), tb ? key.m : key.k, tb ? key.k : key.m, key.ldb);
+    if (!e) e = gpublasLtMatrixLayoutCreate(&p->lc, lt_type((finch_dtype)key.tc), key.n, key.m, key.ldc);
+    if (!e && key.batch > 1) {
+        int32_t count = (int32_t)key.batch;
+        gpublasLtMatrixLayout_t layouts[3] = {p->la, p->lb, p->lc};
+        int64_t strides[3] = {key.sa, key.sb, key.sc};
         for (int i = 0; i < 3 && !e; i++) {
             e = gpublasLtMatrixLayoutSetAttribute(layouts[i], GPUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count);
             if (!e) e = gpublasLtMatrixLayoutSetAttribute(layouts[i], GPUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
@@ -175,28 +234,78 @@ static int gemm_lt(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t 
                                                       &dev->lt_workspace_size, sizeof dev->lt_workspace_size);
 #if FINCH_GPU_CUDA
     /* cuBLASLt assumes 256-byte aligned operands unless told otherwise. */
-    uint32_t align[4] = {lt_alignment(b->ptr, b->stride, gpu_dtype_size(b->dtype), batch),
-                         lt_alignment(a->ptr, a->stride, gpu_dtype_size(a->dtype), batch),
-                         lt_alignment(c, stride_c, gpu_dtype_size(c_type), batch), 0};
-    align[3] = align[2];
+    const uint32_t align[4] = {key.align[0], key.align[1], key.align[2], key.align[2]};
     const cublasLtMatmulPreferenceAttributes_t align_attr[4] = {
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
         CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
     for (int i = 0; i < 4 && !e; i++) e = gpublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &align[i], sizeof align[i]);
 #endif
-    if (!e) e = gpublasLtMatmulAlgoGetHeuristic(dev->lt, op, la, lb, lc, lc, pref, 1, &heur, &found);
+    if (!e) e = gpublasLtMatmulAlgoGetHeuristic(dev->lt, p->op, p->la, p->lb, p->lc, p->lc, pref, 1, &p->heur, &p->found);
+    if (pref) gpublasLtMatmulPreferenceDestroy(pref);
+    if (e) {
+        plan_destroy(p);
+        p->found = 0;
+    }
+    return e;
+}
+
+/* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: cuBLASLt gets B as its first
+ * operand and A as its second, each stored matrix read as its column-major transpose. */
+static int gemm_lt(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
+                   const gpu_operand *b, finch_dtype c_type, void *c, int64_t ldc, int64_t stride_c, int64_t batch,
+                   float alpha, float beta, int *done)
+{
+    *done = 0;
+    lt_key key;
+    memset(&key, 0, sizeof key);
+    key.opa = b->trans ? GPUBLAS_OP_T : GPUBLAS_OP_N;
+    key.opb = a->trans ? GPUBLAS_OP_T : GPUBLAS_OP_N;
+    key.ta = b->dtype;
+    key.tb = a->dtype;
+    key.tc = c_type;
+    key.m = m;
+    key.n = n;
+    key.k = k;
+    key.lda = b->ld;
+    key.ldb = a->ld;
+    key.ldc = ldc;
+    key.batch = batch > 1 ? batch : 1;
+    if (batch > 1) {
+        key.sa = b->stride;
+        key.sb = a->stride;
+        key.sc = stride_c;
+    }
+#if FINCH_GPU_CUDA
+    key.align[0] = lt_alignment(b->ptr, b->stride, gpu_dtype_size(b->dtype), batch);
+    key.align[1] = lt_alignment(a->ptr, a->stride, gpu_dtype_size(a->dtype), batch);
+    key.align[2] = lt_alignment(c, stride_c, gpu_dtype_size(c_type), batch);
+#endif
+    lt_plan fresh, *plan = NULL;
+    gpublasStatus_t e = GPUBLAS_STATUS_SUCCESS;
+    std::unique_lock<std::mutex> held;
+    gpu_lt_cache *cache = lt_cache_enabled() ? dev->lt_cache : NULL;
+    if (cache) {
+        held = std::unique_lock<std::mutex>(cache->lock);
+        for (int i = 0; i < cache->used && !plan; i++)
+            if (!memcmp(&cache->plans[i].key, &key, sizeof key)) plan = &cache->plans[i];
+        if (!plan) {
+            int slot = cache->used < LT_CACHE_SIZE ? cache->used++ : cache->next++ % LT_CACHE_SIZE;
+            plan_destroy(&cache->plans[slot]);
+            e = plan_make(dev, key, &cache->plans[slot]);
+            plan = &cache->plans[slot];
+        }
+    } else {
+        e = plan_make(dev, key, &fresh);
+        plan = &fresh;
+    }
     int rc = FINCH_OK;
-    if (!e && found > 0) {
-        e = gpublasLtMatmul(dev->lt, op, &alpha, b->ptr, la, a->ptr, lb, &beta, c, lc, c, lc, &heur.algo,
-                            dev->lt_workspace, dev->lt_workspace_size, st);
+    if (!e && plan->found > 0) {
+        e = gpublasLtMatmul(dev->lt, plan->op, &alpha, b->ptr, plan->la, a->ptr, plan->lb, &beta, c, plan->lc, c, plan->lc,
+                            &plan->heur.algo, dev->lt_workspace, dev->lt_workspace_size, st);
         if (e) rc = gpu_fail(FINCH_ERR_DEVICE, FINCH_GPU_PLUGIN_NAME ": gemm: cuBLASLt matmul failed (status %d)", (int)e);
         else *done = 1;
     }
-    if (pref) gpublasLtMatmulPreferenceDestroy(pref);
-    if (lc) gpublasLtMatrixLayoutDestroy(lc);
-    if (lb) gpublasLtMatrixLayoutDestroy(lb);
-    if (la) gpublasLtMatrixLayoutDestroy(la);
-    if (op) gpublasLtMatmulDescDestroy(op);
+    if (!cache) plan_destroy(&fresh);
     return rc;
 }
 

@@ -17,6 +17,7 @@ struct finch_plugin_device {
     gpublasLtHandle_t lt;
     void *lt_workspace;
     size_t lt_workspace_size;
+    struct gpu_lt_cache *lt_cache;  /* cuBLASLt plans by shape (gemm.cu) */
     struct finch_plugin_device *prev, *next; /* every open device, for shutdown */
 };
 
@@ -166,6 +167,9 @@ typedef struct gpu_operand {
 int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k,
              const gpu_operand *a, const gpu_operand *b, finch_dtype c_type, void *c, int64_t ldc,
              int64_t stride_c, int64_t batch, float alpha, float beta);
+/* The device's cache of cuBLASLt plans: made at device_open, freed at device_close. */
+int gpu_lt_cache_init(finch_plugin_device *dev);
+void gpu_lt_cache_free(finch_plugin_device *dev);
 /* The weight as the B operand of x W^T (transposed = 1) or of dy W (transposed = 0). */
 int gpu_weight_operand(const finch_weight *w, int64_t out_features, int64_t in_features, int transposed,
                        gpu_operand *out);
@@ -209,6 +213,8 @@ FINCH_GPU_ENTRY(int, embedding_backward, (finch_plugin_device *dev, finch_plugin
 FINCH_GPU_ENTRY(int, cross_entropy, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_cross_entropy_desc *d))
 FINCH_GPU_ENTRY(int, linear_cross_entropy, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_cross_entropy_desc *d))
 FINCH_GPU_ENTRY(int, adamw_step, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d))
+FINCH_GPU_ENTRY(int, adamw8bit_step, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d))
+FINCH_GPU_ENTRY(int, attention_cache_forward, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_cache_desc *d))
 #undef FINCH_GPU_ENTRY
 #ifdef __cplusplus
 }

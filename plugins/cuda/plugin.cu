@@ -201,7 +201,10 @@ static int plugin_device_open(int index, finch_plugin_device **out)
         dev->lt_workspace_size = 32u << 20;
         rc = gpu_check(gpuMalloc(&dev->lt_workspace, dev->lt_workspace_size), "allocating the GEMM workspace");
     }
+    if (!rc) rc = gpu_lt_cache_init(dev);
     if (rc) {
+        gpu_lt_cache_free(dev);
+        if (dev->lt_workspace) gpuFree(dev->lt_workspace);
         if (dev->lt) gpublasLtDestroy(dev->lt);
         if (dev->stream) gpuStreamDestroy(dev->stream);
         free(dev);
@@ -218,6 +221,7 @@ static void plugin_device_close(finch_plugin_device *dev)
     list_remove(&live_devices, dev);
     gpuSetDevice(dev->index);
     gpuStreamSynchronize(dev->stream);
+    gpu_lt_cache_free(dev);
     gpuFree(dev->lt_workspace);
     gpublasLtDestroy(dev->lt);
     gpuStreamDestroy(dev->stream);
@@ -382,7 +386,7 @@ static const finch_plugin_api plugin_api = {
     plugin_embedding_forward, plugin_embedding_backward,
     plugin_cross_entropy, plugin_linear_cross_entropy,
     plugin_adamw_step,
-    NULL, /* adamw8bit_step (ABI 1.1, optional): absent; the trainer then asks for --optimizer adamw */
+    plugin_adamw8bit_step, plugin_attention_cache_forward,
 };
 
 extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)

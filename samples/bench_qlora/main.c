@@ -21,6 +21,7 @@
 #include "core/half.h"
 #include "core/runtime.h"
 #include "finch/finch.h"
+#include "samples/finch/bench_model.h"
 
 #include <errno.h>
 #include <omp.h>
@@ -41,79 +42,8 @@ typedef struct args {
     int reuse;
 } args;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static double gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
 static double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
-
-/* ---- device memory: the plugin table with counting alloc/free ------------------------------- */
-
-typedef struct alloc_slot {
-    const finch_plugin_buffer *buf;
-    size_t bytes;
-} alloc_slot;
-
-/* Live buffers, a plain list: a step allocates from finch's arena, so alloc/free are rare. */
-static const finch_plugin_api *plugin;
-static finch_plugin_api counting;
-static alloc_slot *slots;
-static size_t n_slots, cap_slots;
-static uint64_t live, peak;
-
-static int remember(const finch_plugin_buffer *b, size_t bytes)
-{
-    if (n_slots == cap_slots) {
-        size_t cap = cap_slots ? 2 * cap_slots : 1024;
-        alloc_slot *p = realloc(slots, cap * sizeof *p);
-        if (!p) return 0;
-        slots = p;
-        cap_slots = cap;
-    }
-    slots[n_slots++] = (alloc_slot){b, bytes};
-    live += bytes;
-    if (live > peak) peak = live;
-    return 1;
-}
-
-static void forget(const finch_plugin_buffer *b)
-{
-    for (size_t i = n_slots; i-- > 0;)
-        if (slots[i].buf == b) {
-            live -= slots[i].bytes;
-            slots[i] = slots[--n_slots];
-            return;
-        }
-}
-
-static int counting_alloc(finch_plugin_device *dev, size_t bytes, finch_plugin_buffer **out)
-{
-    int rc = plugin->alloc(dev, bytes, out);
-    if (!rc && !remember(*out, bytes)) {
-        plugin->free(dev, *out);
-        return FINCH_ERR_OUT_OF_MEMORY;
-    }
-    return rc;
-}
-
-static void counting_free(finch_plugin_device *dev, finch_plugin_buffer *buf)
-{
-    forget(buf);
-    plugin->free(dev, buf);
-}
-
-static void count_device_memory(finch_runtime *rt)
-{
-    plugin = rt->backend.api;
-    counting = *plugin;
-    counting.alloc = counting_alloc;
-    counting.free = counting_free;
-    rt->backend.api = &counting;
-}
 
 /* ---- the random checkpoint --------------------------------------------------------------------- */
 
@@ -366,10 +296,10 @@ int main(int argc, char **argv)
     char path[1200];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if (!(a.reuse && !stat(path, &st))) {
-        double t0 = now();
+        double t0 = bench_now();
         if (write_checkpoint(&a, dir)) return fail("writing the random checkpoint");
         stat(path, &st);
-        printf("checkpoint: %s, %.1f MiB, written in %.1f s\n", dir, mib((double)st.st_size), now() - t0);
+        printf("checkpoint: %s, %.1f MiB, written in %.1f s\n", dir, mib((double)st.st_size), bench_now() - t0);
     } else {
         printf("checkpoint: %s, %.1f MiB (reused)\n", dir, mib((double)st.st_size));
     }
@@ -379,17 +309,17 @@ int main(int argc, char **argv)
     finch_device_report dev;
     finch_runtime_active(rt, &dev);
     printf("device: %s %d: %s, %.1f GiB\n", dev.backend, dev.index, dev.name, gib((double)dev.total_memory));
-    count_device_memory(rt);
+    bench_count_device_memory(rt);
 
     finch_load_options o = finch_load_options_default();
     o.compute_dtype = FINCH_DTYPE_BF16;
     o.gradient_checkpointing = 1;
     finch_model *m = NULL;
-    double t0 = now();
+    double t0 = bench_now();
     if (finch_model_load(rt, dir, &o, &m)) return fail("loading the model");
-    uint64_t weights = live;
-    printf("load: %.1f s; device memory for the weights: %.1f MiB (load peak %.1f MiB)\n", now() - t0, mib((double)weights),
-           mib((double)peak));
+    uint64_t weights = bench_device_live();
+    printf("load: %.1f s; device memory for the weights: %.1f MiB (load peak %.1f MiB)\n", bench_now() - t0, mib((double)weights),
+           mib((double)bench_device_peak()));
 
     finch_lora_config lc = finch_lora_config_default();
     lc.r = (int)a.rank;
@@ -409,15 +339,15 @@ int main(int argc, char **argv)
     }
     finch_batch b = {.batch = a.batch, .seq_len = a.seq, .input_ids = ids};
     finch_step_result res;
-    t0 = now();
+    t0 = bench_now();
     if (finch_forward_backward(m, &b, NULL, &res)) return fail("warm-up step");
-    printf("warm-up step: %.2f s, loss %.4f\n", now() - t0, res.loss);
+    printf("warm-up step: %.2f s, loss %.4f\n", bench_now() - t0, res.loss);
     double total = 0;
     for (int64_t i = 0; i < a.steps; i++) {
         if (finch_zero_grads(m)) return fail("clearing gradients");
-        t0 = now();
+        t0 = bench_now();
         if (finch_forward_backward(m, &b, NULL, &res)) return fail("training step");
-        double dt = now() - t0;
+        double dt = bench_now() - t0;
         total += dt;
         printf("step %lld: %.3f s, loss %.4f, %.0f tokens/s\n", (long long)(i + 1), dt, res.loss, (double)n / dt);
     }
@@ -426,7 +356,7 @@ int main(int argc, char **argv)
     int have_info = be->api->memory_info(be->dev, &free_b, &total_b) == FINCH_OK;
     printf("RESULT shape=%s mode=%s layers=%lld B=%lld T=%lld r=%lld tokens_per_s=%.1f peak_alloc_gib=%.3f weights_gib=%.3f",
            a.shape_name, a.mode, (long long)s->layers, (long long)a.batch, (long long)a.seq, (long long)a.rank,
-           (double)(n * a.steps) / total, gib((double)peak), gib((double)weights));
+           (double)(n * a.steps) / total, gib((double)bench_device_peak()), gib((double)weights));
     if (have_info) printf(" device_used_gib=%.3f device_total_gib=%.3f", gib((double)(total_b - free_b)), gib((double)total_b));
     printf(" device=\"%s\"\n", dev.name);
     free(ids);

@@ -11,6 +11,7 @@ static const struct {
     const char *summary;
 } benches[] = {
     {"decode", finch_cmd_bench_decode, "batch-1 decode tokens/s of a random-weight model against the memory-bandwidth roofline"},
+    {"train", finch_cmd_bench_train, "LoRA training tokens/s and peak memory in the Hugging Face + PEFT baseline's configurations"},
 };
 
 int finch_cmd_bench(int argc, char **argv)

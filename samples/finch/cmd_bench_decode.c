@@ -14,39 +14,24 @@
  * measured tokens/s of session appends (one token each, logits read back) and of finch_generate
  * (greedy, with sampling on the host), and their fraction of roofline tokens/s. */
 #include "core/runtime.h"
-#include "core/safetensors.h"
 #include "finch/finch.h"
 #include "finch/generate.h"
+#include "samples/finch/bench_model.h"
 #include "samples/finch/commands.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
-#include <time.h>
-#include <unistd.h>
-
-typedef struct shape {
-    int64_t hidden, layers, heads, kv_heads, intermediate, vocab;
-} shape;
 
 static const struct {
     const char *name;
-    shape s;
+    bench_shape s;
 } shapes[] = {
-    {"8b", {4096, 32, 32, 8, 14336, 128256}},   /* Llama 3 8B */
-    {"1b", {2048, 16, 32, 8, 8192, 128256}},    /* Llama 3.2 1B, untied */
-    {"tiny", {256, 4, 8, 2, 688, 4096}},
+    {"8b", {4096, 32, 32, 8, 14336, 128256, 0}},   /* Llama 3 8B */
+    {"1b", {2048, 16, 32, 8, 8192, 128256, 0}},    /* Llama 3.2 1B, untied */
+    {"tiny", {256, 4, 8, 2, 688, 4096, 0}},
 };
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void usage(FILE *f)
 {
@@ -68,10 +53,10 @@ static int copy_bandwidth(finch_runtime *rt, size_t bytes, double *bw)
     int rc = be->api->fill(be->dev, be->stream, da, FINCH_DTYPE_F32, (int64_t)(bytes / 4), 1.0f) ||
              be->api->copy(be->dev, be->stream, db, da, bytes) || be->api->synchronize(be->dev, be->stream);
     int reps = 10;
-    double t0 = now();
+    double t0 = bench_now();
     for (int i = 0; !rc && i < reps; i++) rc = be->api->copy(be->dev, be->stream, i % 2 ? da : db, i % 2 ? db : da, bytes);
     if (!rc) rc = be->api->synchronize(be->dev, be->stream);
-    double t = now() - t0;
+    double t = bench_now() - t0;
     be->api->free(be->dev, a);
     be->api->free(be->dev, b);
     if (rc) {
@@ -80,135 +65,6 @@ static int copy_bandwidth(finch_runtime *rt, size_t bytes, double *bw)
     }
     *bw = 2.0 * (double)bytes * reps / t;
     return 0;
-}
-
-static int enough_space(const char *dir, double bytes)
-{
-    struct statvfs v;
-    return dir && *dir && statvfs(dir, &v) == 0 && (double)v.f_bavail * (double)v.f_frsize > bytes * 1.05;
-}
-
-typedef struct tensor_list {
-    st_entry *e;
-    char (*names)[96];
-    int n;
-    st_dtype dtype;
-    size_t esize;
-    double bytes;
-} tensor_list;
-
-/* A [d0] (d1 == 0) or [d0, d1] tensor whose values are read from data. */
-static void add(tensor_list *t, const char *name, int64_t d0, int64_t d1, const void *data)
-{
-    st_entry *e = &t->e[t->n];
-    snprintf(t->names[t->n], sizeof t->names[t->n], "%s", name);
-    e->name = t->names[t->n];
-    e->dtype = t->dtype;
-    e->ndim = d1 ? 2 : 1;
-    e->shape[0] = d0;
-    e->shape[1] = d1;
-    e->data = data;
-    t->bytes += (double)d0 * (double)(d1 ? d1 : 1) * (double)t->esize;
-    t->n++;
-}
-
-/* Writes config.json and model.safetensors of a random Llama model of shape s into dir. */
-static int write_model(const char *dir, const shape *s, int bf16, double *file_bytes)
-{
-    int64_t hd = s->hidden / s->heads, H = s->hidden;
-    char path[4200];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    if (!f) return 1;
-    fprintf(f, "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": %lld, \"intermediate_size\": %lld,"
-               " \"num_hidden_layers\": %lld, \"num_attention_heads\": %lld, \"num_key_value_heads\": %lld, \"head_dim\": %lld,"
-               " \"vocab_size\": %lld, \"max_position_embeddings\": 8192, \"rms_norm_eps\": 1e-05, \"rope_theta\": 500000.0,"
-               " \"hidden_act\": \"silu\", \"tie_word_embeddings\": false, \"torch_dtype\": \"%s\", \"bos_token_id\": 1, \"eos_token_id\": 2}\n",
-            (long long)H, (long long)s->intermediate, (long long)s->layers, (long long)s->heads, (long long)s->kv_heads, (long long)hd,
-            (long long)s->vocab, bf16 ? "bfloat16" : "float32");
-    fclose(f);
-
-    /* One block of random values serves every tensor (the largest is vocab x hidden); norms are 1. */
-    size_t es = bf16 ? 2 : 4, big = (size_t)(s->vocab * H);
-    if ((size_t)(s->intermediate * H) > big) big = (size_t)(s->intermediate * H);
-    unsigned char *rnd = malloc(big * es), *ones = malloc((size_t)H * es);
-    if (!rnd || !ones) {
-        free(rnd);
-        free(ones);
-        fprintf(stderr, "finch bench decode: out of host memory for %zu random values\n", big);
-        return 1;
-    }
-    uint64_t x = 0x9E3779B97F4A7C15ull;
-    for (size_t i = 0; i < big; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        float v = ((float)(x >> 40) / 16777216.0f - 0.5f) * 0.04f;
-        uint32_t u;
-        memcpy(&u, &v, 4);
-        if (bf16) {
-            uint16_t h = (uint16_t)(u >> 16);
-            memcpy(rnd + 2 * i, &h, 2);
-        } else {
-            memcpy(rnd + 4 * i, &v, 4);
-        }
-    }
-    for (int64_t i = 0; i < H; i++) {
-        float one = 1.0f;
-        if (bf16) {
-            uint16_t h = 0x3F80;
-            memcpy(ones + 2 * i, &h, 2);
-        } else {
-            memcpy(ones + 4 * i, &one, 4);
-        }
-    }
-    int n_per_layer = 9, n = (int)(3 + s->layers * n_per_layer);
-    st_entry *e = calloc((size_t)n, sizeof *e);
-    char (*names)[96] = calloc((size_t)n, sizeof *names);
-    if (!e || !names) {
-        free(rnd);
-        free(ones);
-        free(e);
-        free(names);
-        return 1;
-    }
-    st_dtype dt = bf16 ? ST_BF16 : ST_F32;
-    tensor_list tl = {e, names, 0, dt, es, 0};
-    char nm[96];
-    add(&tl, "model.embed_tokens.weight", s->vocab, H, rnd);
-    for (int64_t l = 0; l < s->layers; l++) {
-        static const char *const names1[2] = {"input_layernorm", "post_attention_layernorm"};
-        for (int i = 0; i < 2; i++) {
-            snprintf(nm, sizeof nm, "model.layers.%lld.%s.weight", (long long)l, names1[i]);
-            add(&tl, nm, H, 0, ones);
-        }
-        snprintf(nm, sizeof nm, "model.layers.%lld.self_attn.q_proj.weight", (long long)l);
-        add(&tl, nm, s->heads * hd, H, rnd);
-        snprintf(nm, sizeof nm, "model.layers.%lld.self_attn.k_proj.weight", (long long)l);
-        add(&tl, nm, s->kv_heads * hd, H, rnd);
-        snprintf(nm, sizeof nm, "model.layers.%lld.self_attn.v_proj.weight", (long long)l);
-        add(&tl, nm, s->kv_heads * hd, H, rnd);
-        snprintf(nm, sizeof nm, "model.layers.%lld.self_attn.o_proj.weight", (long long)l);
-        add(&tl, nm, H, s->heads * hd, rnd);
-        snprintf(nm, sizeof nm, "model.layers.%lld.mlp.gate_proj.weight", (long long)l);
-        add(&tl, nm, s->intermediate, H, rnd);
-        snprintf(nm, sizeof nm, "model.layers.%lld.mlp.up_proj.weight", (long long)l);
-        add(&tl, nm, s->intermediate, H, rnd);
-        snprintf(nm, sizeof nm, "model.layers.%lld.mlp.down_proj.weight", (long long)l);
-        add(&tl, nm, H, s->intermediate, rnd);
-    }
-    add(&tl, "model.norm.weight", H, 0, ones);
-    add(&tl, "lm_head.weight", s->vocab, H, rnd);
-    *file_bytes = tl.bytes;
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    const char *meta[] = {"format", "pt", NULL};
-    int rc = st_write(path, e, tl.n, meta);
-    if (rc) fprintf(stderr, "finch bench decode: writing %s: %s\n", path, finch_last_error());
-    free(rnd);
-    free(ones);
-    free(e);
-    free(names);
-    return rc ? 1 : 0;
 }
 
 static int parse_i64(const char *opt, const char *v, int64_t *out)
@@ -226,7 +82,7 @@ static int parse_i64(const char *opt, const char *v, int64_t *out)
 
 int finch_cmd_bench_decode(int argc, char **argv)
 {
-    shape s = shapes[0].s;
+    bench_shape s = shapes[0].s;
     const char *backend = "auto", *dtype = "bf16", *dir_opt = NULL;
     int64_t prompt_tokens = 128, tokens = 64;
     int keep = 0;
@@ -277,9 +133,7 @@ int finch_cmd_bench_decode(int argc, char **argv)
         return 2;
     }
     int bf16 = !strcmp(dtype, "bf16");
-    double est = (double)(2 * s.vocab * s.hidden +
-                          s.layers * (2 * s.hidden * s.hidden + 2 * s.kv_heads * (s.hidden / s.heads) * s.hidden + 3 * s.intermediate * s.hidden)) *
-                 (bf16 ? 2 : 4);
+    double est = bench_weight_bytes(&s, bf16 ? 2 : 4);
 
     finch_runtime *rt = NULL;
     if (finch_runtime_open(backend, &rt)) {
@@ -298,41 +152,27 @@ int finch_cmd_bench_decode(int argc, char **argv)
     }
     printf("copy bandwidth: %.1f GB/s (copies of %.0f MiB, read + write counted)\n", bw / 1e9, copy_bytes / 1048576.0);
 
-    /* The model folder. */
-    const char *candidates[] = {dir_opt, "/dev/shm", getenv("TMPDIR"), "/tmp"};
-    const char *base = NULL;
-    for (size_t i = 0; i < 4 && !base; i++)
-        if (candidates[i] && (i == 0 || enough_space(candidates[i], est))) base = candidates[i];
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s/finch-bench-decode-%d", base ? base : "/tmp", (int)getpid());
-    if (!base || mkdir(dir, 0755)) {
-        fprintf(stderr, "finch bench decode: no folder with room for %.1f GB (tried --dir, /dev/shm, $TMPDIR, /tmp)\n", est / 1e9);
+    if (bench_make_dir(dir_opt, est, "decode", dir, sizeof dir)) {
         finch_runtime_close(rt);
         return 1;
     }
-    double t0 = now(), file_bytes = 0;
-    int rc = write_model(dir, &s, bf16, &file_bytes);
-    printf("model: %s, %.2f GB of %s weights written in %.1f s\n", dir, file_bytes / 1e9, dtype, now() - t0);
+    double t0 = bench_now(), file_bytes = 0;
+    int rc = bench_write_llama(dir, &s, bf16, &file_bytes);
+    printf("model: %s, %.2f GB of %s weights written in %.1f s\n", dir, file_bytes / 1e9, dtype, bench_now() - t0);
     finch_model *m = NULL;
     if (!rc) {
         finch_load_options lo = finch_load_options_default();
         lo.compute_dtype = bf16 ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
-        t0 = now();
+        t0 = bench_now();
         if (finch_model_load(rt, dir, &lo, &m)) {
             fprintf(stderr, "finch bench decode: loading: %s\n", finch_last_error());
             rc = 1;
         } else {
-            printf("loaded in %.1f s\n", now() - t0);
+            printf("loaded in %.1f s\n", bench_now() - t0);
         }
     }
-    if (!keep) {
-        char p[4200];
-        snprintf(p, sizeof p, "%s/model.safetensors", dir);
-        unlink(p);
-        snprintf(p, sizeof p, "%s/config.json", dir);
-        unlink(p);
-        rmdir(dir);
-    }
+    if (!keep) bench_remove_dir(dir);
     finch_model_info info;
     finch_session *ss = NULL;
     int32_t *ids = NULL;
@@ -356,15 +196,15 @@ int finch_cmd_bench_decode(int argc, char **argv)
         int seq = 0;
         const int32_t *p = ids;
         int64_t n = prompt_tokens, one = 1;
-        t0 = now();
+        t0 = bench_now();
         rc = finch_session_append(ss, 1, &seq, &p, &n, logits);
-        printf("prefill: %lld tokens in %.3f s\n", (long long)prompt_tokens, now() - t0);
+        printf("prefill: %lld tokens in %.3f s\n", (long long)prompt_tokens, bench_now() - t0);
         for (int64_t i = 0; !rc && i < 8 + tokens; i++) {
-            if (i == 8) t0 = now();
+            if (i == 8) t0 = bench_now();
             p = ids + prompt_tokens + i;
             rc = finch_session_append(ss, 1, &seq, &p, &one, logits);
         }
-        step_s = (now() - t0) / (double)tokens;
+        step_s = (bench_now() - t0) / (double)tokens;
         if (rc) fprintf(stderr, "finch bench decode: decode: %s\n", finch_last_error());
     }
     if (!rc) {
@@ -377,18 +217,18 @@ int finch_cmd_bench_decode(int argc, char **argv)
         finch_generation g;
         finch_generation warm;
         int64_t small = 1;
-        t0 = now();
+        t0 = bench_now();
         rc = finch_generate(m, 1, &p, &small, &o, &warm); /* allocations and first-use costs */
         if (!rc) finch_generation_free(&warm);
         o.max_new_tokens = 1;
-        double t_pre = now();
+        double t_pre = bench_now();
         if (!rc) rc = finch_generate(m, 1, &p, &n, &o, &warm);
-        t_pre = now() - t_pre;
+        t_pre = bench_now() - t_pre;
         if (!rc) finch_generation_free(&warm);
         o.max_new_tokens = tokens;
-        t0 = now();
+        t0 = bench_now();
         if (!rc) rc = finch_generate(m, 1, &p, &n, &o, &g);
-        gen_s = now() - t0 - t_pre; /* the prefill and first token subtracted */
+        gen_s = bench_now() - t0 - t_pre; /* the prefill and first token subtracted */
         if (!rc) {
             gen_s /= (double)(g.tokens.len > 1 ? g.tokens.len - 1 : 1);
             finch_generation_free(&g);

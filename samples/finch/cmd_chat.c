@@ -3,7 +3,10 @@
  * previous turns computed, so only the new part is processed. /reset starts over, /quit (or end of
  * input) leaves; Ctrl-C while a reply is being written cuts it short.
  *
- *   finch chat --model DIR [--adapter DIR] [--template NAME] [--system TEXT] [sampling options] */
+ *   finch chat --model DIR [--adapter DIR] [--template NAME] [--system TEXT] [--image PATH]... [sampling options]
+ *
+ * Vision-language models: the --image files go with the first user message of each conversation. */
+#include "samples/finch/chat_images.h"
 #include "samples/finch/commands.h"
 #include "samples/finch/gen_setup.h"
 
@@ -36,8 +39,9 @@ static int stream_reply(void *user, int seq, int32_t token, const char *text, si
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: finch chat --model DIR [--adapter DIR] [--template NAME] [--system TEXT] [options]\n"
-               "Type a message and Enter; /reset forgets the conversation, /quit leaves.\n%s",
+    fprintf(f, "usage: finch chat --model DIR [--adapter DIR] [--template NAME] [--system TEXT] [--image PATH]... [options]\n"
+               "Type a message and Enter; /reset forgets the conversation, /quit leaves.\n"
+               "Vision-language models: each --image goes with the first message of the conversation.\n%s",
             gen_setup_usage);
 }
 
@@ -50,11 +54,12 @@ static void add_message(cJSON *msgs, const char *role, const char *content)
 }
 
 /* One turn: the reply to the conversation in msgs, streamed, then added to it. */
-static int reply(gen_setup *g, finch_session *s, cJSON *msgs)
+static int reply(gen_setup *g, const chat_images *ci, finch_session *s, cJSON *msgs)
 {
     char *json = cJSON_PrintUnformatted(msgs);
     finch_tokens ids = {0};
     int rc = json ? gen_encode_chat(g, json, &ids) : 1;
+    if (!rc) rc = chat_images_expand(ci, g, &ids);
     free(json);
     if (rc) {
         finch_tokens_free(&ids);
@@ -89,9 +94,12 @@ static int reply(gen_setup *g, finch_session *s, cJSON *msgs)
 int finch_cmd_chat(int argc, char **argv)
 {
     gen_setup g;
+    chat_images ci;
+    memset(&ci, 0, sizeof ci);
     gen_setup_init(&g, "finch chat");
     for (int i = 1; i < argc; i++) {
         int taken = gen_setup_option(&g, argc, argv, &i);
+        if (!taken) taken = chat_images_option(&ci, g.cmd, argc, argv, &i);
         if (taken < 0) return 2;
         if (taken) continue;
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -110,6 +118,7 @@ int finch_cmd_chat(int argc, char **argv)
     finch_session *s = NULL;
     cJSON *msgs = cJSON_CreateArray();
     int rc = gen_setup_open(&g, 1);
+    if (!rc) rc = chat_images_open(&ci, &g);
     if (!rc && finch_session_create(g.m, 1, &s)) {
         fprintf(stderr, "finch chat: %s\n", finch_last_error());
         rc = 1;
@@ -135,12 +144,15 @@ int finch_cmd_chat(int argc, char **argv)
             fputs("[conversation reset]\n", stderr);
             continue;
         }
-        add_message(msgs, "user", line);
-        rc = reply(&g, s, msgs);
+        char *first = ci.n && cJSON_GetArraySize(msgs) == 0 ? chat_images_message(&ci, line) : NULL;
+        add_message(msgs, "user", first ? first : line);
+        free(first);
+        rc = reply(&g, &ci, s, msgs);
     }
     free(line);
     cJSON_Delete(msgs);
     finch_session_free(s);
+    chat_images_close(&ci);
     gen_setup_close(&g);
     return rc;
 }

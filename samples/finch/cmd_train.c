@@ -1,5 +1,6 @@
 /* finch train: fine-tune a model on a JSONL (or pre-tokenized) dataset; progress, metrics.jsonl,
  * loss.svg, checkpoints (every --save-steps and on Ctrl-C) and the final PEFT adapter in --out. */
+#include "finch/multimodal.h"
 #include "finch/train.h"
 #include "samples/finch/commands.h"
 #include "samples/finch/train_options.h"
@@ -63,7 +64,7 @@ static int ends_with(const char *s, const char *suffix)
     return n >= k && !strcmp(s + n - k, suffix);
 }
 
-static int load_data(const train_options *o, finch_trainer_config *tc, finch_train_data **out)
+static int load_data(const train_options *o, const finch_model *m, finch_trainer_config *tc, finch_train_data **out)
 {
     if (ends_with(o->data, ".safetensors")) return finch_train_data_from_safetensors(o->data, out);
     finch_tokenizer *tok = NULL;
@@ -75,7 +76,15 @@ static int load_data(const train_options *o, finch_trainer_config *tc, finch_tra
     finch_tokenizer_config tcfg;
     if (!rc && finch_tokenizer_config_get(tok, &tcfg) == FINCH_OK)
         tc->pad_token_id = tcfg.pad_id >= 0 ? tcfg.pad_id : tcfg.eos_id >= 0 ? tcfg.eos_id : 0;
-    if (!rc) rc = finch_train_data_from_jsonl(o->data, tok, tmpl, NULL, NULL, out);
+    finch_model_info info;
+    if (!rc) rc = finch_model_info_get(m, &info);
+    finch_image_data_options io = finch_image_data_options_default();
+    if (!rc && info.image_token_id >= 0 && tmpl) {  /* a vision-language model: image parts in the messages */
+        if (!(rc = finch_cli_image_config(o->model, NULL, &io.image)))
+            rc = finch_train_data_from_jsonl_images(o->data, tok, tmpl, NULL, NULL, &io, out);
+    } else if (!rc) {
+        rc = finch_train_data_from_jsonl(o->data, tok, tmpl, NULL, NULL, out);
+    }
     finch_chat_template_free(tmpl);
     finch_tokenizer_free(tok);
     return rc;
@@ -104,7 +113,7 @@ static int run(train_options *o)
         rc = finch_model_load(rt, o->model, &lo, &m);
     }
     if (!rc && o->adapter) rc = finch_lora_load(m, o->adapter);
-    if (!rc) rc = load_data(o, &o->tc, &data);
+    if (!rc) rc = load_data(o, m, &o->tc, &data);
     progress_ctx pc = {&rep, o, 0, o->tc.logging_steps, 0};
     if (o->n_switches) o->tc.logging_steps = 1;   /* every step reaches the callback, which switches */
     if (!rc) rc = finch_trainer_open(m, &o->tc, data, &t);

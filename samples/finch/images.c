@@ -10,17 +10,23 @@
 #include <string.h>
 #include <unistd.h>
 
+int finch_cli_image_config(const char *model_dir, const char *processor, finch_qwen2vl_image_config *cfg)
+{
+    *cfg = finch_qwen2vl_image_config_default();
+    char path[4096];
+    snprintf(path, sizeof path, "%s/preprocessor_config.json", model_dir);
+    if (!processor && access(path, R_OK) == 0) processor = path;
+    return processor ? finch_qwen2vl_image_config_load(processor, cfg) : FINCH_OK;
+}
+
 int finch_cli_load_images(const char *model_dir, const char *processor, const char *const *paths, int n, float **pixels,
                           int32_t **grids, int64_t *n_patches)
 {
     *pixels = NULL;
     *grids = NULL;
     *n_patches = 0;
-    finch_qwen2vl_image_config cfg = finch_qwen2vl_image_config_default();
-    char path[4096];
-    snprintf(path, sizeof path, "%s/preprocessor_config.json", model_dir);
-    if (!processor && access(path, R_OK) == 0) processor = path;
-    int rc = processor ? finch_qwen2vl_image_config_load(processor, &cfg) : FINCH_OK;
+    finch_qwen2vl_image_config cfg;
+    int rc = finch_cli_image_config(model_dir, processor, &cfg);
     int32_t *g = calloc((size_t)n * 3 + 1, sizeof *g);
     if (!rc && !g) rc = finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
     float *all = NULL;

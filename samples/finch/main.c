@@ -19,7 +19,7 @@ static const struct {
     {"init", finch_cmd_init, "create a new model folder (config, random weights, tokenizer) to train from scratch"},
     {"generate", finch_cmd_generate, "generate text from a prompt or a JSONL file of prompts (JSON lines out)"},
     {"chat", finch_cmd_chat, "talk to a model (and its adapter) through its chat template, replies streamed"},
-    {"bench", finch_cmd_bench, "benchmarks on random-weight models (finch bench decode: decode speed vs the memory roofline)"},
+    {"bench", finch_cmd_bench, "benchmarks on random-weight models (finch bench decode: decode speed vs the memory roofline; finch bench train: LoRA training vs HF + PEFT)"},
     {"export", finch_cmd_export, "write a PEFT adapter, a merged Hugging Face folder, a GGUF file or a GGUF LoRA"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])

@@ -44,7 +44,7 @@ static const opt_def defs[] = {
     {"--lora-r", "lora_r", T_INT, O(lora_r), "N  adapter rank (16)"},
     {"--lora-alpha", "lora_alpha", T_DBL, O(lora_alpha), "X  (16)"},
     {"--lora-dropout", "lora_dropout", T_DBL, O(lora_dropout), "X  (0)"},
-    {"--target-modules", "target_modules", T_STR, O(target_modules), "LIST  all-linear or q_proj,v_proj,... (all-linear)"},
+    {"--target-modules", "target_modules", T_STR, O(target_modules), "LIST  all-linear or q_proj,v_proj,...; vision models: add vision-blocks, vision-merger (all-linear)"},
     {"--full-finetune", "full_finetune", T_BOOL, O(full_finetune), "  train every weight instead of an adapter"},
     {"--gradient-checkpointing", "gradient_checkpointing", T_BOOL, O(gradient_checkpointing), "  recompute activations in backward"},
     {"--load-in-4bit", "load_in_4bit", T_BOOL, O(load_in_4bit), "  QLoRA: decoder linear weights in NF4 (a bnb-4bit model loads so anyway)"},
