@@ -13,6 +13,7 @@ int finch_cmd_chat(int argc, char **argv);
 int finch_cmd_bench(int argc, char **argv);
 int finch_cmd_bench_decode(int argc, char **argv);
 int finch_cmd_export(int argc, char **argv);
+int finch_cmd_demo(int argc, char **argv);
 
 /* images.c: decodes and preprocesses n images for a vision-language model (preprocessor_config.json
  * from `processor`, else from model_dir, else the Qwen2-VL defaults): pixel values of all images one
