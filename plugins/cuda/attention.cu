@@ -14,8 +14,16 @@
 #define BLOCK_Q 16            /* query rows per tile; 8 threads per row */
 #define TPR (THREADS / BLOCK_Q)
 
+/* Key rows per tile: 32, or fewer past head_dim 128. AMD GPUs give a block 64 KiB of shared
+ * memory, and the backward pass at head_dim 256 needs 68 KB with 16 rows (50 KB with 8). */
+#if FINCH_GPU_HIP
+#define BLOCK_K_WIDE 8
+#else
+#define BLOCK_K_WIDE 16
+#endif
+#define BLOCK_K_FOR(maxd) ((maxd) > 128 ? BLOCK_K_WIDE : 32)
 template <int MAXD> struct tiles {
-    static const int BLOCK_K = MAXD > 128 ? 16 : 32; /* key rows per tile */
+    static const int BLOCK_K = BLOCK_K_FOR(MAXD);
 };
 
 struct attn_params {
@@ -330,13 +338,13 @@ static int launch_forward_mma(finch_plugin_device *dev, gpuStream_t st, const at
 
 static size_t forward_smem(int maxd, int64_t D)
 {
-    int bk = maxd > 128 ? 16 : 32;
+    int bk = BLOCK_K_FOR(maxd);
     return ((size_t)(BLOCK_Q + 2 * bk) * (D + 1) + BLOCK_Q * (bk + 1)) * sizeof(float);
 }
 
 static size_t backward_smem(int maxd, int64_t D)
 {
-    int bk = maxd > 128 ? 16 : 32;
+    int bk = BLOCK_K_FOR(maxd);
     return ((size_t)(2 * bk + 2 * BLOCK_Q) * (D + 1) + 2 * BLOCK_Q * (bk + 1) + 2 * BLOCK_Q) * sizeof(float);
 }
 
@@ -446,7 +454,7 @@ template <typename T>
 static int backward_typed(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d, int mma)
 {
     int64_t warps = d->n_tokens * d->n_heads, width = d->n_heads * d->head_dim;
-    attention_delta_kernel<T><<<(unsigned)((warps * FINCH_WARP_SIZE + 255) / 256), 256, 0, st>>>(p);
+    attention_delta_kernel<T><<<(unsigned)((warps * dev->props.warpSize + 255) / 256), 256, 0, st>>>(p);
     GPU_TRY(GPU_LAUNCHED("attention_backward delta"));
 #if FINCH_GPU_CUDA
     if constexpr (!std::is_same<T, float>::value) {

@@ -118,6 +118,7 @@ static int gemm_tiled(gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu
     return FINCH_OK;
 }
 
+#if FINCH_GPU_BLASLT
 /* ---- cuBLASLt ----------------------------------------------------------------------------- */
 static gpuDataType lt_type(finch_dtype t)
 {
@@ -135,6 +136,7 @@ static int lt_takes(const gpu_operand *a, const gpu_operand *b, finch_dtype c_ty
     return 1;
 }
 
+#if FINCH_GPU_CUDA
 /* The alignment in bytes (up to 256) that every batch's pointer of an operand keeps. */
 static uint32_t lt_alignment(const void *p, int64_t stride, size_t elem, int64_t batch)
 {
@@ -142,6 +144,7 @@ static uint32_t lt_alignment(const void *p, int64_t stride, size_t elem, int64_t
     if (batch > 1) bits |= (uint64_t)stride * elem;
     return (uint32_t)(bits & (~bits + 1)); /* lowest set bit */
 }
+#endif
 
 /* ---- cuBLASLt plans, cached per device and shape -------------------------------------------- *
  * A plan is the matmul descriptor, the three layouts and the heuristic's algorithm for one shape,
@@ -375,6 +378,8 @@ static int gemm_nf4_chunked(finch_plugin_device *dev, gpuStream_t st, int64_t m,
     return rc;
 }
 
+#endif /* FINCH_GPU_BLASLT */
+
 int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
              const gpu_operand *b, finch_dtype c_type, void *c, int64_t ldc, int64_t stride_c, int64_t batch,
              float alpha, float beta)
@@ -387,6 +392,7 @@ int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int
         zero.ptr = c; /* never read: k == 0 leaves the accumulators at zero */
         return gemm_tiled(st, m, n, 0, &zero, &zero, c_type, c, ldc, stride_c, batch, 0.0f, beta);
     }
+#if FINCH_GPU_BLASLT
     if (b->dtype == FINCH_DTYPE_NF4 && a->dtype != FINCH_DTYPE_NF4 && batch == 1 && m >= NF4_LT_MIN_ROWS)
         return gemm_nf4_chunked(dev, st, m, n, k, a, b, c_type, c, ldc, alpha, beta);
     if (lt_takes(a, b, c_type, m, n, k, ldc, batch)) {
@@ -394,6 +400,7 @@ int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int
         GPU_TRY(gemm_lt(dev, st, m, n, k, a, b, c_type, c, ldc, stride_c, batch, alpha, beta, &done));
         if (done) return FINCH_OK;
     }
+#endif
     return gemm_tiled(st, m, n, k, a, b, c_type, c, ldc, stride_c, batch, alpha, beta);
 }
 

@@ -1,25 +1,42 @@
 /* The thin layer that lets the same kernel sources build with nvcc (CUDA) and hipcc (HIP/ROCm).
  * Plugin sources use only the gpu* names below, never cuda* or hip* directly; vendor-specific
- * fast paths, if any, sit behind #if FINCH_GPU_CUDA / FINCH_GPU_HIP. */
+ * fast paths, if any, sit behind #if FINCH_GPU_CUDA / FINCH_GPU_HIP. FINCH_GPU_BLASLT says whether
+ * the gpublasLt* names (cuBLASLt, or hipBLASLt where the HIP build found it) exist. */
 #ifndef FINCH_GPU_COMPAT_H
 #define FINCH_GPU_COMPAT_H
 
 #if defined(__HIPCC__) || defined(FINCH_GPU_HIP)
 #undef FINCH_GPU_HIP
+#ifndef FINCH_GPU_BLASLT
+#define FINCH_GPU_BLASLT 0 /* GEMMs on the plugin's tiled kernel (no hipBLASLt in Debian 12) */
+#endif
 #define FINCH_GPU_HIP 1
 #define FINCH_GPU_CUDA 0
 #define FINCH_GPU_API "HIP"
 #define FINCH_GPU_PLUGIN_NAME "hip"
+#define FINCH_GPU_DRIVER_MISSING "the amdgpu kernel driver (/dev/kfd) is not available"
 #include <hip/hip_runtime.h>
-#include <hip/hip_bf16.h>
 #include <hip/hip_fp16.h>
+#if FINCH_GPU_BLASLT
 #include <hipblaslt/hipblaslt.h>
+#endif
+
+/* ROCm 6 has hip_bf16.h with CUDA's bfloat16 names; ROCm 5 (Debian 12) only hip_bfloat16, whose
+ * conversions (round to nearest even, NaN kept) stand in for them here. */
+#if __has_include(<hip/hip_bf16.h>)
+#include <hip/hip_bf16.h>
+typedef __hip_bfloat16 gpu_bf16;
+#else
+#include <hip/hip_bfloat16.h>
+typedef hip_bfloat16 gpu_bf16;
+__host__ __device__ static inline float __bfloat162float(hip_bfloat16 v) { return (float)v; }
+__host__ __device__ static inline hip_bfloat16 __float2bfloat16(float v) { return hip_bfloat16(v); }
+#endif
 
 typedef hipError_t gpuError_t;
 typedef hipStream_t gpuStream_t;
 typedef hipDeviceProp_t gpuDeviceProp;
 typedef hipMemPool_t gpuMemPool_t;
-typedef __hip_bfloat16 gpu_bf16;
 typedef __half gpu_f16;
 #define gpuSuccess hipSuccess
 #define gpuErrorMemoryAllocation hipErrorOutOfMemory
@@ -56,10 +73,14 @@ typedef __half gpu_f16;
 #define gpuDeviceSynchronize hipDeviceSynchronize
 #define gpuFuncSetAttribute(f, a, v) hipFuncSetAttribute((const void *)(f), a, v)
 #define gpuFuncAttributeMaxDynamicSharedMemorySize hipFuncAttributeMaxDynamicSharedMemorySize
+/* Device code only: 64 on CDNA (gfx9), 32 on RDNA (gfx10+) in clang's default wave32. Host code
+ * reads the device's props.warpSize instead, since one module holds code for both. */
 #define FINCH_WARP_SIZE warpSize
 #define gpu_shfl_xor(v, lane_mask) __shfl_xor((v), (lane_mask))
 
-/* hipBLASLt mirrors cuBLASLt name for name. */
+#if FINCH_GPU_BLASLT
+/* hipBLASLt mirrors cuBLASLt name for name (ROCm >= 6.1 names). Not compiled by any build yet:
+ * plugins/hip links no hipBLASLt, which Debian 12 does not package. */
 typedef hipblasLtHandle_t gpublasLtHandle_t;
 typedef hipblasLtMatmulDesc_t gpublasLtMatmulDesc_t;
 typedef hipblasLtMatrixLayout_t gpublasLtMatrixLayout_t;
@@ -92,12 +113,16 @@ typedef hipDataType gpuDataType;
 #define gpublasLtMatmulPreferenceSetAttribute hipblasLtMatmulPreferenceSetAttribute
 #define gpublasLtMatmulAlgoGetHeuristic hipblasLtMatmulAlgoGetHeuristic
 #define gpublasLtMatmul hipblasLtMatmul
+#endif /* FINCH_GPU_BLASLT */
 
 #else
 #define FINCH_GPU_CUDA 1
 #define FINCH_GPU_HIP 0
 #define FINCH_GPU_API "CUDA"
 #define FINCH_GPU_PLUGIN_NAME "cuda"
+#define FINCH_GPU_DRIVER_MISSING "the driver library (libcuda.so.1) was not found"
+#undef FINCH_GPU_BLASLT
+#define FINCH_GPU_BLASLT 1
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -14,10 +14,12 @@ struct finch_plugin_device {
     int index;
     gpuStream_t stream;             /* the device's default stream (non-blocking) */
     gpuDeviceProp props;
+#if FINCH_GPU_BLASLT
     gpublasLtHandle_t lt;
     void *lt_workspace;
     size_t lt_workspace_size;
     struct gpu_lt_cache *lt_cache;  /* cuBLASLt plans by shape (gemm.cu) */
+#endif
     struct finch_plugin_device *prev, *next; /* every open device, for shutdown */
 };
 
@@ -163,7 +165,8 @@ typedef struct gpu_operand {
 } gpu_operand;
 
 /* C[b] (m x n, row stride ldc, type c_type) = alpha op(A[b]) op(B[b]) + beta C[b]. Uses cuBLASLt
- * where it takes the types, else the plugin's own tiled kernel (any mix of F32/BF16/F16, NF4 B). */
+ * (hipBLASLt) where it takes the types, else the plugin's own tiled kernel (any mix of F32/BF16/F16,
+ * NF4 B), which is all there is in a HIP build without hipBLASLt. */
 int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k,
              const gpu_operand *a, const gpu_operand *b, finch_dtype c_type, void *c, int64_t ldc,
              int64_t stride_c, int64_t batch, float alpha, float beta);

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- errors --------------------------------------------------------------------------------- */
 static thread_local char error_message[1024];
@@ -112,10 +113,16 @@ static int plugin_init(void)
     gpuRuntimeGetVersion(&runtime);
     if (e != gpuSuccess || driver == 0)
         return gpu_fail(FINCH_ERR_DEVICE, "no " FINCH_GPU_API " driver: %s",
-                        e != gpuSuccess ? gpuGetErrorString(e) : "the driver library (libcuda.so.1) was not found");
+                        e != gpuSuccess ? gpuGetErrorString(e) : FINCH_GPU_DRIVER_MISSING);
     e = gpuGetDeviceCount(&count);
     if (e == gpuErrorNoDevice || (e == gpuSuccess && count == 0)) {
         gpuGetLastError();
+#if FINCH_GPU_HIP
+        /* The HIP runtime gives its own version as the driver's, and "no device" without the driver. */
+        if (access("/dev/kfd", F_OK) != 0)
+            return gpu_fail(FINCH_ERR_DEVICE, "no HIP driver: /dev/kfd is absent (the amdgpu kernel driver is not "
+                                              "loaded, or this container does not pass /dev/kfd through)");
+#endif
         return gpu_fail(FINCH_ERR_DEVICE, "no " FINCH_GPU_API " device");
     }
     if (e == gpuErrorInsufficientDriver) {
@@ -195,6 +202,7 @@ static int plugin_device_open(int index, finch_plugin_device **out)
         rc = gpu_check(gpuDeviceGetDefaultMemPool(&pool, index), "reading the memory pool");
         if (!rc) rc = gpu_check(gpuMemPoolSetAttribute(pool, gpuMemPoolAttrReleaseThreshold, &keep), "configuring the memory pool");
     }
+#if FINCH_GPU_BLASLT
     if (!rc && gpublasLtCreate(&dev->lt) != GPUBLAS_STATUS_SUCCESS)
         rc = gpu_fail(FINCH_ERR_DEVICE, FINCH_GPU_PLUGIN_NAME ": creating the BLASLt handle failed");
     if (!rc) {
@@ -202,10 +210,13 @@ static int plugin_device_open(int index, finch_plugin_device **out)
         rc = gpu_check(gpuMalloc(&dev->lt_workspace, dev->lt_workspace_size), "allocating the GEMM workspace");
     }
     if (!rc) rc = gpu_lt_cache_init(dev);
+#endif
     if (rc) {
+#if FINCH_GPU_BLASLT
         gpu_lt_cache_free(dev);
         if (dev->lt_workspace) gpuFree(dev->lt_workspace);
         if (dev->lt) gpublasLtDestroy(dev->lt);
+#endif
         if (dev->stream) gpuStreamDestroy(dev->stream);
         free(dev);
         return rc;
@@ -221,9 +232,11 @@ static void plugin_device_close(finch_plugin_device *dev)
     list_remove(&live_devices, dev);
     gpuSetDevice(dev->index);
     gpuStreamSynchronize(dev->stream);
+#if FINCH_GPU_BLASLT
     gpu_lt_cache_free(dev);
     gpuFree(dev->lt_workspace);
     gpublasLtDestroy(dev->lt);
+#endif
     gpuStreamDestroy(dev->stream);
     gpuMemPool_t pool;
     if (gpuDeviceGetDefaultMemPool(&pool, dev->index) == gpuSuccess) gpuMemPoolTrimTo(pool, 0);
