@@ -31,6 +31,7 @@ static void work_free(tok_work *w)
     tok_buf_free(&w->norm);
     tok_pieces_free(&w->pieces);
     tok_pieces_free(&w->tmp);
+    tok_cache_free(w->cache);
     free(w->cache);
     memset(w, 0, sizeof *w);
 }
@@ -173,7 +174,12 @@ finch_status finch_tokenizer_encode(const finch_tokenizer *tok, const char *text
     int borrowed = pthread_mutex_trylock(&shared->work_lock) == 0;
     if (borrowed) {
         if (!shared->work) shared->work = calloc(1, sizeof *shared->work);
-        if (shared->work && !shared->work->cache) shared->work->cache = calloc(TOK_CACHE_SLOTS, sizeof(tok_cache_slot));
+        if (shared->work && !shared->work->cache) {
+            tok_cache *c = calloc(1, sizeof *c);
+            if (c) c->slots = calloc(TOK_CACHE_SLOTS, sizeof *c->slots);
+            if (c && !c->slots) { free(c); c = NULL; }
+            shared->work->cache = c; /* none when out of memory: encoding goes on without */
+        }
         if (shared->work) w = shared->work;
     }
     w->nsegs = 0;

@@ -116,17 +116,27 @@ int tok_byte_level_byte(uint32_t cp);
 
 typedef struct tok_merge_slot { uint64_t pair; int32_t rank, new_id; } tok_merge_slot;
 
-/* A direct-mapped cache of word -> ids, one 64-byte line per entry (key_len 0: empty). Words longer than
- * TOK_CACHE_KEY bytes or of more than TOK_CACHE_IDS ids are not cached. */
+/* The word cache: word -> ids. Short words live in a direct-mapped table (16 MiB, its pages touched as
+ * words arrive), one 64-byte line per entry
+ * (key_len 0: empty; at most TOK_CACHE_KEY bytes and TOK_CACHE_IDS ids); longer ones, up to
+ * TOK_CACHE_LONG bytes, in a map that is emptied when it holds TOK_CACHE_LONG_ENTRIES. */
 #define TOK_CACHE_KEY 26
 #define TOK_CACHE_IDS 8
-#define TOK_CACHE_SLOTS (1u << 16)
+#define TOK_CACHE_SLOTS (1u << 18)
+#define TOK_CACHE_LONG 256
+#define TOK_CACHE_LONG_ENTRIES 100000
 typedef struct tok_cache_slot {
     uint32_t tag;
     uint8_t key_len, n_ids;
     char key[TOK_CACHE_KEY];
     int32_t ids[TOK_CACHE_IDS];
 } tok_cache_slot;
+
+typedef struct tok_cache {
+    tok_cache_slot *slots;       /* TOK_CACHE_SLOTS */
+    str_map long_words;          /* word -> offset in long_ids of its count, then its ids */
+    finch_tokens long_ids;
+} tok_cache;
 
 typedef struct tok_bpe {
     str_map vocab;               /* token -> id */
@@ -155,8 +165,9 @@ void tok_bpe_add_merge(tok_bpe *m, int32_t a, int32_t b, int32_t rank, int32_t n
 /* Builds the lookup tables once vocab and merges are loaded. long_pieces: pieces are not cut into words
  * by a pre-tokenizer (see pairs). Call after setting byte_level. */
 int tok_bpe_prepare(tok_bpe *m, int long_pieces);
-/* Appends the ids of one pre-tokenized piece. cache: TOK_CACHE_SLOTS entries, or NULL. */
-int tok_bpe_encode(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_t n, finch_tokens *out);
+/* Appends the ids of one pre-tokenized piece. cache: NULL for none. */
+int tok_bpe_encode(const tok_bpe *m, tok_cache *cache, const char *s, size_t n, finch_tokens *out);
+void tok_cache_free(tok_cache *c);
 void tok_bpe_free(tok_bpe *m);
 
 /* ---- added tokens ---- */
@@ -243,7 +254,7 @@ typedef struct tok_work {
     size_t nsegs, cap_segs, nsub, cap_sub;
     tok_buf norm;
     tok_pieces pieces, tmp;
-    tok_cache_slot *cache;        /* TOK_CACHE_SLOTS entries, or NULL */
+    tok_cache *cache;             /* NULL: none */
 } tok_work;
 
 struct finch_tokenizer {

@@ -234,21 +234,61 @@ static uint64_t word_hash(const char *s, size_t n)
     return h ^ (h >> 32);
 }
 
-static const tok_cache_slot *cache_find(const tok_cache_slot *cache, uint64_t h, const char *s, size_t n)
+/* Appends the cached ids of s[0..n) to out: 1 if found, 0 if not, -1 when out of memory. */
+static int cache_get(const tok_cache *c, const char *s, size_t n, finch_tokens *out)
 {
-    const tok_cache_slot *e = &cache[h & (TOK_CACHE_SLOTS - 1)];
-    return e->key_len == n && e->tag == (uint32_t)(h >> 32) && memcmp(e->key, s, n) == 0 ? e : NULL;
+    const int32_t *ids;
+    size_t cnt;
+    if (n <= TOK_CACHE_KEY) {
+        uint64_t h = word_hash(s, n);
+        const tok_cache_slot *e = &c->slots[h & (TOK_CACHE_SLOTS - 1)];
+        if (e->key_len != n || e->tag != (uint32_t)(h >> 32) || memcmp(e->key, s, n) != 0) return 0;
+        ids = e->ids;
+        cnt = e->n_ids;
+    } else {
+        int32_t off = str_map_get(&c->long_words, s, n);
+        if (off < 0) return 0;
+        ids = c->long_ids.ids + off + 1;
+        cnt = (size_t)c->long_ids.ids[off];
+    }
+    if (tok_ids_reserve(out, cnt)) return -1;
+    if (cnt) memcpy(out->ids + out->len, ids, cnt * sizeof *ids);
+    out->len += cnt;
+    return 1;
 }
 
-static void cache_store(tok_cache_slot *cache, uint64_t h, const char *s, size_t n, const int32_t *ids, size_t cnt)
+static void cache_put(tok_cache *c, const char *s, size_t n, const int32_t *ids, size_t cnt)
 {
-    if (cnt > TOK_CACHE_IDS) return;
-    tok_cache_slot *e = &cache[h & (TOK_CACHE_SLOTS - 1)];
-    e->tag = (uint32_t)(h >> 32);
-    e->key_len = (uint8_t)n;
-    e->n_ids = (uint8_t)cnt;
-    memcpy(e->key, s, n);
-    if (cnt) memcpy(e->ids, ids, cnt * sizeof *ids);
+    if (n <= TOK_CACHE_KEY) {
+        if (cnt > TOK_CACHE_IDS) return;
+        uint64_t h = word_hash(s, n);
+        tok_cache_slot *e = &c->slots[h & (TOK_CACHE_SLOTS - 1)];
+        e->tag = (uint32_t)(h >> 32);
+        e->key_len = (uint8_t)n;
+        e->n_ids = (uint8_t)cnt;
+        memcpy(e->key, s, n);
+        if (cnt) memcpy(e->ids, ids, cnt * sizeof *ids);
+        return;
+    }
+    if (c->long_words.count >= TOK_CACHE_LONG_ENTRIES || c->long_ids.len + cnt + 1 > (size_t)INT32_MAX) {
+        str_map_free(&c->long_words);
+        c->long_ids.len = 0;
+    }
+    int32_t off = (int32_t)c->long_ids.len;
+    if (tok_ids_reserve(&c->long_ids, cnt + 1)) return; /* out of memory: just not cached */
+    c->long_ids.ids[c->long_ids.len++] = (int32_t)cnt;
+    if (cnt) memcpy(c->long_ids.ids + c->long_ids.len, ids, cnt * sizeof *ids);
+    c->long_ids.len += cnt;
+    if (str_map_put(&c->long_words, s, n, off)) c->long_ids.len = (size_t)off;
+}
+
+void tok_cache_free(tok_cache *c)
+{
+    if (!c) return;
+    free(c->slots);
+    str_map_free(&c->long_words);
+    finch_tokens_free(&c->long_ids);
+    memset(c, 0, sizeof *c);
 }
 
 /* ---- encoding ---- */
@@ -308,12 +348,12 @@ static int32_t whole_piece_id(const tok_bpe *m, const char *s, size_t n)
 /* Pieces longer than this are cut into words where they can be (tok_bpe.pairs). */
 #define LONG_PIECE 32
 
-static int encode_piece(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_t n, int whole, finch_tokens *out);
+static int encode_piece(const tok_bpe *m, tok_cache *cache, const char *s, size_t n, int whole, finch_tokens *out);
 
 /* Cuts a long piece between characters where no merge can join the symbols on both sides: characters
  * that are one-character tokens and that no token holds side by side. BPE then runs on each side
  * independently and applies the same merges in the same order. */
-static int encode_long(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_t n, finch_tokens *out)
+static int encode_long(const tok_bpe *m, tok_cache *cache, const char *s, size_t n, finch_tokens *out)
 {
     size_t word = 0, pos = 0;
     uint32_t prev_cp = 0;
@@ -334,19 +374,13 @@ static int encode_long(const tok_bpe *m, tok_cache_slot *cache, const char *s, s
 }
 
 /* whole: s is a whole pre-tokenized piece (so ignore_merges applies), not a part of one. */
-static int encode_piece(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_t n, int whole, finch_tokens *out)
+static int encode_piece(const tok_bpe *m, tok_cache *cache, const char *s, size_t n, int whole, finch_tokens *out)
 {
-    uint64_t h = 0;
-    int cacheable = cache && n <= TOK_CACHE_KEY;
+    int cacheable = cache && n <= TOK_CACHE_LONG;
     if (cacheable) {
-        h = word_hash(s, n);
-        const tok_cache_slot *e = cache_find(cache, h, s, n);
-        if (e) {
-            if (tok_ids_reserve(out, e->n_ids)) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "BPE");
-            if (e->n_ids) memcpy(out->ids + out->len, e->ids, e->n_ids * sizeof *e->ids);
-            out->len += e->n_ids;
-            return FINCH_OK;
-        }
+        int found = cache_get(cache, s, n, out);
+        if (found < 0) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "BPE");
+        if (found) return FINCH_OK;
     }
     size_t first = out->len;
     int32_t id = whole && m->ignore_merges ? whole_piece_id(m, s, n) : -1;
@@ -354,11 +388,11 @@ static int encode_piece(const tok_bpe *m, tok_cache_slot *cache, const char *s, 
     if (id >= 0) rc = tok_ids_push(out, id) ? finch_error(FINCH_ERR_OUT_OF_MEMORY, "BPE") : FINCH_OK;
     else if (m->pairs && n > LONG_PIECE) rc = encode_long(m, cache, s, n, out);
     else rc = encode_word(m, s, n, out);
-    if (rc == FINCH_OK && cacheable) cache_store(cache, h, s, n, out->len > first ? out->ids + first : NULL, out->len - first);
+    if (rc == FINCH_OK && cacheable) cache_put(cache, s, n, out->len > first ? out->ids + first : NULL, out->len - first);
     return rc;
 }
 
-int tok_bpe_encode(const tok_bpe *m, tok_cache_slot *cache, const char *s, size_t n, finch_tokens *out)
+int tok_bpe_encode(const tok_bpe *m, tok_cache *cache, const char *s, size_t n, finch_tokens *out)
 {
     return n ? encode_piece(m, cache, s, n, 1, out) : FINCH_OK;
 }

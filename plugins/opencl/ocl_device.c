@@ -178,6 +178,14 @@ int ocl_alloc(finch_plugin_device *dev, size_t bytes, finch_plugin_buffer **out)
     *out = NULL;
     finch_plugin_buffer *b = malloc(sizeof *b);
     if (!b) return ocl_fail(FINCH_ERR_OUT_OF_MEMORY, "opencl: alloc: out of host memory");
+    /* Some drivers (NVIDIA's) accept any size here and fail later; refuse what the device cannot hold. */
+    cl_ulong max_alloc = 0;
+    if (clGetDeviceInfo(dev->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof max_alloc, &max_alloc, NULL) == CL_SUCCESS &&
+        max_alloc > 0 && (cl_ulong)bytes > max_alloc) {
+        free(b);
+        return ocl_fail(FINCH_ERR_OUT_OF_MEMORY, "opencl: alloc of %zu bytes: over the device's largest allocation (%llu bytes)",
+                        bytes, (unsigned long long)max_alloc);
+    }
     cl_int err;
     b->mem = clCreateBuffer(dev->context, CL_MEM_READ_WRITE, bytes ? bytes : 1, NULL, &err);
     if (err != CL_SUCCESS) {

@@ -36,13 +36,13 @@ finch_env=(env "LD_LIBRARY_PATH=$lib:/usr/local/cuda/lib64:${cublas:+$cublas:}${
 
 stamp "a) plugin parity"
 "${finch_env[@]}" FINCH_PARITY_PLUGIN="$bundle/bin/libfinch-cuda.so" FINCH_PARITY_BENCH=1 \
-  timeout 90 "$bundle/bin/test_plugin_parity" > "$out/parity.log" 2>&1
+  timeout 75 "$bundle/bin/test_plugin_parity" > "$out/parity.log" 2>&1
 stamp "   exit $? : $(grep -E '^[0-9]+ passed' "$out/parity.log" | tail -1)"
 grep -E "FAILED|FAIL " "$out/parity.log" | head -20 | tee -a "$out/summary.txt"
 
 stamp "b) goldens through CUDA"
 : > "$out/golden.log"
-golden_end=$(( $(date +%s) + 60 ))
+golden_end=$(( $(date +%s) + 45 ))
 for arch in llama mistral qwen2 qwen3 gemma gemma2 gemma3 phi3 falcon; do
   left=$(( golden_end - $(date +%s) ))
   [ $left -gt 2 ] || { echo "golden $arch: no time left" >> "$out/golden.log"; continue; }
@@ -52,11 +52,11 @@ for arch in llama mistral qwen2 qwen3 gemma gemma2 gemma3 phi3 falcon; do
 done
 
 stamp "c) finch bench train --config all"
-"${finch_env[@]}" timeout 170 "$bundle/bin/finch" bench train --config all > "$out/bench_train.log" 2>&1
+"${finch_env[@]}" timeout 160 "$bundle/bin/finch" bench train --config all > "$out/bench_train.log" 2>&1
 stamp "   exit $?"
 
 stamp "d) Hugging Face + PEFT baseline"
-OUT="$out" timeout 170 python3 "$bundle/shared/bench/hf_peft_baseline.py" > "$out/hf.log" 2>&1
+OUT="$out" timeout 160 python3 "$bundle/shared/bench/hf_peft_baseline.py" > "$out/hf.log" 2>&1
 stamp "   exit $?"
 
 python3 - "$out" >> "$out/summary.txt" 2>&1 <<'PY'

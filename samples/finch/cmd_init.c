@@ -7,6 +7,7 @@
 #include "core/safetensors.h"
 #include "finch/finch.h"
 #include "samples/finch/commands.h"
+#include "samples/finch/init_model.h"
 #include "samples/finch/init_tokenizer.h"
 
 #include <cjson/cJSON.h>
@@ -16,13 +17,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct init_args {
-    const char *arch, *out, *tokenizer;
-    int64_t hidden, layers, heads, kv_heads, head_dim, intermediate, max_position;
-    double rope_theta, init_std;
-    uint64_t seed;
-    int untied;
-} init_args;
+void init_spec_default(init_spec *s)
+{
+    memset(s, 0, sizeof *s);
+    s->hidden = 64, s->layers = 2, s->heads = 4, s->max_position = 2048, s->rope_theta = 10000, s->init_std = 0.02, s->seed = 3407;
+}
+
+int init_spec_check(init_spec *a)
+{
+    if (!a->arch || (strcmp(a->arch, "llama") && strcmp(a->arch, "mistral") && strcmp(a->arch, "qwen2") && strcmp(a->arch, "qwen3")))
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "--arch %s is not one of llama, mistral, qwen2, qwen3", a->arch ? a->arch : "(none)");
+    if (!a->kv_heads) a->kv_heads = a->heads;
+    if (!a->head_dim && a->heads > 0) a->head_dim = a->hidden / a->heads;
+    if (!a->intermediate) a->intermediate = (a->hidden * 8 / 3 + 15) / 16 * 16;
+    if (a->hidden < 1 || a->layers < 1 || a->heads < 1 || a->kv_heads < 1 || a->heads % a->kv_heads || a->head_dim < 2 ||
+        a->head_dim % 2 || a->intermediate < 1 || a->max_position < 2 || !(a->init_std > 0))
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "sizes must be positive, heads a multiple of kv-heads and head-dim even");
+    return FINCH_OK;
+}
 
 static void usage(FILE *f)
 {
@@ -34,10 +46,9 @@ static void usage(FILE *f)
                "special tokens and chat template.\n");
 }
 
-static int parse(int argc, char **argv, init_args *a)
+static int parse(int argc, char **argv, init_spec *a)
 {
-    memset(a, 0, sizeof *a);
-    a->hidden = 64, a->layers = 2, a->heads = 4, a->max_position = 2048, a->rope_theta = 10000, a->init_std = 0.02, a->seed = 3407;
+    init_spec_default(a);
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int64_t *num = !strcmp(s, "--hidden") ? &a->hidden : !strcmp(s, "--layers") ? &a->layers : !strcmp(s, "--heads") ? &a->heads
@@ -76,16 +87,8 @@ static int parse(int argc, char **argv, init_args *a)
         usage(stderr);
         return 2;
     }
-    if (strcmp(a->arch, "llama") && strcmp(a->arch, "mistral") && strcmp(a->arch, "qwen2") && strcmp(a->arch, "qwen3")) {
-        fprintf(stderr, "finch init: --arch %s is not one of llama, mistral, qwen2, qwen3\n", a->arch);
-        return 2;
-    }
-    if (!a->kv_heads) a->kv_heads = a->heads;
-    if (!a->head_dim && a->heads > 0) a->head_dim = a->hidden / a->heads;
-    if (!a->intermediate) a->intermediate = (a->hidden * 8 / 3 + 15) / 16 * 16;
-    if (a->hidden < 1 || a->layers < 1 || a->heads < 1 || a->kv_heads < 1 || a->heads % a->kv_heads || a->head_dim < 2 ||
-        a->head_dim % 2 || a->intermediate < 1 || a->max_position < 2 || !(a->init_std > 0)) {
-        fprintf(stderr, "finch init: sizes must be positive, heads a multiple of kv-heads and head-dim even\n");
+    if (init_spec_check(a)) {
+        fprintf(stderr, "finch init: %s\n", finch_last_error());
         return 2;
     }
     return 0;
@@ -143,7 +146,7 @@ static int add_tensor(weights *w, const char *name, int64_t d0, int64_t d1, char
     return FINCH_OK;
 }
 
-static int make_weights(const init_args *a, int64_t vocab, weights *w)
+static int make_weights(const init_spec *a, int64_t vocab, weights *w)
 {
     double s = a->init_std;
     int64_t H = a->hidden, q = a->heads * a->head_dim, kv = a->kv_heads * a->head_dim, I = a->intermediate;
@@ -212,7 +215,7 @@ static int copy_file(const char *src_dir, const char *dst_dir, const char *name,
     return rc;
 }
 
-static int tokenizer_files(const init_args *a, init_tokenizer_ids *ids)
+static int tokenizer_files(const init_spec *a, init_tokenizer_ids *ids)
 {
     if (!a->tokenizer) return init_write_byte_tokenizer(a->out, a->max_position, ids);
     int rc = copy_file(a->tokenizer, a->out, "tokenizer.json", 1);
@@ -237,7 +240,7 @@ static void add_id(cJSON *o, const char *key, int32_t id)
     else cJSON_AddNullToObject(o, key);
 }
 
-static int write_config(const init_args *a, const init_tokenizer_ids *ids)
+static int write_config(const init_spec *a, const init_tokenizer_ids *ids)
 {
     static const struct { const char *arch, *cls; } classes[] = {
         {"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"}, {"qwen2", "Qwen2ForCausalLM"}, {"qwen3", "Qwen3ForCausalLM"}};
@@ -282,7 +285,7 @@ static int write_config(const init_args *a, const init_tokenizer_ids *ids)
     return rc;
 }
 
-static int run(const init_args *a)
+int init_model_write(const init_spec *a, char *summary, size_t size)
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", a->out);
@@ -308,21 +311,23 @@ static int run(const init_args *a)
     int64_t params = 0;
     for (int i = 0; i < w.n; i++) params += w.e[i].shape[0] * (w.e[i].ndim > 1 ? w.e[i].shape[1] : 1);
     free_weights(&w);
-    if (!rc)
-        printf("finch init: %s model in %s: %lld layers, hidden %lld, %lld heads (%lld kv), vocab %d, %lld parameters; tokenizer %s\n", a->arch,
-               a->out, (long long)a->layers, (long long)a->hidden, (long long)a->heads, (long long)a->kv_heads, ids.vocab_size, (long long)params,
-               a->tokenizer ? a->tokenizer : "byte-level (written by finch)");
+    if (!rc && summary)
+        snprintf(summary, size, "%s model in %s: %lld layers, hidden %lld, %lld heads (%lld kv), vocab %d, %lld parameters; tokenizer %s", a->arch,
+                 a->out, (long long)a->layers, (long long)a->hidden, (long long)a->heads, (long long)a->kv_heads, ids.vocab_size, (long long)params,
+                 a->tokenizer ? a->tokenizer : "byte-level (written by finch)");
     return rc;
 }
 
 int finch_cmd_init(int argc, char **argv)
 {
-    init_args a;
+    init_spec a;
     int rc = parse(argc, argv, &a);
     if (rc) return rc < 0 ? 0 : rc;
-    if (run(&a)) {
+    char summary[4600];
+    if (init_model_write(&a, summary, sizeof summary)) {
         fprintf(stderr, "finch init: %s\n", finch_last_error());
         return 1;
     }
+    printf("finch init: %s\n", summary);
     return 0;
 }

@@ -16,6 +16,7 @@ int finch_cmd_bench(int argc, char **argv);
 int finch_cmd_bench_decode(int argc, char **argv);
 int finch_cmd_bench_train(int argc, char **argv);
 int finch_cmd_export(int argc, char **argv);
+int finch_cmd_demo(int argc, char **argv);
 
 /* images.c: the image preprocessing settings of a vision-language model: preprocessor_config.json from
  * `processor`, else from model_dir, else the Qwen2-VL defaults. */

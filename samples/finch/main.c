@@ -12,6 +12,7 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *summary;
 } commands[] = {
+    {"demo", finch_cmd_demo, "the whole pipeline on a small model: init, train on a synthetic chat task, before/after answers, export"},
     {"info", finch_cmd_info, "list backends (and why a plugin did not load), devices, and what \"auto\" picks"},
     {"forward", finch_cmd_forward, "run a model on a batch: logits, loss and optionally gradients to a file"},
     {"tokenize", finch_cmd_tokenize, "encode text or a chat with a model's tokenizer and template; show ids and labels"},

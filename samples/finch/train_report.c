@@ -104,7 +104,7 @@ void train_report_event(train_report *r, const finch_train_progress *p)
                    (long long)p->total_steps, p->loss, p->learning_rate, p->grad_norm, p->tokens_per_second, el, eta,
                    (double)p->device_memory_used / gib, (double)p->device_memory_total / gib);
             r->bar_shown = 1;
-        } else {
+        } else if (r->print_every <= 1 || p->step % r->print_every == 0 || p->step == p->total_steps) {
             printf("step %lld/%lld  epoch %.2f  loss %.4f  lr %.3e  grad_norm %.4f  %.0f tok/s  elapsed %s  eta %s  mem %.2f GiB\n",
                    (long long)p->step, (long long)p->total_steps, p->epoch, p->loss, p->learning_rate, p->grad_norm, p->tokens_per_second, el, eta,
                    (double)p->device_memory_used / gib);

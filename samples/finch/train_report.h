@@ -16,6 +16,7 @@ typedef struct train_report {
     char metrics_path[4200], svg_path[4200];
     FILE *metrics;
     int tty, bar_shown;
+    int64_t print_every;             /* plain lines (not a terminal): every Nth step and the last; 0 = every step */
     train_point *loss, *eval;
     size_t n_loss, n_eval, cap_loss, cap_eval;
 } train_report;
