@@ -152,6 +152,10 @@ static int add_device(finch_registry *reg, int module, int index, const finch_de
     d->report.kind = (int)info->kind;
     d->report.total_memory = info->total_memory;
     d->report.free_memory = info->free_memory;
+    const finch_plugin_api *t = &reg->modules[module].table;
+    if (t->device_details && t->device_details(index, d->report.details, sizeof d->report.details) != FINCH_OK)
+        d->report.details[0] = 0;
+    d->report.details[sizeof d->report.details - 1] = 0;
     return FINCH_OK;
 }
 

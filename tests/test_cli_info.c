@@ -77,6 +77,14 @@ int main(void)
     rc = run(cmd, out, sizeof out);
     CHECK(rc == 0 && strstr(out, "\n  cpu:0 ") && strstr(out, "\nauto: ") && !strstr(out, "fake_"),
           "finch info (no plugin path) exited %d:\n%s", rc, out);
+    /* Device details (ABI 1.2): the CPU's BLAS; an OpenCL device's versions and extensions. */
+    CHECK(strstr(out, " BLAS: "), "no BLAS line under cpu:0:\n%s", out);
+    const char *ocl = strstr(out, "\n  opencl:0 ");
+    if (ocl)
+        CHECK(strstr(ocl, "platform version: OpenCL ") && strstr(ocl, "device version: OpenCL ") && strstr(ocl, "OpenCL C: ") &&
+                  strstr(ocl, "extensions: "),
+              "opencl:0 without its versions and extensions:\n%s", out);
+    printf("details: cpu BLAS line%s\n", ocl ? ", opencl versions + extensions" : " (no OpenCL device here)");
 
     snprintf(cmd, sizeof cmd, "'%s/finch' info --plugin-path /nonexistent/finch-plugins", bin);
     rc = run(cmd, out, sizeof out);

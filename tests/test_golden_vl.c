@@ -1,5 +1,6 @@
 /* Parity of Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration) with Hugging Face transformers + PEFT
- * (float64 references in $FINCH_SHARED_DIR/golden/qwen2_5_vl), on the CPU backend in f32:
+ * (float64 references in $FINCH_SHARED_DIR/golden/qwen2_5_vl), in f32 on the CPU backend, or on the
+ * backend named by the first argument (`test_golden_vl cuda`; exit 77 when it has no device here):
  * the image's pixel_values and grid from golden.safetensors go in with the batch; base logits, loss
  * and every full fine-tuning gradient (vision tower included); the same through the fused head with
  * gradient checkpointing; the golden adapter's logits, loss and LoRA gradients; bf16 within 2e-2;
@@ -23,6 +24,7 @@
 #define TOL 1e-4
 
 static st_set *gold;
+static const char *backend = "cpu";
 static int32_t *ids, *labels, grid[3];
 static float *pixels;
 static int64_t B, T, n_patches;
@@ -469,7 +471,7 @@ static void check_cli(const char *base)
     if (pid == 0) {
         if (!freopen(log, "w", stdout) || dup2(fileno(stdout), 2) < 0) _exit(126);
         execl(bin, bin, "forward", "--model", model, "--batch", batch, "--image", image, "--text-positions", "--full", "--grads",
-              "--backend", "cpu", "--out", out, (char *)NULL);
+              "--backend", backend, "--out", out, (char *)NULL);
         _exit(127);
     }
     int status = -1;
@@ -506,19 +508,23 @@ static void check_cli(const char *base)
     st_set_close(res);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1) backend = argv[1];
     char base[1024], model_dir[1100], adapter_dir[1100], gold_path[1200], text_dir[1100];
     snprintf(base, sizeof base, "%s/golden/qwen2_5_vl", testing_shared_dir());
     snprintf(model_dir, sizeof model_dir, "%s/model", base);
     snprintf(adapter_dir, sizeof adapter_dir, "%s/adapter", base);
     snprintf(gold_path, sizeof gold_path, "%s/golden.safetensors", base);
     snprintf(text_dir, sizeof text_dir, "%s/golden/qwen2/model", testing_shared_dir());
-    printf("golden qwen2_5_vl\n");
+    printf("golden qwen2_5_vl on %s\n", backend);
 
     finch_runtime *rt = NULL;
-    if (!ok(finch_runtime_open("cpu", &rt), "finch_runtime_open") || !ok(st_set_open_file(gold_path, &gold), gold_path))
-        return testing_finish();
+    if (finch_runtime_open(backend, &rt) != FINCH_OK) {
+        printf("skipped: backend %s unavailable: %s\n", backend, finch_last_error());
+        return 77;
+    }
+    if (!ok(st_set_open_file(gold_path, &gold), gold_path)) return testing_finish();
     const st_tensor *t = st_set_find(gold, "input_ids"), *pv = st_set_find(gold, "image0.pixel_values"),
                     *gt = st_set_find(gold, "image0.grid_thw");
     CHECK(t && t->ndim == 2 && pv && pv->ndim == 2 && gt && gt->numel == 3, "%s: input_ids, image0.pixel_values, image0.grid_thw",

@@ -78,6 +78,17 @@ int cpu_device_info(int index, finch_device_info *info)
     return FINCH_OK;
 }
 
+int cpu_device_details(int index, char *buf, size_t size)
+{
+    if (index != 0) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu: no device %d (there is one: 0)", index);
+    snprintf(buf, size,
+             "threads: %d (OpenMP %d, %d processors)\n"
+             "BLAS: %s\n"
+             "BLAS threads: %d\n",
+             cpu_threads(), (int)_OPENMP, omp_get_num_procs(), openblas_get_config(), openblas_get_num_threads());
+    return FINCH_OK;
+}
+
 int cpu_device_open(int index, finch_plugin_device **out)
 {
     *out = NULL;
@@ -122,6 +133,7 @@ static const finch_plugin_api cpu_api = {
     .last_error = cpu_last_error,
     .device_count = cpu_device_count,
     .device_info = cpu_device_info,
+    .device_details = cpu_device_details,
     .device_open = cpu_device_open,
     .device_close = cpu_device_close,
     .memory_info = cpu_memory_info,

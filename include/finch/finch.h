@@ -65,6 +65,8 @@ typedef struct finch_device_report {
     char name[128];
     int kind;                 /* finch_device_kind from plugin.h: 0 cpu, 1 gpu, 2 igpu, 3 other */
     uint64_t total_memory, free_memory;
+    char details[2048];       /* versions, driver, features, extensions: "key: value" lines; "" if the
+                                 plugin does not say (ABI < 1.2) */
 } finch_device_report;
 
 int finch_runtime_backend_count(const finch_runtime *rt);

@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define FINCH_PLUGIN_ABI_MAJOR 1
-#define FINCH_PLUGIN_ABI_MINOR 1
+#define FINCH_PLUGIN_ABI_MINOR 2
 #define FINCH_PLUGIN_ENTRY_SYMBOL "finch_plugin_entry"
 #define FINCH_IGNORE_INDEX (-100)
 
@@ -386,6 +386,12 @@ typedef struct finch_plugin_api {
     int (*adamw8bit_step)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d);
     int (*attention_cache_forward)(finch_plugin_device *dev, finch_plugin_stream *s,
                                    const finch_attention_cache_desc *d);
+
+    /* --- ABI 1.2: optional --- */
+    /* What a user asks when a device misbehaves: runtime and driver versions, the device's own
+     * version strings, features the plugin uses, extensions. Plain text, "key: value" lines, written
+     * NUL-terminated into buf (cut to size); callable after init, before any device_open. */
+    int (*device_details)(int index, char *buf, size_t size);
 } finch_plugin_api;
 
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);

@@ -182,6 +182,33 @@ static int plugin_device_info(int index, finch_device_info *info)
     return FINCH_OK;
 }
 
+static int plugin_device_details(int index, char *buf, size_t size)
+{
+    gpuDeviceProp p;
+    GPU_TRY(gpu_check(gpuGetDeviceProperties(&p, index), "reading device properties"));
+    int driver = 0, runtime = 0;
+    gpuDriverGetVersion(&driver);
+    gpuRuntimeGetVersion(&runtime);
+#if FINCH_GPU_CUDA
+    char arch[32];
+    snprintf(arch, sizeof arch, "sm_%d%d", p.major, p.minor);
+    const char *api = "CUDA";
+#else
+    const char *arch = p.gcnArchName;
+    const char *api = "HIP";
+#endif
+    snprintf(buf, size,
+             "architecture: %s (compute capability %d.%d)\n"
+             "%s driver: %d.%d, runtime: %d.%d\n"
+             "multiprocessors: %d, L2 cache: %d KiB, shared memory per block: %zu KiB (opt-in %zu KiB)\n"
+             "memory bus: %d bits\n"
+             "GEMM: %s\n",
+             arch, p.major, p.minor, api, driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10,
+             p.multiProcessorCount, p.l2CacheSize >> 10, p.sharedMemPerBlock >> 10, (size_t)p.sharedMemPerBlockOptin >> 10,
+             p.memoryBusWidth, !FINCH_GPU_BLASLT ? "the plugin's own tiled kernel" : FINCH_GPU_CUDA ? "cuBLASLt" : "hipBLASLt");
+    return FINCH_OK;
+}
+
 static int plugin_device_open(int index, finch_plugin_device **out)
 {
     *out = NULL;
@@ -400,6 +427,7 @@ static const finch_plugin_api plugin_api = {
     plugin_cross_entropy, plugin_linear_cross_entropy,
     plugin_adamw_step,
     plugin_adamw8bit_step, plugin_attention_cache_forward,
+    plugin_device_details,
 };
 
 extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)

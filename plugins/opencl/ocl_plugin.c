@@ -136,6 +136,47 @@ static int ocl_device_info(int index, finch_device_info *info)
     return FINCH_OK;
 }
 
+/* One string property of a platform or device, appended to buf as "key: value\n" (cut to fit). */
+static void append_info(char *buf, size_t size, const char *key, cl_int err, const char *value)
+{
+    size_t len = strlen(buf);
+    if (len + 1 >= size) return;
+    snprintf(buf + len, size - len, "%s: %s\n", key, err == CL_SUCCESS ? value : "(not reported)");
+}
+
+static int ocl_device_details(int index, char *buf, size_t size)
+{
+    cl_platform_id platform = NULL;
+    cl_device_id device = NULL;
+    if (!buf || size == 0) return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: device_details: no buffer");
+    int rc = ocl_device_lookup(index, &platform, &device);
+    if (rc) return rc;
+    buf[0] = 0;
+    static const struct { int platform; cl_uint param; const char *key; } props[] = {
+        {1, CL_PLATFORM_NAME, "platform"},
+        {1, CL_PLATFORM_VERSION, "platform version"},
+        {0, CL_DEVICE_VENDOR, "vendor"},
+        {0, CL_DEVICE_VERSION, "device version"},
+        {0, CL_DRIVER_VERSION, "driver version"},
+        {0, CL_DEVICE_OPENCL_C_VERSION, "OpenCL C"},
+        {0, CL_DEVICE_EXTENSIONS, "extensions"},
+    };
+    for (size_t i = 0; i < sizeof props / sizeof props[0]; i++) {
+        char value[4096] = {0};
+        cl_int err = props[i].platform ? clGetPlatformInfo(platform, props[i].param, sizeof value - 1, value, NULL)
+                                       : clGetDeviceInfo(device, props[i].param, sizeof value - 1, value, NULL);
+        append_info(buf, size, props[i].key, err, value);
+    }
+    cl_ulong max_alloc = 0, local_mem = 0;
+    cl_int err = clGetDeviceInfo(device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof max_alloc, &max_alloc, NULL);
+    if (err == CL_SUCCESS) err = clGetDeviceInfo(device, CL_DEVICE_LOCAL_MEM_SIZE, sizeof local_mem, &local_mem, NULL);
+    char value[128];
+    snprintf(value, sizeof value, "%.2f GiB largest buffer, %llu KiB local memory", (double)max_alloc / (1 << 30),
+             (unsigned long long)(local_mem >> 10));
+    append_info(buf, size, "limits", err, value);
+    return FINCH_OK;
+}
+
 static const finch_plugin_api ocl_api = {
     .abi_major = FINCH_PLUGIN_ABI_MAJOR,
     .abi_minor = FINCH_PLUGIN_ABI_MINOR,
@@ -187,6 +228,7 @@ static const finch_plugin_api ocl_api = {
     .adamw_step = ocl_adamw_step,
     .adamw8bit_step = ocl_adamw8bit_step,
     .attention_cache_forward = ocl_attention_cache_forward,
+    .device_details = ocl_device_details,
 };
 
 __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)

@@ -4,13 +4,15 @@
  *
  *   finch bench train [--config llama1b-gc|llama1b|llama8b-gc|llama8b-8k|all] [--shape full|tiny]
  *                     [--backend NAME] [--warmup N] [--steps N] [--optim adamw|adamw8bit] [--dir DIR]
+ *                     [--batch N] [--seq N]
  *
  * Each configuration: a Llama model with random bf16 weights (llama1b: hidden 2048, intermediate
  * 8192, 16 layers, 32 heads, 8 kv heads, vocab 128256, tied embeddings; llama8b: 4096 / 14336 / 32 /
  * 32 / 8 / 128256, untied), LoRA r=16 alpha=16 on q,k,v,o,gate,up,down, AdamW (lr 1e-4, weight decay
  * 0.01, no gradient clipping, as torch.optim.AdamW in the baseline), the same random B x T token
  * batch every step (labels = inputs), --warmup steps (3) and then --steps (8) timed optimizer steps
- * (forward, backward, optimizer). --shape tiny keeps the configurations but shrinks the model and
+ * (forward, backward, optimizer). --batch/--seq replace the configuration's B and T (a smaller step for a
+ * slower backend; the JSON line then no longer pairs with the baseline's). --shape tiny keeps the configurations but shrinks the model and
  * T so the command runs anywhere (the CPU backend included).
  *
  * The checkpoint is written to a scratch folder (--dir, else /dev/shm, $TMPDIR or /tmp) once per
@@ -61,19 +63,21 @@ static double gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
 static void usage(FILE *f)
 {
     fprintf(f, "usage: finch bench train [--config llama1b-gc|llama1b|llama8b-gc|llama8b-8k|all] [--shape full|tiny]\n"
-               "                         [--backend NAME] [--warmup N] [--steps N] [--optim adamw|adamw8bit] [--dir DIR]\n");
+               "                         [--backend NAME] [--warmup N] [--steps N] [--optim adamw|adamw8bit] [--dir DIR]\n"
+               "                         [--batch N] [--seq N]\n");
 }
 
 typedef struct run_options {
     int tiny;
     int64_t warmup, steps;
     finch_optimizer optim;
+    int64_t batch, seq;             /* 0: the configuration's */
 } run_options;
 
 /* One configuration on a loaded model (no adapter attached); prints its JSON line. */
 static int run_config(finch_runtime *rt, finch_model *m, const bench_config *c, const run_options *o, uint64_t weight_bytes)
 {
-    int64_t B = c->batch, T = o->tiny ? (c->seq > 2048 ? 256 : 64) : c->seq;
+    int64_t B = o->batch ? o->batch : c->batch, T = o->seq ? o->seq : o->tiny ? (c->seq > 2048 ? 256 : 64) : c->seq;
     finch_model_info info;
     finch_model_info_get(m, &info);
     m->gradient_checkpointing = c->gc;
@@ -171,7 +175,7 @@ static int parse_i64(const char *opt, const char *v, int64_t *out)
 int finch_cmd_bench_train(int argc, char **argv)
 {
     const char *config = "all", *backend = "auto", *dir_opt = NULL;
-    run_options o = {0, 3, 8, FINCH_OPTIM_ADAMW};
+    run_options o = {0, 3, 8, FINCH_OPTIM_ADAMW, 0, 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -191,6 +195,10 @@ int finch_cmd_bench_train(int argc, char **argv)
             if (parse_i64(a, v, &o.warmup)) return 2;
         } else if (!strcmp(a, "--steps")) {
             if (parse_i64(a, v, &o.steps)) return 2;
+        } else if (!strcmp(a, "--batch")) {
+            if (parse_i64(a, v, &o.batch)) return 2;
+        } else if (!strcmp(a, "--seq")) {
+            if (parse_i64(a, v, &o.seq)) return 2;
         } else if (!strcmp(a, "--shape") && (!strcmp(v, "full") || !strcmp(v, "tiny"))) {
             o.tiny = !strcmp(v, "tiny");
         } else if (!strcmp(a, "--optim")) {

@@ -27,6 +27,16 @@ static void print_device(const char *label, int width, const finch_device_report
            gib(d->total_memory), gib(d->free_memory));
 }
 
+/* The plugin's "key: value" lines, indented under the device. */
+static void print_details(int indent, const char *details)
+{
+    for (const char *p = details; *p;) {
+        size_t n = strcspn(p, "\n");
+        printf("%*s%.*s\n", indent, "", (int)n, p);
+        p += n + (p[n] == '\n');
+    }
+}
+
 static void info_usage(FILE *f)
 {
     fprintf(f, "usage: finch info [--plugin-path DIR]\n"
@@ -89,8 +99,10 @@ int finch_cmd_info(int argc, char **argv)
     width += 3;
     finch_device_report d;
     for (int i = 0; i < n; i++)
-        if (finch_runtime_device(rt, i, &d) == FINCH_OK)
+        if (finch_runtime_device(rt, i, &d) == FINCH_OK) {
             print_device("  ", width, &d);
+            print_details(width + 4, d.details);
+        }
 
     printf("\n");
     if (auto_error[0])
