@@ -2,7 +2,9 @@
 #
 # finch_plugin_decide(<NAME> <found> <what> <install_hint>)
 #   applies FINCH_<NAME> = AUTO|ON|OFF once the toolchain was looked for: sets FINCH_<NAME>_ENABLED
-#   in the caller and prints one STATUS line either way; ON with the toolchain missing is fatal.
+#   (configured) and FINCH_<NAME>_IN_ALL (in the default build: ON, or AUTO where
+#   FINCH_<NAME>_DRIVER_HERE) in the caller and prints one STATUS line either way; ON with the
+#   toolchain missing is fatal.
 # finch_add_plugin(<name> <sources>... [OUTPUT_DIRECTORY dir] [NO_INSTALL])
 #   creates the MODULE library libfinch-<name>.so (target finch_plugin_<name>) in ${CMAKE_BINARY_DIR}/bin,
 #   next to the finch executable so that the registry finds it, exporting only finch_plugin_entry,
@@ -18,9 +20,15 @@ function(finch_plugin_decide NAME found what install_hint)
     set(label "CUDA plugin")
   endif()
   set(FINCH_${NAME}_ENABLED OFF PARENT_SCOPE)
-  if(found)
+  set(FINCH_${NAME}_IN_ALL OFF PARENT_SCOPE)
+  if(found AND FINCH_${NAME} STREQUAL "AUTO" AND NOT FINCH_${NAME}_DRIVER_HERE)
+    message(STATUS "${label}: configured, not in the default build (${what}; no driver on this machine): "
+                   "`cmake --build <dir> --target finch_plugins` builds it, -DFINCH_${NAME}=ON always does")
+    set(FINCH_${NAME}_ENABLED ON PARENT_SCOPE)
+  elseif(found)
     message(STATUS "${label}: building (${what})")
     set(FINCH_${NAME}_ENABLED ON PARENT_SCOPE)
+    set(FINCH_${NAME}_IN_ALL ON PARENT_SCOPE)
   elseif(FINCH_${NAME} STREQUAL "ON")
     message(FATAL_ERROR "${label}: FINCH_${NAME}=ON but ${what}. ${install_hint} "
                         "or configure with -DFINCH_${NAME}=AUTO (build it when possible) or OFF.")
@@ -48,6 +56,8 @@ function(finch_add_plugin name)
     -Wl,--version-script=${PROJECT_SOURCE_DIR}/cmake/finch-plugin.map -Wl,--no-undefined)
   set_property(TARGET ${target} APPEND PROPERTY LINK_DEPENDS ${PROJECT_SOURCE_DIR}/cmake/finch-plugin.map)
   if(NOT arg_NO_INSTALL)
-    install(TARGETS ${target} LIBRARY DESTINATION ${FINCH_INSTALL_PLUGINDIR})
+    # OPTIONAL: a plugin left out of the default build (FinchPlugin AUTO without a driver) installs
+    # when it was built.
+    install(TARGETS ${target} LIBRARY DESTINATION ${FINCH_INSTALL_PLUGINDIR} OPTIONAL)
   endif()
 endfunction()
