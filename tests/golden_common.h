@@ -4,6 +4,7 @@
 #ifndef FINCH_TESTS_GOLDEN_COMMON_H
 #define FINCH_TESTS_GOLDEN_COMMON_H
 
+#include "core/model.h"
 #include "core/safetensors.h"
 #include "finch/finch.h"
 #include "tests/testing.h"
@@ -141,6 +142,53 @@ static inline int64_t compare_grads(finch_model *m, const char *prefix, double f
           (long long)matched, (long long)golden);
     printf("  %-44s %lld tensors, worst rel err %.2e (%s)\n", label, (long long)matched, worst, worst_name);
     return with_part;
+}
+
+/* Zeroed AdamW moments for each trainable of m on its backend (m, then v, in one f32 buffer). */
+static inline finch_plugin_buffer **adamw_state(finch_model *m)
+{
+    const finch_backend *be = m->be;
+    finch_plugin_buffer **state = calloc((size_t)m->n_trainables + 1, sizeof *state);
+    for (int i = 0; state && i < m->n_trainables; i++) {
+        int64_t n = m->trainables[i].param->numel;
+        ok(be->api->alloc(be->dev, (size_t)(2 * n) * 4, &state[i]), "AdamW state");
+        if (state[i]) ok(be->api->fill(be->dev, be->stream, (finch_dptr){state[i], 0}, FINCH_DTYPE_F32, 2 * n, 0.0f), "fill");
+    }
+    return state;
+}
+
+static inline void adamw_state_free(finch_model *m, finch_plugin_buffer **state)
+{
+    for (int i = 0; state && i < m->n_trainables; i++)
+        if (state[i]) m->be->api->free(m->be->dev, state[i]);
+    free(state);
+}
+
+/* torch.optim.AdamW step number `step` (lr 1e-2, betas 0.9, 0.999, eps 1e-8) on every trainable, through
+ * the plugin's adamw_step. */
+static inline void adamw_step_all(finch_model *m, finch_plugin_buffer **state, int step, float weight_decay)
+{
+    const finch_backend *be = m->be;
+    for (int i = 0; i < m->n_trainables; i++) {
+        finch_param *p = m->trainables[i].param;
+        finch_adamw_desc d;
+        memset(&d, 0, sizeof d);
+        d.n = p->numel;
+        d.param_type = p->dtype;
+        d.param = p->data;
+        d.grad = p->grad;
+        d.m = (finch_dptr){state[i], 0};
+        d.v = (finch_dptr){state[i], (size_t)p->numel * 4};
+        d.lr = 1e-2f;
+        d.beta1 = 0.9f;
+        d.beta2 = 0.999f;
+        d.eps = 1e-8f;
+        d.weight_decay = weight_decay;
+        d.grad_scale = 1.0f;
+        d.bias_correction1 = 1.0f - powf(0.9f, (float)step);
+        d.bias_correction2 = 1.0f - powf(0.999f, (float)step);
+        ok(be->api->adamw_step(be->dev, be->stream, &d), "adamw_step");
+    }
 }
 
 #endif

@@ -15,47 +15,19 @@ static int step(finch_model *m, int want_logits, finch_step_result *r)
 }
 
 /* Two torch.optim.AdamW steps (lr 1e-2, wd 0.01) on the adapter through the plugin's adamw_step. */
-static void adamw_two_steps(finch_runtime *rt, finch_model *m)
+static void adamw_two_steps(finch_model *m)
 {
-    const finch_backend *be = &rt->backend;
     int nt = m->n_trainables;
-    finch_plugin_buffer **state = calloc((size_t)nt, sizeof *state);
     float *ref_losses = gold_f32("adamw.losses", NULL);
-    if (!ref_losses) {
-        free(state);
-        return;
-    }
-    for (int i = 0; i < nt; i++) {
-        size_t bytes = (size_t)m->trainables[i].param->numel * 4;
-        be->api->alloc(be->dev, 2 * bytes, &state[i]);
-        be->api->fill(be->dev, be->stream, (finch_dptr){state[i], 0}, FINCH_DTYPE_F32, 2 * m->trainables[i].param->numel, 0.0f);
-    }
-    for (int s = 1; s <= 2; s++) {
+    if (!ref_losses) return;
+    finch_plugin_buffer **state = adamw_state(m);
+    for (int s = 1; state && s <= 2; s++) {
         finch_step_result r;
         ok(finch_zero_grads(m), "finch_zero_grads");
         if (!step(m, 0, &r)) break;
         CHECK(fabs(r.loss - ref_losses[s - 1]) <= TOL * fabs(ref_losses[s - 1]), "adamw loss %d: %.7f vs %.7f", s, r.loss,
               ref_losses[s - 1]);
-        for (int i = 0; i < nt; i++) {
-            finch_param *p = m->trainables[i].param;
-            finch_adamw_desc d;
-            memset(&d, 0, sizeof d);
-            d.n = p->numel;
-            d.param_type = p->dtype;
-            d.param = p->data;
-            d.grad = p->grad;
-            d.m = (finch_dptr){state[i], 0};
-            d.v = (finch_dptr){state[i], (size_t)p->numel * 4};
-            d.lr = 1e-2f;
-            d.beta1 = 0.9f;
-            d.beta2 = 0.999f;
-            d.eps = 1e-8f;
-            d.weight_decay = 0.01f;
-            d.grad_scale = 1.0f;
-            d.bias_correction1 = 1.0f - powf(0.9f, (float)s);
-            d.bias_correction2 = 1.0f - powf(0.999f, (float)s);
-            ok(be->api->adamw_step(be->dev, be->stream, &d), "adamw_step");
-        }
+        adamw_step_all(m, state, s, 0.01f);
     }
     int64_t matched = 0;
     double worst = 0;
@@ -75,10 +47,9 @@ static void adamw_two_steps(finch_runtime *rt, finch_model *m)
         }
         free(ref);
         free(got);
-        be->api->free(be->dev, state[i]);
     }
+    adamw_state_free(m, state);
     printf("  %-40s %lld tensors, worst rel err %.2e\n", "adamw.after2", (long long)matched, worst);
-    free(state);
     free(ref_losses);
 }
 
@@ -189,7 +160,7 @@ int main(int argc, char **argv)
             compare_grads(m, "lora.grad.", 1.0, "lora.grad", NULL);
         }
         save_reload(rt, model_dir, m, "golden-adapter");
-        adamw_two_steps(rt, m);
+        adamw_two_steps(m);
     }
     finch_model_free(m);
 

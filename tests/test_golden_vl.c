@@ -299,18 +299,7 @@ static void train_smoke(finch_runtime *rt, const char *model_dir)
     lc.r = 8;
     lc.dropout = 0.05f;
     lc.target_modules = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,qkv";
-    const finch_backend *be = &rt->backend;
-    int nt = 0;
-    finch_plugin_buffer **state = NULL;
-    if (ok(finch_lora_attach(m, &lc), "finch_lora_attach")) {
-        nt = m->n_trainables;
-        state = calloc((size_t)nt, sizeof *state);
-        for (int i = 0; i < nt; i++) {
-            int64_t n = m->trainables[i].param->numel;
-            be->api->alloc(be->dev, (size_t)(2 * n) * 4, &state[i]);
-            be->api->fill(be->dev, be->stream, (finch_dptr){state[i], 0}, FINCH_DTYPE_F32, 2 * n, 0.0f);
-        }
-    }
+    finch_plugin_buffer **state = ok(finch_lora_attach(m, &lc), "finch_lora_attach") ? adamw_state(m) : NULL;
     double first = 0, last = 0;
     finch_batch b = image_batch();
     b.text_positions = 0;
@@ -320,30 +309,11 @@ static void train_smoke(finch_runtime *rt, const char *model_dir)
         if (!ok(finch_forward_backward(m, &b, NULL, &r), "training step")) break;
         if (s == 1) first = r.loss;
         last = r.loss;
-        for (int i = 0; i < nt; i++) {
-            finch_param *p = m->trainables[i].param;
-            finch_adamw_desc d;
-            memset(&d, 0, sizeof d);
-            d.n = p->numel;
-            d.param_type = p->dtype;
-            d.param = p->data;
-            d.grad = p->grad;
-            d.m = (finch_dptr){state[i], 0};
-            d.v = (finch_dptr){state[i], (size_t)p->numel * 4};
-            d.lr = 1e-2f;
-            d.beta1 = 0.9f;
-            d.beta2 = 0.999f;
-            d.eps = 1e-8f;
-            d.grad_scale = 1.0f;
-            d.bias_correction1 = 1.0f - powf(0.9f, (float)s);
-            d.bias_correction2 = 1.0f - powf(0.999f, (float)s);
-            be->api->adamw_step(be->dev, be->stream, &d);
-        }
+        adamw_step_all(m, state, s, 0.0f);
     }
     CHECK(last < 0.8 * first, "multimodal LoRA training: loss %.4f -> %.4f", first, last);
     printf("  %-44s loss %.4f -> %.4f in 30 steps\n", "LoRA training on the image batch", first, last);
-    for (int i = 0; i < nt; i++) be->api->free(be->dev, state[i]);
-    free(state);
+    adamw_state_free(m, state);
     finch_model_free(m);
 }
 
