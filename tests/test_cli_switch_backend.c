@@ -55,14 +55,7 @@ int main(void)
              "--kv-heads 2 --seed 5", dir, dir, bin, model);
     int rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 0, "finch init exited %d:\n%s", rc, out);
-    FILE *f = fopen(data, "w");
-    unsigned s = 7;
-    for (int i = 0; f && i < 64; i++) {
-        s = s * 1103515245u + 12345u;
-        int x = (int)(s >> 16) % 10, y = (int)(s >> 8) % 10;
-        fprintf(f, "{\"messages\": [{\"role\": \"user\", \"content\": \"%d+%d=\"}, {\"role\": \"assistant\", \"content\": \"%d\"}]}\n", x, y, x + y);
-    }
-    if (f) fclose(f);
+    CHECK(testing_write_sums_jsonl(data) == 0, "cannot write %s", data);
 
     double ref[STEPS] = {0}, got[STEPS] = {0};
     rc = train("plain", "", ref, out, sizeof out);

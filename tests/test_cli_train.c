@@ -80,14 +80,7 @@ static void init_and_data(void)
         finch_chat_template_free(t);
         finch_tokenizer_free(tok);
     }
-    FILE *f = fopen(data, "w");
-    unsigned s = 7;
-    for (int i = 0; f && i < 64; i++) {
-        s = s * 1103515245u + 12345u;
-        int a = (int)(s >> 16) % 10, b = (int)(s >> 8) % 10;
-        fprintf(f, "{\"messages\": [{\"role\": \"user\", \"content\": \"%d+%d=\"}, {\"role\": \"assistant\", \"content\": \"%d\"}]}\n", a, b, a + b);
-    }
-    if (f) fclose(f);
+    CHECK(testing_write_sums_jsonl(data) == 0, "cannot write %s", data);
 }
 
 static void train_end_to_end(char baseline[][40], int steps)

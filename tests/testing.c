@@ -79,3 +79,17 @@ char *testing_read_file(const char *path)
     fclose(f);
     return s;
 }
+
+int testing_write_sums_jsonl(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    unsigned s = 7;
+    for (int i = 0; i < 64; i++) {
+        s = s * 1103515245u + 12345u;
+        int x = (int)(s >> 16) % 10, y = (int)(s >> 8) % 10;
+        fprintf(f, "{\"messages\": [{\"role\": \"user\", \"content\": \"%d+%d=\"}, {\"role\": \"assistant\", \"content\": \"%d\"}]}\n",
+                x, y, x + y);
+    }
+    return fclose(f) == 0 ? 0 : -1;
+}

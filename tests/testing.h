@@ -35,5 +35,8 @@ void testing_fill_random(float *x, size_t n, unsigned long long seed);
 int testing_run(const char *cmd, char *out, size_t size);
 /* The whole file, NUL-terminated (free() it), or NULL. */
 char *testing_read_file(const char *path);
+/* Writes the CLI tests' training set to path: 64 chats "x+y=" -> "<x+y>" with digits from a fixed
+ * sequence, one JSON object a line. Returns 0, or -1 when the file cannot be written. */
+int testing_write_sums_jsonl(const char *path);
 
 #endif
