@@ -152,7 +152,8 @@ static inline finch_plugin_buffer **adamw_state(finch_model *m)
     for (int i = 0; state && i < m->n_trainables; i++) {
         int64_t n = m->trainables[i].param->numel;
         ok(be->api->alloc(be->dev, (size_t)(2 * n) * 4, &state[i]), "AdamW state");
-        if (state[i]) ok(be->api->fill(be->dev, be->stream, (finch_dptr){state[i], 0}, FINCH_DTYPE_F32, 2 * n, 0.0f), "fill");
+        if (state[i])
+            ok(be->api->fill(be->dev, be->stream, (finch_dptr){state[i], 0}, FINCH_DTYPE_F32, 2 * n, 0.0f), "fill");
     }
     return state;
 }

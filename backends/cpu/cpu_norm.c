@@ -102,7 +102,8 @@ static void norm_backward_rows(void *ctx, int64_t i0, int64_t i1, int chunk)
         atomic_store(&job->oom, 1);
         return;
     }
-    float *my_dw = job->pw ? job->pw + (size_t)chunk * dim : NULL, *my_db = job->pb ? job->pb + (size_t)chunk * dim : NULL;
+    float *my_dw = job->pw ? job->pw + (size_t)chunk * dim : NULL;
+    float *my_db = job->pb ? job->pb + (size_t)chunk * dim : NULL;
     for (int64_t i = i0; i < i1; i++) {
         int64_t ld;
         const float *x = cpu_load_block(c->dtype, cpu_at(c->dtype, job->xp, i * dim), 1, dim, dim, buf, &ld);
