@@ -601,99 +601,8 @@ static void test_linear(void)
 }
 
 /* ---- attention ---------------------------------------------------------------------------------- */
+/* attention_forward/backward cases leave kv_lens zero: each sequence's keys are its queries' rows. */
 typedef struct attention_case {
-    finch_dtype t;
-    int64_t heads, kv_heads, head_dim;
-    int n_seqs;
-    int32_t lens[3];
-    int causal;
-    int64_t window;
-    float softcap;
-} attention_case;
-
-static void test_attention(void)
-{
-    static const attention_case cases[] = {
-        {FINCH_DTYPE_F32, 4, 2, 16, 3, {5, 17, 9}, 1, 0, 0.0f},
-        {FINCH_DTYPE_F32, 3, 1, 80, 2, {13, 4}, 1, 5, 20.0f},
-        {FINCH_DTYPE_F32, 2, 2, 24, 2, {11, 30}, 0, 0, 0.0f},
-        {FINCH_DTYPE_F32, 2, 1, 16, 1, {19}, 0, 6, 0.0f},
-        {FINCH_DTYPE_BF16, 2, 2, 64, 1, {33}, 0, 0, 0.0f},
-        {FINCH_DTYPE_BF16, 4, 2, 128, 2, {21, 11}, 1, 0, 0.0f},
-        {FINCH_DTYPE_F16, 2, 1, 256, 1, {19}, 1, 7, 30.0f},
-        {FINCH_DTYPE_BF16, 8, 2, 64, 3, {150, 77, 96}, 1, 0, 0.0f},
-        {FINCH_DTYPE_F32, 2, 1, 32, 2, {130, 70}, 1, 40, 0.0f},
-        {FINCH_DTYPE_F16, 4, 4, 128, 2, {70, 45}, 1, 20, 25.0f},
-        {FINCH_DTYPE_BF16, 2, 1, 64, 1, {100}, 0, 30, 0.0f},
-        {FINCH_DTYPE_BF16, 6, 3, 128, 3, {64, 1, 129}, 0, 0, 10.0f},
-    };
-    char what[128];
-    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        const attention_case *c = &cases[ci];
-        int32_t cu[4] = {0};
-        int64_t max_len = 0;
-        for (int i = 0; i < c->n_seqs; i++) {
-            cu[i + 1] = cu[i] + c->lens[i];
-            if (c->lens[i] > max_len) max_len = c->lens[i];
-        }
-        int64_t n = cu[c->n_seqs], hd = c->head_dim;
-        int64_t ldq = c->heads * hd + 8, ldk = c->kv_heads * hd, ldv = c->kv_heads * hd + 4, ldo = c->heads * hd;
-        tensor cut = from_ints(cu, (size_t)c->n_seqs + 1);
-        tensor q = random_tensor(c->t, (size_t)(n * ldq), 1.0f), k = random_tensor(c->t, (size_t)(n * ldk), 1.0f);
-        tensor v = random_tensor(c->t, (size_t)(n * ldv), 1.0f), o = poisoned(c->t, (size_t)(n * ldo));
-        tensor lse = poisoned(FINCH_DTYPE_F32, (size_t)(c->heads * n)), dout = random_tensor(c->t, (size_t)(n * ldo), 1.0f);
-        tensor dq = poisoned(c->t, (size_t)(n * ldq)), dk = poisoned(c->t, (size_t)(n * ldk));
-        tensor dv = poisoned(c->t, (size_t)(n * ldv));
-        finch_attention_desc d[2];
-        for (int s = 0; s < 2; s++) {
-            memset(&d[s], 0, sizeof d[s]);
-            d[s].n_tokens = n;
-            d[s].n_seqs = c->n_seqs;
-            d[s].max_seqlen = max_len;
-            d[s].cu_seqlens = D(cut, s);
-            d[s].n_heads = c->heads;
-            d[s].n_kv_heads = c->kv_heads;
-            d[s].head_dim = hd;
-            d[s].dtype = c->t;
-            d[s].q = D(q, s);
-            d[s].ldq = ldq;
-            d[s].k = D(k, s);
-            d[s].ldk = ldk;
-            d[s].v = D(v, s);
-            d[s].ldv = ldv;
-            d[s].o = D(o, s);
-            d[s].ldo = ldo;
-            d[s].lse = D(lse, s);
-            d[s].scale = 1.0f / sqrtf((float)hd);
-            d[s].softcap = c->softcap;
-            d[s].causal = c->causal;
-            d[s].window = c->window;
-            d[s].dout = D(dout, s);
-            d[s].lddout = ldo;
-            d[s].dq = D(dq, s);
-            d[s].lddq = ldq;
-            d[s].dk = D(dk, s);
-            d[s].lddk = ldk;
-            d[s].dv = D(dv, s);
-            d[s].lddv = ldv;
-        }
-        BOTH("attention_forward", sd->api->attention_forward(sd->dev, NULL, &d[s]));
-        BOTH("attention_backward", sd->api->attention_backward(sd->dev, NULL, &d[s]));
-        snprintf(what, sizeof what, "%s h%lld/%lld d%lld seqs %d%s w%lld cap %g", dtype_name(c->t), (long long)c->heads,
-                 (long long)c->kv_heads, (long long)hd, c->n_seqs, c->causal ? " causal" : "", (long long)c->window,
-                 c->softcap);
-        double tol = tol_for(c->t);
-        compare("attention_forward o", what, o, tol);
-        compare("attention_forward lse", what, lse, tol);
-        compare_rows("attention_backward dq", what, dq, 1, n, c->heads * hd, ldq, 0, tol);
-        compare_rows("attention_backward dk", what, dk, 1, n, c->kv_heads * hd, ldk, 0, tol);
-        compare_rows("attention_backward dv", what, dv, 1, n, c->kv_heads * hd, ldv, 0, tol);
-        release_all();
-    }
-}
-
-/* ABI 1.1, optional: attention of query rows over a key/value cache with room to grow. */
-typedef struct cache_case {
     finch_dtype t;
     int64_t heads, kv_heads, head_dim;
     int n_seqs;
@@ -701,8 +610,110 @@ typedef struct cache_case {
     int causal;
     int64_t window;
     float softcap;
-} cache_case;
+} attention_case;
 
+/* The inputs and outputs both attention tests share, with padded row strides. A cache case's
+ * sequences sit apart in the key/value rows, with room between them. */
+typedef struct attention_inputs {
+    int64_t n, rows, max_q, max_kv, ldq, ldk, ldv, ldo;
+    tensor cu, kv_start, kv_len, q, k, v, o, lse;
+} attention_inputs;
+
+static attention_inputs attention_setup(const attention_case *c, int cache)
+{
+    attention_inputs in = {0};
+    int32_t cu[4] = {0}, kv_start[3], kv_len[3];
+    in.rows = cache ? 3 : 0;
+    for (int i = 0; i < c->n_seqs; i++) {
+        cu[i + 1] = cu[i] + c->q_lens[i];
+        kv_start[i] = (int32_t)in.rows;
+        kv_len[i] = cache ? c->kv_lens[i] : c->q_lens[i];
+        in.rows += kv_len[i] + (cache ? 7 : 0);
+        if (c->q_lens[i] > in.max_q) in.max_q = c->q_lens[i];
+        if (kv_len[i] > in.max_kv) in.max_kv = kv_len[i];
+    }
+    int64_t hd = c->head_dim;
+    in.n = cu[c->n_seqs];
+    in.ldq = c->heads * hd + 8, in.ldk = c->kv_heads * hd, in.ldv = c->kv_heads * hd + 4, in.ldo = c->heads * hd;
+    in.cu = from_ints(cu, (size_t)c->n_seqs + 1);
+    if (cache) in.kv_start = from_ints(kv_start, (size_t)c->n_seqs), in.kv_len = from_ints(kv_len, (size_t)c->n_seqs);
+    in.q = random_tensor(c->t, (size_t)(in.n * in.ldq), 1.0f), in.k = random_tensor(c->t, (size_t)(in.rows * in.ldk), 1.0f);
+    in.v = random_tensor(c->t, (size_t)(in.rows * in.ldv), 1.0f), in.o = poisoned(c->t, (size_t)(in.n * in.ldo));
+    in.lse = poisoned(FINCH_DTYPE_F32, (size_t)(c->heads * in.n));
+    return in;
+}
+
+/* The fields finch_attention_desc and finch_attention_cache_desc share, for side s. */
+#define SET_ATTENTION_FIELDS(d, c, in, s)                                                                \
+    do {                                                                                                 \
+        memset(&(d), 0, sizeof(d));                                                                      \
+        (d).n_tokens = (in).n, (d).n_seqs = (c)->n_seqs;                                                 \
+        (d).n_heads = (c)->heads, (d).n_kv_heads = (c)->kv_heads, (d).head_dim = (c)->head_dim;          \
+        (d).dtype = (c)->t;                                                                              \
+        (d).q = D((in).q, s), (d).ldq = (in).ldq, (d).k = D((in).k, s), (d).ldk = (in).ldk;              \
+        (d).v = D((in).v, s), (d).ldv = (in).ldv, (d).o = D((in).o, s), (d).ldo = (in).ldo;              \
+        (d).lse = D((in).lse, s);                                                                        \
+        (d).scale = 1.0f / sqrtf((float)(c)->head_dim);                                                  \
+        (d).softcap = (c)->softcap, (d).causal = (c)->causal, (d).window = (c)->window;                  \
+    } while (0)
+
+static void attention_name(const attention_case *c, int cache, char *what, size_t size)
+{
+    char lens[32] = "";
+    if (cache) snprintf(lens, sizeof lens, " q %d kv %d", c->q_lens[0], c->kv_lens[0]);
+    snprintf(what, size, "%s h%lld/%lld d%lld seqs %d%s%s w%lld cap %g", dtype_name(c->t), (long long)c->heads,
+             (long long)c->kv_heads, (long long)c->head_dim, c->n_seqs, lens, c->causal ? " causal" : "",
+             (long long)c->window, c->softcap);
+}
+
+static void test_attention(void)
+{
+    static const attention_case cases[] = {
+        {FINCH_DTYPE_F32, 4, 2, 16, 3, {5, 17, 9}, {0}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F32, 3, 1, 80, 2, {13, 4}, {0}, 1, 5, 20.0f},
+        {FINCH_DTYPE_F32, 2, 2, 24, 2, {11, 30}, {0}, 0, 0, 0.0f},
+        {FINCH_DTYPE_F32, 2, 1, 16, 1, {19}, {0}, 0, 6, 0.0f},
+        {FINCH_DTYPE_BF16, 2, 2, 64, 1, {33}, {0}, 0, 0, 0.0f},
+        {FINCH_DTYPE_BF16, 4, 2, 128, 2, {21, 11}, {0}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F16, 2, 1, 256, 1, {19}, {0}, 1, 7, 30.0f},
+        {FINCH_DTYPE_BF16, 8, 2, 64, 3, {150, 77, 96}, {0}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F32, 2, 1, 32, 2, {130, 70}, {0}, 1, 40, 0.0f},
+        {FINCH_DTYPE_F16, 4, 4, 128, 2, {70, 45}, {0}, 1, 20, 25.0f},
+        {FINCH_DTYPE_BF16, 2, 1, 64, 1, {100}, {0}, 0, 30, 0.0f},
+        {FINCH_DTYPE_BF16, 6, 3, 128, 3, {64, 1, 129}, {0}, 0, 0, 10.0f},
+    };
+    char what[160];
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const attention_case *c = &cases[ci];
+        attention_inputs in = attention_setup(c, 0);
+        int64_t n = in.n;
+        tensor dout = random_tensor(c->t, (size_t)(n * in.ldo), 1.0f);
+        tensor dq = poisoned(c->t, (size_t)(n * in.ldq)), dk = poisoned(c->t, (size_t)(n * in.ldk));
+        tensor dv = poisoned(c->t, (size_t)(n * in.ldv));
+        finch_attention_desc d[2];
+        for (int s = 0; s < 2; s++) {
+            SET_ATTENTION_FIELDS(d[s], c, in, s);
+            d[s].max_seqlen = in.max_q;
+            d[s].cu_seqlens = D(in.cu, s);
+            d[s].dout = D(dout, s), d[s].lddout = in.ldo;
+            d[s].dq = D(dq, s), d[s].lddq = in.ldq;
+            d[s].dk = D(dk, s), d[s].lddk = in.ldk;
+            d[s].dv = D(dv, s), d[s].lddv = in.ldv;
+        }
+        BOTH("attention_forward", sd->api->attention_forward(sd->dev, NULL, &d[s]));
+        BOTH("attention_backward", sd->api->attention_backward(sd->dev, NULL, &d[s]));
+        attention_name(c, 0, what, sizeof what);
+        double tol = tol_for(c->t);
+        compare("attention_forward o", what, in.o, tol);
+        compare("attention_forward lse", what, in.lse, tol);
+        compare_rows("attention_backward dq", what, dq, 1, n, c->heads * c->head_dim, in.ldq, 0, tol);
+        compare_rows("attention_backward dk", what, dk, 1, n, c->kv_heads * c->head_dim, in.ldk, 0, tol);
+        compare_rows("attention_backward dv", what, dv, 1, n, c->kv_heads * c->head_dim, in.ldv, 0, tol);
+        release_all();
+    }
+}
+
+/* ABI 1.1, optional: attention of query rows over a key/value cache with room to grow. */
 static void test_attention_cache(void)
 {
     const finch_plugin_api *api = sides[1].api;
@@ -711,7 +722,7 @@ static void test_attention_cache(void)
         printf("%-30s %-52s %s\n", "attention_cache_forward", "absent (optional since ABI 1.1)", "skipped");
         return;
     }
-    static const cache_case cases[] = {
+    static const attention_case cases[] = {
         {FINCH_DTYPE_F32, 4, 2, 16, 3, {1, 1, 1}, {5, 17, 1}, 1, 0, 0.0f},          /* decode */
         {FINCH_DTYPE_F32, 3, 1, 80, 2, {7, 2}, {13, 40}, 1, 5, 20.0f},              /* chunked prefill, window, cap */
         {FINCH_DTYPE_BF16, 4, 2, 64, 2, {1, 1}, {150, 77}, 1, 0, 0.0f},
@@ -722,60 +733,23 @@ static void test_attention_cache(void)
     };
     char what[160];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        const cache_case *c = &cases[ci];
-        int32_t cu[4] = {0}, kv_start[3], kv_len[3];
-        int64_t max_q = 0, max_kv = 0, rows = 3;  /* sequences sit apart, with room between them */
-        for (int i = 0; i < c->n_seqs; i++) {
-            cu[i + 1] = cu[i] + c->q_lens[i];
-            kv_start[i] = (int32_t)rows;
-            kv_len[i] = c->kv_lens[i];
-            rows += c->kv_lens[i] + 7;
-            if (c->q_lens[i] > max_q) max_q = c->q_lens[i];
-            if (c->kv_lens[i] > max_kv) max_kv = c->kv_lens[i];
-        }
-        int64_t n = cu[c->n_seqs], hd = c->head_dim;
-        int64_t ldq = c->heads * hd + 8, ldk = c->kv_heads * hd, ldv = c->kv_heads * hd + 4, ldo = c->heads * hd;
-        tensor cut = from_ints(cu, (size_t)c->n_seqs + 1), kst = from_ints(kv_start, (size_t)c->n_seqs);
-        tensor kln = from_ints(kv_len, (size_t)c->n_seqs);
-        tensor q = random_tensor(c->t, (size_t)(n * ldq), 1.0f), k = random_tensor(c->t, (size_t)(rows * ldk), 1.0f);
-        tensor v = random_tensor(c->t, (size_t)(rows * ldv), 1.0f), o = poisoned(c->t, (size_t)(n * ldo));
-        tensor lse = poisoned(FINCH_DTYPE_F32, (size_t)(c->heads * n));
+        const attention_case *c = &cases[ci];
+        attention_inputs in = attention_setup(c, 1);
         finch_attention_cache_desc d[2];
         for (int s = 0; s < 2; s++) {
-            memset(&d[s], 0, sizeof d[s]);
-            d[s].n_tokens = n;
-            d[s].n_seqs = c->n_seqs;
-            d[s].max_q_len = max_q;
-            d[s].max_kv_len = max_kv;
-            d[s].cu_seqlens_q = D(cut, s);
-            d[s].kv_start = D(kst, s);
-            d[s].kv_len = D(kln, s);
-            d[s].kv_rows = rows;
-            d[s].n_heads = c->heads;
-            d[s].n_kv_heads = c->kv_heads;
-            d[s].head_dim = hd;
-            d[s].dtype = c->t;
-            d[s].q = D(q, s);
-            d[s].ldq = ldq;
-            d[s].k = D(k, s);
-            d[s].ldk = ldk;
-            d[s].v = D(v, s);
-            d[s].ldv = ldv;
-            d[s].o = D(o, s);
-            d[s].ldo = ldo;
-            d[s].lse = D(lse, s);
-            d[s].scale = 1.0f / sqrtf((float)hd);
-            d[s].softcap = c->softcap;
-            d[s].causal = c->causal;
-            d[s].window = c->window;
+            SET_ATTENTION_FIELDS(d[s], c, in, s);
+            d[s].max_q_len = in.max_q;
+            d[s].max_kv_len = in.max_kv;
+            d[s].cu_seqlens_q = D(in.cu, s);
+            d[s].kv_start = D(in.kv_start, s);
+            d[s].kv_len = D(in.kv_len, s);
+            d[s].kv_rows = in.rows;
         }
         BOTH("attention_cache_forward", sd->api->attention_cache_forward(sd->dev, NULL, &d[s]));
-        snprintf(what, sizeof what, "%s h%lld/%lld d%lld seqs %d q %d kv %d%s w%lld cap %g", dtype_name(c->t),
-                 (long long)c->heads, (long long)c->kv_heads, (long long)hd, c->n_seqs, c->q_lens[0], c->kv_lens[0],
-                 c->causal ? " causal" : "", (long long)c->window, c->softcap);
+        attention_name(c, 1, what, sizeof what);
         double tol = tol_for(c->t);
-        compare("attention_cache_forward o", what, o, tol);
-        compare("attention_cache_forward lse", what, lse, tol);
+        compare("attention_cache_forward o", what, in.o, tol);
+        compare("attention_cache_forward lse", what, in.lse, tol);
         release_all();
     }
 }
@@ -1016,6 +990,18 @@ static void test_linear_cross_entropy(void)
     }
 }
 
+/* The fields finch_adamw_desc and finch_adamw8bit_desc share: hyperparameters of optimizer step `step`. */
+#define SET_ADAMW_FIELDS(d, n_, pt, param, master, grad, step, s)                                        \
+    do {                                                                                                 \
+        memset(&(d), 0, sizeof(d));                                                                      \
+        (d).n = (n_), (d).param_type = (pt);                                                             \
+        (d).param = D(param, s), (d).master = D(master, s), (d).grad = D(grad, s);                       \
+        (d).lr = 1e-2f, (d).beta1 = 0.9f, (d).beta2 = 0.999f, (d).eps = 1e-8f;                           \
+        (d).weight_decay = 0.01f, (d).grad_scale = 0.5f;                                                 \
+        (d).bias_correction1 = 1.0f - powf(0.9f, (float)(step));                                        \
+        (d).bias_correction2 = 1.0f - powf(0.999f, (float)(step));                                       \
+    } while (0)
+
 static void test_adamw(void)
 {
     for (int ci = 0; ci < 2; ci++) {
@@ -1027,22 +1013,9 @@ static void test_adamw(void)
         finch_adamw_desc d[2];
         for (int step = 1; step <= 3; step++) {
             for (int s = 0; s < 2; s++) {
-                memset(&d[s], 0, sizeof d[s]);
-                d[s].n = n;
-                d[s].param_type = pt;
-                d[s].param = D(param, s);
-                d[s].master = D(master, s);
-                d[s].grad = D(grad, s);
+                SET_ADAMW_FIELDS(d[s], n, pt, param, master, grad, step, s);
                 d[s].m = D(m, s);
                 d[s].v = D(v, s);
-                d[s].lr = 1e-2f;
-                d[s].beta1 = 0.9f;
-                d[s].beta2 = 0.999f;
-                d[s].eps = 1e-8f;
-                d[s].weight_decay = 0.01f;
-                d[s].grad_scale = 0.5f;
-                d[s].bias_correction1 = 1.0f - powf(0.9f, (float)step);
-                d[s].bias_correction2 = 1.0f - powf(0.999f, (float)step);
             }
             BOTH("adamw_step", sd->api->adamw_step(sd->dev, NULL, &d[s]));
         }
@@ -1085,27 +1058,14 @@ static void test_adamw8bit(void)
         finch_adamw8bit_desc d[2];
         for (int step = 1; step <= 2; step++) {
             for (int s = 0; s < 2; s++) {
-                memset(&d[s], 0, sizeof d[s]);
-                d[s].n = n;
+                SET_ADAMW_FIELDS(d[s], n, pt, param, master, grad, step, s);
                 d[s].blocksize = bs;
-                d[s].param_type = pt;
-                d[s].param = D(param, s);
-                d[s].master = D(master, s);
-                d[s].grad = D(grad, s);
                 d[s].m_codes = D(mc, s);
                 d[s].v_codes = D(vc, s);
                 d[s].m_absmax = D(ma, s);
                 d[s].v_absmax = D(va, s);
                 d[s].m_map = D(mm, s);
                 d[s].v_map = D(vm, s);
-                d[s].lr = 1e-2f;
-                d[s].beta1 = 0.9f;
-                d[s].beta2 = 0.999f;
-                d[s].eps = 1e-8f;
-                d[s].weight_decay = 0.01f;
-                d[s].grad_scale = 0.5f;
-                d[s].bias_correction1 = 1.0f - powf(0.9f, (float)step);
-                d[s].bias_correction2 = 1.0f - powf(0.999f, (float)step);
             }
             BOTH("adamw8bit_step", sd->api->adamw8bit_step(sd->dev, NULL, &d[s]));
         }
