@@ -406,6 +406,10 @@ static int plugin_copy_2d(finch_plugin_device *dev, finch_plugin_stream *s, finc
 }
 
 /* ---- the table ------------------------------------------------------------------------------ */
+/* attention_decode.cu: attention_cache_forward with a decode path in front of attention.cu's. */
+extern "C" int plugin_attention_cache_dispatch(finch_plugin_device *dev, finch_plugin_stream *s,
+                                               const finch_attention_cache_desc *c);
+
 static const finch_plugin_api plugin_api = {
     FINCH_PLUGIN_ABI_MAJOR, FINCH_PLUGIN_ABI_MINOR, sizeof(finch_plugin_api),
     FINCH_GPU_PLUGIN_NAME, "0.1.0",
@@ -426,7 +430,7 @@ static const finch_plugin_api plugin_api = {
     plugin_embedding_forward, plugin_embedding_backward,
     plugin_cross_entropy, plugin_linear_cross_entropy,
     plugin_adamw_step,
-    plugin_adamw8bit_step, plugin_attention_cache_forward,
+    plugin_adamw8bit_step, plugin_attention_cache_dispatch,
     plugin_device_details,
 };
 
