@@ -21,7 +21,7 @@ struct gemv_params {
     int64_t m, n, k;
     const void *a; int64_t lda; int a_vec;   /* a_vec: A's rows are 16-byte aligned */
     const void *w; int64_t ldw;
-    const float *absmax, *code; int64_t blocksize; /* NF4 */
+    const float *absmax, *code; int block_shift; /* NF4: blocksize = 1 << block_shift */
     int c_type; void *c; int64_t ldc;
     float alpha, beta;
 };
@@ -162,14 +162,15 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_dense_kernel(gemv_params p)
 template <typename XT, int M>
 __global__ void __launch_bounds__(GEMV_THREADS) gemv_nf4_kernel(gemv_params p)
 {
-    /* pair[b] = the two values byte b holds: the first element in the high nibble. */
-    __shared__ float2 pair[256];
-    for (int b = threadIdx.x; b < 256; b += blockDim.x) pair[b] = make_float2(p.code[b >> 4], p.code[b & 15]);
+    /* The 16 code values sit in 16 different banks, so a warp's lookups never conflict (a table of
+     * value pairs per byte, 256 x 8 bytes, conflicted and ran at a fifth of the bandwidth). */
+    __shared__ float table[16];
+    if (threadIdx.x < 16) table[threadIdx.x] = p.code[threadIdx.x];
     __syncthreads();
     int warps = blockDim.x / FINCH_WARP_SIZE, warp = threadIdx.x / FINCH_WARP_SIZE, lane = threadIdx.x % FINCH_WARP_SIZE;
     int64_t first = (int64_t)blockIdx.x * GEMV_ROWS_PER_BLOCK;
     int64_t last = first + GEMV_ROWS_PER_BLOCK < p.n ? first + GEMV_ROWS_PER_BLOCK : p.n;
-    int64_t nvec = p.k / 32;
+    int64_t nvec = p.k / 32; /* k == ld, a multiple of 32 (gpu_gemv) */
     const unsigned char *bytes = (const unsigned char *)p.w;
     for (int64_t row = first + warp; row < last; row += warps) {
         int64_t base = row * p.ldw; /* flattened index of the row's first element; a multiple of 32 */
@@ -185,41 +186,36 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_nf4_kernel(gemv_params p)
                 int64_t v = v0 + (int64_t)u * FINCH_WARP_SIZE;
                 if (v < nvec) {
                     wv[u] = load_stream(wrow + v);
-                    scale[u] = p.absmax[(base + v * 32) / p.blocksize];
+                    scale[u] = p.absmax[(base + v * 32) >> p.block_shift];
                 }
             }
 #pragma unroll
             for (int u = 0; u < GEMV_UNROLL; u++) {
                 int64_t v = v0 + (int64_t)u * FINCH_WARP_SIZE;
                 if (v >= nvec) break;
-                float wf[32];
                 uint32_t w4[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+                float dot[M][4]; /* four independent chains per row of A */
 #pragma unroll
-                for (int j = 0; j < 4; j++)
+                for (int j = 0; j < 4; j++) { /* 8 codes per word, the first of a byte in its high nibble */
+                    float wf[8];
 #pragma unroll
                     for (int b = 0; b < 4; b++) {
-                        float2 t = pair[(w4[j] >> (8 * b)) & 255u];
-                        wf[(j * 4 + b) * 2] = t.x;
-                        wf[(j * 4 + b) * 2 + 1] = t.y;
+                        wf[2 * b] = table[(w4[j] >> (8 * b + 4)) & 15u];
+                        wf[2 * b + 1] = table[(w4[j] >> (8 * b)) & 15u];
                     }
 #pragma unroll
-                for (int i = 0; i < M; i++) {
-                    if (i >= p.m) break;
-                    float xf[32], dot = 0.0f;
-                    load_a<XT, 32>(p, i, v * 32, xf);
+                    for (int i = 0; i < M; i++) {
+                        dot[i][j] = 0.0f;
+                        if (i >= p.m) continue;
+                        float xf[8];
+                        load_a<XT, 8>(p, i, v * 32 + j * 8, xf);
 #pragma unroll
-                    for (int j = 0; j < 32; j++) dot = fmaf(wf[j], xf[j], dot);
-                    acc[i] = fmaf(scale[u], dot, acc[i]);
+                        for (int e = 0; e < 8; e++) dot[i][j] = fmaf(wf[e], xf[e], dot[i][j]);
+                    }
                 }
-            }
-        }
-        for (int64_t e = nvec * 32 + lane; e < p.k; e += FINCH_WARP_SIZE) { /* k % 32 columns */
-            int64_t f = base + e;
-            unsigned char byte = bytes[f >> 1];
-            float w = p.code[(f & 1) ? (byte & 15) : (byte >> 4)] * p.absmax[f / p.blocksize];
 #pragma unroll
-            for (int i = 0; i < M; i++)
-                if (i < p.m) acc[i] = fmaf(w, to_f32(((const XT *)p.a)[i * p.lda + e]), acc[i]);
+                for (int i = 0; i < M; i++) acc[i] = fmaf(scale[u], (dot[i][0] + dot[i][1]) + (dot[i][2] + dot[i][3]), acc[i]);
+            }
         }
 #pragma unroll
         for (int i = 0; i < M; i++) {
@@ -273,7 +269,9 @@ int gpu_gemv(gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand 
     uintptr_t wp = (uintptr_t)b->ptr;
     if (b->dtype == FINCH_DTYPE_NF4) {
         /* Every row starts on a 16-byte boundary of the packed codes, and one absmax covers each 32 codes. */
-        if ((wp & 15) || b->ld % 32 || b->blocksize <= 0 || b->blocksize % 32 || !b->absmax || !b->code) return FINCH_OK;
+        /* ... and blocks are a power of two (a shift, not a 64-bit division, per 32 codes). */
+        if ((wp & 15) || b->ld != k || k % 32 || b->blocksize < 32 || (b->blocksize & (b->blocksize - 1)) || !b->absmax || !b->code)
+            return FINCH_OK;
     } else if (!gpu_is_float_type(b->dtype) || (wp & 15) || (b->ld * (int64_t)gpu_dtype_size(b->dtype)) % 16 || b->ld < k) {
         return FINCH_OK;
     }
@@ -289,7 +287,7 @@ int gpu_gemv(gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand 
     p.ldw = b->ld;
     p.absmax = b->absmax;
     p.code = b->code;
-    p.blocksize = b->blocksize;
+    while (b->dtype == FINCH_DTYPE_NF4 && ((int64_t)1 << p.block_shift) < b->blocksize) p.block_shift++;
     p.c_type = c_type;
     p.c = c;
     p.ldc = ldc;

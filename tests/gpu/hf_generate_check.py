@@ -1,6 +1,7 @@
 # Greedy generation, finch against Hugging Face `generate` (issue 7: "equals Hugging Face generate
 # (greedy) for the same model and prompt"). For every golden model in $FINCH_SHARED_DIR/golden/<arch>/model
-# the prompt is the first PROMPT ids of row 0 of golden.safetensors' input_ids; HF generates 32 tokens
+# the prompt is the first PROMPT ids of row 0 of golden.safetensors' input_ids (vision-language models:
+# its text tokens, without image tokens); HF generates 32 tokens
 # greedily in float32 (no EOS stop, no processors from generation_config.json), finch generates them with
 #     finch generate --model DIR --prompt-ids IDS --print-ids --greedy --ignore-eos --max-new-tokens 32
 #                    --backend BACKEND --dtype f32
@@ -20,7 +21,11 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 results = []
 for arch in archs:
     d = os.path.join(root, arch, "model")
-    ids = load_file(os.path.join(root, arch, "golden.safetensors"))["input_ids"][0, :PROMPT].long()
+    ids = load_file(os.path.join(root, arch, "golden.safetensors"))["input_ids"][0].long()
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    # A vision-language golden's row holds image tokens, which need pixel values: its text only.
+    vision = {cfg.get(k) for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")} - {None}
+    ids = ids[[t not in vision for t in ids.tolist()]][:PROMPT]
     try:
         model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
     except ValueError:  # a vision-language model: its text generation
@@ -36,7 +41,6 @@ for arch in archs:
            "--ignore-eos", "--max-new-tokens", str(NEW), "--backend", backend, "--dtype", "f32"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     ours = [int(t) for t in p.stdout.strip().split(",")] if p.returncode == 0 and p.stdout.strip() else []
-    same = sum(1 for a, b in zip(ours, hf) if a == b) if ours else 0
     first_diff = next((i for i, (a, b) in enumerate(zip(ours, hf)) if a != b), None)
     results.append({"arch": arch, "ok": ours == hf, "prompt_tokens": len(ids), "equal_prefix": first_diff if first_diff is not None else min(len(ours), len(hf)),
                     "finch": ours, "hf": hf, **({"finch_error": p.stderr.strip()[-300:]} if p.returncode else {})})
