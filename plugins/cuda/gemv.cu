@@ -21,7 +21,7 @@ struct gemv_params {
     int64_t m, n, k;
     const void *a; int64_t lda; int a_vec;   /* a_vec: A's rows are 16-byte aligned */
     const void *w; int64_t ldw;
-    const float *absmax, *code; int block_shift; /* NF4: blocksize = 1 << block_shift */
+    const float *absmax, *code; int64_t blocksize; /* NF4 */
     int c_type; void *c; int64_t ldc;
     float alpha, beta;
 };
@@ -186,35 +186,31 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_nf4_kernel(gemv_params p)
                 int64_t v = v0 + (int64_t)u * FINCH_WARP_SIZE;
                 if (v < nvec) {
                     wv[u] = load_stream(wrow + v);
-                    scale[u] = p.absmax[(base + v * 32) >> p.block_shift];
+                    scale[u] = p.absmax[(base + v * 32) / p.blocksize];
                 }
             }
 #pragma unroll
             for (int u = 0; u < GEMV_UNROLL; u++) {
                 int64_t v = v0 + (int64_t)u * FINCH_WARP_SIZE;
                 if (v >= nvec) break;
+                float wf[32];
                 uint32_t w4[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-                float dot[M][4]; /* four independent chains per row of A */
 #pragma unroll
-                for (int j = 0; j < 4; j++) { /* 8 codes per word, the first of a byte in its high nibble */
-                    float wf[8];
+                for (int j = 0; j < 4; j++)
 #pragma unroll
-                    for (int b = 0; b < 4; b++) {
-                        wf[2 * b] = table[(w4[j] >> (8 * b + 4)) & 15u];
-                        wf[2 * b + 1] = table[(w4[j] >> (8 * b)) & 15u];
+                    for (int b = 0; b < 4; b++) { /* the first element of a byte in its high nibble */
+                        wf[(j * 4 + b) * 2] = table[(w4[j] >> (8 * b + 4)) & 15u];
+                        wf[(j * 4 + b) * 2 + 1] = table[(w4[j] >> (8 * b)) & 15u];
                     }
 #pragma unroll
-                    for (int i = 0; i < M; i++) {
-                        dot[i][j] = 0.0f;
-                        if (i >= p.m) continue;
-                        float xf[8];
-                        load_a<XT, 8>(p, i, v * 32 + j * 8, xf);
+                for (int i = 0; i < M; i++) {
+                    if (i >= p.m) break;
+                    float xf[32], dot = 0.0f;
+                    load_a<XT, 32>(p, i, v * 32, xf);
 #pragma unroll
-                        for (int e = 0; e < 8; e++) dot[i][j] = fmaf(wf[e], xf[e], dot[i][j]);
-                    }
+                    for (int j = 0; j < 32; j++) dot = fmaf(wf[j], xf[j], dot);
+                    acc[i] = fmaf(scale[u], dot, acc[i]);
                 }
-#pragma unroll
-                for (int i = 0; i < M; i++) acc[i] = fmaf(scale[u], (dot[i][0] + dot[i][1]) + (dot[i][2] + dot[i][3]), acc[i]);
             }
         }
 #pragma unroll
@@ -269,9 +265,7 @@ int gpu_gemv(gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand 
     uintptr_t wp = (uintptr_t)b->ptr;
     if (b->dtype == FINCH_DTYPE_NF4) {
         /* Every row starts on a 16-byte boundary of the packed codes, and one absmax covers each 32 codes. */
-        /* ... and blocks are a power of two (a shift, not a 64-bit division, per 32 codes). */
-        if ((wp & 15) || b->ld != k || k % 32 || b->blocksize < 32 || (b->blocksize & (b->blocksize - 1)) || !b->absmax || !b->code)
-            return FINCH_OK;
+        if ((wp & 15) || b->ld != k || k % 32 || b->blocksize <= 0 || b->blocksize % 32 || !b->absmax || !b->code) return FINCH_OK;
     } else if (!gpu_is_float_type(b->dtype) || (wp & 15) || (b->ld * (int64_t)gpu_dtype_size(b->dtype)) % 16 || b->ld < k) {
         return FINCH_OK;
     }
@@ -287,7 +281,7 @@ int gpu_gemv(gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand 
     p.ldw = b->ld;
     p.absmax = b->absmax;
     p.code = b->code;
-    while (b->dtype == FINCH_DTYPE_NF4 && ((int64_t)1 << p.block_shift) < b->blocksize) p.block_shift++;
+    p.blocksize = b->blocksize;
     p.c_type = c_type;
     p.c = c;
     p.ldc = ldc;

@@ -197,6 +197,11 @@ static int plugin_device_details(int index, char *buf, size_t size)
     const char *arch = p.gcnArchName;
     const char *api = "HIP";
 #endif
+#if FINCH_GPU_CUDA
+    size_t optin = (size_t)p.sharedMemPerBlockOptin;
+#else
+    size_t optin = (size_t)p.sharedMemPerBlock; /* ROCm 5's hipDeviceProp_t has no opt-in size */
+#endif
     snprintf(buf, size,
              "architecture: %s (compute capability %d.%d)\n"
              "%s driver: %d.%d, runtime: %d.%d\n"
@@ -204,7 +209,7 @@ static int plugin_device_details(int index, char *buf, size_t size)
              "memory bus: %d bits\n"
              "GEMM: %s\n",
              arch, p.major, p.minor, api, driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10,
-             p.multiProcessorCount, p.l2CacheSize >> 10, p.sharedMemPerBlock >> 10, (size_t)p.sharedMemPerBlockOptin >> 10,
+             p.multiProcessorCount, p.l2CacheSize >> 10, p.sharedMemPerBlock >> 10, optin >> 10,
              p.memoryBusWidth, !FINCH_GPU_BLASLT ? "the plugin's own tiled kernel" : FINCH_GPU_CUDA ? "cuBLASLt" : "hipBLASLt");
     return FINCH_OK;
 }

@@ -12,6 +12,7 @@ token) is timed apart and subtracted from generate(max_new_tokens=N), leaving N 
 finch's: bytes of every weight but the embedding table / device copy bandwidth (read + write).
 Prints a human summary and one JSON line."""
 import argparse
+import copy
 import json
 import time
 
@@ -38,11 +39,12 @@ def copy_bandwidth(nbytes=1 << 30, reps=10):
 
 
 def timed_generate(model, ids, n, gc):
+    gc = copy.deepcopy(gc)
+    gc.max_new_tokens = gc.min_new_tokens = n
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                             generation_config=gc)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gc)
     torch.cuda.synchronize()
     return time.perf_counter() - t0, out
 

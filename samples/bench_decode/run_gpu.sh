@@ -5,13 +5,17 @@
 #      batch-1 product timings of FINCH_PARITY_BENCH=decode                            -> parity.log
 #   b) finch bench decode --shape 8b (bf16), the model kept in /dev/shm               -> decode_bf16.log
 #   c) samples/bench_decode/hf_generate.py --shape 8b (HF generate, same card)        -> hf_generate.log
-#   d) finch bench decode on the same checkpoint with --4bit (NF4)                    -> decode_nf4.log
+#   d) NF4 against bf16 at the 1B shape (one checkpoint, with and without --4bit: loading the 8B shape
+#      with --4bit quantizes on the host for over 50 s)                -> decode_1b_bf16.log, decode_1b_nf4.log
 #   e) test_generate_golden all cuda (cache vs no-cache forward passes)               -> generate_golden.log
 #   f) tests/gpu/hf_generate_check.py (finch generate ids vs HF generate, f32)        -> hf_check.log
 #   g) the bf16 decode again with FINCH_CUDA_GEMV=0 FINCH_CUDA_DECODE_ATTENTION=0 (the paths before
 #      this work: cuBLASLt at m = 1 and the tile attention kernels), if time is left -> decode_bf16_old.log
 # usage: bash samples/bench_decode/run_gpu.sh [BUNDLE_DIR (default build-gpu/gpu-bundle)] (made by
 #        samples/bench_cuda/bundle.sh)
+# The device tool copies the checkout its session started in (not a helper's worktree): from a worktree,
+# put the bundle and this script (with samples/bench_decode/hf_generate.py, tests/gpu/hf_generate_check.py
+# beside it in the same layout) into a git-ignored folder of that checkout and carry that folder.
 set -u
 bundle=$(cd "${1:-build-gpu/gpu-bundle}" && pwd)
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -56,10 +60,16 @@ PYTHONUNBUFFERED=1 timeout $(box 45) python3 "$repo/samples/bench_decode/hf_gene
 stamp "   exit $?"
 grep -E "decode|roofline|device" "$out/hf_generate.log" | tee -a "$out/summary.txt"
 
-stamp "d) finch bench decode --4bit (NF4)"
-[ -n "$dir" ] && timeout $(box 50) "$finch" bench decode --model "$dir" --backend cuda --4bit > "$out/decode_nf4.log" 2>&1
-stamp "   exit $?"
-grep -E "roofline|decode" "$out/decode_nf4.log" | tee -a "$out/summary.txt"
+stamp "d) NF4 against bf16, 1B shape"
+mkdir -p "$model-1b"
+timeout $(box 30) "$finch" bench decode --shape 1b --backend cuda --dir "$model-1b" --keep > "$out/decode_1b_bf16.log" 2>&1
+stamp "   bf16 exit $?"
+grep -E "roofline|decode" "$out/decode_1b_bf16.log" | tee -a "$out/summary.txt"
+dir1=$(sed -n 's/^model: \([^,]*\),.*/\1/p' "$out/decode_1b_bf16.log")
+[ -n "$dir1" ] && timeout $(box 35) "$finch" bench decode --model "$dir1" --backend cuda --4bit > "$out/decode_1b_nf4.log" 2>&1
+stamp "   nf4 exit $?"
+grep -E "roofline|decode" "$out/decode_1b_nf4.log" | tee -a "$out/summary.txt"
+rm -rf "$model-1b"
 
 stamp "e) test_generate_golden all cuda"
 timeout $(box 40) "$bundle/bin/test_generate_golden" all cuda > "$out/generate_golden.log" 2>&1

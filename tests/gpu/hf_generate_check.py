@@ -32,10 +32,10 @@ for arch in archs:
         from transformers import AutoModelForImageTextToText
         model = AutoModelForImageTextToText.from_pretrained(d, dtype=torch.float32, attn_implementation="eager")
     model = model.to(device).eval()
-    gc = GenerationConfig(do_sample=False, eos_token_id=None, pad_token_id=0, use_cache=True)
+    gc = GenerationConfig(do_sample=False, eos_token_id=None, pad_token_id=0, use_cache=True, max_new_tokens=NEW, min_new_tokens=NEW)
     with torch.no_grad():
         x = ids[None].to(device)
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW, min_new_tokens=NEW, generation_config=gc)
+        out = model.generate(x, attention_mask=torch.ones_like(x), generation_config=gc)
     hf = out[0, len(ids):].tolist()
     cmd = [finch, "generate", "--model", d, "--prompt-ids", ",".join(map(str, ids.tolist())), "--print-ids", "--greedy",
            "--ignore-eos", "--max-new-tokens", str(NEW), "--backend", backend, "--dtype", "f32"]
