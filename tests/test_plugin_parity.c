@@ -513,6 +513,74 @@ static void test_qmatmul(void)
     }
 }
 
+/* Products of a few activation rows with a weight, the shape of decoding (1 <= m <= 8, A W^T): GPU
+ * plugins run their GEMV kernels here. Dense W of every type with A of every type, rows of W padded
+ * to 16 bytes, k not a multiple of the vector width (a scalar tail), A rows aligned and not, beta 0
+ * and not; NF4 W (blocks of 64 straddling rows of 160) through qmatmul_forward. */
+static void test_gemv(void)
+{
+    static const finch_dtype types[3] = {FINCH_DTYPE_F32, FINCH_DTYPE_BF16, FINCH_DTYPE_F16};
+    static const int64_t ms[4] = {1, 3, 5, 8};
+    char what[112];
+    for (int wi = 0; wi < 3; wi++) {
+        for (int ai = 0; ai < 3; ai++) {
+            for (int mi = 0; mi < 4; mi++) {
+                finch_gemm_desc d[2];
+                memset(&d[0], 0, sizeof d[0]);
+                d[0].trans_b = 1;
+                d[0].m = ms[mi];
+                d[0].n = 37 + 64 * (mi & 1);
+                d[0].k = mi < 2 ? 203 : 1024 + 5;
+                d[0].a_type = types[ai];
+                d[0].b_type = types[wi];
+                d[0].c_type = mi & 1 ? FINCH_DTYPE_F32 : types[ai];
+                d[0].batch = 1;
+                d[0].lda = mi & 2 ? d[0].k : (d[0].k + 7) / 8 * 8; /* unaligned rows of A when m is 5 or 8 */
+                d[0].ldb = (d[0].k + 7) / 8 * 8;
+                d[0].ldc = d[0].n + 1;
+                d[0].alpha = 0.5f;
+                d[0].beta = mi == 2 ? 0.25f : 0.0f;
+                tensor a = random_tensor(d[0].a_type, (size_t)(d[0].m * d[0].lda), 1.0f);
+                tensor b = random_tensor(d[0].b_type, (size_t)(d[0].n * d[0].ldb), 1.0f);
+                size_t nc = (size_t)(d[0].m * d[0].ldc);
+                tensor c = d[0].beta != 0.0f ? random_tensor(d[0].c_type, nc, 1.0f) : poisoned(d[0].c_type, nc);
+                d[1] = d[0];
+                for (int s = 0; s < 2; s++) {
+                    d[s].a = D(a, s);
+                    d[s].b = D(b, s);
+                    d[s].c = D(c, s);
+                }
+                BOTH("gemm", sd->api->gemm(sd->dev, NULL, &d[s]));
+                snprintf(what, sizeof what, "gemv m %lld n %lld k %lld: A %s (lda %lld) W %s C %s beta %g", (long long)d[0].m,
+                         (long long)d[0].n, (long long)d[0].k, dtype_name(d[0].a_type), (long long)d[0].lda,
+                         dtype_name(d[0].b_type), dtype_name(d[0].c_type), d[0].beta);
+                finch_dtype coarse = d[0].a_type == FINCH_DTYPE_BF16 || d[0].b_type == FINCH_DTYPE_BF16 ? FINCH_DTYPE_BF16
+                                   : d[0].a_type == FINCH_DTYPE_F16 || d[0].b_type == FINCH_DTYPE_F16 ? FINCH_DTYPE_F16
+                                   : d[0].c_type;
+                compare_rows("gemm", what, c, 1, d[0].m, d[0].n, d[0].ldc, 0,
+                             tol_for(d[0].c_type == FINCH_DTYPE_F32 ? coarse : d[0].c_type));
+            }
+            release_all();
+        }
+    }
+    for (int ai = 0; ai < 3; ai++) {
+        for (int mi = 0; mi < 4; mi++) {
+            int64_t out = 41, in = 160, m = ms[mi], ldx = mi & 2 ? in + 1 : in, ldy = out + 2;
+            finch_dtype t = types[ai];
+            nf4_parts parts = make_nf4(out, in);
+            finch_weight w[2] = {nf4_weight(&parts, 0), nf4_weight(&parts, 1)};
+            float beta = mi == 1 ? 0.5f : 0.0f;
+            tensor x = random_tensor(t, (size_t)(m * ldx), 1.0f);
+            tensor y = beta != 0.0f ? random_tensor(t, (size_t)(m * ldy), 1.0f) : poisoned(t, (size_t)(m * ldy));
+            BOTH("qmatmul_forward", sd->api->qmatmul_forward(sd->dev, NULL, &w[s], out, in, m, t, D(x, s), ldx, D(y, s), ldy, beta));
+            snprintf(what, sizeof what, "gemv nf4 [%lld, %lld] %s m %lld ldx %lld beta %g", (long long)out, (long long)in,
+                     dtype_name(t), (long long)m, (long long)ldx, beta);
+            compare_rows("qmatmul_forward", what, y, 1, m, out, ldy, 0, tol_for(t));
+            release_all();
+        }
+    }
+}
+
 typedef struct linear_case {
     const char *name;
     finch_dtype act, param, wtype;   /* wtype NF4 or a dense type */
@@ -532,6 +600,8 @@ static void test_linear(void)
         {"bf16 nf4, r16, m 150", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_NF4, 150, 136, 200, 16, 0, 1, 0, 1, 0.0f},
         {"bf16 dense, r16, dropout, m 130", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 130, 96, 160, 16, 1, 1, 1, 0, 0.05f},
         {"f32 nf4, r7, m 70", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 70, 81, 65, 7, 1, 0, 0, 0, 0.0f},
+        {"bf16 nf4 decode, bias, r4, m 1", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 1, 192, 43, 4, 1, 1, 0, 0, 0.0f},
+        {"bf16 dense decode, r8, m 3", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 3, 136, 57, 8, 0, 0, 0, 0, 0.0f},
     };
     char what[96];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -730,6 +800,10 @@ static void test_attention_cache(void)
         {FINCH_DTYPE_F16, 4, 4, 128, 2, {3, 65}, {90, 130}, 1, 20, 25.0f},
         {FINCH_DTYPE_F16, 2, 1, 256, 1, {5}, {37}, 1, 0, 0.0f},
         {FINCH_DTYPE_BF16, 2, 1, 64, 1, {33}, {33}, 0, 0, 0.0f},                    /* = attention_forward */
+        /* decode (one query row per sequence): odd groups, windows, caps, long caches, no causality */
+        {FINCH_DTYPE_BF16, 6, 2, 80, 3, {1, 1, 1}, {301, 2, 45}, 1, 33, 30.0f},
+        {FINCH_DTYPE_F16, 8, 8, 256, 2, {1, 1}, {1000, 129}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F32, 3, 1, 96, 2, {1, 1}, {70, 5000}, 0, 0, 0.0f},
     };
     char what[160];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -1138,6 +1212,23 @@ static int bench_linear_bwd(void *ctx) { return sides[1].api->linear_backward(si
 static int bench_attn_fwd(void *ctx) { return sides[1].api->attention_forward(sides[1].dev, NULL, ctx); }
 static int bench_attn_bwd(void *ctx) { return sides[1].api->attention_backward(sides[1].dev, NULL, ctx); }
 static int bench_lce(void *ctx) { return sides[1].api->linear_cross_entropy(sides[1].dev, NULL, ctx); }
+typedef struct qmatmul_ctx { const finch_weight *w; int64_t out, in; finch_dptr x, y; } qmatmul_ctx;
+static int bench_qmatmul(void *ctx)
+{
+    qmatmul_ctx *c = ctx;
+    return sides[1].api->qmatmul_forward(sides[1].dev, NULL, c->w, c->out, c->in, 1, FINCH_DTYPE_BF16, c->x, c->in, c->y,
+                                         c->out, 0.0f);
+}
+/* A call repeated (queued back to back, one synchronization): for calls of a few microseconds. */
+#define BENCH_REPS 20
+typedef struct repeat_ctx { bench_fn fn; void *ctx; } repeat_ctx;
+static int bench_repeat(void *ctx)
+{
+    repeat_ctx *r = ctx;
+    for (int i = 0; i < BENCH_REPS; i++)
+        if (r->fn(r->ctx)) return 1;
+    return 0;
+}
 
 typedef struct norm_ctx { int64_t n, dim; finch_dptr x, w, y, rstd, dy, dx, dw; } norm_ctx;
 static int bench_rms_fwd(void *ctx)
@@ -1163,6 +1254,62 @@ static int bench_glu_bwd(void *ctx)
     norm_ctx *c = ctx;
     return sides[1].api->glu_backward(sides[1].dev, NULL, FINCH_ACT_SILU, c->n, c->dim, FINCH_DTYPE_BF16, c->x, c->dim,
                                       c->dy, c->dim, c->y, c->dx, c->dw);
+}
+
+/* Batch-1 products of Llama-8B shapes (decode): time and the weight bytes read per second. */
+static void decode_benchmarks(void)
+{
+    static const struct { const char *name; int64_t n, k; int nf4; finch_dtype c; } shapes[] = {
+        {"q/o_proj 4096 -> 4096 bf16", 4096, 4096, 0, FINCH_DTYPE_BF16},
+        {"k/v_proj 4096 -> 1024 bf16", 1024, 4096, 0, FINCH_DTYPE_BF16},
+        {"gate/up 4096 -> 14336 bf16", 14336, 4096, 0, FINCH_DTYPE_BF16},
+        {"down 14336 -> 4096 bf16", 4096, 14336, 0, FINCH_DTYPE_BF16},
+        {"lm head 4096 -> 128256 bf16, f32 out", 128256, 4096, 0, FINCH_DTYPE_F32},
+        {"gate/up 4096 -> 14336 nf4", 14336, 4096, 1, FINCH_DTYPE_BF16},
+        {"down 14336 -> 4096 nf4", 4096, 14336, 1, FINCH_DTYPE_BF16},
+    };
+    char name[96];
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        int64_t n = shapes[i].n, k = shapes[i].k;
+        finch_gemm_desc d;
+        memset(&d, 0, sizeof d);
+        d.m = 1;
+        d.n = n;
+        d.k = k;
+        d.a_type = d.b_type = FINCH_DTYPE_BF16;
+        d.c_type = shapes[i].c;
+        d.a = bench_buffer(FINCH_DTYPE_BF16, (size_t)k, 1.0f);
+        d.c = bench_buffer(shapes[i].c, (size_t)n, 1.0f);
+        d.lda = k;
+        d.ldc = n;
+        d.trans_b = 1;
+        d.batch = 1;
+        d.alpha = 1.0f;
+        double bytes;
+        double t;
+        snprintf(name, sizeof name, "decode m=1 %s (x%d)", shapes[i].name, BENCH_REPS);
+        if (shapes[i].nf4) {
+            finch_weight w;
+            memset(&w, 0, sizeof w);
+            w.dtype = FINCH_DTYPE_NF4;
+            w.blocksize = 64;
+            w.data = bench_buffer(FINCH_DTYPE_U8, (size_t)(n * k / 2), 1.0f);
+            w.absmax = bench_buffer(FINCH_DTYPE_F32, (size_t)(n * k / 64), 0.1f);
+            w.code = bench_buffer(FINCH_DTYPE_F32, 16, 1.0f);
+            qmatmul_ctx q = {&w, n, k, d.a, d.c};
+            repeat_ctx r = {bench_qmatmul, &q};
+            t = bench(name, bench_repeat, &r, 0) / BENCH_REPS;
+            bytes = (double)(n * k) * (0.5 + 4.0 / 64);
+        } else {
+            d.b = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * k), 0.02f);
+            d.ldb = k;
+            repeat_ctx r = {bench_gemm, &d};
+            t = bench(name, bench_repeat, &r, 0) / BENCH_REPS;
+            bytes = (double)(n * k) * 2;
+        }
+        printf("bench %-52s %9.4f ms per call, %.1f GB/s of weights\n", "", t * 1e3, bytes / t * 1e-9);
+        release_all();
+    }
 }
 
 static void benchmarks(void)
@@ -1357,6 +1504,7 @@ int main(void)
     run("activations and gated units", test_activations);
     run("gemm", test_gemm);
     run("qmatmul", test_qmatmul);
+    run("gemv (a few rows)", test_gemv);
     run("linear", test_linear);
     run("attention", test_attention);
     run("attention_cache", test_attention_cache);
@@ -1368,7 +1516,8 @@ int main(void)
     run("adamw", test_adamw);
     run("adamw8bit", test_adamw8bit);
     const char *b = getenv("FINCH_PARITY_BENCH");
-    if (b && *b && *b != '0') run("benchmarks", benchmarks);
+    if (b && *b && *b != '0' && strcmp(b, "decode")) run("benchmarks", benchmarks);
+    if (b && *b && *b != '0') run("decode benchmarks", decode_benchmarks);
 
     for (int s = 0; s < 2; s++) {
         sides[s].api->device_close(sides[s].dev);

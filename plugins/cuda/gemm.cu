@@ -380,6 +380,11 @@ static int gemm_nf4_chunked(finch_plugin_device *dev, gpuStream_t st, int64_t m,
 
 #endif /* FINCH_GPU_BLASLT */
 
+/* gemv.cu: the product for 1 <= m <= 8 rows of A (not transposed) and B = W^T, W dense or NF4
+ * [n, k] with 16-byte aligned rows. *done = 0 when it does not take the shape (nothing queued). */
+int gpu_gemv(gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a, const gpu_operand *b,
+             finch_dtype c_type, void *c, int64_t ldc, float alpha, float beta, int *done);
+
 int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
              const gpu_operand *b, finch_dtype c_type, void *c, int64_t ldc, int64_t stride_c, int64_t batch,
              float alpha, float beta)
@@ -391,6 +396,11 @@ int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int
         zero.dtype = FINCH_DTYPE_F32;
         zero.ptr = c; /* never read: k == 0 leaves the accumulators at zero */
         return gemm_tiled(st, m, n, 0, &zero, &zero, c_type, c, ldc, stride_c, batch, 0.0f, beta);
+    }
+    if (batch == 1) { /* a few rows (decoding): the bandwidth-bound kernels of gemv.cu */
+        int done = 0;
+        GPU_TRY(gpu_gemv(st, m, n, k, a, b, c_type, c, ldc, alpha, beta, &done));
+        if (done) return FINCH_OK;
     }
 #if FINCH_GPU_BLASLT
     if (b->dtype == FINCH_DTYPE_NF4 && a->dtype != FINCH_DTYPE_NF4 && batch == 1 && m >= NF4_LT_MIN_ROWS)
