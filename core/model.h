@@ -65,6 +65,10 @@ struct finch_model {
     char dir[1024];
     char prefix[64];                         /* decoder prefix: "model.", "transformer.", ... */
     finch_param embed, final_norm, final_norm_b, lm_head_own;
+    /* The embedding table in host memory ([vocab, hidden] in embed.dtype) when it is kept off the
+     * device (a 4-bit model's frozen, untied table: the device then holds only the rows of a step);
+     * embed keeps its name, dtype and shape but has no device data. NULL otherwise. */
+    void *embed_host;
     finch_param *lm_head;                    /* &embed when tied */
     int tied;
     finch_layer *layers;
@@ -101,6 +105,11 @@ struct finch_model {
 };
 
 /* model_load.c */
+/* The host copy of p when it lives in host memory (m->embed_host for m->embed), else NULL. */
+static inline const void *finch_model_param_host(const finch_model *m, const finch_param *p)
+{
+    return p == &m->embed ? m->embed_host : NULL;
+}
 int finch_model_upload_f32(finch_model *m, const float *src, int64_t rows, int64_t row_elems, const int32_t *perm,
                            finch_dtype dtype, finch_dptr dst);
 int finch_model_download_f32(const finch_model *m, finch_dptr src, finch_dtype dtype, int64_t rows, int64_t row_elems,

@@ -7,6 +7,7 @@
  * of the residual stream use two buffers in turn; everything else a layer's backward allocates is
  * released when the layer is done. */
 #include "core/error.h"
+#include "core/half.h"
 #include "core/kv_cache.h"
 #include "core/model_layer.h"
 #include "core/model_quant.h"
@@ -277,10 +278,74 @@ static float round_to(finch_dtype t, float x)
     return x;
 }
 
+static float load_elem(finch_dtype t, const unsigned char *p)
+{
+    uint16_t h;
+    float f;
+    switch (t) {
+    case FINCH_DTYPE_BF16: memcpy(&h, p, 2); return finch_bf16_to_f32(h);
+    case FINCH_DTYPE_F16: memcpy(&h, p, 2); return finch_f16_to_f32(h);
+    default: memcpy(&f, p, 4); return f;
+    }
+}
+
+static void store_elem(finch_dtype t, float v, unsigned char *p)
+{
+    uint16_t h;
+    switch (t) {
+    case FINCH_DTYPE_BF16: h = finch_f32_to_bf16(v); memcpy(p, &h, 2); return;
+    case FINCH_DTYPE_F16: h = finch_f32_to_f16(v); memcpy(p, &h, 2); return;
+    default: memcpy(p, &v, 4); return;
+    }
+}
+
+/* x_0 from a host-resident table (m->embed_host): the step's rows are gathered on the host with the
+ * plugin's arithmetic (out = scale * row, in f32, stored in the compute dtype) and uploaded a slab
+ * at a time. The table is frozen, so nothing is recorded for backward. */
+static int embed_from_host(step_ctx *s, float escale, finch_tensor *x0)
+{
+    finch_model *m = s->m;
+    const finch_param *p = &m->embed;
+    const unsigned char *table = m->embed_host;
+    int64_t n = s->n_tokens, V = p->shape[0], H = p->shape[1];
+    if (!s->host_ids) return finch_error(FINCH_ERR_STATE, "embedding: the table is in host memory but the step has no host ids");
+    int rc = finch_graph_tensor(s->g, m->dtype, n, H, 0, x0);
+    if (rc) return rc;
+    size_t ts = finch_dtype_size(p->dtype), os = finch_dtype_size(m->dtype), in_row = (size_t)H * ts, out_row = (size_t)H * os;
+    int64_t slab = (int64_t)(((size_t)8 << 20) / out_row);
+    slab = slab < 1 ? 1 : slab > n ? n : slab;
+    unsigned char *buf = malloc((size_t)slab * out_row);
+    if (!buf) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+    int same = p->dtype == m->dtype && escale == 1.0f;
+    for (int64_t t0 = 0; t0 < n && !rc; t0 += slab) {
+        int64_t rows = n - t0 < slab ? n - t0 : slab;
+        for (int64_t r = 0; r < rows && !rc; r++) {
+            int32_t id = s->host_ids[t0 + r];
+            if (id < 0 || id >= V) {
+                rc = finch_error(FINCH_ERR_INVALID_ARGUMENT, "embedding: token id %d is outside the vocabulary [0, %lld)", id, (long long)V);
+                break;
+            }
+            const unsigned char *src = table + (size_t)id * in_row;
+            unsigned char *dst = buf + (size_t)r * out_row;
+            if (same) {
+                memcpy(dst, src, in_row);
+            } else {
+                for (int64_t j = 0; j < H; j++) store_elem(m->dtype, escale * load_elem(p->dtype, src + (size_t)j * ts), dst + (size_t)j * os);
+            }
+        }
+        if (!rc && m->be->api->write(m->be->dev, m->be->stream, finch_dptr_at(x0->data, (size_t)t0 * (size_t)x0->ld * os), buf,
+                                     (size_t)rows * out_row))
+            rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "uploading the step's embeddings");
+    }
+    free(buf);
+    return rc;
+}
+
 int finch_model_embed(step_ctx *s, finch_tensor *x0)
 {
     finch_model *m = s->m;
     float escale = m->cfg.scale_embeddings ? round_to(m->dtype, (float)sqrt((double)m->cfg.hidden)) : 1.0f;
+    if (m->embed_host) return embed_from_host(s, escale, x0);
     return finch_op_embedding(s->g, s->ids, s->n_tokens, &m->embed, m->dtype, escale, x0);
 }
 
@@ -390,10 +455,11 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     int rc = finch_arena_begin(&m->arena);
     if (rc) return rc;
     finch_graph_clear(g);
-    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0};
+    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0, NULL};
     if (do_backward) m->weights_version++; /* an optimizer step will follow: cached keys go stale */
     int64_t count = 0;
     if ((rc = upload_batch(&s, b, &count)) || (rc = finch_vl_positions(m, b, &s.positions))) return rc;
+    s.host_ids = m->host_i32;
     float grad_scale = opts && opts->grad_scale != 0 ? opts->grad_scale : count ? 1.0f / (float)count : 0.0f;
     int ckpt = do_backward && m->gradient_checkpointing;
     int64_t L = c->n_layers, n = s.n_tokens, H = c->hidden;
