@@ -79,6 +79,7 @@ struct finch_model {
     int64_t n_params;
 
     int full_finetune, gradient_checkpointing;
+    int offload_activations;                 /* with checkpointing: layer inputs in host memory (model_forward.c) */
     /* LoRA */
     int lora_attached;
     int lora_r, lora_use_rslora;
@@ -101,6 +102,8 @@ struct finch_model {
     finch_tensor *stream;                    /* x_0 .. x_L, the residual stream between layers */
     int *segments;                           /* tape position where each layer's entries start */
     int32_t *host_i32;                       /* staging for ids, labels, positions */
+    unsigned char *offload_host;             /* x_1 .. x_{L-1} of the step when offloading activations */
+    size_t offload_cap;                      /* bytes */
     size_t host_i32_cap;
 };
 

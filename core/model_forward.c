@@ -3,7 +3,8 @@
  *
  * Memory: the activations of a step come from the model's arena. Without gradient checkpointing
  * every layer's activations stay until backward; with it only the residual stream between layers
- * (x_0 .. x_L) stays, and each layer is recomputed, differentiated and released in turn. Gradients
+ * (x_0 .. x_L) stays (in host memory but for two of them with offload_activations), and each layer
+ * is recomputed, differentiated and released in turn. Gradients
  * of the residual stream use two buffers in turn; everything else a layer's backward allocates is
  * released when the layer is done. */
 #include "core/error.h"
@@ -432,6 +433,51 @@ static int head_and_loss(step_ctx *s, const finch_tensor *xL, int want_logits, i
     return FINCH_OK;
 }
 
+/* ---- activation offload ----------------------------------------------------------------------- */
+
+/* With checkpointing and offload, x_1 .. x_L share two device slots (x_l in slot l % 2): each layer
+ * reads one and writes the other. x_1 .. x_{L-1} are copied to host memory as they are produced and
+ * copied back into their slot just before their layer is recomputed in backward, when the slot's
+ * other occupant (x_{l+2}) is no longer needed. x_0 (the embeddings) and x_L (the head's input) stay
+ * on the device. */
+typedef struct offload {
+    int on;
+    finch_dptr slot[2];
+    size_t bytes;                 /* of one x_l */
+} offload;
+
+static int offload_begin(finch_model *m, int64_t n, int64_t H, offload *o)
+{
+    int64_t L = m->cfg.n_layers;
+    o->bytes = (size_t)(n * H) * finch_dtype_size(m->dtype);
+    size_t need = o->bytes * (size_t)(L - 1);
+    if (need > m->offload_cap) {
+        unsigned char *p = realloc(m->offload_host, need);
+        if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "activation offload: cannot hold %zu bytes in host memory", need);
+        m->offload_host = p;
+        m->offload_cap = need;
+    }
+    int rc = FINCH_OK;
+    for (int i = 0; i < 2 && !rc; i++) rc = finch_arena_alloc(&m->arena, o->bytes, &o->slot[i]);
+    o->on = !rc;
+    return rc;
+}
+
+static unsigned char *offload_at(finch_model *m, const offload *o, int64_t l) { return m->offload_host + (size_t)(l - 1) * o->bytes; }
+
+/* A residual-stream tensor over existing device memory, with a gradient node when req. */
+static int stream_tensor(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t cols, int req, finch_dptr data, finch_tensor *out)
+{
+    memset(out, 0, sizeof *out);
+    out->dtype = dtype;
+    out->rows = rows;
+    out->cols = cols;
+    out->ld = cols;
+    out->data = data;
+    out->node = -1;
+    return req ? finch_graph_bind_grad(g, out, finch_dptr_none()) : FINCH_OK;
+}
+
 /* ---- the step -------------------------------------------------------------------------------- */
 
 int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_options *opts, int do_backward,
@@ -463,6 +509,8 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     float grad_scale = opts && opts->grad_scale != 0 ? opts->grad_scale : count ? 1.0f / (float)count : 0.0f;
     int ckpt = do_backward && m->gradient_checkpointing;
     int64_t L = c->n_layers, n = s.n_tokens, H = c->hidden;
+    offload off = {0};
+    if (ckpt && m->offload_activations && L >= 2 && (rc = offload_begin(m, n, H, &off))) return rc;
 
     g->want_grad = do_backward;
     g->recording = do_backward;
@@ -480,6 +528,10 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     seg[0] = g->n_tape;
     for (int64_t l = 0; !rc && l < L; l++) {
         int req = do_backward && (x[l].node >= 0 || layer_trainable(&m->layers[l]));
+        if (off.on) {
+            rc = stream_tensor(g, m->dtype, n, H, req, off.slot[(l + 1) % 2], &x[l + 1]);
+            continue;
+        }
         rc = finch_graph_tensor(g, m->dtype, n, H, req, &x[l + 1]);
         if (!rc && req && x[l + 1].node < 0) rc = finch_graph_bind_grad(g, &x[l + 1], finch_dptr_none());
     }
@@ -491,6 +543,8 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             g->want_grad = 0;
             rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
             finch_arena_reset(&m->arena, am);
+            if (!rc && off.on && l + 1 < L && api->read(m->be->dev, m->be->stream, x[l + 1].data, offload_at(m, &off, l + 1), off.bytes))
+                rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "offloading a layer input to host memory");
         } else {
             rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
         }
@@ -506,6 +560,10 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
         for (int64_t l = L - 1; !rc && l >= 0; l--) {
             if (x[l].node >= 0) finch_graph_rebind_grad(g, &x[l], gbuf[l % 2]);
             finch_arena_mark am = finch_arena_get_mark(&m->arena);
+            if (off.on && l >= 1 && l < L - 1 &&
+                api->write(m->be->dev, m->be->stream, x[l].data, offload_at(m, &off, l), off.bytes))
+                rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "reloading a layer input from host memory");
+            if (rc) break;
             if (ckpt) {
                 finch_graph_mark gm = finch_graph_get_mark(g);
                 rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);

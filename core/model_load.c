@@ -493,6 +493,7 @@ finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_lo
     finch_devmem_init(&m->mem, m->be);
     m->dtype = o.compute_dtype;
     m->gradient_checkpointing = o.gradient_checkpointing;
+    m->offload_activations = o.offload_activations;
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     finch_arena_init(&m->arena, m->be);
     finch_graph_init(&m->graph, m->be, &m->arena);
@@ -568,6 +569,7 @@ void finch_model_free(finch_model *m)
     free(m->trainables);
     free(m->lora_targets_json);
     free(m->host_i32);
+    free(m->offload_host);
     free(m->stream);
     free(m->segments);
     free(m);

@@ -39,6 +39,7 @@ static const char *const archs[] = {"llama", "mistral", "qwen2", "qwen3", "gemma
 static int32_t *ids, *labels;
 static int64_t B, T;
 static int quant_type = FINCH_QUANT_NF4;   /* of the load_in_4bit loads below */
+static int offload_next;                    /* the next load() offloads activations */
 
 static int ok(int rc, const char *what)
 {
@@ -146,6 +147,8 @@ static finch_model *load(finch_runtime *rt, const char *dir, int in4, int64_t bs
     o.double_quant = dq;
     o.compute_dtype = dt;
     o.gradient_checkpointing = ckpt;
+    o.offload_activations = offload_next;
+    offload_next = 0;
     finch_model *m = NULL;
     ok(finch_model_load(rt, dir, &o, &m), dir);
     return m;
@@ -424,6 +427,16 @@ static void check_model(finch_runtime *rt, const char *label, const char *src, c
         if (c && attach(c) && run(c, 1, &oc)) {
             double ec = compare(&oc, &od);
             CHECK(ec <= 1e-4, "%s: NF4 + gradient checkpointing vs dense: rel err %.3g", label, ec);
+            /* layer inputs offloaded to host memory: the same step, bit for bit */
+            offload_next = 1;
+            finch_model *co = load(rt, src, 1, bs, 0, FINCH_DTYPE_F32, 1);
+            outputs oo;
+            if (co && attach(co) && run(co, 1, &oo)) {
+                double eo = compare(&oo, &oc);
+                CHECK(eo == 0, "%s: NF4 + checkpointing with activation offload = without: rel err %.3g", label, eo);
+                outputs_free(&oo);
+            }
+            finch_model_free(co);
         }
         finch_model_free(c);
         /* bf16 compute on the NF4 base: against the same dense weights in bf16 (loss, logits and
