@@ -1,7 +1,8 @@
 #!/bin/sh
 # Packs what samples/bench_cuda/run_gpu.sh needs from a finch build made here into BUILD/gpu-bundle,
 # small enough to carry to the GPU machine (the device tool carries at most 64 MiB):
-#   bin/   finch, libfinch-cuda.so, test_plugin_parity, test_golden (stripped)
+#   bin/   finch, libfinch-cuda.so, test_plugin_parity, test_golden (stripped); bench_qlora and
+#          test_qlora too when built
 #   lib/   the shared libraries they load from the system that the GPU machine may lack (libcjson,
 #          OpenBLAS and its Fortran runtime, PCRE2, utf8proc, stb, libgomp), OpenBLAS gzipped
 #   shared/golden (the goldens test_golden reads), shared/bench/hf_peft_baseline.py
@@ -15,6 +16,12 @@ rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib" "$out/shared/bench"
 for f in "$build/bin/finch" "$build/bin/libfinch-cuda.so" "$build/tests/test_plugin_parity" "$build/tests/test_golden"; do
   [ -f "$f" ] || { echo "bundle: $f is missing (build with -DFINCH_CUDA=ON first)" >&2; exit 1; }
+  cp "$f" "$out/bin/"
+  strip --strip-unneeded "$out/bin/$(basename "$f")" 2>/dev/null || true
+done
+# The QLoRA runs (samples/bench_qlora/run_gpu.sh), when built.
+for f in "$build/bin/bench_qlora" "$build/tests/test_qlora"; do
+  [ -f "$f" ] || continue
   cp "$f" "$out/bin/"
   strip --strip-unneeded "$out/bin/$(basename "$f")" 2>/dev/null || true
 done
