@@ -40,6 +40,7 @@ static int32_t *ids, *labels;
 static int64_t B, T;
 static int quant_type = FINCH_QUANT_NF4;   /* of the load_in_4bit loads below */
 static int offload_next;                    /* the next load() offloads activations */
+static int on_cpu;                          /* the backend under test is the CPU reference */
 
 static int ok(int rc, const char *what)
 {
@@ -357,8 +358,9 @@ static int write_deeper(const char *src, const char *dst)
     return rc;
 }
 
-/* NF4 with gradient checkpointing, layer inputs offloaded to host memory or not: the same step, bit
- * for bit (f32 and bf16), on a model deep enough that inputs come back from the host. */
+/* NF4 with gradient checkpointing, layer inputs offloaded to host memory or not: the same step on a
+ * model deep enough that inputs come back from the host; bit for bit on the CPU backend, to round-off
+ * elsewhere (a GPU's kernels may take other algorithms for buffers at other addresses). */
 static void check_offload(finch_runtime *rt, const char *arch, const char *src)
 {
     char dir[1200];
@@ -376,8 +378,8 @@ static void check_offload(finch_runtime *rt, const char *arch, const char *src)
         offload_next = 1;
         finch_model *off = load(rt, dir, 1, 64, 0, types[i], 1);
         if (plain && off && attach(plain) && attach(off) && run(plain, 1, &a) && run(off, 1, &b)) {
-            double e = compare(&b, &a);
-            CHECK(e == 0 && a.n_grads > 0, "%s (%s layers doubled): NF4 + checkpointing with activation offload = without: rel err %.3g",
+            double e = compare(&b, &a), tol = on_cpu ? 0.0 : types[i] == FINCH_DTYPE_F32 ? 1e-5 : 1e-2;
+            CHECK(e <= tol && a.n_grads > 0, "%s (%s, layers doubled): NF4 + checkpointing with activation offload = without: rel err %.3g",
                   arch, finch_dtype_name(types[i]), e);
             printf("  %-28s offloaded activations (%s, %d layers): rel err %.1e\n", arch, finch_dtype_name(types[i]),
                    (int)off->cfg.n_layers, e);
@@ -511,17 +513,21 @@ static void check_model(finch_runtime *rt, const char *label, const char *src, c
             CHECK(ec <= 1e-4, "%s: NF4 + gradient checkpointing vs dense: rel err %.3g", label, ec);
         }
         finch_model_free(c);
-        /* bf16 compute on the NF4 base: against the same dense weights in bf16 (loss, logits and
-         * gradients), and against f32 (loss and logits) */
+        /* bf16 compute on the NF4 base, against the same dense weights in bf16 (loss, logits and LoRA
+         * gradients) within the bf16 tolerance: 2e-2 (the goldens'), or, where bf16 rounding alone moves
+         * the dense path further from its f32 result (gemma3's LoRA gradients: ~3e-2), that distance.
+         * (The NF4 path may multiply by deq(W) in f32 where the dense one has it rounded to bf16: the
+         * CPU backend and the GPU's small-m kernel do.) Loss and logits also against f32. */
         finch_model *b = load(rt, src, 1, bs, 0, FINCH_DTYPE_BF16, 0);
         finch_model *db = load(rt, deq_dir, 0, 0, 0, FINCH_DTYPE_BF16, 0);
         outputs odb;
         if (b && db && attach(b) && attach(db) && run(b, 1, &ob) && run(db, 1, &odb)) {
-            double eb = compare(&ob, &odb);
+            double eb = compare(&ob, &odb), edf = compare(&odb, &od), tol = edf > 2e-2 ? edf : 2e-2;
             double el = testing_rel_err(ob.logits, od.logits, (size_t)ob.n_logits), ell = fabs(ob.loss - od.loss) / od.loss;
-            CHECK(eb <= 2e-2, "%s: NF4 bf16 vs dense bf16: rel err %.3g", label, eb);
+            CHECK(eb <= tol, "%s: NF4 bf16 vs dense bf16: rel err %.3g (tolerance %.3g)", label, eb, tol);
             CHECK(el <= 2e-2 && ell <= 2e-2, "%s: NF4 bf16 vs dense f32: logits rel err %.3g, loss %.3g", label, el, ell);
-            printf("  %-28s NF4 bf16 vs dense bf16: worst rel err %.2e; vs f32 logits %.2e\n", label, eb, el);
+            printf("  %-28s NF4 bf16 vs dense bf16: worst rel err %.2e (dense bf16 vs f32 %.2e); vs f32 logits %.2e\n", label, eb,
+                   edf, el);
             outputs_free(&odb);
         }
         finch_model_free(b);
@@ -748,6 +754,7 @@ int main(int argc, char **argv)
     const char *shared = testing_shared_dir(), *backend = argc > 1 ? argv[1] : "cpu";
     finch_runtime *rt = NULL;
     printf("qlora on %s\n", backend);
+    on_cpu = !strcmp(backend, "cpu");
     if (finch_runtime_open(backend, &rt) != FINCH_OK) {
         if (strcmp(backend, "cpu")) {
             printf("skipped: backend %s unavailable: %s\n", backend, finch_last_error());

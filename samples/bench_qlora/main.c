@@ -15,8 +15,9 @@
  *
  * Reports tokens/s over the timed steps and peak device memory: the most bytes finch had allocated
  * on the device at once (counted at the plugin's alloc/free, comparable to torch's
- * max_memory_allocated) over the whole run and over the timed steps alone (steady_peak: the first
- * step of a shape grows the activation arena piece by piece, later ones use one buffer of its peak),
+ * max_memory_allocated) over the whole run and, with --steps >= 2, over the timed steps after the
+ * first (steady_peak: the first step of a shape grows the activation arena piece by piece, the next
+ * replaces the pieces by one buffer of the peak they held),
  * and the device's used memory (total - free, as nvidia-smi shows it,
  * including the driver context and any plugin caching) after the steps. */
 #include "core/bnb_checkpoint.h"
@@ -349,8 +350,7 @@ int main(int argc, char **argv)
     t0 = bench_now();
     if (finch_forward_backward(m, &b, NULL, &res)) return fail("warm-up step");
     printf("warm-up step: %.2f s, loss %.4f, device peak so far %.3f GiB\n", bench_now() - t0, res.loss, gib((double)bench_device_peak()));
-    uint64_t first_peak = bench_device_peak();
-    bench_device_reset_peak();
+    uint64_t overall_peak = bench_device_peak();
     double total = 0;
     for (int64_t i = 0; i < a.steps; i++) {
         if (finch_zero_grads(m)) return fail("clearing gradients");
@@ -359,16 +359,17 @@ int main(int argc, char **argv)
         double dt = bench_now() - t0;
         total += dt;
         printf("step %lld: %.3f s, loss %.4f, %.0f tokens/s\n", (long long)(i + 1), dt, res.loss, (double)n / dt);
+        if (bench_device_peak() > overall_peak) overall_peak = bench_device_peak();
+        if (i == 0 && a.steps > 1) bench_device_reset_peak(); /* the arena is one buffer from the first timed step on */
     }
     uint64_t free_b = 0, total_b = 0;
     const finch_backend *be = &rt->backend;
     int have_info = be->api->memory_info(be->dev, &free_b, &total_b) == FINCH_OK;
-    uint64_t steady_peak = bench_device_peak();
+    double steady_gib = a.steps > 1 ? gib((double)bench_device_peak()) : -1.0; /* -1: not measured (one step) */
     printf("RESULT shape=%s mode=%s offload=%d layers=%lld B=%lld T=%lld r=%lld tokens_per_s=%.1f peak_alloc_gib=%.3f "
            "steady_peak_gib=%.3f weights_gib=%.3f",
            a.shape_name, a.mode, a.offload, (long long)s->layers, (long long)a.batch, (long long)a.seq, (long long)a.rank,
-           (double)(n * a.steps) / total, gib((double)(first_peak > steady_peak ? first_peak : steady_peak)), gib((double)steady_peak),
-           gib((double)weights));
+           (double)(n * a.steps) / total, gib((double)overall_peak), steady_gib, gib((double)weights));
     if (have_info) printf(" device_used_gib=%.3f device_total_gib=%.3f", gib((double)(total_b - free_b)), gib((double)total_b));
     printf(" device=\"%s\"\n", dev.name);
     free(ids);
