@@ -56,6 +56,9 @@ finch_linear_params finch_model_linear_params(const finch_model *m, const finch_
 static int linear(step_ctx *s, const finch_tensor *x, const finch_linear_module *lin, finch_tensor *y)
 {
     finch_linear_params p = finch_model_linear_params(s->m, lin, s->train);
+    /* Rows of a chunk keep the dropout mask of their place in the whole step: element (row0 + i, j)
+     * is index (row0 + i) * in + j, i.e. the seed moves by row0 * in steps of the mask's stride. */
+    p.dropout_seed += (uint64_t)s->row0 * (uint64_t)lin->in_features * 0x9E3779B97F4A7C15ull;
     return finch_op_linear(s->g, x, &p, y);
 }
 
@@ -158,20 +161,62 @@ static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor
     return linear(s, &h, &ly->down, out);
 }
 
-/* One decoder layer: x -> out (out is preallocated and keeps its gradient node). */
-int finch_layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out)
+/* The attention half of a layer: x1 = x + attn(norm(x)) (the attention output post-normed first with
+ * sandwich norms). */
+static int attention_half(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor *x1)
 {
     const finch_model_config *c = &s->m->cfg;
     const finch_layer *ly = &s->m->layers[l];
-    finch_tensor a, attn, raw, mlp_in, mo, x1, sum, res;
+    finch_tensor a, attn, raw;
     int rc;
     if ((rc = norm(s, x, &ly->attn_norm, &ly->attn_norm_b, &a)) || (rc = attention_block(s, l, &a, &attn))) return rc;
     if (c->sandwich_norms) {
         raw = attn;
         if ((rc = norm(s, &raw, &ly->post_attn_norm, NULL, &attn))) return rc;
     }
+    return finch_op_add(s->g, x, &attn, NULL, x1);
+}
+
+/* The MLP half: out = x1 + mlp(norm(x1)) (post-normed first with sandwich norms), into out. Token by
+ * token, so it may run on any rows of x1 and out (s->row0: where they start). */
+static int mlp_half(step_ctx *s, int64_t l, const finch_tensor *x1, const finch_tensor *out)
+{
+    const finch_model_config *c = &s->m->cfg;
+    const finch_layer *ly = &s->m->layers[l];
+    finch_tensor mlp_in, mo, raw, res;
+    int rc;
+    if ((rc = norm(s, x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in)) || (rc = mlp_block(s, l, &mlp_in, &mo))) return rc;
+    if (c->sandwich_norms) {
+        raw = mo;
+        if ((rc = norm(s, &raw, &ly->post_ffn_norm, NULL, &mo))) return rc;
+    }
+    return finch_op_add(s->g, x1, &mo, out, &res);
+}
+
+/* Tokens per MLP chunk when a pass over n tokens runs the MLP in chunks, else 0. The MLP's
+ * intermediates ([tokens, intermediate], several of them in backward) dominate a long sequence's
+ * working set; in chunks they are bounded. Falcon's parallel layers read x in both halves (no split). */
+#define FINCH_MLP_CHUNK_TOKENS 8192
+static int64_t mlp_chunk(const step_ctx *s)
+{
+    const finch_model *m = s->m;
+    int64_t chunk = m->mlp_chunk_tokens > 0 ? m->mlp_chunk_tokens : FINCH_MLP_CHUNK_TOKENS;
+    if (s->cache || (m->cfg.arch == FINCH_ARCH_FALCON && m->cfg.parallel_attn) || s->n_tokens <= chunk) return 0;
+    return chunk;
+}
+
+/* One decoder layer: x -> out (out is preallocated and keeps its gradient node). A pass that keeps no
+ * tape (inference, the forward of gradient checkpointing) runs long sequences' MLP in chunks, each
+ * chunk's intermediates released before the next. */
+int finch_layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out)
+{
+    const finch_model_config *c = &s->m->cfg;
+    const finch_layer *ly = &s->m->layers[l];
+    int rc;
     if (c->arch == FINCH_ARCH_FALCON && c->parallel_attn) {
         /* Falcon: attention and MLP read the same input; both add to the residual. */
+        finch_tensor a, attn, mlp_in, mo, sum, res;
+        if ((rc = norm(s, x, &ly->attn_norm, &ly->attn_norm_b, &a)) || (rc = attention_block(s, l, &a, &attn))) return rc;
         if (param_present(&ly->mlp_norm)) {
             if ((rc = norm(s, x, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in))) return rc;
         } else {
@@ -180,14 +225,53 @@ int finch_layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const fin
         if ((rc = mlp_block(s, l, &mlp_in, &mo)) || (rc = finch_op_add(s->g, &mo, &attn, NULL, &sum))) return rc;
         return finch_op_add(s->g, x, &sum, out, &res);
     }
-    if ((rc = finch_op_add(s->g, x, &attn, NULL, &x1)) || (rc = norm(s, &x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in)) ||
-        (rc = mlp_block(s, l, &mlp_in, &mo)))
-        return rc;
-    if (c->sandwich_norms) {
-        raw = mo;
-        if ((rc = norm(s, &raw, &ly->post_ffn_norm, NULL, &mo))) return rc;
+    finch_tensor x1;
+    if ((rc = attention_half(s, l, x, &x1))) return rc;
+    int64_t chunk = s->g->recording || s->g->want_grad ? 0 : mlp_chunk(s);
+    if (!chunk) return mlp_half(s, l, &x1, out);
+    for (int64_t r0 = 0; !rc && r0 < s->n_tokens; r0 += chunk) {
+        int64_t n = s->n_tokens - r0 < chunk ? s->n_tokens - r0 : chunk;
+        finch_arena_mark am = finch_arena_get_mark(&s->m->arena);
+        finch_tensor x1c = finch_tensor_rows(&x1, r0, n), outc = finch_tensor_rows(out, r0, n);
+        s->row0 = r0;
+        rc = mlp_half(s, l, &x1c, &outc);
+        s->row0 = 0;
+        finch_arena_reset(&s->m->arena, am);
     }
-    return finch_op_add(s->g, &x1, &mo, out, &res);
+    return rc;
+}
+
+/* Gradient checkpointing's backward of layer l with the MLP in chunks: the attention half is
+ * recomputed and taped; then each chunk of the MLP half is recomputed, taped and differentiated
+ * (its gradient rows land in x1's gradient, allocated before the chunks and zeroed by the first
+ * view that writes it) and released; last the attention half is differentiated. */
+static int layer_backward_chunked(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out, int64_t chunk)
+{
+    finch_graph *g = s->g;
+    finch_arena *arena = &s->m->arena;
+    finch_graph_mark gm = finch_graph_get_mark(g);
+    finch_tensor x1;
+    int rc = attention_half(s, l, x, &x1);
+    if (!rc && x1.node >= 0) {
+        finch_dptr dx1;
+        int acc;
+        rc = finch_grad_target(g, &x1, &dx1, &acc);
+    }
+    for (int64_t r0 = 0; !rc && r0 < s->n_tokens; r0 += chunk) {
+        int64_t n = s->n_tokens - r0 < chunk ? s->n_tokens - r0 : chunk;
+        finch_graph_mark gc = finch_graph_get_mark(g);
+        finch_arena_mark ac = finch_arena_get_mark(arena);
+        finch_tensor x1c = finch_tensor_rows(&x1, r0, n), outc = finch_tensor_rows(out, r0, n);
+        s->row0 = r0;
+        rc = mlp_half(s, l, &x1c, &outc);
+        s->row0 = 0;
+        if (!rc) rc = finch_graph_backward(g, gc.n_tape);
+        finch_graph_reset(g, gc);
+        finch_arena_reset(arena, ac);
+    }
+    if (!rc) rc = finch_graph_backward(g, gm.n_tape);
+    finch_graph_reset(g, gm);
+    return rc;
 }
 
 static int layer_trainable(const finch_layer *ly)
@@ -501,7 +585,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     int rc = finch_arena_begin(&m->arena);
     if (rc) return rc;
     finch_graph_clear(g);
-    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0, NULL};
+    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0, NULL, 0};
     if (do_backward) m->weights_version++; /* an optimizer step will follow: cached keys go stale */
     int64_t count = 0;
     if ((rc = upload_batch(&s, b, &count)) || (rc = finch_vl_positions(m, b, &s.positions))) return rc;
@@ -564,7 +648,10 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
                 api->write(m->be->dev, m->be->stream, x[l].data, offload_at(m, &off, l), off.bytes))
                 rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "reloading a layer input from host memory");
             if (rc) break;
-            if (ckpt) {
+            int64_t chunk = ckpt ? mlp_chunk(&s) : 0;
+            if (chunk) {
+                rc = layer_backward_chunked(&s, l, &x[l], &x[l + 1], chunk);
+            } else if (ckpt) {
                 finch_graph_mark gm = finch_graph_get_mark(g);
                 rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
                 if (!rc) rc = finch_graph_backward(g, gm.n_tape);
