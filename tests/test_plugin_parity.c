@@ -485,13 +485,19 @@ static finch_weight dense_weight(tensor w, int s)
     return r;
 }
 
+/* Sizes: small (the tiled kernel), odd with m >= 64 (a GPU's dequantize-and-GEMM path, element by
+ * element), multiples of 8 (its vector path); each also with FINCH_CUDA_NF4_SLICE_ELEMS small, so
+ * that the CUDA plugin cuts W into many slices (rows forward, 64-wide columns backward). */
 static void test_qmatmul(void)
 {
-    char what[64];
+    char what[96];
+    static const int64_t sizes[3][3] = {{33, 47, 19}, {161, 95, 77}, {200, 136, 80}};
+    for (int sliced = 0; sliced < 2; sliced++) {
+    if (sliced) setenv("FINCH_CUDA_NF4_SLICE_ELEMS", "4096", 1);
     for (int ti = 0; ti < 2; ti++) {
         finch_dtype t = ti ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
-        for (int big = 0; big < 2; big++) {
-        int64_t out = big ? 161 : 33, in = big ? 95 : 47, m = big ? 77 : 19, ldx = in + 3, ldy = out + 2;
+        for (int big = 0; big < 3; big++) {
+        int64_t out = sizes[big][0], in = sizes[big][1], m = sizes[big][2], ldx = in + 3 + 5 * (big == 2), ldy = out + 2 + 6 * (big == 2);
         nf4_parts parts = make_nf4(out, in);
         finch_weight w[2] = {nf4_weight(&parts, 0), nf4_weight(&parts, 1)};
         for (int with_beta = 0; with_beta < 2; with_beta++) {
@@ -503,14 +509,16 @@ static void test_qmatmul(void)
                                                              ldy, beta));
             BOTH("qmatmul_backward", sd->api->qmatmul_backward(sd->dev, NULL, &w[s], out, in, m, t, D(dy, s), ldy, D(dx, s),
                                                                ldx, beta));
-            snprintf(what, sizeof what, "nf4 [%lld, %lld] %s m %lld beta %g", (long long)out, (long long)in,
-                     dtype_name(t), (long long)m, beta);
+            snprintf(what, sizeof what, "nf4 [%lld, %lld] %s m %lld beta %g%s", (long long)out, (long long)in,
+                     dtype_name(t), (long long)m, beta, sliced ? " (small slices)" : "");
             compare_rows("qmatmul_forward", what, y, 1, m, out, ldy, 0, tol_for(t));
             compare_rows("qmatmul_backward", what, dx, 1, m, in, ldx, 0, tol_for(t));
         }
         release_all();
         }
     }
+    }
+    unsetenv("FINCH_CUDA_NF4_SLICE_ELEMS");
 }
 
 /* Products of a few activation rows with a weight, the shape of decoding (1 <= m <= 8, A W^T): GPU
@@ -1459,8 +1467,16 @@ static const finch_plugin_api *load_plugin(const char *path, void **handle)
     return api;
 }
 
+/* FINCH_PARITY_ONLY="qmatmul,linear": only the groups named (a short run on a borrowed GPU). */
 static void run(const char *name, void (*fn)(void))
 {
+    const char *only = getenv("FINCH_PARITY_ONLY");
+    if (only && *only) {
+        size_t len = strlen(name);
+        const char *at = only;
+        while ((at = strstr(at, name)) && !((at == only || at[-1] == ',') && (at[len] == ',' || at[len] == 0))) at++;
+        if (!at) return;
+    }
     struct timespec t0, t1;
     int failed = testing_failed;
     clock_gettime(CLOCK_MONOTONIC, &t0);

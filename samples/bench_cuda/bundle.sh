@@ -3,7 +3,7 @@
 # small enough to carry to the GPU machine (the device tool carries at most 64 MiB):
 #   bin/   finch, libfinch-cuda.so, test_plugin_parity, test_golden, test_generate_golden (stripped);
 #          where built also libfinch-opencl.so (NVIDIA's OpenCL driver is there), test_golden_vl,
-#          bench_qlora and switch_backend
+#          test_qlora, bench_qlora and switch_backend
 #   lib/   the shared libraries they load from the system that the GPU machine may lack (libcjson,
 #          OpenBLAS and its Fortran runtime, PCRE2, utf8proc, stb, libgomp), OpenBLAS gzipped
 #   shared/golden (the goldens test_golden reads), shared/bench/hf_peft_baseline.py
@@ -21,7 +21,8 @@ for f in "$build/bin/finch" "$build/bin/libfinch-cuda.so" "$build/tests/test_plu
   cp "$f" "$out/bin/"
   strip --strip-unneeded "$out/bin/$(basename "$f")" 2>/dev/null || true
 done
-for f in "$build/bin/libfinch-opencl.so" "$build/tests/test_golden_vl" "$build/bin/bench_qlora" "$build/bin/switch_backend"; do
+for f in "$build/bin/libfinch-opencl.so" "$build/tests/test_golden_vl" "$build/tests/test_qlora" "$build/bin/bench_qlora" \
+         "$build/bin/switch_backend"; do
   [ -f "$f" ] || continue
   cp "$f" "$out/bin/"
   strip --strip-unneeded "$out/bin/$(basename "$f")" 2>/dev/null || true
