@@ -18,22 +18,9 @@ static char finch_bin[1024], log_path[1100];
 /* Runs the finch binary with args (NULL-terminated), stdout to log_path and stderr to log_path.err. */
 static int run_finch(const char *const *args)
 {
-    pid_t pid = fork();
-    if (pid == 0) {
-        char err_path[1200];
-        snprintf(err_path, sizeof err_path, "%s.err", log_path);
-        if (!freopen(log_path, "w", stdout) || !freopen(err_path, "w", stderr)) _exit(126);
-        char *argv[32];
-        int n = 0;
-        argv[n++] = finch_bin;
-        for (int i = 0; args[i] && n < 31; i++) argv[n++] = (char *)args[i];
-        argv[n] = NULL;
-        execv(finch_bin, argv);
-        _exit(127);
-    }
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) < 0) return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    char err_path[1200];
+    snprintf(err_path, sizeof err_path, "%s.err", log_path);
+    return testing_exec(finch_bin, args, log_path, err_path);
 }
 
 /* The first line of the file at path (stdout, or with suffix ".err" stderr) into buf. */

@@ -330,18 +330,10 @@ static void check_cli(const char *base)
     snprintf(out, sizeof out, "%s/forward_qwen2_5_vl.safetensors", testing_tmp_dir());
     snprintf(log, sizeof log, "%s/forward_qwen2_5_vl.log", testing_tmp_dir());
     unlink(out);
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (!freopen(log, "w", stdout) || dup2(fileno(stdout), 2) < 0) _exit(126);
-        execl(bin, bin, "forward", "--model", model, "--batch", batch, "--image", image, "--text-positions", "--full", "--grads",
-              "--backend", backend, "--out", out, (char *)NULL);
-        _exit(127);
-    }
-    int status = -1;
-    if (pid > 0) waitpid(pid, &status, 0);
-    CHECK(pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "finch forward --image exited with status %d (log %s)", status,
-          log);
+    const char *args[] = {"forward", "--model", model, "--batch", batch, "--image", image, "--text-positions", "--full", "--grads",
+                          "--backend", backend, "--out", out, NULL};
+    int status = testing_exec(bin, args, log, NULL);
+    CHECK(status == 0, "finch forward --image exited with status %d (log %s)", status, log);
     st_set *res = NULL;
     if (!ok(st_set_open_file(out, &res), out)) return;
     int64_t n = 0, nr = 0, worst_at = -1;

@@ -63,6 +63,27 @@ int testing_run(const char *cmd, char *out, size_t size)
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+int testing_exec(const char *bin, const char *const *args, const char *out_path, const char *err_path)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(out_path, "w", stdout)) _exit(126);
+        if (err_path ? !freopen(err_path, "w", stderr) : dup2(fileno(stdout), 2) < 0) _exit(126);
+        char *argv[32];
+        int n = 0;
+        argv[n++] = (char *)bin;
+        for (int i = 0; args[i] && n < 31; i++) argv[n++] = (char *)args[i];
+        argv[n] = NULL;
+        execv(bin, argv);
+        _exit(127);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 char *testing_read_file(const char *path)
 {
     FILE *f = fopen(path, "rb");
