@@ -11,7 +11,6 @@
 #include "tests/golden_common.h"
 
 #include <cjson/cJSON.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <math.h>
