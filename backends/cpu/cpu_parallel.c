@@ -46,10 +46,14 @@ void finch_cpu_set_threads(int n_threads) { requested_threads = n_threads > 0 ? 
 int cpu_threads(void)
 {
     if (requested_threads > 0) return requested_threads < MAX_WORKERS + 1 ? requested_threads : MAX_WORKERS + 1;
-    cpu_set_t set;
-    int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1) n = 1;
-    return n < MAX_WORKERS + 1 ? n : MAX_WORKERS + 1;
+    /* Read once: every parallel call asks, and the system call costs more than a small op. */
+    static int cores;
+    if (cores == 0) {
+        cpu_set_t set;
+        int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+        cores = n < 1 ? 1 : n < MAX_WORKERS + 1 ? n : MAX_WORKERS + 1;
+    }
+    return cores;
 }
 
 /* Takes chunks of the current job until none is left. */
