@@ -12,7 +12,8 @@
 #      factors through the tiled kernel; FINCH_CUDA_ATTENTION=sync: no cp.async prefetch)
 #                                                                          -> train_profile_before.log
 #      this plugin as is                                                   -> train.log
-# Each step is time-boxed and none starts past $BUDGET seconds (default 150) from the start.
+# RUNS picks and orders the runs (default "baseline profile before plain"). Each step is time-boxed
+# and none starts past $BUDGET seconds (default 150) from the start.
 # usage: bash samples/bench_cuda/profile_train.sh [BUNDLE_DIR] [BASELINE_PLUGIN_DIR]
 set -u
 bundle=$(cd "${1:-build/gpu-bundle}" && pwd)
@@ -63,8 +64,12 @@ bench() { # log plugin_dir [VAR=value ...]
   stamp "   $log ($*): exit $?: $(grep -o '"step_s": [0-9.]*, "tokens_per_s": [0-9.]*' "$out/$log")"
 }
 stamp "b) finch bench train --config $config"
-[ -n "$baseline" ] && bench train_baseline.log "$baseline"
-bench train_profile.log "$bundle/bin" FINCH_CUDA_PROFILE=1
-bench train_profile_before.log "$bundle/bin" FINCH_CUDA_PROFILE=1 FINCH_CUDA_LORA_F32=1 FINCH_CUDA_ATTENTION=sync
-bench train.log "$bundle/bin"
+for run in ${RUNS:-baseline profile before plain}; do
+  case $run in
+    baseline) [ -n "$baseline" ] && bench train_baseline.log "$baseline" ;;
+    profile) bench train_profile.log "$bundle/bin" FINCH_CUDA_PROFILE=1 ;;
+    before) bench train_profile_before.log "$bundle/bin" FINCH_CUDA_PROFILE=1 FINCH_CUDA_LORA_F32=1 FINCH_CUDA_ATTENTION=sync ;;
+    plain) bench train.log "$bundle/bin" ;;
+  esac
+done
 stamp "done"
