@@ -123,8 +123,8 @@ static finch_dtype rank_partner(const finch_linear_desc *d, finch_dtype t)
  * cuBLASLt, each call rounds A and B to the activations' type in scratch (r x in and out x r, tiny)
  * so all four adapter products run on the tensor cores, as under autocast. Left in f32, every
  * product mixes storage types, which cuBLASLt does not take, and falls to the tiled SIMT kernel:
- * measured on an H200, that was about a third of a Llama-8B LoRA training step. FINCH_CUDA_LORA_F32=1
- * keeps the factors in f32 (the tiled kernel, no rounding of A and B). */
+ * on an H200 that cost 0.76 s of a 1.33 s Llama-8B B2xT2048 LoRA step (FINCH_CUDA_PROFILE=1).
+ * FINCH_CUDA_LORA_F32=1 keeps the factors in f32 (the tiled kernel, no rounding of A and B). */
 static bool lora_f32_exact(void)
 {
     static int on = -1;
@@ -134,6 +134,10 @@ static bool lora_f32_exact(void)
     }
     return on == 1;
 }
+
+/* Below this many rows (decoding) the adapter products are matrix-vector work bound by memory, not
+ * by arithmetic: rounding the factors would only add two casts a call, so they stay in f32. */
+#define ADAPTER_ROUND_MIN_ROWS 16
 
 /* The adapter factors as the products read them: A [rank, in] and B [out, rank] of one type. */
 typedef struct factors {
@@ -149,7 +153,8 @@ static int adapter_factors(scratch_set *ss, const finch_linear_desc *d, factors 
     f->b = gpu_ptr(d->lora_b);
     f->t = d->param_type;
 #if FINCH_GPU_BLASLT
-    if (d->rank == 0 || d->param_type != FINCH_DTYPE_F32 || d->act_type == FINCH_DTYPE_F32 || lora_f32_exact())
+    if (d->rank == 0 || d->param_type != FINCH_DTYPE_F32 || d->act_type == FINCH_DTYPE_F32 || d->m < ADAPTER_ROUND_MIN_ROWS ||
+        lora_f32_exact())
         return FINCH_OK;
     size_t es = gpu_dtype_size(d->act_type);
     int64_t na = d->rank * d->in_features, nb = d->out_features * d->rank;
