@@ -61,9 +61,12 @@ int finch_arena_alloc(finch_arena *a, size_t bytes, finch_dptr *out)
         }
     }
     if (a->cur >= a->n_chunks || a->chunks[a->cur].cap - a->chunks[a->cur].used < need) {
+        /* Grow by a quarter of what is held (at least 16 MiB, at least this allocation): the first
+         * step of a shape overshoots its peak by at most about that much, where doubling could hold
+         * nearly twice the peak until the next step replaces the chunks with one buffer. */
         size_t total = 0;
         for (int i = 0; i < a->n_chunks; i++) total += a->chunks[i].cap;
-        size_t cap = total > need ? total : need;
+        size_t cap = total / 4 > need ? total / 4 : need;
         if (cap < ((size_t)16 << 20)) cap = (size_t)16 << 20;
         int rc = add_chunk(a, cap);
         if (rc) return rc;

@@ -1,7 +1,7 @@
 /* A bump arena over device buffers for the activations and gradients of one step.
  *
- * Allocation is a pointer bump inside the current chunk; when a chunk is full a new, larger one is
- * allocated. finch_arena_begin() starts a step: if the previous step needed more than one chunk, the
+ * Allocation is a pointer bump inside the current chunk; when a chunk is full a new one, a quarter of
+ * the size held, is allocated. finch_arena_begin() starts a step: if the previous step needed more than one chunk, the
  * chunks are replaced by a single buffer as large as that step's peak, so a step with the same shapes
  * as the last one never allocates device memory. Marks let a caller free everything allocated after a
  * point (one layer's recomputation and gradients). */
@@ -10,7 +10,7 @@
 
 #include "backends/backend.h"
 
-#define FINCH_ARENA_MAX_CHUNKS 32
+#define FINCH_ARENA_MAX_CHUNKS 64
 #define FINCH_ARENA_ALIGN 256
 
 typedef struct finch_arena_chunk {

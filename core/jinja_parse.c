@@ -436,55 +436,46 @@ static jnode *parse_not(parser *p)
     return result ? result : left;
 }
 
-static jnode *parse_and(parser *p)
+/* Left-associative binary operators, one precedence level each, loosest first: a level's operands
+ * are expressions of the level after it, or of `operand` below the last. */
+typedef struct binary_level {
+    jnode_kind kind;
+    int keyword;             /* the operators are names (and, or), not symbols */
+    const char *ops[5];      /* NULL-terminated */
+} binary_level;
+
+static const binary_level logic_levels[] = {{N_OR, 1, {"or", NULL}}, {N_AND, 1, {"and", NULL}}};
+static const binary_level math_levels[] = {
+    {N_BIN, 0, {"+", "-", NULL}},
+    {N_BIN, 0, {"~", NULL}},
+    {N_BIN, 0, {"*", "/", "//", "%", NULL}},
+    {N_BIN, 0, {"**", NULL}},
+};
+
+/* The operator of level l at the current token, or NULL. */
+static const char *level_op(parser *p, const binary_level *l)
 {
-    jnode *a = parse_not(p);
-    while (is_name(cur(p), "and")) { next_tok(p); a = binary(p, N_AND, "and", a, parse_not(p)); }
-    return a;
+    for (int k = 0; l->ops[k]; k++)
+        if (l->keyword ? is_name(cur(p), l->ops[k]) : is_op(cur(p), l->ops[k])) return l->ops[k];
+    return NULL;
 }
 
-static jnode *parse_or(parser *p)
+static jnode *parse_binary(parser *p, const binary_level *levels, int n, jnode *(*operand)(parser *))
 {
-    jnode *a = parse_and(p);
-    while (is_name(cur(p), "or")) { next_tok(p); a = binary(p, N_OR, "or", a, parse_and(p)); }
-    return a;
-}
-
-static jnode *parse_pow(parser *p)
-{
-    jnode *a = parse_unary(p, 1);
-    while (is_op(cur(p), "**")) { next_tok(p); a = binary(p, N_BIN, "**", a, parse_unary(p, 1)); }
-    return a;
-}
-
-static jnode *parse_math2(parser *p)
-{
-    jnode *a = parse_pow(p);
-    for (;;) {
-        const char *op = is_op(cur(p), "*") ? "*" : is_op(cur(p), "/") ? "/" : is_op(cur(p), "//") ? "//" : is_op(cur(p), "%") ? "%" : NULL;
-        if (!op) return a;
+    if (n == 0) return operand(p);
+    jnode *a = parse_binary(p, levels + 1, n - 1, operand);
+    for (const char *op; (op = level_op(p, levels));) {
         next_tok(p);
-        a = binary(p, N_BIN, op, a, parse_pow(p));
+        a = binary(p, levels->kind, op, a, parse_binary(p, levels + 1, n - 1, operand));
     }
-}
-
-static jnode *parse_concat(parser *p)
-{
-    jnode *a = parse_math2(p);
-    while (is_op(cur(p), "~")) { next_tok(p); a = binary(p, N_BIN, "~", a, parse_math2(p)); }
     return a;
 }
 
-static jnode *parse_math1(parser *p)
-{
-    jnode *a = parse_concat(p);
-    for (;;) {
-        const char *op = is_op(cur(p), "+") ? "+" : is_op(cur(p), "-") ? "-" : NULL;
-        if (!op) return a;
-        next_tok(p);
-        a = binary(p, N_BIN, op, a, parse_concat(p));
-    }
-}
+static jnode *parse_or(parser *p) { return parse_binary(p, logic_levels, 2, parse_not); }
+
+static jnode *parse_filtered_unary(parser *p) { return parse_unary(p, 1); }
+
+static jnode *parse_math1(parser *p) { return parse_binary(p, math_levels, 4, parse_filtered_unary); }
 
 static const char *dotted_name(parser *p)
 {

@@ -65,6 +65,10 @@ struct finch_model {
     char dir[1024];
     char prefix[64];                         /* decoder prefix: "model.", "transformer.", ... */
     finch_param embed, final_norm, final_norm_b, lm_head_own;
+    /* The embedding table in host memory ([vocab, hidden] in embed.dtype) when it is kept off the
+     * device (a 4-bit model's frozen, untied table: the device then holds only the rows of a step);
+     * embed keeps its name, dtype and shape but has no device data. NULL otherwise. */
+    void *embed_host;
     finch_param *lm_head;                    /* &embed when tied */
     int tied;
     finch_layer *layers;
@@ -75,6 +79,8 @@ struct finch_model {
     int64_t n_params;
 
     int full_finetune, gradient_checkpointing;
+    int offload_activations;                 /* with checkpointing: layer inputs in host memory (model_forward.c) */
+    int64_t mlp_chunk_tokens;                /* MLP recomputed this many tokens at a time (0: FINCH_MLP_CHUNK_TOKENS) */
     /* LoRA */
     int lora_attached;
     int lora_r, lora_use_rslora;
@@ -97,10 +103,17 @@ struct finch_model {
     finch_tensor *stream;                    /* x_0 .. x_L, the residual stream between layers */
     int *segments;                           /* tape position where each layer's entries start */
     int32_t *host_i32;                       /* staging for ids, labels, positions */
+    unsigned char *offload_host;             /* x_1 .. x_{L-1} of the step when offloading activations */
+    size_t offload_cap;                      /* bytes */
     size_t host_i32_cap;
 };
 
 /* model_load.c */
+/* The host copy of p when it lives in host memory (m->embed_host for m->embed), else NULL. */
+static inline const void *finch_model_param_host(const finch_model *m, const finch_param *p)
+{
+    return p == &m->embed ? m->embed_host : NULL;
+}
 int finch_model_upload_f32(finch_model *m, const float *src, int64_t rows, int64_t row_elems, const int32_t *perm,
                            finch_dtype dtype, finch_dptr dst);
 int finch_model_download_f32(const finch_model *m, finch_dptr src, finch_dtype dtype, int64_t rows, int64_t row_elems,

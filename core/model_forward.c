@@ -3,10 +3,12 @@
  *
  * Memory: the activations of a step come from the model's arena. Without gradient checkpointing
  * every layer's activations stay until backward; with it only the residual stream between layers
- * (x_0 .. x_L) stays, and each layer is recomputed, differentiated and released in turn. Gradients
+ * (x_0 .. x_L) stays (in host memory but for two of them with offload_activations), and each layer
+ * is recomputed, differentiated and released in turn. Gradients
  * of the residual stream use two buffers in turn; everything else a layer's backward allocates is
  * released when the layer is done. */
 #include "core/error.h"
+#include "core/half.h"
 #include "core/kv_cache.h"
 #include "core/model_layer.h"
 #include "core/model_quant.h"
@@ -54,6 +56,9 @@ finch_linear_params finch_model_linear_params(const finch_model *m, const finch_
 static int linear(step_ctx *s, const finch_tensor *x, const finch_linear_module *lin, finch_tensor *y)
 {
     finch_linear_params p = finch_model_linear_params(s->m, lin, s->train);
+    /* Rows of a chunk keep the dropout mask of their place in the whole step: element (row0 + i, j)
+     * is index (row0 + i) * in + j, i.e. the seed moves by row0 * in steps of the mask's stride. */
+    p.dropout_seed += (uint64_t)s->row0 * (uint64_t)lin->in_features * 0x9E3779B97F4A7C15ull;
     return finch_op_linear(s->g, x, &p, y);
 }
 
@@ -156,20 +161,62 @@ static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor
     return linear(s, &h, &ly->down, out);
 }
 
-/* One decoder layer: x -> out (out is preallocated and keeps its gradient node). */
-int finch_layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out)
+/* The attention half of a layer: x1 = x + attn(norm(x)) (the attention output post-normed first with
+ * sandwich norms). */
+static int attention_half(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor *x1)
 {
     const finch_model_config *c = &s->m->cfg;
     const finch_layer *ly = &s->m->layers[l];
-    finch_tensor a, attn, raw, mlp_in, mo, x1, sum, res;
+    finch_tensor a, attn, raw;
     int rc;
     if ((rc = norm(s, x, &ly->attn_norm, &ly->attn_norm_b, &a)) || (rc = attention_block(s, l, &a, &attn))) return rc;
     if (c->sandwich_norms) {
         raw = attn;
         if ((rc = norm(s, &raw, &ly->post_attn_norm, NULL, &attn))) return rc;
     }
+    return finch_op_add(s->g, x, &attn, NULL, x1);
+}
+
+/* The MLP half: out = x1 + mlp(norm(x1)) (post-normed first with sandwich norms), into out. Token by
+ * token, so it may run on any rows of x1 and out (s->row0: where they start). */
+static int mlp_half(step_ctx *s, int64_t l, const finch_tensor *x1, const finch_tensor *out)
+{
+    const finch_model_config *c = &s->m->cfg;
+    const finch_layer *ly = &s->m->layers[l];
+    finch_tensor mlp_in, mo, raw, res;
+    int rc;
+    if ((rc = norm(s, x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in)) || (rc = mlp_block(s, l, &mlp_in, &mo))) return rc;
+    if (c->sandwich_norms) {
+        raw = mo;
+        if ((rc = norm(s, &raw, &ly->post_ffn_norm, NULL, &mo))) return rc;
+    }
+    return finch_op_add(s->g, x1, &mo, out, &res);
+}
+
+/* Tokens per MLP chunk when a pass over n tokens runs the MLP in chunks, else 0. The MLP's
+ * intermediates ([tokens, intermediate], several of them in backward) dominate a long sequence's
+ * working set; in chunks they are bounded. Falcon's parallel layers read x in both halves (no split). */
+#define FINCH_MLP_CHUNK_TOKENS 8192
+static int64_t mlp_chunk(const step_ctx *s)
+{
+    const finch_model *m = s->m;
+    int64_t chunk = m->mlp_chunk_tokens > 0 ? m->mlp_chunk_tokens : FINCH_MLP_CHUNK_TOKENS;
+    if (s->cache || (m->cfg.arch == FINCH_ARCH_FALCON && m->cfg.parallel_attn) || s->n_tokens <= chunk) return 0;
+    return chunk;
+}
+
+/* One decoder layer: x -> out (out is preallocated and keeps its gradient node). A pass that keeps no
+ * tape (inference, the forward of gradient checkpointing) runs long sequences' MLP in chunks, each
+ * chunk's intermediates released before the next. */
+int finch_layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out)
+{
+    const finch_model_config *c = &s->m->cfg;
+    const finch_layer *ly = &s->m->layers[l];
+    int rc;
     if (c->arch == FINCH_ARCH_FALCON && c->parallel_attn) {
         /* Falcon: attention and MLP read the same input; both add to the residual. */
+        finch_tensor a, attn, mlp_in, mo, sum, res;
+        if ((rc = norm(s, x, &ly->attn_norm, &ly->attn_norm_b, &a)) || (rc = attention_block(s, l, &a, &attn))) return rc;
         if (param_present(&ly->mlp_norm)) {
             if ((rc = norm(s, x, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in))) return rc;
         } else {
@@ -178,14 +225,53 @@ int finch_layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const fin
         if ((rc = mlp_block(s, l, &mlp_in, &mo)) || (rc = finch_op_add(s->g, &mo, &attn, NULL, &sum))) return rc;
         return finch_op_add(s->g, x, &sum, out, &res);
     }
-    if ((rc = finch_op_add(s->g, x, &attn, NULL, &x1)) || (rc = norm(s, &x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in)) ||
-        (rc = mlp_block(s, l, &mlp_in, &mo)))
-        return rc;
-    if (c->sandwich_norms) {
-        raw = mo;
-        if ((rc = norm(s, &raw, &ly->post_ffn_norm, NULL, &mo))) return rc;
+    finch_tensor x1;
+    if ((rc = attention_half(s, l, x, &x1))) return rc;
+    int64_t chunk = s->g->recording || s->g->want_grad ? 0 : mlp_chunk(s);
+    if (!chunk) return mlp_half(s, l, &x1, out);
+    for (int64_t r0 = 0; !rc && r0 < s->n_tokens; r0 += chunk) {
+        int64_t n = s->n_tokens - r0 < chunk ? s->n_tokens - r0 : chunk;
+        finch_arena_mark am = finch_arena_get_mark(&s->m->arena);
+        finch_tensor x1c = finch_tensor_rows(&x1, r0, n), outc = finch_tensor_rows(out, r0, n);
+        s->row0 = r0;
+        rc = mlp_half(s, l, &x1c, &outc);
+        s->row0 = 0;
+        finch_arena_reset(&s->m->arena, am);
     }
-    return finch_op_add(s->g, &x1, &mo, out, &res);
+    return rc;
+}
+
+/* Gradient checkpointing's backward of layer l with the MLP in chunks: the attention half is
+ * recomputed and taped; then each chunk of the MLP half is recomputed, taped and differentiated
+ * (its gradient rows land in x1's gradient, allocated before the chunks and zeroed by the first
+ * view that writes it) and released; last the attention half is differentiated. */
+static int layer_backward_chunked(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out, int64_t chunk)
+{
+    finch_graph *g = s->g;
+    finch_arena *arena = &s->m->arena;
+    finch_graph_mark gm = finch_graph_get_mark(g);
+    finch_tensor x1;
+    int rc = attention_half(s, l, x, &x1);
+    if (!rc && x1.node >= 0) {
+        finch_dptr dx1;
+        int acc;
+        rc = finch_grad_target(g, &x1, &dx1, &acc);
+    }
+    for (int64_t r0 = 0; !rc && r0 < s->n_tokens; r0 += chunk) {
+        int64_t n = s->n_tokens - r0 < chunk ? s->n_tokens - r0 : chunk;
+        finch_graph_mark gc = finch_graph_get_mark(g);
+        finch_arena_mark ac = finch_arena_get_mark(arena);
+        finch_tensor x1c = finch_tensor_rows(&x1, r0, n), outc = finch_tensor_rows(out, r0, n);
+        s->row0 = r0;
+        rc = mlp_half(s, l, &x1c, &outc);
+        s->row0 = 0;
+        if (!rc) rc = finch_graph_backward(g, gc.n_tape);
+        finch_graph_reset(g, gc);
+        finch_arena_reset(arena, ac);
+    }
+    if (!rc) rc = finch_graph_backward(g, gm.n_tape);
+    finch_graph_reset(g, gm);
+    return rc;
 }
 
 static int layer_trainable(const finch_layer *ly)
@@ -277,10 +363,74 @@ static float round_to(finch_dtype t, float x)
     return x;
 }
 
+static float load_elem(finch_dtype t, const unsigned char *p)
+{
+    uint16_t h;
+    float f;
+    switch (t) {
+    case FINCH_DTYPE_BF16: memcpy(&h, p, 2); return finch_bf16_to_f32(h);
+    case FINCH_DTYPE_F16: memcpy(&h, p, 2); return finch_f16_to_f32(h);
+    default: memcpy(&f, p, 4); return f;
+    }
+}
+
+static void store_elem(finch_dtype t, float v, unsigned char *p)
+{
+    uint16_t h;
+    switch (t) {
+    case FINCH_DTYPE_BF16: h = finch_f32_to_bf16(v); memcpy(p, &h, 2); return;
+    case FINCH_DTYPE_F16: h = finch_f32_to_f16(v); memcpy(p, &h, 2); return;
+    default: memcpy(p, &v, 4); return;
+    }
+}
+
+/* x_0 from a host-resident table (m->embed_host): the step's rows are gathered on the host with the
+ * plugin's arithmetic (out = scale * row, in f32, stored in the compute dtype) and uploaded a slab
+ * at a time. The table is frozen, so nothing is recorded for backward. */
+static int embed_from_host(step_ctx *s, float escale, finch_tensor *x0)
+{
+    finch_model *m = s->m;
+    const finch_param *p = &m->embed;
+    const unsigned char *table = m->embed_host;
+    int64_t n = s->n_tokens, V = p->shape[0], H = p->shape[1];
+    if (!s->host_ids) return finch_error(FINCH_ERR_STATE, "embedding: the table is in host memory but the step has no host ids");
+    int rc = finch_graph_tensor(s->g, m->dtype, n, H, 0, x0);
+    if (rc) return rc;
+    size_t ts = finch_dtype_size(p->dtype), os = finch_dtype_size(m->dtype), in_row = (size_t)H * ts, out_row = (size_t)H * os;
+    int64_t slab = (int64_t)(((size_t)8 << 20) / out_row);
+    slab = slab < 1 ? 1 : slab > n ? n : slab;
+    unsigned char *buf = malloc((size_t)slab * out_row);
+    if (!buf) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+    int same = p->dtype == m->dtype && escale == 1.0f;
+    for (int64_t t0 = 0; t0 < n && !rc; t0 += slab) {
+        int64_t rows = n - t0 < slab ? n - t0 : slab;
+        for (int64_t r = 0; r < rows && !rc; r++) {
+            int32_t id = s->host_ids[t0 + r];
+            if (id < 0 || id >= V) {
+                rc = finch_error(FINCH_ERR_INVALID_ARGUMENT, "embedding: token id %d is outside the vocabulary [0, %lld)", id, (long long)V);
+                break;
+            }
+            const unsigned char *src = table + (size_t)id * in_row;
+            unsigned char *dst = buf + (size_t)r * out_row;
+            if (same) {
+                memcpy(dst, src, in_row);
+            } else {
+                for (int64_t j = 0; j < H; j++) store_elem(m->dtype, escale * load_elem(p->dtype, src + (size_t)j * ts), dst + (size_t)j * os);
+            }
+        }
+        if (!rc && m->be->api->write(m->be->dev, m->be->stream, finch_dptr_at(x0->data, (size_t)t0 * (size_t)x0->ld * os), buf,
+                                     (size_t)rows * out_row))
+            rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "uploading the step's embeddings");
+    }
+    free(buf);
+    return rc;
+}
+
 int finch_model_embed(step_ctx *s, finch_tensor *x0)
 {
     finch_model *m = s->m;
     float escale = m->cfg.scale_embeddings ? round_to(m->dtype, (float)sqrt((double)m->cfg.hidden)) : 1.0f;
+    if (m->embed_host) return embed_from_host(s, escale, x0);
     return finch_op_embedding(s->g, s->ids, s->n_tokens, &m->embed, m->dtype, escale, x0);
 }
 
@@ -370,6 +520,51 @@ static int head_and_loss(step_ctx *s, const finch_tensor *xL, int want_logits, i
     return FINCH_OK;
 }
 
+/* ---- activation offload ----------------------------------------------------------------------- */
+
+/* With checkpointing and offload, x_1 .. x_L share two device slots (x_l in slot l % 2): each layer
+ * reads one and writes the other. x_1 .. x_{L-1} are copied to host memory as they are produced and
+ * copied back into their slot just before their layer is recomputed in backward, when the slot's
+ * other occupant (x_{l+2}) is no longer needed. x_0 (the embeddings) and x_L (the head's input) stay
+ * on the device. */
+typedef struct offload {
+    int on;
+    finch_dptr slot[2];
+    size_t bytes;                 /* of one x_l */
+} offload;
+
+static int offload_begin(finch_model *m, int64_t n, int64_t H, offload *o)
+{
+    int64_t L = m->cfg.n_layers;
+    o->bytes = (size_t)(n * H) * finch_dtype_size(m->dtype);
+    size_t need = o->bytes * (size_t)(L - 1);
+    if (need > m->offload_cap) {
+        unsigned char *p = realloc(m->offload_host, need);
+        if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "activation offload: cannot hold %zu bytes in host memory", need);
+        m->offload_host = p;
+        m->offload_cap = need;
+    }
+    int rc = FINCH_OK;
+    for (int i = 0; i < 2 && !rc; i++) rc = finch_arena_alloc(&m->arena, o->bytes, &o->slot[i]);
+    o->on = !rc;
+    return rc;
+}
+
+static unsigned char *offload_at(finch_model *m, const offload *o, int64_t l) { return m->offload_host + (size_t)(l - 1) * o->bytes; }
+
+/* A residual-stream tensor over existing device memory, with a gradient node when req. */
+static int stream_tensor(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t cols, int req, finch_dptr data, finch_tensor *out)
+{
+    memset(out, 0, sizeof *out);
+    out->dtype = dtype;
+    out->rows = rows;
+    out->cols = cols;
+    out->ld = cols;
+    out->data = data;
+    out->node = -1;
+    return req ? finch_graph_bind_grad(g, out, finch_dptr_none()) : FINCH_OK;
+}
+
 /* ---- the step -------------------------------------------------------------------------------- */
 
 int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_options *opts, int do_backward,
@@ -393,13 +588,16 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     int rc = finch_arena_begin(&m->arena);
     if (rc) return rc;
     finch_graph_clear(g);
-    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0};
+    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0, NULL, 0};
     if (do_backward) m->weights_version++; /* an optimizer step will follow: cached keys go stale */
     int64_t count = 0;
     if ((rc = upload_batch(&s, b, &count)) || (rc = finch_vl_positions(m, b, &s.positions))) return rc;
+    s.host_ids = m->host_i32;
     float grad_scale = opts && opts->grad_scale != 0 ? opts->grad_scale : count ? 1.0f / (float)count : 0.0f;
     int ckpt = do_backward && m->gradient_checkpointing;
     int64_t L = c->n_layers, n = s.n_tokens, H = c->hidden;
+    offload off = {0};
+    if (ckpt && m->offload_activations && L >= 2 && (rc = offload_begin(m, n, H, &off))) return rc;
 
     g->want_grad = do_backward;
     g->recording = do_backward;
@@ -417,6 +615,10 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     seg[0] = g->n_tape;
     for (int64_t l = 0; !rc && l < L; l++) {
         int req = do_backward && (x[l].node >= 0 || layer_trainable(&m->layers[l]));
+        if (off.on) {
+            rc = stream_tensor(g, m->dtype, n, H, req, off.slot[(l + 1) % 2], &x[l + 1]);
+            continue;
+        }
         rc = finch_graph_tensor(g, m->dtype, n, H, req, &x[l + 1]);
         if (!rc && req && x[l + 1].node < 0) rc = finch_graph_bind_grad(g, &x[l + 1], finch_dptr_none());
     }
@@ -428,6 +630,8 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             g->want_grad = 0;
             rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
             finch_arena_reset(&m->arena, am);
+            if (!rc && off.on && l + 1 < L && api->read(m->be->dev, m->be->stream, x[l + 1].data, offload_at(m, &off, l + 1), off.bytes))
+                rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "offloading a layer input to host memory");
         } else {
             rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
         }
@@ -443,7 +647,14 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
         for (int64_t l = L - 1; !rc && l >= 0; l--) {
             if (x[l].node >= 0) finch_graph_rebind_grad(g, &x[l], gbuf[l % 2]);
             finch_arena_mark am = finch_arena_get_mark(&m->arena);
-            if (ckpt) {
+            if (off.on && l >= 1 && l < L - 1 &&
+                api->write(m->be->dev, m->be->stream, x[l].data, offload_at(m, &off, l), off.bytes))
+                rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "reloading a layer input from host memory");
+            if (rc) break;
+            int64_t chunk = ckpt ? mlp_chunk(&s) : 0;
+            if (chunk) {
+                rc = layer_backward_chunked(&s, l, &x[l], &x[l + 1], chunk);
+            } else if (ckpt) {
                 finch_graph_mark gm = finch_graph_get_mark(g);
                 rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
                 if (!rc) rc = finch_graph_backward(g, gm.n_tape);

@@ -1,4 +1,5 @@
 #include "core/error.h"
+#include "core/half.h"
 #include "core/model.h"
 #include "core/model_quant.h"
 #include "core/safetensors.h"
@@ -154,9 +155,10 @@ static void format_shape(char *buf, size_t size, int ndim, const int64_t *shape)
     if (at < size) snprintf(buf + at, size - at, "]");
 }
 
-/* Loads tensor `name` into p, which must be absent; shape [d0] (ndim 1) or [d0, d1]. */
-static int load_param(loader *L, finch_param *p, const char *name, finch_dtype dtype, int ndim, int64_t d0, int64_t d1,
-                      const int32_t *perm)
+/* Finds tensor `name` for p (which takes the name), checks its shape ([d0] for ndim 1, or [d0, d1])
+ * and returns its values and storage type; F64 is converted to f32 in *converted (free it). */
+static int source_tensor(loader *L, finch_param *p, const char *name, int ndim, int64_t d0, int64_t d1, const void **out,
+                         finch_dtype *out_type, float **out_converted)
 {
     finch_model *m = L->m;
     snprintf(p->name, sizeof p->name, "%s", name);
@@ -193,11 +195,69 @@ static int load_param(loader *L, finch_param *p, const char *name, finch_dtype d
         src = converted;
         src_type = FINCH_DTYPE_F32;
     }
-    int rc = finch_param_alloc(m, p, dtype, ndim, d0, d1);
+    *out = src;
+    *out_type = src_type;
+    *out_converted = converted;
+    return FINCH_OK;
+}
+
+/* Loads tensor `name` into p, which must be absent; shape [d0] (ndim 1) or [d0, d1]. */
+static int load_param(loader *L, finch_param *p, const char *name, finch_dtype dtype, int ndim, int64_t d0, int64_t d1,
+                      const int32_t *perm)
+{
+    finch_model *m = L->m;
+    const void *src = NULL;
+    finch_dtype src_type;
+    float *converted = NULL;
+    int rc = source_tensor(L, p, name, ndim, d0, d1, &src, &src_type, &converted);
+    if (rc) return rc;
+    rc = finch_param_alloc(m, p, dtype, ndim, d0, d1);
     if (!rc) rc = upload_rows(m, src, src_type, p->shape[0], p->shape[1], perm, dtype, p->data);
     free(converted);
     if (!rc) m->n_params += p->numel;
     return rc;
+}
+
+/* Loads the 2-D tensor `name` into host memory (*host, in dtype) for p, which gets its name, dtype
+ * and shape but no device data. */
+static int load_param_host(loader *L, finch_param *p, const char *name, finch_dtype dtype, int64_t d0, int64_t d1, void **host)
+{
+    const void *src = NULL;
+    finch_dtype src_type;
+    float *converted = NULL;
+    int rc = source_tensor(L, p, name, 2, d0, d1, &src, &src_type, &converted);
+    if (rc) return rc;
+    p->dtype = dtype;
+    p->ndim = 2;
+    p->shape[0] = d0;
+    p->shape[1] = d1;
+    p->numel = d0 * d1;
+    size_t n = (size_t)p->numel, es = finch_dtype_size(dtype);
+    unsigned char *dst = malloc(n * es + 1);
+    if (!dst) {
+        free(converted);
+        return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory for '%s'", name);
+    }
+    if (src_type == dtype) {
+        memcpy(dst, src, n * es);
+    } else {
+        const unsigned char *s = src;
+        size_t ss = finch_dtype_size(src_type);
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            float f;
+            if (src_type == FINCH_DTYPE_BF16) memcpy(&h, s + i * ss, 2), f = finch_bf16_to_f32(h);
+            else if (src_type == FINCH_DTYPE_F16) memcpy(&h, s + i * ss, 2), f = finch_f16_to_f32(h);
+            else memcpy(&f, s + i * ss, 4);
+            if (dtype == FINCH_DTYPE_BF16) h = finch_f32_to_bf16(f), memcpy(dst + i * es, &h, 2);
+            else if (dtype == FINCH_DTYPE_F16) h = finch_f32_to_f16(f), memcpy(dst + i * es, &h, 2);
+            else memcpy(dst + i * es, &f, 4);
+        }
+    }
+    free(converted);
+    *host = dst;
+    L->m->n_params += p->numel;
+    return FINCH_OK;
 }
 
 int finch_model_load_param(finch_model *m, const st_set *set, const char *dir, finch_param *p, const char *name, finch_dtype dtype,
@@ -366,7 +426,13 @@ static int load_weights(loader *L)
     }
     snprintf(m->prefix, sizeof m->prefix, "%s", i < np ? prefixes[i] : falcon ? "transformer." : "model.");
     snprintf(name, sizeof name, "%s%s", m->prefix, embed_leaf);
-    int rc = load_param(L, &m->embed, name, m->dtype, 2, c->vocab, c->hidden, NULL);
+    const char *head = !strcmp(m->prefix, "language_model.model.") ? "language_model.lm_head.weight" : "lm_head.weight";
+    m->tied = c->tie_embeddings == 1 || (c->tie_embeddings == -1 && !st_set_find(L->set, head));
+    /* A 4-bit model's embedding table is frozen (its LoRA leaves it alone, full fine-tuning is refused)
+     * and, untied, only gathered: it stays in host memory and a step uploads its rows. */
+    int host_embed = finch_quant_plan_active(&L->quant) && !m->tied && !c->has_vision;
+    int rc = host_embed ? load_param_host(L, &m->embed, name, m->dtype, c->vocab, c->hidden, &m->embed_host)
+                        : load_param(L, &m->embed, name, m->dtype, 2, c->vocab, c->hidden, NULL);
     if (rc) return rc;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
@@ -374,8 +440,6 @@ static int load_weights(loader *L)
         if ((rc = load_layer(L, l))) return rc;
     snprintf(name, sizeof name, "%s%s", m->prefix, falcon ? "ln_f" : "norm");
     if ((rc = load_norm(L, &m->final_norm, falcon ? &m->final_norm_b : NULL, name, c->hidden))) return rc;
-    const char *head = !strcmp(m->prefix, "language_model.model.") ? "language_model.lm_head.weight" : "lm_head.weight";
-    m->tied = c->tie_embeddings == 1 || (c->tie_embeddings == -1 && !st_set_find(L->set, head));
     if (m->tied) {
         m->lm_head = &m->embed;
         return FINCH_OK;
@@ -429,6 +493,7 @@ finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_lo
     finch_devmem_init(&m->mem, m->be);
     m->dtype = o.compute_dtype;
     m->gradient_checkpointing = o.gradient_checkpointing;
+    m->offload_activations = o.offload_activations;
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     finch_arena_init(&m->arena, m->be);
     finch_graph_init(&m->graph, m->be, &m->arena);
@@ -486,6 +551,7 @@ void finch_model_free(finch_model *m)
         }
     }
     finch_param_release(m, &m->embed);
+    free(m->embed_host);
     finch_param_release(m, &m->final_norm);
     finch_param_release(m, &m->final_norm_b);
     finch_param_release(m, &m->lm_head_own);
@@ -503,6 +569,7 @@ void finch_model_free(finch_model *m)
     free(m->trainables);
     free(m->lora_targets_json);
     free(m->host_i32);
+    free(m->offload_host);
     free(m->stream);
     free(m->segments);
     free(m);

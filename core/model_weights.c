@@ -1,5 +1,6 @@
 #include "core/model_weights.h"
 #include "core/error.h"
+#include "core/half.h"
 #include "core/model_quant.h"
 
 #include <math.h>
@@ -7,9 +8,9 @@
 #include <string.h>
 
 static int add_tensor(finch_model_tensor **list, int *n, int *cap, finch_weight_kind kind, const finch_param *p,
-                      const finch_linear_module *lin)
+                      const finch_linear_module *lin, int on_host)
 {
-    if (!finch_dptr_present(p->data)) return FINCH_OK;
+    if (!finch_dptr_present(p->data) && !on_host) return FINCH_OK;
     if (*n == *cap) {
         int nc = *cap ? 2 * *cap : 64;
         finch_model_tensor *q = realloc(*list, (size_t)nc * sizeof *q);
@@ -32,22 +33,22 @@ static int add_tensor(finch_model_tensor **list, int *n, int *cap, finch_weight_
 int finch_model_tensors(const finch_model *m, finch_model_tensor **out, int *n_out)
 {
     finch_model_tensor *list = NULL;
-    int n = 0, cap = 0, rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_PARAM, &m->embed, NULL);
+    int n = 0, cap = 0, rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_PARAM, &m->embed, NULL, m->embed_host != NULL);
     for (int64_t l = 0; !rc && l < m->cfg.n_layers; l++) {
         const finch_layer *ly = &m->layers[l];
         const finch_param *norms[] = {&ly->attn_norm, &ly->attn_norm_b, &ly->mlp_norm, &ly->mlp_norm_b,
                                       &ly->post_attn_norm, &ly->post_ffn_norm, &ly->q_norm, &ly->k_norm};
         for (size_t i = 0; !rc && i < sizeof norms / sizeof norms[0]; i++)
-            rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_PARAM, norms[i], NULL);
+            rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_PARAM, norms[i], NULL, 0);
         for (int i = 0; !rc && i < ly->n_linears; i++) {
             const finch_linear_module *lin = ly->linears[i];
-            rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_LINEAR, &lin->weight, lin);
-            if (!rc) rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_LINEAR_BIAS, &lin->bias, lin);
+            rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_LINEAR, &lin->weight, lin, 0);
+            if (!rc) rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_LINEAR_BIAS, &lin->bias, lin, 0);
         }
     }
-    if (!rc) rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_PARAM, &m->final_norm, NULL);
-    if (!rc) rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_PARAM, &m->final_norm_b, NULL);
-    if (!rc && !m->tied) rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_PARAM, &m->lm_head_own, NULL);
+    if (!rc) rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_PARAM, &m->final_norm, NULL, 0);
+    if (!rc) rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_PARAM, &m->final_norm_b, NULL, 0);
+    if (!rc && !m->tied) rc = add_tensor(&list, &n, &cap, FINCH_WEIGHT_PARAM, &m->lm_head_own, NULL, 0);
     if (rc) {
         free(list);
         return rc;
@@ -62,6 +63,16 @@ static int read_param(const finch_model *m, const finch_param *p, const int32_t 
     if (p->dtype != FINCH_DTYPE_F32 && p->dtype != FINCH_DTYPE_BF16 && p->dtype != FINCH_DTYPE_F16)
         return finch_error(FINCH_ERR_UNSUPPORTED, "reading tensor '%s': weights stored as %s cannot be read back", p->name,
                            finch_dtype_name(p->dtype));
+    const unsigned char *host = finch_model_param_host(m, p);
+    if (host) {   /* a host-resident table (rows in checkpoint order: never permuted) */
+        size_t es = finch_dtype_size(p->dtype);
+        for (int64_t i = 0; i < p->numel; i++) {
+            uint16_t h;
+            if (p->dtype == FINCH_DTYPE_F32) memcpy(&dst[i], host + (size_t)i * es, 4);
+            else memcpy(&h, host + (size_t)i * es, 2), dst[i] = p->dtype == FINCH_DTYPE_BF16 ? finch_bf16_to_f32(h) : finch_f16_to_f32(h);
+        }
+        return FINCH_OK;
+    }
     int rc = finch_model_download_f32(m, p->data, p->dtype, p->shape[0], p->ndim > 1 ? p->shape[1] : 1, perm, dst);
     return rc ? finch_error_prefix(rc, "reading tensor '%s': ", p->name) : FINCH_OK;
 }

@@ -1,8 +1,11 @@
 /* NF4/FP4 blockwise quantisation, bitsandbytes layout; see nf4.h for the exact rules. */
 #include "core/nf4.h"
+#include "backends/cpu/cpu.h" /* the host's thread pool (cpu_parallel) */
 #include "core/error.h"
+#include "finch/finch.h"
 
 #include <float.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -259,6 +262,39 @@ static void release_pages(const unsigned char **from, const unsigned char *to)
     }
 }
 
+/* One round of quantize_tensor: NF4_CHUNK-element pieces converted and quantised on the host's
+ * threads, each with its own conversion buffer. A piece's failure keeps its status and message (the
+ * error text is per thread); the caller reports the first failing piece's. */
+typedef struct quantize_round {
+    const st_tensor *t;
+    const code_search *cs;
+    int64_t blocksize, first;     /* first element of the round */
+    nf4_weight *out;
+    float **bufs;                 /* one per piece */
+    int *rc;
+    char (*msg)[256];
+} quantize_round;
+
+static void quantize_pieces(void *ctx, int64_t begin, int64_t end, int chunk)
+{
+    (void)chunk;
+    quantize_round *q = ctx;
+    size_t esize = st_dtype_size(q->t->dtype);
+    for (int64_t i = begin; i < end; i++) {
+        int64_t start = q->first + i * NF4_CHUNK;
+        st_tensor view = *q->t;
+        view.numel = q->t->numel - start < NF4_CHUNK ? q->t->numel - start : NF4_CHUNK;
+        view.data = (const unsigned char *)q->t->data + (size_t)start * esize;
+        view.nbytes = (size_t)view.numel * esize;
+        int rc = st_to_f32(&view, q->bufs[i]);
+        if (!rc)
+            rc = quantize_range(q->cs, q->bufs[i], view.numel, q->blocksize, q->out->packed + start / 2,
+                                q->out->absmax + start / q->blocksize, start);
+        q->rc[i] = rc;
+        if (rc) snprintf(q->msg[i], sizeof q->msg[i], "%s", finch_last_error());
+    }
+}
+
 static int quantize_tensor(const st_tensor *t, nf4_type type, int64_t blocksize, int double_quant, int from_mapping,
                            nf4_weight *out)
 {
@@ -281,24 +317,35 @@ static int quantize_tensor(const st_tensor *t, nf4_type type, int64_t blocksize,
     memcpy(out->code, nf4_code_table(type), sizeof out->code);
     out->packed = malloc((size_t)nf4_packed_bytes(n));
     out->absmax = malloc((size_t)nb * sizeof(float));
-    float *buf = malloc((size_t)(n < NF4_CHUNK ? n : NF4_CHUNK) * sizeof(float));
+    /* Rounds of a few pieces per thread: the input pages a round has read are released before the
+     * next, so host memory stays near the packed output plus a round's buffers. */
+    int64_t pieces = (n + NF4_CHUNK - 1) / NF4_CHUNK, per_round = 4 * (int64_t)cpu_threads();
+    if (per_round > pieces) per_round = pieces;
+    quantize_round q = {t, NULL, blocksize, 0, out, calloc((size_t)per_round, sizeof(float *)),
+                        calloc((size_t)per_round, sizeof(int)), calloc((size_t)per_round, sizeof *q.msg)};
     int rc = FINCH_OK;
-    if (!out->packed || !out->absmax || !buf)
+    if (!out->packed || !out->absmax || !q.bufs || !q.rc || !q.msg)
         rc = finch_error(FINCH_ERR_OUT_OF_MEMORY, "tensor '%s': out of memory quantising %lld elements", t->name, (long long)n);
+    for (int64_t i = 0; i < per_round && !rc; i++)
+        if (!(q.bufs[i] = malloc((size_t)(n < NF4_CHUNK ? n : NF4_CHUNK) * sizeof(float))))
+            rc = finch_error(FINCH_ERR_OUT_OF_MEMORY, "tensor '%s': out of memory quantising %lld elements", t->name, (long long)n);
     code_search cs;
     if (!rc) rc = code_search_init(&cs, out->code, 16);
-    size_t esize = st_dtype_size(t->dtype);
+    q.cs = &cs;
     const unsigned char *unreleased = t->data;
-    for (int64_t start = 0; start < n && !rc; start += NF4_CHUNK) {
-        st_tensor view = *t;
-        view.numel = n - start < NF4_CHUNK ? n - start : NF4_CHUNK;
-        view.data = (const unsigned char *)t->data + (size_t)start * esize;
-        view.nbytes = (size_t)view.numel * esize;
-        rc = st_to_f32(&view, buf);
-        if (from_mapping) release_pages(&unreleased, (const unsigned char *)view.data + view.nbytes);
-        if (!rc) rc = quantize_range(&cs, buf, view.numel, blocksize, out->packed + start / 2, out->absmax + start / blocksize, start);
+    for (int64_t done = 0; done < pieces && !rc; done += per_round) {
+        int64_t count = pieces - done < per_round ? pieces - done : per_round;
+        q.first = done * NF4_CHUNK;
+        cpu_parallel(count, count, &q, quantize_pieces);
+        for (int64_t i = 0; i < count && !rc; i++)
+            if (q.rc[i]) rc = finch_error(q.rc[i], "%s", q.msg[i]);
+        int64_t end = q.first + count * NF4_CHUNK < n ? q.first + count * NF4_CHUNK : n;
+        if (from_mapping) release_pages(&unreleased, (const unsigned char *)t->data + (size_t)end * st_dtype_size(t->dtype));
     }
-    free(buf);
+    for (int64_t i = 0; q.bufs && i < per_round; i++) free(q.bufs[i]);
+    free(q.bufs);
+    free(q.rc);
+    free(q.msg);
     if (!rc && double_quant) {
         out->nested = 1;
         out->nested_blocksize = NF4_NESTED_BLOCKSIZE;

@@ -78,7 +78,7 @@ static int slot_init(finch_optim *o, optim_slot *s)
     size_t state = s->eight_bit ? ((size_t)n + 3) & ~(size_t)3 : (size_t)n * 4, scales = s->eight_bit ? (size_t)nb * 4 : 0;
     size_t off_m = master ? (size_t)n * 4 : 0, off_v = off_m + state, off_ma = off_v + state;
     size_t total = off_ma + 2 * scales;
-    char what[96];
+    char what[256];
     snprintf(what, sizeof what, "the optimizer state of '%s'", p->name);
     int rc = finch_devmem_alloc(&m->mem, total, what, &s->buf);
     if (rc) return rc;

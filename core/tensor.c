@@ -10,6 +10,15 @@ finch_tensor finch_tensor_cols(const finch_tensor *t, int64_t c0, int64_t n)
     return v;
 }
 
+finch_tensor finch_tensor_rows(const finch_tensor *t, int64_t r0, int64_t n)
+{
+    finch_tensor v = *t;
+    v.rows = n;
+    v.data = finch_dptr_at(t->data, (size_t)(r0 * t->ld) * finch_dtype_size(t->dtype));
+    v.node_off = t->node_off + r0 * t->ld;
+    return v;
+}
+
 finch_tensor finch_tensor_reshape(const finch_tensor *t, int64_t rows, int64_t cols)
 {
     finch_tensor v = *t;

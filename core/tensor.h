@@ -46,6 +46,8 @@ static inline finch_dptr finch_dptr_none(void)
 
 /* Columns [c0, c0 + n) of t: a strided view sharing t's gradient node. */
 finch_tensor finch_tensor_cols(const finch_tensor *t, int64_t c0, int64_t n);
+/* Rows [r0, r0 + n) of t, a view sharing t's memory and gradient node. */
+finch_tensor finch_tensor_rows(const finch_tensor *t, int64_t r0, int64_t n);
 /* The same memory seen as [rows, cols] (t must be contiguous). */
 finch_tensor finch_tensor_reshape(const finch_tensor *t, int64_t rows, int64_t cols);
 static inline int finch_tensor_contiguous(const finch_tensor *t) { return t->ld == t->cols; }

@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define TOL 1e-4
@@ -19,24 +18,7 @@ static const char *archs[] = {"llama", "mistral", "qwen2", "qwen3", "gemma", "ge
 static char finch_bin[1024], tmp[1024], log_path[1100];
 
 /* Runs the finch binary with args (NULL-terminated), stdout+stderr to log_path; returns the exit status. */
-static int run_finch(const char *const *args)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        FILE *f = freopen(log_path, "w", stdout);
-        if (!f || dup2(fileno(stdout), 2) < 0) _exit(126);
-        char *argv[32];
-        int n = 0;
-        argv[n++] = finch_bin;
-        for (int i = 0; args[i] && n < 31; i++) argv[n++] = (char *)args[i];
-        argv[n] = NULL;
-        execv(finch_bin, argv);
-        _exit(127);
-    }
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) < 0) return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
+static int run_finch(const char *const *args) { return testing_exec(finch_bin, args, log_path, NULL); }
 
 static char *read_log(void)
 {

@@ -6,20 +6,6 @@
 #include <string.h>
 #include <sys/wait.h>
 
-/* Runs a shell command; returns its exit status and its stdout+stderr in out. */
-static int run(const char *cmd, char *out, size_t size)
-{
-    char full[4096];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p)
-        return -1;
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = 0;
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 /* The line of `finch info` output that starts (after spaces) with name, and the line after it. */
 static const char *backend_lines(const char *out, const char *name, char *dst, size_t size)
 {
@@ -50,7 +36,7 @@ int main(void)
     char cmd[2048], lines[1024];
 
     snprintf(cmd, sizeof cmd, "env -u FINCH_PLUGIN_PATH '%s/finch' info --plugin-path '%s'", bin, plugins);
-    int rc = run(cmd, out, sizeof out);
+    int rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 0, "finch info exited %d:\n%s", rc, out);
     CHECK(backend_lines(out, "cpu", lines, sizeof lines) && strstr(lines, "loaded") && strstr(lines, "(built in)") &&
               strstr(lines, "ABI 1."),
@@ -74,7 +60,7 @@ int main(void)
 
     /* Without the fakes the CPU is listed and auto picks something loaded. */
     snprintf(cmd, sizeof cmd, "env -u FINCH_PLUGIN_PATH '%s/finch' info", bin);
-    rc = run(cmd, out, sizeof out);
+    rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 0 && strstr(out, "\n  cpu:0 ") && strstr(out, "\nauto: ") && !strstr(out, "fake_"),
           "finch info (no plugin path) exited %d:\n%s", rc, out);
     /* Device details (ABI 1.2): the CPU's BLAS; an OpenCL device's versions and extensions. */
@@ -87,22 +73,22 @@ int main(void)
     printf("details: cpu BLAS line%s\n", ocl ? ", opencl versions + extensions" : " (no OpenCL device here)");
 
     snprintf(cmd, sizeof cmd, "'%s/finch' info --plugin-path /nonexistent/finch-plugins", bin);
-    rc = run(cmd, out, sizeof out);
+    rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 1 && strstr(out, "/nonexistent/finch-plugins"), "a missing plugin path: exit %d:\n%s", rc, out);
     snprintf(cmd, sizeof cmd, "'%s/finch' info --bogus", bin);
-    CHECK(run(cmd, out, sizeof out) == 2 && strstr(out, "usage: finch info"), "info --bogus:\n%s", out);
+    CHECK(testing_run(cmd, out, sizeof out) == 2 && strstr(out, "usage: finch info"), "info --bogus:\n%s", out);
 
     /* The dispatcher. */
     snprintf(cmd, sizeof cmd, "'%s/finch' --version", bin);
-    CHECK(run(cmd, out, sizeof out) == 0 && strstr(out, "finch 0.") && strstr(out, "plugin ABI 1."), "--version:\n%s",
+    CHECK(testing_run(cmd, out, sizeof out) == 0 && strstr(out, "finch 0.") && strstr(out, "plugin ABI 1."), "--version:\n%s",
           out);
     snprintf(cmd, sizeof cmd, "'%s/finch' --help", bin);
-    CHECK(run(cmd, out, sizeof out) == 0 && strstr(out, "usage: finch") && strstr(out, "info") && strstr(out, "forward"),
+    CHECK(testing_run(cmd, out, sizeof out) == 0 && strstr(out, "usage: finch") && strstr(out, "info") && strstr(out, "forward"),
           "--help:\n%s", out);
     snprintf(cmd, sizeof cmd, "'%s/finch' frobnicate", bin);
-    CHECK(run(cmd, out, sizeof out) == 2 && strstr(out, "unknown command 'frobnicate'") && strstr(out, "usage:"),
+    CHECK(testing_run(cmd, out, sizeof out) == 2 && strstr(out, "unknown command 'frobnicate'") && strstr(out, "usage:"),
           "unknown command:\n%s", out);
     snprintf(cmd, sizeof cmd, "'%s/finch'", bin);
-    CHECK(run(cmd, out, sizeof out) == 2 && strstr(out, "usage:"), "no command:\n%s", out);
+    CHECK(testing_run(cmd, out, sizeof out) == 2 && strstr(out, "usage:"), "no command:\n%s", out);
     return testing_finish();
 }

@@ -14,18 +14,6 @@
 
 static char bin[512], dir[600], model[700], data[700];
 
-static int run_cmd(const char *cmd, char *out, size_t size)
-{
-    char full[8192];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int read_losses(const char *path, double *losses)
 {
     FILE *f = fopen(path, "r");
@@ -48,7 +36,7 @@ static int train(const char *name, const char *extra, double *losses, char *out,
     snprintf(cmd, sizeof cmd, "rm -rf '%s/%s' && '%s/finch' train --model '%s' --data '%s' --out '%s/%s' --max-steps %d --backend cpu "
              "--lr-scheduler constant --learning-rate 3e-3 --batch-size 8 --grad-accum 1 --lora-r 8 --threads 1 %s",
              dir, name, bin, model, data, dir, name, STEPS, extra);
-    int rc = run_cmd(cmd, out, size);
+    int rc = testing_run(cmd, out, size);
     snprintf(path, sizeof path, "%s/%s/metrics.jsonl", dir, name);
     if (losses) read_losses(path, losses);
     return rc;
@@ -65,16 +53,9 @@ int main(void)
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s' && '%s/finch' init --arch llama --out '%s' --hidden 64 --layers 2 --heads 4 "
              "--kv-heads 2 --seed 5", dir, dir, bin, model);
-    int rc = run_cmd(cmd, out, sizeof out);
+    int rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 0, "finch init exited %d:\n%s", rc, out);
-    FILE *f = fopen(data, "w");
-    unsigned s = 7;
-    for (int i = 0; f && i < 64; i++) {
-        s = s * 1103515245u + 12345u;
-        int x = (int)(s >> 16) % 10, y = (int)(s >> 8) % 10;
-        fprintf(f, "{\"messages\": [{\"role\": \"user\", \"content\": \"%d+%d=\"}, {\"role\": \"assistant\", \"content\": \"%d\"}]}\n", x, y, x + y);
-    }
-    if (f) fclose(f);
+    CHECK(testing_write_sums_jsonl(data) == 0, "cannot write %s", data);
 
     double ref[STEPS] = {0}, got[STEPS] = {0};
     rc = train("plain", "", ref, out, sizeof out);

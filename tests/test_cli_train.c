@@ -17,18 +17,6 @@
 
 static char bin[512], dir[600], model[700], data[700];
 
-static int run_cmd(const char *cmd, char *out, size_t size)
-{
-    char full[8192];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int exists(const char *path)
 {
     struct stat st;
@@ -69,9 +57,9 @@ static void init_and_data(void)
     static char out[65536];
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "'%s/finch' init --arch llama --out '%s' --hidden 64 --layers 2 --heads 4 --kv-heads 2 --seed 5", bin, model);
-    int rc = run_cmd(cmd, out, sizeof out);
+    int rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 0 && strstr(out, "byte-level"), "finch init exited %d:\n%s", rc, out);
-    rc = run_cmd(cmd, out, sizeof out);
+    rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 1 && strstr(out, "already holds a model"), "init over a model: %d\n%s", rc, out);
     /* The tokenizer loads with finch, round-trips any UTF-8, and renders ChatML. */
     finch_tokenizer *tok = NULL;
@@ -92,14 +80,7 @@ static void init_and_data(void)
         finch_chat_template_free(t);
         finch_tokenizer_free(tok);
     }
-    FILE *f = fopen(data, "w");
-    unsigned s = 7;
-    for (int i = 0; f && i < 64; i++) {
-        s = s * 1103515245u + 12345u;
-        int a = (int)(s >> 16) % 10, b = (int)(s >> 8) % 10;
-        fprintf(f, "{\"messages\": [{\"role\": \"user\", \"content\": \"%d+%d=\"}, {\"role\": \"assistant\", \"content\": \"%d\"}]}\n", a, b, a + b);
-    }
-    if (f) fclose(f);
+    CHECK(testing_write_sums_jsonl(data) == 0, "cannot write %s", data);
 }
 
 static void train_end_to_end(char baseline[][40], int steps)
@@ -108,7 +89,7 @@ static void train_end_to_end(char baseline[][40], int steps)
     char cmd[8192], path[1500];
     snprintf(cmd, sizeof cmd, "'%s/finch' train --model '%s' --data '%s' --out '%s/run' --max-steps %d --save-steps 6 " TRAIN_ARGS, bin, model, data,
              dir, steps);
-    int rc = run_cmd(cmd, out, sizeof out);
+    int rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 0 && strstr(out, "done"), "finch train exited %d:\n%s", rc, out);
     snprintf(path, sizeof path, "%s/run/metrics.jsonl", dir);
     int n = read_losses(path, baseline, steps);
@@ -176,7 +157,7 @@ static void interrupt_and_resume(char baseline[][40], int steps)
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "'%s/finch' train --model '%s' --data '%s' --out '%s' --max-steps %d --resume latest " TRAIN_ARGS, bin, model, data,
              out_dir, steps);
-    int rc = run_cmd(cmd, out, sizeof out);
+    int rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 0 && strstr(out, "resumed from"), "resume exited %d:\n%s", rc, out);
     char losses[64][40];
     memset(losses, 0, sizeof losses);
@@ -202,7 +183,7 @@ static void config_and_text(void)
         fclose(f);
     }
     snprintf(cmd, sizeof cmd, "'%s/finch' train --config '%s' --model '%s' --data '%s' --out '%s/run_cfg' --max-steps 3", bin, path, model, data, dir);
-    int rc = run_cmd(cmd, out, sizeof out);
+    int rc = testing_run(cmd, out, sizeof out);
     snprintf(path, sizeof path, "%s/run_cfg/metrics.jsonl", dir);
     CHECK(rc == 0 && count_lines(path, "\"loss\"") == 3, "config file + --max-steps 3: exit %d, %d steps\n%s", rc, count_lines(path, "\"loss\""), out);
     snprintf(path, sizeof path, "%s/run_cfg/adapter_config.json", dir);
@@ -218,7 +199,7 @@ static void config_and_text(void)
              "'%s/finch' train --model '%s' --data '%s' --out '%s/run_text' --max-steps 3 --full-finetune --embedding-learning-rate 1e-4 "
              "--batch-size 4 --grad-accum 1 --threads 1",
              bin, model, text, dir);
-    rc = run_cmd(cmd, out, sizeof out);
+    rc = testing_run(cmd, out, sizeof out);
     snprintf(path, sizeof path, "%s/run_text/checkpoint-3/trainer_state.safetensors", dir);
     CHECK(rc == 0 && strstr(out, "weights in") && exists(path), "full fine-tuning on text: exit %d\n%s", rc, out);
 }
@@ -228,13 +209,13 @@ static void failures(void)
     static char out[65536];
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "'%s/finch' train --model '%s' --data '%s' --out '%s/run' --bogus 1", bin, model, data, dir);
-    int rc = run_cmd(cmd, out, sizeof out);
+    int rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 2 && strstr(out, "--bogus"), "unknown flag: %d\n%s", rc, out);
     snprintf(cmd, sizeof cmd, "'%s/finch' train --model '%s' --data '%s' --out '%s/run/metrics.jsonl/x' --max-steps 1 --threads 1", bin, model, data, dir);
-    rc = run_cmd(cmd, out, sizeof out);
+    rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 1 && strstr(out, "output_dir") && strstr(out, "metrics.jsonl"), "unusable --out: %d\n%s", rc, out);
     snprintf(cmd, sizeof cmd, "'%s/finch' train --model '%s' --data '%s' --out '%s/run_x' --optimizer sgd", bin, model, data, dir);
-    rc = run_cmd(cmd, out, sizeof out);
+    rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 2 && strstr(out, "sgd"), "unknown optimizer: %d\n%s", rc, out);
 }
 

@@ -16,36 +16,6 @@
 
 static char bin[512], dir[600];
 
-static int run_cmd(const char *cmd, char *out, size_t size)
-{
-    char full[8192];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, size - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-/* The whole file, NUL-terminated (free()), or NULL. */
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
-        free(s);
-        s = NULL;
-    }
-    if (s) s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 static int count(const char *s, const char *needle)
 {
     int n = 0;
@@ -66,15 +36,15 @@ static void demo_run(void)
 {
     static char out[1 << 18];
     char cmd[2048];
-    snprintf(cmd, sizeof cmd, "'%s/finch' demo --quick --out '%s' --threads 1", bin, dir);
-    int rc = run_cmd(cmd, out, sizeof out);
+    snprintf(cmd, sizeof cmd, "'%s/finch' demo --quick --out '%s'", bin, dir);
+    int rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 0 && strstr(out, "before training") && strstr(out, "after training") && strstr(out, "correct (+):") && strstr(out, "done in"),
           "finch demo exited %d:\n%s", rc, out);
     CHECK(strstr(out, "loss  ") != NULL, "no loss curve in the terminal:\n%s", out);
     if (rc) return;
 
     /* The task: 20 steps of 16 conversations, 6 held-out prompts of each of 4 skills, none trained on. */
-    char *train = slurp(file_in("data/train.jsonl")), *held = slurp(file_in("data/heldout.jsonl"));
+    char *train = testing_read_file(file_in("data/train.jsonl")), *held = testing_read_file(file_in("data/heldout.jsonl"));
     CHECK(train && count(train, "\n") == 20 * 16 && count(train, "\"assistant\"") == 20 * 16, "train.jsonl");
     CHECK(held && count(held, "\n") == 24, "heldout.jsonl");
     int seen = 0, prompts = 0;
@@ -90,7 +60,7 @@ static void demo_run(void)
     free(train);
     free(held);
 
-    char *metrics = slurp(file_in("train/metrics.jsonl")), *svg = slurp(file_in("train/loss.svg"));
+    char *metrics = testing_read_file(file_in("train/metrics.jsonl")), *svg = testing_read_file(file_in("train/loss.svg"));
     CHECK(metrics && count(metrics, "\"loss\"") == 20, "metrics.jsonl: %d step lines", count(metrics, "\"loss\""));
     CHECK(svg && count(svg, "<polyline") == 1 && count(svg, "</svg>") == 1, "loss.svg");
     free(metrics);
@@ -119,17 +89,17 @@ static void rerun_and_bad_flags(void)
     static char out[1 << 18];
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "'%s/finch' demo --steps 3 --out '%s' --threads 1", bin, dir);
-    int rc = run_cmd(cmd, out, sizeof out);
-    char *metrics = slurp(file_in("train/metrics.jsonl")), *train = slurp(file_in("data/train.jsonl"));
+    int rc = testing_run(cmd, out, sizeof out);
+    char *metrics = testing_read_file(file_in("train/metrics.jsonl")), *train = testing_read_file(file_in("data/train.jsonl"));
     CHECK(rc == 0 && metrics && count(metrics, "\"loss\"") == 3 && train && count(train, "\n") == 3 * 16,
           "a second run over the same folder (exit %d):\n%s", rc, out);
     free(metrics);
     free(train);
     snprintf(cmd, sizeof cmd, "'%s/finch' demo --steps 0 --out '%s'", bin, dir);
-    rc = run_cmd(cmd, out, sizeof out);
+    rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 2 && strstr(out, "must be positive"), "--steps 0: exit %d\n%s", rc, out);
     snprintf(cmd, sizeof cmd, "'%s/finch' demo --bogus", bin);
-    rc = run_cmd(cmd, out, sizeof out);
+    rc = testing_run(cmd, out, sizeof out);
     CHECK(rc == 2 && strstr(out, "unknown argument"), "--bogus: exit %d\n%s", rc, out);
 }
 

@@ -7,13 +7,10 @@
  * the multimodal RoPE position ids; LoRA on the vision tower; and the batch errors. */
 #include "core/model.h"
 #include "core/mrope.h"
-#include "core/safetensors.h"
 #include "core/vision_tower.h"
-#include "finch/finch.h"
-#include "tests/testing.h"
+#include "tests/golden_common.h"
 
 #include <cjson/cJSON.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <math.h>
@@ -21,43 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TOL 1e-4
-
-static st_set *gold;
 static const char *backend = "cpu";
-static int32_t *ids, *labels, grid[3];
+static int32_t grid[3];
 static float *pixels;
-static int64_t B, T, n_patches;
-
-static float *gold_f32(const char *name, int64_t *numel)
-{
-    const st_tensor *t = st_set_find(gold, name);
-    if (!t) return NULL;
-    float *v = malloc((size_t)t->numel * sizeof(float) + 1);
-    if (v && st_to_f32(t, v)) {
-        free(v);
-        return NULL;
-    }
-    if (numel) *numel = t->numel;
-    return v;
-}
-
-static int ok(int rc, const char *what)
-{
-    CHECK(rc == FINCH_OK, "%s: %s (%s)", what, finch_status_name(rc), finch_last_error());
-    return rc == FINCH_OK;
-}
-
-static finch_model *load(finch_runtime *rt, const char *dir, int full, int ckpt, finch_dtype dtype)
-{
-    finch_load_options o = finch_load_options_default();
-    o.full_finetune = full;
-    o.gradient_checkpointing = ckpt;
-    o.compute_dtype = dtype;
-    finch_model *m = NULL;
-    ok(finch_model_load(rt, dir, &o, &m), "finch_model_load");
-    return m;
-}
+static int64_t n_patches;
 
 static finch_batch image_batch(void)
 {
@@ -74,77 +38,6 @@ static int step(finch_model *m, int want_logits, finch_step_result *r)
     finch_batch b = image_batch();
     finch_step_options so = {want_logits, 0.0f};
     return ok(finch_forward_backward(m, &b, &so, r), "finch_forward_backward");
-}
-
-static double compare_logits(finch_model *m, const finch_step_result *r, const char *prefix, double tol, const char *tag)
-{
-    char name[128];
-    snprintf(name, sizeof name, "%s.logits", prefix);
-    int64_t n = 0;
-    float *ref = gold_f32(name, &n), *got = malloc((size_t)n * sizeof(float) + 1);
-    double e = 1;
-    CHECK(ref != NULL, "no %s", name);
-    if (ref && ok(finch_model_logits(m, got, (size_t)n), "finch_model_logits")) {
-        e = testing_rel_err(got, ref, (size_t)n);
-        CHECK(e <= tol, "%s: rel err %.3g", name, e);
-        printf("  %s%-*s rel err %.2e\n", tag, 44 - (int)strlen(tag), name, e);
-    }
-    free(ref);
-    free(got);
-    snprintf(name, sizeof name, "%s.loss", prefix);
-    float *loss = gold_f32(name, NULL);
-    CHECK(loss != NULL, "no %s", name);
-    if (loss) {
-        double el = fabs(r->loss - loss[0]) / fabs(loss[0]);
-        CHECK(el <= tol, "%s: %.7f vs %.7f", name, r->loss, loss[0]);
-        printf("  %s%-*s %.7f vs %.7f\n", tag, 44 - (int)strlen(tag), name, r->loss, loss[0]);
-    }
-    free(loss);
-    return e;
-}
-
-/* Every golden gradient <prefix><name> matches the trainable of that name (times factor), and every
- * one has a trainable; returns how many trainables whose name contains `part` were matched. */
-static int64_t compare_grads(finch_model *m, const char *prefix, double factor, const char *label, const char *part)
-{
-    int64_t nt = finch_trainable_count(m), matched = 0, with_part = 0;
-    double worst = 0;
-    char worst_name[300] = "";
-    for (int64_t i = 0; i < nt; i++) {
-        finch_tensor_info ti;
-        if (!ok(finch_trainable_info(m, i, &ti), "finch_trainable_info")) return 0;
-        float *got = malloc((size_t)ti.numel * sizeof(float));
-        ok(finch_trainable_grad_read(m, i, got, ti.numel), "finch_trainable_grad_read");
-        char name[400];
-        snprintf(name, sizeof name, "%s%s", prefix, ti.name);
-        int64_t n = 0;
-        float *ref = gold_f32(name, &n);
-        if (!ref) {
-            double s = 0;
-            for (int64_t j = 0; j < ti.numel; j++) s += fabs(got[j]);
-            CHECK(s == 0, "%s: no golden gradient for %s, and ours is not zero", label, ti.name);
-        } else {
-            CHECK(n == ti.numel, "%s: %s has %lld elements, golden %lld", label, ti.name, (long long)ti.numel, (long long)n);
-            for (int64_t j = 0; j < n; j++) ref[j] = (float)(ref[j] * factor);
-            double e = n == ti.numel ? testing_rel_err(got, ref, (size_t)n) : 1.0;
-            CHECK(e <= TOL, "%s: %s rel err %.3g", label, name, e);
-            if (e > worst) {
-                worst = e;
-                snprintf(worst_name, sizeof worst_name, "%s", ti.name);
-            }
-            matched++;
-            with_part += part && strstr(ti.name, part) != NULL;
-        }
-        free(ref);
-        free(got);
-    }
-    int64_t golden = 0;
-    size_t plen = strlen(prefix);
-    for (int i = 0; i < st_set_count(gold); i++) golden += !strncmp(st_set_at(gold, i)->name, prefix, plen);
-    CHECK(matched == golden && golden > 0, "%s: %lld of %lld golden gradients have a trainable of that name", label,
-          (long long)matched, (long long)golden);
-    printf("  %-44s %lld tensors, worst rel err %.2e (%s)\n", label, (long long)matched, worst, worst_name);
-    return with_part;
 }
 
 /* Multimodal RoPE positions: what transformers 5.17's get_rope_index printed (with the processor's
@@ -405,18 +298,7 @@ static void train_smoke(finch_runtime *rt, const char *model_dir)
     lc.r = 8;
     lc.dropout = 0.05f;
     lc.target_modules = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,qkv";
-    const finch_backend *be = &rt->backend;
-    int nt = 0;
-    finch_plugin_buffer **state = NULL;
-    if (ok(finch_lora_attach(m, &lc), "finch_lora_attach")) {
-        nt = m->n_trainables;
-        state = calloc((size_t)nt, sizeof *state);
-        for (int i = 0; i < nt; i++) {
-            int64_t n = m->trainables[i].param->numel;
-            be->api->alloc(be->dev, (size_t)(2 * n) * 4, &state[i]);
-            be->api->fill(be->dev, be->stream, (finch_dptr){state[i], 0}, FINCH_DTYPE_F32, 2 * n, 0.0f);
-        }
-    }
+    finch_plugin_buffer **state = ok(finch_lora_attach(m, &lc), "finch_lora_attach") ? adamw_state(m) : NULL;
     double first = 0, last = 0;
     finch_batch b = image_batch();
     b.text_positions = 0;
@@ -426,30 +308,11 @@ static void train_smoke(finch_runtime *rt, const char *model_dir)
         if (!ok(finch_forward_backward(m, &b, NULL, &r), "training step")) break;
         if (s == 1) first = r.loss;
         last = r.loss;
-        for (int i = 0; i < nt; i++) {
-            finch_param *p = m->trainables[i].param;
-            finch_adamw_desc d;
-            memset(&d, 0, sizeof d);
-            d.n = p->numel;
-            d.param_type = p->dtype;
-            d.param = p->data;
-            d.grad = p->grad;
-            d.m = (finch_dptr){state[i], 0};
-            d.v = (finch_dptr){state[i], (size_t)p->numel * 4};
-            d.lr = 1e-2f;
-            d.beta1 = 0.9f;
-            d.beta2 = 0.999f;
-            d.eps = 1e-8f;
-            d.grad_scale = 1.0f;
-            d.bias_correction1 = 1.0f - powf(0.9f, (float)s);
-            d.bias_correction2 = 1.0f - powf(0.999f, (float)s);
-            be->api->adamw_step(be->dev, be->stream, &d);
-        }
+        adamw_step_all(m, state, s, 0.0f);
     }
     CHECK(last < 0.8 * first, "multimodal LoRA training: loss %.4f -> %.4f", first, last);
     printf("  %-44s loss %.4f -> %.4f in 30 steps\n", "LoRA training on the image batch", first, last);
-    for (int i = 0; i < nt; i++) be->api->free(be->dev, state[i]);
-    free(state);
+    adamw_state_free(m, state);
     finch_model_free(m);
 }
 
@@ -466,18 +329,10 @@ static void check_cli(const char *base)
     snprintf(out, sizeof out, "%s/forward_qwen2_5_vl.safetensors", testing_tmp_dir());
     snprintf(log, sizeof log, "%s/forward_qwen2_5_vl.log", testing_tmp_dir());
     unlink(out);
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (!freopen(log, "w", stdout) || dup2(fileno(stdout), 2) < 0) _exit(126);
-        execl(bin, bin, "forward", "--model", model, "--batch", batch, "--image", image, "--text-positions", "--full", "--grads",
-              "--backend", backend, "--out", out, (char *)NULL);
-        _exit(127);
-    }
-    int status = -1;
-    if (pid > 0) waitpid(pid, &status, 0);
-    CHECK(pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "finch forward --image exited with status %d (log %s)", status,
-          log);
+    const char *args[] = {"forward", "--model", model, "--batch", batch, "--image", image, "--text-positions", "--full", "--grads",
+                          "--backend", backend, "--out", out, NULL};
+    int status = testing_exec(bin, args, log, NULL);
+    CHECK(status == 0, "finch forward --image exited with status %d (log %s)", status, log);
     st_set *res = NULL;
     if (!ok(st_set_open_file(out, &res), out)) return;
     int64_t n = 0, nr = 0, worst_at = -1;
@@ -511,11 +366,10 @@ static void check_cli(const char *base)
 int main(int argc, char **argv)
 {
     if (argc > 1) backend = argv[1];
-    char base[1024], model_dir[1100], adapter_dir[1100], gold_path[1200], text_dir[1100];
+    char base[1024], model_dir[1100], adapter_dir[1100], text_dir[1100];
     snprintf(base, sizeof base, "%s/golden/qwen2_5_vl", testing_shared_dir());
     snprintf(model_dir, sizeof model_dir, "%s/model", base);
     snprintf(adapter_dir, sizeof adapter_dir, "%s/adapter", base);
-    snprintf(gold_path, sizeof gold_path, "%s/golden.safetensors", base);
     snprintf(text_dir, sizeof text_dir, "%s/golden/qwen2/model", testing_shared_dir());
     printf("golden qwen2_5_vl on %s\n", backend);
 
@@ -524,20 +378,12 @@ int main(int argc, char **argv)
         printf("skipped: backend %s unavailable: %s\n", backend, finch_last_error());
         return 77;
     }
-    if (!ok(st_set_open_file(gold_path, &gold), gold_path)) return testing_finish();
-    const st_tensor *t = st_set_find(gold, "input_ids"), *pv = st_set_find(gold, "image0.pixel_values"),
-                    *gt = st_set_find(gold, "image0.grid_thw");
-    CHECK(t && t->ndim == 2 && pv && pv->ndim == 2 && gt && gt->numel == 3, "%s: input_ids, image0.pixel_values, image0.grid_thw",
-          gold_path);
-    if (!t || !pv || !gt) return testing_finish();
-    B = t->shape[0];
-    T = t->shape[1];
+    if (!open_gold(base)) return testing_finish();
+    const st_tensor *pv = st_set_find(gold, "image0.pixel_values"), *gt = st_set_find(gold, "image0.grid_thw");
+    CHECK(pv && pv->ndim == 2 && gt && gt->numel == 3, "%s: image0.pixel_values, image0.grid_thw", gold_path);
+    if (!pv || pv->ndim != 2 || !gt || gt->numel != 3) return testing_finish();
     n_patches = pv->shape[0];
-    ids = malloc((size_t)(B * T) * 4);
-    labels = malloc((size_t)(B * T) * 4);
     pixels = gold_f32("image0.pixel_values", NULL);
-    st_to_i32(t, ids);
-    st_to_i32(st_set_find(gold, "labels"), labels);
     st_to_i32(gt, grid);
     finch_step_result r;
 

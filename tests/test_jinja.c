@@ -11,25 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) { free(b); b = NULL; }
-    if (b) b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 static void golden_chats(void)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/tokenizers/golden.json", testing_shared_dir());
-    char *text = read_all(path);
+    char *text = testing_read_file(path);
     CHECK(text != NULL, "cannot read %s", path);
     cJSON *root = cJSON_Parse(text ? text : "");
     free(text);

@@ -50,20 +50,6 @@ static int run(const char *tpl, const char *vars, mutator *m, int count, const c
     return violations;
 }
 
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) { free(b); b = NULL; }
-    if (b) b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 /* What libFuzzer found: 64-bit overflow in arithmetic, literals and range(), runaway repetition. Each must
  * fail cleanly (under UBSan in the sanitizer run, without undefined behaviour). */
 static const char *FOUND[] = {
@@ -94,7 +80,7 @@ int main(void)
     for (size_t i = 0; i < 2; i++) {
         char path[4096];
         snprintf(path, sizeof path, "%s/tokenizers/%s/tokenizer_config.json", testing_shared_dir(), REAL[i]);
-        char *text = read_all(path);
+        char *text = testing_read_file(path);
         cJSON *cfg = text ? cJSON_Parse(text) : NULL;
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
         CHECK(cJSON_IsString(t), "%s has a chat_template", path);

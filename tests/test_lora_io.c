@@ -27,20 +27,6 @@ static finch_model *load(int full, int ckpt)
     return m;
 }
 
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    size_t got = fread(s, 1, (size_t)n, f);
-    s[got] = 0;
-    fclose(f);
-    return s;
-}
-
 static void write_text(const char *path, const char *text)
 {
     FILE *f = fopen(path, "wb");
@@ -113,7 +99,7 @@ static void test_attach_names_and_config(void)
 
     char path[1400];
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    char *text = read_text(path);
+    char *text = testing_read_file(path);
     cJSON *c = text ? cJSON_Parse(text) : NULL;
     CHECK(c != NULL, "adapter_config.json parses");
     if (c) {
@@ -164,7 +150,7 @@ static void test_attach_names_and_config(void)
 
         /* rsLoRA: alpha 16 / sqrt(8) equals plain LoRA with alpha 16 * sqrt(8) / ... = alpha' / 8. */
         snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-        text = read_text(path);
+        text = testing_read_file(path);
         c = cJSON_Parse(text);
         cJSON_ReplaceItemInObject(c, "use_rslora", cJSON_CreateFalse());
         cJSON_ReplaceItemInObject(c, "lora_alpha", cJSON_CreateNumber(16.0 * 8.0 / sqrt(8.0)));
@@ -205,7 +191,7 @@ static void test_regex_targets(void)
     snprintf(dir, sizeof dir, "%s/lora_io_all", tmp);
     CHECK(finch_lora_save(m, dir) == FINCH_OK, "save: %s", finch_last_error());
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    char *text = read_text(path);
+    char *text = testing_read_file(path);
     cJSON *c = cJSON_Parse(text);
     CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(c, "target_modules")) == 7, "all-linear saves 7 module names");
 

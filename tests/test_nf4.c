@@ -1,5 +1,6 @@
 /* NF4/FP4 quantisation against bitsandbytes' rules: hand-computed codes, exact ties, nibble order,
  * odd sizes, zero blocks, double quantisation, and quantise-on-load from safetensors. */
+#include "backends/backend.h"
 #include "core/half.h"
 #include "core/nf4.h"
 #include "core/safetensors.h"
@@ -400,6 +401,43 @@ static void test_bounded_memory(void)
     remove(path);
 }
 
+/* A tensor of many NF4_CHUNK pieces (several rounds on the host's threads) quantises to what one
+ * nf4_quantize call over it gives, bit for bit, on 1, 2 and 3 threads; a NaN far into it is reported
+ * with its element index. */
+static void test_threaded_quantize(void)
+{
+    enum { ROWS = 37, COLS = 65536 };   /* 37 pieces of 2^16: 5 rounds on 2 threads */
+    int64_t n = (int64_t)ROWS * COLS;
+    float *f = malloc((size_t)n * 4), *a_ref = malloc((size_t)(n / 64) * 4);
+    uint16_t *bf = malloc((size_t)n * 2);
+    uint8_t *p_ref = malloc((size_t)n / 2);
+    testing_fill_random(f, (size_t)n, 77);
+    for (int64_t i = 0; i < n; i++) {
+        bf[i] = finch_f32_to_bf16(f[i] * (float)(1 + i % 5000));
+        f[i] = finch_bf16_to_f32(bf[i]);
+    }
+    CHECK(nf4_quantize(f, n, 64, nf4_code_table(NF4_TYPE_NF4), p_ref, a_ref) == FINCH_OK, "reference: %s", finch_last_error());
+    st_tensor t = {.name = "big", .dtype = ST_BF16, .ndim = 2, .shape = {ROWS, COLS}, .numel = n, .data = bf, .nbytes = (size_t)n * 2};
+    for (int threads = 1; threads <= 3; threads++) {
+        finch_cpu_set_threads(threads);
+        nf4_weight w;
+        int rc = nf4_quantize_st_tensor(&t, NF4_TYPE_NF4, 64, 0, &w);
+        CHECK(rc == FINCH_OK && !memcmp(w.packed, p_ref, (size_t)n / 2) && !memcmp(w.absmax, a_ref, (size_t)(n / 64) * 4),
+              "%d threads: the pieces differ from one nf4_quantize over the tensor (%s)", threads, rc ? finch_last_error() : "");
+        if (!rc) nf4_weight_free(&w);
+    }
+    bf[(int64_t)33 * COLS + 12345] = 0x7fc0; /* NaN in piece 33, the last round */
+    nf4_weight w;
+    CHECK(nf4_quantize_st_tensor(&t, NF4_TYPE_NF4, 64, 1, &w) == FINCH_ERR_INVALID_ARGUMENT && strstr(finch_last_error(), "big") &&
+              strstr(finch_last_error(), "element 2175033") && strstr(finch_last_error(), "NaN") && !w.packed && !w.absmax,
+          "NaN in a late piece: %s", finch_last_error());
+    finch_cpu_set_threads(0);
+    free(f);
+    free(a_ref);
+    free(bf);
+    free(p_ref);
+}
+
 int main(void)
 {
     test_bounded_memory();
@@ -413,5 +451,6 @@ int main(void)
     test_dynamic_map();
     test_double_quant();
     test_quantize_on_load();
+    test_threaded_quantize();
     return testing_finish();
 }

@@ -485,13 +485,19 @@ static finch_weight dense_weight(tensor w, int s)
     return r;
 }
 
+/* Sizes: small (the tiled kernel), odd with m >= 64 (a GPU's dequantize-and-GEMM path, element by
+ * element), multiples of 8 (its vector path); each also with FINCH_CUDA_NF4_SLICE_ELEMS small, so
+ * that the CUDA plugin cuts W into many slices (rows forward, 64-wide columns backward). */
 static void test_qmatmul(void)
 {
-    char what[64];
+    char what[96];
+    static const int64_t sizes[3][3] = {{33, 47, 19}, {161, 95, 77}, {200, 136, 80}};
+    for (int sliced = 0; sliced < 2; sliced++) {
+    if (sliced) setenv("FINCH_CUDA_NF4_SLICE_ELEMS", "4096", 1);
     for (int ti = 0; ti < 2; ti++) {
         finch_dtype t = ti ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
-        for (int big = 0; big < 2; big++) {
-        int64_t out = big ? 161 : 33, in = big ? 95 : 47, m = big ? 77 : 19, ldx = in + 3, ldy = out + 2;
+        for (int big = 0; big < 3; big++) {
+        int64_t out = sizes[big][0], in = sizes[big][1], m = sizes[big][2], ldx = in + 3 + 5 * (big == 2), ldy = out + 2 + 6 * (big == 2);
         nf4_parts parts = make_nf4(out, in);
         finch_weight w[2] = {nf4_weight(&parts, 0), nf4_weight(&parts, 1)};
         for (int with_beta = 0; with_beta < 2; with_beta++) {
@@ -503,12 +509,82 @@ static void test_qmatmul(void)
                                                              ldy, beta));
             BOTH("qmatmul_backward", sd->api->qmatmul_backward(sd->dev, NULL, &w[s], out, in, m, t, D(dy, s), ldy, D(dx, s),
                                                                ldx, beta));
-            snprintf(what, sizeof what, "nf4 [%lld, %lld] %s m %lld beta %g", (long long)out, (long long)in,
-                     dtype_name(t), (long long)m, beta);
+            snprintf(what, sizeof what, "nf4 [%lld, %lld] %s m %lld beta %g%s", (long long)out, (long long)in,
+                     dtype_name(t), (long long)m, beta, sliced ? " (small slices)" : "");
             compare_rows("qmatmul_forward", what, y, 1, m, out, ldy, 0, tol_for(t));
             compare_rows("qmatmul_backward", what, dx, 1, m, in, ldx, 0, tol_for(t));
         }
         release_all();
+        }
+    }
+    }
+    unsetenv("FINCH_CUDA_NF4_SLICE_ELEMS");
+}
+
+/* Products of a few activation rows with a weight, the shape of decoding (1 <= m <= 8, A W^T): GPU
+ * plugins run their GEMV kernels here. Dense W of every type with A of every type, rows of W padded
+ * to 16 bytes, k not a multiple of the vector width (a scalar tail), A rows aligned and not, beta 0
+ * and not; NF4 W (blocks of 64 straddling rows of 160) through qmatmul_forward. */
+static void test_gemv(void)
+{
+    static const finch_dtype types[3] = {FINCH_DTYPE_F32, FINCH_DTYPE_BF16, FINCH_DTYPE_F16};
+    static const int64_t ms[4] = {1, 3, 5, 8};
+    char what[112];
+    for (int wi = 0; wi < 3; wi++) {
+        for (int ai = 0; ai < 3; ai++) {
+            for (int mi = 0; mi < 4; mi++) {
+                finch_gemm_desc d[2];
+                memset(&d[0], 0, sizeof d[0]);
+                d[0].trans_b = 1;
+                d[0].m = ms[mi];
+                d[0].n = 37 + 64 * (mi & 1);
+                d[0].k = mi < 2 ? 203 : 1024 + 5;
+                d[0].a_type = types[ai];
+                d[0].b_type = types[wi];
+                d[0].c_type = mi & 1 ? FINCH_DTYPE_F32 : types[ai];
+                d[0].batch = 1;
+                d[0].lda = mi & 2 ? d[0].k : (d[0].k + 7) / 8 * 8; /* unaligned rows of A when m is 5 or 8 */
+                d[0].ldb = (d[0].k + 7) / 8 * 8;
+                d[0].ldc = d[0].n + 1;
+                d[0].alpha = 0.5f;
+                d[0].beta = mi == 2 ? 0.25f : 0.0f;
+                tensor a = random_tensor(d[0].a_type, (size_t)(d[0].m * d[0].lda), 1.0f);
+                tensor b = random_tensor(d[0].b_type, (size_t)(d[0].n * d[0].ldb), 1.0f);
+                size_t nc = (size_t)(d[0].m * d[0].ldc);
+                tensor c = d[0].beta != 0.0f ? random_tensor(d[0].c_type, nc, 1.0f) : poisoned(d[0].c_type, nc);
+                d[1] = d[0];
+                for (int s = 0; s < 2; s++) {
+                    d[s].a = D(a, s);
+                    d[s].b = D(b, s);
+                    d[s].c = D(c, s);
+                }
+                BOTH("gemm", sd->api->gemm(sd->dev, NULL, &d[s]));
+                snprintf(what, sizeof what, "gemv m %lld n %lld k %lld: A %s (lda %lld) W %s C %s beta %g", (long long)d[0].m,
+                         (long long)d[0].n, (long long)d[0].k, dtype_name(d[0].a_type), (long long)d[0].lda,
+                         dtype_name(d[0].b_type), dtype_name(d[0].c_type), d[0].beta);
+                finch_dtype coarse = d[0].a_type == FINCH_DTYPE_BF16 || d[0].b_type == FINCH_DTYPE_BF16 ? FINCH_DTYPE_BF16
+                                   : d[0].a_type == FINCH_DTYPE_F16 || d[0].b_type == FINCH_DTYPE_F16 ? FINCH_DTYPE_F16
+                                   : d[0].c_type;
+                compare_rows("gemm", what, c, 1, d[0].m, d[0].n, d[0].ldc, 0,
+                             tol_for(d[0].c_type == FINCH_DTYPE_F32 ? coarse : d[0].c_type));
+            }
+            release_all();
+        }
+    }
+    for (int ai = 0; ai < 3; ai++) {
+        for (int mi = 0; mi < 4; mi++) {
+            int64_t out = 41, in = 160, m = ms[mi], ldx = mi & 2 ? in + 1 : in, ldy = out + 2;
+            finch_dtype t = types[ai];
+            nf4_parts parts = make_nf4(out, in);
+            finch_weight w[2] = {nf4_weight(&parts, 0), nf4_weight(&parts, 1)};
+            float beta = mi == 1 ? 0.5f : 0.0f;
+            tensor x = random_tensor(t, (size_t)(m * ldx), 1.0f);
+            tensor y = beta != 0.0f ? random_tensor(t, (size_t)(m * ldy), 1.0f) : poisoned(t, (size_t)(m * ldy));
+            BOTH("qmatmul_forward", sd->api->qmatmul_forward(sd->dev, NULL, &w[s], out, in, m, t, D(x, s), ldx, D(y, s), ldy, beta));
+            snprintf(what, sizeof what, "gemv nf4 [%lld, %lld] %s m %lld ldx %lld beta %g", (long long)out, (long long)in,
+                     dtype_name(t), (long long)m, (long long)ldx, beta);
+            compare_rows("qmatmul_forward", what, y, 1, m, out, ldy, 0, tol_for(t));
+            release_all();
         }
     }
 }
@@ -535,6 +611,8 @@ static void test_linear(void)
         /* The trainer's configuration: bf16 activations and weights, f32 adapter (and bias). */
         {"bf16 dense, f32 params, r16, m 70", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 70, 96, 136, 16, 0, 1, 0, 1, 0.0f},
         {"bf16 dense, f32 params, bias, r8, dropout", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 45, 64, 80, 8, 1, 0, 1, 0, 0.1f},
+        {"bf16 nf4 decode, bias, r4, m 1", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 1, 192, 43, 4, 1, 1, 0, 0, 0.0f},
+        {"bf16 dense decode, r8, m 3", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 3, 136, 57, 8, 0, 0, 0, 0, 0.0f},
     };
     char what[96];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -604,99 +682,8 @@ static void test_linear(void)
 }
 
 /* ---- attention ---------------------------------------------------------------------------------- */
+/* attention_forward/backward cases leave kv_lens zero: each sequence's keys are its queries' rows. */
 typedef struct attention_case {
-    finch_dtype t;
-    int64_t heads, kv_heads, head_dim;
-    int n_seqs;
-    int32_t lens[3];
-    int causal;
-    int64_t window;
-    float softcap;
-} attention_case;
-
-static void test_attention(void)
-{
-    static const attention_case cases[] = {
-        {FINCH_DTYPE_F32, 4, 2, 16, 3, {5, 17, 9}, 1, 0, 0.0f},
-        {FINCH_DTYPE_F32, 3, 1, 80, 2, {13, 4}, 1, 5, 20.0f},
-        {FINCH_DTYPE_F32, 2, 2, 24, 2, {11, 30}, 0, 0, 0.0f},
-        {FINCH_DTYPE_F32, 2, 1, 16, 1, {19}, 0, 6, 0.0f},
-        {FINCH_DTYPE_BF16, 2, 2, 64, 1, {33}, 0, 0, 0.0f},
-        {FINCH_DTYPE_BF16, 4, 2, 128, 2, {21, 11}, 1, 0, 0.0f},
-        {FINCH_DTYPE_F16, 2, 1, 256, 1, {19}, 1, 7, 30.0f},
-        {FINCH_DTYPE_BF16, 8, 2, 64, 3, {150, 77, 96}, 1, 0, 0.0f},
-        {FINCH_DTYPE_F32, 2, 1, 32, 2, {130, 70}, 1, 40, 0.0f},
-        {FINCH_DTYPE_F16, 4, 4, 128, 2, {70, 45}, 1, 20, 25.0f},
-        {FINCH_DTYPE_BF16, 2, 1, 64, 1, {100}, 0, 30, 0.0f},
-        {FINCH_DTYPE_BF16, 6, 3, 128, 3, {64, 1, 129}, 0, 0, 10.0f},
-    };
-    char what[128];
-    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        const attention_case *c = &cases[ci];
-        int32_t cu[4] = {0};
-        int64_t max_len = 0;
-        for (int i = 0; i < c->n_seqs; i++) {
-            cu[i + 1] = cu[i] + c->lens[i];
-            if (c->lens[i] > max_len) max_len = c->lens[i];
-        }
-        int64_t n = cu[c->n_seqs], hd = c->head_dim;
-        int64_t ldq = c->heads * hd + 8, ldk = c->kv_heads * hd, ldv = c->kv_heads * hd + 4, ldo = c->heads * hd;
-        tensor cut = from_ints(cu, (size_t)c->n_seqs + 1);
-        tensor q = random_tensor(c->t, (size_t)(n * ldq), 1.0f), k = random_tensor(c->t, (size_t)(n * ldk), 1.0f);
-        tensor v = random_tensor(c->t, (size_t)(n * ldv), 1.0f), o = poisoned(c->t, (size_t)(n * ldo));
-        tensor lse = poisoned(FINCH_DTYPE_F32, (size_t)(c->heads * n)), dout = random_tensor(c->t, (size_t)(n * ldo), 1.0f);
-        tensor dq = poisoned(c->t, (size_t)(n * ldq)), dk = poisoned(c->t, (size_t)(n * ldk));
-        tensor dv = poisoned(c->t, (size_t)(n * ldv));
-        finch_attention_desc d[2];
-        for (int s = 0; s < 2; s++) {
-            memset(&d[s], 0, sizeof d[s]);
-            d[s].n_tokens = n;
-            d[s].n_seqs = c->n_seqs;
-            d[s].max_seqlen = max_len;
-            d[s].cu_seqlens = D(cut, s);
-            d[s].n_heads = c->heads;
-            d[s].n_kv_heads = c->kv_heads;
-            d[s].head_dim = hd;
-            d[s].dtype = c->t;
-            d[s].q = D(q, s);
-            d[s].ldq = ldq;
-            d[s].k = D(k, s);
-            d[s].ldk = ldk;
-            d[s].v = D(v, s);
-            d[s].ldv = ldv;
-            d[s].o = D(o, s);
-            d[s].ldo = ldo;
-            d[s].lse = D(lse, s);
-            d[s].scale = 1.0f / sqrtf((float)hd);
-            d[s].softcap = c->softcap;
-            d[s].causal = c->causal;
-            d[s].window = c->window;
-            d[s].dout = D(dout, s);
-            d[s].lddout = ldo;
-            d[s].dq = D(dq, s);
-            d[s].lddq = ldq;
-            d[s].dk = D(dk, s);
-            d[s].lddk = ldk;
-            d[s].dv = D(dv, s);
-            d[s].lddv = ldv;
-        }
-        BOTH("attention_forward", sd->api->attention_forward(sd->dev, NULL, &d[s]));
-        BOTH("attention_backward", sd->api->attention_backward(sd->dev, NULL, &d[s]));
-        snprintf(what, sizeof what, "%s h%lld/%lld d%lld seqs %d%s w%lld cap %g", dtype_name(c->t), (long long)c->heads,
-                 (long long)c->kv_heads, (long long)hd, c->n_seqs, c->causal ? " causal" : "", (long long)c->window,
-                 c->softcap);
-        double tol = tol_for(c->t);
-        compare("attention_forward o", what, o, tol);
-        compare("attention_forward lse", what, lse, tol);
-        compare_rows("attention_backward dq", what, dq, 1, n, c->heads * hd, ldq, 0, tol);
-        compare_rows("attention_backward dk", what, dk, 1, n, c->kv_heads * hd, ldk, 0, tol);
-        compare_rows("attention_backward dv", what, dv, 1, n, c->kv_heads * hd, ldv, 0, tol);
-        release_all();
-    }
-}
-
-/* ABI 1.1, optional: attention of query rows over a key/value cache with room to grow. */
-typedef struct cache_case {
     finch_dtype t;
     int64_t heads, kv_heads, head_dim;
     int n_seqs;
@@ -704,8 +691,110 @@ typedef struct cache_case {
     int causal;
     int64_t window;
     float softcap;
-} cache_case;
+} attention_case;
 
+/* The inputs and outputs both attention tests share, with padded row strides. A cache case's
+ * sequences sit apart in the key/value rows, with room between them. */
+typedef struct attention_inputs {
+    int64_t n, rows, max_q, max_kv, ldq, ldk, ldv, ldo;
+    tensor cu, kv_start, kv_len, q, k, v, o, lse;
+} attention_inputs;
+
+static attention_inputs attention_setup(const attention_case *c, int cache)
+{
+    attention_inputs in = {0};
+    int32_t cu[4] = {0}, kv_start[3], kv_len[3];
+    in.rows = cache ? 3 : 0;
+    for (int i = 0; i < c->n_seqs; i++) {
+        cu[i + 1] = cu[i] + c->q_lens[i];
+        kv_start[i] = (int32_t)in.rows;
+        kv_len[i] = cache ? c->kv_lens[i] : c->q_lens[i];
+        in.rows += kv_len[i] + (cache ? 7 : 0);
+        if (c->q_lens[i] > in.max_q) in.max_q = c->q_lens[i];
+        if (kv_len[i] > in.max_kv) in.max_kv = kv_len[i];
+    }
+    int64_t hd = c->head_dim;
+    in.n = cu[c->n_seqs];
+    in.ldq = c->heads * hd + 8, in.ldk = c->kv_heads * hd, in.ldv = c->kv_heads * hd + 4, in.ldo = c->heads * hd;
+    in.cu = from_ints(cu, (size_t)c->n_seqs + 1);
+    if (cache) in.kv_start = from_ints(kv_start, (size_t)c->n_seqs), in.kv_len = from_ints(kv_len, (size_t)c->n_seqs);
+    in.q = random_tensor(c->t, (size_t)(in.n * in.ldq), 1.0f), in.k = random_tensor(c->t, (size_t)(in.rows * in.ldk), 1.0f);
+    in.v = random_tensor(c->t, (size_t)(in.rows * in.ldv), 1.0f), in.o = poisoned(c->t, (size_t)(in.n * in.ldo));
+    in.lse = poisoned(FINCH_DTYPE_F32, (size_t)(c->heads * in.n));
+    return in;
+}
+
+/* The fields finch_attention_desc and finch_attention_cache_desc share, for side s. */
+#define SET_ATTENTION_FIELDS(d, c, in, s)                                                                \
+    do {                                                                                                 \
+        memset(&(d), 0, sizeof(d));                                                                      \
+        (d).n_tokens = (in).n, (d).n_seqs = (c)->n_seqs;                                                 \
+        (d).n_heads = (c)->heads, (d).n_kv_heads = (c)->kv_heads, (d).head_dim = (c)->head_dim;          \
+        (d).dtype = (c)->t;                                                                              \
+        (d).q = D((in).q, s), (d).ldq = (in).ldq, (d).k = D((in).k, s), (d).ldk = (in).ldk;              \
+        (d).v = D((in).v, s), (d).ldv = (in).ldv, (d).o = D((in).o, s), (d).ldo = (in).ldo;              \
+        (d).lse = D((in).lse, s);                                                                        \
+        (d).scale = 1.0f / sqrtf((float)(c)->head_dim);                                                  \
+        (d).softcap = (c)->softcap, (d).causal = (c)->causal, (d).window = (c)->window;                  \
+    } while (0)
+
+static void attention_name(const attention_case *c, int cache, char *what, size_t size)
+{
+    char lens[32] = "";
+    if (cache) snprintf(lens, sizeof lens, " q %d kv %d", c->q_lens[0], c->kv_lens[0]);
+    snprintf(what, size, "%s h%lld/%lld d%lld seqs %d%s%s w%lld cap %g", dtype_name(c->t), (long long)c->heads,
+             (long long)c->kv_heads, (long long)c->head_dim, c->n_seqs, lens, c->causal ? " causal" : "",
+             (long long)c->window, c->softcap);
+}
+
+static void test_attention(void)
+{
+    static const attention_case cases[] = {
+        {FINCH_DTYPE_F32, 4, 2, 16, 3, {5, 17, 9}, {0}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F32, 3, 1, 80, 2, {13, 4}, {0}, 1, 5, 20.0f},
+        {FINCH_DTYPE_F32, 2, 2, 24, 2, {11, 30}, {0}, 0, 0, 0.0f},
+        {FINCH_DTYPE_F32, 2, 1, 16, 1, {19}, {0}, 0, 6, 0.0f},
+        {FINCH_DTYPE_BF16, 2, 2, 64, 1, {33}, {0}, 0, 0, 0.0f},
+        {FINCH_DTYPE_BF16, 4, 2, 128, 2, {21, 11}, {0}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F16, 2, 1, 256, 1, {19}, {0}, 1, 7, 30.0f},
+        {FINCH_DTYPE_BF16, 8, 2, 64, 3, {150, 77, 96}, {0}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F32, 2, 1, 32, 2, {130, 70}, {0}, 1, 40, 0.0f},
+        {FINCH_DTYPE_F16, 4, 4, 128, 2, {70, 45}, {0}, 1, 20, 25.0f},
+        {FINCH_DTYPE_BF16, 2, 1, 64, 1, {100}, {0}, 0, 30, 0.0f},
+        {FINCH_DTYPE_BF16, 6, 3, 128, 3, {64, 1, 129}, {0}, 0, 0, 10.0f},
+    };
+    char what[160];
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const attention_case *c = &cases[ci];
+        attention_inputs in = attention_setup(c, 0);
+        int64_t n = in.n;
+        tensor dout = random_tensor(c->t, (size_t)(n * in.ldo), 1.0f);
+        tensor dq = poisoned(c->t, (size_t)(n * in.ldq)), dk = poisoned(c->t, (size_t)(n * in.ldk));
+        tensor dv = poisoned(c->t, (size_t)(n * in.ldv));
+        finch_attention_desc d[2];
+        for (int s = 0; s < 2; s++) {
+            SET_ATTENTION_FIELDS(d[s], c, in, s);
+            d[s].max_seqlen = in.max_q;
+            d[s].cu_seqlens = D(in.cu, s);
+            d[s].dout = D(dout, s), d[s].lddout = in.ldo;
+            d[s].dq = D(dq, s), d[s].lddq = in.ldq;
+            d[s].dk = D(dk, s), d[s].lddk = in.ldk;
+            d[s].dv = D(dv, s), d[s].lddv = in.ldv;
+        }
+        BOTH("attention_forward", sd->api->attention_forward(sd->dev, NULL, &d[s]));
+        BOTH("attention_backward", sd->api->attention_backward(sd->dev, NULL, &d[s]));
+        attention_name(c, 0, what, sizeof what);
+        double tol = tol_for(c->t);
+        compare("attention_forward o", what, in.o, tol);
+        compare("attention_forward lse", what, in.lse, tol);
+        compare_rows("attention_backward dq", what, dq, 1, n, c->heads * c->head_dim, in.ldq, 0, tol);
+        compare_rows("attention_backward dk", what, dk, 1, n, c->kv_heads * c->head_dim, in.ldk, 0, tol);
+        compare_rows("attention_backward dv", what, dv, 1, n, c->kv_heads * c->head_dim, in.ldv, 0, tol);
+        release_all();
+    }
+}
+
+/* ABI 1.1, optional: attention of query rows over a key/value cache with room to grow. */
 static void test_attention_cache(void)
 {
     const finch_plugin_api *api = sides[1].api;
@@ -714,7 +803,7 @@ static void test_attention_cache(void)
         printf("%-30s %-52s %s\n", "attention_cache_forward", "absent (optional since ABI 1.1)", "skipped");
         return;
     }
-    static const cache_case cases[] = {
+    static const attention_case cases[] = {
         {FINCH_DTYPE_F32, 4, 2, 16, 3, {1, 1, 1}, {5, 17, 1}, 1, 0, 0.0f},          /* decode */
         {FINCH_DTYPE_F32, 3, 1, 80, 2, {7, 2}, {13, 40}, 1, 5, 20.0f},              /* chunked prefill, window, cap */
         {FINCH_DTYPE_BF16, 4, 2, 64, 2, {1, 1}, {150, 77}, 1, 0, 0.0f},
@@ -722,63 +811,30 @@ static void test_attention_cache(void)
         {FINCH_DTYPE_F16, 4, 4, 128, 2, {3, 65}, {90, 130}, 1, 20, 25.0f},
         {FINCH_DTYPE_F16, 2, 1, 256, 1, {5}, {37}, 1, 0, 0.0f},
         {FINCH_DTYPE_BF16, 2, 1, 64, 1, {33}, {33}, 0, 0, 0.0f},                    /* = attention_forward */
+        /* decode (one query row per sequence): odd groups, windows, caps, long caches, no causality */
+        {FINCH_DTYPE_BF16, 6, 2, 80, 3, {1, 1, 1}, {301, 2, 45}, 1, 33, 30.0f},
+        {FINCH_DTYPE_F16, 8, 8, 256, 2, {1, 1}, {1000, 129}, 1, 0, 0.0f},
+        {FINCH_DTYPE_F32, 3, 1, 96, 2, {1, 1}, {70, 5000}, 0, 0, 0.0f},
     };
     char what[160];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        const cache_case *c = &cases[ci];
-        int32_t cu[4] = {0}, kv_start[3], kv_len[3];
-        int64_t max_q = 0, max_kv = 0, rows = 3;  /* sequences sit apart, with room between them */
-        for (int i = 0; i < c->n_seqs; i++) {
-            cu[i + 1] = cu[i] + c->q_lens[i];
-            kv_start[i] = (int32_t)rows;
-            kv_len[i] = c->kv_lens[i];
-            rows += c->kv_lens[i] + 7;
-            if (c->q_lens[i] > max_q) max_q = c->q_lens[i];
-            if (c->kv_lens[i] > max_kv) max_kv = c->kv_lens[i];
-        }
-        int64_t n = cu[c->n_seqs], hd = c->head_dim;
-        int64_t ldq = c->heads * hd + 8, ldk = c->kv_heads * hd, ldv = c->kv_heads * hd + 4, ldo = c->heads * hd;
-        tensor cut = from_ints(cu, (size_t)c->n_seqs + 1), kst = from_ints(kv_start, (size_t)c->n_seqs);
-        tensor kln = from_ints(kv_len, (size_t)c->n_seqs);
-        tensor q = random_tensor(c->t, (size_t)(n * ldq), 1.0f), k = random_tensor(c->t, (size_t)(rows * ldk), 1.0f);
-        tensor v = random_tensor(c->t, (size_t)(rows * ldv), 1.0f), o = poisoned(c->t, (size_t)(n * ldo));
-        tensor lse = poisoned(FINCH_DTYPE_F32, (size_t)(c->heads * n));
+        const attention_case *c = &cases[ci];
+        attention_inputs in = attention_setup(c, 1);
         finch_attention_cache_desc d[2];
         for (int s = 0; s < 2; s++) {
-            memset(&d[s], 0, sizeof d[s]);
-            d[s].n_tokens = n;
-            d[s].n_seqs = c->n_seqs;
-            d[s].max_q_len = max_q;
-            d[s].max_kv_len = max_kv;
-            d[s].cu_seqlens_q = D(cut, s);
-            d[s].kv_start = D(kst, s);
-            d[s].kv_len = D(kln, s);
-            d[s].kv_rows = rows;
-            d[s].n_heads = c->heads;
-            d[s].n_kv_heads = c->kv_heads;
-            d[s].head_dim = hd;
-            d[s].dtype = c->t;
-            d[s].q = D(q, s);
-            d[s].ldq = ldq;
-            d[s].k = D(k, s);
-            d[s].ldk = ldk;
-            d[s].v = D(v, s);
-            d[s].ldv = ldv;
-            d[s].o = D(o, s);
-            d[s].ldo = ldo;
-            d[s].lse = D(lse, s);
-            d[s].scale = 1.0f / sqrtf((float)hd);
-            d[s].softcap = c->softcap;
-            d[s].causal = c->causal;
-            d[s].window = c->window;
+            SET_ATTENTION_FIELDS(d[s], c, in, s);
+            d[s].max_q_len = in.max_q;
+            d[s].max_kv_len = in.max_kv;
+            d[s].cu_seqlens_q = D(in.cu, s);
+            d[s].kv_start = D(in.kv_start, s);
+            d[s].kv_len = D(in.kv_len, s);
+            d[s].kv_rows = in.rows;
         }
         BOTH("attention_cache_forward", sd->api->attention_cache_forward(sd->dev, NULL, &d[s]));
-        snprintf(what, sizeof what, "%s h%lld/%lld d%lld seqs %d q %d kv %d%s w%lld cap %g", dtype_name(c->t),
-                 (long long)c->heads, (long long)c->kv_heads, (long long)hd, c->n_seqs, c->q_lens[0], c->kv_lens[0],
-                 c->causal ? " causal" : "", (long long)c->window, c->softcap);
+        attention_name(c, 1, what, sizeof what);
         double tol = tol_for(c->t);
-        compare("attention_cache_forward o", what, o, tol);
-        compare("attention_cache_forward lse", what, lse, tol);
+        compare("attention_cache_forward o", what, in.o, tol);
+        compare("attention_cache_forward lse", what, in.lse, tol);
         release_all();
     }
 }
@@ -1019,6 +1075,18 @@ static void test_linear_cross_entropy(void)
     }
 }
 
+/* The fields finch_adamw_desc and finch_adamw8bit_desc share: hyperparameters of optimizer step `step`. */
+#define SET_ADAMW_FIELDS(d, n_, pt, param, master, grad, step, s)                                        \
+    do {                                                                                                 \
+        memset(&(d), 0, sizeof(d));                                                                      \
+        (d).n = (n_), (d).param_type = (pt);                                                             \
+        (d).param = D(param, s), (d).master = D(master, s), (d).grad = D(grad, s);                       \
+        (d).lr = 1e-2f, (d).beta1 = 0.9f, (d).beta2 = 0.999f, (d).eps = 1e-8f;                           \
+        (d).weight_decay = 0.01f, (d).grad_scale = 0.5f;                                                 \
+        (d).bias_correction1 = 1.0f - powf(0.9f, (float)(step));                                        \
+        (d).bias_correction2 = 1.0f - powf(0.999f, (float)(step));                                       \
+    } while (0)
+
 static void test_adamw(void)
 {
     for (int ci = 0; ci < 2; ci++) {
@@ -1030,22 +1098,9 @@ static void test_adamw(void)
         finch_adamw_desc d[2];
         for (int step = 1; step <= 3; step++) {
             for (int s = 0; s < 2; s++) {
-                memset(&d[s], 0, sizeof d[s]);
-                d[s].n = n;
-                d[s].param_type = pt;
-                d[s].param = D(param, s);
-                d[s].master = D(master, s);
-                d[s].grad = D(grad, s);
+                SET_ADAMW_FIELDS(d[s], n, pt, param, master, grad, step, s);
                 d[s].m = D(m, s);
                 d[s].v = D(v, s);
-                d[s].lr = 1e-2f;
-                d[s].beta1 = 0.9f;
-                d[s].beta2 = 0.999f;
-                d[s].eps = 1e-8f;
-                d[s].weight_decay = 0.01f;
-                d[s].grad_scale = 0.5f;
-                d[s].bias_correction1 = 1.0f - powf(0.9f, (float)step);
-                d[s].bias_correction2 = 1.0f - powf(0.999f, (float)step);
             }
             BOTH("adamw_step", sd->api->adamw_step(sd->dev, NULL, &d[s]));
         }
@@ -1088,27 +1143,14 @@ static void test_adamw8bit(void)
         finch_adamw8bit_desc d[2];
         for (int step = 1; step <= 2; step++) {
             for (int s = 0; s < 2; s++) {
-                memset(&d[s], 0, sizeof d[s]);
-                d[s].n = n;
+                SET_ADAMW_FIELDS(d[s], n, pt, param, master, grad, step, s);
                 d[s].blocksize = bs;
-                d[s].param_type = pt;
-                d[s].param = D(param, s);
-                d[s].master = D(master, s);
-                d[s].grad = D(grad, s);
                 d[s].m_codes = D(mc, s);
                 d[s].v_codes = D(vc, s);
                 d[s].m_absmax = D(ma, s);
                 d[s].v_absmax = D(va, s);
                 d[s].m_map = D(mm, s);
                 d[s].v_map = D(vm, s);
-                d[s].lr = 1e-2f;
-                d[s].beta1 = 0.9f;
-                d[s].beta2 = 0.999f;
-                d[s].eps = 1e-8f;
-                d[s].weight_decay = 0.01f;
-                d[s].grad_scale = 0.5f;
-                d[s].bias_correction1 = 1.0f - powf(0.9f, (float)step);
-                d[s].bias_correction2 = 1.0f - powf(0.999f, (float)step);
             }
             BOTH("adamw8bit_step", sd->api->adamw8bit_step(sd->dev, NULL, &d[s]));
         }
@@ -1181,6 +1223,23 @@ static int bench_linear_bwd(void *ctx) { return sides[1].api->linear_backward(si
 static int bench_attn_fwd(void *ctx) { return sides[1].api->attention_forward(sides[1].dev, NULL, ctx); }
 static int bench_attn_bwd(void *ctx) { return sides[1].api->attention_backward(sides[1].dev, NULL, ctx); }
 static int bench_lce(void *ctx) { return sides[1].api->linear_cross_entropy(sides[1].dev, NULL, ctx); }
+typedef struct qmatmul_ctx { const finch_weight *w; int64_t out, in; finch_dptr x, y; } qmatmul_ctx;
+static int bench_qmatmul(void *ctx)
+{
+    qmatmul_ctx *c = ctx;
+    return sides[1].api->qmatmul_forward(sides[1].dev, NULL, c->w, c->out, c->in, 1, FINCH_DTYPE_BF16, c->x, c->in, c->y,
+                                         c->out, 0.0f);
+}
+/* A call repeated (queued back to back, one synchronization): for calls of a few microseconds. */
+#define BENCH_REPS 20
+typedef struct repeat_ctx { bench_fn fn; void *ctx; } repeat_ctx;
+static int bench_repeat(void *ctx)
+{
+    repeat_ctx *r = ctx;
+    for (int i = 0; i < BENCH_REPS; i++)
+        if (r->fn(r->ctx)) return 1;
+    return 0;
+}
 
 typedef struct norm_ctx { int64_t n, dim; finch_dptr x, w, y, rstd, dy, dx, dw; } norm_ctx;
 static int bench_rms_fwd(void *ctx)
@@ -1206,6 +1265,62 @@ static int bench_glu_bwd(void *ctx)
     norm_ctx *c = ctx;
     return sides[1].api->glu_backward(sides[1].dev, NULL, FINCH_ACT_SILU, c->n, c->dim, FINCH_DTYPE_BF16, c->x, c->dim,
                                       c->dy, c->dim, c->y, c->dx, c->dw);
+}
+
+/* Batch-1 products of Llama-8B shapes (decode): time and the weight bytes read per second. */
+static void decode_benchmarks(void)
+{
+    static const struct { const char *name; int64_t n, k; int nf4; finch_dtype c; } shapes[] = {
+        {"q/o_proj 4096 -> 4096 bf16", 4096, 4096, 0, FINCH_DTYPE_BF16},
+        {"k/v_proj 4096 -> 1024 bf16", 1024, 4096, 0, FINCH_DTYPE_BF16},
+        {"gate/up 4096 -> 14336 bf16", 14336, 4096, 0, FINCH_DTYPE_BF16},
+        {"down 14336 -> 4096 bf16", 4096, 14336, 0, FINCH_DTYPE_BF16},
+        {"lm head 4096 -> 128256 bf16, f32 out", 128256, 4096, 0, FINCH_DTYPE_F32},
+        {"gate/up 4096 -> 14336 nf4", 14336, 4096, 1, FINCH_DTYPE_BF16},
+        {"down 14336 -> 4096 nf4", 4096, 14336, 1, FINCH_DTYPE_BF16},
+    };
+    char name[96];
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        int64_t n = shapes[i].n, k = shapes[i].k;
+        finch_gemm_desc d;
+        memset(&d, 0, sizeof d);
+        d.m = 1;
+        d.n = n;
+        d.k = k;
+        d.a_type = d.b_type = FINCH_DTYPE_BF16;
+        d.c_type = shapes[i].c;
+        d.a = bench_buffer(FINCH_DTYPE_BF16, (size_t)k, 1.0f);
+        d.c = bench_buffer(shapes[i].c, (size_t)n, 1.0f);
+        d.lda = k;
+        d.ldc = n;
+        d.trans_b = 1;
+        d.batch = 1;
+        d.alpha = 1.0f;
+        double bytes;
+        double t;
+        snprintf(name, sizeof name, "decode m=1 %s (x%d)", shapes[i].name, BENCH_REPS);
+        if (shapes[i].nf4) {
+            finch_weight w;
+            memset(&w, 0, sizeof w);
+            w.dtype = FINCH_DTYPE_NF4;
+            w.blocksize = 64;
+            w.data = bench_buffer(FINCH_DTYPE_U8, (size_t)(n * k / 2), 1.0f);
+            w.absmax = bench_buffer(FINCH_DTYPE_F32, (size_t)(n * k / 64), 0.1f);
+            w.code = bench_buffer(FINCH_DTYPE_F32, 16, 1.0f);
+            qmatmul_ctx q = {&w, n, k, d.a, d.c};
+            repeat_ctx r = {bench_qmatmul, &q};
+            t = bench(name, bench_repeat, &r, 0) / BENCH_REPS;
+            bytes = (double)(n * k) * (0.5 + 4.0 / 64);
+        } else {
+            d.b = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * k), 0.02f);
+            d.ldb = k;
+            repeat_ctx r = {bench_gemm, &d};
+            t = bench(name, bench_repeat, &r, 0) / BENCH_REPS;
+            bytes = (double)(n * k) * 2;
+        }
+        printf("bench %-52s %9.4f ms per call, %.1f GB/s of weights\n", "", t * 1e3, bytes / t * 1e-9);
+        release_all();
+    }
 }
 
 static void benchmarks(void)
@@ -1355,8 +1470,16 @@ static const finch_plugin_api *load_plugin(const char *path, void **handle)
     return api;
 }
 
+/* FINCH_PARITY_ONLY="qmatmul,linear": only the groups named (a short run on a borrowed GPU). */
 static void run(const char *name, void (*fn)(void))
 {
+    const char *only = getenv("FINCH_PARITY_ONLY");
+    if (only && *only) {
+        size_t len = strlen(name);
+        const char *at = only;
+        while ((at = strstr(at, name)) && !((at == only || at[-1] == ',') && (at[len] == ',' || at[len] == 0))) at++;
+        if (!at) return;
+    }
     struct timespec t0, t1;
     int failed = testing_failed;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1400,6 +1523,7 @@ int main(void)
     run("activations and gated units", test_activations);
     run("gemm", test_gemm);
     run("qmatmul", test_qmatmul);
+    run("gemv (a few rows)", test_gemv);
     run("linear", test_linear);
     run("attention", test_attention);
     run("attention_cache", test_attention_cache);
@@ -1411,7 +1535,8 @@ int main(void)
     run("adamw", test_adamw);
     run("adamw8bit", test_adamw8bit);
     const char *b = getenv("FINCH_PARITY_BENCH");
-    if (b && *b && *b != '0') run("benchmarks", benchmarks);
+    if (b && *b && *b != '0' && strcmp(b, "decode")) run("benchmarks", benchmarks);
+    if (b && *b && *b != '0') run("decode benchmarks", decode_benchmarks);
 
     for (int s = 0; s < 2; s++) {
         sides[s].api->device_close(sides[s].dev);

@@ -9,20 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) { free(b); b = NULL; }
-    if (b) b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 static int ids_equal(const finch_tokens *t, const cJSON *ref, const char *what, const char *name, const char *text)
 {
     int n = cJSON_GetArraySize(ref);
@@ -87,7 +73,7 @@ int main(void)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/tokenizers/golden.json", testing_shared_dir());
-    char *text = read_all(path);
+    char *text = testing_read_file(path);
     CHECK(text != NULL, "cannot read %s", path);
     if (!text) return testing_finish();
     cJSON *root = cJSON_Parse(text);

@@ -68,20 +68,6 @@ static int check(const uint8_t *data, size_t size, const char *what, int *violat
     return 0;
 }
 
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) { free(b); b = NULL; }
-    if (b) b[n] = 0;
-    fclose(f);
-    return b;
-}
-
 int main(void)
 {
     mutator m = {0xD1B54A32D192ED03ull, DICT, sizeof DICT / sizeof *DICT};
@@ -91,7 +77,7 @@ int main(void)
     /* text: every golden string (mode byte 0), and mutations of it */
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizers/golden.json", testing_shared_dir());
-    char *golden_text = read_all(path);
+    char *golden_text = testing_read_file(path);
     cJSON *golden = golden_text ? cJSON_Parse(golden_text) : NULL;
     CHECK(golden != NULL, "read %s", path);
     int strings = 0;

@@ -3,6 +3,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
 
 int testing_passed, testing_failed;
 
@@ -42,4 +44,73 @@ void testing_fill_random(float *x, size_t n, unsigned long long seed)
         s ^= s << 13; s ^= s >> 7; s ^= s << 17;
         x[i] = (float)((double)(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
     }
+}
+
+int testing_run(const char *cmd, char *out, size_t size)
+{
+    size_t len = strlen(cmd) + 8;
+    char *full = malloc(len);
+    if (!full) return -1;
+    snprintf(full, len, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    free(full);
+    if (!p) return -1;
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = 0;
+    char rest[4096];   /* what does not fit is read and dropped, so the command never blocks on a full pipe */
+    while (fread(rest, 1, sizeof rest, p) > 0) {}
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+int testing_exec(const char *bin, const char *const *args, const char *out_path, const char *err_path)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(out_path, "w", stdout)) _exit(126);
+        if (err_path ? !freopen(err_path, "w", stderr) : dup2(fileno(stdout), 2) < 0) _exit(126);
+        char *argv[32];
+        int n = 0;
+        argv[n++] = (char *)bin;
+        for (int i = 0; args[i] && n < 31; i++) argv[n++] = (char *)args[i];
+        argv[n] = NULL;
+        execv(bin, argv);
+        _exit(127);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+char *testing_read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
+        free(s);
+        s = NULL;
+    }
+    if (s) s[n] = 0;
+    fclose(f);
+    return s;
+}
+
+int testing_write_sums_jsonl(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    unsigned s = 7;
+    for (int i = 0; i < 64; i++) {
+        s = s * 1103515245u + 12345u;
+        int x = (int)(s >> 16) % 10, y = (int)(s >> 8) % 10;
+        fprintf(f, "{\"messages\": [{\"role\": \"user\", \"content\": \"%d+%d=\"}, {\"role\": \"assistant\", \"content\": \"%d\"}]}\n",
+                x, y, x + y);
+    }
+    return fclose(f) == 0 ? 0 : -1;
 }

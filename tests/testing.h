@@ -30,5 +30,17 @@ const char *testing_tmp_dir(void);
 double testing_rel_err(const float *a, const float *ref, size_t n);
 /* Deterministic pseudo-random floats in [-1, 1). */
 void testing_fill_random(float *x, size_t n, unsigned long long seed);
+/* Runs a shell command with its stdout and stderr in out (NUL-terminated, cut at size - 1 bytes);
+ * returns its exit status, or -1 when it could not run or did not exit. */
+int testing_run(const char *cmd, char *out, size_t size);
+/* Runs program bin with args (NULL-terminated, at most 30) without a shell: stdout to out_path,
+ * stderr to err_path (NULL: into out_path too). Returns the exit status, 128 + the signal when
+ * killed, -1 when it could not run. */
+int testing_exec(const char *bin, const char *const *args, const char *out_path, const char *err_path);
+/* The whole file, NUL-terminated (free() it), or NULL. */
+char *testing_read_file(const char *path);
+/* Writes the CLI tests' training set to path: 64 chats "x+y=" -> "<x+y>" with digits from a fixed
+ * sequence, one JSON object a line. Returns 0, or -1 when the file cannot be written. */
+int testing_write_sums_jsonl(const char *path);
 
 #endif

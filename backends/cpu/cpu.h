@@ -27,8 +27,20 @@ struct finch_plugin_stream {
     int unused;     /* work runs synchronously; the handle only has to be distinct and valid */
 };
 
-/* Threads for OpenMP regions (finch_cpu_set_threads, 0 = all cores). */
+/* --- threads (cpu_parallel.c) ------------------------------------------------------------------ */
+
+/* Threads the backend works on: finch_cpu_set_threads, or the cores this process may run on. */
 int cpu_threads(void);
+/* body(ctx, begin, end, chunk) for each chunk of [0, n): piece `chunk` of `chunks` contiguous, near-equal
+ * pieces, run on the backend's threads and the caller's. Returns when all are done. */
+typedef void (*cpu_chunk_fn)(void *ctx, int64_t begin, int64_t end, int chunk);
+void cpu_parallel(int64_t n, int64_t chunks, void *ctx, cpu_chunk_fn body);
+/* How many chunks cpu_parallel_for cuts [0, n) into: 1 when !wide (too little work to share) or one
+ * thread, else a few per thread. Depends only on n, wide and the thread count. */
+int64_t cpu_chunks(int64_t n, int wide);
+void cpu_parallel_for(int64_t n, int wide, void *ctx, cpu_chunk_fn body);
+/* Stops the pool's threads (cpu_shutdown); the next parallel call starts them again. */
+void cpu_shutdown_threads(void);
 
 /* --- dtypes and addresses (cpu_memory.c) ------------------------------------------------------ */
 

@@ -6,6 +6,33 @@
 
 enum { CHUNK = 1024 };
 
+typedef struct adamw_job {
+    const finch_adamw_desc *d;
+    int64_t n;
+    float *p, *m, *v;
+    const float *g;
+    void *mp, *pp;   /* the f32 master copy (NULL: p is the parameter itself) and the parameter */
+    float decay, step, rbc2;
+} adamw_job;
+
+static void adamw_chunks(void *ctx, int64_t c0, int64_t c1, int chunk)
+{
+    const adamw_job *j = ctx;
+    const finch_adamw_desc *d = j->d;
+    float *p = j->p, *m = j->m, *v = j->v;
+    const float *g = j->g;
+    for (int64_t c = c0; c < c1; c++) {
+        int64_t i0 = c * CHUNK, i1 = j->n - i0 < CHUNK ? j->n : i0 + CHUNK;
+        for (int64_t i = i0; i < i1; i++) {
+            float gi = g[i] * d->grad_scale;
+            m[i] = d->beta1 * m[i] + (1.0f - d->beta1) * gi;
+            v[i] = d->beta2 * v[i] + (1.0f - d->beta2) * gi * gi;
+            p[i] = p[i] * j->decay - j->step * m[i] / (sqrtf(v[i]) * j->rbc2 + d->eps);
+        }
+        if (j->mp) cpu_store(d->param_type, p + i0, i1 - i0, cpu_at(d->param_type, j->pp, i0));
+    }
+}
+
 int cpu_adamw_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d)
 {
     if (!d) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu adamw_step: descriptor is NULL");
@@ -29,17 +56,7 @@ int cpu_adamw_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch
     const float *g = gp;
     const float decay = 1.0f - d->lr * d->weight_decay, step = d->lr / d->bias_correction1;
     const float rbc2 = 1.0f / sqrtf(d->bias_correction2);
-    int64_t chunks = (n + CHUNK - 1) / CHUNK;
-    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (n > (1 << 14))
-    for (int64_t c = 0; c < chunks; c++) {
-        int64_t i0 = c * CHUNK, i1 = n - i0 < CHUNK ? n : i0 + CHUNK;
-        for (int64_t i = i0; i < i1; i++) {
-            float gi = g[i] * d->grad_scale;
-            m[i] = d->beta1 * m[i] + (1.0f - d->beta1) * gi;
-            v[i] = d->beta2 * v[i] + (1.0f - d->beta2) * gi * gi;
-            p[i] = p[i] * decay - step * m[i] / (sqrtf(v[i]) * rbc2 + d->eps);
-        }
-        if (mp) cpu_store(d->param_type, p + i0, i1 - i0, cpu_at(d->param_type, pp, i0));
-    }
+    adamw_job j = {d, n, p, m, v, g, mp, pp, decay, step, rbc2};
+    cpu_parallel_for((n + CHUNK - 1) / CHUNK, n > (1 << 14), &j, adamw_chunks);
     return FINCH_OK;
 }

@@ -19,6 +19,49 @@ static uint8_t nearest_code(const float *map, float x)
     return (uint8_t)lo;
 }
 
+typedef struct adamw8bit_job {
+    const finch_adamw8bit_desc *d;
+    int64_t n, bs;
+    float *p, *m_absmax, *v_absmax;
+    const float *g, *m_map, *v_map;
+    uint8_t *m_codes, *v_codes;
+    void *mp, *pp;   /* the f32 master copy (NULL: p is the parameter itself) and the parameter */
+    float decay, step, rbc2;
+} adamw8bit_job;
+
+static void adamw8bit_blocks(void *ctx, int64_t b0, int64_t b1, int chunk)
+{
+    const adamw8bit_job *j = ctx;
+    const finch_adamw8bit_desc *d = j->d;
+    int64_t n = j->n, bs = j->bs;
+    float *p = j->p, *m_absmax = j->m_absmax, *v_absmax = j->v_absmax;
+    const float *g = j->g, *m_map = j->m_map, *v_map = j->v_map;
+    uint8_t *m_codes = j->m_codes, *v_codes = j->v_codes;
+    void *mp = j->mp, *pp = j->pp;
+    const float decay = j->decay, step = j->step, rbc2 = j->rbc2;
+    for (int64_t b = b0; b < b1; b++) {
+        float m[MAX_BLOCK], v[MAX_BLOCK];
+        int64_t i0 = b * bs, len = n - i0 < bs ? n - i0 : bs;
+        float m_scale = m_absmax[b], v_scale = v_absmax[b], m_max = 0.0f, v_max = 0.0f;
+        for (int64_t k = 0; k < len; k++) {
+            int64_t i = i0 + k;
+            float gi = g[i] * d->grad_scale;
+            m[k] = d->beta1 * (m_map[m_codes[i]] * m_scale) + (1.0f - d->beta1) * gi;
+            v[k] = d->beta2 * (v_map[v_codes[i]] * v_scale) + (1.0f - d->beta2) * gi * gi;
+            p[i] = p[i] * decay - step * m[k] / (sqrtf(v[k]) * rbc2 + d->eps);
+            m_max = fmaxf(m_max, fabsf(m[k]));
+            v_max = fmaxf(v_max, fabsf(v[k]));
+        }
+        for (int64_t k = 0; k < len; k++) {
+            m_codes[i0 + k] = nearest_code(m_map, m_max > 0 ? m[k] / m_max : 0.0f);
+            v_codes[i0 + k] = nearest_code(v_map, v_max > 0 ? v[k] / v_max : 0.0f);
+        }
+        m_absmax[b] = m_max;
+        v_absmax[b] = v_max;
+        if (mp) cpu_store(d->param_type, p + i0, len, cpu_at(d->param_type, pp, i0));
+    }
+}
+
 int cpu_adamw8bit_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d)
 {
     if (!d) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu adamw8bit_step: descriptor is NULL");
@@ -50,27 +93,7 @@ int cpu_adamw8bit_step(finch_plugin_device *dev, finch_plugin_stream *s, const f
     uint8_t *m_codes = mc, *v_codes = vc;
     const float decay = 1.0f - d->lr * d->weight_decay, step = d->lr / d->bias_correction1;
     const float rbc2 = 1.0f / sqrtf(d->bias_correction2);
-    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (n > (1 << 14))
-    for (int64_t b = 0; b < nb; b++) {
-        float m[MAX_BLOCK], v[MAX_BLOCK];
-        int64_t i0 = b * bs, len = n - i0 < bs ? n - i0 : bs;
-        float m_scale = m_absmax[b], v_scale = v_absmax[b], m_max = 0.0f, v_max = 0.0f;
-        for (int64_t k = 0; k < len; k++) {
-            int64_t i = i0 + k;
-            float gi = g[i] * d->grad_scale;
-            m[k] = d->beta1 * (m_map[m_codes[i]] * m_scale) + (1.0f - d->beta1) * gi;
-            v[k] = d->beta2 * (v_map[v_codes[i]] * v_scale) + (1.0f - d->beta2) * gi * gi;
-            p[i] = p[i] * decay - step * m[k] / (sqrtf(v[k]) * rbc2 + d->eps);
-            m_max = fmaxf(m_max, fabsf(m[k]));
-            v_max = fmaxf(v_max, fabsf(v[k]));
-        }
-        for (int64_t k = 0; k < len; k++) {
-            m_codes[i0 + k] = nearest_code(m_map, m_max > 0 ? m[k] / m_max : 0.0f);
-            v_codes[i0 + k] = nearest_code(v_map, v_max > 0 ? v[k] / v_max : 0.0f);
-        }
-        m_absmax[b] = m_max;
-        v_absmax[b] = v_max;
-        if (mp) cpu_store(d->param_type, p + i0, len, cpu_at(d->param_type, pp, i0));
-    }
+    adamw8bit_job j = {d, n, bs, p, m_absmax, v_absmax, g, m_map, v_map, m_codes, v_codes, mp, pp, decay, step, rbc2};
+    cpu_parallel_for(nb, n > (1 << 14), &j, adamw8bit_blocks);
     return FINCH_OK;
 }

@@ -8,6 +8,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -136,59 +137,88 @@ static int attn_setup(const finch_attention_desc *d, int backward, attn *a)
 /* The forward pass of a set-up attn; frees its blocks. Sequence s's queries are rows cu[s] .. of q;
  * its keys are rows kv_start[s] .. of k and v (or the same rows as its queries), and query i sits at
  * key position kv_len[s] - len + i. */
+/* One attention pass over items (query or key blocks of one head), for the chunk bodies below. */
+/* Items differ in cost (causal blocks see more keys the later they sit), so they are handed out in
+ * small chunks: up to 16 a thread. */
+static int64_t attn_chunks(int64_t items, int wide)
+{
+    int64_t chunks = cpu_chunks(items, wide) * 4;
+    return chunks < items ? chunks : items;
+}
+
+typedef struct attn_job attn_job;
+struct attn_job {
+    const attn *a;
+    int64_t L;       /* the most keys (forward) or rows (backward) of any sequence */
+    float *D;        /* backward: D[h, i] = dout_i . o_i */
+    size_t floats;   /* scratch an item needs */
+    void (*item)(const attn_job *job, int64_t it, float *buf);
+    atomic_int oom;
+};
+
+/* job->item for items it0..it1, with one scratch buffer. */
+static void attn_items(void *ctx, int64_t it0, int64_t it1, int chunk)
+{
+    attn_job *job = ctx;
+    float *buf = malloc(job->floats * sizeof(float));
+    if (!buf) {
+        atomic_store(&job->oom, 1);
+        return;
+    }
+    for (int64_t it = it0; it < it1; it++) job->item(job, it, buf);
+    free(buf);
+}
+
+static void forward_item(const attn_job *job, int64_t it, float *buf)
+{
+    const attn a = *job->a;
+    const finch_attention_desc *d = a.d;
+    int64_t hd = d->head_dim, n = d->n_tokens, L = job->L;
+    finch_dtype t = d->dtype;
+    float *kb = buf, *vb = kb + L * hd, *p = vb + L * hd, *qb = p + L, *ob = qb + hd;
+    int64_t blk = it / d->n_heads, h = it % d->n_heads, kvh = h / a.group;
+    int64_t seq = a.block_seq[blk], start = a.cu[seq], len = a.cu[seq + 1] - start;
+    int64_t kstart = a.kv_start ? a.kv_start[seq] : start, klen = a.kv_len ? a.kv_len[seq] : len;
+    int64_t off = klen - len; /* position of query row 0 among the keys */
+    int64_t i0 = a.block_row[blk], i1 = min64(len, i0 + BLOCK), jlo, jhi, unused, ldk, ldv, ldq;
+    keys_of(d, off + i0, klen, &jlo, &unused);
+    keys_of(d, off + i1 - 1, klen, &unused, &jhi);
+    const float *K = head_rows(&a, a.k, d->ldk, kvh, kstart + jlo, kstart + jhi, kb, &ldk);
+    const float *V = head_rows(&a, a.v, d->ldv, kvh, kstart + jlo, kstart + jhi, vb, &ldv);
+    for (int64_t i = i0; i < i1; i++) {
+        const float *q = head_rows(&a, a.q, d->ldq, h, start + i, start + i + 1, qb, &ldq);
+        int64_t lo, hi;
+        keys_of(d, off + i, klen, &lo, &hi);
+        float mx = -INFINITY;
+        for (int64_t j = lo; j < hi; j++) {
+            p[j - lo] = cap(d, d->scale * dot(q, K + (j - jlo) * ldk, hd));
+            mx = fmaxf(mx, p[j - lo]);
+        }
+        float sum = 0;
+        for (int64_t j = lo; j < hi; j++) sum += p[j - lo] = expf(p[j - lo] - mx);
+        for (int64_t e = 0; e < hd; e++) ob[e] = 0;
+        for (int64_t j = lo; j < hi; j++) {
+            const float *vr = V + (j - jlo) * ldv;
+            float w = p[j - lo] / sum;
+            for (int64_t e = 0; e < hd; e++) ob[e] += w * vr[e];
+        }
+        cpu_store(t, ob, hd, cpu_at(t, a.o, (start + i) * d->ldo + h * hd));
+        if (a.lse) ((float *)a.lse)[h * n + start + i] = mx + logf(sum);
+    }
+}
+
+/* The forward pass of a set-up attn; frees its blocks. Sequence s's queries are rows cu[s] .. of q;
+ * its keys are rows kv_start[s] .. of k and v (or the same rows as its queries), and query i sits at
+ * key position kv_len[s] - len + i. */
 static int forward_run(attn *ap)
 {
-    attn a = *ap;
-    const finch_attention_desc *d = a.d;
-    int64_t hd = d->head_dim, n = d->n_tokens, L = a.kv_len ? a.max_kv_len : a.max_len, items = a.blocks * d->n_heads;
-    size_t floats = 2 * (size_t)(L * hd) + (size_t)L + 2 * (size_t)hd;
-    finch_dtype t = d->dtype;
-    int oom = 0;
-    #pragma omp parallel num_threads(cpu_threads()) if (n * hd * L > (1 << 15))
-    {
-        float *buf = malloc(floats * sizeof(float));
-        if (!buf) {
-            #pragma omp atomic write
-            oom = 1;
-        }
-        #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < items; it++) {
-            if (!buf) continue;
-            float *kb = buf, *vb = kb + L * hd, *p = vb + L * hd, *qb = p + L, *ob = qb + hd;
-            int64_t blk = it / d->n_heads, h = it % d->n_heads, kvh = h / a.group;
-            int64_t seq = a.block_seq[blk], start = a.cu[seq], len = a.cu[seq + 1] - start;
-            int64_t kstart = a.kv_start ? a.kv_start[seq] : start, klen = a.kv_len ? a.kv_len[seq] : len;
-            int64_t off = klen - len; /* position of query row 0 among the keys */
-            int64_t i0 = a.block_row[blk], i1 = min64(len, i0 + BLOCK), jlo, jhi, unused, ldk, ldv, ldq;
-            keys_of(d, off + i0, klen, &jlo, &unused);
-            keys_of(d, off + i1 - 1, klen, &unused, &jhi);
-            const float *K = head_rows(&a, a.k, d->ldk, kvh, kstart + jlo, kstart + jhi, kb, &ldk);
-            const float *V = head_rows(&a, a.v, d->ldv, kvh, kstart + jlo, kstart + jhi, vb, &ldv);
-            for (int64_t i = i0; i < i1; i++) {
-                const float *q = head_rows(&a, a.q, d->ldq, h, start + i, start + i + 1, qb, &ldq);
-                int64_t lo, hi;
-                keys_of(d, off + i, klen, &lo, &hi);
-                float mx = -INFINITY;
-                for (int64_t j = lo; j < hi; j++) {
-                    p[j - lo] = cap(d, d->scale * dot(q, K + (j - jlo) * ldk, hd));
-                    mx = fmaxf(mx, p[j - lo]);
-                }
-                float sum = 0;
-                for (int64_t j = lo; j < hi; j++) sum += p[j - lo] = expf(p[j - lo] - mx);
-                for (int64_t e = 0; e < hd; e++) ob[e] = 0;
-                for (int64_t j = lo; j < hi; j++) {
-                    const float *vr = V + (j - jlo) * ldv;
-                    float w = p[j - lo] / sum;
-                    for (int64_t e = 0; e < hd; e++) ob[e] += w * vr[e];
-                }
-                cpu_store(t, ob, hd, cpu_at(t, a.o, (start + i) * d->ldo + h * hd));
-                if (a.lse) ((float *)a.lse)[h * n + start + i] = mx + logf(sum);
-            }
-        }
-        free(buf);
-    }
-    free(a.block_seq);
-    return oom ? cpu_oom(floats * sizeof(float), "attention_forward") : FINCH_OK;
+    const finch_attention_desc *d = ap->d;
+    int64_t hd = d->head_dim, n = d->n_tokens, L = ap->kv_len ? ap->max_kv_len : ap->max_len;
+    attn_job job = {.a = ap, .L = L, .floats = 2 * (size_t)(L * hd) + (size_t)L + 2 * (size_t)hd, .item = forward_item};
+    cpu_parallel(ap->blocks * d->n_heads, attn_chunks(ap->blocks * d->n_heads, n * hd * L > (1 << 15)), &job,
+                 attn_items);
+    free(ap->block_seq);
+    return atomic_load(&job.oom) ? cpu_oom(job.floats * sizeof(float), "attention_forward") : FINCH_OK;
 }
 
 int cpu_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d)
@@ -284,6 +314,98 @@ static void pair_grad(const finch_attention_desc *d, float qk, float lse, float 
     *ds = g * d->scale;   /* d loss / d (q.k) */
 }
 
+static void backward_D(const attn_job *job, int64_t it, float *buf)
+{
+    const attn a = *job->a;
+    const finch_attention_desc *d = a.d;
+    int64_t hd = d->head_dim, n = d->n_tokens, nh = d->n_heads;
+    float *D = job->D;
+    /* D[h, i] = dout_i . o_i */
+    int64_t i = it / nh, h = it % nh, ld;
+    const float *dor = head_rows(&a, a.dout, d->lddout, h, i, i + 1, buf, &ld);
+    const float *orow = head_rows(&a, a.o, d->ldo, h, i, i + 1, buf + hd, &ld);
+    D[h * n + i] = dot(dor, orow, hd);
+}
+
+static void backward_dq(const attn_job *job, int64_t it, float *buf)
+{
+    const attn a = *job->a;
+    const finch_attention_desc *d = a.d;
+    int64_t hd = d->head_dim, n = d->n_tokens, L = job->L, nh = d->n_heads;
+    const float *lse = a.lse;
+    float *D = job->D;
+    finch_dtype t = d->dtype;
+    /* dq, one query block of one head per item */
+    float *kb = buf, *vb = kb + L * hd, *qb = vb + L * hd, *db = qb + hd, *acc = db + hd;
+    int64_t blk = it / nh, h = it % nh, kvh = h / a.group;
+    int64_t seq = a.block_seq[blk], start = a.cu[seq], len = a.cu[seq + 1] - start;
+    int64_t i0 = a.block_row[blk], i1 = min64(len, i0 + BLOCK), jlo, jhi, unused, ldk, ldv, ld;
+    keys_of(d, i0, len, &jlo, &unused);
+    keys_of(d, i1 - 1, len, &unused, &jhi);
+    const float *K = head_rows(&a, a.k, d->ldk, kvh, start + jlo, start + jhi, kb, &ldk);
+    const float *V = head_rows(&a, a.v, d->ldv, kvh, start + jlo, start + jhi, vb, &ldv);
+    for (int64_t i = i0; i < i1; i++) {
+        const float *q = head_rows(&a, a.q, d->ldq, h, start + i, start + i + 1, qb, &ld);
+        const float *dor = head_rows(&a, a.dout, d->lddout, h, start + i, start + i + 1, db, &ld);
+        float li = lse[h * n + start + i], Di = D[h * n + start + i];
+        int64_t lo, hi;
+        keys_of(d, i, len, &lo, &hi);
+        for (int64_t e = 0; e < hd; e++) acc[e] = 0;
+        for (int64_t j = lo; j < hi; j++) {
+            const float *kr = K + (j - jlo) * ldk;
+            float p, ds;
+            pair_grad(d, dot(q, kr, hd), li, dot(dor, V + (j - jlo) * ldv, hd), Di, &p, &ds);
+            for (int64_t e = 0; e < hd; e++) acc[e] += ds * kr[e];
+        }
+        cpu_store(t, acc, hd, cpu_at(t, a.dq, (start + i) * d->lddq + h * hd));
+    }
+}
+
+static void backward_dkdv(const attn_job *job, int64_t it, float *buf)
+{
+    const attn a = *job->a;
+    const finch_attention_desc *d = a.d;
+    int64_t hd = d->head_dim, n = d->n_tokens, L = job->L;
+    const float *lse = a.lse;
+    float *D = job->D;
+    finch_dtype t = d->dtype;
+    /* dk, dv, one key block of one kv head per item, over every query head of its group */
+    float *qb = buf, *db = qb + L * hd, *kb = db + L * hd, *vb = kb + BLOCK * hd;
+    float *dk = vb + BLOCK * hd, *dv = dk + BLOCK * hd;
+    int64_t blk = it / d->n_kv_heads, kvh = it % d->n_kv_heads;
+    int64_t seq = a.block_seq[blk], start = a.cu[seq], len = a.cu[seq + 1] - start;
+    int64_t j0 = a.block_row[blk], j1 = min64(len, j0 + BLOCK), ilo, ihi, unused, ldk, ldv, ldq, ldd;
+    queries_of(d, j0, len, &ilo, &unused);
+    queries_of(d, j1 - 1, len, &unused, &ihi);
+    const float *K = head_rows(&a, a.k, d->ldk, kvh, start + j0, start + j1, kb, &ldk);
+    const float *V = head_rows(&a, a.v, d->ldv, kvh, start + j0, start + j1, vb, &ldv);
+    for (int64_t e = 0; e < (j1 - j0) * hd; e++) dk[e] = dv[e] = 0;
+    for (int64_t h = kvh * a.group; h < (kvh + 1) * a.group; h++) {
+        const float *Q = head_rows(&a, a.q, d->ldq, h, start + ilo, start + ihi, qb, &ldq);
+        const float *DO = head_rows(&a, a.dout, d->lddout, h, start + ilo, start + ihi, db, &ldd);
+        for (int64_t i = ilo; i < ihi; i++) {
+            const float *q = Q + (i - ilo) * ldq, *dor = DO + (i - ilo) * ldd;
+            float li = lse[h * n + start + i], Di = D[h * n + start + i];
+            int64_t lo, hi;
+            keys_of(d, i, len, &lo, &hi);
+            for (int64_t j = max64(lo, j0); j < min64(hi, j1); j++) {
+                float p, ds;
+                pair_grad(d, dot(q, K + (j - j0) * ldk, hd), li, dot(dor, V + (j - j0) * ldv, hd), Di, &p,
+                          &ds);
+                float *dkr = dk + (j - j0) * hd, *dvr = dv + (j - j0) * hd;
+                for (int64_t e = 0; e < hd; e++) {
+                    dkr[e] += ds * q[e];
+                    dvr[e] += p * dor[e];
+                }
+            }
+        }
+    }
+    for (int64_t j = j0; j < j1; j++) {
+        if (a.dk) cpu_store(t, dk + (j - j0) * hd, hd, cpu_at(t, a.dk, (start + j) * d->lddk + kvh * hd));
+        if (a.dv) cpu_store(t, dv + (j - j0) * hd, hd, cpu_at(t, a.dv, (start + j) * d->lddv + kvh * hd));
+    }
+}
+
 int cpu_attention_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d)
 {
     attn a;
@@ -298,95 +420,18 @@ int cpu_attention_backward(finch_plugin_device *dev, finch_plugin_stream *s, con
         return rc;
     }
     int64_t hd = d->head_dim, n = d->n_tokens, L = a.max_len, nh = d->n_heads;
-    const float *lse = a.lse;
-    finch_dtype t = d->dtype;
-    int oom = 0;
-    size_t floats = 4 * (size_t)(L * hd) + 6 * (size_t)hd + 4 * (size_t)(BLOCK * hd);
-    #pragma omp parallel num_threads(cpu_threads()) if (n * hd * L > (1 << 15))
-    {
-        float *buf = malloc(floats * sizeof(float));
-        if (!buf) {
-            #pragma omp atomic write
-            oom = 1;
-        }
-        /* D[h, i] = dout_i . o_i */
-        #pragma omp for schedule(static)
-        for (int64_t it = 0; it < n * nh; it++) {
-            if (!buf) continue;
-            int64_t i = it / nh, h = it % nh, ld;
-            const float *dor = head_rows(&a, a.dout, d->lddout, h, i, i + 1, buf, &ld);
-            const float *orow = head_rows(&a, a.o, d->ldo, h, i, i + 1, buf + hd, &ld);
-            D[h * n + i] = dot(dor, orow, hd);
-        }
-        /* dq, one query block of one head per item */
-        #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < (a.dq ? a.blocks * nh : 0); it++) {
-            if (!buf) continue;
-            float *kb = buf, *vb = kb + L * hd, *qb = vb + L * hd, *db = qb + hd, *acc = db + hd;
-            int64_t blk = it / nh, h = it % nh, kvh = h / a.group;
-            int64_t seq = a.block_seq[blk], start = a.cu[seq], len = a.cu[seq + 1] - start;
-            int64_t i0 = a.block_row[blk], i1 = min64(len, i0 + BLOCK), jlo, jhi, unused, ldk, ldv, ld;
-            keys_of(d, i0, len, &jlo, &unused);
-            keys_of(d, i1 - 1, len, &unused, &jhi);
-            const float *K = head_rows(&a, a.k, d->ldk, kvh, start + jlo, start + jhi, kb, &ldk);
-            const float *V = head_rows(&a, a.v, d->ldv, kvh, start + jlo, start + jhi, vb, &ldv);
-            for (int64_t i = i0; i < i1; i++) {
-                const float *q = head_rows(&a, a.q, d->ldq, h, start + i, start + i + 1, qb, &ld);
-                const float *dor = head_rows(&a, a.dout, d->lddout, h, start + i, start + i + 1, db, &ld);
-                float li = lse[h * n + start + i], Di = D[h * n + start + i];
-                int64_t lo, hi;
-                keys_of(d, i, len, &lo, &hi);
-                for (int64_t e = 0; e < hd; e++) acc[e] = 0;
-                for (int64_t j = lo; j < hi; j++) {
-                    const float *kr = K + (j - jlo) * ldk;
-                    float p, ds;
-                    pair_grad(d, dot(q, kr, hd), li, dot(dor, V + (j - jlo) * ldv, hd), Di, &p, &ds);
-                    for (int64_t e = 0; e < hd; e++) acc[e] += ds * kr[e];
-                }
-                cpu_store(t, acc, hd, cpu_at(t, a.dq, (start + i) * d->lddq + h * hd));
-            }
-        }
-        /* dk, dv, one key block of one kv head per item, over every query head of its group */
-        #pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < (a.dk || a.dv ? a.blocks * d->n_kv_heads : 0); it++) {
-            if (!buf) continue;
-            float *qb = buf, *db = qb + L * hd, *kb = db + L * hd, *vb = kb + BLOCK * hd;
-            float *dk = vb + BLOCK * hd, *dv = dk + BLOCK * hd;
-            int64_t blk = it / d->n_kv_heads, kvh = it % d->n_kv_heads;
-            int64_t seq = a.block_seq[blk], start = a.cu[seq], len = a.cu[seq + 1] - start;
-            int64_t j0 = a.block_row[blk], j1 = min64(len, j0 + BLOCK), ilo, ihi, unused, ldk, ldv, ldq, ldd;
-            queries_of(d, j0, len, &ilo, &unused);
-            queries_of(d, j1 - 1, len, &unused, &ihi);
-            const float *K = head_rows(&a, a.k, d->ldk, kvh, start + j0, start + j1, kb, &ldk);
-            const float *V = head_rows(&a, a.v, d->ldv, kvh, start + j0, start + j1, vb, &ldv);
-            for (int64_t e = 0; e < (j1 - j0) * hd; e++) dk[e] = dv[e] = 0;
-            for (int64_t h = kvh * a.group; h < (kvh + 1) * a.group; h++) {
-                const float *Q = head_rows(&a, a.q, d->ldq, h, start + ilo, start + ihi, qb, &ldq);
-                const float *DO = head_rows(&a, a.dout, d->lddout, h, start + ilo, start + ihi, db, &ldd);
-                for (int64_t i = ilo; i < ihi; i++) {
-                    const float *q = Q + (i - ilo) * ldq, *dor = DO + (i - ilo) * ldd;
-                    float li = lse[h * n + start + i], Di = D[h * n + start + i];
-                    int64_t lo, hi;
-                    keys_of(d, i, len, &lo, &hi);
-                    for (int64_t j = max64(lo, j0); j < min64(hi, j1); j++) {
-                        float p, ds;
-                        pair_grad(d, dot(q, K + (j - j0) * ldk, hd), li, dot(dor, V + (j - j0) * ldv, hd), Di, &p,
-                                  &ds);
-                        float *dkr = dk + (j - j0) * hd, *dvr = dv + (j - j0) * hd;
-                        for (int64_t e = 0; e < hd; e++) {
-                            dkr[e] += ds * q[e];
-                            dvr[e] += p * dor[e];
-                        }
-                    }
-                }
-            }
-            for (int64_t j = j0; j < j1; j++) {
-                if (a.dk) cpu_store(t, dk + (j - j0) * hd, hd, cpu_at(t, a.dk, (start + j) * d->lddk + kvh * hd));
-                if (a.dv) cpu_store(t, dv + (j - j0) * hd, hd, cpu_at(t, a.dv, (start + j) * d->lddv + kvh * hd));
-            }
-        }
-        free(buf);
-    }
+    int wide = n * hd * L > (1 << 15);
+    attn_job job = {.a = &a, .L = L, .D = D,
+                    .floats = 4 * (size_t)(L * hd) + 6 * (size_t)hd + 4 * (size_t)(BLOCK * hd)};
+    job.item = backward_D;
+    cpu_parallel(n * nh, cpu_chunks(n * nh, wide), &job, attn_items);
+    job.item = backward_dq;
+    if (!atomic_load(&job.oom) && a.dq) cpu_parallel(a.blocks * nh, attn_chunks(a.blocks * nh, wide), &job, attn_items);
+    int64_t kv_items = a.blocks * d->n_kv_heads;
+    job.item = backward_dkdv;
+    if (!atomic_load(&job.oom) && (a.dk || a.dv)) cpu_parallel(kv_items, attn_chunks(kv_items, wide), &job, attn_items);
+    int oom = atomic_load(&job.oom);
+    size_t floats = job.floats;
     free(D);
     free(a.block_seq);
     return oom ? cpu_oom(floats * sizeof(float), "attention_backward") : FINCH_OK;

@@ -27,6 +27,24 @@ void cpu_store(finch_dtype t, const float *src, int64_t n, void *dst)
     }
 }
 
+/* Rows of a block converted between t and f32 (to f32 when `load`), for the chunk body below. */
+typedef struct block_job {
+    finch_dtype t;
+    int load;
+    const void *src;
+    void *dst;
+    int64_t cols, ld_src, ld_dst;
+} block_job;
+
+static void convert_rows(void *ctx, int64_t r0, int64_t r1, int chunk)
+{
+    const block_job *b = ctx;
+    for (int64_t r = r0; r < r1; r++) {
+        if (b->load) cpu_load(b->t, cpu_at(b->t, b->src, r * b->ld_src), b->cols, (float *)b->dst + r * b->ld_dst);
+        else cpu_store(b->t, (const float *)b->src + r * b->ld_src, b->cols, cpu_at(b->t, b->dst, r * b->ld_dst));
+    }
+}
+
 const float *cpu_load_block(finch_dtype t, const void *src, int64_t rows, int64_t cols, int64_t ld,
                             float *scratch, int64_t *ld_out)
 {
@@ -34,8 +52,8 @@ const float *cpu_load_block(finch_dtype t, const void *src, int64_t rows, int64_
         *ld_out = ld;
         return src;
     }
-    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (rows * cols > (1 << 16))
-    for (int64_t r = 0; r < rows; r++) cpu_load(t, cpu_at(t, src, r * ld), cols, scratch + r * cols);
+    block_job b = {t, 1, src, scratch, cols, ld, cols};
+    cpu_parallel_for(rows, rows * cols > (1 << 16), &b, convert_rows);
     *ld_out = cols;
     return scratch;
 }
@@ -53,6 +71,6 @@ void cpu_store_block(finch_dtype t, const float *src, int64_t ld_src, int64_t ro
                      int64_t ld)
 {
     if (t == FINCH_DTYPE_F32 && (const void *)src == dst && ld_src == ld) return;
-    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (rows * cols > (1 << 16))
-    for (int64_t r = 0; r < rows; r++) cpu_store(t, src + r * ld_src, cols, cpu_at(t, dst, r * ld));
+    block_job b = {t, 0, src, dst, cols, ld_src, ld};
+    cpu_parallel_for(rows, rows * cols > (1 << 16), &b, convert_rows);
 }

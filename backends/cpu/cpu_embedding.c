@@ -29,6 +29,45 @@ static int embedding_ids(const char *op, int64_t n_tokens, int64_t dim, int64_t 
     return FINCH_OK;
 }
 
+typedef struct embedding_job {
+    int64_t n_tokens, dim, per_row;
+    const int32_t *id;
+    finch_dtype in_type, out_type;   /* table and out (forward), dout and f32 (backward) */
+    const void *in;
+    void *out;
+    float scale;
+} embedding_job;
+
+static void gather_rows(void *ctx, int64_t it0, int64_t it1, int chunk)
+{
+    const embedding_job *e = ctx;
+    int64_t dim = e->dim;
+    for (int64_t it = it0; it < it1; it++) {
+        float buf[CHUNK];
+        int64_t t = it / e->per_row, j0 = (it % e->per_row) * CHUNK, len = dim - j0 < CHUNK ? dim - j0 : CHUNK;
+        cpu_load(e->in_type, cpu_at(e->in_type, e->in, (int64_t)e->id[t] * dim + j0), len, buf);
+        for (int64_t j = 0; j < len; j++) buf[j] *= e->scale;
+        cpu_store(e->out_type, buf, len, cpu_at(e->out_type, e->out, t * dim + j0));
+    }
+}
+
+/* Column blocks bi0..bi1 of the table gradient, every token's row added in token order. */
+static void scatter_columns(void *ctx, int64_t bi0, int64_t bi1, int chunk)
+{
+    const embedding_job *e = ctx;
+    int64_t dim = e->dim;
+    float *dt = e->out;
+    for (int64_t bi = bi0; bi < bi1; bi++) {
+        float buf[CHUNK];
+        int64_t j0 = bi * CHUNK, len = dim - j0 < CHUNK ? dim - j0 : CHUNK;
+        for (int64_t t = 0; t < e->n_tokens; t++) {
+            cpu_load(e->in_type, cpu_at(e->in_type, e->in, t * dim + j0), len, buf);
+            float *row = dt + (int64_t)e->id[t] * dim + j0;
+            for (int64_t j = 0; j < len; j++) row[j] += e->scale * buf[j];
+        }
+    }
+}
+
 int cpu_embedding_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n_tokens, int64_t dim,
                           int64_t vocab, finch_dptr ids, finch_dtype table_type, finch_dptr table,
                           finch_dtype out_type, finch_dptr out, float scale)
@@ -41,15 +80,8 @@ int cpu_embedding_forward(finch_plugin_device *dev, finch_plugin_stream *s, int6
     if (!rc) rc = cpu_matrix(table, table_type, vocab, dim, dim, "embedding_forward: table", &tp);
     if (!rc) rc = cpu_matrix(out, out_type, n_tokens, dim, dim, "embedding_forward: out", &op);
     if (rc) return rc;
-    int64_t per_row = (dim + CHUNK - 1) / CHUNK, items = n_tokens * per_row;
-    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (n_tokens * dim > (1 << 14))
-    for (int64_t it = 0; it < items; it++) {
-        float buf[CHUNK];
-        int64_t t = it / per_row, j0 = (it % per_row) * CHUNK, len = dim - j0 < CHUNK ? dim - j0 : CHUNK;
-        cpu_load(table_type, cpu_at(table_type, tp, (int64_t)id[t] * dim + j0), len, buf);
-        for (int64_t j = 0; j < len; j++) buf[j] *= scale;
-        cpu_store(out_type, buf, len, cpu_at(out_type, op, t * dim + j0));
-    }
+    embedding_job e = {n_tokens, dim, (dim + CHUNK - 1) / CHUNK, id, table_type, out_type, tp, op, scale};
+    cpu_parallel_for(n_tokens * e.per_row, n_tokens * dim > (1 << 14), &e, gather_rows);
     return FINCH_OK;
 }
 
@@ -64,17 +96,7 @@ int cpu_embedding_backward(finch_plugin_device *dev, finch_plugin_stream *s, int
     if (!rc) rc = cpu_matrix(dout, dout_type, n_tokens, dim, dim, "embedding_backward: dout", &dop);
     if (!rc) rc = cpu_matrix(dtable, FINCH_DTYPE_F32, vocab, dim, dim, "embedding_backward: dtable", &dtp);
     if (rc) return rc;
-    float *dt = dtp;
-    int64_t blocks = (dim + CHUNK - 1) / CHUNK;
-    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (n_tokens * dim > (1 << 14))
-    for (int64_t bi = 0; bi < blocks; bi++) {
-        float buf[CHUNK];
-        int64_t j0 = bi * CHUNK, len = dim - j0 < CHUNK ? dim - j0 : CHUNK;
-        for (int64_t t = 0; t < n_tokens; t++) {
-            cpu_load(dout_type, cpu_at(dout_type, dop, t * dim + j0), len, buf);
-            float *row = dt + (int64_t)id[t] * dim + j0;
-            for (int64_t j = 0; j < len; j++) row[j] += scale * buf[j];
-        }
-    }
+    embedding_job e = {n_tokens, dim, 0, id, dout_type, FINCH_DTYPE_F32, dop, dtp, scale};
+    cpu_parallel_for((dim + CHUNK - 1) / CHUNK, n_tokens * dim > (1 << 14), &e, scatter_columns);
     return FINCH_OK;
 }

@@ -21,6 +21,46 @@ static const float *operand_panel(cpu_mat x, int64_t r0, int64_t c0, int64_t row
     return cpu_load_block(x.type, cpu_at(x.type, x.p, r0 * x.ld + c0), rows, cols, x.ld, scratch, ld);
 }
 
+/* One cblas_sgemm, row-major, cut into column or row blocks of C that the backend's threads compute
+ * at once (OpenBLAS itself runs one thread per call: cpu_parallel.c says why). */
+typedef struct sgemm_job {
+    int ta, tb, split_rows;
+    int64_t m, n, k, lda, ldb, ldc;
+    float alpha, beta;
+    const float *a, *b;
+    float *c;
+} sgemm_job;
+
+enum { SGEMM_ALIGN = 16 };   /* block edges, in rows or columns, fall on multiples of this */
+
+static void sgemm_blocks(void *ctx, int64_t u0, int64_t u1, int piece)
+{
+    const sgemm_job *g = ctx;
+    int64_t e0 = u0 * SGEMM_ALIGN, e1 = min64(u1 * SGEMM_ALIGN, g->split_rows ? g->m : g->n);
+    const float *a = g->a, *b = g->b;
+    float *c = g->c;
+    int64_t m = g->m, n = g->n;
+    if (g->split_rows) {   /* rows e0..e1 of C and of op(A) */
+        a += g->ta ? e0 : e0 * g->lda;
+        c += e0 * g->ldc;
+        m = e1 - e0;
+    } else {               /* columns e0..e1 of C and of op(B) */
+        b += g->tb ? e0 * g->ldb : e0;
+        c += e0;
+        n = e1 - e0;
+    }
+    cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, (int)m, (int)n,
+                (int)g->k, g->alpha, a, (int)g->lda, b, (int)g->ldb, g->beta, c, (int)g->ldc);
+}
+
+static void sgemm(int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda,
+                  const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
+{
+    sgemm_job g = {ta, tb, m >= n, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
+    int64_t units = ((g.split_rows ? m : n) + SGEMM_ALIGN - 1) / SGEMM_ALIGN;
+    cpu_parallel_for(units, m * n * k > (1 << 18), &g, sgemm_blocks);
+}
+
 static void scale_block(float *c, int64_t ldc, int64_t m, int64_t n, float beta)
 {
     for (int64_t i = 0; i < m; i++)
@@ -41,8 +81,7 @@ int cpu_gemm(int64_t m, int64_t n, int64_t k, float alpha, cpu_mat a, cpu_mat b,
             scale_block(c, ldc, m, n, beta);
             return FINCH_OK;
         }
-        cblas_sgemm(CblasRowMajor, a.trans ? CblasTrans : CblasNoTrans, b.trans ? CblasTrans : CblasNoTrans,
-                    (int)m, (int)n, (int)k, alpha, a.p, (int)a.ld, b.p, (int)b.ld, beta, c, (int)ldc);
+        sgemm(a.trans, b.trans, m, n, k, alpha, a.p, a.ld, b.p, b.ld, beta, c, ldc);
         return FINCH_OK;
     }
     int64_t pm = min64(m, PANEL_M), pn = min64(n, PANEL_N), pk = min64(k > 0 ? k : 1, PANEL_K);
@@ -65,9 +104,7 @@ int cpu_gemm(int64_t m, int64_t n, int64_t k, float alpha, cpu_mat a, cpu_mat b,
                 int64_t kk = min64(pk, k - k0), lda, ldb;
                 const float *ap = operand_panel(a, m0, k0, mm, kk, sa, &lda);
                 const float *bp = operand_panel(b, k0, n0, kk, nn, sb, &ldb);
-                cblas_sgemm(CblasRowMajor, a.trans ? CblasTrans : CblasNoTrans, b.trans ? CblasTrans : CblasNoTrans,
-                            (int)mm, (int)nn, (int)kk, alpha, ap, (int)lda, bp, (int)ldb, k0 == 0 ? beta : 1.0f,
-                            cp, (int)ldcp);
+                sgemm(a.trans, b.trans, mm, nn, kk, alpha, ap, lda, bp, ldb, k0 == 0 ? beta : 1.0f, cp, ldcp);
             }
             cpu_store_block(c_type, cp, ldcp, mm, nn, cblock, ldc);
         }
@@ -113,6 +150,49 @@ int cpu_gemm_entry(finch_plugin_device *dev, finch_plugin_stream *s, const finch
 
 enum { CHUNK = 1024 };
 
+/* A vector operation, cut into CHUNK-element pieces for the chunk bodies below. */
+typedef struct vector_job {
+    int64_t n;
+    finch_dtype dtype;
+    float alpha, beta;
+    void *x, *y, *out;
+    double *partial;   /* sum_squares: one sum per piece */
+} vector_job;
+
+static void axpby_chunks(void *ctx, int64_t c0, int64_t c1, int piece)
+{
+    const vector_job *v = ctx;
+    finch_dtype dtype = v->dtype;
+    for (int64_t ci = c0; ci < c1; ci++) {
+        float xb[CHUNK], yb[CHUNK];
+        int64_t i0 = ci * CHUNK, len = min64(CHUNK, v->n - i0);
+        cpu_load(dtype, cpu_at(dtype, v->x, i0), len, xb);
+        if (v->y) {
+            cpu_load(dtype, cpu_at(dtype, v->y, i0), len, yb);
+            for (int64_t i = 0; i < len; i++) xb[i] = v->alpha * xb[i] + v->beta * yb[i];
+        } else {
+            for (int64_t i = 0; i < len; i++) xb[i] = v->alpha * xb[i];
+        }
+        cpu_store(dtype, xb, len, cpu_at(dtype, v->out, i0));
+    }
+}
+
+static void sum_squares_chunks(void *ctx, int64_t c0, int64_t c1, int piece)
+{
+    const vector_job *v = ctx;
+    double total = 0;
+    for (int64_t ci = c0; ci < c1; ci++) {
+        float xb[CHUNK];
+        int64_t i0 = ci * CHUNK, len = min64(CHUNK, v->n - i0);
+        cpu_load(v->dtype, cpu_at(v->dtype, v->x, i0), len, xb);
+        float acc = 0;
+        #pragma omp simd reduction(+ : acc)
+        for (int64_t i = 0; i < len; i++) acc += xb[i] * xb[i];
+        total += acc;
+    }
+    v->partial[piece] = total;
+}
+
 int cpu_axpby(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype dtype, float alpha,
               finch_dptr x, float beta, finch_dptr y, finch_dptr out)
 {
@@ -123,20 +203,8 @@ int cpu_axpby(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch
     if (!rc) rc = cpu_matrix_opt(y, dtype, 1, n, n, "axpby: y", &yp);
     if (!rc) rc = cpu_matrix(out, dtype, 1, n, n, "axpby: out", &op);
     if (rc) return rc;
-    int64_t chunks = (n + CHUNK - 1) / CHUNK;
-    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (n > (1 << 15))
-    for (int64_t ci = 0; ci < chunks; ci++) {
-        float xb[CHUNK], yb[CHUNK];
-        int64_t i0 = ci * CHUNK, len = min64(CHUNK, n - i0);
-        cpu_load(dtype, cpu_at(dtype, xp, i0), len, xb);
-        if (yp) {
-            cpu_load(dtype, cpu_at(dtype, yp, i0), len, yb);
-            for (int64_t i = 0; i < len; i++) xb[i] = alpha * xb[i] + beta * yb[i];
-        } else {
-            for (int64_t i = 0; i < len; i++) xb[i] = alpha * xb[i];
-        }
-        cpu_store(dtype, xb, len, cpu_at(dtype, op, i0));
-    }
+    vector_job v = {n, dtype, alpha, beta, xp, yp, op, NULL};
+    cpu_parallel_for((n + CHUNK - 1) / CHUNK, n > (1 << 15), &v, axpby_chunks);
     return FINCH_OK;
 }
 
@@ -149,18 +217,13 @@ int cpu_sum_squares(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n,
     if (!rc) rc = cpu_matrix(x, dtype, 1, n, n, "sum_squares: x", &xp);
     if (!rc) rc = cpu_span(sum_sq, sizeof(float), "sum_squares: sum_sq", &sp);
     if (rc) return rc;
-    int64_t chunks = (n + CHUNK - 1) / CHUNK;
-    double total = 0;
-    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) reduction(+ : total) if (n > (1 << 15))
-    for (int64_t ci = 0; ci < chunks; ci++) {
-        float xb[CHUNK];
-        int64_t i0 = ci * CHUNK, len = min64(CHUNK, n - i0);
-        cpu_load(dtype, cpu_at(dtype, xp, i0), len, xb);
-        float acc = 0;
-        #pragma omp simd reduction(+ : acc)
-        for (int64_t i = 0; i < len; i++) acc += xb[i] * xb[i];
-        total += acc;
-    }
+    int64_t chunks = (n + CHUNK - 1) / CHUNK, pieces = cpu_chunks(chunks, n > (1 << 15));
+    double *partial = calloc(pieces > 0 ? (size_t)pieces : 1, sizeof(double)), total = 0;
+    if (!partial) return cpu_oom((size_t)pieces * sizeof(double), "sum_squares partial sums");
+    vector_job v = {n, dtype, 0, 0, xp, NULL, NULL, partial};
+    cpu_parallel(chunks, pieces, &v, sum_squares_chunks);
+    for (int64_t i = 0; i < pieces; i++) total += partial[i];   /* in piece order: the same sum on every run */
+    free(partial);
     *(float *)sp += (float)total;
     return FINCH_OK;
 }

@@ -75,18 +75,57 @@ static int64_t chunk_rows(const finch_linear_desc *d)
     return rows < d->m ? rows : (d->m > 0 ? d->m : 1);
 }
 
+/* Rows [r0, r0 + rows) of a linear call for the row bodies below. */
+typedef struct rows_job {
+    const finch_linear_desc *d;
+    int64_t r0, cols, ld;
+    const void *src;   /* dropped_x: x; dropout_add: t ([rows, in] f32) */
+    float *dst;        /* dropped_x: [rows, in]; add_bias, dropout_add: the f32 chunk of y or dx */
+    const float *bias;
+} rows_job;
+
+static void dropped_rows(void *ctx, int64_t i0, int64_t i1, int chunk)
+{
+    const rows_job *j = ctx;
+    const finch_linear_desc *d = j->d;
+    int64_t in = d->in_features;
+    float keep_scale = 1.0f / (1.0f - d->dropout);
+    for (int64_t i = i0; i < i1; i++) {
+        float *row = j->dst + i * in;
+        cpu_load(d->act_type, cpu_at(d->act_type, j->src, (j->r0 + i) * d->ldx), in, row);
+        uint64_t base = (uint64_t)(j->r0 + i) * (uint64_t)in;
+        for (int64_t c = 0; c < in; c++)
+            row[c] *= finch_dropout_keep(d->dropout_seed, base + (uint64_t)c, d->dropout) ? keep_scale : 0.0f;
+    }
+}
+
 /* drop(x) for rows [r0, r0+rows) as f32 [rows, in]. */
 static void dropped_x(const finch_linear_desc *d, const void *x, int64_t r0, int64_t rows, float *dst)
 {
+    rows_job j = {.d = d, .r0 = r0, .src = x, .dst = dst};
+    cpu_parallel_for(rows, rows * d->in_features > (1 << 15), &j, dropped_rows);
+}
+
+static void add_bias_rows(void *ctx, int64_t i0, int64_t i1, int chunk)
+{
+    const rows_job *j = ctx;
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t c = 0; c < j->cols; c++) j->dst[i * j->ld + c] += j->bias[c];
+}
+
+/* dx += keep_scale * t where dropout kept x (the gradient through drop()). */
+static void dropout_add_rows(void *ctx, int64_t i0, int64_t i1, int chunk)
+{
+    const rows_job *j = ctx;
+    const finch_linear_desc *d = j->d;
     int64_t in = d->in_features;
+    const float *t = j->src;
     float keep_scale = 1.0f / (1.0f - d->dropout);
-    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (rows * in > (1 << 15))
-    for (int64_t i = 0; i < rows; i++) {
-        float *row = dst + i * in;
-        cpu_load(d->act_type, cpu_at(d->act_type, x, (r0 + i) * d->ldx), in, row);
-        uint64_t base = (uint64_t)(r0 + i) * (uint64_t)in;
-        for (int64_t j = 0; j < in; j++)
-            row[j] *= finch_dropout_keep(d->dropout_seed, base + (uint64_t)j, d->dropout) ? keep_scale : 0.0f;
+    for (int64_t i = i0; i < i1; i++) {
+        uint64_t base = (uint64_t)(j->r0 + i) * (uint64_t)in;
+        for (int64_t c = 0; c < in; c++)
+            if (finch_dropout_keep(d->dropout_seed, base + (uint64_t)c, d->dropout))
+                j->dst[i * j->ld + c] += keep_scale * t[i * in + c];
     }
 }
 
@@ -136,9 +175,8 @@ int cpu_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const f
         cpu_mat xm = chunk_operand(d->act_type, p.x, d->ldx, r0, rows, in, xs);
         rc = cpu_weight_matmul_t(&p.w, out, in, rows, xm, 0.0f, FINCH_DTYPE_F32, yc, ldyc);
         if (!rc && p.bias) {
-            #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (rows * out > (1 << 15))
-            for (int64_t i = 0; i < rows; i++)
-                for (int64_t j = 0; j < out; j++) yc[i * ldyc + j] += bias[j];
+            rows_job j = {.d = d, .cols = out, .ld = ldyc, .dst = yc, .bias = bias};
+            cpu_parallel_for(rows, rows * out > (1 << 15), &j, add_bias_rows);
         }
         if (!rc && r > 0) {
             float *xac = p.xa ? (float *)p.xa + r0 * r : xas;
@@ -175,7 +213,6 @@ int cpu_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const 
     float *dxs = scratch, *xd = dxs + ndx, *t = xd + nxd, *dyb = t + nt, *xas = dyb + ndyb, *ones = xas + nxa;
     float *dys = ones + nones, *xs = dys + ndys;
     for (size_t i = 0; i < nones; i++) ones[i] = 1.0f;
-    float keep_scale = 1.0f / (1.0f - d->dropout);
 
     for (int64_t r0 = 0; r0 < m && !rc; r0 += mc) {
         int64_t rows = m - r0 < mc ? m - r0 : mc;
@@ -200,13 +237,8 @@ int cpu_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const 
                 cpu_mat dybm = {FINCH_DTYPE_F32, dyb, r, 0}, am = {d->param_type, p.lora_a, in, 0};
                 if (d->dropout > 0) {
                     rc = cpu_gemm(rows, in, r, d->scale, dybm, am, 0.0f, FINCH_DTYPE_F32, t, in);
-                    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (rows * in > (1 << 15))
-                    for (int64_t i = 0; i < rows; i++) {
-                        uint64_t base = (uint64_t)(r0 + i) * (uint64_t)in;
-                        for (int64_t j = 0; j < in; j++)
-                            if (finch_dropout_keep(d->dropout_seed, base + (uint64_t)j, d->dropout))
-                                dxc[i * lddxc + j] += keep_scale * t[i * in + j];
-                    }
+                    rows_job j = {.d = d, .r0 = r0, .ld = lddxc, .src = t, .dst = dxc};
+                    if (!rc) cpu_parallel_for(rows, rows * in > (1 << 15), &j, dropout_add_rows);
                 } else {
                     rc = cpu_gemm(rows, in, r, d->scale, dybm, am, 1.0f, FINCH_DTYPE_F32, dxc, lddxc);
                 }

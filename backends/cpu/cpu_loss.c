@@ -5,6 +5,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -59,6 +60,46 @@ static int loss_outputs(const char *op, finch_dptr loss_sum, finch_dptr count, f
     return rc;
 }
 
+/* One cross_entropy call: rows of logits, each chunk's loss sum and count in sums[2 chunk], sums[2 chunk + 1]. */
+typedef struct ce_job {
+    const finch_cross_entropy_desc *d;
+    const int32_t *labels;
+    void *z, *dz;
+    double *sums;
+    atomic_int oom;
+} ce_job;
+
+static void ce_rows(void *ctx, int64_t t0, int64_t t1, int chunk)
+{
+    ce_job *job = ctx;
+    const finch_cross_entropy_desc *d = job->d;
+    int64_t vocab = d->vocab;
+    int f32 = d->dtype == FINCH_DTYPE_F32;
+    double loss_total = 0, counted = 0;
+    float *buf = f32 ? NULL : malloc((size_t)vocab * sizeof(float));
+    if (!f32 && !buf) {
+        atomic_store(&job->oom, 1);
+        return;
+    }
+    for (int64_t t = t0; t < t1; t++) {
+        void *drow = job->dz ? cpu_at(d->dtype, job->dz, t * d->lddlogits) : NULL;
+        if (job->labels[t] == FINCH_IGNORE_INDEX) {
+            if (drow) memset(drow, 0, (size_t)vocab * cpu_dtype_size(d->dtype));
+            continue;
+        }
+        void *zrow = cpu_at(d->dtype, job->z, t * d->ld);
+        int64_t ld;
+        const float *z = cpu_load_block(d->dtype, zrow, 1, vocab, vocab, buf, &ld);
+        float *dz = drow ? (f32 ? drow : buf) : NULL;
+        loss_total += cpu_ce_row(z, dz, vocab, job->labels[t], d->softcap, d->grad_scale);
+        counted += 1;
+        if (drow) cpu_store(d->dtype, dz, vocab, drow);
+    }
+    free(buf);
+    job->sums[2 * chunk] = loss_total;
+    job->sums[2 * chunk + 1] = counted;
+}
+
 int cpu_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s, const finch_cross_entropy_desc *d)
 {
     const char *op = "cross_entropy";
@@ -76,38 +117,47 @@ int cpu_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s, const fi
     if (!rc) rc = loss_outputs(op, d->loss_sum, d->count, &ls, &cnt);
     if (!rc) rc = check_labels(op, lp, n, vocab);
     if (rc) return rc;
-    const int32_t *labels = lp;
-    int f32 = d->dtype == FINCH_DTYPE_F32, oom = 0;
-    double loss_total = 0, counted = 0;
-    #pragma omp parallel num_threads(cpu_threads()) reduction(+ : loss_total, counted) if (n * vocab > (1 << 14))
-    {
-        float *buf = f32 ? NULL : malloc((size_t)vocab * sizeof(float));
-        if (!f32 && !buf) {
-            #pragma omp atomic write
-            oom = 1;
-        }
-        #pragma omp for schedule(static)
-        for (int64_t t = 0; t < n; t++) {
-            if (!f32 && !buf) continue;
-            void *drow = dp ? cpu_at(d->dtype, dp, t * d->lddlogits) : NULL;
-            if (labels[t] == FINCH_IGNORE_INDEX) {
-                if (drow) memset(drow, 0, (size_t)vocab * cpu_dtype_size(d->dtype));
-                continue;
-            }
-            void *zrow = cpu_at(d->dtype, zp, t * d->ld);
-            int64_t ld;
-            const float *z = cpu_load_block(d->dtype, zrow, 1, vocab, vocab, buf, &ld);
-            float *dz = drow ? (f32 ? drow : buf) : NULL;
-            loss_total += cpu_ce_row(z, dz, vocab, labels[t], d->softcap, d->grad_scale);
-            counted += 1;
-            if (drow) cpu_store(d->dtype, dz, vocab, drow);
-        }
-        free(buf);
-    }
+    int64_t chunks = cpu_chunks(n, n * vocab > (1 << 14));
+    double *sums = calloc(2 * (size_t)(chunks > 0 ? chunks : 1), sizeof(double)), loss_total = 0, counted = 0;
+    if (!sums) return cpu_oom(2 * (size_t)chunks * sizeof(double), op);
+    ce_job job = {.d = d, .labels = lp, .z = zp, .dz = dp, .sums = sums};
+    cpu_parallel(n, chunks, &job, ce_rows);
+    for (int64_t c = 0; c < chunks; c++) loss_total += sums[2 * c], counted += sums[2 * c + 1];
+    free(sums);
+    int oom = atomic_load(&job.oom);
     if (oom) return cpu_oom((size_t)vocab * sizeof(float), op);
     if (ls) *ls += (float)loss_total;
     if (cnt) *cnt += (float)counted;
     return FINCH_OK;
+}
+
+/* One chunk of rows of linear_cross_entropy: the f32 logits, turned into their gradient in place. */
+typedef struct lce_job {
+    const finch_linear_cross_entropy_desc *d;
+    const int32_t *labels;
+    float *logits;
+    int want_grad;
+    double *sums;
+} lce_job;
+
+static void lce_rows(void *ctx, int64_t i0, int64_t i1, int chunk)
+{
+    const lce_job *job = ctx;
+    const finch_linear_cross_entropy_desc *d = job->d;
+    int64_t vocab = d->vocab;
+    double loss_total = 0, counted = 0;
+    for (int64_t i = i0; i < i1; i++) {
+        float *z = job->logits + i * vocab;
+        int label = job->labels[i];
+        if (label == FINCH_IGNORE_INDEX) {
+            if (job->want_grad) memset(z, 0, (size_t)vocab * sizeof(float));
+            continue;
+        }
+        loss_total += cpu_ce_row(z, job->want_grad ? z : NULL, vocab, label, d->softcap, d->grad_scale);
+        counted += 1;
+    }
+    job->sums[2 * chunk] = loss_total;
+    job->sums[2 * chunk + 1] = counted;
 }
 
 int cpu_linear_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s,
@@ -141,7 +191,12 @@ int cpu_linear_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s,
     if (chunk < 1) chunk = 1;
     if (chunk > n) chunk = n > 0 ? n : 1;
     float *logits = malloc((size_t)(chunk * vocab) * sizeof(float));
-    if (!logits) return cpu_oom((size_t)(chunk * vocab) * sizeof(float), "linear_cross_entropy logits chunk");
+    double *sums = calloc(2 * (size_t)cpu_chunks(chunk, 1), sizeof(double));
+    if (!logits || !sums) {
+        free(logits);
+        free(sums);
+        return cpu_oom((size_t)(chunk * vocab) * sizeof(float), "linear_cross_entropy logits chunk");
+    }
     int want_grad = grad && (dhp || dwp);
     double loss_total = 0, counted = 0;
     for (int64_t r0 = 0; r0 < n && !rc; r0 += chunk) {
@@ -149,18 +204,10 @@ int cpu_linear_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s,
         cpu_mat hm = {d->act_type, cpu_at(d->act_type, hp, r0 * d->ldh), d->ldh, 0};
         rc = cpu_weight_matmul_t(&w, vocab, dim, rows, hm, 0.0f, FINCH_DTYPE_F32, logits, vocab);
         if (rc) break;
-        #pragma omp parallel for schedule(static) num_threads(cpu_threads()) reduction(+ : loss_total, counted) \
-            if (rows * vocab > (1 << 14))
-        for (int64_t i = 0; i < rows; i++) {
-            float *z = logits + i * vocab;
-            int label = labels[r0 + i];
-            if (label == FINCH_IGNORE_INDEX) {
-                if (want_grad) memset(z, 0, (size_t)vocab * sizeof(float));
-                continue;
-            }
-            loss_total += cpu_ce_row(z, want_grad ? z : NULL, vocab, label, d->softcap, d->grad_scale);
-            counted += 1;
-        }
+        int64_t chunks = cpu_chunks(rows, rows * vocab > (1 << 14));
+        lce_job job = {.d = d, .labels = labels + r0, .logits = logits, .want_grad = want_grad, .sums = sums};
+        cpu_parallel(rows, chunks, &job, lce_rows);
+        for (int64_t c = 0; c < chunks; c++) loss_total += sums[2 * c], counted += sums[2 * c + 1];
         if (!want_grad) continue;
         cpu_mat dz = {FINCH_DTYPE_F32, logits, vocab, 0}, dzt = {FINCH_DTYPE_F32, logits, vocab, 1};
         if (dhp)
@@ -169,6 +216,7 @@ int cpu_linear_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s,
         if (!rc && dwp) rc = cpu_gemm(vocab, dim, rows, 1.0f, dzt, hm, 1.0f, FINCH_DTYPE_F32, dwp, dim);
     }
     free(logits);
+    free(sums);
     if (rc) return rc;
     if (ls) *ls += (float)loss_total;
     if (cnt) *cnt += (float)counted;

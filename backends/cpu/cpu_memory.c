@@ -152,6 +152,51 @@ int cpu_copy(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, f
     return FINCH_OK;
 }
 
+/* One fill, copy_2d or cast call, for the chunk bodies below. */
+typedef struct fill_job {
+    void *dst;
+    int size;   /* 2 or 4 bytes an element */
+    uint32_t bits;
+} fill_job;
+
+static void fill_range(void *ctx, int64_t i0, int64_t i1, int chunk)
+{
+    const fill_job *f = ctx;
+    if (f->size == 4)
+        for (int64_t i = i0; i < i1; i++) ((uint32_t *)f->dst)[i] = f->bits;
+    else
+        for (int64_t i = i0; i < i1; i++) ((uint16_t *)f->dst)[i] = (uint16_t)f->bits;
+}
+
+typedef struct copy_job {
+    finch_dtype src_type, dst_type;
+    const void *src;
+    void *dst;
+    int64_t ld_src, ld_dst, cols;   /* cast: cols is the element count */
+} copy_job;
+
+static void copy_rows(void *ctx, int64_t r0, int64_t r1, int chunk)
+{
+    const copy_job *c = ctx;
+    size_t row_bytes = (size_t)c->cols * cpu_dtype_size(c->src_type);
+    for (int64_t r = r0; r < r1; r++)
+        memmove(cpu_at(c->dst_type, c->dst, r * c->ld_dst), cpu_at(c->src_type, c->src, r * c->ld_src), row_bytes);
+}
+
+enum { CAST_CHUNK = 1024 };
+
+static void cast_chunks(void *ctx, int64_t c0, int64_t c1, int chunk)
+{
+    const copy_job *c = ctx;
+    int64_t n = c->cols;
+    for (int64_t ci = c0; ci < c1; ci++) {
+        float buf[CAST_CHUNK];
+        int64_t i0 = ci * CAST_CHUNK, len = n - i0 < CAST_CHUNK ? n - i0 : CAST_CHUNK;
+        cpu_load(c->src_type, cpu_at(c->src_type, c->src, i0), len, buf);
+        cpu_store(c->dst_type, buf, len, cpu_at(c->dst_type, c->dst, i0));
+    }
+}
+
 int cpu_fill(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, finch_dtype dtype, int64_t count,
              float value)
 {
@@ -168,14 +213,11 @@ int cpu_fill(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, f
             int32_t iv = (int32_t)value;
             memcpy(&bits, &iv, 4);
         }
-        uint32_t *q = p;
-        #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (count > (1 << 18))
-        for (int64_t i = 0; i < count; i++) q[i] = bits;
+        fill_job f = {p, 4, bits};
+        cpu_parallel_for(count, count > (1 << 18), &f, fill_range);
     } else {
-        uint16_t bits = dtype == FINCH_DTYPE_BF16 ? finch_f32_to_bf16(value) : finch_f32_to_f16(value);
-        uint16_t *q = p;
-        #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (count > (1 << 18))
-        for (int64_t i = 0; i < count; i++) q[i] = bits;
+        fill_job f = {p, 2, dtype == FINCH_DTYPE_BF16 ? finch_f32_to_bf16(value) : finch_f32_to_f16(value)};
+        cpu_parallel_for(count, count > (1 << 18), &f, fill_range);
     }
     return FINCH_OK;
 }
@@ -187,9 +229,8 @@ int cpu_copy_2d(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dt
     int rc = cpu_matrix(src, dtype, rows, cols, ld_src, "copy_2d: src", &sp);
     if (!rc) rc = cpu_matrix(dst, dtype, rows, cols, ld_dst, "copy_2d: dst", &dp);
     if (rc) return rc;
-    size_t row_bytes = (size_t)cols * cpu_dtype_size(dtype);
-    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (rows * cols > (1 << 18))
-    for (int64_t r = 0; r < rows; r++) memmove(cpu_at(dtype, dp, r * ld_dst), cpu_at(dtype, sp, r * ld_src), row_bytes);
+    copy_job c = {dtype, dtype, sp, dp, ld_src, ld_dst, cols};
+    cpu_parallel_for(rows, rows * cols > (1 << 18), &c, copy_rows);
     return FINCH_OK;
 }
 
@@ -208,14 +249,7 @@ int cpu_cast(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_
     if (cpu_check_float(src_type, "cast: src") || cpu_check_float(dst_type, "cast: dst"))
         return finch_error(FINCH_ERR_UNSUPPORTED, "cpu cast: %s -> %s is not supported (float types only)",
                            cpu_dtype_name(src_type), cpu_dtype_name(dst_type));
-    enum { CHUNK = 1024 };
-    int64_t chunks = (n + CHUNK - 1) / CHUNK;
-    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (n > (1 << 16))
-    for (int64_t c = 0; c < chunks; c++) {
-        float buf[CHUNK];
-        int64_t i0 = c * CHUNK, len = n - i0 < CHUNK ? n - i0 : CHUNK;
-        cpu_load(src_type, cpu_at(src_type, sp, i0), len, buf);
-        cpu_store(dst_type, buf, len, cpu_at(dst_type, dp, i0));
-    }
+    copy_job c = {src_type, dst_type, sp, dp, 0, 0, n};
+    cpu_parallel_for((n + CAST_CHUNK - 1) / CAST_CHUNK, n > (1 << 16), &c, cast_chunks);
     return FINCH_OK;
 }

@@ -1,11 +1,11 @@
 /* RMSNorm and LayerNorm, forward and backward. One driver serves both: LayerNorm centres rows
- * (mean, and the mean of the gradient), RMSNorm does not. Weight gradients go through per-thread
+ * (mean, and the mean of the gradient), RMSNorm does not. Weight gradients go through per-chunk
  * partial sums reduced in a fixed order, so results do not depend on scheduling. */
 #include "backends/cpu/cpu.h"
 
 #include <inttypes.h>
 #include <math.h>
-#include <omp.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -48,6 +48,105 @@ static int norm_shape(const norm_call *c)
     return rc;
 }
 
+/* One norm call's resolved pointers, for the row bodies below. */
+typedef struct norm_job {
+    const norm_call *c;
+    void *xp, *yp, *mp, *rp, *dyp, *dxp;
+    const float *w, *b;
+    float *pw, *pb;     /* backward: per-chunk partial dw, db ([chunks, dim]), or NULL */
+    float *dw, *db;     /* backward: where the partials are summed */
+    int64_t chunks;
+    atomic_int oom;
+} norm_job;
+
+static void norm_forward_rows(void *ctx, int64_t i0, int64_t i1, int chunk)
+{
+    norm_job *job = ctx;
+    const norm_call *c = job->c;
+    int64_t dim = c->dim;
+    const float *w = job->w, *b = job->b;
+    float *buf = c->dtype == FINCH_DTYPE_F32 ? NULL : malloc(2 * (size_t)dim * sizeof(float));
+    if (c->dtype != FINCH_DTYPE_F32 && !buf) {
+        atomic_store(&job->oom, 1);
+        return;
+    }
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t ld;
+        const float *x = cpu_load_block(c->dtype, cpu_at(c->dtype, job->xp, i * dim), 1, dim, dim, buf, &ld);
+        float *y = cpu_out_block(c->dtype, cpu_at(c->dtype, job->yp, i * dim), dim, buf ? buf + dim : NULL, &ld);
+        float mu = 0, var = 0;
+        if (c->centered) {
+            #pragma omp simd reduction(+ : mu)
+            for (int64_t j = 0; j < dim; j++) mu += x[j];
+            mu /= (float)dim;
+        }
+        #pragma omp simd reduction(+ : var)
+        for (int64_t j = 0; j < dim; j++) var += (x[j] - mu) * (x[j] - mu);
+        float rs = 1.0f / sqrtf(var / (float)dim + c->eps);
+        for (int64_t j = 0; j < dim; j++) y[j] = (x[j] - mu) * rs * w[j] + b[j];
+        cpu_store(c->dtype, y, dim, cpu_at(c->dtype, job->yp, i * dim));
+        if (job->rp) ((float *)job->rp)[i] = rs;
+        if (job->mp) ((float *)job->mp)[i] = mu;
+    }
+    free(buf);
+}
+
+static void norm_backward_rows(void *ctx, int64_t i0, int64_t i1, int chunk)
+{
+    norm_job *job = ctx;
+    const norm_call *c = job->c;
+    int64_t dim = c->dim;
+    const float *w = job->w;
+    float *buf = malloc(4 * (size_t)dim * sizeof(float));
+    if (!buf) {
+        atomic_store(&job->oom, 1);
+        return;
+    }
+    float *my_dw = job->pw ? job->pw + (size_t)chunk * dim : NULL;
+    float *my_db = job->pb ? job->pb + (size_t)chunk * dim : NULL;
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t ld;
+        const float *x = cpu_load_block(c->dtype, cpu_at(c->dtype, job->xp, i * dim), 1, dim, dim, buf, &ld);
+        const float *dy = cpu_load_block(c->dtype, cpu_at(c->dtype, job->dyp, i * dim), 1, dim, dim, buf + dim, &ld);
+        float *xhat = buf + 2 * dim, *g = buf + 3 * dim;
+        float rs = ((float *)job->rp)[i], mu = job->mp ? ((float *)job->mp)[i] : 0.0f, g_mean = 0, gx_mean = 0;
+        #pragma omp simd reduction(+ : g_mean, gx_mean)
+        for (int64_t j = 0; j < dim; j++) {
+            xhat[j] = (x[j] - mu) * rs;
+            g[j] = dy[j] * w[j];
+            g_mean += g[j];
+            gx_mean += g[j] * xhat[j];
+        }
+        g_mean = c->centered ? g_mean / (float)dim : 0.0f;
+        gx_mean /= (float)dim;
+        if (my_dw) for (int64_t j = 0; j < dim; j++) my_dw[j] += dy[j] * xhat[j];
+        if (my_db) for (int64_t j = 0; j < dim; j++) my_db[j] += dy[j];
+        if (!job->dxp) continue;
+        void *dxrow = cpu_at(c->dtype, job->dxp, i * dim);
+        for (int64_t j = 0; j < dim; j++) g[j] = rs * (g[j] - g_mean - xhat[j] * gx_mean);
+        if (c->dx_accumulate) {
+            float *old = buf;   /* x is no longer needed */
+            cpu_load(c->dtype, dxrow, dim, old);
+            for (int64_t j = 0; j < dim; j++) g[j] += old[j];
+        }
+        cpu_store(c->dtype, g, dim, dxrow);
+    }
+    free(buf);
+}
+
+/* dw, db += the chunks' partial sums, chunk by chunk in order. */
+static void norm_reduce_columns(void *ctx, int64_t j0, int64_t j1, int chunk)
+{
+    const norm_job *job = ctx;
+    int64_t dim = job->c->dim;
+    for (int64_t j = j0; j < j1; j++) {
+        for (int64_t t = 0; t < job->chunks; t++) {
+            if (job->dw) job->dw[j] += job->pw[(size_t)t * dim + j];
+            if (job->db) job->db[j] += job->pb[(size_t)t * dim + j];
+        }
+    }
+}
+
 static int norm_forward(const norm_call *c)
 {
     int64_t n = c->n, dim = c->dim;
@@ -70,40 +169,10 @@ static int norm_forward(const norm_call *c)
     if (!rc) rc = load_vector(c, c->b, "b", 0.0f, 0.0f, b);
     if (!rc && c->centered == 0 && !c->w.buf)
         rc = finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu %s: weight is absent", c->op);
-    int oom = 0;
-    if (!rc) {
-        #pragma omp parallel num_threads(cpu_threads()) if (n * dim > (1 << 14))
-        {
-            float *buf = c->dtype == FINCH_DTYPE_F32 ? NULL : malloc(2 * (size_t)dim * sizeof(float));
-            if (c->dtype != FINCH_DTYPE_F32 && !buf) {
-                #pragma omp atomic write
-                oom = 1;
-            }
-            #pragma omp for schedule(static)
-            for (int64_t i = 0; i < n; i++) {
-                if (c->dtype != FINCH_DTYPE_F32 && !buf) continue;
-                int64_t ld;
-                const float *x = cpu_load_block(c->dtype, cpu_at(c->dtype, xp, i * dim), 1, dim, dim, buf, &ld);
-                float *y = cpu_out_block(c->dtype, cpu_at(c->dtype, yp, i * dim), dim, buf ? buf + dim : NULL, &ld);
-                float mu = 0, var = 0;
-                if (c->centered) {
-                    #pragma omp simd reduction(+ : mu)
-                    for (int64_t j = 0; j < dim; j++) mu += x[j];
-                    mu /= (float)dim;
-                }
-                #pragma omp simd reduction(+ : var)
-                for (int64_t j = 0; j < dim; j++) var += (x[j] - mu) * (x[j] - mu);
-                float rs = 1.0f / sqrtf(var / (float)dim + c->eps);
-                for (int64_t j = 0; j < dim; j++) y[j] = (x[j] - mu) * rs * w[j] + b[j];
-                cpu_store(c->dtype, y, dim, cpu_at(c->dtype, yp, i * dim));
-                if (rp) ((float *)rp)[i] = rs;
-                if (mp) ((float *)mp)[i] = mu;
-            }
-            free(buf);
-        }
-    }
+    norm_job job = {.c = c, .xp = xp, .yp = yp, .mp = mp, .rp = rp, .w = w, .b = b};
+    if (!rc) cpu_parallel_for(n, n * dim > (1 << 14), &job, norm_forward_rows);
     free(wb);
-    if (!rc && oom) rc = cpu_oom(2 * (size_t)dim * sizeof(float), c->op);
+    if (!rc && atomic_load(&job.oom)) rc = cpu_oom(2 * (size_t)dim * sizeof(float), c->op);
     return rc;
 }
 
@@ -128,66 +197,21 @@ static int norm_backward(const norm_call *c)
     MAT(dbp, db, FINCH_DTYPE_F32, 1, dim, 0)
 #undef MAT
     if (!c->centered && !c->w.buf) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu %s: weight is absent", c->op);
-    int threads = cpu_threads();
+    int64_t chunks = cpu_chunks(n, n * dim > (1 << 14));
     int partials = (dwp != NULL) + (dbp != NULL);
-    size_t wfloats = (size_t)dim + (size_t)threads * (size_t)partials * (size_t)dim;
+    size_t wfloats = (size_t)dim + (size_t)chunks * (size_t)partials * (size_t)dim;
     float *w = calloc(wfloats, sizeof(float));
     if (!w) return cpu_oom(wfloats * sizeof(float), c->op);
-    float *pw = w + dim, *pb = pw + (dwp ? (size_t)threads * dim : 0);
+    float *pw = w + dim, *pb = pw + (dwp ? (size_t)chunks * dim : 0);
     if ((rc = load_vector(c, c->w, "w", c->weight_offset, 1.0f, w))) {
         free(w);
         return rc;
     }
-    int oom = 0;
-    #pragma omp parallel num_threads(threads) if (n * dim > (1 << 14))
-    {
-        int tid = omp_get_thread_num();
-        float *buf = malloc(4 * (size_t)dim * sizeof(float));
-        if (!buf) {
-            #pragma omp atomic write
-            oom = 1;
-        }
-        float *my_dw = dwp ? pw + (size_t)tid * dim : NULL, *my_db = dbp ? pb + (size_t)tid * dim : NULL;
-        #pragma omp for schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            if (!buf) continue;
-            int64_t ld;
-            const float *x = cpu_load_block(c->dtype, cpu_at(c->dtype, xp, i * dim), 1, dim, dim, buf, &ld);
-            const float *dy = cpu_load_block(c->dtype, cpu_at(c->dtype, dyp, i * dim), 1, dim, dim, buf + dim, &ld);
-            float *xhat = buf + 2 * dim, *g = buf + 3 * dim;
-            float rs = ((float *)rp)[i], mu = mp ? ((float *)mp)[i] : 0.0f, g_mean = 0, gx_mean = 0;
-            #pragma omp simd reduction(+ : g_mean, gx_mean)
-            for (int64_t j = 0; j < dim; j++) {
-                xhat[j] = (x[j] - mu) * rs;
-                g[j] = dy[j] * w[j];
-                g_mean += g[j];
-                gx_mean += g[j] * xhat[j];
-            }
-            g_mean = c->centered ? g_mean / (float)dim : 0.0f;
-            gx_mean /= (float)dim;
-            if (my_dw) for (int64_t j = 0; j < dim; j++) my_dw[j] += dy[j] * xhat[j];
-            if (my_db) for (int64_t j = 0; j < dim; j++) my_db[j] += dy[j];
-            if (!dxp) continue;
-            void *dxrow = cpu_at(c->dtype, dxp, i * dim);
-            for (int64_t j = 0; j < dim; j++) g[j] = rs * (g[j] - g_mean - xhat[j] * gx_mean);
-            if (c->dx_accumulate) {
-                float *old = buf;   /* x is no longer needed */
-                cpu_load(c->dtype, dxrow, dim, old);
-                for (int64_t j = 0; j < dim; j++) g[j] += old[j];
-            }
-            cpu_store(c->dtype, g, dim, dxrow);
-        }
-        free(buf);
-    }
-    if (!oom) {
-        #pragma omp parallel for schedule(static) num_threads(threads) if (dim * threads > (1 << 14))
-        for (int64_t j = 0; j < dim; j++) {
-            for (int t = 0; t < threads; t++) {
-                if (dwp) ((float *)dwp)[j] += pw[(size_t)t * dim + j];
-                if (dbp) ((float *)dbp)[j] += pb[(size_t)t * dim + j];
-            }
-        }
-    }
+    norm_job job = {.c = c, .xp = xp, .mp = mp, .rp = rp, .dyp = dyp, .dxp = dxp, .w = w, .pw = dwp ? pw : NULL,
+                    .pb = dbp ? pb : NULL, .dw = dwp, .db = dbp, .chunks = chunks};
+    cpu_parallel(n, chunks, &job, norm_backward_rows);
+    int oom = atomic_load(&job.oom);
+    if (!oom && partials) cpu_parallel_for(dim, dim * chunks > (1 << 14), &job, norm_reduce_columns);
     free(w);
     return oom ? cpu_oom(4 * (size_t)dim * sizeof(float), c->op) : FINCH_OK;
 }

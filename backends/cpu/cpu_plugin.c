@@ -1,30 +1,19 @@
-/* The CPU backend's plugin table, its one device, streams and threads. */
+/* The CPU backend's plugin table, its one device and streams. */
 #include "backends/backend.h"
 #include "backends/cpu/cpu.h"
 
 #include <cblas.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-static int requested_threads;   /* finch_cpu_set_threads; 0 = all cores */
-
-void finch_cpu_set_threads(int n_threads) { requested_threads = n_threads > 0 ? n_threads : 0; }
-
-int cpu_threads(void)
-{
-    if (requested_threads > 0) return requested_threads;
-    int n = omp_get_num_procs();
-    return n > 0 ? n : 1;
-}
+#include <unistd.h>
 
 int cpu_init(void)
 {
-    openblas_set_num_threads(cpu_threads());
+    openblas_set_num_threads(1);   /* cpu_gemm runs products on the backend's own threads (cpu_parallel.c) */
     return FINCH_OK;
 }
 
-void cpu_shutdown(void) {}
+void cpu_shutdown(void) { cpu_shutdown_threads(); }
 
 const char *cpu_last_error(void) { return finch_last_error(); }
 
@@ -82,10 +71,10 @@ int cpu_device_details(int index, char *buf, size_t size)
 {
     if (index != 0) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu: no device %d (there is one: 0)", index);
     snprintf(buf, size,
-             "threads: %d (OpenMP %d, %d processors)\n"
+             "threads: %d (%ld processors online)\n"
              "BLAS: %s\n"
-             "BLAS threads: %d\n",
-             cpu_threads(), (int)_OPENMP, omp_get_num_procs(), openblas_get_config(), openblas_get_num_threads());
+             "BLAS threads: %d per product\n",
+             cpu_threads(), sysconf(_SC_NPROCESSORS_ONLN), openblas_get_config(), openblas_get_num_threads());
     return FINCH_OK;
 }
 
@@ -96,7 +85,7 @@ int cpu_device_open(int index, finch_plugin_device **out)
     finch_plugin_device *dev = malloc(sizeof *dev);
     if (!dev) return cpu_oom(sizeof *dev, "device_open");
     dev->index = 0;
-    openblas_set_num_threads(cpu_threads());
+    openblas_set_num_threads(1);
     *out = dev;
     return FINCH_OK;
 }

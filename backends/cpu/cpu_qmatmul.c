@@ -46,18 +46,23 @@ int cpu_weight_resolve(const finch_weight *w, int64_t out_features, int64_t in_f
     return FINCH_OK;
 }
 
-/* dst [r1-r0, c1-c0] (row stride c1-c0) = dequantised W[r0:r1, c0:c1]. */
-static void dequant_tile(const cpu_weight *w, int64_t in_features, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
-                         float *dst)
+typedef struct dequant_job {
+    const cpu_weight *w;
+    int64_t in_features, r0, c0, c1;
+    float *dst;
+} dequant_job;
+
+static void dequant_rows(void *ctx, int64_t i0, int64_t i1, int chunk)
 {
+    const dequant_job *j = ctx;
+    const cpu_weight *w = j->w;
     const uint8_t *q = w->data;
-    int64_t cols = c1 - c0, bs = w->blocksize;
+    int64_t cols = j->c1 - j->c0, bs = w->blocksize;
     float code[16];
     memcpy(code, w->code, sizeof code);
-    #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if ((r1 - r0) * cols > (1 << 15))
-    for (int64_t r = r0; r < r1; r++) {
-        float *out = dst + (r - r0) * cols;
-        int64_t e = r * in_features + c0, e_end = e + cols;
+    for (int64_t r = j->r0 + i0; r < j->r0 + i1; r++) {
+        float *out = j->dst + (r - j->r0) * cols;
+        int64_t e = r * j->in_features + j->c0, e_end = e + cols;
         while (e < e_end) {   /* one absmax block at a time */
             int64_t blk = e / bs, stop = (blk + 1) * bs < e_end ? (blk + 1) * bs : e_end;
             float scale = w->absmax[blk];
@@ -68,6 +73,14 @@ static void dequant_tile(const cpu_weight *w, int64_t in_features, int64_t r0, i
             }
         }
     }
+}
+
+/* dst [r1-r0, c1-c0] (row stride c1-c0) = dequantised W[r0:r1, c0:c1]. */
+static void dequant_tile(const cpu_weight *w, int64_t in_features, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                         float *dst)
+{
+    dequant_job j = {w, in_features, r0, c0, c1, dst};
+    cpu_parallel_for(r1 - r0, (r1 - r0) * (c1 - c0) > (1 << 15), &j, dequant_rows);
 }
 
 int cpu_weight_matmul_t(const cpu_weight *w, int64_t out_features, int64_t in_features, int64_t m, cpu_mat x,

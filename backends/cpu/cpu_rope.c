@@ -4,8 +4,51 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+typedef struct rope_job {
+    const finch_rope_desc *d;
+    float direction;
+    void *x;
+    const int32_t *pos;
+    const float *inv_freq;
+    const int *sec;   /* the position section of each rotated pair */
+    atomic_int oom;
+} rope_job;
+
+static void rope_tokens(void *ctx, int64_t t0, int64_t t1, int chunk)
+{
+    rope_job *job = ctx;
+    const finch_rope_desc *d = job->d;
+    int64_t half = d->rot_dim / 2;
+    /* cos, sin for the token, then one head's rotated part in f32 */
+    float *buf = malloc((size_t)(2 * half + d->rot_dim) * sizeof(float));
+    if (!buf) {
+        atomic_store(&job->oom, 1);
+        return;
+    }
+    for (int64_t t = t0; t < t1; t++) {
+        float *cs = buf, *sn = buf + half, *v = buf + 2 * half;
+        for (int64_t j = 0; j < half; j++) {
+            float theta = (float)job->pos[(int64_t)job->sec[j] * d->n_tokens + t] * job->inv_freq[j];
+            cs[j] = cosf(theta) * d->attn_factor;
+            sn[j] = job->direction * sinf(theta) * d->attn_factor;
+        }
+        for (int64_t h = 0; h < d->n_heads; h++) {
+            void *head = cpu_at(d->dtype, job->x, t * d->ldx + h * d->head_dim);
+            cpu_load(d->dtype, head, d->rot_dim, v);
+            for (int64_t j = 0; j < half; j++) {
+                float x1 = v[j], x2 = v[j + half];
+                v[j] = x1 * cs[j] - x2 * sn[j];
+                v[j + half] = x2 * cs[j] + x1 * sn[j];
+            }
+            cpu_store(d->dtype, v, d->rot_dim, head);
+        }
+    }
+    free(buf);
+}
 
 static int rope(const finch_rope_desc *d, float direction, const char *op)
 {
@@ -39,45 +82,15 @@ static int rope(const finch_rope_desc *d, float direction, const char *op)
     if ((rc = cpu_matrix(d->positions, FINCH_DTYPE_I32, d->n_sections, d->n_tokens, d->n_tokens, what, &pp))) return rc;
     snprintf(what, sizeof what, "%s: inv_freq", op);
     if ((rc = cpu_matrix(d->inv_freq, FINCH_DTYPE_F32, 1, half, half, what, &fp))) return rc;
-    const int32_t *pos = pp;
-    const float *inv_freq = fp;
     int section_of[4096 / 2 + 1], *sec = half <= 2048 ? section_of : malloc((size_t)half * sizeof(int));
     if (!sec) return cpu_oom((size_t)half * sizeof(int), op);
     for (int64_t j = 0, s = 0, end = d->sections[0]; j < half; j++) {
         while (j >= end) end += d->sections[++s];
         sec[j] = (int)s;
     }
-    int oom = 0;
-    #pragma omp parallel num_threads(cpu_threads()) if (d->n_tokens * width > (1 << 14))
-    {
-        /* cos, sin for the token, then one head's rotated part in f32 */
-        float *buf = malloc((size_t)(2 * half + d->rot_dim) * sizeof(float));
-        if (!buf) {
-            #pragma omp atomic write
-            oom = 1;
-        }
-        #pragma omp for schedule(static)
-        for (int64_t t = 0; t < d->n_tokens; t++) {
-            if (!buf) continue;
-            float *cs = buf, *sn = buf + half, *v = buf + 2 * half;
-            for (int64_t j = 0; j < half; j++) {
-                float theta = (float)pos[(int64_t)sec[j] * d->n_tokens + t] * inv_freq[j];
-                cs[j] = cosf(theta) * d->attn_factor;
-                sn[j] = direction * sinf(theta) * d->attn_factor;
-            }
-            for (int64_t h = 0; h < d->n_heads; h++) {
-                void *head = cpu_at(d->dtype, xp, t * d->ldx + h * d->head_dim);
-                cpu_load(d->dtype, head, d->rot_dim, v);
-                for (int64_t j = 0; j < half; j++) {
-                    float x1 = v[j], x2 = v[j + half];
-                    v[j] = x1 * cs[j] - x2 * sn[j];
-                    v[j + half] = x2 * cs[j] + x1 * sn[j];
-                }
-                cpu_store(d->dtype, v, d->rot_dim, head);
-            }
-        }
-        free(buf);
-    }
+    rope_job job = {.d = d, .direction = direction, .x = xp, .pos = pp, .inv_freq = fp, .sec = sec};
+    cpu_parallel_for(d->n_tokens, d->n_tokens * width > (1 << 14), &job, rope_tokens);
+    int oom = atomic_load(&job.oom);
     if (sec != section_of) free(sec);
     return oom ? cpu_oom((size_t)(2 * half + d->rot_dim) * sizeof(float), op) : FINCH_OK;
 }

@@ -91,6 +91,10 @@ typedef struct finch_load_options {
     int quant_type;            /* FINCH_QUANT_NF4 (0) or FINCH_QUANT_FP4 */
     int64_t quant_blocksize;   /* elements per absmax scale: 32..4096, a power of two; 0 = 64 */
     int double_quant;          /* 1: absmax itself in 8 bits (bitsandbytes' compress_statistics) */
+    /* With gradient checkpointing: the layer inputs kept for backward go to host memory as each layer
+     * finishes and come back one layer at a time in backward, so the device holds two of them instead
+     * of one per layer (long contexts). The copies are synchronous: training steps are slower. */
+    int offload_activations;
 } finch_load_options;
 
 enum { FINCH_QUANT_NF4 = 0, FINCH_QUANT_FP4 = 1 };

@@ -314,71 +314,128 @@ static int gemm_lt(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t 
 
 /* ---- NF4 through cuBLASLt ------------------------------------------------------------------- */
 /* Below this many rows of activations the tiled kernel, which reads the 4-bit codes directly, moves
- * fewer bytes than dequantizing a chunk first. */
+ * fewer bytes than dequantizing a slice first. */
 #define NF4_LT_MIN_ROWS 64
-/* Elements of W dequantized at a time: a bounded scratch, never a full copy of a large weight. */
-#define NF4_CHUNK_ELEMS (64ll << 20)
+/* Elements of W dequantized at a time (32 MiB of bf16): a bounded scratch, never a full copy of a
+ * large weight (an 8B model's MLP weights take four slices). FINCH_CUDA_NF4_SLICE_ELEMS overrides it
+ * (the parity test cuts small weights into many slices with it). */
+#define NF4_SLICE_ELEMS (16ll << 20)
 
+static int64_t nf4_slice_elems(void)
+{
+    const char *e = getenv("FINCH_CUDA_NF4_SLICE_ELEMS");
+    long long v = e && *e ? atoll(e) : 0;
+    return v > 0 ? (int64_t)v : NF4_SLICE_ELEMS;
+}
+
+/* deq(W)[r0 + i][c0 + j] for i < rows, j < width, into out (row stride width) in A's storage type;
+ * W is [., cols_w], flattened for the blocks. One element per thread. */
 template <typename T>
 __global__ void nf4_dequant_kernel(const unsigned char *data, const float *absmax, const float *code, int64_t blocksize,
-                                   int64_t e0, int64_t count, T *out)
+                                   int64_t cols_w, int64_t r0, int64_t c0, int64_t rows, int64_t width, T *out)
 {
     __shared__ float table[16];
     if (threadIdx.x < 16) table[threadIdx.x] = code[threadIdx.x];
     __syncthreads();
+    int64_t count = rows * width;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t e = e0 + i;
+        int64_t r = i / width, e = (r0 + r) * cols_w + c0 + (i - r * width);
         unsigned char byte = data[e >> 1];
         out[i] = from_f32<T>(table[(e & 1) ? (byte & 15) : (byte >> 4)] * absmax[e / blocksize]);
     }
 }
 
-static int nf4_dequant(gpuStream_t st, const gpu_operand *w, int64_t e0, int64_t count, finch_dtype t, void *out)
+template <typename T> struct __align__(16) nf4_pack8 { T v[8]; };
+
+/* The same, eight elements (four packed bytes, one absmax) per thread, when every run of eight
+ * starts a 4-byte word and sits inside one block: cols_w, c0 and width multiples of 8, blocksize
+ * a multiple of 8, data 4-byte aligned. */
+template <typename T>
+__global__ void nf4_dequant8_kernel(const unsigned char *data, const float *absmax, const float *code, int64_t blocksize,
+                                    int64_t cols_w, int64_t r0, int64_t c0, int64_t rows, int64_t width, T *out)
+{
+    __shared__ float table[16];
+    if (threadIdx.x < 16) table[threadIdx.x] = code[threadIdx.x];
+    __syncthreads();
+    int64_t count8 = rows * width / 8;
+    for (int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; v < count8; v += (int64_t)gridDim.x * blockDim.x) {
+        int64_t i = v * 8, r = i / width, e = (r0 + r) * cols_w + c0 + (i - r * width);
+        unsigned word = *(const unsigned *)(data + (e >> 1));
+        float scale = absmax[e / blocksize];
+        nf4_pack8<T> p;
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+            unsigned byte = (word >> (8 * b)) & 255u; /* little-endian: byte b holds elements 2b (high nibble), 2b+1 */
+            p.v[2 * b] = from_f32<T>(table[byte >> 4] * scale);
+            p.v[2 * b + 1] = from_f32<T>(table[byte & 15] * scale);
+        }
+        *(nf4_pack8<T> *)(out + i) = p;
+    }
+}
+
+static int nf4_dequant(gpuStream_t st, const gpu_operand *w, int64_t r0, int64_t c0, int64_t rows, int64_t width, finch_dtype t,
+                       void *out)
 {
     const unsigned char *data = (const unsigned char *)w->ptr;
-    unsigned blocks = gpu_blocks(count, 256);
-    FINCH_DISPATCH_FLOAT(t, T, "nf4 dequantize",
-        nf4_dequant_kernel<T><<<blocks, 256, 0, st>>>(data, w->absmax, w->code, w->blocksize, e0, count, (T *)out));
+    int64_t cols_w = w->ld;
+    int vec = cols_w % 8 == 0 && c0 % 8 == 0 && width % 8 == 0 && w->blocksize % 8 == 0 && ((uintptr_t)data & 3) == 0 &&
+              ((uintptr_t)out & 15) == 0;
+    if (vec) {
+        unsigned blocks = gpu_blocks(rows * width / 8, 256);
+        FINCH_DISPATCH_FLOAT(t, T, "nf4 dequantize",
+            nf4_dequant8_kernel<T><<<blocks, 256, 0, st>>>(data, w->absmax, w->code, w->blocksize, cols_w, r0, c0, rows, width, (T *)out));
+    } else {
+        unsigned blocks = gpu_blocks(rows * width, 256);
+        FINCH_DISPATCH_FLOAT(t, T, "nf4 dequantize",
+            nf4_dequant_kernel<T><<<blocks, 256, 0, st>>>(data, w->absmax, w->code, w->blocksize, cols_w, r0, c0, rows, width, (T *)out));
+    }
     return GPU_LAUNCHED("nf4 dequantize");
 }
 
-/* C = alpha op(A) op(W) + beta C with W NF4 [rows_w, ld]: chunks of W's rows are dequantized into
- * scratch of A's storage type and multiplied by cuBLASLt. op(W) = W^T (x W^T) splits C's columns;
- * op(W) = W (dy W) splits the reduction, later chunks accumulating into C. */
+/* C = alpha op(A) op(W) + beta C with W NF4 [rows_w, cols_w]: slices of W are dequantized into
+ * scratch of A's storage type and multiplied by cuBLASLt, each slice giving its own columns of C
+ * (so no slice accumulates into another's result): op(W) = W^T (x W^T) takes slices of W's rows,
+ * op(W) = W (dy W) slices of its columns; slices are a multiple of 64 rows or columns. */
 static int gemm_nf4_chunked(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
                             const gpu_operand *w, finch_dtype c_type, void *c, int64_t ldc, float alpha, float beta)
 {
     int64_t rows_w = w->trans ? n : k, cols_w = w->ld;
-    int64_t chunk = NF4_CHUNK_ELEMS / cols_w;
-    if (chunk < 1) chunk = 1;
-    if (chunk > rows_w) chunk = rows_w;
+    int64_t span = w->trans ? rows_w : cols_w;          /* what is sliced: W's rows, or its columns */
+    int64_t other = w->trans ? cols_w : rows_w;
+    int64_t slice = nf4_slice_elems() / other;
+    if (slice < span) slice = slice >= 64 ? slice / 64 * 64 : 64; /* C's column slices stay aligned for cuBLASLt */
+    if (slice < 1) slice = 1;
+    if (slice > span) slice = span;
     size_t es = gpu_dtype_size(a->dtype), ec = gpu_dtype_size(c_type);
     void *scratch = NULL;
-    GPU_TRY(gpu_scratch(st, (size_t)(chunk * cols_w) * es, &scratch, "nf4 dequantized chunk"));
+    GPU_TRY(gpu_scratch(st, (size_t)(slice * other) * es, &scratch, "nf4 dequantized slice"));
     int rc = FINCH_OK;
-    for (int64_t r0 = 0; r0 < rows_w && !rc; r0 += chunk) {
-        int64_t rows = rows_w - r0 < chunk ? rows_w - r0 : chunk;
-        rc = nf4_dequant(st, w, r0 * cols_w, rows * cols_w, a->dtype, scratch);
-        if (rc) break;
+    for (int64_t s0 = 0; s0 < span && !rc; s0 += slice) {
+        int64_t len = span - s0 < slice ? span - s0 : slice;
         gpu_operand wd;
         memset(&wd, 0, sizeof wd);
         wd.ptr = scratch;
         wd.dtype = a->dtype;
         wd.trans = w->trans;
-        wd.ld = cols_w;
         if (w->trans) {
-            rc = gpu_gemm(dev, st, m, rows, k, a, &wd, c_type, (char *)c + r0 * ec, ldc, 0, 1, alpha, beta);
+            rc = nf4_dequant(st, w, s0, 0, len, cols_w, a->dtype, scratch);
+            wd.ld = cols_w;
         } else {
-            gpu_operand ap = *a;
-            ap.ptr = (const char *)a->ptr + (a->trans ? r0 * a->ld : r0) * es;
-            rc = gpu_gemm(dev, st, m, n, rows, &ap, &wd, c_type, c, ldc, 0, 1, alpha, r0 ? 1.0f : beta);
+            rc = nf4_dequant(st, w, 0, s0, rows_w, len, a->dtype, scratch);
+            wd.ld = len;
         }
+        if (!rc) rc = gpu_gemm(dev, st, m, len, k, a, &wd, c_type, (char *)c + s0 * ec, ldc, 0, 1, alpha, beta);
     }
     gpu_scratch_free(st, scratch);
     return rc;
 }
 
 #endif /* FINCH_GPU_BLASLT */
+
+/* gemv.cu: the product for 1 <= m <= 8 rows of A (not transposed) and B = W^T, W dense or NF4
+ * [n, k] with 16-byte aligned rows. *done = 0 when it does not take the shape (nothing queued). */
+int gpu_gemv(gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a, const gpu_operand *b,
+             finch_dtype c_type, void *c, int64_t ldc, float alpha, float beta, int *done);
 
 int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
              const gpu_operand *b, finch_dtype c_type, void *c, int64_t ldc, int64_t stride_c, int64_t batch,
@@ -391,6 +448,11 @@ int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int
         zero.dtype = FINCH_DTYPE_F32;
         zero.ptr = c; /* never read: k == 0 leaves the accumulators at zero */
         return gemm_tiled(st, m, n, 0, &zero, &zero, c_type, c, ldc, stride_c, batch, 0.0f, beta);
+    }
+    if (batch == 1) { /* a few rows (decoding): the bandwidth-bound kernels of gemv.cu */
+        int done = 0;
+        GPU_TRY(gpu_gemv(st, m, n, k, a, b, c_type, c, ldc, alpha, beta, &done));
+        if (done) return FINCH_OK;
     }
 #if FINCH_GPU_BLASLT
     if (b->dtype == FINCH_DTYPE_NF4 && a->dtype != FINCH_DTYPE_NF4 && batch == 1 && m >= NF4_LT_MIN_ROWS)

@@ -197,6 +197,11 @@ static int plugin_device_details(int index, char *buf, size_t size)
     const char *arch = p.gcnArchName;
     const char *api = "HIP";
 #endif
+#if FINCH_GPU_CUDA
+    size_t optin = (size_t)p.sharedMemPerBlockOptin;
+#else
+    size_t optin = (size_t)p.sharedMemPerBlock; /* ROCm 5's hipDeviceProp_t has no opt-in size */
+#endif
     snprintf(buf, size,
              "architecture: %s (compute capability %d.%d)\n"
              "%s driver: %d.%d, runtime: %d.%d\n"
@@ -204,7 +209,7 @@ static int plugin_device_details(int index, char *buf, size_t size)
              "memory bus: %d bits\n"
              "GEMM: %s\n",
              arch, p.major, p.minor, api, driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10,
-             p.multiProcessorCount, p.l2CacheSize >> 10, p.sharedMemPerBlock >> 10, (size_t)p.sharedMemPerBlockOptin >> 10,
+             p.multiProcessorCount, p.l2CacheSize >> 10, p.sharedMemPerBlock >> 10, optin >> 10,
              p.memoryBusWidth, !FINCH_GPU_BLASLT ? "the plugin's own tiled kernel" : FINCH_GPU_CUDA ? "cuBLASLt" : "hipBLASLt");
     return FINCH_OK;
 }
@@ -406,6 +411,10 @@ static int plugin_copy_2d(finch_plugin_device *dev, finch_plugin_stream *s, finc
 }
 
 /* ---- the table ------------------------------------------------------------------------------ */
+/* attention_decode.cu: attention_cache_forward with a decode path in front of attention.cu's. */
+extern "C" int plugin_attention_cache_dispatch(finch_plugin_device *dev, finch_plugin_stream *s,
+                                               const finch_attention_cache_desc *c);
+
 static const finch_plugin_api plugin_api = {
     FINCH_PLUGIN_ABI_MAJOR, FINCH_PLUGIN_ABI_MINOR, sizeof(finch_plugin_api),
     FINCH_GPU_PLUGIN_NAME, "0.1.0",
@@ -426,7 +435,7 @@ static const finch_plugin_api plugin_api = {
     plugin_embedding_forward, plugin_embedding_backward,
     plugin_cross_entropy, plugin_linear_cross_entropy,
     plugin_adamw_step,
-    plugin_adamw8bit_step, plugin_attention_cache_forward,
+    plugin_adamw8bit_step, plugin_attention_cache_dispatch,
     plugin_device_details,
 };
 

@@ -82,19 +82,28 @@ static int check_activation(finch_activation act, float param, const char *entry
     return FINCH_OK;
 }
 
+/* Checks an activation call and starts its arguments: act, param, n, dtype, x. */
+static int activation_args(ocl_args *a, finch_activation act, float param, int64_t n, finch_dtype dtype, finch_dptr x,
+                           const char *entry)
+{
+    int rc = check_activation(act, param, entry);
+    if (!rc) rc = ocl_check_float_type(dtype, entry);
+    if (rc) return rc;
+    ocl_arg_i(a, act);
+    ocl_arg_f(a, param);
+    ocl_arg_l(a, n);
+    ocl_arg_i(a, dtype);
+    ocl_arg_ptr(a, ocl_p(x));
+    return FINCH_OK;
+}
+
 int ocl_activation_forward(finch_plugin_device *dev, finch_plugin_stream *s, finch_activation act, float param,
                            int64_t n, finch_dtype dtype, finch_dptr x, finch_dptr y)
 {
     OCL_NEED(dev && n >= 0 && ((x.buf && y.buf) || n == 0), "opencl: activation_forward: bad arguments");
-    int rc = check_activation(act, param, "activation_forward");
-    if (!rc) rc = ocl_check_float_type(dtype, "activation_forward");
-    if (rc) return rc;
     ocl_args a = {0};
-    ocl_arg_i(&a, act);
-    ocl_arg_f(&a, param);
-    ocl_arg_l(&a, n);
-    ocl_arg_i(&a, dtype);
-    ocl_arg_ptr(&a, ocl_p(x));
+    int rc = activation_args(&a, act, param, n, dtype, x, "activation_forward");
+    if (rc) return rc;
     ocl_arg_ptr(&a, ocl_p(y));
     return ocl_launch_1d(dev, s, OCL_K_activation_forward, &a, n);
 }
@@ -103,22 +112,17 @@ int ocl_activation_backward(finch_plugin_device *dev, finch_plugin_stream *s, fi
                             int64_t n, finch_dtype dtype, finch_dptr x, finch_dptr dy, finch_dptr dx)
 {
     OCL_NEED(dev && n >= 0 && ((x.buf && dy.buf && dx.buf) || n == 0), "opencl: activation_backward: bad arguments");
-    int rc = check_activation(act, param, "activation_backward");
-    if (!rc) rc = ocl_check_float_type(dtype, "activation_backward");
-    if (rc) return rc;
     ocl_args a = {0};
-    ocl_arg_i(&a, act);
-    ocl_arg_f(&a, param);
-    ocl_arg_l(&a, n);
-    ocl_arg_i(&a, dtype);
-    ocl_arg_ptr(&a, ocl_p(x));
+    int rc = activation_args(&a, act, param, n, dtype, x, "activation_backward");
+    if (rc) return rc;
     ocl_arg_ptr(&a, ocl_p(dy));
     ocl_arg_ptr(&a, ocl_p(dx));
     return ocl_launch_1d(dev, s, OCL_K_activation_backward, &a, n);
 }
 
-static int check_glu(finch_activation act, int64_t n, int64_t dim, finch_dtype dtype, int64_t ldg, int64_t ldu,
-                     const char *entry)
+/* Checks a gated-unit call and starts its arguments: act, n, dim, dtype, gate, ldg, up, ldu. */
+static int glu_args(ocl_args *a, finch_activation act, int64_t n, int64_t dim, finch_dtype dtype, finch_dptr gate,
+                    int64_t ldg, finch_dptr up, int64_t ldu, const char *entry)
 {
     if (act == FINCH_ACT_SOFTCAP)
         return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: %s: a gated unit takes no softcap activation", entry);
@@ -127,24 +131,25 @@ static int check_glu(finch_activation act, int64_t n, int64_t dim, finch_dtype d
     if (!rc && (n < 0 || dim < 0 || ldg < dim || ldu < dim))
         rc = ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: %s: bad shape (n %lld, dim %lld, ldg %lld, ldu %lld)", entry,
                       (long long)n, (long long)dim, (long long)ldg, (long long)ldu);
-    return rc;
+    if (rc) return rc;
+    ocl_arg_i(a, act);
+    ocl_arg_l(a, n);
+    ocl_arg_l(a, dim);
+    ocl_arg_i(a, dtype);
+    ocl_arg_ptr(a, ocl_p(gate));
+    ocl_arg_l(a, ldg);
+    ocl_arg_ptr(a, ocl_p(up));
+    ocl_arg_l(a, ldu);
+    return FINCH_OK;
 }
 
 int ocl_glu_forward(finch_plugin_device *dev, finch_plugin_stream *s, finch_activation act, int64_t n, int64_t dim,
                     finch_dtype dtype, finch_dptr gate, int64_t ldg, finch_dptr up, int64_t ldu, finch_dptr out)
 {
     OCL_NEED(dev, "opencl: glu_forward: device is NULL");
-    int rc = check_glu(act, n, dim, dtype, ldg, ldu, "glu_forward");
-    if (rc) return rc;
     ocl_args a = {0};
-    ocl_arg_i(&a, act);
-    ocl_arg_l(&a, n);
-    ocl_arg_l(&a, dim);
-    ocl_arg_i(&a, dtype);
-    ocl_arg_ptr(&a, ocl_p(gate));
-    ocl_arg_l(&a, ldg);
-    ocl_arg_ptr(&a, ocl_p(up));
-    ocl_arg_l(&a, ldu);
+    int rc = glu_args(&a, act, n, dim, dtype, gate, ldg, up, ldu, "glu_forward");
+    if (rc) return rc;
     ocl_arg_ptr(&a, ocl_p(out));
     return ocl_launch_2d(dev, s, OCL_K_glu_forward, &a, dim, n);
 }
@@ -154,41 +159,45 @@ int ocl_glu_backward(finch_plugin_device *dev, finch_plugin_stream *s, finch_act
                      finch_dptr dgate, finch_dptr dup)
 {
     OCL_NEED(dev, "opencl: glu_backward: device is NULL");
-    int rc = check_glu(act, n, dim, dtype, ldg, ldu, "glu_backward");
-    if (rc) return rc;
     ocl_args a = {0};
-    ocl_arg_i(&a, act);
-    ocl_arg_l(&a, n);
-    ocl_arg_l(&a, dim);
-    ocl_arg_i(&a, dtype);
-    ocl_arg_ptr(&a, ocl_p(gate));
-    ocl_arg_l(&a, ldg);
-    ocl_arg_ptr(&a, ocl_p(up));
-    ocl_arg_l(&a, ldu);
+    int rc = glu_args(&a, act, n, dim, dtype, gate, ldg, up, ldu, "glu_backward");
+    if (rc) return rc;
     ocl_arg_ptr(&a, ocl_p(dout));
     ocl_arg_ptr(&a, ocl_p(dgate));
     ocl_arg_ptr(&a, ocl_p(dup));
     return ocl_launch_2d(dev, s, OCL_K_glu_backward, &a, dim, n);
 }
 
+/* Checks what both AdamW entries need and adds the arguments they share: param_type, param, whether
+ * there is a master copy, master, grad. With n == 0 only the bias corrections are checked. */
+static int adamw_args(ocl_args *a, int64_t n, float bias_correction1, float bias_correction2, finch_dtype param_type,
+                      finch_dptr param, finch_dptr master, finch_dptr grad, const char *entry)
+{
+    OCL_NEED(bias_correction1 > 0 && bias_correction2 > 0, "opencl: %s: bias corrections %g, %g must be > 0", entry,
+             bias_correction1, bias_correction2);
+    if (n == 0) return FINCH_OK;
+    if (!master.buf && param_type != FINCH_DTYPE_F32)
+        return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: %s: a non-f32 parameter needs an f32 master copy", entry);
+    int rc = ocl_check_float_type(param_type, entry);
+    if (rc) return rc;
+    ocl_arg_i(a, param_type);
+    ocl_arg_ptr(a, ocl_p(param));
+    ocl_arg_i(a, master.buf != NULL);
+    ocl_arg_ptr(a, ocl_p(master));
+    ocl_arg_ptr(a, ocl_p(grad));
+    return FINCH_OK;
+}
+
 int ocl_adamw_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d)
 {
     OCL_NEED(dev && d && d->n >= 0, "opencl: adamw_step: bad arguments");
-    OCL_NEED(d->bias_correction1 > 0 && d->bias_correction2 > 0, "opencl: adamw_step: bias corrections %g, %g must be > 0",
-             d->bias_correction1, d->bias_correction2);
-    if (d->n == 0) return FINCH_OK;
-    OCL_NEED(d->param.buf && d->grad.buf && d->m.buf && d->v.buf, "opencl: adamw_step: param, grad, m and v are required");
-    if (!d->master.buf && d->param_type != FINCH_DTYPE_F32)
-        return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: adamw_step: a non-f32 parameter needs an f32 master copy");
-    int rc = ocl_check_float_type(d->param_type, "adamw_step");
-    if (rc) return rc;
+    OCL_NEED(d->n == 0 || (d->param.buf && d->grad.buf && d->m.buf && d->v.buf),
+             "opencl: adamw_step: param, grad, m and v are required");
     ocl_args a = {0};
     ocl_arg_l(&a, d->n);
-    ocl_arg_i(&a, d->param_type);
-    ocl_arg_ptr(&a, ocl_p(d->param));
-    ocl_arg_i(&a, d->master.buf != NULL);
-    ocl_arg_ptr(&a, ocl_p(d->master));
-    ocl_arg_ptr(&a, ocl_p(d->grad));
+    int rc = adamw_args(&a, d->n, d->bias_correction1, d->bias_correction2, d->param_type, d->param, d->master, d->grad,
+                        "adamw_step");
+    if (rc || d->n == 0) return rc;
     ocl_arg_ptr(&a, ocl_p(d->m));
     ocl_arg_ptr(&a, ocl_p(d->v));
     ocl_arg_f(&a, d->lr);
@@ -206,24 +215,15 @@ int ocl_adamw8bit_step(finch_plugin_device *dev, finch_plugin_stream *s, const f
 {
     OCL_NEED(dev && d && d->n >= 0 && d->blocksize >= 1 && d->blocksize <= 4096, "opencl: adamw8bit_step: bad arguments (blocksize %lld)",
              d ? (long long)d->blocksize : 0LL);
-    OCL_NEED(d->bias_correction1 > 0 && d->bias_correction2 > 0, "opencl: adamw8bit_step: bias corrections %g, %g must be > 0",
-             d->bias_correction1, d->bias_correction2);
-    if (d->n == 0) return FINCH_OK;
-    OCL_NEED(d->param.buf && d->grad.buf && d->m_codes.buf && d->v_codes.buf && d->m_absmax.buf && d->v_absmax.buf && d->m_map.buf &&
-                 d->v_map.buf,
+    OCL_NEED(d->n == 0 || (d->param.buf && d->grad.buf && d->m_codes.buf && d->v_codes.buf && d->m_absmax.buf &&
+                           d->v_absmax.buf && d->m_map.buf && d->v_map.buf),
              "opencl: adamw8bit_step: param, grad, codes, scales and maps are required");
-    if (!d->master.buf && d->param_type != FINCH_DTYPE_F32)
-        return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: adamw8bit_step: a non-f32 parameter needs an f32 master copy");
-    int rc = ocl_check_float_type(d->param_type, "adamw8bit_step");
-    if (rc) return rc;
     ocl_args a = {0};
     ocl_arg_l(&a, d->n);
     ocl_arg_l(&a, d->blocksize);
-    ocl_arg_i(&a, d->param_type);
-    ocl_arg_ptr(&a, ocl_p(d->param));
-    ocl_arg_i(&a, d->master.buf != NULL);
-    ocl_arg_ptr(&a, ocl_p(d->master));
-    ocl_arg_ptr(&a, ocl_p(d->grad));
+    int rc = adamw_args(&a, d->n, d->bias_correction1, d->bias_correction2, d->param_type, d->param, d->master, d->grad,
+                        "adamw8bit_step");
+    if (rc || d->n == 0) return rc;
     ocl_arg_ptr(&a, ocl_p(d->m_codes));
     ocl_arg_ptr(&a, ocl_p(d->v_codes));
     ocl_arg_ptr(&a, ocl_p(d->m_absmax));

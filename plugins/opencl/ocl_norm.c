@@ -12,6 +12,30 @@ static int check_norm(int64_t n, int64_t dim, finch_dtype dtype, finch_dtype w_t
     return rc;
 }
 
+/* The arguments every row kernel starts with: dim, dtype, x, then the weight (its type, whether present, it). */
+static void row_args(ocl_args *a, int64_t dim, finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w)
+{
+    ocl_arg_l(a, dim);
+    ocl_arg_i(a, dtype);
+    ocl_arg_ptr(a, ocl_p(x));
+    ocl_arg_i(a, w_type);
+    ocl_arg_i(a, w.buf != NULL);
+    ocl_arg_ptr(a, ocl_p(w));
+}
+
+/* The arguments every column (parameter gradient) kernel starts with; mean is absent for RMSNorm. */
+static void column_args(ocl_args *a, int64_t n, int64_t dim, finch_dtype dtype, finch_dptr x, finch_dptr mean,
+                        finch_dptr rstd, finch_dptr dy)
+{
+    ocl_arg_l(a, n);
+    ocl_arg_l(a, dim);
+    ocl_arg_i(a, dtype);
+    ocl_arg_ptr(a, ocl_p(x));
+    if (mean.buf) ocl_arg_ptr(a, ocl_p(mean));
+    ocl_arg_ptr(a, ocl_p(rstd));
+    ocl_arg_ptr(a, ocl_p(dy));
+}
+
 int ocl_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim, finch_dtype dtype,
                         finch_dptr x, finch_dtype w_type, finch_dptr w, float weight_offset, float eps, finch_dptr y,
                         finch_dptr rstd)
@@ -22,12 +46,7 @@ int ocl_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_
     if (rc || n == 0) return rc;
     OCL_NEED(x.buf && y.buf && rstd.buf, "opencl: rmsnorm_forward: x, y or rstd is absent");
     ocl_args a = {0};
-    ocl_arg_l(&a, dim);
-    ocl_arg_i(&a, dtype);
-    ocl_arg_ptr(&a, ocl_p(x));
-    ocl_arg_i(&a, w_type);
-    ocl_arg_i(&a, w.buf != NULL);
-    ocl_arg_ptr(&a, ocl_p(w));
+    row_args(&a, dim, dtype, x, w_type, w);
     ocl_arg_f(&a, weight_offset);
     ocl_arg_f(&a, eps);
     ocl_arg_ptr(&a, ocl_p(y));
@@ -46,12 +65,7 @@ int ocl_rmsnorm_backward(finch_plugin_device *dev, finch_plugin_stream *s, int64
     OCL_NEED(x.buf && rstd.buf && dy.buf, "opencl: rmsnorm_backward: x, rstd or dy is absent");
     if (dx.buf) {
         ocl_args a = {0};
-        ocl_arg_l(&a, dim);
-        ocl_arg_i(&a, dtype);
-        ocl_arg_ptr(&a, ocl_p(x));
-        ocl_arg_i(&a, w_type);
-        ocl_arg_i(&a, w.buf != NULL);
-        ocl_arg_ptr(&a, ocl_p(w));
+        row_args(&a, dim, dtype, x, w_type, w);
         ocl_arg_f(&a, weight_offset);
         ocl_arg_ptr(&a, ocl_p(rstd));
         ocl_arg_ptr(&a, ocl_p(dy));
@@ -61,12 +75,7 @@ int ocl_rmsnorm_backward(finch_plugin_device *dev, finch_plugin_stream *s, int64
     }
     if (dw.buf) {
         ocl_args a = {0};
-        ocl_arg_l(&a, n);
-        ocl_arg_l(&a, dim);
-        ocl_arg_i(&a, dtype);
-        ocl_arg_ptr(&a, ocl_p(x));
-        ocl_arg_ptr(&a, ocl_p(rstd));
-        ocl_arg_ptr(&a, ocl_p(dy));
+        column_args(&a, n, dim, dtype, x, (finch_dptr){0}, rstd, dy);
         ocl_arg_ptr(&a, ocl_p(dw));
         if ((rc = ocl_launch_1d(dev, s, OCL_K_rmsnorm_dw, &a, dim))) return rc;
     }
@@ -82,12 +91,7 @@ int ocl_layernorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int6
     if (rc || n == 0) return rc;
     OCL_NEED(x.buf && y.buf && mean.buf && rstd.buf, "opencl: layernorm_forward: x, y, mean or rstd is absent");
     ocl_args a = {0};
-    ocl_arg_l(&a, dim);
-    ocl_arg_i(&a, dtype);
-    ocl_arg_ptr(&a, ocl_p(x));
-    ocl_arg_i(&a, w_type);
-    ocl_arg_i(&a, w.buf != NULL);
-    ocl_arg_ptr(&a, ocl_p(w));
+    row_args(&a, dim, dtype, x, w_type, w);
     ocl_arg_i(&a, b.buf != NULL);
     ocl_arg_ptr(&a, ocl_p(b));
     ocl_arg_f(&a, eps);
@@ -108,12 +112,7 @@ int ocl_layernorm_backward(finch_plugin_device *dev, finch_plugin_stream *s, int
     OCL_NEED(x.buf && mean.buf && rstd.buf && dy.buf, "opencl: layernorm_backward: x, mean, rstd or dy is absent");
     if (dx.buf) {
         ocl_args a = {0};
-        ocl_arg_l(&a, dim);
-        ocl_arg_i(&a, dtype);
-        ocl_arg_ptr(&a, ocl_p(x));
-        ocl_arg_i(&a, w_type);
-        ocl_arg_i(&a, w.buf != NULL);
-        ocl_arg_ptr(&a, ocl_p(w));
+        row_args(&a, dim, dtype, x, w_type, w);
         ocl_arg_ptr(&a, ocl_p(mean));
         ocl_arg_ptr(&a, ocl_p(rstd));
         ocl_arg_ptr(&a, ocl_p(dy));
@@ -123,13 +122,7 @@ int ocl_layernorm_backward(finch_plugin_device *dev, finch_plugin_stream *s, int
     }
     if (dw.buf || db.buf) {
         ocl_args a = {0};
-        ocl_arg_l(&a, n);
-        ocl_arg_l(&a, dim);
-        ocl_arg_i(&a, dtype);
-        ocl_arg_ptr(&a, ocl_p(x));
-        ocl_arg_ptr(&a, ocl_p(mean));
-        ocl_arg_ptr(&a, ocl_p(rstd));
-        ocl_arg_ptr(&a, ocl_p(dy));
+        column_args(&a, n, dim, dtype, x, mean, rstd, dy);
         ocl_arg_i(&a, dw.buf != NULL);
         ocl_arg_ptr(&a, ocl_p(dw));
         ocl_arg_i(&a, db.buf != NULL);

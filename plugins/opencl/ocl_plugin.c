@@ -119,7 +119,7 @@ static int ocl_device_info(int index, finch_device_info *info)
     if (err == CL_INVALID_VALUE) { /* longer than the field: take what fits */
         char name[1024] = {0};
         err = clGetDeviceInfo(device, CL_DEVICE_NAME, sizeof name - 1, name, NULL);
-        snprintf(info->name, sizeof info->name, "%s", name);
+        snprintf(info->name, sizeof info->name, "%.*s", (int)sizeof info->name - 1, name);
     }
     if (err == CL_SUCCESS) err = clGetDeviceInfo(device, CL_DEVICE_TYPE, sizeof type, &type, NULL);
     if (err == CL_SUCCESS) err = clGetDeviceInfo(device, CL_DEVICE_HOST_UNIFIED_MEMORY, sizeof unified, &unified, NULL);

@@ -1,7 +1,7 @@
 /* bench_qlora: QLoRA training-step throughput and peak device memory at a given model shape.
  *
  *     bench_qlora [--shape 8b|tiny] [--layers N] [--seq T] [--batch B] [--steps N] [--rank R]
- *                 [--mode qlora|lora] [--backend NAME] [--dir SCRATCH] [--reuse]
+ *                 [--mode qlora|lora] [--backend NAME] [--dir SCRATCH] [--reuse] [--offload]
  *
  * Builds a Llama-architecture checkpoint with random weights at the shape (8b: Llama-3.1-8B's dims,
  * hidden 4096, 32 layers, 32 heads, 8 kv heads, intermediate 14336, vocab 128256), nothing
@@ -9,12 +9,16 @@
  * generated and quantised to NF4 on the host one tensor at a time (threads over blocks), embeddings,
  * lm_head and norms bf16; lora mode writes everything bf16 (the baseline: bf16 LoRA). The scratch
  * folder (--dir, default $TMPDIR or /tmp) holds it: about 6 GiB (qlora) or 16 GiB (lora) at 8b.
- * Then: load (bf16 compute, gradient checkpointing), r=16 LoRA on all linear layers, one warm-up
- * step and --steps timed forward+backward steps on random tokens, B x T each.
+ * Then: load (bf16 compute, gradient checkpointing; --offload: layer inputs in host memory), r=16
+ * LoRA on all linear layers, one warm-up step and --steps timed forward+backward steps on random
+ * tokens, B x T each.
  *
  * Reports tokens/s over the timed steps and peak device memory: the most bytes finch had allocated
  * on the device at once (counted at the plugin's alloc/free, comparable to torch's
- * max_memory_allocated), and the device's used memory (total - free, as nvidia-smi shows it,
+ * max_memory_allocated) over the whole run and, with --steps >= 2, over the timed steps after the
+ * first (steady_peak: the first step of a shape grows the activation arena piece by piece, the next
+ * replaces the pieces by one buffer of the peak they held),
+ * and the device's used memory (total - free, as nvidia-smi shows it,
  * including the driver context and any plugin caching) after the steps. */
 #include "core/bnb_checkpoint.h"
 #include "core/error.h"
@@ -39,7 +43,7 @@ typedef struct args {
     shape s;
     const char *shape_name, *mode, *backend, *dir;
     int64_t seq, batch, steps, rank;
-    int reuse;
+    int reuse, offload;
 } args;
 
 static double gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
@@ -219,7 +223,7 @@ static int write_checkpoint(const args *a, const char *dir)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: bench_qlora [--shape 8b|tiny] [--layers N] [--seq T] [--batch B] [--steps N] [--rank R]\n"
-               "                   [--mode qlora|lora] [--backend NAME] [--dir SCRATCH] [--reuse]\n");
+               "                   [--mode qlora|lora] [--backend NAME] [--dir SCRATCH] [--reuse] [--offload]\n");
 }
 
 static int parse(int argc, char **argv, args *a)
@@ -241,6 +245,8 @@ static int parse(int argc, char **argv, args *a)
                          : !strcmp(s, "--backend") ? &a->backend : !strcmp(s, "--dir") ? &a->dir : NULL;
         if (!strcmp(s, "--reuse")) {
             a->reuse = 1;
+        } else if (!strcmp(s, "--offload")) {
+            a->offload = 1;
         } else if ((num || str) && v) {
             if (num) *num = atoll(v);
             else *str = v;
@@ -288,8 +294,9 @@ int main(int argc, char **argv)
     printf("shape %s: hidden %lld, layers %lld, heads %lld/%lld kv, head_dim %lld, intermediate %lld, vocab %lld: %.3g params (%.3g in linear layers)\n",
            a.shape_name, (long long)s->hidden, (long long)s->layers, (long long)s->heads, (long long)s->kv_heads,
            (long long)s->head_dim, (long long)s->inter, (long long)s->vocab, (double)params, (double)lin_params);
-    printf("mode %s: %s, bf16 compute, gradient checkpointing, LoRA r=%lld all-linear, batch %lld x %lld tokens, %d threads on the host\n",
-           a.mode, strcmp(a.mode, "qlora") ? "bf16 weights" : "NF4 linear weights (bnb-4bit checkpoint)", (long long)a.rank,
+    printf("mode %s: %s, bf16 compute, gradient checkpointing%s, LoRA r=%lld all-linear, batch %lld x %lld tokens, %d threads on the host\n",
+           a.mode, strcmp(a.mode, "qlora") ? "bf16 weights" : "NF4 linear weights (bnb-4bit checkpoint)",
+           a.offload ? " (layer inputs offloaded to host memory)" : "", (long long)a.rank,
            (long long)a.batch, (long long)a.seq, omp_get_max_threads());
 
     struct stat st;
@@ -314,6 +321,7 @@ int main(int argc, char **argv)
     finch_load_options o = finch_load_options_default();
     o.compute_dtype = FINCH_DTYPE_BF16;
     o.gradient_checkpointing = 1;
+    o.offload_activations = a.offload;
     finch_model *m = NULL;
     double t0 = bench_now();
     if (finch_model_load(rt, dir, &o, &m)) return fail("loading the model");
@@ -341,7 +349,8 @@ int main(int argc, char **argv)
     finch_step_result res;
     t0 = bench_now();
     if (finch_forward_backward(m, &b, NULL, &res)) return fail("warm-up step");
-    printf("warm-up step: %.2f s, loss %.4f\n", bench_now() - t0, res.loss);
+    printf("warm-up step: %.2f s, loss %.4f, device peak so far %.3f GiB\n", bench_now() - t0, res.loss, gib((double)bench_device_peak()));
+    uint64_t overall_peak = bench_device_peak();
     double total = 0;
     for (int64_t i = 0; i < a.steps; i++) {
         if (finch_zero_grads(m)) return fail("clearing gradients");
@@ -350,13 +359,17 @@ int main(int argc, char **argv)
         double dt = bench_now() - t0;
         total += dt;
         printf("step %lld: %.3f s, loss %.4f, %.0f tokens/s\n", (long long)(i + 1), dt, res.loss, (double)n / dt);
+        if (bench_device_peak() > overall_peak) overall_peak = bench_device_peak();
+        if (i == 0 && a.steps > 1) bench_device_reset_peak(); /* the arena is one buffer from the first timed step on */
     }
     uint64_t free_b = 0, total_b = 0;
     const finch_backend *be = &rt->backend;
     int have_info = be->api->memory_info(be->dev, &free_b, &total_b) == FINCH_OK;
-    printf("RESULT shape=%s mode=%s layers=%lld B=%lld T=%lld r=%lld tokens_per_s=%.1f peak_alloc_gib=%.3f weights_gib=%.3f",
-           a.shape_name, a.mode, (long long)s->layers, (long long)a.batch, (long long)a.seq, (long long)a.rank,
-           (double)(n * a.steps) / total, gib((double)bench_device_peak()), gib((double)weights));
+    double steady_gib = a.steps > 1 ? gib((double)bench_device_peak()) : -1.0; /* -1: not measured (one step) */
+    printf("RESULT shape=%s mode=%s offload=%d layers=%lld B=%lld T=%lld r=%lld tokens_per_s=%.1f peak_alloc_gib=%.3f "
+           "steady_peak_gib=%.3f weights_gib=%.3f",
+           a.shape_name, a.mode, a.offload, (long long)s->layers, (long long)a.batch, (long long)a.seq, (long long)a.rank,
+           (double)(n * a.steps) / total, gib((double)overall_peak), steady_gib, gib((double)weights));
     if (have_info) printf(" device_used_gib=%.3f device_total_gib=%.3f", gib((double)(total_b - free_b)), gib((double)total_b));
     printf(" device=\"%s\"\n", dev.name);
     free(ids);

@@ -3,10 +3,13 @@
  *
  *   finch bench decode [--shape 8b|1b|tiny] [--hidden N --layers N --heads N --kv-heads N
  *                      --intermediate N --vocab N] [--dtype bf16|f32] [--backend NAME]
- *                      [--prompt-tokens N] [--tokens N] [--dir DIR] [--keep]
+ *                      [--prompt-tokens N] [--tokens N] [--dir DIR] [--keep] [--model DIR] [--4bit]
  *
  * The model (config.json + model.safetensors with random values) is written to DIR (default: /dev/shm
  * when it has room, else $TMPDIR or /tmp), loaded like any model and, unless --keep, deleted again.
+ * --model DIR uses a checkpoint already there instead (one --keep left, say; its config.json gives
+ * the shape). --4bit loads the decoder's linear weights as NF4 (load_in_4bit, blocks of 64, f32
+ * absmax on the device): their bytes in the roofline are then 0.5 + 4/64 per weight.
  *
  * Roofline: a decode step reads every weight once (the embedding table only one row), so at batch 1
  * a step cannot take less than weight bytes / memory bandwidth. The bandwidth is measured with the
@@ -36,7 +39,8 @@ static const struct {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: finch bench decode [--shape 8b|1b|tiny] [--hidden N --layers N --heads N --kv-heads N --intermediate N --vocab N]\n"
-               "                          [--dtype bf16|f32] [--backend NAME] [--prompt-tokens N] [--tokens N] [--dir DIR] [--keep]\n");
+               "                          [--dtype bf16|f32] [--backend NAME] [--prompt-tokens N] [--tokens N] [--dir DIR] [--keep]\n"
+               "                          [--model DIR] [--4bit]\n");
 }
 
 /* Device copy bandwidth in bytes/s (read + write counted), from copies of `bytes` on the runtime's device. */
@@ -83,17 +87,17 @@ static int parse_i64(const char *opt, const char *v, int64_t *out)
 int finch_cmd_bench_decode(int argc, char **argv)
 {
     bench_shape s = shapes[0].s;
-    const char *backend = "auto", *dtype = "bf16", *dir_opt = NULL;
+    const char *backend = "auto", *dtype = "bf16", *dir_opt = NULL, *model_dir = NULL;
     int64_t prompt_tokens = 128, tokens = 64;
-    int keep = 0;
+    int keep = 0, nf4 = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return 0;
         }
-        if (!strcmp(a, "--keep")) {
-            keep = 1;
+        if (!strcmp(a, "--keep") || !strcmp(a, "--4bit")) {
+            *(a[2] == 'k' ? &keep : &nf4) = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -122,6 +126,8 @@ int finch_cmd_bench_decode(int argc, char **argv)
             backend = v;
         } else if (!strcmp(a, "--dir")) {
             dir_opt = v;
+        } else if (!strcmp(a, "--model")) {
+            model_dir = v;
         } else {
             fprintf(stderr, "finch bench decode: unknown argument '%s %s'\n", a, v);
             usage(stderr);
@@ -153,17 +159,23 @@ int finch_cmd_bench_decode(int argc, char **argv)
     printf("copy bandwidth: %.1f GB/s (copies of %.0f MiB, read + write counted)\n", bw / 1e9, copy_bytes / 1048576.0);
 
     char dir[4096];
-    if (bench_make_dir(dir_opt, est, "decode", dir, sizeof dir)) {
+    double t0 = bench_now(), file_bytes = 0;
+    int rc = 0;
+    if (model_dir) {
+        snprintf(dir, sizeof dir, "%s", model_dir);
+        keep = 1;
+    } else if (bench_make_dir(dir_opt, est, "decode", dir, sizeof dir)) {
         finch_runtime_close(rt);
         return 1;
+    } else {
+        rc = bench_write_llama(dir, &s, bf16, &file_bytes);
+        printf("model: %s, %.2f GB of %s weights written in %.1f s\n", dir, file_bytes / 1e9, dtype, bench_now() - t0);
     }
-    double t0 = bench_now(), file_bytes = 0;
-    int rc = bench_write_llama(dir, &s, bf16, &file_bytes);
-    printf("model: %s, %.2f GB of %s weights written in %.1f s\n", dir, file_bytes / 1e9, dtype, bench_now() - t0);
     finch_model *m = NULL;
     if (!rc) {
         finch_load_options lo = finch_load_options_default();
         lo.compute_dtype = bf16 ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
+        lo.load_in_4bit = nf4;
         t0 = bench_now();
         if (finch_model_load(rt, dir, &lo, &m)) {
             fprintf(stderr, "finch bench decode: loading: %s\n", finch_last_error());
@@ -239,6 +251,11 @@ int finch_cmd_bench_decode(int argc, char **argv)
     if (!rc) {
         /* Bytes a decode step must read: every weight but the embedding table (one row of it). */
         double es = bf16 ? 2 : 4, weight_bytes = ((double)info.n_params - (double)(info.vocab_size * info.hidden_size)) * es;
+        if (nf4) { /* the decoder's linear weights: 4-bit codes and an f32 absmax per 64 */
+            double H = (double)info.hidden_size, hd = (double)info.head_dim;
+            double linear = (double)info.n_layers * (2 * H * info.n_heads * hd + 2 * H * info.n_kv_heads * hd + 3 * H * info.intermediate_size);
+            weight_bytes -= linear * (es - (0.5 + 4.0 / 64));
+        }
         double kv_bytes = 2.0 * info.n_layers * info.n_kv_heads * info.head_dim * es * (double)(prompt_tokens + 8 + tokens / 2);
         double roof = bw / weight_bytes;
         printf("params: %.3f B; bytes read per token: %.3f GB weights + %.4f GB cache (mean)\n", info.n_params / 1e9, weight_bytes / 1e9,
@@ -247,10 +264,10 @@ int finch_cmd_bench_decode(int argc, char **argv)
         printf("decode (session appends): %.1f tokens/s (%.2f ms/token) = %.1f%% of roofline\n", 1.0 / step_s, step_s * 1e3,
                100.0 / step_s / roof);
         printf("decode (finch_generate, greedy): %.1f tokens/s = %.1f%% of roofline\n", 1.0 / gen_s, 100.0 / gen_s / roof);
-        printf("{\"bench\": \"decode\", \"device\": \"%s\", \"backend\": \"%s\", \"dtype\": \"%s\", \"hidden\": %lld, \"layers\": %lld, "
+        printf("{\"bench\": \"decode\", \"device\": \"%s\", \"backend\": \"%s\", \"dtype\": \"%s\", \"weights\": \"%s\", \"hidden\": %lld, \"layers\": %lld, "
                "\"params\": %lld, \"weight_bytes\": %.0f, \"copy_bw_gbs\": %.2f, \"roofline_tps\": %.2f, \"decode_tps\": %.2f, "
                "\"generate_tps\": %.2f, \"fraction_of_roofline\": %.4f, \"prompt_tokens\": %lld, \"tokens\": %lld}\n",
-               dev.name, dev.backend, dtype, (long long)info.hidden_size, (long long)info.n_layers, (long long)info.n_params, weight_bytes,
+               dev.name, dev.backend, dtype, nf4 ? "nf4" : dtype, (long long)info.hidden_size, (long long)info.n_layers, (long long)info.n_params, weight_bytes,
                bw / 1e9, roof, 1.0 / step_s, 1.0 / gen_s, 1.0 / step_s / roof, (long long)prompt_tokens, (long long)tokens);
     }
     free(ids);

@@ -36,7 +36,7 @@ static void usage(FILE *f)
                "  --backend NAME   auto (the best device), cpu, cuda, opencl:0, ...\n"
                "  --steps N        optimizer steps of %d conversations (1500)\n"
                "  --quick          a short run (20 steps) that exercises every stage, for tests\n"
-               "  --threads N      CPU backend threads (1; 0: all cores)\n"
+               "  --threads N      CPU backend threads (0: all cores)\n"
                "  --hidden N --layers N --lora-r N --learning-rate X --batch-size N --seed N   the model and training\n",
             16);
 }
@@ -46,9 +46,7 @@ static int parse(int argc, char **argv, demo_args *a)
     memset(a, 0, sizeof *a);
     a->out = "finch-demo", a->backend = "auto";
     a->steps = 1500, a->hidden = 64, a->layers = 2, a->heldout_per_skill = 6;
-    /* One CPU thread: at this model size a second one gains nothing, and where the cores are shared
-     * its waits (OpenMP spinning at every parallel region) made training ten times slower. */
-    a->batch = 16, a->lora_r = 16, a->lr = 5e-3, a->seed = 3407, a->threads = 1;
+    a->batch = 16, a->lora_r = 16, a->lr = 5e-3, a->seed = 3407, a->threads = 0;
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(s, "--help") || !strcmp(s, "-h")) {

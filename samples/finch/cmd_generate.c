@@ -1,8 +1,11 @@
 /* finch generate: one-shot generation from a prompt (streamed to stdout) or from a JSONL file of
  * prompts, generated in batches, one JSON object per line out.
  *
- *   finch generate --model DIR (--prompt TEXT | --jsonl FILE) [--chat] [--batch N] [--out FILE] [options]
+ *   finch generate --model DIR (--prompt TEXT | --prompt-ids IDS | --jsonl FILE) [--chat] [--batch N] [--out FILE]
+ *                  [--print-ids] [options]
  *
+ * --prompt-ids takes the prompt as token ids (1,2,3; no tokenizer needed) and --print-ids prints the
+ * generated ids (comma-separated, one line) instead of text: for comparing with other frameworks.
  * A JSONL line is {"prompt": "..."} or {"messages": [{"role", "content"}, ...]} (rendered with the chat
  * template); any "id" is copied to the output line, which reads
  * {"id": .., "index": i, "text": "...", "finish": "eos|length|stop|context", "prompt_tokens": n, "new_tokens": n}. */
@@ -10,14 +13,19 @@
 #include "samples/finch/gen_setup.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: finch generate --model DIR (--prompt TEXT | --jsonl FILE) [--chat] [--batch N] [--out FILE] [options]\n"
+    fprintf(f, "usage: finch generate --model DIR (--prompt TEXT | --prompt-ids IDS | --jsonl FILE) [--chat] [--batch N] [--out FILE]\n"
+               "                      [--print-ids] [options]\n"
                "  --prompt TEXT           generate from TEXT (with --chat: TEXT is a user message in the chat template)\n"
+               "  --prompt-ids IDS        generate from token ids, comma-separated (1,2,3): no tokenizer needed\n"
+               "  --print-ids             print the generated ids (comma-separated, one line) instead of text\n"
                "  --jsonl FILE            one prompt per line: {\"prompt\": ..} or {\"messages\": [..]}; JSON lines out\n"
                "  --batch N               prompts generated together from a JSONL file (8)\n"
                "  --out FILE              where JSON lines go (default stdout)\n%s",
@@ -36,11 +44,43 @@ static int stream_piece(void *user, int seq, int32_t token, const char *text, si
     return 0;
 }
 
-static int one_prompt(gen_setup *g, const char *prompt, int chat)
+/* "1,2,3" as ids; 1 (message printed) when it is not a comma-separated list of integers. */
+static int parse_ids(const char *list, finch_tokens *out)
+{
+    const char *p = list;
+    for (;;) {
+        char *end = NULL;
+        errno = 0;
+        long long v = strtoll(p, &end, 10);
+        if (errno || end == p || v < INT32_MIN || v > INT32_MAX || (*end && *end != ',')) {
+            fprintf(stderr, "finch generate: --prompt-ids needs comma-separated integers, not '%s'\n", list);
+            return 1;
+        }
+        if (out->len == out->cap) {
+            size_t cap = out->cap ? 2 * out->cap : 64;
+            int32_t *ids = realloc(out->ids, cap * sizeof *ids);
+            if (!ids) {
+                fprintf(stderr, "finch generate: out of memory\n");
+                return 1;
+            }
+            out->ids = ids;
+            out->cap = cap;
+        }
+        out->ids[out->len++] = (int32_t)v;
+        if (!*end) return 0;
+        p = end + 1;
+    }
+}
+
+/* One prompt: text (rendered as a chat with chat), or ids already parsed (given, taken over). */
+static int one_prompt(gen_setup *g, const char *prompt, finch_tokens *given, int chat, int print_ids)
 {
     finch_tokens ids = {0};
-    int rc;
-    if (chat) {
+    int rc = 0;
+    if (given->len) {
+        ids = *given;
+        memset(given, 0, sizeof *given);
+    } else if (chat) {
         cJSON *msgs = cJSON_CreateArray(), *msg = cJSON_CreateObject();
         cJSON_AddStringToObject(msg, "role", "user");
         cJSON_AddStringToObject(msg, "content", prompt);
@@ -56,7 +96,7 @@ static int one_prompt(gen_setup *g, const char *prompt, int chat)
         finch_tokens_free(&ids);
         return 1;
     }
-    g->opts.on_token = stream_piece;
+    g->opts.on_token = print_ids || !g->tok ? NULL : stream_piece;
     const int32_t *p = ids.ids;
     int64_t len = (int64_t)ids.len;
     finch_generation out;
@@ -66,6 +106,8 @@ static int one_prompt(gen_setup *g, const char *prompt, int chat)
         fprintf(stderr, "\n%s: %s\n", g->cmd, finch_last_error());
         return 1;
     }
+    if (print_ids || !g->tok)
+        for (size_t i = 0; i < out.tokens.len; i++) printf("%s%d", i ? "," : "", out.tokens.ids[i]);
     putchar('\n');
     fprintf(stderr, "[%zu tokens, %s]\n", out.tokens.len, gen_finish_name(out.finish));
     finch_generation_free(&out);
@@ -189,8 +231,8 @@ int finch_cmd_generate(int argc, char **argv)
 {
     gen_setup g;
     gen_setup_init(&g, "finch generate");
-    const char *prompt = NULL, *file = NULL, *out_path = NULL;
-    int chat = 0, batch = 8;
+    const char *prompt = NULL, *prompt_ids = NULL, *file = NULL, *out_path = NULL;
+    int chat = 0, batch = 8, print_ids = 0;
     for (int i = 1; i < argc; i++) {
         int taken = gen_setup_option(&g, argc, argv, &i);
         if (taken < 0) return 2;
@@ -201,6 +243,10 @@ int finch_cmd_generate(int argc, char **argv)
             return 0;
         } else if (!strcmp(a, "--chat")) {
             chat = 1;
+        } else if (!strcmp(a, "--print-ids")) {
+            print_ids = 1;
+        } else if (!strcmp(a, "--prompt-ids") && i + 1 < argc) {
+            prompt_ids = argv[++i];
         } else if ((!strcmp(a, "--prompt") || !strcmp(a, "--jsonl") || !strcmp(a, "--out") || !strcmp(a, "--batch")) && i + 1 < argc) {
             const char *v = argv[++i];
             if (!strcmp(a, "--prompt")) prompt = v;
@@ -216,18 +262,33 @@ int finch_cmd_generate(int argc, char **argv)
             return 2;
         }
     }
-    if (!g.model || (!prompt) == (!file)) {
-        fprintf(stderr, "finch generate: --model and one of --prompt or --jsonl are required\n");
+    if (!g.model || (prompt != NULL) + (prompt_ids != NULL) + (file != NULL) != 1) {
+        fprintf(stderr, "finch generate: --model and one of --prompt, --prompt-ids or --jsonl are required\n");
         usage(stderr);
         return 2;
     }
+    if (prompt_ids && chat) {
+        fprintf(stderr, "finch generate: --chat renders text; it does not take --prompt-ids\n");
+        return 2;
+    }
+    if (print_ids && file) {
+        fprintf(stderr, "finch generate: --print-ids is for --prompt or --prompt-ids\n");
+        return 2;
+    }
+    finch_tokens given = {0};
+    if (prompt_ids && parse_ids(prompt_ids, &given)) {
+        finch_tokens_free(&given);
+        return 2;
+    }
+    g.tokenizer_optional = prompt_ids != NULL;
     if (gen_setup_open(&g, chat)) {
+        finch_tokens_free(&given);
         gen_setup_close(&g);
         return 1;
     }
     int rc;
-    if (prompt) {
-        rc = one_prompt(&g, prompt, chat);
+    if (prompt || prompt_ids) {
+        rc = one_prompt(&g, prompt, &given, chat, print_ids);
     } else {
         /* JSON lines go to a temporary file renamed over --out once complete. */
         char tmp[4200];

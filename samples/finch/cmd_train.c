@@ -108,6 +108,7 @@ static int run(train_options *o)
         lo.compute_dtype = o->dtype ? (strcmp(o->dtype, "bf16") ? FINCH_DTYPE_F32 : FINCH_DTYPE_BF16) : finch_train_default_dtype(rt);
         lo.full_finetune = o->full_finetune;
         lo.gradient_checkpointing = o->gradient_checkpointing;
+        lo.offload_activations = o->offload_activations;
         lo.load_in_4bit = o->load_in_4bit;
         lo.double_quant = o->double_quant;
         rc = finch_model_load(rt, o->model, &lo, &m);

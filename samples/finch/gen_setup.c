@@ -124,7 +124,15 @@ int gen_setup_open(gen_setup *g, int want_template)
     lo.load_in_4bit = g->load_in_4bit;
     if (finch_model_load(g->rt, g->model, &lo, &g->m)) return fail(g, "loading the model");
     if (g->adapter && finch_lora_load(g->m, g->adapter)) return fail(g, "loading the adapter");
-    if (finch_tokenizer_load(g->model, &g->tok)) return fail(g, "loading the tokenizer");
+    if (g->tokenizer_optional && !want_template && !g->template_name && !g->n_stop) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/tokenizer.json", g->model);
+        FILE *f = fopen(path, "rb");
+        if (f) fclose(f);
+        if (f && finch_tokenizer_load(g->model, &g->tok)) return fail(g, "loading the tokenizer");
+    } else if (finch_tokenizer_load(g->model, &g->tok)) {
+        return fail(g, "loading the tokenizer");
+    }
     if (want_template || g->template_name) {
         int rc = g->template_name ? finch_chat_template_builtin(g->template_name, &g->tpl) : finch_chat_template_from_tokenizer(g->tok, &g->tpl);
         if (rc) {

@@ -15,6 +15,7 @@ typedef struct gen_setup {
     const char *stop[GEN_MAX_STOP];
     int n_stop;
     int load_in_4bit;                      /* --4bit */
+    int tokenizer_optional;                /* prompts given as ids: a model folder without tokenizer.json is fine */
     finch_generate_options opts;
     finch_runtime *rt;
     finch_model *m;

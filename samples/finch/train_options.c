@@ -47,6 +47,8 @@ static const opt_def defs[] = {
     {"--target-modules", "target_modules", T_STR, O(target_modules), "LIST  all-linear or q_proj,v_proj,...; vision models: add vision-blocks, vision-merger (all-linear)"},
     {"--full-finetune", "full_finetune", T_BOOL, O(full_finetune), "  train every weight instead of an adapter"},
     {"--gradient-checkpointing", "gradient_checkpointing", T_BOOL, O(gradient_checkpointing), "  recompute activations in backward"},
+    {"--offload-activations", "offload_activations", T_BOOL, O(offload_activations),
+     "  with --gradient-checkpointing: layer inputs in host memory (less device memory, slower steps)"},
     {"--load-in-4bit", "load_in_4bit", T_BOOL, O(load_in_4bit), "  QLoRA: decoder linear weights in NF4 (a bnb-4bit model loads so anyway)"},
     {"--double-quant", "bnb_4bit_use_double_quant", T_BOOL, O(double_quant), "  with --load-in-4bit: 8-bit absmax, as bitsandbytes"},
     {"--packing", "packing", T_BOOL, TC(packing), "  several examples per row"},

@@ -11,7 +11,7 @@ typedef struct train_options {
     const char *config;              /* --config FILE */
     const char *model, *adapter, *data, *out, *resume, *backend, *dtype, *chat_template;
     const char *lr_scheduler, *optim, *target_modules;
-    int full_finetune, gradient_checkpointing, threads, load_in_4bit, double_quant;
+    int full_finetune, gradient_checkpointing, offload_activations, threads, load_in_4bit, double_quant;
     int lora_r;
     double lora_alpha, lora_dropout;
     finch_trainer_config tc;         /* numeric training settings */

@@ -1,0 +1,206 @@
+/* attention_cache_forward when every sequence brings one new query row (decoding): the tile kernels
+ * of attention.cu would give each (sequence, head) one block whose query tile holds a single row,
+ * leaving most of the GPU idle and walking the whole cache serially. Here the keys are split along
+ * the sequence into chunks, one block per (chunk, kv head, sequence); the block's warps take the
+ * query heads that share the kv head, so the chunk of keys and values is read once. Each block
+ * writes a partial result (running max, sum of exponentials, unnormalised output, f32), and a second
+ * kernel combines the chunks of each (sequence, head) into o and lse. Visibility, scale and softcap
+ * are those of finch_attention_cache_desc with the query at position kv_len - 1. Anything else
+ * (several query rows in a sequence) goes to plugin_attention_cache_forward. */
+#include "gpu_plugin.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEC_THREADS 128
+#define DEC_MAX_PER_LANE 8       /* head_dim <= 8 * 32 */
+#define DEC_MIN_CHUNK 16         /* keys per block, at least */
+#define DEC_MAX_SPLITS 256
+
+struct decode_params {
+    int64_t n_heads, n_kv_heads, head_dim, kv_rows, window;
+    const int32_t *cu_q, *kv_start, *kv_len;
+    const void *q, *k, *v;
+    int64_t ldq, ldk, ldv;
+    float scale, softcap;
+    int chunk, splits;
+    float *part_o;          /* [seq][head][split][head_dim] */
+    float *part_ml;         /* [seq][head][split][2]: running max, sum of exponentials */
+};
+
+template <typename T>
+__global__ void __launch_bounds__(DEC_THREADS) attention_decode_kernel(decode_params p)
+{
+    int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+    int warps = blockDim.x / FINCH_WARP_SIZE, warp = threadIdx.x / FINCH_WARP_SIZE, lane = threadIdx.x % FINCH_WARP_SIZE;
+    int64_t D = p.head_dim, group = p.n_heads / p.n_kv_heads;
+    int64_t start = p.kv_start[seq], len = p.kv_len[seq], pos = len - 1;
+    int64_t end = len < p.kv_rows - start ? len : p.kv_rows - start; /* rows past kv_rows are not read */
+    int64_t lo = p.window > 0 && pos - p.window + 1 > 0 ? pos - p.window + 1 : 0;
+    int64_t j0 = (int64_t)split * p.chunk, j1 = j0 + p.chunk < end ? j0 + p.chunk : end;
+    if (j0 < lo) j0 = lo;
+    int64_t qrow = p.cu_q[seq];
+    for (int64_t hg = warp; hg < group; hg += warps) {
+        int64_t h = kvh * group + hg;
+        const T *qh = (const T *)p.q + qrow * p.ldq + h * D;
+        float qf[DEC_MAX_PER_LANE], acc[DEC_MAX_PER_LANE];
+#pragma unroll
+        for (int i = 0; i < DEC_MAX_PER_LANE; i++) {
+            int64_t d = lane + (int64_t)i * FINCH_WARP_SIZE;
+            qf[i] = d < D ? to_f32(qh[d]) * p.scale : 0.0f;
+            acc[i] = 0.0f;
+        }
+        float m = -INFINITY, l = 0.0f;
+#if FINCH_GPU_CUDA
+#pragma unroll 4 /* loads of four keys in flight (the HIP build disables partial unrolling) */
+#endif
+        for (int64_t j = j0; j < j1; j++) {
+            const T *kr = (const T *)p.k + (start + j) * p.ldk + kvh * D;
+            const T *vr = (const T *)p.v + (start + j) * p.ldv + kvh * D;
+            float s = 0.0f, vf[DEC_MAX_PER_LANE];
+#pragma unroll
+            for (int i = 0; i < DEC_MAX_PER_LANE; i++) {
+                int64_t d = lane + (int64_t)i * FINCH_WARP_SIZE;
+                if (d < D) {
+                    s = fmaf(qf[i], to_f32(kr[d]), s);
+                    vf[i] = to_f32(vr[d]);
+                } else {
+                    vf[i] = 0.0f;
+                }
+            }
+            for (int o = FINCH_WARP_SIZE / 2; o > 0; o >>= 1) s += gpu_shfl_xor(s, o);
+            if (p.softcap > 0.0f) s = p.softcap * tanhf(s / p.softcap);
+            float m_new = fmaxf(m, s), keep = expf(m - m_new), e = expf(s - m_new);
+            l = l * keep + e;
+#pragma unroll
+            for (int i = 0; i < DEC_MAX_PER_LANE; i++) acc[i] = fmaf(acc[i], keep, e * vf[i]);
+            m = m_new;
+        }
+        int64_t slot = (seq * p.n_heads + h) * p.splits + split;
+#pragma unroll
+        for (int i = 0; i < DEC_MAX_PER_LANE; i++) {
+            int64_t d = lane + (int64_t)i * FINCH_WARP_SIZE;
+            if (d < D) p.part_o[slot * D + d] = acc[i];
+        }
+        if (lane == 0) {
+            p.part_ml[slot * 2] = m;
+            p.part_ml[slot * 2 + 1] = l;
+        }
+    }
+}
+
+/* One block per (head, sequence), one thread per element of head_dim. */
+template <typename T>
+__global__ void attention_decode_combine_kernel(decode_params p, T *o, int64_t ldo, float *lse, int64_t n_tokens)
+{
+    int64_t h = blockIdx.x, seq = blockIdx.y, D = p.head_dim;
+    int64_t base = (seq * p.n_heads + h) * p.splits;
+    float m = -INFINITY;
+    for (int s = 0; s < p.splits; s++) m = fmaxf(m, p.part_ml[(base + s) * 2]);
+    float l = 0.0f;
+    for (int s = 0; s < p.splits; s++) {
+        float ms = p.part_ml[(base + s) * 2];
+        if (ms != -INFINITY) l += p.part_ml[(base + s) * 2 + 1] * expf(ms - m);
+    }
+    int64_t qrow = p.cu_q[seq];
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < p.splits; s++) {
+            float ms = p.part_ml[(base + s) * 2];
+            if (ms != -INFINITY) acc += p.part_o[(base + s) * D + d] * expf(ms - m);
+        }
+        o[qrow * ldo + h * D + d] = from_f32<T>(acc / l);
+    }
+    if (lse && threadIdx.x == 0) lse[h * n_tokens + qrow] = m + logf(l);
+}
+
+/* The decode path when it applies (*done = 1), else nothing queued. */
+static int attention_decode(gpuStream_t st, const finch_attention_cache_desc *c, int *done)
+{
+    *done = 0;
+    if (c->max_q_len != 1 || c->n_tokens != c->n_seqs || c->n_seqs < 1 || c->n_seqs > 65535) return FINCH_OK;
+    if (c->head_dim < 1 || c->head_dim > DEC_MAX_PER_LANE * 32 || c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads ||
+        c->n_kv_heads > 65535 || c->max_kv_len < 1 || c->window < 0 || !gpu_is_float_type(c->dtype))
+        return FINCH_OK;
+    if (!gpu_ptr(c->q) || !gpu_ptr(c->k) || !gpu_ptr(c->v) || !gpu_ptr(c->o) || !gpu_ptr(c->cu_seqlens_q) ||
+        !gpu_ptr(c->kv_start) || !gpu_ptr(c->kv_len))
+        return FINCH_OK; /* the general entry reports what is missing */
+    int64_t D = c->head_dim, width = c->n_heads * D, kv_width = c->n_kv_heads * D;
+    if (c->ldq < width || c->ldo < width || c->ldk < kv_width || c->ldv < kv_width) return FINCH_OK;
+    decode_params p;
+    memset(&p, 0, sizeof p);
+    p.n_heads = c->n_heads;
+    p.n_kv_heads = c->n_kv_heads;
+    p.head_dim = D;
+    p.kv_rows = c->kv_rows;
+    p.window = c->window;
+    p.cu_q = (const int32_t *)gpu_ptr(c->cu_seqlens_q);
+    p.kv_start = (const int32_t *)gpu_ptr(c->kv_start);
+    p.kv_len = (const int32_t *)gpu_ptr(c->kv_len);
+    p.q = gpu_ptr(c->q);
+    p.k = gpu_ptr(c->k);
+    p.v = gpu_ptr(c->v);
+    p.ldq = c->ldq;
+    p.ldk = c->ldk;
+    p.ldv = c->ldv;
+    p.scale = c->scale;
+    p.softcap = c->softcap;
+    int64_t chunk = (c->max_kv_len + DEC_MAX_SPLITS - 1) / DEC_MAX_SPLITS;
+    if (chunk < DEC_MIN_CHUNK) chunk = DEC_MIN_CHUNK;
+    p.chunk = (int)chunk;
+    p.splits = (int)((c->max_kv_len + chunk - 1) / chunk);
+    size_t parts = (size_t)(c->n_seqs * c->n_heads * p.splits);
+    void *scratch = NULL;
+    GPU_TRY(gpu_scratch(st, parts * (size_t)(D + 2) * sizeof(float), &scratch, "decode attention partial results"));
+    p.part_o = (float *)scratch;
+    p.part_ml = p.part_o + parts * (size_t)D;
+    dim3 grid((unsigned)p.splits, (unsigned)c->n_kv_heads, (unsigned)c->n_seqs);
+    dim3 grid2((unsigned)c->n_heads, (unsigned)c->n_seqs);
+    int threads2 = D < 32 ? 32 : (int)((D + 31) / 32 * 32);
+    int rc = FINCH_OK;
+    float *lse = (float *)gpu_ptr(c->lse);
+    switch (c->dtype) {
+    case FINCH_DTYPE_BF16:
+        attention_decode_kernel<gpu_bf16><<<grid, DEC_THREADS, 0, st>>>(p);
+        attention_decode_combine_kernel<gpu_bf16><<<grid2, threads2, 0, st>>>(p, (gpu_bf16 *)gpu_ptr(c->o), c->ldo, lse, c->n_tokens);
+        break;
+    case FINCH_DTYPE_F16:
+        attention_decode_kernel<gpu_f16><<<grid, DEC_THREADS, 0, st>>>(p);
+        attention_decode_combine_kernel<gpu_f16><<<grid2, threads2, 0, st>>>(p, (gpu_f16 *)gpu_ptr(c->o), c->ldo, lse, c->n_tokens);
+        break;
+    default:
+        attention_decode_kernel<float><<<grid, DEC_THREADS, 0, st>>>(p);
+        attention_decode_combine_kernel<float><<<grid2, threads2, 0, st>>>(p, (float *)gpu_ptr(c->o), c->ldo, lse, c->n_tokens);
+        break;
+    }
+    rc = GPU_LAUNCHED("decode attention");
+    gpu_scratch_free(st, scratch);
+    if (!rc) *done = 1;
+    return rc;
+}
+
+static bool decode_enabled(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("FINCH_CUDA_DECODE_ATTENTION");
+        on = !(e && !strcmp(e, "0"));
+    }
+    return on == 1;
+}
+
+/* The table's attention_cache_forward: the decode kernels for one query row per sequence
+ * (FINCH_CUDA_DECODE_ATTENTION=0 turns them off), else the tile kernels. */
+extern "C" int plugin_attention_cache_dispatch(finch_plugin_device *dev, finch_plugin_stream *s,
+                                               const finch_attention_cache_desc *c)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (c && decode_enabled()) {
+        int done = 0;
+        GPU_TRY(attention_decode(st, c, &done));
+        if (done) return FINCH_OK;
+    }
+    return plugin_attention_cache_forward(dev, s, c);
+}

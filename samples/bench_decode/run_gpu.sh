@@ -1,0 +1,89 @@
+#!/bin/bash
+# On the GPU machine: issue 7's generation checks and decode measurements in one call, each step
+# time-boxed so that everything ends within BUDGET seconds (default 230), outputs in $OUT:
+#   a) test_plugin_parity on libfinch-cuda.so (GEMV and decode attention included), then the
+#      batch-1 product timings of FINCH_PARITY_BENCH=decode                            -> parity.log
+#   b) finch bench decode --shape 8b (bf16), the model kept in /dev/shm               -> decode_bf16.log
+#   c) samples/bench_decode/hf_generate.py --shape 8b (HF generate, same card)        -> hf_generate.log
+#   d) NF4 against bf16 at the 1B shape (one checkpoint, with and without --4bit: loading the 8B shape
+#      with --4bit quantizes on the host for over 50 s)                -> decode_1b_bf16.log, decode_1b_nf4.log
+#   e) test_generate_golden all cuda (cache vs no-cache forward passes)               -> generate_golden.log
+#   f) tests/gpu/hf_generate_check.py (finch generate ids vs HF generate, f32)        -> hf_check.log
+#   g) the bf16 decode again with FINCH_CUDA_GEMV=0 FINCH_CUDA_DECODE_ATTENTION=0 (the paths before
+#      this work: cuBLASLt at m = 1 and the tile attention kernels), if time is left -> decode_bf16_old.log
+# usage: bash samples/bench_decode/run_gpu.sh [BUNDLE_DIR (default build-gpu/gpu-bundle)] (made by
+#        samples/bench_cuda/bundle.sh)
+# The device tool copies the checkout its session started in (not a helper's worktree): from a worktree,
+# put the bundle and this script (with samples/bench_decode/hf_generate.py, tests/gpu/hf_generate_check.py
+# beside it in the same layout) into a git-ignored folder of that checkout and carry that folder.
+set -u
+bundle=$(cd "${1:-build-gpu/gpu-bundle}" && pwd)
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+out=${OUT:-$PWD/gpu-out}
+mkdir -p "$out"
+start=$(date +%s)
+end=$(( start + ${BUDGET:-230} ))
+stamp() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$out/summary.txt"; }
+box() { local left=$(( end - $(date +%s) )); [ "$1" -lt "$left" ] && echo "$1" || echo $(( left > 1 ? left : 1 )); }
+
+lib=/tmp/finch-gpu-lib
+mkdir -p "$lib"
+cp "$bundle"/lib/*.so* "$lib"/ 2>/dev/null
+for f in "$lib"/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
+cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
+export LD_LIBRARY_PATH="$lib:/usr/local/cuda/lib64:${cublas:+$cublas:}${LD_LIBRARY_PATH:-}"
+export FINCH_SHARED_DIR="$bundle/shared" FINCH_PLUGIN_PATH="$bundle/bin"
+finch="$bundle/bin/finch"
+model=/dev/shm/finch-decode-8b
+
+{
+  echo "date: $(date -u +%FT%TZ)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv 2>&1
+} > "$out/summary.txt"
+
+stamp "a) plugin parity"
+FINCH_PARITY_PLUGIN="$bundle/bin/libfinch-cuda.so" FINCH_PARITY_BENCH=decode \
+  timeout $(box 50) "$bundle/bin/test_plugin_parity" > "$out/parity.log" 2>&1
+stamp "   exit $? : $(grep -E '^[0-9]+ passed' "$out/parity.log" | tail -1)"
+grep -E "FAIL" "$out/parity.log" | head -20 | tee -a "$out/summary.txt"
+grep -E "^bench" "$out/parity.log" | tee -a "$out/summary.txt"
+
+stamp "b) finch bench decode --shape 8b (bf16)"
+mkdir -p "$model"
+timeout $(box 60) "$finch" bench decode --shape 8b --backend cuda --dir "$model" --keep > "$out/decode_bf16.log" 2>&1
+stamp "   exit $?"
+grep -E "roofline|decode|bandwidth" "$out/decode_bf16.log" | tee -a "$out/summary.txt"
+dir=$(sed -n 's/^model: \([^,]*\),.*/\1/p' "$out/decode_bf16.log")
+
+stamp "c) HF generate, same shape"
+PYTHONUNBUFFERED=1 timeout $(box 45) python3 "$repo/samples/bench_decode/hf_generate.py" --shape 8b > "$out/hf_generate.log" 2>&1
+stamp "   exit $?"
+grep -E "decode|roofline|device" "$out/hf_generate.log" | tee -a "$out/summary.txt"
+
+stamp "d) NF4 against bf16, 1B shape"
+mkdir -p "$model-1b"
+timeout $(box 30) "$finch" bench decode --shape 1b --backend cuda --dir "$model-1b" --keep > "$out/decode_1b_bf16.log" 2>&1
+stamp "   bf16 exit $?"
+grep -E "roofline|decode" "$out/decode_1b_bf16.log" | tee -a "$out/summary.txt"
+dir1=$(sed -n 's/^model: \([^,]*\),.*/\1/p' "$out/decode_1b_bf16.log")
+[ -n "$dir1" ] && timeout $(box 35) "$finch" bench decode --model "$dir1" --backend cuda --4bit > "$out/decode_1b_nf4.log" 2>&1
+stamp "   nf4 exit $?"
+grep -E "roofline|decode" "$out/decode_1b_nf4.log" | tee -a "$out/summary.txt"
+rm -rf "$model-1b"
+
+stamp "e) test_generate_golden all cuda"
+timeout $(box 40) "$bundle/bin/test_generate_golden" all cuda > "$out/generate_golden.log" 2>&1
+stamp "   exit $? : $(grep -E '^[0-9]+ passed' "$out/generate_golden.log" | tail -1)"
+grep -E "FAIL" "$out/generate_golden.log" | head -10 | tee -a "$out/summary.txt"
+
+stamp "f) finch generate vs HF generate (greedy, f32)"
+PYTHONUNBUFFERED=1 timeout $(box 40) python3 "$repo/tests/gpu/hf_generate_check.py" "$finch" cuda > "$out/hf_check.log" 2>&1
+stamp "   exit $? : $(tail -1 "$out/hf_check.log")"
+
+stamp "g) bf16 decode on the paths before (FINCH_CUDA_GEMV=0 FINCH_CUDA_DECODE_ATTENTION=0)"
+[ -n "$dir" ] && FINCH_CUDA_GEMV=0 FINCH_CUDA_DECODE_ATTENTION=0 \
+  timeout $(box 40) "$finch" bench decode --model "$dir" --backend cuda > "$out/decode_bf16_old.log" 2>&1
+stamp "   exit $?"
+grep -E "roofline|decode" "$out/decode_bf16_old.log" | tee -a "$out/summary.txt"
+rm -rf "$model"
+stamp "done"

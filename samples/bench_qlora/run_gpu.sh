@@ -1,0 +1,59 @@
+#!/bin/bash
+# On the GPU machine: the QLoRA checks and measurements of issue 5 in one call, everything written to
+# $OUT (default ./gpu-out). Takes the folder made here by samples/bench_cuda/bundle.sh (built with
+# bench_qlora and test_qlora). Each step is time-boxed and the whole script stops starting new steps
+# after DEADLINE seconds (default 280):
+#   a) bench_qlora --mode qlora, 8B shape, B1 x T2048                     -> qlora.log
+#   b) bench_qlora --mode lora (bf16 weights), same shape and program     -> lora.log
+#   c) test_qlora cuda (QLoRA vs the dequantised bf16/f32 path, goldens)   -> test_qlora.log
+#   d) test_plugin_parity, groups qmatmul and linear                      -> parity.log
+#   e) bench_qlora --offload at B1 x T2048                                -> qlora_offload.log
+#   f) long context: bench_qlora --offload, 2 layers, T = 32768 and 65536 -> long.log
+# usage: bash samples/bench_qlora/run_gpu.sh [BUNDLE_DIR]
+set -u
+bundle=$(cd "${1:-build-gpu/gpu-bundle}" && pwd)
+out=${OUT:-$PWD/gpu-out}
+deadline=${DEADLINE:-280}
+mkdir -p "$out"
+start=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$out/summary.txt"; }
+left() { echo $(( deadline - ($(date +%s) - start) )); }
+
+lib=/tmp/finch-gpu-lib
+mkdir -p "$lib"
+cp "$bundle"/lib/*.so* "$lib"/ 2>/dev/null
+for f in "$lib"/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
+cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
+finch_env=(env "LD_LIBRARY_PATH=$lib:/usr/local/cuda/lib64:${cublas:+$cublas:}${LD_LIBRARY_PATH:-}"
+           "FINCH_SHARED_DIR=$bundle/shared" "FINCH_PLUGIN_PATH=$bundle/bin" "FINCH_TEST_TMP=/tmp")
+scratch=/dev/shm
+{
+  echo "date: $(date -u +%FT%TZ)"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+  df -h $scratch | tail -1
+} > "$out/summary.txt"
+
+step() { # name log timeout command...
+  local name=$1 log=$2 t=$3; shift 3
+  local l; l=$(left)
+  [ "$l" -gt 10 ] || { stamp "$name: skipped (no time left)"; return; }
+  [ "$t" -le "$l" ] || t=$l
+  stamp "$name"
+  "${finch_env[@]}" timeout "$t" "$@" >> "$out/$log" 2>&1
+  stamp "   exit $? $(grep -E '^RESULT|^[0-9]+ passed' "$out/$log" | tail -1)"
+}
+
+bq="$bundle/bin/bench_qlora"
+step "a) qlora 8b B1 T2048" qlora.log 100 "$bq" --mode qlora --batch 1 --seq 2048 --steps 3 --dir $scratch
+step "b) bf16 lora 8b B1 T2048" lora.log 110 "$bq" --mode lora --batch 1 --seq 2048 --steps 3 --dir $scratch
+rm -rf $scratch/finch_bench_8b_lora_32l
+step "c) test_qlora cuda" test_qlora.log 60 "$bundle/bin/test_qlora" cuda
+step "d) parity qmatmul, linear" parity.log 40 env FINCH_PARITY_PLUGIN="$bundle/bin/libfinch-cuda.so" \
+  FINCH_PARITY_ONLY=qmatmul,linear "$bundle/bin/test_plugin_parity"
+grep -E "FAIL" "$out/parity.log" | head -20 >> "$out/summary.txt"
+grep -E "FAIL" "$out/test_qlora.log" | head -20 >> "$out/summary.txt"
+step "e) qlora 8b B1 T2048 offload" qlora_offload.log 40 "$bq" --mode qlora --batch 1 --seq 2048 --steps 3 --dir $scratch --reuse --offload
+for T in 32768 65536; do
+  step "f) qlora 8b 2 layers T$T offload" long.log 60 "$bq" --mode qlora --layers 2 --batch 1 --seq $T --steps 1 --dir $scratch --reuse --offload
+done
+grep -h RESULT "$out"/*.log >> "$out/summary.txt"
