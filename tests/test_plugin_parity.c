@@ -608,6 +608,9 @@ static void test_linear(void)
         {"bf16 nf4, r16, m 150", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_NF4, 150, 136, 200, 16, 0, 1, 0, 1, 0.0f},
         {"bf16 dense, r16, dropout, m 130", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 130, 96, 160, 16, 1, 1, 1, 0, 0.05f},
         {"f32 nf4, r7, m 70", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 70, 81, 65, 7, 1, 0, 0, 0, 0.0f},
+        /* The trainer's configuration: bf16 activations and weights, f32 adapter (and bias). */
+        {"bf16 dense, f32 params, r16, m 70", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 70, 96, 136, 16, 0, 1, 0, 1, 0.0f},
+        {"bf16 dense, f32 params, bias, r8, dropout", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 45, 64, 80, 8, 1, 0, 1, 0, 0.1f},
         {"bf16 nf4 decode, bias, r4, m 1", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 1, 192, 43, 4, 1, 1, 0, 0, 0.0f},
         {"bf16 dense decode, r8, m 3", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 3, 136, 57, 8, 0, 0, 0, 0, 0.0f},
     };

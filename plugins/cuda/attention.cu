@@ -39,6 +39,7 @@ struct attn_params {
     const int32_t *kv_start, *kv_len;   /* attention over a cache: each sequence's key rows; else NULL */
     int64_t kv_rows;
     bool vec_q, vec_k, vec_v, vec_do;   /* 16-bit rows that allow 16-byte loads (the tensor-core kernels) */
+    bool no_async;                      /* FINCH_CUDA_ATTENTION=sync: no cp.async prefetching */
 };
 
 /* One sequence's query rows [q_start, q_start + q_len) and key rows [k_start, k_start + k_len); its
@@ -301,16 +302,18 @@ static bool vec16(const void *p, int64_t ld, finch_dtype t)
 }
 
 /* FINCH_CUDA_ATTENTION=simt: the portable kernels everywhere (the reference path for the
- * tensor-core kernels). */
-static bool simt_forced(void)
+ * tensor-core kernels); =sync: the tensor-core kernels without cp.async prefetching (to measure it). */
+static const char *attention_mode(void)
 {
-    static int forced = -1;
-    if (forced < 0) {
+    static const char *mode = NULL;
+    if (!mode) {
         const char *e = getenv("FINCH_CUDA_ATTENTION");
-        forced = e && !strcmp(e, "simt");
+        mode = e ? e : "";
     }
-    return forced == 1;
+    return mode;
 }
+
+static bool simt_forced(void) { return !strcmp(attention_mode(), "simt"); }
 
 #include "attention_mma.cuh"
 
@@ -324,11 +327,14 @@ static int launch_forward_mma(finch_plugin_device *dev, gpuStream_t st, const at
     if constexpr (!std::is_same<T, float>::value) {
         if (dev->props.major < 8 || (d->head_dim != 64 && d->head_dim != 128) || simt_forced()) return FINCH_OK;
         void (*kernel)(attn_params) = d->head_dim == 64 ? attention_forward_mma_kernel<64, T> : attention_forward_mma_kernel<128, T>;
-        size_t smem = d->head_dim == 64 ? mma_smem<64>::bytes : mma_smem<128>::bytes;
+        attn_params pa = p;
+        size_t (*bytes)(bool) = d->head_dim == 64 ? mma_smem<64>::bytes : mma_smem<128>::bytes;
+        if (bytes(true) > dev->props.sharedMemPerBlockOptin) pa.no_async = true;
+        size_t smem = bytes(!pa.no_async);
         GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                           "attention_forward shared memory"));
         dim3 grid((unsigned)((d->max_seqlen + MMA_BLOCK_Q - 1) / MMA_BLOCK_Q), (unsigned)d->n_heads, (unsigned)d->n_seqs);
-        kernel<<<grid, MMA_THREADS, smem, st>>>(p);
+        kernel<<<grid, MMA_THREADS, smem, st>>>(pa);
         *done = 1;
         return GPU_LAUNCHED("attention_forward (tensor cores)");
     }
@@ -394,6 +400,7 @@ static attn_params make_params(const finch_attention_desc *d)
     p.vec_k = vec16(p.k, d->ldk, d->dtype);
     p.vec_v = vec16(p.v, d->ldv, d->dtype);
     p.vec_do = vec16(p.dout, d->lddout, d->dtype);
+    p.no_async = !strcmp(attention_mode(), "sync");
     return p;
 }
 
@@ -462,8 +469,10 @@ static int backward_typed(finch_plugin_device *dev, gpuStream_t st, attn_params 
             int hd = (int)d->head_dim;
             void (*dkdv)(attn_params) = hd == 64 ? attention_dkdv_mma_kernel<64, T> : attention_dkdv_mma_kernel<128, T>;
             void (*dq)(attn_params, T *, int64_t) = hd == 64 ? attention_dq_mma_kernel<64, T> : attention_dq_mma_kernel<128, T>;
-            size_t s1 = hd == 64 ? mma_bwd_smem<64>::dkdv_bytes : mma_bwd_smem<128>::dkdv_bytes;
-            size_t s2 = hd == 64 ? mma_bwd_smem<64>::dq_bytes : mma_bwd_smem<128>::dq_bytes;
+            size_t (*b1)(bool) = hd == 64 ? mma_bwd_smem<64>::dkdv_bytes : mma_bwd_smem<128>::dkdv_bytes;
+            size_t (*b2)(bool) = hd == 64 ? mma_bwd_smem<64>::dq_bytes : mma_bwd_smem<128>::dq_bytes;
+            if (b1(true) > dev->props.sharedMemPerBlockOptin || b2(true) > dev->props.sharedMemPerBlockOptin) p.no_async = true;
+            size_t s1 = b1(!p.no_async), s2 = b2(!p.no_async);
             GPU_TRY(gpu_check(gpuFuncSetAttribute(dkdv, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s1),
                               "attention_backward shared memory"));
             GPU_TRY(gpu_check(gpuFuncSetAttribute(dq, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s2),

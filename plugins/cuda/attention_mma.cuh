@@ -87,9 +87,107 @@ __device__ __forceinline__ void mma_load_rows(T *dst, int ld, const T *src, int6
     }
 }
 
+/* 16 bytes global -> shared without passing through registers (cp.async, sm_80+); valid = false
+ * zero-fills the destination and reads nothing (src must still be a mapped address). */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n));
+#else
+    (void)dst; (void)src; (void)valid;
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+/* Waits until at most n of this thread's committed groups are still in flight. */
+template <int N> __device__ __forceinline__ void cp_async_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+/* mma_load_rows for vector-loadable rows, queued with cp.async (the caller commits and waits), so
+ * the next tile streams in while the current one is used. */
+template <int D, typename T>
+__device__ __forceinline__ void mma_load_rows_async(T *dst, int ld, const T *src, int64_t src_ld, int64_t row0, int rows,
+                                                    int64_t len)
+{
+    const int C = D / 8;
+    for (int e = threadIdx.x; e < rows * C; e += MMA_THREADS) {
+        int r = e / C, c = (e % C) * 8;
+        bool ok = row0 + r < len;
+        cp_async16(dst + r * ld + c, ok ? src + (row0 + r) * src_ld + c : src, ok);
+    }
+}
+
+/* Streamed tiles get two buffers each (the next tile loading with cp.async while the current one is
+ * in use) unless p.no_async, which the launch sets when the device cannot give the block that much
+ * shared memory (or FINCH_CUDA_ATTENTION=sync); a kernel whose operands do not allow 16-byte loads
+ * uses the first buffer only, loaded synchronously. */
+__device__ __forceinline__ int mma_nbuf(const attn_params &p) { return p.no_async ? 1 : 2; }
+
+/* The query tile of a block of the forward and dQ kernels. Under a causal mask later tiles see more
+ * keys: blocks are handed out in index order, so the heaviest tiles go first and the last wave is
+ * made of light ones. */
+__device__ __forceinline__ unsigned mma_heavy_first(const attn_params &p)
+{
+    return p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+}
+
 template <int D> struct mma_smem {
     static const int LDK = D + 8;                 /* row stride of the Q, K and V tiles (elements) */
-    static const size_t bytes = (size_t)(MMA_BLOCK_Q + 2 * MMA_BLOCK_K) * LDK * 2;
+    static size_t bytes(bool async) { return (size_t)(MMA_BLOCK_Q + (async ? 4 : 2) * MMA_BLOCK_K) * LDK * 2; }
+};
+
+/* The loop over key tiles shared by the forward and dQ kernels: at the top of each iteration the
+ * tile k0 is in (kt, vt). Returns false when the loop is done. */
+template <int D, typename T> struct kv_pipeline {
+    T *ks, *vs;                    /* [2][MMA_BLOCK_K][ld] each */
+    int ld;
+    const T *kp, *vp;
+    int64_t ldk, ldv, len, hi;
+    bool async, vk, vv;
+    int buf;
+
+    __device__ __forceinline__ void start(int64_t k0)
+    {
+        buf = 0;
+        if (async && k0 < hi) {
+            mma_load_rows_async<D, T>(ks, ld, kp, ldk, k0, MMA_BLOCK_K, len);
+            mma_load_rows_async<D, T>(vs, ld, vp, ldv, k0, MMA_BLOCK_K, len);
+        }
+        cp_async_commit();
+    }
+    /* Makes tile k0 resident in (*kt, *vt) for every thread of the block. */
+    __device__ __forceinline__ void acquire(int64_t k0, T **kt, T **vt)
+    {
+        __syncthreads(); /* the buffer the next tile goes to (used by the previous iteration) is free */
+        if (async) {
+            T *nk = ks + (buf ^ 1) * MMA_BLOCK_K * ld, *nv = vs + (buf ^ 1) * MMA_BLOCK_K * ld;
+            if (k0 + MMA_BLOCK_K < hi) {
+                mma_load_rows_async<D, T>(nk, ld, kp, ldk, k0 + MMA_BLOCK_K, MMA_BLOCK_K, len);
+                mma_load_rows_async<D, T>(nv, ld, vp, ldv, k0 + MMA_BLOCK_K, MMA_BLOCK_K, len);
+            }
+            cp_async_commit();
+            cp_async_wait<1>(); /* tile k0's group has landed */
+        } else {
+            mma_load_rows<D, T>(ks, ld, kp, ldk, k0, MMA_BLOCK_K, len, vk);
+            mma_load_rows<D, T>(vs, ld, vp, ldv, k0, MMA_BLOCK_K, len, vv);
+        }
+        __syncthreads();
+        *kt = ks + buf * MMA_BLOCK_K * ld;
+        *vt = vs + buf * MMA_BLOCK_K * ld;
+        if (async) buf ^= 1;
+    }
 };
 
 template <int D, typename T>
@@ -97,11 +195,11 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_forward_mma_kernel(attn
 {
     const int LDK = mma_smem<D>::LDK;
     extern __shared__ float smem_raw[];
-    T *qs = (T *)smem_raw, *ks = qs + MMA_BLOCK_Q * LDK, *vs = ks + MMA_BLOCK_K * LDK;
+    T *qs = (T *)smem_raw, *k_bufs = qs + MMA_BLOCK_Q * LDK, *v_bufs = k_bufs + mma_nbuf(p) * MMA_BLOCK_K * LDK;
 
     int64_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
     const seq_span sp = seq_span_of(p, blockIdx.z);
-    int64_t start = sp.q_start, len = sp.q_len, klen = sp.k_len, q0 = (int64_t)blockIdx.x * MMA_BLOCK_Q;
+    int64_t start = sp.q_start, len = sp.q_len, klen = sp.k_len, q0 = (int64_t)mma_heavy_first(p) * MMA_BLOCK_Q;
     if (q0 >= len) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     int r0 = warp * 16;
@@ -125,11 +223,15 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_forward_mma_kernel(attn
     int64_t last_q = q0 + MMA_BLOCK_Q < len ? q0 + MMA_BLOCK_Q : len, k_lo, k_hi;
     key_range(p, sp, q0, last_q, &k_lo, &k_hi);
     const T *kp = (const T *)p.k + sp.k_start * p.ldk + kvh * D, *vp = (const T *)p.v + sp.k_start * p.ldv + kvh * D;
+    kv_pipeline<D, T> pipe = {k_bufs, v_bufs, LDK, kp, vp, p.ldk, p.ldv, klen, k_hi, p.vec_k && p.vec_v && !p.no_async, p.vec_k, p.vec_v, 0};
+    /* Tiles wholly below the diagonal (and inside the sequence, no window) need no mask. */
+    int64_t q_min = q0 + sp.off;
+    bool rows_full = q0 + MMA_BLOCK_Q <= len && p.window == 0;
+    pipe.start(k_lo - k_lo % MMA_BLOCK_K);
     for (int64_t k0 = k_lo - k_lo % MMA_BLOCK_K; k0 < k_hi; k0 += MMA_BLOCK_K) {
-        __syncthreads(); /* the previous tile is fully used */
-        mma_load_rows<D, T>(ks, LDK, kp, p.ldk, k0, MMA_BLOCK_K, klen, p.vec_k);
-        mma_load_rows<D, T>(vs, LDK, vp, p.ldv, k0, MMA_BLOCK_K, klen, p.vec_v);
-        __syncthreads();
+        T *ks, *vs;
+        pipe.acquire(k0, &ks, &vs);
+        bool full = rows_full && k0 + MMA_BLOCK_K <= klen && (!p.causal || k0 + MMA_BLOCK_K - 1 <= q_min);
         float s[MMA_BLOCK_K / 8][4];
 #pragma unroll
         for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++) {
@@ -147,7 +249,7 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_forward_mma_kernel(attn
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int64_t j = k0 + nt * 8 + t * 2 + (e & 1);
-                float v = visible_in(p, sp, rows_i[e >> 1], j) ? cap_score(p, p.scale * s[nt][e]) : -INFINITY;
+                float v = full || visible_in(p, sp, rows_i[e >> 1], j) ? cap_score(p, p.scale * s[nt][e]) : -INFINITY;
                 s[nt][e] = v;
                 tile_max[e >> 1] = fmaxf(tile_max[e >> 1], v);
             }
@@ -221,10 +323,17 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_forward_mma_kernel(attn
 
 template <int D> struct mma_bwd_smem {
     static const int LD = D + 8;
-    /* dK/dV kernel: K, V [64][LD]; Q, dO [32][LD]; lse, delta [32] f32 */
-    static const size_t dkdv_bytes = ((size_t)2 * MMA_BLOCK_K * LD + 2 * MMA_BWD_Q * LD) * 2 + 2 * MMA_BWD_Q * sizeof(float);
-    /* dQ kernel: Q, dO [64][LD]; K, V [64][LD]; lse, delta [64] f32 */
-    static const size_t dq_bytes = (size_t)4 * MMA_BLOCK_K * LD * 2 + 2 * MMA_BLOCK_Q * sizeof(float);
+    /* dK/dV kernel: K, V [64][LD]; Q, dO [nbuf][32][LD] (the next query tile loading while one is
+     * used); lse, delta [32] f32 */
+    static size_t dkdv_bytes(bool async)
+    {
+        return ((size_t)2 * MMA_BLOCK_K * LD + (async ? 4 : 2) * MMA_BWD_Q * LD) * 2 + 2 * MMA_BWD_Q * sizeof(float);
+    }
+    /* dQ kernel: Q, dO [64][LD]; K, V [nbuf][64][LD] (kv_pipeline); lse, delta [64] f32 */
+    static size_t dq_bytes(bool async)
+    {
+        return (size_t)(async ? 6 : 4) * MMA_BLOCK_K * LD * 2 + 2 * MMA_BLOCK_Q * sizeof(float);
+    }
 };
 
 template <int D, typename T>
@@ -233,8 +342,9 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dkdv_mma_kernel(attn_pa
     typedef mma_bwd_smem<D> L;
     const int LD = L::LD;
     extern __shared__ float smem_raw[];
-    T *ks = (T *)smem_raw, *vs = ks + MMA_BLOCK_K * LD, *qs = vs + MMA_BLOCK_K * LD, *dos = qs + MMA_BWD_Q * LD;
-    float *lse_s = (float *)(dos + MMA_BWD_Q * LD), *delta_s = lse_s + MMA_BWD_Q;
+    T *ks = (T *)smem_raw, *vs = ks + MMA_BLOCK_K * LD, *q_bufs = vs + MMA_BLOCK_K * LD;
+    T *do_bufs = q_bufs + mma_nbuf(p) * MMA_BWD_Q * LD;
+    float *lse_s = (float *)(do_bufs + mma_nbuf(p) * MMA_BWD_Q * LD), *delta_s = lse_s + MMA_BWD_Q;
 
     int64_t seq = blockIdx.z, kvh = blockIdx.y, group = p.n_heads / p.n_kv_heads;
     int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, k0 = (int64_t)blockIdx.x * MMA_BLOCK_K;
@@ -253,18 +363,61 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dkdv_mma_kernel(attn_pa
     int64_t last_k = (k0 + MMA_BLOCK_K < len ? k0 + MMA_BLOCK_K : len) - 1;
     int64_t q_lo = p.causal ? k0 : 0, q_hi = p.window > 0 ? last_k + p.window : len;
     if (q_hi > len) q_hi = len;
-    for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
+    /* One pass over (query head of the group, query tile) pairs; with 16-byte rows the next pair's Q
+     * and dO tiles (cp.async) and lse/delta (registers) load while the current pair is used. */
+    const int64_t h_end = (kvh + 1) * group;
+    const bool async = p.vec_q && p.vec_do && !p.no_async;
+    const T *qbase = (const T *)p.q + start * p.ldq, *dobase = (const T *)p.dout + start * p.lddout;
+    float lse_next = 0.0f, delta_next = 0.0f;
+    int buf = 0;
+    if (q_lo < q_hi) {
+        int64_t h = kvh * group;
+        if (async) {
+            mma_load_rows_async<D, T>(q_bufs, LD, qbase + h * D, p.ldq, q_lo, MMA_BWD_Q, len);
+            mma_load_rows_async<D, T>(do_bufs, LD, dobase + h * D, p.lddout, q_lo, MMA_BWD_Q, len);
+        }
+        cp_async_commit();
+        if (threadIdx.x < MMA_BWD_Q) {
+            int64_t i = q_lo + threadIdx.x;
+            lse_next = i < len ? p.lse[h * p.n_tokens + start + i] : 0.0f;
+            delta_next = i < len ? p.delta[h * p.n_tokens + start + i] : 0.0f;
+        }
+    }
+    for (int64_t h = kvh * group; h < h_end; h++) {
         for (int64_t q0 = q_lo; q0 < q_hi; q0 += MMA_BWD_Q) {
+            int64_t nh = h, nq = q0 + MMA_BWD_Q;
+            if (nq >= q_hi) {
+                nh++;
+                nq = q_lo;
+            }
+            bool more = nh < h_end;
             __syncthreads(); /* previous tiles fully used; K and V loaded */
-            mma_load_rows<D, T>(qs, LD, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, MMA_BWD_Q, len, p.vec_q);
-            mma_load_rows<D, T>(dos, LD, (const T *)p.dout + start * p.lddout + h * D, p.lddout, q0, MMA_BWD_Q, len,
-                                p.vec_do);
             if (threadIdx.x < MMA_BWD_Q) {
-                int64_t i = q0 + threadIdx.x;
-                lse_s[threadIdx.x] = i < len ? p.lse[h * p.n_tokens + start + i] : 0.0f;
-                delta_s[threadIdx.x] = i < len ? p.delta[h * p.n_tokens + start + i] : 0.0f;
+                lse_s[threadIdx.x] = lse_next;
+                delta_s[threadIdx.x] = delta_next;
+                int64_t i = nq + threadIdx.x;
+                if (more) {
+                    lse_next = i < len ? p.lse[nh * p.n_tokens + start + i] : 0.0f;
+                    delta_next = i < len ? p.delta[nh * p.n_tokens + start + i] : 0.0f;
+                }
+            }
+            T *qs = q_bufs + buf * MMA_BWD_Q * LD, *dos = do_bufs + buf * MMA_BWD_Q * LD;
+            if (async) {
+                if (more) {
+                    mma_load_rows_async<D, T>(q_bufs + (buf ^ 1) * MMA_BWD_Q * LD, LD, qbase + nh * D, p.ldq, nq, MMA_BWD_Q, len);
+                    mma_load_rows_async<D, T>(do_bufs + (buf ^ 1) * MMA_BWD_Q * LD, LD, dobase + nh * D, p.lddout, nq, MMA_BWD_Q,
+                                              len);
+                }
+                cp_async_commit();
+                cp_async_wait<1>();
+                buf ^= 1;
+            } else {
+                mma_load_rows<D, T>(qs, LD, qbase + h * D, p.ldq, q0, MMA_BWD_Q, len, p.vec_q);
+                mma_load_rows<D, T>(dos, LD, dobase + h * D, p.lddout, q0, MMA_BWD_Q, len, p.vec_do);
             }
             __syncthreads();
+            bool full = q0 + MMA_BWD_Q <= len && k0 + MMA_BLOCK_K <= len && p.window == 0 &&
+                        (!p.causal || k0 + MMA_BLOCK_K - 1 <= q0);
             float st[MMA_BWD_Q / 8][4], dpt[MMA_BWD_Q / 8][4];
 #pragma unroll
             for (int nt = 0; nt < MMA_BWD_Q / 8; nt++)
@@ -295,7 +448,7 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dkdv_mma_kernel(attn_pa
                 for (int e = 0; e < 4; e++) {
                     int col = nt * 8 + t * 2 + (e & 1);
                     float prob = 0.0f, ds = 0.0f;
-                    if (visible(p, q0 + col, keys_j[e >> 1], len)) {
+                    if (full || visible(p, q0 + col, keys_j[e >> 1], len)) {
                         float sc = cap_score(p, p.scale * st[nt][e]);
                         prob = expf(sc - lse_s[col]);
                         ds = prob * (dpt[nt][e] - delta_s[col]);
@@ -346,11 +499,12 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dq_mma_kernel(attn_para
     typedef mma_bwd_smem<D> L;
     const int LD = L::LD;
     extern __shared__ float smem_raw[];
-    T *qs = (T *)smem_raw, *dos = qs + MMA_BLOCK_Q * LD, *ks = dos + MMA_BLOCK_Q * LD, *vs = ks + MMA_BLOCK_K * LD;
-    float *lse_s = (float *)(vs + MMA_BLOCK_K * LD), *delta_s = lse_s + MMA_BLOCK_Q;
+    T *qs = (T *)smem_raw, *dos = qs + MMA_BLOCK_Q * LD, *k_bufs = dos + MMA_BLOCK_Q * LD;
+    T *v_bufs = k_bufs + mma_nbuf(p) * MMA_BLOCK_K * LD;
+    float *lse_s = (float *)(v_bufs + mma_nbuf(p) * MMA_BLOCK_K * LD), *delta_s = lse_s + MMA_BLOCK_Q;
 
     int64_t seq = blockIdx.z, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
-    int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, q0 = (int64_t)blockIdx.x * MMA_BLOCK_Q;
+    int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, q0 = (int64_t)mma_heavy_first(p) * MMA_BLOCK_Q;
     if (q0 >= len) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = warp * 16;
     mma_load_rows<D, T>(qs, LD, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, MMA_BLOCK_Q, len, p.vec_q);
@@ -369,11 +523,13 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dq_mma_kernel(attn_para
     int64_t k_lo = p.window > 0 ? q0 - p.window + 1 : 0, k_hi = p.causal ? last_q : len;
     if (k_lo < 0) k_lo = 0;
     const T *kp = (const T *)p.k + start * p.ldk + kvh * D, *vp = (const T *)p.v + start * p.ldv + kvh * D;
+    kv_pipeline<D, T> pipe = {k_bufs, v_bufs, LD, kp, vp, p.ldk, p.ldv, len, k_hi, p.vec_k && p.vec_v && !p.no_async, p.vec_k, p.vec_v, 0};
+    bool rows_full = q0 + MMA_BLOCK_Q <= len && p.window == 0;
+    pipe.start(k_lo - k_lo % MMA_BLOCK_K);
     for (int64_t k0 = k_lo - k_lo % MMA_BLOCK_K; k0 < k_hi; k0 += MMA_BLOCK_K) {
-        __syncthreads();
-        mma_load_rows<D, T>(ks, LD, kp, p.ldk, k0, MMA_BLOCK_K, len, p.vec_k);
-        mma_load_rows<D, T>(vs, LD, vp, p.ldv, k0, MMA_BLOCK_K, len, p.vec_v);
-        __syncthreads();
+        T *ks, *vs;
+        pipe.acquire(k0, &ks, &vs);
+        bool full = rows_full && k0 + MMA_BLOCK_K <= len && (!p.causal || k0 + MMA_BLOCK_K - 1 <= q0);
         float s[MMA_BLOCK_K / 8][4], dp[MMA_BLOCK_K / 8][4];
 #pragma unroll
         for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
@@ -403,7 +559,7 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dq_mma_kernel(attn_para
             for (int e = 0; e < 4; e++) {
                 int row = rows[e >> 1];
                 float ds = 0.0f;
-                if (visible(p, q0 + row, k0 + nt * 8 + t * 2 + (e & 1), len)) {
+                if (full || visible(p, q0 + row, k0 + nt * 8 + t * 2 + (e & 1), len)) {
                     float sc = cap_score(p, p.scale * s[nt][e]);
                     float prob = expf(sc - lse_s[row]);
                     ds = prob * (dp[nt][e] - delta_s[row]);

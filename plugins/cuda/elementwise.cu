@@ -167,15 +167,19 @@ extern "C" int plugin_activation_backward(finch_plugin_device *dev, finch_plugin
 }
 
 /* Gated units: element (i, j) of strided gate/up views, contiguous out/dout. The cap of SOFTCAP is
- * not a parameter of the glu entries, so the gated entries accept the four plain activations. */
+ * not a parameter of the glu entries, so the gated entries accept the four plain activations.
+ * Blocks take rows (grid-stride), threads the columns of a row: no 64-bit division per element. */
 template <typename T>
 __global__ void glu_forward_kernel(int act, int64_t n, int64_t dim, const T *gate, int64_t ldg, const T *up,
                                    int64_t ldu, T *out)
 {
-    GRID_STRIDE(idx, n * dim) {
-        int64_t i = idx / dim, j = idx % dim;
-        float g = to_f32(gate[i * ldg + j]), u = to_f32(up[i * ldu + j]);
-        out[idx] = from_f32<T>(act_forward(act, 0.0f, g) * u);
+    for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+        const T *gr = gate + i * ldg, *ur = up + i * ldu;
+        T *orow = out + i * dim;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float g = to_f32(gr[j]), u = to_f32(ur[j]);
+            orow[j] = from_f32<T>(act_forward(act, 0.0f, g) * u);
+        }
     }
 }
 
@@ -183,14 +187,20 @@ template <typename T>
 __global__ void glu_backward_kernel(int act, int64_t n, int64_t dim, const T *gate, int64_t ldg, const T *up,
                                     int64_t ldu, const T *dout, T *dgate, T *dup)
 {
-    GRID_STRIDE(idx, n * dim) {
-        int64_t i = idx / dim, j = idx % dim;
-        float g = to_f32(gate[i * ldg + j]), u = to_f32(up[i * ldu + j]), d = to_f32(dout[idx]);
-        float a = act_forward(act, 0.0f, g), da = act_derivative(act, 0.0f, g);
-        dgate[i * ldg + j] = from_f32<T>(d * u * da);
-        dup[i * ldu + j] = from_f32<T>(d * a);
+    for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+        const T *gr = gate + i * ldg, *ur = up + i * ldu, *dr = dout + i * dim;
+        T *dgr = dgate + i * ldg, *dur = dup + i * ldu;
+        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+            float g = to_f32(gr[j]), u = to_f32(ur[j]), d = to_f32(dr[j]);
+            float a = act_forward(act, 0.0f, g), da = act_derivative(act, 0.0f, g);
+            dgr[j] = from_f32<T>(d * u * da);
+            dur[j] = from_f32<T>(d * a);
+        }
     }
 }
+
+/* Blocks for the row-wise gated kernels: one per row, at most the grid-stride cap. */
+static unsigned glu_blocks(int64_t n) { return n < 65535 * 16 ? (unsigned)n : 65535u * 16; }
 
 static int check_glu(finch_activation act, int64_t dim, int64_t ldg, int64_t ldu, const char *entry)
 {
@@ -215,7 +225,7 @@ extern "C" int plugin_glu_forward(finch_plugin_device *dev, finch_plugin_stream 
     GPU_TRY(check_ptr(gpu_ptr(up), "glu_forward", "up"));
     GPU_TRY(check_ptr(gpu_ptr(out), "glu_forward", "out"));
     FINCH_DISPATCH_FLOAT(dtype, T, "glu_forward",
-        glu_forward_kernel<T><<<gpu_blocks(n * dim, THREADS), THREADS, 0, st>>>(
+        glu_forward_kernel<T><<<glu_blocks(n), THREADS, 0, st>>>(
             act, n, dim, (const T *)gpu_ptr(gate), ldg, (const T *)gpu_ptr(up), ldu, (T *)gpu_ptr(out)));
     return GPU_LAUNCHED("glu_forward");
 }
@@ -234,7 +244,7 @@ extern "C" int plugin_glu_backward(finch_plugin_device *dev, finch_plugin_stream
     GPU_TRY(check_ptr(gpu_ptr(dgate), "glu_backward", "dgate"));
     GPU_TRY(check_ptr(gpu_ptr(dup), "glu_backward", "dup"));
     FINCH_DISPATCH_FLOAT(dtype, T, "glu_backward",
-        glu_backward_kernel<T><<<gpu_blocks(n * dim, THREADS), THREADS, 0, st>>>(
+        glu_backward_kernel<T><<<glu_blocks(n), THREADS, 0, st>>>(
             act, n, dim, (const T *)gpu_ptr(gate), ldg, (const T *)gpu_ptr(up), ldu, (const T *)gpu_ptr(dout),
             (T *)gpu_ptr(dgate), (T *)gpu_ptr(dup)));
     return GPU_LAUNCHED("glu_backward");

@@ -185,6 +185,9 @@ int gpu_column_sums(gpuStream_t st, int64_t n, int64_t dim, finch_dtype dtype, c
 /* dst = (dst_type) src over n elements (F32/BF16/F16/I32), queued on st. */
 int gpu_cast(gpuStream_t st, int64_t n, finch_dtype src_type, const void *src, finch_dtype dst_type, void *dst);
 
+/* The table with every entry timed (FINCH_CUDA_PROFILE=1; profile.cu). */
+const finch_plugin_api *gpu_profiled_api(const finch_plugin_api *base);
+
 /* ---- entries (one file each, see the .cu files) ----------------------------------------- */
 #ifdef __cplusplus
 extern "C" {

@@ -441,5 +441,7 @@ static const finch_plugin_api plugin_api = {
 
 extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)
 {
+    const char *profile = getenv("FINCH_CUDA_PROFILE");
+    if (profile && !strcmp(profile, "1")) return gpu_profiled_api(&plugin_api);
     return &plugin_api;
 }

@@ -1,5 +1,5 @@
 /* Rotary embedding in place, "rotate half" layout, with sections (M-RoPE), partial rotation and
- * attn_factor. Backward turns by -theta. One thread per rotated pair. */
+ * attn_factor. Backward turns by -theta. */
 #include "gpu_plugin.h"
 
 #define THREADS 256
@@ -13,20 +13,32 @@ struct rope_params {
     float attn_factor, sign; /* sign -1: backward */
 };
 
+/* One block per token (grid-stride): the block's angles (cos, sin of each rotated pair index, shared
+ * by every head) go to shared memory once, then the threads walk the token's heads x pairs. */
 template <typename T>
 __global__ void rope_kernel(rope_params p, T *x)
 {
-    int64_t total = p.n_tokens * p.n_heads * p.half;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t d = i % p.half, th = i / p.half, h = th % p.n_heads, t = th / p.n_heads;
-        int s = 0;
-        while (s < p.n_sections - 1 && d >= p.section_end[s]) s++;
-        float theta = (float)p.positions[(int64_t)s * p.n_tokens + t] * p.inv_freq[d];
-        float c = cosf(theta) * p.attn_factor, sn = sinf(theta) * p.attn_factor * p.sign;
-        T *row = x + t * p.ldx + h * p.head_dim;
-        float x1 = to_f32(row[d]), x2 = to_f32(row[d + p.half]);
-        row[d] = from_f32<T>(x1 * c - x2 * sn);
-        row[d + p.half] = from_f32<T>(x2 * c + x1 * sn);
+    extern __shared__ float cs[]; /* cos [half], sin [half] */
+    int half = (int)p.half, pairs = (int)(p.n_heads * p.half);
+    for (int64_t t = blockIdx.x; t < p.n_tokens; t += gridDim.x) {
+        __syncthreads(); /* the previous token's angles are used */
+        for (int d = threadIdx.x; d < half; d += blockDim.x) {
+            int s = 0;
+            while (s < p.n_sections - 1 && d >= p.section_end[s]) s++;
+            float theta = (float)p.positions[(int64_t)s * p.n_tokens + t] * p.inv_freq[d];
+            cs[d] = cosf(theta) * p.attn_factor;
+            cs[half + d] = sinf(theta) * p.attn_factor * p.sign;
+        }
+        __syncthreads();
+        T *row = x + t * p.ldx;
+        for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
+            int h = j / half, d = j - h * half;
+            T *hr = row + (int64_t)h * p.head_dim;
+            float c = cs[d], sn = cs[half + d];
+            float x1 = to_f32(hr[d]), x2 = to_f32(hr[d + half]);
+            hr[d] = from_f32<T>(x1 * c - x2 * sn);
+            hr[d + half] = from_f32<T>(x2 * c + x1 * sn);
+        }
     }
 }
 
@@ -62,9 +74,13 @@ static int rope(finch_plugin_device *dev, finch_plugin_stream *s, const finch_ro
     if (!p.half) return FINCH_OK;
     if (!gpu_ptr(d->x) || !p.positions || !p.inv_freq)
         return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: x, positions or inv_freq is absent", entry);
-    int64_t total = d->n_tokens * d->n_heads * p.half;
+    if (d->n_heads * p.half > INT32_MAX)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: %lld heads of %lld pairs", entry,
+                        (long long)d->n_heads, (long long)p.half);
+    unsigned blocks = d->n_tokens < 65535 * 16 ? (unsigned)d->n_tokens : 65535u * 16;
+    size_t smem = (size_t)p.half * 2 * sizeof(float);
     FINCH_DISPATCH_FLOAT(d->dtype, T, entry,
-        rope_kernel<T><<<gpu_blocks(total, THREADS), THREADS, 0, st>>>(p, (T *)gpu_ptr(d->x)));
+        rope_kernel<T><<<blocks, THREADS, smem, st>>>(p, (T *)gpu_ptr(d->x)));
     return GPU_LAUNCHED(entry);
 }
 
