@@ -82,18 +82,18 @@ static void count_device_memory(finch_runtime *rt)
 
 /* ---- files ------------------------------------------------------------------------------------- */
 
-static char *read_text(const char *path)
+/* Writes c (deleted here) as dir/config.json, making dir; 0 on success. */
+static int save_config_json(const char *dir, cJSON *c)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) n = 0;
-    if (s) s[n] = 0;
-    fclose(f);
-    return s;
+    char *out = cJSON_Print(c), path[1200];
+    cJSON_Delete(c);
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "wb");
+    int rc = !out || !f || fputs(out, f) < 0;
+    if (f) fclose(f);
+    free(out);
+    return rc;
 }
 
 /* dst/config.json = src/config.json with quantization_config set to qc (a JSON text, or NULL: removed)
@@ -102,22 +102,14 @@ static int write_config(const char *src_dir, const char *dst_dir, const char *qc
 {
     char path[1400];
     snprintf(path, sizeof path, "%s/config.json", src_dir);
-    char *text = read_text(path);
+    char *text = testing_read_file(path);
     cJSON *c = text ? cJSON_Parse(text) : NULL;
     free(text);
     if (!c) return 1;
     cJSON_DeleteItemFromObject(c, "quantization_config");
     if (qc) cJSON_AddItemToObject(c, "quantization_config", cJSON_Parse(qc));
     if (mq >= 0) cJSON_ReplaceItemInObject(c, "multi_query", cJSON_CreateBool(mq));
-    char *out = cJSON_Print(c);
-    cJSON_Delete(c);
-    mkdir(dst_dir, 0755);
-    snprintf(path, sizeof path, "%s/config.json", dst_dir);
-    FILE *f = fopen(path, "wb");
-    int rc = !f || fputs(out, f) < 0;
-    if (f) fclose(f);
-    free(out);
-    return rc;
+    return save_config_json(dst_dir, c);
 }
 
 static char *tmp_path(char *buf, size_t n, const char *arch, const char *what)
@@ -318,7 +310,7 @@ static int write_deeper(const char *src, const char *dst)
 {
     char path[1400];
     snprintf(path, sizeof path, "%s/config.json", src);
-    char *text = read_text(path);
+    char *text = testing_read_file(path);
     cJSON *c = text ? cJSON_Parse(text) : NULL;
     free(text);
     const cJSON *nl = c ? cJSON_GetObjectItem(c, "num_hidden_layers") : NULL;
@@ -328,14 +320,7 @@ static int write_deeper(const char *src, const char *dst)
     }
     int L = nl->valueint;
     cJSON_ReplaceItemInObject(c, "num_hidden_layers", cJSON_CreateNumber(2 * L));
-    char *out = cJSON_Print(c);
-    cJSON_Delete(c);
-    mkdir(dst, 0755);
-    snprintf(path, sizeof path, "%s/config.json", dst);
-    FILE *f = fopen(path, "wb");
-    int rc = !f || fputs(out, f) < 0;
-    if (f) fclose(f);
-    free(out);
+    int rc = save_config_json(dst, c);
     st_set *s = NULL;
     if (rc || st_set_open_dir(src, &s)) return 1;
     int n = st_set_count(s), k = 0;
