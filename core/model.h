@@ -105,6 +105,7 @@ struct finch_model {
     int32_t *host_i32;                       /* staging for ids, labels, positions */
     unsigned char *offload_host;             /* x_1 .. x_{L-1} of the step when offloading activations */
     size_t offload_cap;                      /* bytes */
+    int offload_pinned;                      /* offload_host came from the backend's host_alloc */
     size_t host_i32_cap;
 };
 
@@ -137,6 +138,8 @@ finch_linear_params finch_model_linear_params(const finch_model *m, const finch_
 /* model_move.c */
 int finch_model_add_owner(finch_model *m, const finch_model_owner *o);
 void finch_model_remove_owner(finch_model *m, void *self);
+/* Frees the activation-offload host buffer (page-locked through the backend, or plain). */
+void finch_model_offload_release(finch_model *m);
 /* Every pointer the model itself keeps into its ledger (the visit of the model as an owner). */
 void finch_model_visit_devrefs(finch_model *m, finch_devref_fn fn, void *ctx);
 /* Moves m and its owners' state onto the opened backend `to` (see finch_model_move). On success the

@@ -533,13 +533,36 @@ typedef struct offload {
     size_t bytes;                 /* of one x_l */
 } offload;
 
+/* Page-locked memory when the backend has it (the copies then run in stream order without holding
+ * up the host: far cheaper than a synchronous copy from pageable memory), else plain memory. */
+static int has_async_copies(const finch_model *m)
+{
+    const finch_plugin_api *api = m->be->api;
+    return api->host_alloc && api->host_free && api->read_async && api->write_async;
+}
+
+void finch_model_offload_release(finch_model *m)
+{
+    if (m->offload_pinned && m->offload_host) m->be->api->host_free(m->be->dev, m->offload_host);
+    else free(m->offload_host);
+    m->offload_host = NULL;
+    m->offload_cap = 0;
+    m->offload_pinned = 0;
+}
+
 static int offload_begin(finch_model *m, int64_t n, int64_t H, offload *o)
 {
     int64_t L = m->cfg.n_layers;
     o->bytes = (size_t)(n * H) * finch_dtype_size(m->dtype);
     size_t need = o->bytes * (size_t)(L - 1);
     if (need > m->offload_cap) {
-        unsigned char *p = realloc(m->offload_host, need);
+        /* The stream may still be copying into the old buffer (the previous step's reloads). */
+        if (m->offload_pinned && m->be->api->synchronize(m->be->dev, m->be->stream))
+            return finch_device_error(m->be, FINCH_ERR_DEVICE, "synchronize");
+        finch_model_offload_release(m);
+        void *p = NULL;
+        if (has_async_copies(m) && m->be->api->host_alloc(m->be->dev, need, &p) == FINCH_OK) m->offload_pinned = 1;
+        else p = malloc(need);   /* too much to page-lock: plain memory, synchronous copies */
         if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "activation offload: cannot hold %zu bytes in host memory", need);
         m->offload_host = p;
         m->offload_cap = need;
@@ -630,7 +653,9 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             g->want_grad = 0;
             rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
             finch_arena_reset(&m->arena, am);
-            if (!rc && off.on && l + 1 < L && api->read(m->be->dev, m->be->stream, x[l + 1].data, offload_at(m, &off, l + 1), off.bytes))
+            if (!rc && off.on && l + 1 < L &&
+                (m->offload_pinned ? api->read_async : api->read)(m->be->dev, m->be->stream, x[l + 1].data, offload_at(m, &off, l + 1),
+                                                                   off.bytes))
                 rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "offloading a layer input to host memory");
         } else {
             rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
@@ -648,7 +673,8 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             if (x[l].node >= 0) finch_graph_rebind_grad(g, &x[l], gbuf[l % 2]);
             finch_arena_mark am = finch_arena_get_mark(&m->arena);
             if (off.on && l >= 1 && l < L - 1 &&
-                api->write(m->be->dev, m->be->stream, x[l].data, offload_at(m, &off, l), off.bytes))
+                (m->offload_pinned ? api->write_async : api->write)(m->be->dev, m->be->stream, x[l].data, offload_at(m, &off, l),
+                                                                     off.bytes))
                 rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "reloading a layer input from host memory");
             if (rc) break;
             int64_t chunk = ckpt ? mlp_chunk(&s) : 0;

@@ -560,6 +560,7 @@ void finch_model_free(finch_model *m)
     finch_arena_free(&m->arena);
     finch_devmem_release_all(&m->mem);
     free(m->mem.entries);
+    finch_model_offload_release(m);   /* page-locked through the backend: before it closes */
     if (m->backend_owned) finch_backend_close(&m->backend);
     free(m->owners);
     finch_graph_free(&m->graph);
@@ -569,7 +570,6 @@ void finch_model_free(finch_model *m)
     free(m->trainables);
     free(m->lora_targets_json);
     free(m->host_i32);
-    free(m->offload_host);
     free(m->stream);
     free(m->segments);
     free(m);

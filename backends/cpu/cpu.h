@@ -137,6 +137,8 @@ const char *cpu_last_error(void);
 int cpu_device_count(int *count);
 int cpu_device_info(int index, finch_device_info *info);
 int cpu_device_details(int index, char *buf, size_t size);
+int cpu_host_alloc(finch_plugin_device *dev, size_t bytes, void **out);
+void cpu_host_free(finch_plugin_device *dev, void *ptr);
 int cpu_device_open(int index, finch_plugin_device **out);
 void cpu_device_close(finch_plugin_device *dev);
 int cpu_memory_info(finch_plugin_device *dev, uint64_t *free_bytes, uint64_t *total_bytes);

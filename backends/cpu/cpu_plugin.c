@@ -111,6 +111,15 @@ void cpu_stream_destroy(finch_plugin_device *dev, finch_plugin_stream *s) { free
 
 int cpu_synchronize(finch_plugin_device *dev, finch_plugin_stream *s) { return FINCH_OK; }
 
+/* Host memory is the device's: "pinned" memory is plain memory and the copies happen at once. */
+int cpu_host_alloc(finch_plugin_device *dev, size_t bytes, void **out)
+{
+    *out = malloc(bytes ? bytes : 1);
+    return *out ? FINCH_OK : cpu_oom(bytes, "host_alloc");
+}
+
+void cpu_host_free(finch_plugin_device *dev, void *ptr) { free(ptr); }
+
 static const finch_plugin_api cpu_api = {
     .abi_major = FINCH_PLUGIN_ABI_MAJOR,
     .abi_minor = FINCH_PLUGIN_ABI_MINOR,
@@ -123,6 +132,10 @@ static const finch_plugin_api cpu_api = {
     .device_count = cpu_device_count,
     .device_info = cpu_device_info,
     .device_details = cpu_device_details,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
+    .write_async = cpu_write,
+    .read_async = cpu_read,
     .device_open = cpu_device_open,
     .device_close = cpu_device_close,
     .memory_info = cpu_memory_info,

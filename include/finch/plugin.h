@@ -392,6 +392,16 @@ typedef struct finch_plugin_api {
      * version strings, features the plugin uses, extensions. Plain text, "key: value" lines, written
      * NUL-terminated into buf (cut to size); callable after init, before any device_open. */
     int (*device_details)(int index, char *buf, size_t size);
+
+    /* Transfers that overlap the host: host_alloc gives page-locked host memory (host_free returns
+     * it); read_async/write_async queue a copy between it and the device on stream s and return.
+     * The host memory must come from host_alloc and must not be read, written or freed until s is
+     * synchronized; work queued later on s sees the copy done (stream order). A backend may copy
+     * synchronously. All four or none. */
+    int (*host_alloc)(finch_plugin_device *dev, size_t bytes, void **out);
+    void (*host_free)(finch_plugin_device *dev, void *ptr);
+    int (*write_async)(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, const void *src, size_t bytes);
+    int (*read_async)(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr src, void *dst, size_t bytes);
 } finch_plugin_api;
 
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);

@@ -61,6 +61,8 @@ typedef __half gpu_f16;
 #define gpuMemPoolAttrReleaseThreshold hipMemPoolAttrReleaseThreshold
 #define gpuMemPoolTrimTo hipMemPoolTrimTo
 #define gpuMemcpyAsync hipMemcpyAsync
+#define gpuMallocHost(p, n) hipHostMalloc(p, n, hipHostMallocDefault)
+#define gpuFreeHost hipHostFree
 #define gpuMemcpy2DAsync hipMemcpy2DAsync
 #define gpuMemsetAsync hipMemsetAsync
 #define gpuMemcpyHostToDevice hipMemcpyHostToDevice
@@ -163,6 +165,8 @@ typedef __half gpu_f16;
 #define gpuMemPoolAttrReleaseThreshold cudaMemPoolAttrReleaseThreshold
 #define gpuMemPoolTrimTo cudaMemPoolTrimTo
 #define gpuMemcpyAsync cudaMemcpyAsync
+#define gpuMallocHost(p, n) cudaMallocHost(p, n)
+#define gpuFreeHost cudaFreeHost
 #define gpuMemcpy2DAsync cudaMemcpy2DAsync
 #define gpuMemsetAsync cudaMemsetAsync
 #define gpuMemcpyHostToDevice cudaMemcpyHostToDevice

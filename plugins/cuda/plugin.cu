@@ -383,6 +383,44 @@ static int plugin_read(finch_plugin_device *dev, finch_plugin_stream *s, finch_d
     return gpu_check(gpuStreamSynchronize(st), "reading from the device");
 }
 
+/* ---- page-locked host memory and copies that return once queued (ABI 1.2) ---------------------- */
+static int plugin_host_alloc(finch_plugin_device *dev, size_t bytes, void **out)
+{
+    *out = NULL;
+    GPU_TRY(gpu_check(gpuSetDevice(dev->index), "selecting the device"));
+    gpuError_t e = gpuMallocHost(out, bytes ? bytes : 1);
+    if (e != gpuSuccess) {
+        gpuGetLastError();
+        *out = NULL;
+        return gpu_fail(FINCH_ERR_OUT_OF_MEMORY, FINCH_GPU_PLUGIN_NAME ": cannot page-lock %zu bytes of host memory: %s", bytes,
+                        gpuGetErrorString(e));
+    }
+    return FINCH_OK;
+}
+
+static void plugin_host_free(finch_plugin_device *dev, void *ptr)
+{
+    if (ptr) gpuFreeHost(ptr);
+}
+
+static int plugin_write_async(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, const void *src, size_t bytes)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_range(dst, bytes, "write_async"));
+    if (!bytes) return FINCH_OK;
+    return gpu_check(gpuMemcpyAsync(gpu_ptr(dst), src, bytes, gpuMemcpyHostToDevice, st), "writing to the device");
+}
+
+static int plugin_read_async(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr src, void *dst, size_t bytes)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_range(src, bytes, "read_async"));
+    if (!bytes) return FINCH_OK;
+    return gpu_check(gpuMemcpyAsync(dst, gpu_ptr(src), bytes, gpuMemcpyDeviceToHost, st), "reading from the device");
+}
+
 static int plugin_copy(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, finch_dptr src, size_t bytes)
 {
     gpuStream_t st = NULL;
@@ -437,6 +475,7 @@ static const finch_plugin_api plugin_api = {
     plugin_adamw_step,
     plugin_adamw8bit_step, plugin_attention_cache_dispatch,
     plugin_device_details,
+    plugin_host_alloc, plugin_host_free, plugin_write_async, plugin_read_async,
 };
 
 extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)
