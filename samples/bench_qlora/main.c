@@ -2,6 +2,7 @@
  *
  *     bench_qlora [--shape 8b|tiny] [--layers N] [--seq T] [--batch B] [--steps N] [--rank R]
  *                 [--mode qlora|lora] [--backend NAME] [--dir SCRATCH] [--reuse] [--offload]
+ *                 [--optim none|adamw|adamw8bit]
  *
  * Builds a Llama-architecture checkpoint with random weights at the shape (8b: Llama-3.1-8B's dims,
  * hidden 4096, 32 layers, 32 heads, 8 kv heads, intermediate 14336, vocab 128256), nothing
@@ -10,8 +11,10 @@
  * lm_head and norms bf16; lora mode writes everything bf16 (the baseline: bf16 LoRA). The scratch
  * folder (--dir, default $TMPDIR or /tmp) holds it: about 6 GiB (qlora) or 16 GiB (lora) at 8b.
  * Then: load (bf16 compute, gradient checkpointing; --offload: layer inputs in host memory), r=16
- * LoRA on all linear layers, one warm-up step and --steps timed forward+backward steps on random
- * tokens, B x T each.
+ * LoRA on all linear layers, one warm-up step and --steps timed steps on random tokens, B x T each:
+ * whole training steps through finch_trainer (forward, backward, the optimizer: --optim adamw, the
+ * default, or adamw8bit; constant lr 1e-4, weight decay 0.01, no clipping), or with --optim none
+ * forward + backward only.
  *
  * Reports tokens/s over the timed steps and peak device memory: the most bytes finch had allocated
  * on the device at once (counted at the plugin's alloc/free, comparable to torch's
@@ -25,6 +28,7 @@
 #include "core/half.h"
 #include "core/runtime.h"
 #include "finch/finch.h"
+#include "finch/train.h"
 #include "samples/finch/bench_model.h"
 
 #include <errno.h>
@@ -44,6 +48,7 @@ typedef struct args {
     const char *shape_name, *mode, *backend, *dir;
     int64_t seq, batch, steps, rank;
     int reuse, offload;
+    const char *optim;      /* "none", or an optimizer name for finch_optimizer_parse */
 } args;
 
 static double gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
@@ -223,7 +228,8 @@ static int write_checkpoint(const args *a, const char *dir)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: bench_qlora [--shape 8b|tiny] [--layers N] [--seq T] [--batch B] [--steps N] [--rank R]\n"
-               "                   [--mode qlora|lora] [--backend NAME] [--dir SCRATCH] [--reuse] [--offload]\n");
+               "                   [--mode qlora|lora] [--backend NAME] [--dir SCRATCH] [--reuse] [--offload]\n"
+               "                   [--optim none|adamw|adamw8bit]\n");
 }
 
 static int parse(int argc, char **argv, args *a)
@@ -236,13 +242,15 @@ static int parse(int argc, char **argv, args *a)
     a->batch = 1;
     a->steps = 3;
     a->rank = 16;
+    a->optim = "adamw";
     int64_t layers = 0;
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int64_t *num = !strcmp(s, "--layers") ? &layers : !strcmp(s, "--seq") ? &a->seq : !strcmp(s, "--batch") ? &a->batch
                      : !strcmp(s, "--steps") ? &a->steps : !strcmp(s, "--rank") ? &a->rank : NULL;
         const char **str = !strcmp(s, "--shape") ? &a->shape_name : !strcmp(s, "--mode") ? &a->mode
-                         : !strcmp(s, "--backend") ? &a->backend : !strcmp(s, "--dir") ? &a->dir : NULL;
+                         : !strcmp(s, "--backend") ? &a->backend : !strcmp(s, "--dir") ? &a->dir
+                         : !strcmp(s, "--optim") ? &a->optim : NULL;
         if (!strcmp(s, "--reuse")) {
             a->reuse = 1;
         } else if (!strcmp(s, "--offload")) {
@@ -264,6 +272,11 @@ static int parse(int argc, char **argv, args *a)
     }
     if (layers > 0) a->s.layers = layers;
     if (strcmp(a->mode, "qlora") && strcmp(a->mode, "lora")) {
+        usage(stderr);
+        return 0;
+    }
+    finch_optimizer opt;
+    if (strcmp(a->optim, "none") && finch_optimizer_parse(a->optim, &opt)) {
         usage(stderr);
         return 0;
     }
@@ -329,14 +342,6 @@ int main(int argc, char **argv)
     printf("load: %.1f s; device memory for the weights: %.1f MiB (load peak %.1f MiB)\n", bench_now() - t0, mib((double)weights),
            mib((double)bench_device_peak()));
 
-    finch_lora_config lc = finch_lora_config_default();
-    lc.r = (int)a.rank;
-    lc.alpha = (float)a.rank;
-    if (finch_lora_attach(m, &lc)) return fail("attaching LoRA");
-    finch_model_info info;
-    finch_model_info_get(m, &info);
-    printf("LoRA: %lld trainable parameters\n", (long long)info.n_trainable);
-
     int64_t n = a.batch * a.seq;
     int32_t *ids = malloc((size_t)n * sizeof *ids);
     if (!ids) return fail("allocating the batch");
@@ -345,20 +350,67 @@ int main(int argc, char **argv)
         r = r * 6364136223846793005ull + 1442695040888963407ull;
         ids[i] = (int32_t)((r >> 33) % (uint64_t)s->vocab);
     }
+    const char *targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+    int use_trainer = strcmp(a.optim, "none") != 0;
+    finch_trainer *trainer = NULL;
+    finch_train_data *data = NULL;
     finch_batch b = {.batch = a.batch, .seq_len = a.seq, .input_ids = ids};
+    if (use_trainer) {
+        /* B rows of the random tokens, labels = inputs; the trainer attaches the adapter. */
+        finch_example *ex = calloc((size_t)a.batch, sizeof *ex);
+        if (!ex) return fail("allocating the batch");
+        for (int64_t i = 0; i < a.batch; i++) {
+            ex[i].ids = (finch_tokens){ids + i * a.seq, (size_t)a.seq, (size_t)a.seq};
+            ex[i].labels = ex[i].ids;
+        }
+        int rc = finch_train_data_from_examples(ex, (size_t)a.batch, &data);
+        free(ex);
+        if (rc) return fail("making the training data");
+        finch_trainer_config tc = finch_trainer_config_default();
+        tc.max_steps = 1 + a.steps;
+        tc.per_device_train_batch_size = (int)a.batch;
+        tc.gradient_accumulation_steps = 1;
+        tc.learning_rate = 1e-4;
+        tc.lr_scheduler_type = FINCH_LR_CONSTANT;
+        tc.weight_decay = 0.01;
+        tc.max_grad_norm = 0;
+        finch_optimizer_parse(a.optim, &tc.optim);
+        tc.shuffle = 0;
+        tc.max_seq_length = a.seq;
+        tc.lora.r = (int)a.rank;
+        tc.lora.alpha = (float)a.rank;
+        tc.lora.dropout = 0;
+        tc.lora.target_modules = targets;
+        if (finch_trainer_open(m, &tc, data, &trainer)) return fail("opening the trainer");
+    } else {
+        finch_lora_config lc = finch_lora_config_default();
+        lc.r = (int)a.rank;
+        lc.alpha = (float)a.rank;
+        lc.target_modules = targets;
+        if (finch_lora_attach(m, &lc)) return fail("attaching LoRA");
+    }
+    finch_model_info info;
+    finch_model_info_get(m, &info);
+    printf("LoRA: %lld trainable parameters; %s\n", (long long)info.n_trainable,
+           use_trainer ? "whole training steps (finch_trainer)" : "forward + backward only");
+
     finch_step_result res;
+    finch_train_progress p;
+    memset(&p, 0, sizeof p);
     t0 = bench_now();
-    if (finch_forward_backward(m, &b, NULL, &res)) return fail("warm-up step");
-    printf("warm-up step: %.2f s, loss %.4f, device peak so far %.3f GiB\n", bench_now() - t0, res.loss, gib((double)bench_device_peak()));
+    if (use_trainer ? finch_trainer_step(trainer, &p) : finch_forward_backward(m, &b, NULL, &res)) return fail("warm-up step");
+    printf("warm-up step: %.2f s, loss %.4f, device peak so far %.3f GiB\n", bench_now() - t0, use_trainer ? p.loss : res.loss,
+           gib((double)bench_device_peak()));
     uint64_t overall_peak = bench_device_peak();
     double total = 0;
     for (int64_t i = 0; i < a.steps; i++) {
-        if (finch_zero_grads(m)) return fail("clearing gradients");
+        if (!use_trainer && finch_zero_grads(m)) return fail("clearing gradients");
         t0 = bench_now();
-        if (finch_forward_backward(m, &b, NULL, &res)) return fail("training step");
+        if (use_trainer ? finch_trainer_step(trainer, &p) : finch_forward_backward(m, &b, NULL, &res)) return fail("training step");
         double dt = bench_now() - t0;
         total += dt;
-        printf("step %lld: %.3f s, loss %.4f, %.0f tokens/s\n", (long long)(i + 1), dt, res.loss, (double)n / dt);
+        printf("step %lld: %.3f s, loss %.4f, %.0f tokens/s\n", (long long)(i + 1), dt, use_trainer ? p.loss : res.loss,
+               (double)n / dt);
         if (bench_device_peak() > overall_peak) overall_peak = bench_device_peak();
         if (i == 0 && a.steps > 1) bench_device_reset_peak(); /* the arena is one buffer from the first timed step on */
     }
@@ -366,13 +418,15 @@ int main(int argc, char **argv)
     const finch_backend *be = &rt->backend;
     int have_info = be->api->memory_info(be->dev, &free_b, &total_b) == FINCH_OK;
     double steady_gib = a.steps > 1 ? gib((double)bench_device_peak()) : -1.0; /* -1: not measured (one step) */
-    printf("RESULT shape=%s mode=%s offload=%d layers=%lld B=%lld T=%lld r=%lld tokens_per_s=%.1f peak_alloc_gib=%.3f "
+    printf("RESULT shape=%s mode=%s offload=%d optim=%s layers=%lld B=%lld T=%lld r=%lld tokens_per_s=%.1f peak_alloc_gib=%.3f "
            "steady_peak_gib=%.3f weights_gib=%.3f",
-           a.shape_name, a.mode, a.offload, (long long)s->layers, (long long)a.batch, (long long)a.seq, (long long)a.rank,
+           a.shape_name, a.mode, a.offload, a.optim, (long long)s->layers, (long long)a.batch, (long long)a.seq, (long long)a.rank,
            (double)(n * a.steps) / total, gib((double)overall_peak), steady_gib, gib((double)weights));
     if (have_info) printf(" device_used_gib=%.3f device_total_gib=%.3f", gib((double)(total_b - free_b)), gib((double)total_b));
     printf(" device=\"%s\"\n", dev.name);
     free(ids);
+    finch_trainer_close(trainer);
+    finch_train_data_free(data);
     finch_model_free(m);
     finch_runtime_close(rt);
     return 0;
