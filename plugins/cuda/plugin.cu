@@ -362,27 +362,6 @@ static int check_range(finch_dptr p, size_t bytes, const char *what)
     return FINCH_OK;
 }
 
-static int plugin_write(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, const void *src, size_t bytes)
-{
-    gpuStream_t st = NULL;
-    GPU_TRY(gpu_begin(dev, s, &st));
-    GPU_TRY(check_range(dst, bytes, "write"));
-    if (!bytes) return FINCH_OK;
-    GPU_TRY(gpu_check(gpuMemcpyAsync(gpu_ptr(dst), src, bytes, gpuMemcpyHostToDevice, st), "writing to the device"));
-    /* The caller may reuse src on return; pinned sources would still be in flight otherwise. */
-    return gpu_check(gpuStreamSynchronize(st), "writing to the device");
-}
-
-static int plugin_read(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr src, void *dst, size_t bytes)
-{
-    gpuStream_t st = NULL;
-    GPU_TRY(gpu_begin(dev, s, &st));
-    GPU_TRY(check_range(src, bytes, "read"));
-    if (!bytes) return FINCH_OK;
-    GPU_TRY(gpu_check(gpuMemcpyAsync(dst, gpu_ptr(src), bytes, gpuMemcpyDeviceToHost, st), "reading from the device"));
-    return gpu_check(gpuStreamSynchronize(st), "reading from the device");
-}
-
 /* ---- page-locked host memory and copies that return once queued (ABI 1.2) ---------------------- */
 static int plugin_host_alloc(finch_plugin_device *dev, size_t bytes, void **out)
 {
@@ -419,6 +398,19 @@ static int plugin_read_async(finch_plugin_device *dev, finch_plugin_stream *s, f
     GPU_TRY(check_range(src, bytes, "read_async"));
     if (!bytes) return FINCH_OK;
     return gpu_check(gpuMemcpyAsync(dst, gpu_ptr(src), bytes, gpuMemcpyDeviceToHost, st), "reading from the device");
+}
+
+/* The caller may reuse host memory on return: a queued copy, then waiting for it. */
+static int plugin_write(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, const void *src, size_t bytes)
+{
+    GPU_TRY(plugin_write_async(dev, s, dst, src, bytes));
+    return plugin_synchronize(dev, s);
+}
+
+static int plugin_read(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr src, void *dst, size_t bytes)
+{
+    GPU_TRY(plugin_read_async(dev, s, src, dst, bytes));
+    return plugin_synchronize(dev, s);
 }
 
 static int plugin_copy(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, finch_dptr src, size_t bytes)

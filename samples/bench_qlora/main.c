@@ -350,43 +350,20 @@ int main(int argc, char **argv)
         r = r * 6364136223846793005ull + 1442695040888963407ull;
         ids[i] = (int32_t)((r >> 33) % (uint64_t)s->vocab);
     }
-    const char *targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
     int use_trainer = strcmp(a.optim, "none") != 0;
     finch_trainer *trainer = NULL;
     finch_train_data *data = NULL;
     finch_batch b = {.batch = a.batch, .seq_len = a.seq, .input_ids = ids};
     if (use_trainer) {
-        /* B rows of the random tokens, labels = inputs; the trainer attaches the adapter. */
-        finch_example *ex = calloc((size_t)a.batch, sizeof *ex);
-        if (!ex) return fail("allocating the batch");
-        for (int64_t i = 0; i < a.batch; i++) {
-            ex[i].ids = (finch_tokens){ids + i * a.seq, (size_t)a.seq, (size_t)a.seq};
-            ex[i].labels = ex[i].ids;
-        }
-        int rc = finch_train_data_from_examples(ex, (size_t)a.batch, &data);
-        free(ex);
-        if (rc) return fail("making the training data");
-        finch_trainer_config tc = finch_trainer_config_default();
-        tc.max_steps = 1 + a.steps;
-        tc.per_device_train_batch_size = (int)a.batch;
-        tc.gradient_accumulation_steps = 1;
-        tc.learning_rate = 1e-4;
-        tc.lr_scheduler_type = FINCH_LR_CONSTANT;
-        tc.weight_decay = 0.01;
-        tc.max_grad_norm = 0;
-        finch_optimizer_parse(a.optim, &tc.optim);
-        tc.shuffle = 0;
-        tc.max_seq_length = a.seq;
-        tc.lora.r = (int)a.rank;
-        tc.lora.alpha = (float)a.rank;
-        tc.lora.dropout = 0;
-        tc.lora.target_modules = targets;
-        if (finch_trainer_open(m, &tc, data, &trainer)) return fail("opening the trainer");
+        finch_optimizer opt;
+        finch_optimizer_parse(a.optim, &opt);
+        if (bench_trainer_open(m, ids, a.batch, a.seq, (int)a.rank, opt, 1 + a.steps, &trainer, &data))
+            return fail("opening the trainer");
     } else {
         finch_lora_config lc = finch_lora_config_default();
         lc.r = (int)a.rank;
         lc.alpha = (float)a.rank;
-        lc.target_modules = targets;
+        lc.target_modules = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
         if (finch_lora_attach(m, &lc)) return fail("attaching LoRA");
     }
     finch_model_info info;

@@ -1,6 +1,7 @@
 /* Random-weight Llama checkpoints and device-memory counting for the benchmarks (bench_model.h). */
 #include "samples/finch/bench_model.h"
 
+#include "core/error.h"
 #include "core/runtime.h"
 #include "core/safetensors.h"
 
@@ -237,3 +238,40 @@ void bench_count_device_memory(finch_runtime *rt)
 uint64_t bench_device_live(void) { return live; }
 uint64_t bench_device_peak(void) { return peak; }
 void bench_device_reset_peak(void) { peak = live; }
+
+int bench_trainer_open(finch_model *m, const int32_t *ids, int64_t B, int64_t T, int rank, finch_optimizer optim,
+                       int64_t max_steps, finch_trainer **out, finch_train_data **data)
+{
+    *out = NULL;
+    *data = NULL;
+    finch_example *ex = calloc((size_t)B, sizeof *ex);
+    if (!ex) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "out of host memory");
+    for (int64_t b = 0; b < B; b++) {
+        ex[b].ids = (finch_tokens){(int32_t *)ids + b * T, (size_t)T, (size_t)T};
+        ex[b].labels = ex[b].ids;
+    }
+    int rc = finch_train_data_from_examples(ex, (size_t)B, data);
+    free(ex);
+    if (rc) return rc;
+    finch_trainer_config tc = finch_trainer_config_default();
+    tc.max_steps = max_steps;
+    tc.per_device_train_batch_size = (int)B;
+    tc.gradient_accumulation_steps = 1;
+    tc.learning_rate = 1e-4;
+    tc.lr_scheduler_type = FINCH_LR_CONSTANT;
+    tc.weight_decay = 0.01;
+    tc.max_grad_norm = 0;
+    tc.optim = optim;
+    tc.shuffle = 0;
+    tc.max_seq_length = T;
+    tc.lora.r = rank;
+    tc.lora.alpha = (float)rank;
+    tc.lora.dropout = 0;
+    tc.lora.target_modules = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+    rc = finch_trainer_open(m, &tc, *data, out);
+    if (rc) {
+        finch_train_data_free(*data);
+        *data = NULL;
+    }
+    return rc;
+}

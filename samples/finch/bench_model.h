@@ -4,6 +4,7 @@
 #define FINCH_SAMPLES_BENCH_MODEL_H
 
 #include "finch/finch.h"
+#include "finch/train.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -31,5 +32,11 @@ void bench_count_device_memory(finch_runtime *rt);
 uint64_t bench_device_live(void);
 uint64_t bench_device_peak(void);
 void bench_device_reset_peak(void);    /* peak = live */
+
+/* A trainer over B rows of T tokens (labels = inputs, no shuffling) with the benchmarks' settings:
+ * LoRA r = alpha = rank on the seven Llama linears, no dropout, constant lr 1e-4, weight decay 0.01,
+ * no clipping, `optim`, max_steps steps. The data copies ids; free it after the trainer closes. */
+int bench_trainer_open(finch_model *m, const int32_t *ids, int64_t B, int64_t T, int rank, finch_optimizer optim,
+                       int64_t max_steps, finch_trainer **out, finch_train_data **data);
 
 #endif

@@ -83,11 +83,8 @@ static int run_config(finch_runtime *rt, finch_model *m, const bench_config *c, 
     m->gradient_checkpointing = c->gc;
 
     /* B rows of random tokens; labels = inputs, as the baseline's labels=ids. */
-    finch_example *ex = calloc((size_t)B, sizeof *ex);
     int32_t *ids = malloc((size_t)(B * T) * sizeof *ids);
-    if (!ex || !ids) {
-        free(ex);
-        free(ids);
+    if (!ids) {
         fprintf(stderr, "finch bench train: out of host memory\n");
         return 1;
     }
@@ -96,32 +93,10 @@ static int run_config(finch_runtime *rt, finch_model *m, const bench_config *c, 
         x = x * 6364136223846793005ull + 1442695040888963407ull;
         ids[i] = (int32_t)((x >> 33) % (uint64_t)info.vocab_size);
     }
-    for (int64_t b = 0; b < B; b++) {
-        ex[b].ids = (finch_tokens){ids + b * T, (size_t)T, (size_t)T};
-        ex[b].labels = ex[b].ids;
-    }
     finch_train_data *data = NULL;
-    int rc = finch_train_data_from_examples(ex, (size_t)B, &data);
-    free(ex);
-    free(ids);
-
-    finch_trainer_config tc = finch_trainer_config_default();
-    tc.max_steps = o->warmup + o->steps;
-    tc.per_device_train_batch_size = (int)B;
-    tc.gradient_accumulation_steps = 1;
-    tc.learning_rate = 1e-4;
-    tc.lr_scheduler_type = FINCH_LR_CONSTANT;
-    tc.weight_decay = 0.01;
-    tc.max_grad_norm = 0;
-    tc.optim = o->optim;
-    tc.shuffle = 0;
-    tc.max_seq_length = T;
-    tc.lora.r = 16;
-    tc.lora.alpha = 16;
-    tc.lora.dropout = 0;
-    tc.lora.target_modules = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
     finch_trainer *t = NULL;
-    if (!rc) rc = finch_trainer_open(m, &tc, data, &t);
+    int rc = bench_trainer_open(m, ids, B, T, 16, o->optim, o->warmup + o->steps, &t, &data);
+    free(ids);
     finch_train_progress p;
     memset(&p, 0, sizeof p);
     for (int64_t i = 0; !rc && i < o->warmup; i++) rc = finch_trainer_step(t, &p);
