@@ -15,6 +15,7 @@ static void release_chunks(finch_arena *a)
         a->be->api->free(a->be->dev, a->chunks[i].buf);
     a->n_chunks = 0;
     a->cur = 0;
+    a->generation++;
 }
 
 static int add_chunk(finch_arena *a, size_t cap)
@@ -29,6 +30,7 @@ static int add_chunk(finch_arena *a, size_t cap)
     a->chunks[a->n_chunks].cap = cap;
     a->chunks[a->n_chunks].used = 0;
     a->n_chunks++;
+    a->generation++;
     return FINCH_OK;
 }
 

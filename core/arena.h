@@ -24,6 +24,7 @@ typedef struct finch_arena {
     int n_chunks;           /* chunks allocated */
     int cur;                /* chunk allocations come from */
     size_t in_use, peak;    /* bytes, summed over chunks */
+    uint64_t generation;    /* changes whenever a chunk is allocated or freed (addresses held go stale) */
 } finch_arena;
 
 typedef struct finch_arena_mark {

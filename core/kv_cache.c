@@ -30,7 +30,8 @@ int finch_kv_cache_init(finch_kv_cache *c, const finch_backend *be, int64_t n_la
     c->len = calloc((size_t)n_slots, sizeof *c->len);
     c->slots = calloc((size_t)n_slots, sizeof *c->slots);
     c->n_new = calloc((size_t)n_slots, sizeof *c->n_new);
-    c->host = calloc((size_t)(3 * n_slots + 1), sizeof *c->host);
+    c->host_cap = (size_t)(4 * n_slots + 1);
+    c->host = calloc(c->host_cap, sizeof *c->host);
     if (!c->len || !c->slots || !c->n_new || !c->host) {
         finch_kv_cache_free(c);
         return finch_error(FINCH_ERR_OUT_OF_MEMORY, "key/value cache: out of host memory");
@@ -52,6 +53,7 @@ void finch_kv_cache_drop(finch_kv_cache *c)
 {
     if (c->buf) API->free(c->be->dev, c->buf);
     c->buf = NULL;
+    c->generation++;
     c->capacity = 0;
     for (int64_t i = 0; i < c->n_slots; i++) c->len[i] = 0;
     c->n_active = 0;
@@ -80,13 +82,28 @@ int finch_kv_cache_reserve(finch_kv_cache *c, int64_t tokens)
     if (c->buf) API->free(c->be->dev, c->buf);
     c->buf = buf;
     c->capacity = cap;
+    c->generation++;
     return FINCH_OK;
 }
 
 int finch_kv_cache_begin(finch_kv_cache *c, finch_arena *arena, int n, const int *slots, const int64_t *n_new)
 {
     if (n < 1 || n > c->n_slots) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "key/value cache: %d sequences in a pass (1 to %lld)", n, (long long)c->n_slots);
-    int32_t *cu = c->host, *start = cu + n + 1, *kvlen = start + n;
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        if (n_new[i] < 1 || n_new[i] > INT32_MAX - total)
+            return finch_error(FINCH_ERR_INVALID_ARGUMENT, "sequence %d: %lld new tokens (1 to %d in all)", slots[i], (long long)n_new[i], INT32_MAX);
+        total += n_new[i];
+    }
+    /* Staging: cu_q [n + 1], kv_start [n], kv_len [n], rows [total]. */
+    size_t entries = (size_t)(3 * n + 1) + (size_t)total;
+    if (entries > c->host_cap) {
+        int32_t *p = realloc(c->host, entries * sizeof *p);
+        if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "key/value cache: out of host memory");
+        c->host = p;
+        c->host_cap = entries;
+    }
+    int32_t *cu = c->host, *start = cu + n + 1, *kvlen = start + n, *rows = kvlen + n;
     int64_t need = 0;
     c->max_q = c->max_kv = 0;
     cu[0] = 0;
@@ -95,28 +112,32 @@ int finch_kv_cache_begin(finch_kv_cache *c, finch_arena *arena, int n, const int
         if (s < 0 || s >= c->n_slots) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "sequence %d is outside [0, %lld)", s, (long long)c->n_slots);
         for (int j = 0; j < i; j++)
             if (slots[j] == s) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "sequence %d appears twice in one pass", s);
-        if (n_new[i] < 1) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "sequence %d: %lld new tokens (at least 1)", s, (long long)n_new[i]);
         c->slots[i] = s;
         c->n_new[i] = n_new[i];
-        int64_t total = c->len[s] + n_new[i];
-        if (cu[i] + n_new[i] > INT32_MAX || total > INT32_MAX) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "key/value cache: too many tokens");
+        int64_t held_after = c->len[s] + n_new[i];
+        if (held_after > INT32_MAX) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "key/value cache: too many tokens");
         cu[i + 1] = (int32_t)(cu[i] + n_new[i]);
-        kvlen[i] = (int32_t)total;
-        if (total > need) need = total;
+        kvlen[i] = (int32_t)held_after;
+        if (held_after > need) need = held_after;
         if (n_new[i] > c->max_q) c->max_q = n_new[i];
     }
     c->n_active = n;
-    c->max_kv = need;
     int rc = finch_kv_cache_reserve(c, need);
     if (rc) return rc;
-    for (int i = 0; i < n; i++) start[i] = (int32_t)((int64_t)slots[i] * c->capacity);
+    if (c->n_slots * c->capacity > INT32_MAX) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "key/value cache: too many tokens");
+    c->max_kv = c->max_q == 1 ? c->capacity : need;
+    for (int i = 0; i < n; i++) {
+        start[i] = (int32_t)((int64_t)slots[i] * c->capacity);
+        for (int64_t t = 0; t < n_new[i]; t++) rows[cu[i] + t] = (int32_t)(start[i] + c->len[slots[i]] + t);
+    }
     finch_dptr d;
-    size_t bytes = (size_t)(3 * n + 1) * sizeof(int32_t);
+    size_t bytes = entries * sizeof(int32_t);
     if ((rc = finch_arena_alloc(arena, bytes, &d))) return rc;
     if (API->write(DEV, d, c->host, bytes)) return finch_device_error(c->be, FINCH_ERR_DEVICE, "uploading the cache layout");
     c->cu_q = d;
     c->kv_start = finch_dptr_at(d, (size_t)(n + 1) * sizeof(int32_t));
     c->kv_len = finch_dptr_at(d, (size_t)(2 * n + 1) * sizeof(int32_t));
+    c->rows = finch_dptr_at(d, (size_t)(3 * n + 1) * sizeof(int32_t));
     return FINCH_OK;
 }
 
@@ -183,7 +204,13 @@ int finch_kv_cache_attention(finch_kv_cache *c, finch_graph *g, int64_t layer, c
         return finch_error(FINCH_ERR_INVALID_ARGUMENT, "internal: key/value cache shape");
     const int32_t *cu = c->host;
     size_t es = finch_dtype_size(c->dtype);
-    for (int i = 0; i < c->n_active; i++) {
+    for (int kind = 0; API->copy_rows && kind < 2; kind++) {
+        const finch_tensor *t = kind ? v : k;
+        if (API->copy_rows(DEV, c->dtype, t->rows, c->width, t->data, t->ld, c->rows, cache_at(c, c->buf, c->capacity, layer, kind, 0, 0),
+                           c->width))
+            return finch_device_error(c->be, FINCH_ERR_DEVICE, "appending to the key/value cache");
+    }
+    for (int i = 0; !API->copy_rows && i < c->n_active; i++) {
         int s = c->slots[i];
         for (int kind = 0; kind < 2; kind++) {
             const finch_tensor *t = kind ? v : k;

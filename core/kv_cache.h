@@ -22,6 +22,7 @@ struct finch_kv_cache {
     finch_dtype dtype;
     int64_t capacity;                  /* tokens per slot */
     finch_plugin_buffer *buf;
+    uint64_t generation;               /* changes whenever buf is replaced or freed */
     int64_t *len;                      /* [n_slots]: tokens held */
 
     /* the current pass */
@@ -29,8 +30,11 @@ struct finch_kv_cache {
     int *slots;                        /* [n_slots]: the slots of the pass, in batch order */
     int64_t *n_new;                    /* [n_slots]: tokens each appends */
     int32_t *host;                     /* staging for the arrays below */
+    size_t host_cap;                   /* entries */
     finch_dptr cu_q, kv_start, kv_len; /* i32 device arrays of the pass */
-    int64_t max_q, max_kv;
+    finch_dptr rows;                   /* i32 [new tokens]: each new token's row in a layer's keys (copy_rows) */
+    int64_t max_q, max_kv;             /* one new token each: max_kv is the capacity, so a recorded pass
+                                        * replays at any length up to it */
 };
 typedef struct finch_kv_cache finch_kv_cache;
 

@@ -16,11 +16,19 @@
 #define API (s->m->be->api)
 #define DEV s->m->be->dev, s->m->be->stream
 
+static void replay_drop(finch_session *s)
+{
+    if (s->replay) s->m->be->api->graph_free(s->m->be->dev, s->replay);
+    s->replay = NULL;
+    s->last_key_set = 0;
+}
+
 /* A session as an owner of model state: when the model moves to another backend, the cache is
  * dropped on the old device (every sequence forgotten) and grows again on the new one. */
 static void session_release(void *self)
 {
     finch_session *s = self;
+    replay_drop(s);
     finch_kv_cache_drop(&s->cache);
     finch_graph_clear(&s->graph);
     finch_arena_free(&s->arena);
@@ -37,11 +45,16 @@ finch_status finch_session_create(finch_model *m, int max_seqs, finch_session **
     if (max_seqs < 1 || max_seqs > 65536)
         return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_session_create: max_seqs %d must be in [1, 65536]", max_seqs);
     finch_session *s = calloc(1, sizeof *s);
-    if (!s || !(s->held = calloc((size_t)max_seqs, sizeof *s->held)) || !(s->rope_delta = calloc((size_t)max_seqs, 3 * sizeof(int64_t)))) {
-        if (s) free(s->held);
+    if (!s || !(s->held = calloc((size_t)max_seqs, sizeof *s->held)) || !(s->rope_delta = calloc((size_t)max_seqs, 3 * sizeof(int64_t))) ||
+        !(s->replay_key.slots = calloc((size_t)max_seqs, 3 * sizeof(int)))) {
+        if (s) {
+            free(s->held);
+            free(s->rope_delta);
+        }
         free(s);
         return finch_error(FINCH_ERR_OUT_OF_MEMORY, "finch_session_create: out of host memory");
     }
+    s->last_key.slots = s->replay_key.slots + max_seqs;
     s->image_end = s->rope_delta + max_seqs;
     s->pending_delta = s->image_end + max_seqs;
     s->m = m;
@@ -52,6 +65,7 @@ finch_status finch_session_create(finch_model *m, int max_seqs, finch_session **
     if (rc) {
         free(s->held);
         free(s->rope_delta);
+        free(s->replay_key.slots);
         free(s);
         return rc;
     }
@@ -71,6 +85,7 @@ void finch_session_free(finch_session *s)
 {
     if (!s) return;
     if (s->registered) finch_model_remove_owner(s->m, s);
+    replay_drop(s);
     finch_kv_cache_free(&s->cache);
     finch_graph_free(&s->graph);
     finch_arena_free(&s->arena);
@@ -78,6 +93,7 @@ void finch_session_free(finch_session *s)
     free(s->held);
     free(s->host);
     free(s->rope_delta);
+    free(s->replay_key.slots);
     free(s);
 }
 
@@ -100,6 +116,13 @@ finch_status finch_session_reset(finch_session *s)
 int64_t finch_session_length(const finch_session *s, int seq)
 {
     return s && seq >= 0 && seq < s->max_seqs ? s->cache.len[seq] : 0;
+}
+
+void finch_session_stats_get(const finch_session *s, finch_session_stats *out)
+{
+    if (!out) return;
+    memset(out, 0, sizeof *out);
+    if (s) *out = s->stats;
 }
 
 static int append_held(finch_tokens *t, const int32_t *ids, int64_t n)
@@ -187,6 +210,131 @@ static int pass_positions(finch_session *s, int i, int seq, const int32_t *tok, 
     return FINCH_OK;
 }
 
+/* From the embeddings x[0] to the logits of each sequence's last new token: the layers, the final
+ * norm, the head. */
+static int layers_to_logits(finch_session *s, finch_step_ctx *ctx, finch_tensor *x, int n, int64_t total, finch_tensor *out)
+{
+    finch_model *m = s->m;
+    const finch_model_config *c = &m->cfg;
+    finch_graph *g = &s->graph;
+    int64_t H = c->hidden;
+    int rc;
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        finch_arena_mark mark = finch_arena_get_mark(&s->arena);
+        finch_graph_mark gm = finch_graph_get_mark(g);
+        if ((rc = finch_layer_forward(ctx, l, &x[l % 2], &x[(l + 1) % 2]))) return rc;
+        finch_arena_reset(&s->arena, mark);
+        finch_graph_reset(g, gm);
+    }
+    finch_tensor h = x[c->n_layers % 2], last, hn, lg;
+    if (total == n) {
+        last = h;
+    } else {
+        /* Only each sequence's last new token goes on to the head. */
+        if ((rc = finch_graph_tensor(g, m->dtype, n, H, 0, &last))) return rc;
+        size_t es = finch_dtype_size(m->dtype);
+        const int32_t *cu = s->cache.host;
+        for (int i = 0; i < n; i++)
+            if (API->copy(DEV, finch_dptr_at(last.data, (size_t)(i * H) * es), finch_dptr_at(h.data, (size_t)((cu[i + 1] - 1) * H) * es),
+                          (size_t)H * es))
+                return finch_device_error(m->be, FINCH_ERR_DEVICE, "gathering the last tokens");
+    }
+    if ((rc = finch_model_final_norm(ctx, &last, &hn)) || (rc = finch_op_logits(g, &hn, m->lm_head, &lg))) return rc;
+    if (c->final_softcap > 0) {
+        finch_tensor capped;
+        if ((rc = finch_op_activation(g, FINCH_ACT_SOFTCAP, c->final_softcap, &lg, &capped))) return rc;
+        lg = capped;
+    }
+    *out = lg;
+    return FINCH_OK;
+}
+
+/* What makes a one-token-per-sequence pass the same work as another: the sequences, the weights, and
+ * the addresses of the arena and the cache (their generations); positions, lengths and token ids are
+ * data in device memory (copy_rows appends, kv_len bounds the attention). */
+static void pass_key(const finch_session *s, int n, const int *seqs, int64_t longest, struct finch_pass_key *k)
+{
+    const finch_model_config *c = &s->m->cfg;
+    k->n = n;
+    memcpy(k->slots, seqs, (size_t)n * sizeof *seqs);
+    k->weights_version = s->m->weights_version;
+    k->arena_generation = s->arena.generation;
+    k->cache_generation = s->cache.generation;
+    k->rope_long = (c->rope_global.inv_freq_long && longest > c->rope_global.long_after) |
+                   (c->rope_local.inv_freq_long && longest > c->rope_local.long_after) << 1;
+}
+
+static int pass_key_equal(const struct finch_pass_key *a, const struct finch_pass_key *b)
+{
+    return a->n == b->n && !memcmp(a->slots, b->slots, (size_t)a->n * sizeof *a->slots) && a->weights_version == b->weights_version &&
+           a->arena_generation == b->arena_generation && a->cache_generation == b->cache_generation && a->rope_long == b->rope_long;
+}
+
+static void pass_key_copy(struct finch_pass_key *dst, const struct finch_pass_key *src)
+{
+    int *slots = dst->slots;
+    *dst = *src;
+    dst->slots = slots;
+    memcpy(dst->slots, src->slots, (size_t)src->n * sizeof *slots);
+}
+
+/* layers_to_logits, replayed where it can be: a decode pass (one token per sequence, no images) on
+ * a plugin that records is run directly until one such pass with the same key has run without
+ * allocating (so the arena and the plugin's GEMM plans are settled), then recorded once, and from
+ * then on replayed as one launch while the key holds. If recording fails, this session stops trying
+ * and runs its passes directly. */
+static int pass_to_logits(finch_session *s, finch_step_ctx *ctx, finch_tensor *x, int n, int64_t total, int64_t longest, int images,
+                          finch_tensor *lg)
+{
+    const finch_plugin_api *api = API;
+    int can = !s->replay_off && total == n && !images && api->capture_begin && api->capture_end && api->graph_launch &&
+              api->graph_free && api->copy_rows && api->attention_cache_forward;
+    if (!can) return layers_to_logits(s, ctx, x, n, total, lg);
+    struct finch_pass_key key;
+    key.slots = s->replay_key.slots + 2 * s->max_seqs; /* the third array: this pass's */
+    pass_key(s, n, ctx->cache->slots, longest, &key);
+    if (s->replay && pass_key_equal(&key, &s->replay_key)) {
+        *lg = s->replay_logits;
+        if (api->graph_launch(DEV, s->replay)) return finch_device_error(s->m->be, FINCH_ERR_DEVICE, "replaying a decode pass");
+        s->stats.replayed++;
+        return FINCH_OK;
+    }
+    if (s->replay) {
+        api->graph_free(s->m->be->dev, s->replay);
+        s->replay = NULL;
+    }
+    if (!s->last_key_set || !pass_key_equal(&key, &s->last_key)) {
+        int rc = layers_to_logits(s, ctx, x, n, total, lg);
+        pass_key_copy(&s->last_key, &key);
+        s->last_key_set = !rc && s->arena.generation == key.arena_generation;
+        return rc;
+    }
+    finch_arena_mark mark = finch_arena_get_mark(&s->arena);
+    finch_graph_mark gm = finch_graph_get_mark(&s->graph);
+    finch_plugin_graph *rec = NULL;
+    int rc = api->capture_begin(DEV);
+    if (!rc) {
+        rc = layers_to_logits(s, ctx, x, n, total, lg);
+        int end = api->capture_end(DEV, &rec);
+        if (!rc) rc = end;
+        if (!rc && s->arena.generation != key.arena_generation) rc = FINCH_ERR_STATE; /* allocated while recording */
+    }
+    if (!rc && !api->graph_launch(DEV, rec)) {
+        s->stats.replayed++;
+        s->replay = rec;
+        s->replay_logits = *lg;
+        pass_key_copy(&s->replay_key, &key);
+        return FINCH_OK;
+    }
+    /* Not recordable here (or the launch failed): forget it and run the pass directly, from now on. */
+    if (rec) api->graph_free(s->m->be->dev, rec);
+    finch_error_clear();
+    s->replay_off = 1;
+    finch_arena_reset(&s->arena, mark);
+    finch_graph_reset(&s->graph, gm);
+    return layers_to_logits(s, ctx, x, n, total, lg);
+}
+
 /* The pass: embeddings (image features over the image tokens), layers, and the logits of each
  * sequence's last new token. */
 static int run_pass(finch_session *s, int n, const int *seqs, const int32_t *const *tokens, const int64_t *n_tokens,
@@ -238,32 +386,8 @@ static int run_pass(finch_session *s, int n, const int *seqs, const int32_t *con
         b.input_ids = ids;
         if ((rc = finch_vl_embed_images(m, g, &b, 0, &x[0]))) return rc;
     }
-    for (int64_t l = 0; l < c->n_layers; l++) {
-        finch_arena_mark mark = finch_arena_get_mark(&s->arena);
-        finch_graph_mark gm = finch_graph_get_mark(g);
-        if ((rc = finch_layer_forward(&ctx, l, &x[l % 2], &x[(l + 1) % 2]))) return rc;
-        finch_arena_reset(&s->arena, mark);
-        finch_graph_reset(g, gm);
-    }
-    finch_tensor h = x[c->n_layers % 2], last, hn, lg;
-    if (total == n) {
-        last = h;
-    } else {
-        /* Only each sequence's last new token goes on to the head. */
-        if ((rc = finch_graph_tensor(g, m->dtype, n, H, 0, &last))) return rc;
-        size_t es = finch_dtype_size(m->dtype);
-        const int32_t *cu = s->cache.host;
-        for (int i = 0; i < n; i++)
-            if (API->copy(DEV, finch_dptr_at(last.data, (size_t)(i * H) * es), finch_dptr_at(h.data, (size_t)((cu[i + 1] - 1) * H) * es),
-                          (size_t)H * es))
-                return finch_device_error(m->be, FINCH_ERR_DEVICE, "gathering the last tokens");
-    }
-    if ((rc = finch_model_final_norm(&ctx, &last, &hn)) || (rc = finch_op_logits(g, &hn, m->lm_head, &lg))) return rc;
-    if (c->final_softcap > 0) {
-        finch_tensor capped;
-        if ((rc = finch_op_activation(g, FINCH_ACT_SOFTCAP, c->final_softcap, &lg, &capped))) return rc;
-        lg = capped;
-    }
+    finch_tensor lg;
+    if ((rc = pass_to_logits(s, &ctx, x, n, total, longest, images && images->n_images, &lg))) return rc;
     if (API->read(DEV, lg.data, logits, (size_t)(n * c->vocab) * sizeof(float)))
         return finch_device_error(m->be, FINCH_ERR_DEVICE, "reading the logits");
     return FINCH_OK;
@@ -291,6 +415,7 @@ int finch_session_append_images(finch_session *s, int n, const int *seqs, const 
                                                     "(finch_session_reset first)");
         s->weights_version = s->m->weights_version;
     }
+    s->stats.passes++;
     if ((rc = run_pass(s, n, seqs, tokens, n_tokens, total, images, logits))) {
         s->cache.n_active = 0;
         return rc;

@@ -23,6 +23,20 @@ struct finch_session {
      * token (a cache cut below it is dropped whole). */
     int64_t *rope_delta, *image_end, *pending_delta;
     int registered;                /* an owner of the model (model_move.c drops the cache on a move) */
+
+    /* Decode passes recorded once and replayed (plugins with capture_begin; model_decode.c). A pass is
+     * the same work at every position when these are unchanged: */
+    struct finch_pass_key {
+        int n;                     /* sequences, one new token each */
+        int *slots;                /* [max_seqs]: which, in order (one allocation: replay's, last's, scratch) */
+        uint64_t weights_version, arena_generation, cache_generation;
+        int rope_long;             /* longrope's long tables in use */
+    } replay_key, last_key;
+    int last_key_set;              /* last_key: a pass run directly that allocated nothing */
+    finch_plugin_graph *replay;    /* the recording of replay_key's pass, or NULL */
+    finch_tensor replay_logits;    /* where its logits land */
+    int replay_off;                /* recording failed once: this session runs passes directly */
+    finch_session_stats stats;
 };
 
 /* finch_session_append with images for the new tokens (a vision-language model): their pixel values

@@ -1,4 +1,4 @@
-/* CPU backend: the plugin table, the device, memory entries, fill/copy/copy_2d/cast, bounds checks. */
+/* CPU backend: the plugin table, the device, memory entries, fill/copy/copy_2d/copy_rows/cast, bounds checks. */
 #include "backends/cpu/cpu.h"
 #include "tests/test_cpu_common.h"
 
@@ -12,9 +12,14 @@ static void test_table(void)
     CHECK(api->struct_size == sizeof(finch_plugin_api), "struct_size");
     CHECK(api->name && strcmp(api->name, "cpu") == 0, "name");
     CHECK(api->version != NULL, "version");
-    /* Every entry after the identity fields is a function pointer, and none may be NULL. */
+    /* Every entry after the identity fields is a function pointer, and none may be NULL but the
+     * recording ones: the CPU runs each call as it comes, which is what a replay must equal. */
     size_t first = offsetof(finch_plugin_api, init), count = (sizeof(finch_plugin_api) - first) / sizeof(void (*)(void));
+    size_t rec0 = (offsetof(finch_plugin_api, capture_begin) - first) / sizeof(void (*)(void));
+    size_t rec1 = (offsetof(finch_plugin_api, graph_free) - first) / sizeof(void (*)(void));
+    CHECK(!api->capture_begin && !api->capture_end && !api->graph_launch && !api->graph_free, "the CPU does not record");
     for (size_t i = 0; i < count; i++) {
+        if (i >= rec0 && i <= rec1) continue;
         void (*fn)(void);
         memcpy(&fn, (const char *)api + first + i * sizeof fn, sizeof fn);
         CHECK(fn != NULL, "entry %zu of the table is NULL", i);
@@ -125,6 +130,20 @@ static void test_fill_cast(void)
     CHECK(api->copy_2d(dev, NULL, FINCH_DTYPE_F32, 3, 4, win, 6, md, 7) == FINCH_OK, "copy_2d");
     download(md, 21, FINCH_DTYPE_F32, o);
     CHECK(o[0] == 7 && o[3] == 10 && o[4] == 0 && o[7] == 13 && o[17] == 22 && o[18] == 0, "copy_2d values");
+
+    /* copy_rows: rows 0, 1, 2, 3 of the 5x6 matrix (2 columns) to rows 4, 0, -1 (skipped), 9 (past the
+     * 21 floats at ld 3: skipped) of a block with ld 3 */
+    float r[21] = {0};
+    int32_t places[4] = {4, 0, -1, 9};
+    finch_dptr rd = upload(r, 21, FINCH_DTYPE_F32), pd = {NULL, 0};
+    CHECK(api->alloc(dev, sizeof places, &pd.buf) == FINCH_OK && api->write(dev, NULL, pd, places, sizeof places) == FINCH_OK, "rows");
+    CHECK(api->copy_rows(dev, NULL, FINCH_DTYPE_F32, 4, 2, ms, 6, pd, rd, 3) == FINCH_OK, "copy_rows");
+    download(rd, 21, FINCH_DTYPE_F32, r);
+    int others_zero = 1;
+    for (int i = 0; i < 21; i++)
+        if (i != 0 && i != 1 && i != 12 && i != 13) others_zero &= r[i] == 0;
+    CHECK(r[12] == 0 && r[13] == 1 && r[0] == 6 && r[1] == 7 && others_zero, "copy_rows values: %g %g %g %g", r[12], r[13], r[0], r[1]);
+    CHECK(api->copy_rows(dev, NULL, FINCH_DTYPE_F32, 6, 2, ms, 6, pd, rd, 3) == FINCH_ERR_INVALID_ARGUMENT, "copy_rows: rows overrun");
 }
 
 int main(void)

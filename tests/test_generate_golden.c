@@ -154,6 +154,37 @@ static void check_logits_in_pieces(finch_model *m, const char *arch, int64_t tot
     free(got);
 }
 
+/* Decode passes one token at a time equal the forward pass's logits; on a backend that records
+ * (capture_begin), all but the first two are replayed from one recording. */
+static void check_decode_replays(finch_model *m, const char *arch, int records)
+{
+    const int64_t prompt = 5, steps = 7, total = prompt + steps;
+    int64_t V = vocab_of(m);
+    int32_t ids[12];
+    fill_prompt(ids, total, V, 17);
+    float *ref = forward_logits(m, ids, total), *got = malloc((size_t)V * sizeof(float));
+    finch_session *s = NULL;
+    if (ref && ok(finch_session_create(m, 1, &s), "finch_session_create")) {
+        double worst = 0;
+        int seq = 0;
+        for (int64_t at = 0, n = prompt; at < total; at += n, n = 1) {
+            const int32_t *t = ids + at;
+            if (!ok(finch_session_append(s, 1, &seq, &t, &n, got), "finch_session_append")) break;
+            worst = fmax(worst, testing_rel_err(got, ref + (at + n - 1) * V, (size_t)V));
+        }
+        finch_session_stats st;
+        finch_session_stats_get(s, &st);
+        CHECK(worst < 1e-5, "%s: decode logits token by token: rel err %.3g", arch, worst);
+        CHECK(st.passes == 1 + steps && st.replayed == (records ? steps - 2 : 0), "%s: %lld passes, %lld replayed (recording: %d)", arch,
+              (long long)st.passes, (long long)st.replayed, records);
+        printf("  %-8s decode token by token: rel err %.2e, %lld of %lld passes replayed\n", arch, worst, (long long)st.replayed,
+               (long long)st.passes);
+    }
+    finch_session_free(s);
+    free(ref);
+    free(got);
+}
+
 /* A session continues: generate, then prompt with prompt + output + more; equals a fresh generation. */
 static void check_session_continues(finch_model *m, const char *arch, int32_t *prompt, int64_t len)
 {
@@ -249,6 +280,7 @@ static void run_arch(finch_runtime *rt, const char *arch)
     check_greedy(m, label, prompts, lens);
     int64_t ctx = context_of(dir);
     check_logits_in_pieces(m, arch, ctx > 300 ? 300 : ctx - 1);
+    check_decode_replays(m, arch, rt->backend.api->capture_begin != NULL);
     check_session_continues(m, arch, prompts[0], lens[0]);
     check_errors(m, arch, dir);
 
@@ -311,6 +343,7 @@ int main(int argc, char **argv)
     if (legacy) {
         without_cache = *rt->backend.api;
         without_cache.attention_cache_forward = NULL;
+        without_cache.copy_rows = NULL; /* appends by copy_2d, no recorded passes */
         rt->backend.api = &without_cache;
     }
     for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++) {

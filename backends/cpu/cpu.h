@@ -154,6 +154,8 @@ int cpu_fill(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, f
              float value);
 int cpu_copy_2d(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t rows, int64_t cols,
                 finch_dptr src, int64_t ld_src, finch_dptr dst, int64_t ld_dst);
+int cpu_copy_rows(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t n, int64_t cols, finch_dptr src,
+                  int64_t ld_src, finch_dptr rows, finch_dptr dst, int64_t ld_dst);
 int cpu_cast(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype src_type, finch_dptr src,
              finch_dtype dst_type, finch_dptr dst);
 int cpu_gemm_entry(finch_plugin_device *dev, finch_plugin_stream *s, const finch_gemm_desc *d);

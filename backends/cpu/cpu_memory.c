@@ -234,6 +234,31 @@ int cpu_copy_2d(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dt
     return FINCH_OK;
 }
 
+int cpu_copy_rows(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t n, int64_t cols, finch_dptr src,
+                  int64_t ld_src, finch_dptr rows, finch_dptr dst, int64_t ld_dst)
+{
+    size_t es = cpu_dtype_size(dtype);
+    if (!es) return finch_error(FINCH_ERR_UNSUPPORTED, "cpu copy_rows: dtype %s", cpu_dtype_name(dtype));
+    if (n < 0 || cols < 0 || ld_src < cols || ld_dst < cols)
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu copy_rows: %" PRId64 " x %" PRId64 " with row strides %" PRId64 ", %" PRId64,
+                           n, cols, ld_src, ld_dst);
+    void *sp, *ip;
+    int rc = cpu_matrix(src, dtype, n, cols, ld_src, "copy_rows: src", &sp);
+    if (!rc) rc = cpu_matrix(rows, FINCH_DTYPE_I32, 1, n, n, "copy_rows: rows", &ip);
+    if (rc) return rc;
+    const int32_t *ix = ip;
+    /* The destination rows are data (a device could not report a bad one without waiting for it):
+     * a row that would fall outside dst's buffer is skipped. */
+    if (!dst.buf) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu copy_rows: dst is absent");
+    size_t row = (size_t)cols * es, size = dst.buf->size;
+    for (int64_t i = 0; i < n; i++) {
+        size_t off = (size_t)ix[i] * (size_t)ld_dst * es;
+        if (ix[i] < 0 || dst.offset > size || row > size - dst.offset || off > size - dst.offset - row) continue;
+        memmove((char *)dst.buf->data + dst.offset + off, cpu_at(dtype, sp, i * ld_src), row);
+    }
+    return FINCH_OK;
+}
+
 int cpu_cast(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype src_type, finch_dptr src,
              finch_dtype dst_type, finch_dptr dst)
 {

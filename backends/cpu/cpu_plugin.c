@@ -176,6 +176,7 @@ static const finch_plugin_api cpu_api = {
     .adamw_step = cpu_adamw_step,
     .adamw8bit_step = cpu_adamw8bit_step,
     .attention_cache_forward = cpu_attention_cache_forward,
+    .copy_rows = cpu_copy_rows,
 };
 
 const finch_plugin_api *finch_cpu_plugin_api(void) { return &cpu_api; }

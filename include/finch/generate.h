@@ -127,6 +127,13 @@ void finch_session_free(finch_session *s);
 finch_status finch_session_reset(finch_session *s);
 /* Tokens the cache holds for sequence seq. */
 int64_t finch_session_length(const finch_session *s, int seq);
+/* Passes the session ran (appends, prefill and decode), and how many of them were replayed from a
+ * recording (one new token per sequence on a backend that records, such as CUDA: the whole pass
+ * launched at once; see FINCH_CUDA_GRAPHS in the README). */
+typedef struct finch_session_stats {
+    int64_t passes, replayed;
+} finch_session_stats;
+void finch_session_stats_get(const finch_session *s, finch_session_stats *out);
 /* Appends n_tokens[i] >= 1 tokens to sequence seqs[i] for i < n (distinct sequences) and writes the
  * logits after each one's last new token to logits [n, vocab] (f32, final softcap applied). */
 finch_status finch_session_append(finch_session *s, int n, const int *seqs, const int32_t *const *tokens,

@@ -35,13 +35,14 @@ extern "C" {
 #endif
 
 #define FINCH_PLUGIN_ABI_MAJOR 1
-#define FINCH_PLUGIN_ABI_MINOR 2
+#define FINCH_PLUGIN_ABI_MINOR 3
 #define FINCH_PLUGIN_ENTRY_SYMBOL "finch_plugin_entry"
 #define FINCH_IGNORE_INDEX (-100)
 
 typedef struct finch_plugin_device finch_plugin_device; /* one opened device, plugin-defined  */
 typedef struct finch_plugin_buffer finch_plugin_buffer; /* one device allocation              */
 typedef struct finch_plugin_stream finch_plugin_stream; /* an in-order queue of device work   */
+typedef struct finch_plugin_graph finch_plugin_graph;   /* recorded stream work (ABI 1.3)      */
 
 /* A device address: a buffer and a byte offset into it. buf == NULL means "absent". */
 typedef struct finch_dptr {
@@ -164,7 +165,7 @@ typedef struct finch_attention_desc {
  * present, is f32 [n_heads, n_tokens] as there. */
 typedef struct finch_attention_cache_desc {
     int64_t n_tokens, n_seqs;       /* query rows, sequences */
-    int64_t max_q_len, max_kv_len;  /* the largest q_len and kv_len[s] */
+    int64_t max_q_len, max_kv_len;  /* the largest q_len; at least the largest kv_len[s] */
     finch_dptr cu_seqlens_q;        /* i32 [n_seqs + 1] */
     finch_dptr kv_start, kv_len;    /* i32 [n_seqs] each */
     int64_t kv_rows;                /* rows of k and v: kv_start[s] + kv_len[s] <= kv_rows */
@@ -402,6 +403,26 @@ typedef struct finch_plugin_api {
     void (*host_free)(finch_plugin_device *dev, void *ptr);
     int (*write_async)(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, const void *src, size_t bytes);
     int (*read_async)(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr src, void *dst, size_t bytes);
+
+    /* --- ABI 1.3: optional --- */
+    /* Rows to places named on the device: dst row rows[i] = src row i for i < n (rows: i32 [n], device
+     * memory; each row of cols elements of dtype; destinations distinct). A row that would fall outside
+     * dst's buffer, or rows[i] < 0, is skipped (a device cannot report it without waiting). A key/value
+     * cache append whose places are data, not arguments, so a recorded pass (below) replays at any
+     * position. */
+    int (*copy_rows)(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t n, int64_t cols,
+                     finch_dptr src, int64_t ld_src, finch_dptr rows, finch_dptr dst, int64_t ld_dst);
+
+    /* Recording: between capture_begin and capture_end the calls queued on stream s (every entry that
+     * takes s; no read, write, synchronize, alloc or free) are recorded instead of run; capture_end
+     * returns them as a graph, and graph_launch queues the whole of it on s again and again with the
+     * same arguments: the same device addresses, whose contents may change between launches. A batch-1
+     * decode step is hundreds of small calls; replayed, it costs one. On failure capture_end leaves no
+     * graph and s out of recording. All four or none. */
+    int (*capture_begin)(finch_plugin_device *dev, finch_plugin_stream *s);
+    int (*capture_end)(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_graph **out);
+    int (*graph_launch)(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_graph *g);
+    void (*graph_free)(finch_plugin_device *dev, finch_plugin_graph *g);
 } finch_plugin_api;
 
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);

@@ -1,4 +1,4 @@
-/* Element-wise entries: fill, cast, axpby, sum_squares, activation and gated-unit forward/backward. */
+/* Element-wise entries: fill, copy_rows, cast, axpby, sum_squares, activation and gated-unit forward/backward. */
 #include "activation.h"
 
 #define THREADS 256
@@ -29,6 +29,47 @@ extern "C" int plugin_fill(finch_plugin_device *dev, finch_plugin_stream *s, fin
     GPU_TRY(check_ptr(gpu_ptr(dst), "fill", "dst"));
     fill_kernel<<<gpu_blocks(count, THREADS), THREADS, 0, st>>>(gpu_ptr(dst), dtype, count, value);
     return GPU_LAUNCHED("fill");
+}
+
+/* One block per source row; 16-byte words where both rows and the row length allow, else elements. */
+__global__ void copy_rows_kernel(const char *src, size_t src_pitch, const int32_t *rows, char *dst, size_t dst_pitch, size_t row_bytes,
+                                 size_t es, size_t dst_bytes)
+{
+    int32_t r = rows[blockIdx.x];
+    if (r < 0 || (size_t)r * dst_pitch > dst_bytes || row_bytes > dst_bytes - (size_t)r * dst_pitch) return;
+    const char *from = src + (size_t)blockIdx.x * src_pitch;
+    char *to = dst + (size_t)r * dst_pitch;
+    if ((((uintptr_t)from | (uintptr_t)to | row_bytes) & 15) == 0) {
+        for (size_t i = threadIdx.x; i < row_bytes / 16; i += blockDim.x) ((uint4 *)to)[i] = ((const uint4 *)from)[i];
+    } else if (es == 4) {
+        for (size_t i = threadIdx.x; i < row_bytes / 4; i += blockDim.x) ((uint32_t *)to)[i] = ((const uint32_t *)from)[i];
+    } else if (es == 2) {
+        for (size_t i = threadIdx.x; i < row_bytes / 2; i += blockDim.x) ((uint16_t *)to)[i] = ((const uint16_t *)from)[i];
+    } else {
+        for (size_t i = threadIdx.x; i < row_bytes; i += blockDim.x) to[i] = from[i];
+    }
+}
+
+extern "C" int plugin_copy_rows(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t n, int64_t cols,
+                                finch_dptr src, int64_t ld_src, finch_dptr rows, finch_dptr dst, int64_t ld_dst)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    size_t es = gpu_dtype_size(dtype);
+    if (!es) return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": copy_rows: dtype %s", gpu_dtype_name(dtype));
+    if (n < 0 || cols < 0 || ld_src < cols || ld_dst < cols || n > INT32_MAX)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": copy_rows: %lld x %lld with row strides %lld, %lld",
+                        (long long)n, (long long)cols, (long long)ld_src, (long long)ld_dst);
+    if (!n || !cols) return FINCH_OK;
+    GPU_TRY(check_ptr(gpu_ptr(src), "copy_rows", "src"));
+    GPU_TRY(check_ptr(gpu_ptr(rows), "copy_rows", "rows"));
+    GPU_TRY(check_ptr(gpu_ptr(dst), "copy_rows", "dst"));
+    if (src.offset + ((size_t)(n - 1) * ld_src + cols) * es > src.buf->size || rows.offset + (size_t)n * 4 > rows.buf->size)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": copy_rows: src or rows overrun their buffers");
+    size_t dst_bytes = dst.offset < dst.buf->size ? dst.buf->size - dst.offset : 0;
+    copy_rows_kernel<<<(unsigned)n, 128, 0, st>>>((const char *)gpu_ptr(src), (size_t)ld_src * es, (const int32_t *)gpu_ptr(rows),
+                                                 (char *)gpu_ptr(dst), (size_t)ld_dst * es, (size_t)cols * es, es, dst_bytes);
+    return GPU_LAUNCHED("copy_rows");
 }
 
 __global__ void cast_kernel(int64_t n, const void *src, int src_type, void *dst, int dst_type)

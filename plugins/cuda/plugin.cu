@@ -440,10 +440,65 @@ static int plugin_copy_2d(finch_plugin_device *dev, finch_plugin_stream *s, finc
                                       gpuMemcpyDeviceToDevice, st), "copy_2d");
 }
 
+/* ---- recording a stream's work and replaying it (ABI 1.3) -------------------------------------- */
+struct finch_plugin_graph {
+    gpuGraphExec_t exec;
+    int device;
+};
+
+static int plugin_capture_begin(finch_plugin_device *dev, finch_plugin_stream *s)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    /* Thread-local: other threads' unrelated calls (a host app's own CUDA work) are not disturbed. */
+    return gpu_check(gpuStreamBeginCapture(st, gpuStreamCaptureModeThreadLocal), "starting to record the stream");
+}
+
+static int plugin_capture_end(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_graph **out)
+{
+    gpuStream_t st = NULL;
+    *out = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    gpuGraph_t graph = NULL;
+    /* Ending also ends a capture that a failed call broke off; its error is the one to report. */
+    int rc = gpu_check(gpuStreamEndCapture(st, &graph), "recording the stream");
+    finch_plugin_graph *g = NULL;
+    if (!rc && !(g = (finch_plugin_graph *)calloc(1, sizeof *g)))
+        rc = gpu_fail(FINCH_ERR_OUT_OF_MEMORY, FINCH_GPU_PLUGIN_NAME ": out of host memory");
+    if (!rc) rc = gpu_check(gpuGraphInstantiate(&g->exec, graph, 0), "instantiating the recorded work");
+    if (graph) gpuGraphDestroy(graph);
+    if (rc) {
+        free(g);
+        return rc;
+    }
+    g->device = dev->index;
+    *out = g;
+    return FINCH_OK;
+}
+
+static int plugin_graph_launch(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_graph *g)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (!g) return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": graph_launch: NULL graph");
+    return gpu_check(gpuGraphLaunch(g->exec, st), "replaying the recorded work");
+}
+
+static void plugin_graph_free(finch_plugin_device *dev, finch_plugin_graph *g)
+{
+    (void)dev;
+    if (!g) return;
+    gpuSetDevice(g->device);
+    gpuGraphExecDestroy(g->exec);
+    free(g);
+}
+
 /* ---- the table ------------------------------------------------------------------------------ */
 /* attention_decode.cu: attention_cache_forward with a decode path in front of attention.cu's. */
 extern "C" int plugin_attention_cache_dispatch(finch_plugin_device *dev, finch_plugin_stream *s,
                                                const finch_attention_cache_desc *c);
+extern "C" int plugin_copy_rows(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t n, int64_t cols,
+                                finch_dptr src, int64_t ld_src, finch_dptr rows, finch_dptr dst, int64_t ld_dst);
 
 static const finch_plugin_api plugin_api = {
     FINCH_PLUGIN_ABI_MAJOR, FINCH_PLUGIN_ABI_MINOR, sizeof(finch_plugin_api),
@@ -468,11 +523,24 @@ static const finch_plugin_api plugin_api = {
     plugin_adamw8bit_step, plugin_attention_cache_dispatch,
     plugin_device_details,
     plugin_host_alloc, plugin_host_free, plugin_write_async, plugin_read_async,
+    plugin_copy_rows,
+    plugin_capture_begin, plugin_capture_end, plugin_graph_launch, plugin_graph_free,
 };
 
 extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)
 {
     const char *profile = getenv("FINCH_CUDA_PROFILE");
     if (profile && !strcmp(profile, "1")) return gpu_profiled_api(&plugin_api);
+    /* FINCH_CUDA_GRAPHS=0: no recording, every call launched on its own (for comparison). */
+    const char *graphs = getenv("FINCH_CUDA_GRAPHS");
+    if (graphs && !strcmp(graphs, "0")) {
+        static finch_plugin_api plain;
+        plain = plugin_api;
+        plain.capture_begin = NULL;
+        plain.capture_end = NULL;
+        plain.graph_launch = NULL;
+        plain.graph_free = NULL;
+        return &plain;
+    }
     return &plugin_api;
 }

@@ -27,7 +27,7 @@ namespace {
     X(attention_backward) X(rmsnorm_forward) X(rmsnorm_backward) X(layernorm_forward) X(layernorm_backward)              \
     X(rope_forward) X(rope_backward) X(glu_forward) X(glu_backward) X(activation_forward) X(activation_backward)        \
     X(embedding_forward) X(embedding_backward) X(cross_entropy) X(linear_cross_entropy) X(adamw_step)                   \
-    X(adamw8bit_step) X(attention_cache_forward) X(memory_info)
+    X(adamw8bit_step) X(attention_cache_forward) X(memory_info) X(copy_rows)
 
 enum {
 #define ID_OF(name) E_##name,
@@ -203,6 +203,11 @@ const finch_plugin_api *gpu_profiled_api(const finch_plugin_api *base)
         PROFILED_ENTRIES(WRAP)
 #undef WRAP
         state->api.shutdown = profiled_shutdown;
+        /* Timing events around each call cannot be read back from recorded work: no recording. */
+        state->api.capture_begin = NULL;
+        state->api.capture_end = NULL;
+        state->api.graph_launch = NULL;
+        state->api.graph_free = NULL;
     });
     return &state->api;
 }

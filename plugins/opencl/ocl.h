@@ -14,7 +14,7 @@
 
 /* Every kernel of the one program, by name; ocl_kernel_names[] in ocl_program.c follows it. */
 #define OCL_KERNELS(X)                                                                            \
-    X(fill) X(cast) X(copy_2d) X(axpby) X(activation_forward) X(activation_backward) X(glu_forward) \
+    X(fill) X(cast) X(copy_2d) X(copy_rows) X(axpby) X(activation_forward) X(activation_backward) X(glu_forward) \
     X(glu_backward) X(adamw_step) X(sum_squares_partial) X(sum_strided) X(column_sum) X(gemm)      \
     X(add_bias) X(dropout_apply) X(dropout_accumulate) X(rmsnorm_forward) X(rmsnorm_backward)      \
     X(rmsnorm_dw) X(layernorm_forward) X(layernorm_backward) X(layernorm_dwdb) X(rope)             \
@@ -184,6 +184,8 @@ int ocl_fill(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, f
              float value);
 int ocl_copy_2d(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t rows, int64_t cols,
                 finch_dptr src, int64_t ld_src, finch_dptr dst, int64_t ld_dst);
+int ocl_copy_rows(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t n, int64_t cols, finch_dptr src,
+                  int64_t ld_src, finch_dptr rows, finch_dptr dst, int64_t ld_dst);
 int ocl_cast(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype src_type, finch_dptr src,
              finch_dtype dst_type, finch_dptr dst);
 int ocl_axpby(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype dtype, float alpha,

@@ -1,4 +1,4 @@
-/* Element-wise entries: fill, cast, copy_2d, axpby, activations, gated units, AdamW (f32 and 8-bit moments). */
+/* Element-wise entries: fill, cast, copy_2d, copy_rows, axpby, activations, gated units, AdamW (f32 and 8-bit moments). */
 #include "ocl.h"
 
 #include <math.h>
@@ -37,6 +37,28 @@ int ocl_copy_2d(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dt
     ocl_arg_ptr(&a, ocl_p(dst));
     ocl_arg_l(&a, ld_dst);
     return ocl_launch_2d(dev, s, OCL_K_copy_2d, &a, cols, rows);
+}
+
+int ocl_copy_rows(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t n, int64_t cols, finch_dptr src,
+                  int64_t ld_src, finch_dptr rows, finch_dptr dst, int64_t ld_dst)
+{
+    size_t esize = ocl_dtype_size(dtype);
+    OCL_NEED(dev && n >= 0 && cols >= 0 && esize, "opencl: copy_rows: bad arguments (dtype %d, %lld x %lld)", (int)dtype,
+             (long long)n, (long long)cols);
+    if (n == 0 || cols == 0) return FINCH_OK;
+    OCL_NEED(src.buf && rows.buf && dst.buf && ld_src >= cols && ld_dst >= cols,
+             "opencl: copy_rows: NULL buffer or row stride below the %lld columns", (long long)cols);
+    ocl_args a = {0};
+    ocl_arg_i(&a, (int)esize);
+    ocl_arg_l(&a, n);
+    ocl_arg_l(&a, cols);
+    ocl_arg_ptr(&a, ocl_p(src));
+    ocl_arg_l(&a, ld_src);
+    ocl_arg_ptr(&a, ocl_p(rows));
+    ocl_arg_ptr(&a, ocl_p(dst));
+    ocl_arg_l(&a, ld_dst);
+    ocl_arg_u(&a, dst.offset < dst.buf->bytes ? dst.buf->bytes - dst.offset : 0);
+    return ocl_launch_2d(dev, s, OCL_K_copy_rows, &a, cols, n);
 }
 
 int ocl_cast(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype src_type, finch_dptr src,

@@ -201,6 +201,7 @@ static const finch_plugin_api ocl_api = {
     .copy = ocl_copy,
     .fill = ocl_fill,
     .copy_2d = ocl_copy_2d,
+    .copy_rows = ocl_copy_rows,
     .cast = ocl_cast,
     .gemm = ocl_gemm,
     .axpby = ocl_axpby,

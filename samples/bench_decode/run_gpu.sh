@@ -1,16 +1,15 @@
 #!/bin/bash
 # On the GPU machine: issue 7's generation checks and decode measurements in one call, each step
-# time-boxed so that everything ends within BUDGET seconds (default 230), outputs in $OUT:
+# time-boxed so that everything ends within BUDGET seconds (default 300), outputs in $OUT:
 #   a) test_plugin_parity on libfinch-cuda.so (GEMV and decode attention included), then the
 #      batch-1 product timings of FINCH_PARITY_BENCH=decode                            -> parity.log
 #   b) finch bench decode --shape 8b (bf16), the model kept in /dev/shm               -> decode_bf16.log
 #   c) samples/bench_decode/hf_generate.py --shape 8b (HF generate, same card)        -> hf_generate.log
-#   d) NF4 against bf16 at the 1B shape (one checkpoint, with and without --4bit: loading the 8B shape
-#      with --4bit quantizes on the host for over 50 s)                -> decode_1b_bf16.log, decode_1b_nf4.log
+#   d) the same 8B checkpoint with --4bit (NF4, quantized on load)                    -> decode_nf4.log
 #   e) test_generate_golden all cuda (cache vs no-cache forward passes)               -> generate_golden.log
 #   f) tests/gpu/hf_generate_check.py (finch generate ids vs HF generate, f32)        -> hf_check.log
-#   g) the bf16 decode again with FINCH_CUDA_GEMV=0 FINCH_CUDA_DECODE_ATTENTION=0 (the paths before
-#      this work: cuBLASLt at m = 1 and the tile attention kernels), if time is left -> decode_bf16_old.log
+#   g) bf16 and NF4 again with FINCH_CUDA_GRAPHS=0 (every call launched on its own, no recorded decode
+#      passes), if time is left                                  -> decode_bf16_nographs.log, decode_nf4_nographs.log
 # usage: bash samples/bench_decode/run_gpu.sh [BUNDLE_DIR (default build-gpu/gpu-bundle)] (made by
 #        samples/bench_cuda/bundle.sh)
 # The device tool copies the checkout its session started in (not a helper's worktree): from a worktree,
@@ -22,7 +21,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
 start=$(date +%s)
-end=$(( start + ${BUDGET:-230} ))
+end=$(( start + ${BUDGET:-300} ))
 stamp() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$out/summary.txt"; }
 box() { local left=$(( end - $(date +%s) )); [ "$1" -lt "$left" ] && echo "$1" || echo $(( left > 1 ? left : 1 )); }
 
@@ -60,16 +59,10 @@ PYTHONUNBUFFERED=1 timeout $(box 45) python3 "$repo/samples/bench_decode/hf_gene
 stamp "   exit $?"
 grep -E "decode|roofline|device" "$out/hf_generate.log" | tee -a "$out/summary.txt"
 
-stamp "d) NF4 against bf16, 1B shape"
-mkdir -p "$model-1b"
-timeout $(box 30) "$finch" bench decode --shape 1b --backend cuda --dir "$model-1b" --keep > "$out/decode_1b_bf16.log" 2>&1
-stamp "   bf16 exit $?"
-grep -E "roofline|decode" "$out/decode_1b_bf16.log" | tee -a "$out/summary.txt"
-dir1=$(sed -n 's/^model: \([^,]*\),.*/\1/p' "$out/decode_1b_bf16.log")
-[ -n "$dir1" ] && timeout $(box 35) "$finch" bench decode --model "$dir1" --backend cuda --4bit > "$out/decode_1b_nf4.log" 2>&1
-stamp "   nf4 exit $?"
-grep -E "roofline|decode" "$out/decode_1b_nf4.log" | tee -a "$out/summary.txt"
-rm -rf "$model-1b"
+stamp "d) the same checkpoint with --4bit (NF4)"
+[ -n "$dir" ] && timeout $(box 60) "$finch" bench decode --model "$dir" --backend cuda --4bit > "$out/decode_nf4.log" 2>&1
+stamp "   exit $?"
+grep -E "roofline|decode" "$out/decode_nf4.log" | tee -a "$out/summary.txt"
 
 stamp "e) test_generate_golden all cuda"
 timeout $(box 40) "$bundle/bin/test_generate_golden" all cuda > "$out/generate_golden.log" 2>&1
@@ -80,10 +73,12 @@ stamp "f) finch generate vs HF generate (greedy, f32)"
 PYTHONUNBUFFERED=1 timeout $(box 40) python3 "$repo/tests/gpu/hf_generate_check.py" "$finch" cuda > "$out/hf_check.log" 2>&1
 stamp "   exit $? : $(tail -1 "$out/hf_check.log")"
 
-stamp "g) bf16 decode on the paths before (FINCH_CUDA_GEMV=0 FINCH_CUDA_DECODE_ATTENTION=0)"
-[ -n "$dir" ] && FINCH_CUDA_GEMV=0 FINCH_CUDA_DECODE_ATTENTION=0 \
-  timeout $(box 40) "$finch" bench decode --model "$dir" --backend cuda > "$out/decode_bf16_old.log" 2>&1
-stamp "   exit $?"
-grep -E "roofline|decode" "$out/decode_bf16_old.log" | tee -a "$out/summary.txt"
+stamp "g) bf16 and NF4 with FINCH_CUDA_GRAPHS=0 (no recorded passes)"
+[ -n "$dir" ] && FINCH_CUDA_GRAPHS=0 timeout $(box 40) "$finch" bench decode --model "$dir" --backend cuda > "$out/decode_bf16_nographs.log" 2>&1
+stamp "   bf16 exit $?"
+grep -E "roofline|decode" "$out/decode_bf16_nographs.log" | tee -a "$out/summary.txt"
+[ -n "$dir" ] && FINCH_CUDA_GRAPHS=0 timeout $(box 60) "$finch" bench decode --model "$dir" --backend cuda --4bit > "$out/decode_nf4_nographs.log" 2>&1
+stamp "   nf4 exit $?"
+grep -E "roofline|decode" "$out/decode_nf4_nographs.log" | tee -a "$out/summary.txt"
 rm -rf "$model"
 stamp "done"

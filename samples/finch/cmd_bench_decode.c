@@ -218,6 +218,9 @@ int finch_cmd_bench_decode(int argc, char **argv)
         }
         step_s = (bench_now() - t0) / (double)tokens;
         if (rc) fprintf(stderr, "finch bench decode: decode: %s\n", finch_last_error());
+        finch_session_stats st;
+        finch_session_stats_get(ss, &st);
+        printf("passes: %lld, replayed from a recording: %lld\n", (long long)st.passes, (long long)st.replayed);
     }
     if (!rc) {
         finch_generate_options o = finch_generate_options_default();

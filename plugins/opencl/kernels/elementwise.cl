@@ -23,6 +23,19 @@ kernel void copy_2d(int esize, long rows, long cols, BUF(src), long ld_src, BUF(
     else AT(dst)[di] = AT(src)[si];
 }
 
+/* Row r of src to row rows[r] of dst; rows outside the destination's dst_bytes are skipped. */
+kernel void copy_rows(int esize, long n, long cols, BUF(src), long ld_src, BUF(rows), BUF(dst), long ld_dst, ulong dst_bytes)
+{
+    long c = get_global_id(0), r = get_global_id(1);
+    if (c >= cols || r >= n) return;
+    long to = ((const global int *)AT(rows))[r];
+    if (to < 0 || (ulong)((to * ld_dst + cols) * esize) > dst_bytes) return;
+    long si = r * ld_src + c, di = to * ld_dst + c;
+    if (esize == 4) ((global uint *)AT(dst))[di] = ((const global uint *)AT(src))[si];
+    else if (esize == 2) ((global ushort *)AT(dst))[di] = ((const global ushort *)AT(src))[si];
+    else AT(dst)[di] = AT(src)[si];
+}
+
 kernel void axpby(long n, int dt, float alpha, BUF(x), float beta, int has_y, BUF(y), BUF(out))
 {
     long i = get_global_id(0);
