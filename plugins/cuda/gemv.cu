@@ -6,16 +6,18 @@
  * in flight per thread, and keep the m dot products in registers; A (a few KiB) stays in L1.
  *
  * A block of 256 threads takes `groups` groups of R rows; the warps left over split each row's k
- * among themselves (`splits` = warps / groups) and add their partial sums in shared memory. Few
- * rows (k/v projections) thus still fill the card, and gpu_gemv picks groups so that the blocks
- * fill whole waves of resident blocks (no tail of one half-empty wave). NF4 rows are decoded by a
- * lookup of the 16 code values in shared memory with the byte offsets taken four at a time from a
- * word of codes (a shift, a mask and a byte permute per element), two rows per warp sharing each
- * load of A; a block's absmax index is a shift when blocksize / 32 is a power of two.
- * gpu_gemm sends such shapes here first; anything these kernels do not take (a transposed
- * operand, W rows not 16-byte aligned, m > 8) goes on to cuBLASLt or the tiled kernel.
- * FINCH_CUDA_GEMV=0 turns the path off, for comparing; FINCH_CUDA_GEMV_SPLIT=1|2|4|8 forces the
- * number of warps per row (tests and tuning). */
+ * among themselves (`splits` = warps / groups) and add their partial sums in shared memory, so that
+ * few rows (k/v projections) still fill the card; k is split only as far as that needs (see
+ * choose_groups). Unsplit, the grid is one wave of resident blocks whose warps loop over row groups,
+ * the loads of the next round (U 16-byte loads a row and lane) issued before the arithmetic of the
+ * current one. NF4 rows are decoded by a lookup of the 16 code values (f32, as given) in shared
+ * memory, each nibble turned into its byte offset in the table by a shift, a mask and a byte permute,
+ * two rows per warp sharing each load of A; the absmax index is a shift when blocksize / 32 is a
+ * power of two. gpu_gemm sends such shapes here first; anything these kernels do not take (a
+ * transposed operand, W rows not 16-byte aligned, m > 8) goes on to cuBLASLt or the tiled kernel.
+ * FINCH_CUDA_GEMV=0 turns the path off, for comparing; FINCH_CUDA_GEMV_SPLIT=1|2|4|8 (warps per
+ * row) and FINCH_CUDA_GEMV_BLOCKS=N (grid of unsplit rows: N blocks, 0 = one group per warp) force
+ * the layout, read on every call (tests and tuning). */
 #include "gpu_plugin.h"
 
 #include <stdlib.h>
