@@ -629,71 +629,108 @@ static void test_qmatmul(void)
     unsetenv("FINCH_CUDA_NF4_SLICE_ELEMS");
 }
 
+/* One product C = 0.5 A W^T + beta C of m rows through gemm, compared with the CPU. lda_pad pads A's
+ * rows to a multiple of 8 elements (16-byte aligned for 16-bit types); `layout` names the GEMV layout. */
+static void gemv_case(finch_dtype wt, finch_dtype at, finch_dtype ct, int64_t m, int64_t n, int64_t k, int lda_pad, float beta,
+                      const char *layout)
+{
+    char what[128];
+    finch_gemm_desc d[2];
+    memset(&d[0], 0, sizeof d[0]);
+    d[0].trans_b = 1;
+    d[0].m = m;
+    d[0].n = n;
+    d[0].k = k;
+    d[0].a_type = at;
+    d[0].b_type = wt;
+    d[0].c_type = ct;
+    d[0].batch = 1;
+    d[0].lda = lda_pad ? (k + 7) / 8 * 8 : k;
+    d[0].ldb = (k + 7) / 8 * 8;
+    d[0].ldc = n + 1;
+    d[0].alpha = 0.5f;
+    d[0].beta = beta;
+    tensor a = random_tensor(at, (size_t)(m * d[0].lda), 1.0f);
+    tensor b = random_tensor(wt, (size_t)(n * d[0].ldb), 1.0f);
+    size_t nc = (size_t)(m * d[0].ldc);
+    tensor c = beta != 0.0f ? random_tensor(ct, nc, 1.0f) : poisoned(ct, nc);
+    d[1] = d[0];
+    for (int s = 0; s < 2; s++) {
+        d[s].a = D(a, s);
+        d[s].b = D(b, s);
+        d[s].c = D(c, s);
+    }
+    BOTH("gemm", sd->api->gemm(sd->dev, NULL, &d[s]));
+    snprintf(what, sizeof what, "gemv m %lld n %lld k %lld: A %s (lda %lld) W %s C %s beta %g split %s", (long long)m,
+             (long long)n, (long long)k, dtype_name(at), (long long)d[0].lda, dtype_name(wt), dtype_name(ct), beta, layout);
+    finch_dtype coarse = at == FINCH_DTYPE_BF16 || wt == FINCH_DTYPE_BF16 ? FINCH_DTYPE_BF16
+                       : at == FINCH_DTYPE_F16 || wt == FINCH_DTYPE_F16 ? FINCH_DTYPE_F16
+                       : ct;
+    compare_rows("gemm", what, c, 1, m, n, d[0].ldc, 0, tol_for(ct == FINCH_DTYPE_F32 ? coarse : ct));
+}
+
+/* y = x W^T (+ beta y) of m rows with an NF4 W [out, in] of the given blocksize, through qmatmul_forward. */
+static void gemv_nf4_case(finch_dtype t, int64_t m, int64_t out, int64_t in, int64_t ldx, int64_t blocksize, float beta,
+                          const char *layout)
+{
+    char what[128];
+    int64_t ldy = out + 2;
+    nf4_parts parts = make_nf4(out, in); /* absmax for blocks of 64: enough for any larger blocksize */
+    finch_weight w[2] = {nf4_weight(&parts, 0), nf4_weight(&parts, 1)};
+    w[0].blocksize = w[1].blocksize = blocksize;
+    tensor x = random_tensor(t, (size_t)(m * ldx), 1.0f);
+    tensor y = beta != 0.0f ? random_tensor(t, (size_t)(m * ldy), 1.0f) : poisoned(t, (size_t)(m * ldy));
+    BOTH("qmatmul_forward", sd->api->qmatmul_forward(sd->dev, NULL, &w[s], out, in, m, t, D(x, s), ldx, D(y, s), ldy, beta));
+    snprintf(what, sizeof what, "gemv nf4 [%lld, %lld] blocks of %lld, %s m %lld ldx %lld beta %g split %s", (long long)out,
+             (long long)in, (long long)blocksize, dtype_name(t), (long long)m, (long long)ldx, beta, layout);
+    compare_rows("qmatmul_forward", what, y, 1, m, out, ldy, 0, tol_for(t));
+}
+
 /* Products of a few activation rows with a weight, the shape of decoding (1 <= m <= 8, A W^T): GPU
  * plugins run their GEMV kernels here. Dense W of every type with A of every type, rows of W padded
  * to 16 bytes, k not a multiple of the vector width (a scalar tail), A rows aligned and not, beta 0
- * and not; NF4 W (blocks of 64 straddling rows of 160) through qmatmul_forward. */
+ * and not; NF4 W (an odd number of rows, blocks of 64 straddling rows of 160, and blocks of 96)
+ * through qmatmul_forward. Each also with the CUDA plugin's layout forced (it reads these per call):
+ * k split over 1, 2 and 8 warps a row (FINCH_CUDA_GEMV_SPLIT), and whole rows on a grid of 1 or 3
+ * blocks, so that every warp loops over several rows (FINCH_CUDA_GEMV_BLOCKS); then shapes with rows
+ * enough for the plugin to split k by itself. */
 static void test_gemv(void)
 {
     static const finch_dtype types[3] = {FINCH_DTYPE_F32, FINCH_DTYPE_BF16, FINCH_DTYPE_F16};
     static const int64_t ms[4] = {1, 3, 5, 8};
-    char what[112];
-    for (int wi = 0; wi < 3; wi++) {
+    static const char *layouts[6][2] = {{NULL, NULL}, {"1", NULL}, {"2", NULL}, {"8", NULL}, {"1", "1"}, {"1", "3"}};
+    char what[24];
+    for (int li = 0; li < 6; li++) {
+        const char *split = layouts[li][0], *blocks = layouts[li][1];
+        if (split) setenv("FINCH_CUDA_GEMV_SPLIT", split, 1);
+        else unsetenv("FINCH_CUDA_GEMV_SPLIT");
+        if (blocks) setenv("FINCH_CUDA_GEMV_BLOCKS", blocks, 1);
+        else unsetenv("FINCH_CUDA_GEMV_BLOCKS");
+        snprintf(what, sizeof what, "%s%s%s", split ? split : "auto", blocks ? " blocks " : "", blocks ? blocks : "");
+        for (int wi = 0; wi < 3; wi++) {
+            for (int ai = 0; ai < 3; ai++) {
+                for (int mi = 0; mi < 4; mi++)
+                    gemv_case(types[wi], types[ai], mi & 1 ? FINCH_DTYPE_F32 : types[ai], ms[mi], 37 + 64 * (mi & 1),
+                              mi < 2 ? 203 : 1024 + 5, !(mi & 2), mi == 2 ? 0.25f : 0.0f, what);
+                release_all();
+            }
+        }
         for (int ai = 0; ai < 3; ai++) {
             for (int mi = 0; mi < 4; mi++) {
-                finch_gemm_desc d[2];
-                memset(&d[0], 0, sizeof d[0]);
-                d[0].trans_b = 1;
-                d[0].m = ms[mi];
-                d[0].n = 37 + 64 * (mi & 1);
-                d[0].k = mi < 2 ? 203 : 1024 + 5;
-                d[0].a_type = types[ai];
-                d[0].b_type = types[wi];
-                d[0].c_type = mi & 1 ? FINCH_DTYPE_F32 : types[ai];
-                d[0].batch = 1;
-                d[0].lda = mi & 2 ? d[0].k : (d[0].k + 7) / 8 * 8; /* unaligned rows of A when m is 5 or 8 */
-                d[0].ldb = (d[0].k + 7) / 8 * 8;
-                d[0].ldc = d[0].n + 1;
-                d[0].alpha = 0.5f;
-                d[0].beta = mi == 2 ? 0.25f : 0.0f;
-                tensor a = random_tensor(d[0].a_type, (size_t)(d[0].m * d[0].lda), 1.0f);
-                tensor b = random_tensor(d[0].b_type, (size_t)(d[0].n * d[0].ldb), 1.0f);
-                size_t nc = (size_t)(d[0].m * d[0].ldc);
-                tensor c = d[0].beta != 0.0f ? random_tensor(d[0].c_type, nc, 1.0f) : poisoned(d[0].c_type, nc);
-                d[1] = d[0];
-                for (int s = 0; s < 2; s++) {
-                    d[s].a = D(a, s);
-                    d[s].b = D(b, s);
-                    d[s].c = D(c, s);
-                }
-                BOTH("gemm", sd->api->gemm(sd->dev, NULL, &d[s]));
-                snprintf(what, sizeof what, "gemv m %lld n %lld k %lld: A %s (lda %lld) W %s C %s beta %g", (long long)d[0].m,
-                         (long long)d[0].n, (long long)d[0].k, dtype_name(d[0].a_type), (long long)d[0].lda,
-                         dtype_name(d[0].b_type), dtype_name(d[0].c_type), d[0].beta);
-                finch_dtype coarse = d[0].a_type == FINCH_DTYPE_BF16 || d[0].b_type == FINCH_DTYPE_BF16 ? FINCH_DTYPE_BF16
-                                   : d[0].a_type == FINCH_DTYPE_F16 || d[0].b_type == FINCH_DTYPE_F16 ? FINCH_DTYPE_F16
-                                   : d[0].c_type;
-                compare_rows("gemm", what, c, 1, d[0].m, d[0].n, d[0].ldc, 0,
-                             tol_for(d[0].c_type == FINCH_DTYPE_F32 ? coarse : d[0].c_type));
+                int64_t in = 160 + 96 * (mi & 1);
+                gemv_nf4_case(types[ai], ms[mi], 41, in, mi & 2 ? in + 1 : in, mi < 2 ? 64 : 96, mi == 1 ? 0.5f : 0.0f,
+                              what);
+                release_all();
             }
-            release_all();
         }
     }
-    for (int ai = 0; ai < 3; ai++) {
-        for (int mi = 0; mi < 4; mi++) {
-            int64_t out = 41, in = 160, m = ms[mi], ldx = mi & 2 ? in + 1 : in, ldy = out + 2;
-            finch_dtype t = types[ai];
-            nf4_parts parts = make_nf4(out, in);
-            finch_weight w[2] = {nf4_weight(&parts, 0), nf4_weight(&parts, 1)};
-            float beta = mi == 1 ? 0.5f : 0.0f;
-            tensor x = random_tensor(t, (size_t)(m * ldx), 1.0f);
-            tensor y = beta != 0.0f ? random_tensor(t, (size_t)(m * ldy), 1.0f) : poisoned(t, (size_t)(m * ldy));
-            BOTH("qmatmul_forward", sd->api->qmatmul_forward(sd->dev, NULL, &w[s], out, in, m, t, D(x, s), ldx, D(y, s), ldy, beta));
-            snprintf(what, sizeof what, "gemv nf4 [%lld, %lld] %s m %lld ldx %lld beta %g", (long long)out, (long long)in,
-                     dtype_name(t), (long long)m, (long long)ldx, beta);
-            compare_rows("qmatmul_forward", what, y, 1, m, out, ldy, 0, tol_for(t));
-            release_all();
-        }
+    unsetenv("FINCH_CUDA_GEMV_SPLIT");
+    unsetenv("FINCH_CUDA_GEMV_BLOCKS");
+    for (int mi = 0; mi < 4; mi += 2) {
+        gemv_case(FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, ms[mi], 1000, 2056, 1, 0.0f, "auto");
+        gemv_case(FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_F32, ms[mi], 997, 4100, 1, 0.5f, "auto");
+        gemv_nf4_case(FINCH_DTYPE_BF16, ms[mi], 1001, 2048, 2048, 64, 0.0f, "auto");
+        release_all();
     }
 }
 

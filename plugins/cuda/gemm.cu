@@ -434,7 +434,7 @@ static int gemm_nf4_chunked(finch_plugin_device *dev, gpuStream_t st, int64_t m,
 
 /* gemv.cu: the product for 1 <= m <= 8 rows of A (not transposed) and B = W^T, W dense or NF4
  * [n, k] with 16-byte aligned rows. *done = 0 when it does not take the shape (nothing queued). */
-int gpu_gemv(gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a, const gpu_operand *b,
+int gpu_gemv(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a, const gpu_operand *b,
              finch_dtype c_type, void *c, int64_t ldc, float alpha, float beta, int *done);
 
 int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
@@ -451,7 +451,7 @@ int gpu_gemm(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int
     }
     if (batch == 1) { /* a few rows (decoding): the bandwidth-bound kernels of gemv.cu */
         int done = 0;
-        GPU_TRY(gpu_gemv(st, m, n, k, a, b, c_type, c, ldc, alpha, beta, &done));
+        GPU_TRY(gpu_gemv(dev, st, m, n, k, a, b, c_type, c, ldc, alpha, beta, &done));
         if (done) return FINCH_OK;
     }
 #if FINCH_GPU_BLASLT

@@ -2,11 +2,22 @@
  *     C [m, n] = alpha * A [m, k] W^T + beta * C,   W stored [n, k] (row stride ld), 1 <= m <= 8,
  * W dense (F32/BF16/F16) or NF4 (bitsandbytes layout, dequantized in registers), A and C any float
  * type. At m this small a product reads every weight once and does little arithmetic with it, so
- * its speed is the memory bandwidth: each warp streams whole rows of W in 16-byte loads, several
- * in flight per thread, and keeps the m dot products in registers; A (a few KiB) stays in L1.
- * gpu_gemm sends such shapes here first; anything these kernels do not take (a transposed
- * operand, W rows not 16-byte aligned, m > 8) goes on to cuBLASLt or the tiled kernel.
- * FINCH_CUDA_GEMV=0 turns the path off, for comparing. */
+ * its speed is the memory bandwidth: warps stream rows of W in 16-byte loads that skip L1, several
+ * in flight per thread, and keep the m dot products in registers; A (a few KiB) stays in L1.
+ *
+ * A block of 256 threads takes `groups` groups of R rows; the warps left over split each row's k
+ * among themselves (`splits` = warps / groups) and add their partial sums in shared memory, so that
+ * few rows (k/v projections) still fill the card; k is split only as far as that needs (see
+ * choose_groups). Unsplit, the grid is one wave of resident blocks whose warps loop over row groups,
+ * the loads of the next round (U 16-byte loads a row and lane) issued before the arithmetic of the
+ * current one. NF4 rows are decoded by a lookup of the 16 code values (f32, as given) in shared
+ * memory, each nibble turned into its byte offset in the table by a shift, a mask and a byte permute,
+ * two rows per warp sharing each load of A; the absmax index is a shift when blocksize / 32 is a
+ * power of two. gpu_gemm sends such shapes here first; anything these kernels do not take (a
+ * transposed operand, W rows not 16-byte aligned, m > 8) goes on to cuBLASLt or the tiled kernel.
+ * FINCH_CUDA_GEMV=0 turns the path off, for comparing; FINCH_CUDA_GEMV_SPLIT=1|2|4|8 (warps per
+ * row) and FINCH_CUDA_GEMV_BLOCKS=N (grid of unsplit rows: N blocks, 0 = one group per warp) force
+ * the layout, read on every call (tests and tuning). */
 #include "gpu_plugin.h"
 
 #include <stdlib.h>
@@ -14,17 +25,23 @@
 
 #define GEMV_MAX_M 8
 #define GEMV_THREADS 256
-#define GEMV_ROWS_PER_BLOCK 8   /* one row per warp of 32 lanes; a wave64 warp takes two in turn */
-#define GEMV_UNROLL 4           /* 16-byte loads of W in flight per thread */
+#define GEMV_MAX_WARPS (GEMV_THREADS / 32)
 
 struct gemv_params {
     int64_t m, n, k;
     const void *a; int64_t lda; int a_vec;   /* a_vec: A's rows are 16-byte aligned */
     const void *w; int64_t ldw;
-    const float *absmax, *code; int64_t blocksize; /* NF4 */
+    const float *absmax, *code;              /* NF4 */
+    int64_t groups_per_block;                /* blocksize / 32 (NF4) */
+    int block_shift;                         /* log2(groups_per_block), or -1 when not a power of two */
+    int groups;                              /* groups of rows per thread block */
     int c_type; void *c; int64_t ldc;
     float alpha, beta;
 };
+
+struct nf4_t {}; /* tag: W holds NF4 codes */
+template <typename WT> struct is_nf4 { static constexpr bool value = false; };
+template <> struct is_nf4<nf4_t> { static constexpr bool value = true; };
 
 /* ---- unpacking 32-bit words of storage into f32 ------------------------------------------- */
 template <typename T> struct words;
@@ -48,6 +65,10 @@ template <> struct words<gpu_f16> {
         out[1] = __half2float(__ushort_as_half((unsigned short)(u >> 16)));
     }
 };
+
+/* Elements of W per 16-byte load. */
+template <typename WT> struct w_vec { static constexpr int n = 16 / (int)sizeof(WT); };
+template <> struct w_vec<nf4_t> { static constexpr int n = 32; };
 
 /* A 16-byte load of W that does not stay in L1 (W is read once; A should stay there). */
 __device__ __forceinline__ uint4 load_stream(const uint4 *p)
@@ -91,6 +112,38 @@ __device__ __forceinline__ void load_a(const gemv_params &p, int64_t r, int64_t 
     }
 }
 
+/* The dot product of one 16-byte load of W with the matching elements x of a row of A. */
+template <typename WT>
+__device__ __forceinline__ float dot_vec(uint4 wv, const float *x)
+{
+    constexpr int pw = words<WT>::per_word;
+    uint32_t w4[4] = {wv.x, wv.y, wv.z, wv.w};
+    float dot = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        float wf[pw];
+        words<WT>::unpack(w4[j], wf);
+#pragma unroll
+        for (int e = 0; e < pw; e++) dot = fmaf(wf[e], x[j * pw + e], dot);
+    }
+    return dot;
+}
+/* The dot product of one 32-bit word of NF4 codes (8 elements) with x. Byte b holds elements 2b
+ * (high nibble) and 2b + 1 (low nibble); the masks turn each nibble into the byte offset of its
+ * value in the table (16 floats in 16 banks: a warp's lookups never conflict). */
+__device__ __forceinline__ float dot_nf4_word(uint32_t w, const float *x, const float *table)
+{
+    const char *tb = (const char *)table;
+    uint32_t hi = (w >> 2) & 0x3c3c3c3cu, lo = (w << 2) & 0x3c3c3c3cu;
+    float d0 = 0.0f, d1 = 0.0f;
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+        d0 = fmaf(*(const float *)(tb + __byte_perm(hi, 0, 0x4440 + b)), x[2 * b], d0);
+        d1 = fmaf(*(const float *)(tb + __byte_perm(lo, 0, 0x4440 + b)), x[2 * b + 1], d1);
+    }
+    return d0 + d1;
+}
+
 __device__ __forceinline__ float warp_total(float v)
 {
     for (int o = FINCH_WARP_SIZE / 2; o > 0; o >>= 1) v += gpu_shfl_xor(v, o);
@@ -104,120 +157,145 @@ __device__ __forceinline__ void gemv_store(const gemv_params &p, int64_t i, int6
     store_from_f32(p.c, p.c_type, i * p.ldc + row, v);
 }
 
-/* ---- dense W ------------------------------------------------------------------------------ */
-template <typename WT, typename XT, int M>
-__global__ void __launch_bounds__(GEMV_THREADS) gemv_dense_kernel(gemv_params p)
+/* The 16-byte loads of W of one round: U per row for R rows (vector v = base + u * stride + lane
+ * of each row), and for NF4 the absmax of each. Vectors past the row's end are not loaded. */
+template <typename WT, int R, int U> struct w_round {
+    uint4 w[U][R];
+    float scale[U][R];
+};
+
+template <typename WT, int R, int U>
+__device__ __forceinline__ void load_round(const gemv_params &p, int64_t grp, int64_t base, int64_t stride, int64_t nvec,
+                                           int lane, w_round<WT, R, U> &out)
 {
-    constexpr int VEC = 16 / (int)sizeof(WT); /* elements of W per 16-byte load */
-    int warps = blockDim.x / FINCH_WARP_SIZE, warp = threadIdx.x / FINCH_WARP_SIZE, lane = threadIdx.x % FINCH_WARP_SIZE;
-    int64_t first = (int64_t)blockIdx.x * GEMV_ROWS_PER_BLOCK;
-    int64_t last = first + GEMV_ROWS_PER_BLOCK < p.n ? first + GEMV_ROWS_PER_BLOCK : p.n;
-    int64_t nvec = p.k / VEC;
-    for (int64_t row = first + warp; row < last; row += warps) {
-        const WT *wrow = (const WT *)p.w + row * p.ldw;
-        float acc[M];
 #pragma unroll
-        for (int i = 0; i < M; i++) acc[i] = 0.0f;
-        for (int64_t v0 = lane; v0 < nvec; v0 += (int64_t)FINCH_WARP_SIZE * GEMV_UNROLL) {
-            uint4 wv[GEMV_UNROLL];
+    for (int r = 0; r < R; r++) {
+        int64_t row = grp * R + r < p.n ? grp * R + r : p.n - 1; /* rows past n: read row n - 1, never stored */
+        int64_t first = is_nf4<WT>::value ? row * (p.ldw / 32) : 0; /* NF4: the row's first group of 32 codes */
+        const uint4 *wrow = is_nf4<WT>::value ? (const uint4 *)p.w + first : (const uint4 *)((const WT *)p.w + row * p.ldw);
 #pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++) {
-                int64_t v = v0 + (int64_t)u * FINCH_WARP_SIZE;
-                if (v < nvec) wv[u] = load_stream((const uint4 *)wrow + v);
-            }
-#pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++) {
-                int64_t v = v0 + (int64_t)u * FINCH_WARP_SIZE;
-                if (v >= nvec) break;
-                float wf[VEC];
-                uint32_t w4[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-#pragma unroll
-                for (int j = 0; j < 4; j++) words<WT>::unpack(w4[j], wf + j * words<WT>::per_word);
-#pragma unroll
-                for (int i = 0; i < M; i++) {
-                    if (i >= p.m) break;
-                    float xf[VEC];
-                    load_a<XT, VEC>(p, i, v * VEC, xf);
-#pragma unroll
-                    for (int j = 0; j < VEC; j++) acc[i] = fmaf(wf[j], xf[j], acc[i]);
+        for (int u = 0; u < U; u++) {
+            int64_t v = base + u * stride + lane;
+            if (v < nvec) {
+                out.w[u][r] = load_stream(wrow + v);
+                if constexpr (is_nf4<WT>::value) {
+                    int64_t gi = first + v;
+                    out.scale[u][r] = p.absmax[p.block_shift >= 0 ? gi >> p.block_shift : gi / p.groups_per_block];
                 }
             }
-        }
-        for (int64_t e = nvec * VEC + lane; e < p.k; e += FINCH_WARP_SIZE) { /* k % VEC columns */
-            float w = to_f32(wrow[e]);
-#pragma unroll
-            for (int i = 0; i < M; i++)
-                if (i < p.m) acc[i] = fmaf(w, to_f32(((const XT *)p.a)[i * p.lda + e]), acc[i]);
-        }
-#pragma unroll
-        for (int i = 0; i < M; i++) {
-            if (i >= p.m) break;
-            float t = warp_total(acc[i]);
-            if (lane == 0) gemv_store(p, i, row, t);
         }
     }
 }
 
-/* ---- NF4 W: 32 codes per 16-byte load, one absmax per load (blocksize % 32 == 0) ------------ */
-template <typename XT, int M>
-__global__ void __launch_bounds__(GEMV_THREADS) gemv_nf4_kernel(gemv_params p)
+/* One kernel for dense and NF4 W: M rows of A (p.m <= M), R rows of W per warp sharing the loads of
+ * A, U loads per row and lane a round. Warp `warp` of a block takes k-slice s = warp / groups of row
+ * group g = warp % groups (groups of R rows); its rounds run over the slice's vectors, then over the
+ * next group of the grid-stride loop, and the loads of the next round are issued before the current
+ * one's arithmetic, so a warp keeps loads in flight while it computes. With splits > 1 the grid
+ * covers every group once and the slices' sums meet in shared memory. */
+template <typename WT, typename XT, int M, int R, int U>
+__global__ void __launch_bounds__(GEMV_THREADS, M > 1 ? 1 : is_nf4<WT>::value ? 3 : 4) gemv_kernel(gemv_params p)
 {
-    /* The 16 code values sit in 16 different banks, so a warp's lookups never conflict (a table of
-     * value pairs per byte, 256 x 8 bytes, conflicted and ran at a fifth of the bandwidth). */
+    constexpr bool nf4 = is_nf4<WT>::value;
+    constexpr int VEC = w_vec<WT>::n;
     __shared__ float table[16];
-    if (threadIdx.x < 16) table[threadIdx.x] = p.code[threadIdx.x];
-    __syncthreads();
+    __shared__ float partial[GEMV_MAX_WARPS][M * R];
+    if constexpr (nf4) {
+        if (threadIdx.x < 16) table[threadIdx.x] = p.code[threadIdx.x];
+        __syncthreads();
+    }
     int warps = blockDim.x / FINCH_WARP_SIZE, warp = threadIdx.x / FINCH_WARP_SIZE, lane = threadIdx.x % FINCH_WARP_SIZE;
-    int64_t first = (int64_t)blockIdx.x * GEMV_ROWS_PER_BLOCK;
-    int64_t last = first + GEMV_ROWS_PER_BLOCK < p.n ? first + GEMV_ROWS_PER_BLOCK : p.n;
-    int64_t nvec = p.k / 32; /* k == ld, a multiple of 32 (gpu_gemv) */
-    const unsigned char *bytes = (const unsigned char *)p.w;
-    for (int64_t row = first + warp; row < last; row += warps) {
-        int64_t base = row * p.ldw; /* flattened index of the row's first element; a multiple of 32 */
-        const uint4 *wrow = (const uint4 *)(bytes + base / 2);
-        float acc[M];
+    int groups = p.groups, splits = warps / groups; /* gpu_gemv: groups divides warps */
+    int g = warp % groups, s = warp / groups;
+    int64_t nvec = p.k / VEC; /* NF4: k == ld, a multiple of 32 (gpu_gemv) */
+    int64_t ngroups = (p.n + R - 1) / R, group_step = (int64_t)gridDim.x * groups;
+    int64_t stride = (int64_t)splits * FINCH_WARP_SIZE, first_base = (int64_t)s * FINCH_WARP_SIZE;
+    int64_t grp = (int64_t)blockIdx.x * groups + g, base = first_base;
+    float acc[M][R];
 #pragma unroll
-        for (int i = 0; i < M; i++) acc[i] = 0.0f;
-        for (int64_t v0 = lane; v0 < nvec; v0 += (int64_t)FINCH_WARP_SIZE * GEMV_UNROLL) {
-            uint4 wv[GEMV_UNROLL];
-            float scale[GEMV_UNROLL];
+    for (int i = 0; i < M; i++)
 #pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++) {
-                int64_t v = v0 + (int64_t)u * FINCH_WARP_SIZE;
-                if (v < nvec) {
-                    wv[u] = load_stream(wrow + v);
-                    scale[u] = p.absmax[(base + v * 32) / p.blocksize];
-                }
-            }
+        for (int r = 0; r < R; r++) acc[i][r] = 0.0f;
+    w_round<WT, R, U> cur, next;
+    if (grp < ngroups) load_round<WT, R, U>(p, grp, base, stride, nvec, lane, cur);
+    while (grp < ngroups) {
+        int64_t next_grp = grp, next_base = base + stride * U;
+        if (next_base >= nvec) {
+            next_base = first_base;
+            next_grp += group_step;
+        }
+        if (next_grp < ngroups) load_round<WT, R, U>(p, next_grp, next_base, stride, nvec, lane, next);
 #pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++) {
-                int64_t v = v0 + (int64_t)u * FINCH_WARP_SIZE;
-                if (v >= nvec) break;
-                float wf[32];
-                uint32_t w4[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+        for (int u = 0; u < U; u++) {
+            int64_t v = base + u * stride + lane;
+            if (v >= nvec) break;
 #pragma unroll
-                for (int j = 0; j < 4; j++)
+            for (int i = 0; i < M; i++) {
+                if (i >= p.m) break;
+                if constexpr (nf4) { /* A 8 elements at a time: fewer registers live */
+                    float d[R];
 #pragma unroll
-                    for (int b = 0; b < 4; b++) { /* the first element of a byte in its high nibble */
-                        wf[(j * 4 + b) * 2] = table[(w4[j] >> (8 * b + 4)) & 15u];
-                        wf[(j * 4 + b) * 2 + 1] = table[(w4[j] >> (8 * b)) & 15u];
+                    for (int r = 0; r < R; r++) d[r] = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        float xf[8];
+                        load_a<XT, 8>(p, i, v * VEC + j * 8, xf);
+#pragma unroll
+                        for (int r = 0; r < R; r++) {
+                            const uint4 &wv = cur.w[u][r];
+                            d[r] += dot_nf4_word(j == 0 ? wv.x : j == 1 ? wv.y : j == 2 ? wv.z : wv.w, xf, table);
+                        }
                     }
 #pragma unroll
-                for (int i = 0; i < M; i++) {
-                    if (i >= p.m) break;
-                    float xf[32], dot = 0.0f;
-                    load_a<XT, 32>(p, i, v * 32, xf);
+                    for (int r = 0; r < R; r++) acc[i][r] = fmaf(cur.scale[u][r], d[r], acc[i][r]);
+                } else {
+                    float xf[VEC];
+                    load_a<XT, VEC>(p, i, v * VEC, xf);
 #pragma unroll
-                    for (int j = 0; j < 32; j++) dot = fmaf(wf[j], xf[j], dot);
-                    acc[i] = fmaf(scale[u], dot, acc[i]);
+                    for (int r = 0; r < R; r++) acc[i][r] += dot_vec<WT>(cur.w[u][r], xf);
                 }
             }
         }
+        if (next_grp != grp) { /* the group's last round: its k % VEC tail, then the sums */
+            if constexpr (!nf4) {
+                for (int64_t e = nvec * VEC + first_base + lane; e < p.k; e += stride) {
 #pragma unroll
-        for (int i = 0; i < M; i++) {
-            if (i >= p.m) break;
-            float t = warp_total(acc[i]);
-            if (lane == 0) gemv_store(p, i, row, t);
+                    for (int r = 0; r < R; r++) {
+                        int64_t row = grp * R + r < p.n ? grp * R + r : p.n - 1;
+                        float w = to_f32(((const WT *)p.w)[row * p.ldw + e]);
+#pragma unroll
+                        for (int i = 0; i < M; i++)
+                            if (i < p.m) acc[i][r] = fmaf(w, to_f32(((const XT *)p.a)[i * p.lda + e]), acc[i][r]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < M; i++) {
+                if (i >= p.m) break;
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    float t = warp_total(acc[i][r]);
+                    acc[i][r] = 0.0f;
+                    if (splits > 1) {
+                        if (lane == 0) partial[warp][i * R + r] = t;
+                    } else if (lane == 0 && grp * R + r < p.n) {
+                        gemv_store(p, i, grp * R + r, t);
+                    }
+                }
+            }
+        }
+        cur = next;
+        grp = next_grp;
+        base = next_base;
+    }
+    if (splits > 1) { /* the grid covers every group once (gpu_gemv): each warp summed one group */
+        __syncthreads();
+        for (int t = threadIdx.x; t < groups * R * (int)p.m; t += blockDim.x) {
+            int gg = t % groups, r = t / groups % R, i = t / (groups * R);
+            int64_t row = ((int64_t)blockIdx.x * groups + gg) * R + r;
+            float sum = 0.0f;
+            for (int ss = 0; ss < splits; ss++) sum += partial[ss * groups + gg][i * R + r];
+            if (row < p.n) gemv_store(p, i, row, sum);
         }
     }
 }
@@ -233,31 +311,83 @@ static bool gemv_enabled(void)
     return on == 1;
 }
 
-template <int M>
-static void launch_for_m(gpuStream_t st, finch_dtype wt, finch_dtype xt, const gemv_params &p, unsigned blocks)
+/* Thread blocks of this kernel resident per multiprocessor (asked once per kernel). */
+template <typename WT, typename XT, int M, int R, int U>
+static int resident_blocks(void)
 {
-#define GEMV_DENSE_X(WT)                                                                                               \
-    switch (xt) {                                                                                                      \
-    case FINCH_DTYPE_BF16: gemv_dense_kernel<WT, gpu_bf16, M><<<blocks, GEMV_THREADS, 0, st>>>(p); break;             \
-    case FINCH_DTYPE_F16: gemv_dense_kernel<WT, gpu_f16, M><<<blocks, GEMV_THREADS, 0, st>>>(p); break;               \
-    default: gemv_dense_kernel<WT, float, M><<<blocks, GEMV_THREADS, 0, st>>>(p); break;                              \
-    }
-    switch (wt) {
-    case FINCH_DTYPE_BF16: GEMV_DENSE_X(gpu_bf16) break;
-    case FINCH_DTYPE_F16: GEMV_DENSE_X(gpu_f16) break;
-    case FINCH_DTYPE_F32: GEMV_DENSE_X(float) break;
-    default: /* NF4 */
-        switch (xt) {
-        case FINCH_DTYPE_BF16: gemv_nf4_kernel<gpu_bf16, M><<<blocks, GEMV_THREADS, 0, st>>>(p); break;
-        case FINCH_DTYPE_F16: gemv_nf4_kernel<gpu_f16, M><<<blocks, GEMV_THREADS, 0, st>>>(p); break;
-        default: gemv_nf4_kernel<float, M><<<blocks, GEMV_THREADS, 0, st>>>(p); break;
+    static int n = 0;
+    if (n <= 0) {
+        int b = 0;
+#if FINCH_GPU_CUDA
+        gpuError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, gemv_kernel<WT, XT, M, R, U>, GEMV_THREADS, 0);
+#else
+        gpuError_t err = hipOccupancyMaxActiveBlocksPerMultiprocessor(&b, gemv_kernel<WT, XT, M, R, U>, GEMV_THREADS, 0);
+#endif
+        if (err != gpuSuccess || b < 1) {
+            (void)gpuGetLastError();
+            b = 1;
         }
+        n = b;
     }
-#undef GEMV_DENSE_X
+    return n;
 }
 
-int gpu_gemv(gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a, const gpu_operand *b, finch_dtype c_type,
-             void *c, int64_t ldc, float alpha, float beta, int *done)
+/* Groups of rows per block (a divisor of warps; the other warps split k). Whole rows per warp
+ * stream best (on an H200 every split was slower once the blocks fill the card: 4096 x 4096 bf16
+ * 11.2 us unsplit, 12.2 / 14.5 / 19.8 us with 2 / 4 / 8 warps a row), so k is split only as far as
+ * needed for the blocks to fill one wave of resident slots (4096 -> 1024: 7.3 us unsplit, 5.3 us
+ * with 4 warps a row). FINCH_CUDA_GEMV_SPLIT=1|2|4|8 forces the warps per row. */
+static int choose_groups(int64_t ngroups, int64_t nvec, int warps, int64_t slots)
+{
+    const char *e = getenv("FINCH_CUDA_GEMV_SPLIT");
+    if (e && *e) {
+        int s = atoi(e);
+        if (s == 1 || s == 2 || s == 4 || s == 8) return warps / s > 0 ? warps / s : 1;
+    }
+    int groups = warps;
+    while (groups > 1 && (ngroups + groups - 1) / groups < slots * 9 / 10 && nvec >= (int64_t)(warps / groups) * 2 * 32)
+        groups /= 2;
+    return groups;
+}
+
+template <typename WT, typename XT, int M, int R, int U>
+static int launch(gpuStream_t st, int sms, int warps, gemv_params p)
+{
+    int64_t ngroups = (p.n + R - 1) / R, nvec = p.k / w_vec<WT>::n;
+    int64_t slots = (int64_t)sms * resident_blocks<WT, XT, M, R, U>();
+    p.groups = choose_groups(ngroups, nvec, warps, slots);
+    int64_t blocks = (ngroups + p.groups - 1) / p.groups;
+    if (p.groups == warps) {
+        /* Unsplit rows: at most one wave of blocks, each warp looping over groups with the next
+         * group's loads in flight. FINCH_CUDA_GEMV_BLOCKS=N caps the grid at N blocks instead, 0
+         * gives every warp one group (tests and comparisons). */
+        const char *e = getenv("FINCH_CUDA_GEMV_BLOCKS");
+        int64_t cap = e && *e ? atoll(e) : slots;
+        if (cap > 0 && blocks > cap) blocks = cap;
+    }
+    if (blocks > INT32_MAX) return 0;
+    gemv_kernel<WT, XT, M, R, U><<<(unsigned)blocks, GEMV_THREADS, 0, st>>>(p);
+    return 1;
+}
+
+template <typename WT, int R, int U>
+static int launch_for_x(gpuStream_t st, int sms, int warps, finch_dtype xt, const gemv_params &p)
+{
+#define GEMV_M(XT)                                                                   \
+    (p.m == 1   ? launch<WT, XT, 1, R, U>(st, sms, warps, p)                        \
+     : p.m == 2 ? launch<WT, XT, 2, R, U>(st, sms, warps, p)                        \
+     : p.m <= 4 ? launch<WT, XT, 4, R, U>(st, sms, warps, p)                        \
+                : launch<WT, XT, 8, R, U>(st, sms, warps, p))
+    switch (xt) {
+    case FINCH_DTYPE_BF16: return GEMV_M(gpu_bf16);
+    case FINCH_DTYPE_F16: return GEMV_M(gpu_f16);
+    default: return GEMV_M(float);
+    }
+#undef GEMV_M
+}
+
+int gpu_gemv(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
+             const gpu_operand *b, finch_dtype c_type, void *c, int64_t ldc, float alpha, float beta, int *done)
 {
     *done = 0;
     if (m < 1 || m > GEMV_MAX_M || n < 1 || k < 1 || a->trans || !b->trans || !gemv_enabled()) return FINCH_OK;
@@ -281,18 +411,25 @@ int gpu_gemv(gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand 
     p.ldw = b->ld;
     p.absmax = b->absmax;
     p.code = b->code;
-    p.blocksize = b->blocksize;
+    p.groups_per_block = b->blocksize / 32;
+    p.block_shift = -1;
+    for (int sh = 0; sh < 63; sh++)
+        if ((int64_t)1 << sh == p.groups_per_block) p.block_shift = sh;
     p.c_type = c_type;
     p.c = c;
     p.ldc = ldc;
     p.alpha = alpha;
     p.beta = beta;
-    int64_t blocks = (n + GEMV_ROWS_PER_BLOCK - 1) / GEMV_ROWS_PER_BLOCK;
-    if (blocks > INT32_MAX) return FINCH_OK;
-    if (m == 1) launch_for_m<1>(st, b->dtype, a->dtype, p, (unsigned)blocks);
-    else if (m == 2) launch_for_m<2>(st, b->dtype, a->dtype, p, (unsigned)blocks);
-    else if (m <= 4) launch_for_m<4>(st, b->dtype, a->dtype, p, (unsigned)blocks);
-    else launch_for_m<8>(st, b->dtype, a->dtype, p, (unsigned)blocks);
+    int warps = GEMV_THREADS / (dev->props.warpSize > 0 ? dev->props.warpSize : 32);
+    int sms = dev->props.multiProcessorCount > 0 ? dev->props.multiProcessorCount : 1;
+    int launched;
+    switch (b->dtype) {
+    case FINCH_DTYPE_BF16: launched = launch_for_x<gpu_bf16, 1, 4>(st, sms, warps, a->dtype, p); break;
+    case FINCH_DTYPE_F16: launched = launch_for_x<gpu_f16, 1, 4>(st, sms, warps, a->dtype, p); break;
+    case FINCH_DTYPE_F32: launched = launch_for_x<float, 1, 4>(st, sms, warps, a->dtype, p); break;
+    default: launched = launch_for_x<nf4_t, 2, 2>(st, sms, warps, a->dtype, p); break;
+    }
+    if (!launched) return FINCH_OK;
     GPU_TRY(GPU_LAUNCHED("gemv"));
     *done = 1;
     return FINCH_OK;
