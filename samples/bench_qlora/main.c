@@ -12,6 +12,7 @@
  * folder (--dir, default $TMPDIR or /tmp) holds it: about 6 GiB (qlora) or 16 GiB (lora) at 8b.
  * Then: load (bf16 compute, gradient checkpointing; --offload: layer inputs in host memory), r=16
  * LoRA on all linear layers, one warm-up step and --steps timed steps on random tokens, B x T each:
+ * (--steps 0: the warm-up step is the measured one, for steps that take minutes)
  * whole training steps through finch_trainer (forward, backward, the optimizer: --optim adamw, the
  * default, or adamw8bit; constant lr 1e-4, weight decay 0.01, no clipping), or with --optim none
  * forward + backward only.
@@ -138,12 +139,12 @@ static int write_config(const args *a, const char *dir)
             "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n  \"hidden_size\": %lld,\n"
             "  \"intermediate_size\": %lld,\n  \"num_hidden_layers\": %lld,\n  \"num_attention_heads\": %lld,\n"
             "  \"num_key_value_heads\": %lld,\n  \"head_dim\": %lld,\n  \"vocab_size\": %lld,\n"
-            "  \"max_position_embeddings\": 131072,\n  \"rms_norm_eps\": 1e-05,\n  \"hidden_act\": \"silu\",\n"
+            "  \"max_position_embeddings\": %lld,\n  \"rms_norm_eps\": 1e-05,\n  \"hidden_act\": \"silu\",\n"
             "  \"tie_word_embeddings\": false,\n  \"attention_bias\": false,\n  \"mlp_bias\": false,\n"
             "  \"rope_theta\": 500000.0,\n  \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0,"
             " \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8192},\n  \"torch_dtype\": \"bfloat16\"",
             (long long)s->hidden, (long long)s->inter, (long long)s->layers, (long long)s->heads, (long long)s->kv_heads,
-            (long long)s->head_dim, (long long)s->vocab);
+            (long long)s->head_dim, (long long)s->vocab, (long long)(a->seq > 131072 ? a->seq : 131072)); /* Llama 3.1's, or longer */
     if (!strcmp(a->mode, "qlora"))
         fprintf(f, ",\n  \"quantization_config\": {\"quant_method\": \"bitsandbytes\", \"load_in_4bit\": true, "
                    "\"bnb_4bit_quant_type\": \"nf4\", \"bnb_4bit_use_double_quant\": false, \"bnb_4bit_compute_dtype\": \"bfloat16\"}");
@@ -280,8 +281,8 @@ static int parse(int argc, char **argv, args *a)
         usage(stderr);
         return 0;
     }
-    if (a->seq < 2 || a->batch < 1 || a->steps < 1 || a->rank < 1) {
-        fprintf(stderr, "bench_qlora: --seq >= 2, --batch, --steps and --rank >= 1\n");
+    if (a->seq < 2 || a->batch < 1 || a->steps < 0 || a->rank < 1) {
+        fprintf(stderr, "bench_qlora: --seq >= 2, --steps >= 0, --batch and --rank >= 1\n");
         return 0;
     }
     return 1;
@@ -376,10 +377,13 @@ int main(int argc, char **argv)
     memset(&p, 0, sizeof p);
     t0 = bench_now();
     if (use_trainer ? finch_trainer_step(trainer, &p) : finch_forward_backward(m, &b, NULL, &res)) return fail("warm-up step");
-    printf("warm-up step: %.2f s, loss %.4f, device peak so far %.3f GiB\n", bench_now() - t0, use_trainer ? p.loss : res.loss,
+    double warm_s = bench_now() - t0;
+    printf("warm-up step: %.2f s, loss %.4f, device peak so far %.3f GiB\n", warm_s, use_trainer ? p.loss : res.loss,
            gib((double)bench_device_peak()));
     uint64_t overall_peak = bench_device_peak();
     double total = 0;
+    /* --steps 0 (a step that takes minutes, e.g. the longest context): the warm-up step is the one measured. */
+    if (a.steps == 0) total = warm_s;
     for (int64_t i = 0; i < a.steps; i++) {
         if (!use_trainer && finch_zero_grads(m)) return fail("clearing gradients");
         t0 = bench_now();
@@ -398,7 +402,7 @@ int main(int argc, char **argv)
     printf("RESULT shape=%s mode=%s offload=%d optim=%s layers=%lld B=%lld T=%lld r=%lld tokens_per_s=%.1f peak_alloc_gib=%.3f "
            "steady_peak_gib=%.3f weights_gib=%.3f",
            a.shape_name, a.mode, a.offload, a.optim, (long long)s->layers, (long long)a.batch, (long long)a.seq, (long long)a.rank,
-           (double)(n * a.steps) / total, gib((double)overall_peak), steady_gib, gib((double)weights));
+           (double)(n * (a.steps ? a.steps : 1)) / total, gib((double)overall_peak), steady_gib, gib((double)weights));
     if (have_info) printf(" device_used_gib=%.3f device_total_gib=%.3f", gib((double)(total_b - free_b)), gib((double)total_b));
     printf(" device=\"%s\"\n", dev.name);
     free(ids);
