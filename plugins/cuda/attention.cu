@@ -41,6 +41,7 @@ struct attn_params {
     bool vec_q, vec_k, vec_v, vec_do;   /* 16-bit rows that allow 16-byte loads (the tensor-core kernels) */
     bool vec_o;                         /* 16-bit rows of o that allow 4-byte stores */
     bool no_async;                      /* FINCH_CUDA_ATTENTION=sync: no cp.async prefetching */
+    bool no_fold;                       /* FINCH_CUDA_ATTENTION=nofold: see mma_online_softmax */
 };
 
 /* One sequence's query rows [q_start, q_start + q_len) and key rows [k_start, k_start + k_len); its
@@ -304,7 +305,8 @@ static bool vec16(const void *p, int64_t ld, finch_dtype t)
 
 /* FINCH_CUDA_ATTENTION=simt: the portable kernels everywhere (the reference path for the
  * tensor-core kernels); =sync: the tensor-core kernels without cp.async prefetching (to measure it);
- * =q64: the tensor-core forward with 64-row query tiles; =dqatomic: see dq_atomic. */
+ * =q64: the tensor-core forward with 64-row query tiles; =dqatomic: see dq_atomic; =nofold: the
+ * forward's softmax without the folded scale on interior tiles. */
 static const char *attention_mode(void)
 {
     static const char *mode = NULL;
@@ -416,6 +418,7 @@ static attn_params make_params(const finch_attention_desc *d)
     p.vec_do = vec16(p.dout, d->lddout, d->dtype);
     p.vec_o = gpu_dtype_size(d->dtype) == 2 && (uintptr_t)p.out % 4 == 0 && d->ldo % 2 == 0;
     p.no_async = !strcmp(attention_mode(), "sync");
+    p.no_fold = !strcmp(attention_mode(), "nofold");
     return p;
 }
 
@@ -485,24 +488,32 @@ static int store_dq(gpuStream_t st, const attn_params &p, const finch_attention_
  * (FlashAttention-2's scheme, five products per score instead of seven), instead of a second kernel
  * that recomputes S and dP. Measured slower on an H200 (B2 x T2048, h32/8, d128, causal: 1.64 ms
  * against 1.44 ms; T8192: 9.37 against 8.73 ms): the atomics' traffic costs more than the products. */
-static bool dq_atomic(void) { return !strcmp(attention_mode(), "dqatomic"); }
+static bool dq_atomic(void) { return strstr(attention_mode(), "dqatomic") != NULL; }
+
+/* FINCH_CUDA_ATTENTION=k128 (may be combined: "dqatomic,k128"): dK/dV blocks of 128 keys (8 warps,
+ * one block an SM) instead of 64 (4 warps, two blocks), sharing each Q/dO tile between twice the
+ * keys and halving the dQ atomics. */
+static int dkdv_warps(void) { return strstr(attention_mode(), "k128") ? 8 : 4; }
 
 template <int D, typename T>
 static int launch_backward_mma(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d)
 {
     typedef mma_bwd_smem<D> L;
     bool atomic = dq_atomic();
-    void (*dkdv)(attn_params) = atomic ? attention_dkdv_mma_kernel<D, true, T> : attention_dkdv_mma_kernel<D, false, T>;
+    int kw = dkdv_warps(), keys = 16 * kw;
+    void (*dkdv)(attn_params) = kw == 8 ? (atomic ? attention_dkdv_mma_kernel<D, 8, true, T> : attention_dkdv_mma_kernel<D, 8, false, T>)
+                                        : (atomic ? attention_dkdv_mma_kernel<D, 4, true, T> : attention_dkdv_mma_kernel<D, 4, false, T>);
     void (*dq)(attn_params, T *, int64_t) = attention_dq_mma_kernel<D, T>;
-    if (L::dkdv_bytes(true, atomic) > dev->props.sharedMemPerBlockOptin || L::dq_bytes(true) > dev->props.sharedMemPerBlockOptin)
+    if (L::dkdv_bytes(true, atomic, keys) > dev->props.sharedMemPerBlockOptin || L::dq_bytes(true) > dev->props.sharedMemPerBlockOptin)
         p.no_async = true;
-    size_t s1 = L::dkdv_bytes(!p.no_async, atomic), s2 = L::dq_bytes(!p.no_async);
+    size_t s1 = L::dkdv_bytes(!p.no_async, atomic, keys), s2 = L::dq_bytes(!p.no_async);
     GPU_TRY(gpu_check(gpuFuncSetAttribute(dkdv, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s1),
                       "attention_backward shared memory"));
-    unsigned tiles = (unsigned)((d->max_seqlen + MMA_BLOCK_K - 1) / MMA_BLOCK_K);
-    dkdv<<<dim3(tiles, (unsigned)d->n_kv_heads, (unsigned)d->n_seqs), MMA_THREADS, s1, st>>>(p);
+    unsigned key_tiles = (unsigned)((d->max_seqlen + keys - 1) / keys);
+    dkdv<<<dim3(key_tiles, (unsigned)d->n_kv_heads, (unsigned)d->n_seqs), 32 * kw, s1, st>>>(p);
     GPU_TRY(GPU_LAUNCHED("attention_backward dk/dv (tensor cores)"));
     if (atomic) return store_dq<T>(st, p, d);
+    unsigned tiles = (unsigned)((d->max_seqlen + MMA_BLOCK_K - 1) / MMA_BLOCK_K);
     GPU_TRY(gpu_check(gpuFuncSetAttribute(dq, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s2),
                       "attention_backward shared memory"));
     dq<<<dim3(tiles, (unsigned)d->n_heads, (unsigned)d->n_seqs), MMA_THREADS, s2, st>>>(p, (T *)gpu_ptr(d->dq), d->lddq);

@@ -108,13 +108,13 @@ template <typename T> __device__ __forceinline__ void ldsm_b_trans(uint32_t b[4]
 
 /* rows x D of a head slice (rows row0.. of src, row stride src_ld; rows at or past len read as 0)
  * into shared memory, row-major with row stride ld. vec: src and src_ld allow 16-byte loads. */
-template <int D, typename T>
+template <int D, typename T, int NT = MMA_THREADS>
 __device__ __forceinline__ void mma_load_rows(T *dst, int ld, const T *src, int64_t src_ld, int64_t row0, int rows, int64_t len,
                                               bool vec)
 {
     if (vec) {
         const int C = D / 8;
-        for (int e = threadIdx.x; e < rows * C; e += MMA_THREADS) {
+        for (int e = threadIdx.x; e < rows * C; e += NT) {
             int r = e / C, c = (e % C) * 8;
             uint4 v = make_uint4(0u, 0u, 0u, 0u);
             if (row0 + r < len) v = *(const uint4 *)(src + (row0 + r) * src_ld + c);
@@ -122,7 +122,7 @@ __device__ __forceinline__ void mma_load_rows(T *dst, int ld, const T *src, int6
         }
         return;
     }
-    for (int e = threadIdx.x; e < rows * D; e += MMA_THREADS) {
+    for (int e = threadIdx.x; e < rows * D; e += NT) {
         int r = e / D, c = e % D;
         dst[r * ld + c] = row0 + r < len ? src[(row0 + r) * src_ld + c] : from_f32<T>(0.0f);
     }
@@ -158,12 +158,12 @@ template <int N> __device__ __forceinline__ void cp_async_wait(void)
 
 /* mma_load_rows for vector-loadable rows, queued with cp.async (the caller commits and waits), so
  * the next tile streams in while the current one is used. */
-template <int D, typename T>
+template <int D, typename T, int NT = MMA_THREADS>
 __device__ __forceinline__ void mma_load_rows_async(T *dst, int ld, const T *src, int64_t src_ld, int64_t row0, int rows,
                                                     int64_t len)
 {
     const int C = D / 8;
-    for (int e = threadIdx.x; e < rows * C; e += MMA_THREADS) {
+    for (int e = threadIdx.x; e < rows * C; e += NT) {
         int r = e / C, c = (e % C) * 8;
         bool ok = row0 + r < len;
         cp_async16(dst + r * ld + c, ok ? src + (row0 + r) * src_ld + c : src, ok);
@@ -256,8 +256,10 @@ template <int D, int WM> struct mma_fwd_tiles {
 /* The online softmax step for one key tile: s holds this thread's raw scores q.k of rows
  * (16 m + g, 16 m + g + 8) of its warp's query rows (first query row row0 of the sequence) and keys
  * k0 + 8 nt + 2 t + (0, 1); on return s holds the unnormalised probabilities, and the running max
- * mx (base-2 units), partial row sums l (this thread's columns) and o have been rescaled. */
-template <bool MASK, bool CAP, int WM, int D>
+ * mx (base-2 units), partial row sums l (this thread's columns) and o have been rescaled.
+ * FOLD (no mask, no softcap, scale > 0): the max is taken over the raw scores and the scaling folds
+ * into the exponent's fma. */
+template <bool MASK, bool CAP, bool FOLD, int WM, int D>
 __device__ __forceinline__ void mma_online_softmax(const attn_params &p, float (&s)[WM][MMA_BLOCK_K / 8][4],
                                                    float (&o)[WM][D / 8][4], float (&mx)[2 * WM], float (&l)[2 * WM], int row0,
                                                    int k0, int len, int klen, int off)
@@ -268,16 +270,21 @@ __device__ __forceinline__ void mma_online_softmax(const attn_params &p, float (
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             int i = row0 + 16 * m + g + 8 * r;
-            float tile_max = -INFINITY;
+            float tile_max = -INFINITY, c2 = p.scale * MMA_LOG2E;
 #pragma unroll
             for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
 #pragma unroll
                 for (int c = 0; c < 2; c++) {
+                    if (FOLD) {
+                        tile_max = fmaxf(tile_max, s[m][nt][2 * r + c]);
+                        continue;
+                    }
                     float x = mma_score2<CAP>(p, s[m][nt][2 * r + c]);
                     if (MASK && !mma_visible(p, i, k0 + nt * 8 + t * 2 + c, len, klen, off)) x = -INFINITY;
                     s[m][nt][2 * r + c] = x;
                     tile_max = fmaxf(tile_max, x);
                 }
+            if (FOLD) tile_max *= c2;
             tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
             tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
             float new_max = fmaxf(mx[2 * m + r], tile_max);
@@ -288,7 +295,7 @@ __device__ __forceinline__ void mma_online_softmax(const attn_params &p, float (
             for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
 #pragma unroll
                 for (int c = 0; c < 2; c++) {
-                    float e = exp2_fast(s[m][nt][2 * r + c] - base);
+                    float e = FOLD ? exp2_fast(fmaf(s[m][nt][2 * r + c], c2, -base)) : exp2_fast(s[m][nt][2 * r + c] - base);
                     s[m][nt][2 * r + c] = e;
                     sum += e;
                 }
@@ -350,7 +357,7 @@ __global__ void __launch_bounds__(MMA_THREADS, WM == 1 ? 3 : 2) attention_forwar
         l[2 * m] = l[2 * m + 1] = 0.0f;
     }
     /* Tiles wholly below the diagonal (and inside the sequence, no window) need no mask. */
-    bool rows_full = q0 + BQ <= len && p.window == 0, cap = p.softcap > 0.0f;
+    bool rows_full = q0 + BQ <= len && p.window == 0, cap = p.softcap > 0.0f, fold = p.scale > 0.0f && !p.no_fold;
     for (int k0 = k_first; k0 < k_hi; k0 += MMA_BLOCK_K) {
         T *ks, *vs;
         pipe.acquire(k0, &ks, &vs);
@@ -385,11 +392,12 @@ __global__ void __launch_bounds__(MMA_THREADS, WM == 1 ? 3 : 2) attention_forwar
         bool full = rows_full && k0 + MMA_BLOCK_K <= klen && (!p.causal || k0 + MMA_BLOCK_K - 1 <= q0 + off);
         int row0 = q0 + r0;
         if (full) {
-            if (cap) mma_online_softmax<false, true, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
-            else mma_online_softmax<false, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
+            if (cap) mma_online_softmax<false, true, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
+            else if (fold) mma_online_softmax<false, false, true, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
+            else mma_online_softmax<false, false, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
         } else {
-            if (cap) mma_online_softmax<true, true, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
-            else mma_online_softmax<true, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
+            if (cap) mma_online_softmax<true, true, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
+            else mma_online_softmax<true, false, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
         }
 #pragma unroll
         for (int kk = 0; kk < MMA_BLOCK_K / 16; kk++) {
@@ -440,7 +448,7 @@ __global__ void __launch_bounds__(MMA_THREADS, WM == 1 ? 3 : 2) attention_forwar
 }
 
 /* ---- backward -------------------------------------------------------------------------------------
- * attention_dkdv_mma_kernel: one 64-key tile per block (16 keys per warp) of one kv head, looping
+ * attention_dkdv_mma_kernel: one tile of 16 KW keys per block (KW warps of 16 keys; 4 or 8) of one kv head, looping
  * over the query heads of its group and over 32-query tiles: S^T = K Q^T, P^T from lse,
  * dP^T = V dO^T, dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q. With ATOMIC_DQ
  * (FINCH_CUDA_ATTENTION=dqatomic) it also adds dQ = dS K for its keys to an f32 accumulator with
@@ -454,12 +462,12 @@ __global__ void __launch_bounds__(MMA_THREADS, WM == 1 ? 3 : 2) attention_forwar
 
 template <int D> struct mma_bwd_smem {
     static const int LD = D + 8;
-    /* dK/dV kernel: K, V [64][LD]; Q, dO [nbuf][32][LD] (the next query tile loading while one is
-     * used); lse, delta [32] f32 */
+    /* dK/dV kernel: K, V [keys][LD]; Q, dO [nbuf][32][LD] (the next query tile loading while one is
+     * used); dS^T [keys][LDS] (atomic dQ); lse, delta [32] f32 */
     static const int LDS = MMA_BWD_Q + 8; /* row stride of dS^T [64][LDS] (atomic dQ) */
-    static size_t dkdv_bytes(bool async, bool atomic_dq)
+    static size_t dkdv_bytes(bool async, bool atomic_dq, int keys)
     {
-        return ((size_t)2 * MMA_BLOCK_K * LD + (async ? 4 : 2) * MMA_BWD_Q * LD + (atomic_dq ? MMA_BLOCK_K * LDS : 0)) * 2 +
+        return ((size_t)2 * keys * LD + (async ? 4 : 2) * MMA_BWD_Q * LD + (atomic_dq ? keys * LDS : 0)) * 2 +
                2 * MMA_BWD_Q * sizeof(float);
     }
     /* dQ kernel: Q, dO [64][LD]; K, V [nbuf][64][LD] (kv_pipeline); lse, delta [64] f32 */
@@ -528,22 +536,22 @@ template <typename T> __device__ __forceinline__ void ldsm_a_trans(uint32_t a[4]
     ldsm_x4<true>(a, tile + (k0 + (lane & 7) + ((lane >> 4) << 3)) * ld + row0 + ((lane >> 3) & 1) * 8);
 }
 
-/* Atomic dQ for the dK/dV kernel: dQ[q0 .. q0 + 31] += dS K over the block's 64 keys, with dS^T
+/* Atomic dQ for the dK/dV kernel: dQ[q0 .. q0 + 31] += dS K over the block's 16 KW keys, with dS^T
  * [key][query] in ds_s (row stride LDS) and K [key][d] in ks. Warp w owns query rows 16 (w % 2) ..
- * and columns (D / 2) (w / 2) ..; pairs of adjacent columns go to p.dq_acc (f32 [n_tokens][n_heads
- * * D]) with one 8-byte atomic each on sm_90. */
-template <int D, typename T>
+ * and columns DN (w / 2) .. (DN = D / (KW / 2)); pairs of adjacent columns go to p.dq_acc (f32
+ * [n_tokens][n_heads * D]) with one 8-byte atomic each on sm_90. */
+template <int D, int KW, typename T>
 __device__ __forceinline__ void mma_dq_atomic(const attn_params &p, const T *ds_s, const T *ks, int q0, int64_t h,
                                               int64_t start, int len)
 {
-    const int LD = mma_bwd_smem<D>::LD, LDS = mma_bwd_smem<D>::LDS, DN = D / 2;
+    const int LD = mma_bwd_smem<D>::LD, LDS = mma_bwd_smem<D>::LDS, DN = D / (KW / 2);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     int qm = 16 * (warp & 1), dn = DN * (warp >> 1);
     float acc[DN / 8][4];
 #pragma unroll
     for (int nd = 0; nd < DN / 8; nd++) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
 #pragma unroll
-    for (int kk = 0; kk < MMA_BLOCK_K / 16; kk++) {
+    for (int kk = 0; kk < KW; kk++) {
         uint32_t a[4];
         ldsm_a_trans<T>(a, ds_s, LDS, kk * 16, qm);
 #pragma unroll
@@ -572,23 +580,23 @@ __device__ __forceinline__ void mma_dq_atomic(const attn_params &p, const T *ds_
     }
 }
 
-template <int D, bool ATOMIC_DQ, typename T>
-__global__ void __launch_bounds__(MMA_THREADS, 2) attention_dkdv_mma_kernel(attn_params p)
+template <int D, int KW, bool ATOMIC_DQ, typename T>
+__global__ void __launch_bounds__(32 * KW, 8 / KW) attention_dkdv_mma_kernel(attn_params p)
 {
     typedef mma_bwd_smem<D> L;
-    const int LD = L::LD, LDS = L::LDS;
+    const int LD = L::LD, LDS = L::LDS, BK = 16 * KW, NT = 32 * KW;
     extern __shared__ float smem_raw[];
-    T *ks = (T *)smem_raw, *vs = ks + MMA_BLOCK_K * LD, *q_bufs = vs + MMA_BLOCK_K * LD;
+    T *ks = (T *)smem_raw, *vs = ks + BK * LD, *q_bufs = vs + BK * LD;
     T *do_bufs = q_bufs + mma_nbuf(p) * MMA_BWD_Q * LD, *ds_s = do_bufs + mma_nbuf(p) * MMA_BWD_Q * LD;
-    float *lse_s = (float *)(ds_s + (ATOMIC_DQ ? MMA_BLOCK_K * LDS : 0)), *delta_s = lse_s + MMA_BWD_Q;
+    float *lse_s = (float *)(ds_s + (ATOMIC_DQ ? BK * LDS : 0)), *delta_s = lse_s + MMA_BWD_Q;
 
     int64_t seq = blockIdx.z, kvh = blockIdx.y, group = p.n_heads / p.n_kv_heads;
     int64_t start = p.cu[seq];
-    int len = (int)(p.cu[seq + 1] - start), k0 = (int)blockIdx.x * MMA_BLOCK_K;
+    int len = (int)(p.cu[seq + 1] - start), k0 = (int)blockIdx.x * BK;
     if (k0 >= len) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, kr0 = warp * 16;
-    mma_load_rows<D, T>(ks, LD, (const T *)p.k + start * p.ldk + kvh * D, p.ldk, k0, MMA_BLOCK_K, len, p.vec_k);
-    mma_load_rows<D, T>(vs, LD, (const T *)p.v + start * p.ldv + kvh * D, p.ldv, k0, MMA_BLOCK_K, len, p.vec_v);
+    mma_load_rows<D, T, NT>(ks, LD, (const T *)p.k + start * p.ldk + kvh * D, p.ldk, k0, BK, len, p.vec_k);
+    mma_load_rows<D, T, NT>(vs, LD, (const T *)p.v + start * p.ldv + kvh * D, p.ldv, k0, BK, len, p.vec_v);
 
     float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
@@ -596,7 +604,7 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) attention_dkdv_mma_kernel(attn
 #pragma unroll
         for (int e = 0; e < 4; e++) dk[nd][e] = dv[nd][e] = 0.0f;
 
-    int last_k = (k0 + MMA_BLOCK_K < len ? k0 + MMA_BLOCK_K : len) - 1;
+    int last_k = (k0 + BK < len ? k0 + BK : len) - 1;
     int q_lo = p.causal ? k0 : 0;
     int64_t q_hi64 = p.window > 0 ? last_k + p.window : len;
     int q_hi = q_hi64 > len ? len : (int)q_hi64;
@@ -610,8 +618,8 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) attention_dkdv_mma_kernel(attn
     if (q_lo < q_hi) {
         int64_t h = kvh * group;
         if (async) {
-            mma_load_rows_async<D, T>(q_bufs, LD, qbase + h * D, p.ldq, q_lo, MMA_BWD_Q, len);
-            mma_load_rows_async<D, T>(do_bufs, LD, dobase + h * D, p.lddout, q_lo, MMA_BWD_Q, len);
+            mma_load_rows_async<D, T, NT>(q_bufs, LD, qbase + h * D, p.ldq, q_lo, MMA_BWD_Q, len);
+            mma_load_rows_async<D, T, NT>(do_bufs, LD, dobase + h * D, p.lddout, q_lo, MMA_BWD_Q, len);
         }
         cp_async_commit();
         if (threadIdx.x < MMA_BWD_Q) {
@@ -642,20 +650,20 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) attention_dkdv_mma_kernel(attn
             T *qs = q_bufs + buf * MMA_BWD_Q * LD, *dos = do_bufs + buf * MMA_BWD_Q * LD;
             if (async) {
                 if (more) {
-                    mma_load_rows_async<D, T>(q_bufs + (buf ^ 1) * MMA_BWD_Q * LD, LD, qbase + nh * D, p.ldq, nq, MMA_BWD_Q, len);
-                    mma_load_rows_async<D, T>(do_bufs + (buf ^ 1) * MMA_BWD_Q * LD, LD, dobase + nh * D, p.lddout, nq, MMA_BWD_Q,
-                                              len);
+                    mma_load_rows_async<D, T, NT>(q_bufs + (buf ^ 1) * MMA_BWD_Q * LD, LD, qbase + nh * D, p.ldq, nq, MMA_BWD_Q,
+                                                  len);
+                    mma_load_rows_async<D, T, NT>(do_bufs + (buf ^ 1) * MMA_BWD_Q * LD, LD, dobase + nh * D, p.lddout, nq,
+                                                  MMA_BWD_Q, len);
                 }
                 cp_async_commit();
                 cp_async_wait<1>();
                 buf ^= 1;
             } else {
-                mma_load_rows<D, T>(qs, LD, qbase + h * D, p.ldq, q0, MMA_BWD_Q, len, p.vec_q);
-                mma_load_rows<D, T>(dos, LD, dobase + h * D, p.lddout, q0, MMA_BWD_Q, len, p.vec_do);
+                mma_load_rows<D, T, NT>(qs, LD, qbase + h * D, p.ldq, q0, MMA_BWD_Q, len, p.vec_q);
+                mma_load_rows<D, T, NT>(dos, LD, dobase + h * D, p.lddout, q0, MMA_BWD_Q, len, p.vec_do);
             }
             __syncthreads();
-            bool full = q0 + MMA_BWD_Q <= len && k0 + MMA_BLOCK_K <= len && p.window == 0 &&
-                        (!p.causal || k0 + MMA_BLOCK_K - 1 <= q0);
+            bool full = q0 + MMA_BWD_Q <= len && k0 + BK <= len && p.window == 0 && (!p.causal || k0 + BK - 1 <= q0);
             float st[MMA_BWD_Q / 8][4], dpt[MMA_BWD_Q / 8][4];
 #pragma unroll
             for (int nt = 0; nt < MMA_BWD_Q / 8; nt++)
@@ -713,7 +721,7 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) attention_dkdv_mma_kernel(attn
             }
             if (ATOMIC_DQ) {
                 __syncthreads(); /* all of dS^T written */
-                mma_dq_atomic<D, T>(p, ds_s, ks, q0, h, start, len);
+                mma_dq_atomic<D, KW, T>(p, ds_s, ks, q0, h, start, len);
             }
         }
     }
