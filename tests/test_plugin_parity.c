@@ -836,6 +836,7 @@ typedef struct attention_case {
     int causal;
     int64_t window;
     float softcap;
+    int dense_v;    /* v's rows packed (16-byte aligned: the tensor-core kernels' cp.async path), else padded by 4 */
 } attention_case;
 
 /* The inputs and outputs both attention tests share, with padded row strides. A cache case's
@@ -860,7 +861,7 @@ static attention_inputs attention_setup(const attention_case *c, int cache)
     }
     int64_t hd = c->head_dim;
     in.n = cu[c->n_seqs];
-    in.ldq = c->heads * hd + 8, in.ldk = c->kv_heads * hd, in.ldv = c->kv_heads * hd + 4, in.ldo = c->heads * hd;
+    in.ldq = c->heads * hd + 8, in.ldk = c->kv_heads * hd, in.ldv = c->kv_heads * hd + (c->dense_v ? 0 : 4), in.ldo = c->heads * hd;
     in.cu = from_ints(cu, (size_t)c->n_seqs + 1);
     if (cache) in.kv_start = from_ints(kv_start, (size_t)c->n_seqs), in.kv_len = from_ints(kv_len, (size_t)c->n_seqs);
     in.q = random_tensor(c->t, (size_t)(in.n * in.ldq), 1.0f), in.k = random_tensor(c->t, (size_t)(in.rows * in.ldk), 1.0f);
@@ -895,18 +896,23 @@ static void attention_name(const attention_case *c, int cache, char *what, size_
 static void test_attention(void)
 {
     static const attention_case cases[] = {
-        {FINCH_DTYPE_F32, 4, 2, 16, 3, {5, 17, 9}, {0}, 1, 0, 0.0f},
-        {FINCH_DTYPE_F32, 3, 1, 80, 2, {13, 4}, {0}, 1, 5, 20.0f},
-        {FINCH_DTYPE_F32, 2, 2, 24, 2, {11, 30}, {0}, 0, 0, 0.0f},
-        {FINCH_DTYPE_F32, 2, 1, 16, 1, {19}, {0}, 0, 6, 0.0f},
-        {FINCH_DTYPE_BF16, 2, 2, 64, 1, {33}, {0}, 0, 0, 0.0f},
-        {FINCH_DTYPE_BF16, 4, 2, 128, 2, {21, 11}, {0}, 1, 0, 0.0f},
-        {FINCH_DTYPE_F16, 2, 1, 256, 1, {19}, {0}, 1, 7, 30.0f},
-        {FINCH_DTYPE_BF16, 8, 2, 64, 3, {150, 77, 96}, {0}, 1, 0, 0.0f},
-        {FINCH_DTYPE_F32, 2, 1, 32, 2, {130, 70}, {0}, 1, 40, 0.0f},
-        {FINCH_DTYPE_F16, 4, 4, 128, 2, {70, 45}, {0}, 1, 20, 25.0f},
-        {FINCH_DTYPE_BF16, 2, 1, 64, 1, {100}, {0}, 0, 30, 0.0f},
-        {FINCH_DTYPE_BF16, 6, 3, 128, 3, {64, 1, 129}, {0}, 0, 0, 10.0f},
+        {FINCH_DTYPE_F32, 4, 2, 16, 3, {5, 17, 9}, {0}, 1, 0, 0.0f, 0},
+        {FINCH_DTYPE_F32, 3, 1, 80, 2, {13, 4}, {0}, 1, 5, 20.0f, 0},
+        {FINCH_DTYPE_F32, 2, 2, 24, 2, {11, 30}, {0}, 0, 0, 0.0f, 0},
+        {FINCH_DTYPE_F32, 2, 1, 16, 1, {19}, {0}, 0, 6, 0.0f, 0},
+        {FINCH_DTYPE_BF16, 2, 2, 64, 1, {33}, {0}, 0, 0, 0.0f, 0},
+        {FINCH_DTYPE_BF16, 4, 2, 128, 2, {21, 11}, {0}, 1, 0, 0.0f, 0},
+        {FINCH_DTYPE_F16, 2, 1, 256, 1, {19}, {0}, 1, 7, 30.0f, 0},
+        {FINCH_DTYPE_BF16, 8, 2, 64, 3, {150, 77, 96}, {0}, 1, 0, 0.0f, 0},
+        {FINCH_DTYPE_F32, 2, 1, 32, 2, {130, 70}, {0}, 1, 40, 0.0f, 0},
+        {FINCH_DTYPE_F16, 4, 4, 128, 2, {70, 45}, {0}, 1, 20, 25.0f, 0},
+        {FINCH_DTYPE_BF16, 2, 1, 64, 1, {100}, {0}, 0, 30, 0.0f, 0},
+        {FINCH_DTYPE_BF16, 6, 3, 128, 3, {64, 1, 129}, {0}, 0, 0, 10.0f, 0},
+        /* several 128-row query tiles and 64-key tiles, every operand 16-byte aligned (prefetching) */
+        {FINCH_DTYPE_BF16, 8, 2, 128, 2, {300, 157}, {0}, 1, 0, 0.0f, 1},
+        {FINCH_DTYPE_F16, 4, 1, 64, 2, {200, 129}, {0}, 1, 70, 0.0f, 1},
+        {FINCH_DTYPE_BF16, 2, 2, 128, 1, {260}, {0}, 0, 0, 15.0f, 1},
+        {FINCH_DTYPE_F16, 4, 2, 64, 3, {1, 128, 191}, {0}, 0, 90, 0.0f, 1},
     };
     char what[160];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -949,17 +955,19 @@ static void test_attention_cache(void)
         return;
     }
     static const attention_case cases[] = {
-        {FINCH_DTYPE_F32, 4, 2, 16, 3, {1, 1, 1}, {5, 17, 1}, 1, 0, 0.0f},          /* decode */
-        {FINCH_DTYPE_F32, 3, 1, 80, 2, {7, 2}, {13, 40}, 1, 5, 20.0f},              /* chunked prefill, window, cap */
-        {FINCH_DTYPE_BF16, 4, 2, 64, 2, {1, 1}, {150, 77}, 1, 0, 0.0f},
-        {FINCH_DTYPE_BF16, 8, 2, 128, 3, {70, 1, 9}, {70, 200, 99}, 1, 0, 0.0f},
-        {FINCH_DTYPE_F16, 4, 4, 128, 2, {3, 65}, {90, 130}, 1, 20, 25.0f},
-        {FINCH_DTYPE_F16, 2, 1, 256, 1, {5}, {37}, 1, 0, 0.0f},
-        {FINCH_DTYPE_BF16, 2, 1, 64, 1, {33}, {33}, 0, 0, 0.0f},                    /* = attention_forward */
+        {FINCH_DTYPE_F32, 4, 2, 16, 3, {1, 1, 1}, {5, 17, 1}, 1, 0, 0.0f, 0},          /* decode */
+        {FINCH_DTYPE_F32, 3, 1, 80, 2, {7, 2}, {13, 40}, 1, 5, 20.0f, 0},              /* chunked prefill, window, cap */
+        {FINCH_DTYPE_BF16, 4, 2, 64, 2, {1, 1}, {150, 77}, 1, 0, 0.0f, 0},
+        {FINCH_DTYPE_BF16, 8, 2, 128, 3, {70, 1, 9}, {70, 200, 99}, 1, 0, 0.0f, 0},
+        {FINCH_DTYPE_F16, 4, 4, 128, 2, {3, 65}, {90, 130}, 1, 20, 25.0f, 0},
+        {FINCH_DTYPE_F16, 2, 1, 256, 1, {5}, {37}, 1, 0, 0.0f, 0},
+        {FINCH_DTYPE_BF16, 2, 1, 64, 1, {33}, {33}, 0, 0, 0.0f, 0},                    /* = attention_forward */
+        {FINCH_DTYPE_BF16, 8, 2, 128, 2, {150, 64}, {300, 64}, 1, 0, 0.0f, 1},      /* prefill, 16-byte rows */
+        {FINCH_DTYPE_F16, 4, 2, 64, 2, {129, 20}, {200, 90}, 1, 50, 0.0f, 1},
         /* decode (one query row per sequence): odd groups, windows, caps, long caches, no causality */
-        {FINCH_DTYPE_BF16, 6, 2, 80, 3, {1, 1, 1}, {301, 2, 45}, 1, 33, 30.0f},
-        {FINCH_DTYPE_F16, 8, 8, 256, 2, {1, 1}, {1000, 129}, 1, 0, 0.0f},
-        {FINCH_DTYPE_F32, 3, 1, 96, 2, {1, 1}, {70, 5000}, 0, 0, 0.0f},
+        {FINCH_DTYPE_BF16, 6, 2, 80, 3, {1, 1, 1}, {301, 2, 45}, 1, 33, 30.0f, 0},
+        {FINCH_DTYPE_F16, 8, 8, 256, 2, {1, 1}, {1000, 129}, 1, 0, 0.0f, 0},
+        {FINCH_DTYPE_F32, 3, 1, 96, 2, {1, 1}, {70, 5000}, 0, 0, 0.0f, 0},
     };
     char what[160];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
@@ -1468,6 +1476,41 @@ static void decode_benchmarks(void)
     }
 }
 
+/* Attention, Llama-8B-like (32 heads, 8 kv heads, head_dim 128, causal): sequences x length. Also
+ * run alone with FINCH_PARITY_BENCH=attention. */
+static void attention_benchmarks(void)
+{
+    static const struct { int64_t seqs, T; } shapes[] = {{4, 2048}, {2, 2048}, {1, 8192}};
+    char name[96];
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int64_t seqs = shapes[si].seqs, T = shapes[si].T, H = 32, KV = 8, hd = 128, n = seqs * T;
+        int32_t cu[5];
+        for (int i = 0; i <= seqs; i++) cu[i] = (int32_t)(i * T);
+        finch_attention_desc d;
+        memset(&d, 0, sizeof d);
+        d.n_tokens = n; d.n_seqs = seqs; d.max_seqlen = T;
+        d.cu_seqlens = bench_buffer(FINCH_DTYPE_F32, (size_t)seqs + 1, 1.0f);
+        if (sides[1].api->write(sides[1].dev, NULL, d.cu_seqlens, cu, (size_t)(seqs + 1) * sizeof cu[0])) fatal("write", 1);
+        d.n_heads = H; d.n_kv_heads = KV; d.head_dim = hd; d.dtype = FINCH_DTYPE_BF16;
+        d.q = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.ldq = H * hd;
+        d.k = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.ldk = KV * hd;
+        d.v = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.ldv = KV * hd;
+        d.o = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.ldo = H * hd;
+        d.lse = bench_buffer(FINCH_DTYPE_F32, (size_t)(H * n), 1.0f);
+        d.scale = 1.0f / sqrtf((float)hd); d.causal = 1;
+        d.dout = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.lddout = H * hd;
+        d.dq = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.lddq = H * hd;
+        d.dk = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.lddk = KV * hd;
+        d.dv = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.lddv = KV * hd;
+        double fwd = 4.0 * seqs * H * hd * (double)T * T / 2;
+        snprintf(name, sizeof name, "attention_forward bf16 %lldx%lld h32/8 d128 causal", (long long)seqs, (long long)T);
+        bench(name, bench_attn_fwd, &d, fwd);
+        snprintf(name, sizeof name, "attention_backward bf16 %lldx%lld h32/8 d128 causal", (long long)seqs, (long long)T);
+        bench(name, bench_attn_bwd, &d, 2.5 * fwd);
+        release_all();
+    }
+}
+
 static void benchmarks(void)
 {
     char name[96];
@@ -1522,32 +1565,7 @@ static void benchmarks(void)
         bench(name, bench_linear_bwd, &d, base + 2 * lora);
         release_all();
     }
-    /* Attention, Llama-8B-like: 4 sequences of 2048, 32 heads, 8 kv heads, head_dim 128, causal. */
-    {
-        int64_t seqs = 4, T = 2048, H = 32, KV = 8, hd = 128, n = seqs * T;
-        int32_t cu[5];
-        for (int i = 0; i <= seqs; i++) cu[i] = (int32_t)(i * T);
-        finch_attention_desc d;
-        memset(&d, 0, sizeof d);
-        d.n_tokens = n; d.n_seqs = seqs; d.max_seqlen = T;
-        d.cu_seqlens = bench_buffer(FINCH_DTYPE_F32, 5, 1.0f);
-        if (sides[1].api->write(sides[1].dev, NULL, d.cu_seqlens, cu, sizeof cu)) fatal("write", 1);
-        d.n_heads = H; d.n_kv_heads = KV; d.head_dim = hd; d.dtype = FINCH_DTYPE_BF16;
-        d.q = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.ldq = H * hd;
-        d.k = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.ldk = KV * hd;
-        d.v = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.ldv = KV * hd;
-        d.o = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.ldo = H * hd;
-        d.lse = bench_buffer(FINCH_DTYPE_F32, (size_t)(H * n), 1.0f);
-        d.scale = 1.0f / sqrtf((float)hd); d.causal = 1;
-        d.dout = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.lddout = H * hd;
-        d.dq = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * H * hd), 1.0f); d.lddq = H * hd;
-        d.dk = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.lddk = KV * hd;
-        d.dv = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.lddv = KV * hd;
-        double fwd = 4.0 * seqs * H * hd * (double)T * T / 2;
-        bench("attention_forward bf16 4x2048 h32/8 d128 causal", bench_attn_fwd, &d, fwd);
-        bench("attention_backward bf16 4x2048 h32/8 d128 causal", bench_attn_bwd, &d, 2.5 * fwd);
-        release_all();
-    }
+    attention_benchmarks();
     /* Norm and gated unit over 8192 tokens. */
     {
         norm_ctx c = {8192, 4096, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
@@ -1682,8 +1700,9 @@ int main(void)
     run("adamw", test_adamw);
     run("adamw8bit", test_adamw8bit);
     const char *b = getenv("FINCH_PARITY_BENCH");
-    if (b && *b && *b != '0' && strcmp(b, "decode")) run("benchmarks", benchmarks);
-    if (b && *b && *b != '0') run("decode benchmarks", decode_benchmarks);
+    if (b && !strcmp(b, "attention")) run("attention benchmarks", attention_benchmarks);
+    else if (b && *b && *b != '0' && strcmp(b, "decode")) run("benchmarks", benchmarks);
+    if (b && *b && *b != '0' && strcmp(b, "attention")) run("decode benchmarks", decode_benchmarks);
 
     for (int s = 0; s < 2; s++) {
         sides[s].api->device_close(sides[s].dev);

@@ -39,7 +39,9 @@ struct attn_params {
     const int32_t *kv_start, *kv_len;   /* attention over a cache: each sequence's key rows; else NULL */
     int64_t kv_rows;
     bool vec_q, vec_k, vec_v, vec_do;   /* 16-bit rows that allow 16-byte loads (the tensor-core kernels) */
+    bool vec_o;                         /* 16-bit rows of o that allow 4-byte stores */
     bool no_async;                      /* FINCH_CUDA_ATTENTION=sync: no cp.async prefetching */
+    bool no_fold;                       /* FINCH_CUDA_ATTENTION=nofold: see mma_online_softmax */
 };
 
 /* One sequence's query rows [q_start, q_start + q_len) and key rows [k_start, k_start + k_len); its
@@ -286,12 +288,12 @@ __global__ void __launch_bounds__(THREADS) attention_backward_kernel(attn_params
     }
 }
 
-/* dq[t, h*D + d] = dq_acc[t, h*D + d] in the storage type, honouring lddq. */
+/* dq[t, h*D + d] = dq_acc[t, h*D + d] in the storage type, honouring lddq; blocks take rows. */
 template <typename T>
 __global__ void attention_store_dq_kernel(int64_t n_tokens, int64_t width, const float *acc, T *dq, int64_t lddq)
 {
-    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n_tokens * width; e += (int64_t)gridDim.x * blockDim.x)
-        dq[(e / width) * lddq + e % width] = from_f32<T>(acc[e]);
+    for (int64_t t = blockIdx.x; t < n_tokens; t += gridDim.x)
+        for (int64_t c = threadIdx.x; c < width; c += blockDim.x) dq[t * lddq + c] = from_f32<T>(acc[t * width + c]);
 }
 
 /* Rows of a 16-bit tensor at p with row stride ld can be read 16 bytes at a time (head offsets are
@@ -302,7 +304,9 @@ static bool vec16(const void *p, int64_t ld, finch_dtype t)
 }
 
 /* FINCH_CUDA_ATTENTION=simt: the portable kernels everywhere (the reference path for the
- * tensor-core kernels); =sync: the tensor-core kernels without cp.async prefetching (to measure it). */
+ * tensor-core kernels); =sync: the tensor-core kernels without cp.async prefetching (to measure it);
+ * =q64: the tensor-core forward with 64-row query tiles; =dqatomic: see dq_atomic; =nofold: the
+ * forward's softmax without the folded scale on interior tiles. */
 static const char *attention_mode(void)
 {
     static const char *mode = NULL;
@@ -317,6 +321,25 @@ static bool simt_forced(void) { return !strcmp(attention_mode(), "simt"); }
 
 #include "attention_mma.cuh"
 
+/* Query rows per block of the tensor-core forward: 64 (FINCH_CUDA_ATTENTION=q64: one m-tile per warp,
+ * three blocks an SM) or 128 (two m-tiles per warp, FlashAttention-2's tile). 128 measured faster on
+ * an H200 (B2 x T2048, h32/8, d128, causal: 0.388 against 0.429 ms; T8192: 2.35 against 2.73 ms). */
+static int forward_mma_rows(void) { return !strcmp(attention_mode(), "q64") ? 64 : 128; }
+
+template <int D, int WM, typename T>
+static int launch_forward_mma_tiles(finch_plugin_device *dev, gpuStream_t st, attn_params pa, const finch_attention_desc *d)
+{
+    typedef mma_fwd_tiles<D, WM> L;
+    void (*kernel)(attn_params) = attention_forward_mma_kernel<D, WM, T>;
+    if (L::bytes(true) > dev->props.sharedMemPerBlockOptin) pa.no_async = true;
+    size_t smem = L::bytes(!pa.no_async);
+    GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                      "attention_forward shared memory"));
+    dim3 grid((unsigned)((d->max_seqlen + L::BQ - 1) / L::BQ), (unsigned)d->n_heads, (unsigned)d->n_seqs);
+    kernel<<<grid, MMA_THREADS, smem, st>>>(pa);
+    return GPU_LAUNCHED("attention_forward (tensor cores)");
+}
+
 /* The tensor-core forward where it applies (16-bit storage, head_dim 64 or 128, sm_80+): *done = 1. */
 template <typename T>
 static int launch_forward_mma(finch_plugin_device *dev, gpuStream_t st, const attn_params &p, const finch_attention_desc *d,
@@ -326,17 +349,11 @@ static int launch_forward_mma(finch_plugin_device *dev, gpuStream_t st, const at
 #if FINCH_GPU_CUDA
     if constexpr (!std::is_same<T, float>::value) {
         if (dev->props.major < 8 || (d->head_dim != 64 && d->head_dim != 128) || simt_forced()) return FINCH_OK;
-        void (*kernel)(attn_params) = d->head_dim == 64 ? attention_forward_mma_kernel<64, T> : attention_forward_mma_kernel<128, T>;
-        attn_params pa = p;
-        size_t (*bytes)(bool) = d->head_dim == 64 ? mma_smem<64>::bytes : mma_smem<128>::bytes;
-        if (bytes(true) > dev->props.sharedMemPerBlockOptin) pa.no_async = true;
-        size_t smem = bytes(!pa.no_async);
-        GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-                          "attention_forward shared memory"));
-        dim3 grid((unsigned)((d->max_seqlen + MMA_BLOCK_Q - 1) / MMA_BLOCK_Q), (unsigned)d->n_heads, (unsigned)d->n_seqs);
-        kernel<<<grid, MMA_THREADS, smem, st>>>(pa);
         *done = 1;
-        return GPU_LAUNCHED("attention_forward (tensor cores)");
+        bool wide = forward_mma_rows() == 128;
+        if (d->head_dim == 64)
+            return wide ? launch_forward_mma_tiles<64, 2, T>(dev, st, p, d) : launch_forward_mma_tiles<64, 1, T>(dev, st, p, d);
+        return wide ? launch_forward_mma_tiles<128, 2, T>(dev, st, p, d) : launch_forward_mma_tiles<128, 1, T>(dev, st, p, d);
     }
 #endif
     return FINCH_OK;
@@ -400,7 +417,9 @@ static attn_params make_params(const finch_attention_desc *d)
     p.vec_k = vec16(p.k, d->ldk, d->dtype);
     p.vec_v = vec16(p.v, d->ldv, d->dtype);
     p.vec_do = vec16(p.dout, d->lddout, d->dtype);
+    p.vec_o = gpu_dtype_size(d->dtype) == 2 && (uintptr_t)p.out % 4 == 0 && d->ldo % 2 == 0;
     p.no_async = !strcmp(attention_mode(), "sync");
+    p.no_fold = !strcmp(attention_mode(), "nofold");
     return p;
 }
 
@@ -458,39 +477,65 @@ static int mma_applies(const finch_plugin_device *dev, const finch_attention_des
 }
 
 template <typename T>
+static int store_dq(gpuStream_t st, const attn_params &p, const finch_attention_desc *d)
+{
+    unsigned blocks = (unsigned)(d->n_tokens < 65535 ? d->n_tokens : 65535);
+    attention_store_dq_kernel<T><<<blocks, 256, 0, st>>>(d->n_tokens, d->n_heads * d->head_dim, p.dq_acc, (T *)gpu_ptr(d->dq),
+                                                         d->lddq);
+    return GPU_LAUNCHED("attention_backward dq");
+}
+
+/* FINCH_CUDA_ATTENTION=dqatomic: the tensor-core dK/dV kernel also adds dQ with f32 atomics
+ * (FlashAttention-2's scheme, five products per score instead of seven), instead of a second kernel
+ * that recomputes S and dP. Measured slower on an H200 (B2 x T2048, h32/8, d128, causal: 1.64 ms
+ * against 1.44 ms; T8192: 9.37 against 8.73 ms): the atomics' traffic costs more than the products. */
+static bool dq_atomic(void) { return strstr(attention_mode(), "dqatomic") != NULL; }
+
+/* FINCH_CUDA_ATTENTION=k128 (may be combined: "dqatomic,k128"): dK/dV blocks of 128 keys (8 warps,
+ * one block an SM) instead of 64 (4 warps, two blocks), sharing each Q/dO tile between twice the
+ * keys and halving the dQ atomics. On an H200 (shape as above) k128 alone is slower (1.60 against
+ * 1.40 ms); with dqatomic it is slower at T2048 (1.55 ms) but faster at T8192 (8.30 against 8.73). */
+static int dkdv_warps(void) { return strstr(attention_mode(), "k128") ? 8 : 4; }
+
+template <int D, typename T>
+static int launch_backward_mma(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d)
+{
+    typedef mma_bwd_smem<D> L;
+    bool atomic = dq_atomic();
+    int kw = dkdv_warps(), keys = 16 * kw;
+    void (*dkdv)(attn_params) = kw == 8 ? (atomic ? attention_dkdv_mma_kernel<D, 8, true, T> : attention_dkdv_mma_kernel<D, 8, false, T>)
+                                        : (atomic ? attention_dkdv_mma_kernel<D, 4, true, T> : attention_dkdv_mma_kernel<D, 4, false, T>);
+    void (*dq)(attn_params, T *, int64_t) = attention_dq_mma_kernel<D, T>;
+    if (L::dkdv_bytes(true, atomic, keys) > dev->props.sharedMemPerBlockOptin || L::dq_bytes(true) > dev->props.sharedMemPerBlockOptin)
+        p.no_async = true;
+    size_t s1 = L::dkdv_bytes(!p.no_async, atomic, keys), s2 = L::dq_bytes(!p.no_async);
+    GPU_TRY(gpu_check(gpuFuncSetAttribute(dkdv, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s1),
+                      "attention_backward shared memory"));
+    unsigned key_tiles = (unsigned)((d->max_seqlen + keys - 1) / keys);
+    dkdv<<<dim3(key_tiles, (unsigned)d->n_kv_heads, (unsigned)d->n_seqs), 32 * kw, s1, st>>>(p);
+    GPU_TRY(GPU_LAUNCHED("attention_backward dk/dv (tensor cores)"));
+    if (atomic) return store_dq<T>(st, p, d);
+    unsigned tiles = (unsigned)((d->max_seqlen + MMA_BLOCK_K - 1) / MMA_BLOCK_K);
+    GPU_TRY(gpu_check(gpuFuncSetAttribute(dq, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s2),
+                      "attention_backward shared memory"));
+    dq<<<dim3(tiles, (unsigned)d->n_heads, (unsigned)d->n_seqs), MMA_THREADS, s2, st>>>(p, (T *)gpu_ptr(d->dq), d->lddq);
+    return GPU_LAUNCHED("attention_backward dq (tensor cores)");
+}
+
+template <typename T>
 static int backward_typed(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d, int mma)
 {
-    int64_t warps = d->n_tokens * d->n_heads, width = d->n_heads * d->head_dim;
+    int64_t warps = d->n_tokens * d->n_heads;
     attention_delta_kernel<T><<<(unsigned)((warps * dev->props.warpSize + 255) / 256), 256, 0, st>>>(p);
     GPU_TRY(GPU_LAUNCHED("attention_backward delta"));
 #if FINCH_GPU_CUDA
     if constexpr (!std::is_same<T, float>::value) {
-        if (mma) {
-            int hd = (int)d->head_dim;
-            void (*dkdv)(attn_params) = hd == 64 ? attention_dkdv_mma_kernel<64, T> : attention_dkdv_mma_kernel<128, T>;
-            void (*dq)(attn_params, T *, int64_t) = hd == 64 ? attention_dq_mma_kernel<64, T> : attention_dq_mma_kernel<128, T>;
-            size_t (*b1)(bool) = hd == 64 ? mma_bwd_smem<64>::dkdv_bytes : mma_bwd_smem<128>::dkdv_bytes;
-            size_t (*b2)(bool) = hd == 64 ? mma_bwd_smem<64>::dq_bytes : mma_bwd_smem<128>::dq_bytes;
-            if (b1(true) > dev->props.sharedMemPerBlockOptin || b2(true) > dev->props.sharedMemPerBlockOptin) p.no_async = true;
-            size_t s1 = b1(!p.no_async), s2 = b2(!p.no_async);
-            GPU_TRY(gpu_check(gpuFuncSetAttribute(dkdv, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s1),
-                              "attention_backward shared memory"));
-            GPU_TRY(gpu_check(gpuFuncSetAttribute(dq, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s2),
-                              "attention_backward shared memory"));
-            unsigned tiles = (unsigned)((d->max_seqlen + MMA_BLOCK_K - 1) / MMA_BLOCK_K);
-            dkdv<<<dim3(tiles, (unsigned)d->n_kv_heads, (unsigned)d->n_seqs), MMA_THREADS, s1, st>>>(p);
-            GPU_TRY(GPU_LAUNCHED("attention_backward dk/dv (tensor cores)"));
-            dq<<<dim3(tiles, (unsigned)d->n_heads, (unsigned)d->n_seqs), MMA_THREADS, s2, st>>>(p, (T *)gpu_ptr(d->dq), d->lddq);
-            return GPU_LAUNCHED("attention_backward dq (tensor cores)");
-        }
+        if (mma) return d->head_dim == 64 ? launch_backward_mma<64, T>(dev, st, p, d) : launch_backward_mma<128, T>(dev, st, p, d);
     }
 #endif
     (void)mma;
     GPU_TRY(DISPATCH_HEAD_DIM(d->head_dim, launch_backward, T, st, p, d));
-    int64_t acc_n = d->n_tokens * width;
-    attention_store_dq_kernel<T><<<gpu_blocks(acc_n, 256), 256, 0, st>>>(d->n_tokens, width, p.dq_acc, (T *)gpu_ptr(d->dq),
-                                                                         d->lddq);
-    return GPU_LAUNCHED("attention_backward dq");
+    return store_dq<T>(st, p, d);
 }
 
 extern "C" int plugin_attention_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d)
@@ -502,7 +547,7 @@ extern "C" int plugin_attention_backward(finch_plugin_device *dev, finch_plugin_
     attn_params p = make_params(d);
     int mma = mma_applies(dev, d);
     float *scratch = NULL;
-    size_t delta_n = (size_t)d->n_heads * d->n_tokens, acc_n = mma ? 0 : (size_t)d->n_tokens * d->n_heads * d->head_dim;
+    size_t delta_n = (size_t)d->n_heads * d->n_tokens, acc_n = mma && !dq_atomic() ? 0 : (size_t)d->n_tokens * d->n_heads * d->head_dim;
     GPU_TRY(gpu_scratch(st, (delta_n + acc_n) * sizeof(float), (void **)&scratch, "attention_backward scratch"));
     p.delta = scratch;
     p.dq_acc = scratch + delta_n;

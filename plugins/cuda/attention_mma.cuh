@@ -1,21 +1,28 @@
-/* Tensor-core forward attention for 16-bit storage on sm_80+ (a CUDA-only fast path; the portable
- * kernel in attention.cu covers everything else). FlashAttention-2 layout: 4 warps, each owning 16
- * query rows of a 64-row tile; per 64-key tile, S = Q K^T and O += P V run on mma.sync m16n8k16
- * with f32 accumulation, the online softmax on the S accumulators in registers, and P fed back as
- * the A operand without leaving registers. Fragment layouts are those of the PTX ISA for
- * m16n8k16: g = lane / 4 is the row (and B column), t = lane % 4 picks the element pair.
- * Tiles are loaded row-major in 16-byte vectors where the operand allows (attn_params.vec_*), and
- * B operands that run down a column of a row-major tile (V in O += P V, dO and Q in the dK/dV
- * kernel, K in the dQ kernel) are read with ldmatrix.trans instead of a transposed copy. */
+/* Tensor-core attention for 16-bit storage on sm_80+ (a CUDA-only fast path; the portable kernels in
+ * attention.cu cover everything else), FlashAttention-2 style on mma.sync m16n8k16 with f32
+ * accumulation. Fragment layouts are those of the PTX ISA: g = lane / 4 is the row (and B column),
+ * t = lane % 4 picks the element pair. All operands come from padded row-major shared-memory tiles
+ * through ldmatrix (row stride D + 8 elements: the eight 16-byte rows of an 8x8 matrix fall in
+ * distinct banks); those that run down a column of their tile with ldmatrix.trans.
+ *
+ * Forward: 4 warps, each owning 16 * WM query rows of a 64 * WM-row tile, loop over 64-key tiles
+ * (K and V double-buffered with cp.async): S = Q K^T, the online softmax on the S accumulators in
+ * registers (base 2: scores are scaled by scale * log2(e) once, then exp2), and P fed back as the A
+ * operand of O += P V without leaving registers. With WM = 1 the query fragments stay in registers
+ * and Q is staged in the second K buffer (free until the first prefetch), so three blocks fit an
+ * SM; with WM = 2 (FlashAttention-2's 128-row tiles) each K/V fragment serves two m-tiles and Q
+ * stays in shared memory. Tiles that need no mask (inside the sequence, wholly below the diagonal,
+ * no window) and calls without softcap run code without those steps. */
 #ifndef FINCH_GPU_ATTENTION_MMA_CUH
 #define FINCH_GPU_ATTENTION_MMA_CUH
 
 #if FINCH_GPU_CUDA
 #include <type_traits>
 
-#define MMA_BLOCK_Q 64
 #define MMA_BLOCK_K 64
 #define MMA_THREADS 128
+#define MMA_LOG2E 1.4426950408889634f
+#define MMA_LN2 0.6931471805599453f
 
 template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
 template <> __device__ __forceinline__ uint32_t pack2<gpu_bf16>(float lo, float hi)
@@ -34,46 +41,80 @@ template <typename T>
 __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    if constexpr (sizeof(T) == 2 && std::is_same<T, gpu_bf16>::value)
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    if constexpr (std::is_same<T, gpu_bf16>::value)
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     else
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                     "{%0,%1,%2,%3};\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #endif
 }
 
-/* The B fragments of two adjacent n-tiles (columns c0 .. c0 + 15) over 16 k-rows of a row-major
- * [k][n] tile in shared memory: b[0], b[1] for columns c0 .. c0 + 7, b[2], b[3] for the next 8.
- * `row` points at element (k0, c0); ld is the tile's row stride in elements (16-byte rows). */
-template <typename T>
-__device__ __forceinline__ void ldmatrix_b_trans(uint32_t b[4], const T *row, int ld)
+/* 2^x (MUFU.EX2; -inf gives 0). */
+__device__ __forceinline__ float exp2_fast(float x)
+{
+#if defined(__CUDA_ARCH__)
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
+#endif
+}
+
+/* Four 8x8 matrices of 16-bit elements from shared memory; lane l supplies the address of row
+ * l % 8 of matrix l / 8. trans: each thread receives a column pair instead of a row pair. */
+template <bool TRANS> __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+#else
+    (void)p;
+    r[0] = r[1] = r[2] = r[3] = 0;
+#endif
+}
+
+/* The A fragment of rows row0 .. row0 + 15, columns k0 .. k0 + 15 of a row-major tile (stride ld). */
+template <typename T> __device__ __forceinline__ void ldsm_a(uint32_t a[4], const T *tile, int ld, int row0, int k0)
 {
     int lane = threadIdx.x % 32;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    uint32_t a = (uint32_t)__cvta_generic_to_shared(row + (lane & 15) * ld + (lane >> 4) * 8);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3])
-                 : "r"(a));
-#else
-    (void)row; (void)ld; (void)lane;
-    b[0] = b[1] = b[2] = b[3] = 0;
-#endif
+    ldsm_x4<false>(a, tile + (row0 + (lane & 15)) * ld + k0 + (lane >> 4) * 8);
+}
+
+/* B fragments of two n-tiles (n0 .. n0 + 7: b[0], b[1]; n0 + 8 .. n0 + 15: b[2], b[3]) over
+ * k0 .. k0 + 15, from a tile stored n-major ([n][k], e.g. K in S = Q K^T). */
+template <typename T> __device__ __forceinline__ void ldsm_b(uint32_t b[4], const T *tile, int ld, int n0, int k0)
+{
+    int lane = threadIdx.x % 32;
+    ldsm_x4<false>(b, tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * ld + k0 + ((lane >> 3) & 1) * 8);
+}
+
+/* The same from a tile stored k-major ([k][n], e.g. V in O += P V): ldmatrix.trans. */
+template <typename T> __device__ __forceinline__ void ldsm_b_trans(uint32_t b[4], const T *tile, int ld, int k0, int n0)
+{
+    int lane = threadIdx.x % 32;
+    ldsm_x4<true>(b, tile + (k0 + (lane & 15)) * ld + n0 + (lane >> 4) * 8);
 }
 
 /* rows x D of a head slice (rows row0.. of src, row stride src_ld; rows at or past len read as 0)
  * into shared memory, row-major with row stride ld. vec: src and src_ld allow 16-byte loads. */
-template <int D, typename T>
+template <int D, typename T, int NT = MMA_THREADS>
 __device__ __forceinline__ void mma_load_rows(T *dst, int ld, const T *src, int64_t src_ld, int64_t row0, int rows, int64_t len,
                                               bool vec)
 {
     if (vec) {
         const int C = D / 8;
-        for (int e = threadIdx.x; e < rows * C; e += MMA_THREADS) {
+        for (int e = threadIdx.x; e < rows * C; e += NT) {
             int r = e / C, c = (e % C) * 8;
             uint4 v = make_uint4(0u, 0u, 0u, 0u);
             if (row0 + r < len) v = *(const uint4 *)(src + (row0 + r) * src_ld + c);
@@ -81,7 +122,7 @@ __device__ __forceinline__ void mma_load_rows(T *dst, int ld, const T *src, int6
         }
         return;
     }
-    for (int e = threadIdx.x; e < rows * D; e += MMA_THREADS) {
+    for (int e = threadIdx.x; e < rows * D; e += NT) {
         int r = e / D, c = e % D;
         dst[r * ld + c] = row0 + r < len ? src[(row0 + r) * src_ld + c] : from_f32<T>(0.0f);
     }
@@ -117,12 +158,12 @@ template <int N> __device__ __forceinline__ void cp_async_wait(void)
 
 /* mma_load_rows for vector-loadable rows, queued with cp.async (the caller commits and waits), so
  * the next tile streams in while the current one is used. */
-template <int D, typename T>
+template <int D, typename T, int NT = MMA_THREADS>
 __device__ __forceinline__ void mma_load_rows_async(T *dst, int ld, const T *src, int64_t src_ld, int64_t row0, int rows,
                                                     int64_t len)
 {
     const int C = D / 8;
-    for (int e = threadIdx.x; e < rows * C; e += MMA_THREADS) {
+    for (int e = threadIdx.x; e < rows * C; e += NT) {
         int r = e / C, c = (e % C) * 8;
         bool ok = row0 + r < len;
         cp_async16(dst + r * ld + c, ok ? src + (row0 + r) * src_ld + c : src, ok);
@@ -143,13 +184,24 @@ __device__ __forceinline__ unsigned mma_heavy_first(const attn_params &p)
     return p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
 }
 
-template <int D> struct mma_smem {
-    static const int LDK = D + 8;                 /* row stride of the Q, K and V tiles (elements) */
-    static size_t bytes(bool async) { return (size_t)(MMA_BLOCK_Q + (async ? 4 : 2) * MMA_BLOCK_K) * LDK * 2; }
-};
+/* Whether query row i of a sequence (at key position i + off) sees key j; len and klen are the
+ * sequence's query and key counts. 32-bit: one sequence has fewer than 2^31 rows. */
+__device__ __forceinline__ bool mma_visible(const attn_params &p, int i, int j, int len, int klen, int off)
+{
+    int pos = i + off;
+    return i < len && j < klen && (!p.causal || j <= pos) && (p.window == 0 || pos - j < p.window);
+}
+
+/* A raw score q.k in base-2 units: scale * log2(e) * q.k, or with softcap
+ * softcap * tanh(scale * q.k / softcap) * log2(e). */
+template <bool CAP> __device__ __forceinline__ float mma_score2(const attn_params &p, float dot)
+{
+    if (CAP) return p.softcap * tanhf(dot * p.scale / p.softcap) * MMA_LOG2E;
+    return dot * (p.scale * MMA_LOG2E);
+}
 
 /* The loop over key tiles shared by the forward and dQ kernels: at the top of each iteration the
- * tile k0 is in (kt, vt). Returns false when the loop is done. */
+ * tile k0 is in (kt, vt). */
 template <int D, typename T> struct kv_pipeline {
     T *ks, *vs;                    /* [2][MMA_BLOCK_K][ld] each */
     int ld;
@@ -190,202 +242,396 @@ template <int D, typename T> struct kv_pipeline {
     }
 };
 
-template <int D, typename T>
-__global__ void __launch_bounds__(MMA_THREADS) attention_forward_mma_kernel(attn_params p)
+template <int D, int WM> struct mma_fwd_tiles {
+    static const int BQ = 64 * WM, LD = D + 8, TILE = MMA_BLOCK_K * LD;
+    /* WM = 1: K [2][64][LD] (Q staged in the second), V [nbuf][64][LD]; WM = 2: Q [BQ][LD], K and V
+     * [nbuf][64][LD] each. */
+    static size_t bytes(bool async)
+    {
+        int nbuf = async ? 2 : 1;
+        return (size_t)(WM == 1 ? (2 + nbuf) * TILE : BQ * LD + 2 * nbuf * TILE) * 2;
+    }
+};
+
+/* The online softmax step for one key tile: s holds this thread's raw scores q.k of rows
+ * (16 m + g, 16 m + g + 8) of its warp's query rows (first query row row0 of the sequence) and keys
+ * k0 + 8 nt + 2 t + (0, 1); on return s holds the unnormalised probabilities, and the running max
+ * mx (base-2 units), partial row sums l (this thread's columns) and o have been rescaled.
+ * FOLD (no mask, no softcap, scale > 0): the max is taken over the raw scores and the scaling folds
+ * into the exponent's fma. */
+template <bool MASK, bool CAP, bool FOLD, int WM, int D>
+__device__ __forceinline__ void mma_online_softmax(const attn_params &p, float (&s)[WM][MMA_BLOCK_K / 8][4],
+                                                   float (&o)[WM][D / 8][4], float (&mx)[2 * WM], float (&l)[2 * WM], int row0,
+                                                   int k0, int len, int klen, int off)
 {
-    const int LDK = mma_smem<D>::LDK;
+    int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int m = 0; m < WM; m++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            int i = row0 + 16 * m + g + 8 * r;
+            float tile_max = -INFINITY, c2 = p.scale * MMA_LOG2E;
+#pragma unroll
+            for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    if (FOLD) {
+                        tile_max = fmaxf(tile_max, s[m][nt][2 * r + c]);
+                        continue;
+                    }
+                    float x = mma_score2<CAP>(p, s[m][nt][2 * r + c]);
+                    if (MASK && !mma_visible(p, i, k0 + nt * 8 + t * 2 + c, len, klen, off)) x = -INFINITY;
+                    s[m][nt][2 * r + c] = x;
+                    tile_max = fmaxf(tile_max, x);
+                }
+            if (FOLD) tile_max *= c2;
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+            float new_max = fmaxf(mx[2 * m + r], tile_max);
+            float base = new_max == -INFINITY ? 0.0f : new_max; /* a row with nothing visible yet stays 0 */
+            float alpha = exp2_fast(mx[2 * m + r] - base), sum = 0.0f;
+            mx[2 * m + r] = new_max;
+#pragma unroll
+            for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    float e = FOLD ? exp2_fast(fmaf(s[m][nt][2 * r + c], c2, -base)) : exp2_fast(s[m][nt][2 * r + c] - base);
+                    s[m][nt][2 * r + c] = e;
+                    sum += e;
+                }
+            l[2 * m + r] = l[2 * m + r] * alpha + sum;
+#pragma unroll
+            for (int nd = 0; nd < D / 8; nd++) {
+                o[m][nd][2 * r] *= alpha;
+                o[m][nd][2 * r + 1] *= alpha;
+            }
+        }
+}
+
+template <int D, int WM, typename T>
+__global__ void __launch_bounds__(MMA_THREADS, WM == 1 ? 3 : 2) attention_forward_mma_kernel(attn_params p)
+{
+    typedef mma_fwd_tiles<D, WM> L;
+    const int LD = L::LD, BQ = L::BQ;
     extern __shared__ float smem_raw[];
-    T *qs = (T *)smem_raw, *k_bufs = qs + MMA_BLOCK_Q * LDK, *v_bufs = k_bufs + mma_nbuf(p) * MMA_BLOCK_K * LDK;
+    T *qs, *k_bufs, *v_bufs;
+    if (WM == 1) {
+        k_bufs = (T *)smem_raw;
+        qs = k_bufs + L::TILE;
+        v_bufs = k_bufs + 2 * L::TILE;
+    } else {
+        qs = (T *)smem_raw;
+        k_bufs = qs + BQ * LD;
+        v_bufs = k_bufs + mma_nbuf(p) * L::TILE;
+    }
 
     int64_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
     const seq_span sp = seq_span_of(p, blockIdx.z);
-    int64_t start = sp.q_start, len = sp.q_len, klen = sp.k_len, q0 = (int64_t)mma_heavy_first(p) * MMA_BLOCK_Q;
+    int64_t start = sp.q_start;
+    int len = (int)sp.q_len, klen = (int)sp.k_len, off = (int)sp.off, q0 = (int)mma_heavy_first(p) * BQ;
     if (q0 >= len) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    int r0 = warp * 16;
+    int r0 = warp * 16 * WM; /* this warp's first row in the tile */
 
-    mma_load_rows<D, T>(qs, LDK, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, MMA_BLOCK_Q, len, p.vec_q);
-    __syncthreads();
-    uint32_t qf[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-        qf[kk][0] = *(const uint32_t *)&qs[(r0 + g) * LDK + kk * 16 + t * 2];
-        qf[kk][1] = *(const uint32_t *)&qs[(r0 + g + 8) * LDK + kk * 16 + t * 2];
-        qf[kk][2] = *(const uint32_t *)&qs[(r0 + g) * LDK + kk * 16 + 8 + t * 2];
-        qf[kk][3] = *(const uint32_t *)&qs[(r0 + g + 8) * LDK + kk * 16 + 8 + t * 2];
-    }
-    float o[D / 8][4];
-#pragma unroll
-    for (int nd = 0; nd < D / 8; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
-    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
-    int64_t rows_i[2] = {q0 + r0 + g, q0 + r0 + g + 8};
-
-    int64_t last_q = q0 + MMA_BLOCK_Q < len ? q0 + MMA_BLOCK_Q : len, k_lo, k_hi;
-    key_range(p, sp, q0, last_q, &k_lo, &k_hi);
+    int last_q = q0 + BQ < len ? q0 + BQ : len;
+    int64_t k_lo64, k_hi64;
+    key_range(p, sp, q0, last_q, &k_lo64, &k_hi64);
+    int k_first = (int)k_lo64 - (int)k_lo64 % MMA_BLOCK_K, k_hi = (int)k_hi64;
     const T *kp = (const T *)p.k + sp.k_start * p.ldk + kvh * D, *vp = (const T *)p.v + sp.k_start * p.ldv + kvh * D;
-    kv_pipeline<D, T> pipe = {k_bufs, v_bufs, LDK, kp, vp, p.ldk, p.ldv, klen, k_hi, p.vec_k && p.vec_v && !p.no_async, p.vec_k, p.vec_v, 0};
+    kv_pipeline<D, T> pipe = {k_bufs, v_bufs, LD, kp, vp, p.ldk, p.ldv, klen, k_hi, p.vec_k && p.vec_v && !p.no_async, p.vec_k, p.vec_v, 0};
+    pipe.start(k_first);
+    mma_load_rows<D, T>(qs, LD, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, BQ, len, p.vec_q);
+    __syncthreads();
+    uint32_t qf[WM == 1 ? D / 16 : 1][4];
+    if (WM == 1) {
+#pragma unroll
+        for (int kk = 0; kk < (WM == 1 ? D / 16 : 0); kk++) ldsm_a<T>(qf[kk], qs, LD, r0, kk * 16);
+    }
+
+    float o[WM][D / 8][4], mx[2 * WM], l[2 * WM];
+#pragma unroll
+    for (int m = 0; m < WM; m++) {
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) o[m][nd][0] = o[m][nd][1] = o[m][nd][2] = o[m][nd][3] = 0.0f;
+        mx[2 * m] = mx[2 * m + 1] = -INFINITY;
+        l[2 * m] = l[2 * m + 1] = 0.0f;
+    }
     /* Tiles wholly below the diagonal (and inside the sequence, no window) need no mask. */
-    int64_t q_min = q0 + sp.off;
-    bool rows_full = q0 + MMA_BLOCK_Q <= len && p.window == 0;
-    pipe.start(k_lo - k_lo % MMA_BLOCK_K);
-    for (int64_t k0 = k_lo - k_lo % MMA_BLOCK_K; k0 < k_hi; k0 += MMA_BLOCK_K) {
+    bool rows_full = q0 + BQ <= len && p.window == 0, cap = p.softcap > 0.0f, fold = p.scale > 0.0f && !p.no_fold;
+    for (int k0 = k_first; k0 < k_hi; k0 += MMA_BLOCK_K) {
         T *ks, *vs;
         pipe.acquire(k0, &ks, &vs);
-        bool full = rows_full && k0 + MMA_BLOCK_K <= klen && (!p.causal || k0 + MMA_BLOCK_K - 1 <= q_min);
-        float s[MMA_BLOCK_K / 8][4];
+        float s[WM][MMA_BLOCK_K / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        for (int m = 0; m < WM; m++)
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                uint32_t b0 = *(const uint32_t *)&ks[(nt * 8 + g) * LDK + kk * 16 + t * 2];
-                uint32_t b1 = *(const uint32_t *)&ks[(nt * 8 + g) * LDK + kk * 16 + 8 + t * 2];
-                mma16816<T>(s[nt], qf[kk], b0, b1);
-            }
-        }
-        float tile_max[2] = {-INFINITY, -INFINITY};
+            for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++) s[m][nt][0] = s[m][nt][1] = s[m][nt][2] = s[m][nt][3] = 0.0f;
 #pragma unroll
-        for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t qa[WM][4];
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int64_t j = k0 + nt * 8 + t * 2 + (e & 1);
-                float v = full || visible_in(p, sp, rows_i[e >> 1], j) ? cap_score(p, p.scale * s[nt][e]) : -INFINITY;
-                s[nt][e] = v;
-                tile_max[e >> 1] = fmaxf(tile_max[e >> 1], v);
-            }
-        float alpha[2], new_max[2], tile_sum[2] = {0.0f, 0.0f};
+            for (int m = 0; m < WM; m++) {
+                if (WM == 1) {
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
-            tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-            new_max[r] = fmaxf(row_max[r], tile_max[r]);
-            alpha[r] = new_max[r] == -INFINITY ? 1.0f : expf(row_max[r] - new_max[r]);
-            row_max[r] = new_max[r];
-        }
-#pragma unroll
-        for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float v = s[nt][e] == -INFINITY ? 0.0f : expf(s[nt][e] - new_max[e >> 1]);
-                s[nt][e] = v;
-                tile_sum[e >> 1] += v;
+                    for (int e = 0; e < 4; e++) qa[m][e] = qf[WM == 1 ? kk : 0][e];
+                } else {
+                    ldsm_a<T>(qa[m], qs, LD, r0 + 16 * m, kk * 16);
+                }
             }
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 1);
-            tile_sum[r] += __shfl_xor_sync(0xffffffffu, tile_sum[r], 2);
-            row_sum[r] = row_sum[r] * alpha[r] + tile_sum[r];
-        }
+            for (int np = 0; np < MMA_BLOCK_K / 16; np++) {
+                uint32_t b[4];
+                ldsm_b<T>(b, ks, LD, np * 16, kk * 16);
 #pragma unroll
-        for (int nd = 0; nd < D / 8; nd++) {
-            o[nd][0] *= alpha[0];
-            o[nd][1] *= alpha[0];
-            o[nd][2] *= alpha[1];
-            o[nd][3] *= alpha[1];
+                for (int m = 0; m < WM; m++) {
+                    mma16816<T>(s[m][2 * np], qa[m], b[0], b[1]);
+                    mma16816<T>(s[m][2 * np + 1], qa[m], b[2], b[3]);
+                }
+            }
+        }
+        bool full = rows_full && k0 + MMA_BLOCK_K <= klen && (!p.causal || k0 + MMA_BLOCK_K - 1 <= q0 + off);
+        int row0 = q0 + r0;
+        if (full) {
+            if (cap) mma_online_softmax<false, true, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
+            else if (fold) mma_online_softmax<false, false, true, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
+            else mma_online_softmax<false, false, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
+        } else {
+            if (cap) mma_online_softmax<true, true, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
+            else mma_online_softmax<true, false, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
         }
 #pragma unroll
         for (int kk = 0; kk < MMA_BLOCK_K / 16; kk++) {
-            uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                              pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            uint32_t pa[WM][4];
+#pragma unroll
+            for (int m = 0; m < WM; m++) {
+                pa[m][0] = pack2<T>(s[m][2 * kk][0], s[m][2 * kk][1]);
+                pa[m][1] = pack2<T>(s[m][2 * kk][2], s[m][2 * kk][3]);
+                pa[m][2] = pack2<T>(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
+                pa[m][3] = pack2<T>(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
+            }
 #pragma unroll
             for (int nd = 0; nd < D / 8; nd += 2) {
                 uint32_t b[4];
-                ldmatrix_b_trans<T>(b, &vs[(kk * 16) * LDK + nd * 8], LDK);
-                mma16816<T>(o[nd], pa, b[0], b[1]);
-                mma16816<T>(o[nd + 1], pa, b[2], b[3]);
+                ldsm_b_trans<T>(b, vs, LD, kk * 16, nd * 8);
+#pragma unroll
+                for (int m = 0; m < WM; m++) {
+                    mma16816<T>(o[m][nd], pa[m], b[0], b[1]);
+                    mma16816<T>(o[m][nd + 1], pa[m], b[2], b[3]);
+                }
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int64_t i = rows_i[r];
-        if (i >= len) continue;
-        float inv = row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f;
-        T *out = (T *)p.out + (start + i) * p.ldo + h * D;
+    for (int m = 0; m < WM; m++)
 #pragma unroll
-        for (int nd = 0; nd < D / 8; nd++) {
-            out[nd * 8 + t * 2] = from_f32<T>(o[nd][2 * r] * inv);
-            out[nd * 8 + t * 2 + 1] = from_f32<T>(o[nd][2 * r + 1] * inv);
+        for (int r = 0; r < 2; r++) {
+            float sum = l[2 * m + r];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            int i = q0 + r0 + 16 * m + g + 8 * r;
+            if (i >= len) continue;
+            float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+            T *out = (T *)p.out + (start + i) * p.ldo + h * D;
+#pragma unroll
+            for (int nd = 0; nd < D / 8; nd++) {
+                float a = o[m][nd][2 * r] * inv, b = o[m][nd][2 * r + 1] * inv;
+                if (p.vec_o) {
+                    *(uint32_t *)(out + nd * 8 + t * 2) = pack2<T>(a, b);
+                } else {
+                    out[nd * 8 + t * 2] = from_f32<T>(a);
+                    out[nd * 8 + t * 2 + 1] = from_f32<T>(b);
+                }
+            }
+            if (t == 0 && p.lse)
+                p.lse[h * p.n_tokens + start + i] = sum > 0.0f ? mx[2 * m + r] * MMA_LN2 + logf(sum) : -INFINITY;
         }
-        if (t == 0 && p.lse) p.lse[h * p.n_tokens + start + i] = row_sum[r] > 0.0f ? row_max[r] + logf(row_sum[r]) : -INFINITY;
-    }
 }
 
-/* ---- backward: two kernels, no atomics ---------------------------------------------------------
- * attention_dkdv_mma_kernel: one 64-key tile per block (16 keys per warp) of one kv head, looping
+/* ---- backward -------------------------------------------------------------------------------------
+ * attention_dkdv_mma_kernel: one tile of 16 KW keys per block (KW warps of 16 keys; 4 or 8) of one kv head, looping
  * over the query heads of its group and over 32-query tiles: S^T = K Q^T, P^T from lse,
- * dP^T = V dO^T, dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q.
+ * dP^T = V dO^T, dS^T = P^T (dP^T - delta), dV += P^T dO, dK += dS^T Q. With ATOMIC_DQ
+ * (FINCH_CUDA_ATTENTION=dqatomic) it also adds dQ = dS K for its keys to an f32 accumulator with
+ * atomics (dS goes through shared memory; each warp then owns 16 query rows x D/2 columns),
+ * FlashAttention-2's scheme: five products per score. By default a second kernel recomputes S and dP
+ * per query tile (seven products, yet faster than the atomics on an H200):
  * attention_dq_mma_kernel: one 64-query tile per block (16 per warp), looping over key tiles:
- * S = Q K^T, P, dP = dO V^T, dS, dQ += dS K. Operands are read from row-major shared memory tiles:
- * one 32-bit load per fragment register where the ISA's pair runs along the row, ldmatrix.trans
- * where it runs down a column. */
+ * S = Q K^T, P, dP = dO V^T, dS, dQ += dS K. lse is kept in base-2 units (lse * log2(e)) in shared
+ * memory, so P = exp2(score2 - lse2). */
 #define MMA_BWD_Q 32
 
 template <int D> struct mma_bwd_smem {
     static const int LD = D + 8;
-    /* dK/dV kernel: K, V [64][LD]; Q, dO [nbuf][32][LD] (the next query tile loading while one is
-     * used); lse, delta [32] f32 */
-    static size_t dkdv_bytes(bool async)
+    /* dK/dV kernel: K, V [keys][LD]; Q, dO [nbuf][32][LD] (the next query tile loading while one is
+     * used); dS^T [keys][LDS] (atomic dQ); lse, delta [32] f32 */
+    static const int LDS = MMA_BWD_Q + 8; /* row stride of dS^T [64][LDS] (atomic dQ) */
+    static size_t dkdv_bytes(bool async, bool atomic_dq, int keys)
     {
-        return ((size_t)2 * MMA_BLOCK_K * LD + (async ? 4 : 2) * MMA_BWD_Q * LD) * 2 + 2 * MMA_BWD_Q * sizeof(float);
+        return ((size_t)2 * keys * LD + (async ? 4 : 2) * MMA_BWD_Q * LD + (atomic_dq ? keys * LDS : 0)) * 2 +
+               2 * MMA_BWD_Q * sizeof(float);
     }
     /* dQ kernel: Q, dO [64][LD]; K, V [nbuf][64][LD] (kv_pipeline); lse, delta [64] f32 */
     static size_t dq_bytes(bool async)
     {
-        return (size_t)(async ? 6 : 4) * MMA_BLOCK_K * LD * 2 + 2 * MMA_BLOCK_Q * sizeof(float);
+        return (size_t)(async ? 6 : 4) * MMA_BLOCK_K * LD * 2 + 2 * MMA_BLOCK_K * sizeof(float);
     }
 };
 
-template <int D, typename T>
-__global__ void __launch_bounds__(MMA_THREADS) attention_dkdv_mma_kernel(attn_params p)
+/* P and dS (times scale) of one score: dot = q.k, dp = dO.v, lse2 and delta of its query row. */
+template <bool MASK, bool CAP>
+__device__ __forceinline__ void mma_prob_ds(const attn_params &p, float &dot, float &dp, float lse2, float delta, bool vis)
+{
+    float x = mma_score2<CAP>(p, dot);
+    float prob = exp2_fast(x - lse2);
+    if (MASK && !vis) prob = 0.0f;
+    float ds = prob * (dp - delta);
+    if (CAP) {
+        float c = x * (MMA_LN2 / p.softcap); /* tanh of the capped score */
+        ds *= 1.0f - c * c;
+    }
+    dot = prob;
+    dp = ds * p.scale;
+}
+
+/* S^T -> P^T, dP^T -> dS^T for the dK/dV kernel: rows are keys key0 + g (+ 8), columns queries
+ * q0 + 8 nt + 2 t (+ 1). */
+template <bool MASK, bool CAP>
+__device__ __forceinline__ void mma_dkdv_probs(const attn_params &p, float (&st)[MMA_BWD_Q / 8][4], float (&dpt)[MMA_BWD_Q / 8][4],
+                                               const float *lse_s, const float *delta_s, int q0, int key0, int len)
+{
+    int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int nt = 0; nt < MMA_BWD_Q / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int col = nt * 8 + t * 2 + (e & 1);
+            bool vis = !MASK || mma_visible(p, q0 + col, key0 + g + 8 * (e >> 1), len, len, 0);
+            mma_prob_ds<MASK, CAP>(p, st[nt][e], dpt[nt][e], lse_s[col], delta_s[col], vis);
+        }
+}
+
+/* S -> dS for the dQ kernel: rows are queries row0 + g (+ 8), columns keys k0 + 8 nt + 2 t (+ 1);
+ * lse_s and delta_s are indexed by the row within the block's tile (row0 - q0 + ...). */
+template <bool MASK, bool CAP>
+__device__ __forceinline__ void mma_dq_probs(const attn_params &p, float (&s)[MMA_BLOCK_K / 8][4], float (&dp)[MMA_BLOCK_K / 8][4],
+                                             const float *lse_s, const float *delta_s, int q0, int r0, int k0, int len)
+{
+    int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int row = r0 + g + 8 * (e >> 1);
+            bool vis = !MASK || mma_visible(p, q0 + row, k0 + nt * 8 + t * 2 + (e & 1), len, len, 0);
+            mma_prob_ds<MASK, CAP>(p, s[nt][e], dp[nt][e], lse_s[row], delta_s[row], vis);
+            s[nt][e] = dp[nt][e];
+        }
+}
+
+/* The A fragment of rows row0 .. row0 + 15, columns k0 .. k0 + 15 of a tile stored k-major
+ * ([k][row], stride ld): ldmatrix.trans. */
+template <typename T> __device__ __forceinline__ void ldsm_a_trans(uint32_t a[4], const T *tile, int ld, int k0, int row0)
+{
+    int lane = threadIdx.x % 32;
+    ldsm_x4<true>(a, tile + (k0 + (lane & 7) + ((lane >> 4) << 3)) * ld + row0 + ((lane >> 3) & 1) * 8);
+}
+
+/* Atomic dQ for the dK/dV kernel: dQ[q0 .. q0 + 31] += dS K over the block's 16 KW keys, with dS^T
+ * [key][query] in ds_s (row stride LDS) and K [key][d] in ks. Warp w owns query rows 16 (w % 2) ..
+ * and columns DN (w / 2) .. (DN = D / (KW / 2)); pairs of adjacent columns go to p.dq_acc (f32
+ * [n_tokens][n_heads * D]) with one 8-byte atomic each on sm_90. */
+template <int D, int KW, typename T>
+__device__ __forceinline__ void mma_dq_atomic(const attn_params &p, const T *ds_s, const T *ks, int q0, int64_t h,
+                                              int64_t start, int len)
+{
+    const int LD = mma_bwd_smem<D>::LD, LDS = mma_bwd_smem<D>::LDS, DN = D / (KW / 2);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    int qm = 16 * (warp & 1), dn = DN * (warp >> 1);
+    float acc[DN / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < DN / 8; nd++) acc[nd][0] = acc[nd][1] = acc[nd][2] = acc[nd][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < KW; kk++) {
+        uint32_t a[4];
+        ldsm_a_trans<T>(a, ds_s, LDS, kk * 16, qm);
+#pragma unroll
+        for (int nd = 0; nd < DN / 8; nd += 2) {
+            uint32_t b[4];
+            ldsm_b_trans<T>(b, ks, LD, kk * 16, dn + nd * 8);
+            mma16816<T>(acc[nd], a, b[0], b[1]);
+            mma16816<T>(acc[nd + 1], a, b[2], b[3]);
+        }
+    }
+    int64_t width = p.n_heads * D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int i = q0 + qm + g + 8 * r;
+        if (i >= len) continue;
+        float *row = p.dq_acc + (start + i) * width + h * D + dn + t * 2;
+#pragma unroll
+        for (int nd = 0; nd < DN / 8; nd++) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+            atomicAdd((float2 *)(row + nd * 8), make_float2(acc[nd][2 * r], acc[nd][2 * r + 1]));
+#else
+            atomicAdd(row + nd * 8, acc[nd][2 * r]);
+            atomicAdd(row + nd * 8 + 1, acc[nd][2 * r + 1]);
+#endif
+        }
+    }
+}
+
+template <int D, int KW, bool ATOMIC_DQ, typename T>
+__global__ void __launch_bounds__(32 * KW, 8 / KW) attention_dkdv_mma_kernel(attn_params p)
 {
     typedef mma_bwd_smem<D> L;
-    const int LD = L::LD;
+    const int LD = L::LD, LDS = L::LDS, BK = 16 * KW, NT = 32 * KW;
     extern __shared__ float smem_raw[];
-    T *ks = (T *)smem_raw, *vs = ks + MMA_BLOCK_K * LD, *q_bufs = vs + MMA_BLOCK_K * LD;
-    T *do_bufs = q_bufs + mma_nbuf(p) * MMA_BWD_Q * LD;
-    float *lse_s = (float *)(do_bufs + mma_nbuf(p) * MMA_BWD_Q * LD), *delta_s = lse_s + MMA_BWD_Q;
+    T *ks = (T *)smem_raw, *vs = ks + BK * LD, *q_bufs = vs + BK * LD;
+    T *do_bufs = q_bufs + mma_nbuf(p) * MMA_BWD_Q * LD, *ds_s = do_bufs + mma_nbuf(p) * MMA_BWD_Q * LD;
+    float *lse_s = (float *)(ds_s + (ATOMIC_DQ ? BK * LDS : 0)), *delta_s = lse_s + MMA_BWD_Q;
 
     int64_t seq = blockIdx.z, kvh = blockIdx.y, group = p.n_heads / p.n_kv_heads;
-    int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, k0 = (int64_t)blockIdx.x * MMA_BLOCK_K;
+    int64_t start = p.cu[seq];
+    int len = (int)(p.cu[seq + 1] - start), k0 = (int)blockIdx.x * BK;
     if (k0 >= len) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, kr0 = warp * 16;
-    mma_load_rows<D, T>(ks, LD, (const T *)p.k + start * p.ldk + kvh * D, p.ldk, k0, MMA_BLOCK_K, len, p.vec_k);
-    mma_load_rows<D, T>(vs, LD, (const T *)p.v + start * p.ldv + kvh * D, p.ldv, k0, MMA_BLOCK_K, len, p.vec_v);
+    mma_load_rows<D, T, NT>(ks, LD, (const T *)p.k + start * p.ldk + kvh * D, p.ldk, k0, BK, len, p.vec_k);
+    mma_load_rows<D, T, NT>(vs, LD, (const T *)p.v + start * p.ldv + kvh * D, p.ldv, k0, BK, len, p.vec_v);
 
     float dk[D / 8][4], dv[D / 8][4];
 #pragma unroll
     for (int nd = 0; nd < D / 8; nd++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dk[nd][e] = dv[nd][e] = 0.0f;
-    int64_t keys_j[2] = {k0 + kr0 + g, k0 + kr0 + g + 8};
 
-    int64_t last_k = (k0 + MMA_BLOCK_K < len ? k0 + MMA_BLOCK_K : len) - 1;
-    int64_t q_lo = p.causal ? k0 : 0, q_hi = p.window > 0 ? last_k + p.window : len;
-    if (q_hi > len) q_hi = len;
+    int last_k = (k0 + BK < len ? k0 + BK : len) - 1;
+    int q_lo = p.causal ? k0 : 0;
+    int64_t q_hi64 = p.window > 0 ? last_k + p.window : len;
+    int q_hi = q_hi64 > len ? len : (int)q_hi64;
     /* One pass over (query head of the group, query tile) pairs; with 16-byte rows the next pair's Q
      * and dO tiles (cp.async) and lse/delta (registers) load while the current pair is used. */
     const int64_t h_end = (kvh + 1) * group;
-    const bool async = p.vec_q && p.vec_do && !p.no_async;
+    const bool async = p.vec_q && p.vec_do && !p.no_async, cap = p.softcap > 0.0f;
     const T *qbase = (const T *)p.q + start * p.ldq, *dobase = (const T *)p.dout + start * p.lddout;
     float lse_next = 0.0f, delta_next = 0.0f;
     int buf = 0;
     if (q_lo < q_hi) {
         int64_t h = kvh * group;
         if (async) {
-            mma_load_rows_async<D, T>(q_bufs, LD, qbase + h * D, p.ldq, q_lo, MMA_BWD_Q, len);
-            mma_load_rows_async<D, T>(do_bufs, LD, dobase + h * D, p.lddout, q_lo, MMA_BWD_Q, len);
+            mma_load_rows_async<D, T, NT>(q_bufs, LD, qbase + h * D, p.ldq, q_lo, MMA_BWD_Q, len);
+            mma_load_rows_async<D, T, NT>(do_bufs, LD, dobase + h * D, p.lddout, q_lo, MMA_BWD_Q, len);
         }
         cp_async_commit();
         if (threadIdx.x < MMA_BWD_Q) {
-            int64_t i = q_lo + threadIdx.x;
-            lse_next = i < len ? p.lse[h * p.n_tokens + start + i] : 0.0f;
+            int i = q_lo + threadIdx.x;
+            lse_next = i < len ? p.lse[h * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
             delta_next = i < len ? p.delta[h * p.n_tokens + start + i] : 0.0f;
         }
     }
     for (int64_t h = kvh * group; h < h_end; h++) {
-        for (int64_t q0 = q_lo; q0 < q_hi; q0 += MMA_BWD_Q) {
-            int64_t nh = h, nq = q0 + MMA_BWD_Q;
+        for (int q0 = q_lo; q0 < q_hi; q0 += MMA_BWD_Q) {
+            int64_t nh = h;
+            int nq = q0 + MMA_BWD_Q;
             if (nq >= q_hi) {
                 nh++;
                 nq = q_lo;
@@ -395,29 +641,29 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dkdv_mma_kernel(attn_pa
             if (threadIdx.x < MMA_BWD_Q) {
                 lse_s[threadIdx.x] = lse_next;
                 delta_s[threadIdx.x] = delta_next;
-                int64_t i = nq + threadIdx.x;
+                int i = nq + threadIdx.x;
                 if (more) {
-                    lse_next = i < len ? p.lse[nh * p.n_tokens + start + i] : 0.0f;
+                    lse_next = i < len ? p.lse[nh * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
                     delta_next = i < len ? p.delta[nh * p.n_tokens + start + i] : 0.0f;
                 }
             }
             T *qs = q_bufs + buf * MMA_BWD_Q * LD, *dos = do_bufs + buf * MMA_BWD_Q * LD;
             if (async) {
                 if (more) {
-                    mma_load_rows_async<D, T>(q_bufs + (buf ^ 1) * MMA_BWD_Q * LD, LD, qbase + nh * D, p.ldq, nq, MMA_BWD_Q, len);
-                    mma_load_rows_async<D, T>(do_bufs + (buf ^ 1) * MMA_BWD_Q * LD, LD, dobase + nh * D, p.lddout, nq, MMA_BWD_Q,
-                                              len);
+                    mma_load_rows_async<D, T, NT>(q_bufs + (buf ^ 1) * MMA_BWD_Q * LD, LD, qbase + nh * D, p.ldq, nq, MMA_BWD_Q,
+                                                  len);
+                    mma_load_rows_async<D, T, NT>(do_bufs + (buf ^ 1) * MMA_BWD_Q * LD, LD, dobase + nh * D, p.lddout, nq,
+                                                  MMA_BWD_Q, len);
                 }
                 cp_async_commit();
                 cp_async_wait<1>();
                 buf ^= 1;
             } else {
-                mma_load_rows<D, T>(qs, LD, qbase + h * D, p.ldq, q0, MMA_BWD_Q, len, p.vec_q);
-                mma_load_rows<D, T>(dos, LD, dobase + h * D, p.lddout, q0, MMA_BWD_Q, len, p.vec_do);
+                mma_load_rows<D, T, NT>(qs, LD, qbase + h * D, p.ldq, q0, MMA_BWD_Q, len, p.vec_q);
+                mma_load_rows<D, T, NT>(dos, LD, dobase + h * D, p.lddout, q0, MMA_BWD_Q, len, p.vec_do);
             }
             __syncthreads();
-            bool full = q0 + MMA_BWD_Q <= len && k0 + MMA_BLOCK_K <= len && p.window == 0 &&
-                        (!p.causal || k0 + MMA_BLOCK_K - 1 <= q0);
+            bool full = q0 + MMA_BWD_Q <= len && k0 + BK <= len && p.window == 0 && (!p.causal || k0 + BK - 1 <= q0);
             float st[MMA_BWD_Q / 8][4], dpt[MMA_BWD_Q / 8][4];
 #pragma unroll
             for (int nt = 0; nt < MMA_BWD_Q / 8; nt++)
@@ -425,39 +671,28 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dkdv_mma_kernel(attn_pa
                 for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++) {
-                uint32_t ka[4] = {*(const uint32_t *)&ks[(kr0 + g) * LD + kk * 16 + t * 2],
-                                  *(const uint32_t *)&ks[(kr0 + g + 8) * LD + kk * 16 + t * 2],
-                                  *(const uint32_t *)&ks[(kr0 + g) * LD + kk * 16 + 8 + t * 2],
-                                  *(const uint32_t *)&ks[(kr0 + g + 8) * LD + kk * 16 + 8 + t * 2]};
-                uint32_t va[4] = {*(const uint32_t *)&vs[(kr0 + g) * LD + kk * 16 + t * 2],
-                                  *(const uint32_t *)&vs[(kr0 + g + 8) * LD + kk * 16 + t * 2],
-                                  *(const uint32_t *)&vs[(kr0 + g) * LD + kk * 16 + 8 + t * 2],
-                                  *(const uint32_t *)&vs[(kr0 + g + 8) * LD + kk * 16 + 8 + t * 2]};
+                uint32_t ka[4], va[4];
+                ldsm_a<T>(ka, ks, LD, kr0, kk * 16);
+                ldsm_a<T>(va, vs, LD, kr0, kk * 16);
 #pragma unroll
-                for (int nt = 0; nt < MMA_BWD_Q / 8; nt++) {
-                    mma16816<T>(st[nt], ka, *(const uint32_t *)&qs[(nt * 8 + g) * LD + kk * 16 + t * 2],
-                                *(const uint32_t *)&qs[(nt * 8 + g) * LD + kk * 16 + 8 + t * 2]);
-                    mma16816<T>(dpt[nt], va, *(const uint32_t *)&dos[(nt * 8 + g) * LD + kk * 16 + t * 2],
-                                *(const uint32_t *)&dos[(nt * 8 + g) * LD + kk * 16 + 8 + t * 2]);
+                for (int np = 0; np < MMA_BWD_Q / 16; np++) {
+                    uint32_t b[4];
+                    ldsm_b<T>(b, qs, LD, np * 16, kk * 16);
+                    mma16816<T>(st[2 * np], ka, b[0], b[1]);
+                    mma16816<T>(st[2 * np + 1], ka, b[2], b[3]);
+                    ldsm_b<T>(b, dos, LD, np * 16, kk * 16);
+                    mma16816<T>(dpt[2 * np], va, b[0], b[1]);
+                    mma16816<T>(dpt[2 * np + 1], va, b[2], b[3]);
                 }
             }
             /* st becomes P^T, dpt becomes dS^T (scaled), element by element. */
-#pragma unroll
-            for (int nt = 0; nt < MMA_BWD_Q / 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int col = nt * 8 + t * 2 + (e & 1);
-                    float prob = 0.0f, ds = 0.0f;
-                    if (full || visible(p, q0 + col, keys_j[e >> 1], len)) {
-                        float sc = cap_score(p, p.scale * st[nt][e]);
-                        prob = expf(sc - lse_s[col]);
-                        ds = prob * (dpt[nt][e] - delta_s[col]);
-                        if (p.softcap > 0.0f) ds *= 1.0f - (sc / p.softcap) * (sc / p.softcap);
-                        ds *= p.scale;
-                    }
-                    st[nt][e] = prob;
-                    dpt[nt][e] = ds;
-                }
+            if (full) {
+                if (cap) mma_dkdv_probs<false, true>(p, st, dpt, lse_s, delta_s, q0, k0 + kr0, len);
+                else mma_dkdv_probs<false, false>(p, st, dpt, lse_s, delta_s, q0, k0 + kr0, len);
+            } else {
+                if (cap) mma_dkdv_probs<true, true>(p, st, dpt, lse_s, delta_s, q0, k0 + kr0, len);
+                else mma_dkdv_probs<true, false>(p, st, dpt, lse_s, delta_s, q0, k0 + kr0, len);
+            }
 #pragma unroll
             for (int kq = 0; kq < MMA_BWD_Q / 16; kq++) {
                 uint32_t pa[4] = {pack2<T>(st[2 * kq][0], st[2 * kq][1]), pack2<T>(st[2 * kq][2], st[2 * kq][3]),
@@ -468,19 +703,31 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dkdv_mma_kernel(attn_pa
 #pragma unroll
                 for (int nd = 0; nd < D / 8; nd += 2) {
                     uint32_t b[4];
-                    ldmatrix_b_trans<T>(b, &dos[(kq * 16) * LD + nd * 8], LD);
+                    ldsm_b_trans<T>(b, dos, LD, kq * 16, nd * 8);
                     mma16816<T>(dv[nd], pa, b[0], b[1]);
                     mma16816<T>(dv[nd + 1], pa, b[2], b[3]);
-                    ldmatrix_b_trans<T>(b, &qs[(kq * 16) * LD + nd * 8], LD);
+                    ldsm_b_trans<T>(b, qs, LD, kq * 16, nd * 8);
                     mma16816<T>(dk[nd], sa, b[0], b[1]);
                     mma16816<T>(dk[nd + 1], sa, b[2], b[3]);
                 }
+                if (ATOMIC_DQ) {
+                    /* dS^T as it is in the fragments: [key][query] */
+                    T *row = ds_s + (kr0 + g) * LDS + kq * 16 + t * 2;
+                    *(uint32_t *)row = sa[0];
+                    *(uint32_t *)(row + 8 * LDS) = sa[1];
+                    *(uint32_t *)(row + 8) = sa[2];
+                    *(uint32_t *)(row + 8 * LDS + 8) = sa[3];
+                }
+            }
+            if (ATOMIC_DQ) {
+                __syncthreads(); /* all of dS^T written */
+                mma_dq_atomic<D, KW, T>(p, ds_s, ks, q0, h, start, len);
             }
         }
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        int64_t j = keys_j[r];
+        int j = k0 + kr0 + g + 8 * r;
         if (j >= len) continue;
         T *dkr = (T *)p.dk + (start + j) * p.lddk + kvh * D, *dvr = (T *)p.dv + (start + j) * p.lddv + kvh * D;
 #pragma unroll
@@ -494,39 +741,39 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dkdv_mma_kernel(attn_pa
 }
 
 template <int D, typename T>
-__global__ void __launch_bounds__(MMA_THREADS) attention_dq_mma_kernel(attn_params p, T *dq_out, int64_t lddq)
+__global__ void __launch_bounds__(MMA_THREADS, 2) attention_dq_mma_kernel(attn_params p, T *dq_out, int64_t lddq)
 {
     typedef mma_bwd_smem<D> L;
-    const int LD = L::LD;
+    const int LD = L::LD, BQ = MMA_BLOCK_K; /* query rows per block */
     extern __shared__ float smem_raw[];
-    T *qs = (T *)smem_raw, *dos = qs + MMA_BLOCK_Q * LD, *k_bufs = dos + MMA_BLOCK_Q * LD;
+    T *qs = (T *)smem_raw, *dos = qs + BQ * LD, *k_bufs = dos + BQ * LD;
     T *v_bufs = k_bufs + mma_nbuf(p) * MMA_BLOCK_K * LD;
-    float *lse_s = (float *)(v_bufs + mma_nbuf(p) * MMA_BLOCK_K * LD), *delta_s = lse_s + MMA_BLOCK_Q;
+    float *lse_s = (float *)(v_bufs + mma_nbuf(p) * MMA_BLOCK_K * LD), *delta_s = lse_s + BQ;
 
     int64_t seq = blockIdx.z, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
-    int64_t start = p.cu[seq], len = p.cu[seq + 1] - start, q0 = (int64_t)mma_heavy_first(p) * MMA_BLOCK_Q;
+    int64_t start = p.cu[seq];
+    int len = (int)(p.cu[seq + 1] - start), q0 = (int)mma_heavy_first(p) * BQ;
     if (q0 >= len) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = warp * 16;
-    mma_load_rows<D, T>(qs, LD, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, MMA_BLOCK_Q, len, p.vec_q);
-    mma_load_rows<D, T>(dos, LD, (const T *)p.dout + start * p.lddout + h * D, p.lddout, q0, MMA_BLOCK_Q, len, p.vec_do);
-    if (threadIdx.x < MMA_BLOCK_Q) {
-        int64_t i = q0 + threadIdx.x;
-        lse_s[threadIdx.x] = i < len ? p.lse[h * p.n_tokens + start + i] : 0.0f;
+    mma_load_rows<D, T>(qs, LD, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, BQ, len, p.vec_q);
+    mma_load_rows<D, T>(dos, LD, (const T *)p.dout + start * p.lddout + h * D, p.lddout, q0, BQ, len, p.vec_do);
+    if (threadIdx.x < BQ) {
+        int i = q0 + threadIdx.x;
+        lse_s[threadIdx.x] = i < len ? p.lse[h * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
         delta_s[threadIdx.x] = i < len ? p.delta[h * p.n_tokens + start + i] : 0.0f;
     }
     float dq[D / 8][4];
 #pragma unroll
     for (int nd = 0; nd < D / 8; nd++) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.0f;
-    int rows[2] = {r0 + g, r0 + g + 8};
 
-    int64_t last_q = q0 + MMA_BLOCK_Q < len ? q0 + MMA_BLOCK_Q : len;
-    int64_t k_lo = p.window > 0 ? q0 - p.window + 1 : 0, k_hi = p.causal ? last_q : len;
-    if (k_lo < 0) k_lo = 0;
+    int last_q = q0 + BQ < len ? q0 + BQ : len;
+    int64_t k_lo64 = p.window > 0 ? q0 - p.window + 1 : 0;
+    int k_lo = k_lo64 < 0 ? 0 : (int)k_lo64, k_hi = p.causal ? last_q : len;
     const T *kp = (const T *)p.k + start * p.ldk + kvh * D, *vp = (const T *)p.v + start * p.ldv + kvh * D;
     kv_pipeline<D, T> pipe = {k_bufs, v_bufs, LD, kp, vp, p.ldk, p.ldv, len, k_hi, p.vec_k && p.vec_v && !p.no_async, p.vec_k, p.vec_v, 0};
-    bool rows_full = q0 + MMA_BLOCK_Q <= len && p.window == 0;
+    bool rows_full = q0 + BQ <= len && p.window == 0, cap = p.softcap > 0.0f;
     pipe.start(k_lo - k_lo % MMA_BLOCK_K);
-    for (int64_t k0 = k_lo - k_lo % MMA_BLOCK_K; k0 < k_hi; k0 += MMA_BLOCK_K) {
+    for (int k0 = k_lo - k_lo % MMA_BLOCK_K; k0 < k_hi; k0 += MMA_BLOCK_K) {
         T *ks, *vs;
         pipe.acquire(k0, &ks, &vs);
         bool full = rows_full && k0 + MMA_BLOCK_K <= len && (!p.causal || k0 + MMA_BLOCK_K - 1 <= q0);
@@ -537,37 +784,27 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dq_mma_kernel(attn_para
             for (int e = 0; e < 4; e++) s[nt][e] = dp[nt][e] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t qa[4] = {*(const uint32_t *)&qs[(r0 + g) * LD + kk * 16 + t * 2],
-                              *(const uint32_t *)&qs[(r0 + g + 8) * LD + kk * 16 + t * 2],
-                              *(const uint32_t *)&qs[(r0 + g) * LD + kk * 16 + 8 + t * 2],
-                              *(const uint32_t *)&qs[(r0 + g + 8) * LD + kk * 16 + 8 + t * 2]};
-            uint32_t da[4] = {*(const uint32_t *)&dos[(r0 + g) * LD + kk * 16 + t * 2],
-                              *(const uint32_t *)&dos[(r0 + g + 8) * LD + kk * 16 + t * 2],
-                              *(const uint32_t *)&dos[(r0 + g) * LD + kk * 16 + 8 + t * 2],
-                              *(const uint32_t *)&dos[(r0 + g + 8) * LD + kk * 16 + 8 + t * 2]};
+            uint32_t qa[4], da[4];
+            ldsm_a<T>(qa, qs, LD, r0, kk * 16);
+            ldsm_a<T>(da, dos, LD, r0, kk * 16);
 #pragma unroll
-            for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++) {
-                mma16816<T>(s[nt], qa, *(const uint32_t *)&ks[(nt * 8 + g) * LD + kk * 16 + t * 2],
-                            *(const uint32_t *)&ks[(nt * 8 + g) * LD + kk * 16 + 8 + t * 2]);
-                mma16816<T>(dp[nt], da, *(const uint32_t *)&vs[(nt * 8 + g) * LD + kk * 16 + t * 2],
-                            *(const uint32_t *)&vs[(nt * 8 + g) * LD + kk * 16 + 8 + t * 2]);
+            for (int np = 0; np < MMA_BLOCK_K / 16; np++) {
+                uint32_t b[4];
+                ldsm_b<T>(b, ks, LD, np * 16, kk * 16);
+                mma16816<T>(s[2 * np], qa, b[0], b[1]);
+                mma16816<T>(s[2 * np + 1], qa, b[2], b[3]);
+                ldsm_b<T>(b, vs, LD, np * 16, kk * 16);
+                mma16816<T>(dp[2 * np], da, b[0], b[1]);
+                mma16816<T>(dp[2 * np + 1], da, b[2], b[3]);
             }
         }
-#pragma unroll
-        for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int row = rows[e >> 1];
-                float ds = 0.0f;
-                if (full || visible(p, q0 + row, k0 + nt * 8 + t * 2 + (e & 1), len)) {
-                    float sc = cap_score(p, p.scale * s[nt][e]);
-                    float prob = expf(sc - lse_s[row]);
-                    ds = prob * (dp[nt][e] - delta_s[row]);
-                    if (p.softcap > 0.0f) ds *= 1.0f - (sc / p.softcap) * (sc / p.softcap);
-                    ds *= p.scale;
-                }
-                s[nt][e] = ds;
-            }
+        if (full) {
+            if (cap) mma_dq_probs<false, true>(p, s, dp, lse_s, delta_s, q0, r0, k0, len);
+            else mma_dq_probs<false, false>(p, s, dp, lse_s, delta_s, q0, r0, k0, len);
+        } else {
+            if (cap) mma_dq_probs<true, true>(p, s, dp, lse_s, delta_s, q0, r0, k0, len);
+            else mma_dq_probs<true, false>(p, s, dp, lse_s, delta_s, q0, r0, k0, len);
+        }
 #pragma unroll
         for (int kk = 0; kk < MMA_BLOCK_K / 16; kk++) {
             uint32_t sa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
@@ -575,7 +812,7 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dq_mma_kernel(attn_para
 #pragma unroll
             for (int nd = 0; nd < D / 8; nd += 2) {
                 uint32_t b[4];
-                ldmatrix_b_trans<T>(b, &ks[(kk * 16) * LD + nd * 8], LD);
+                ldsm_b_trans<T>(b, ks, LD, kk * 16, nd * 8);
                 mma16816<T>(dq[nd], sa, b[0], b[1]);
                 mma16816<T>(dq[nd + 1], sa, b[2], b[3]);
             }
@@ -583,7 +820,7 @@ __global__ void __launch_bounds__(MMA_THREADS) attention_dq_mma_kernel(attn_para
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        int64_t i = q0 + rows[r];
+        int i = q0 + r0 + g + 8 * r;
         if (i >= len) continue;
         T *dst = dq_out + (start + i) * lddq + h * D;
 #pragma unroll
