@@ -492,6 +492,18 @@ static void test_activations(void)
 }
 
 /* ---- matrix products ---------------------------------------------------------------------------- */
+/* d[0] on both sides over a, b and c (d[1] becomes d[0] with the plugin's addresses). */
+static void gemm_both(finch_gemm_desc d[2], tensor a, tensor b, tensor c)
+{
+    d[1] = d[0];
+    for (int s = 0; s < 2; s++) {
+        d[s].a = D(a, s);
+        d[s].b = D(b, s);
+        d[s].c = D(c, s);
+    }
+    BOTH("gemm", sd->api->gemm(sd->dev, NULL, &d[s]));
+}
+
 static void test_gemm(void)
 {
     static const finch_dtype types[3] = {FINCH_DTYPE_F32, FINCH_DTYPE_BF16, FINCH_DTYPE_F16};
@@ -527,13 +539,7 @@ static void test_gemm(void)
                     size_t nc = (size_t)(d[0].stride_c * d[0].batch);
                     tensor a = random_tensor(d[0].a_type, na, 1.0f), b = random_tensor(d[0].b_type, nb, 1.0f);
                     tensor c = variant == 0 ? poisoned(d[0].c_type, nc) : random_tensor(d[0].c_type, nc, 1.0f);
-                    d[1] = d[0];
-                    for (int s = 0; s < 2; s++) {
-                        d[s].a = D(a, s);
-                        d[s].b = D(b, s);
-                        d[s].c = D(c, s);
-                    }
-                    BOTH("gemm", sd->api->gemm(sd->dev, NULL, &d[s]));
+                    gemm_both(d, a, b, c);
                     snprintf(what, sizeof what, "%s%s A %s B %s C %s batch %lld beta %g", ta ? "At" : "A",
                              tb ? " Bt" : " B", dtype_name(d[0].a_type), dtype_name(d[0].b_type),
                              dtype_name(d[0].c_type), (long long)d[0].batch, d[0].beta);
@@ -654,13 +660,7 @@ static void gemv_case(finch_dtype wt, finch_dtype at, finch_dtype ct, int64_t m,
     tensor b = random_tensor(wt, (size_t)(n * d[0].ldb), 1.0f);
     size_t nc = (size_t)(m * d[0].ldc);
     tensor c = beta != 0.0f ? random_tensor(ct, nc, 1.0f) : poisoned(ct, nc);
-    d[1] = d[0];
-    for (int s = 0; s < 2; s++) {
-        d[s].a = D(a, s);
-        d[s].b = D(b, s);
-        d[s].c = D(c, s);
-    }
-    BOTH("gemm", sd->api->gemm(sd->dev, NULL, &d[s]));
+    gemm_both(d, a, b, c);
     snprintf(what, sizeof what, "gemv m %lld n %lld k %lld: A %s (lda %lld) W %s C %s beta %g split %s", (long long)m,
              (long long)n, (long long)k, dtype_name(at), (long long)d[0].lda, dtype_name(wt), dtype_name(ct), beta, layout);
     finch_dtype coarse = at == FINCH_DTYPE_BF16 || wt == FINCH_DTYPE_BF16 ? FINCH_DTYPE_BF16

@@ -321,6 +321,7 @@ static bool simt_forced(void) { return !strcmp(attention_mode(), "simt"); }
 
 #include "attention_mma.cuh"
 
+#if FINCH_GPU_CUDA /* the tensor-core kernels (attention_mma.cuh) are CUDA's */
 /* Query rows per block of the tensor-core forward: 64 (FINCH_CUDA_ATTENTION=q64: one m-tile per warp,
  * three blocks an SM) or 128 (two m-tiles per warp, FlashAttention-2's tile). 128 measured faster on
  * an H200 (B2 x T2048, h32/8, d128, causal: 0.388 against 0.429 ms; T8192: 2.35 against 2.73 ms). */
@@ -339,6 +340,8 @@ static int launch_forward_mma_tiles(finch_plugin_device *dev, gpuStream_t st, at
     kernel<<<grid, MMA_THREADS, smem, st>>>(pa);
     return GPU_LAUNCHED("attention_forward (tensor cores)");
 }
+
+#endif
 
 /* The tensor-core forward where it applies (16-bit storage, head_dim 64 or 128, sm_80+): *done = 1. */
 template <typename T>
@@ -491,6 +494,7 @@ static int store_dq(gpuStream_t st, const attn_params &p, const finch_attention_
  * against 1.44 ms; T8192: 9.37 against 8.73 ms): the atomics' traffic costs more than the products. */
 static bool dq_atomic(void) { return strstr(attention_mode(), "dqatomic") != NULL; }
 
+#if FINCH_GPU_CUDA
 /* FINCH_CUDA_ATTENTION=k128 (may be combined: "dqatomic,k128"): dK/dV blocks of 128 keys (8 warps,
  * one block an SM) instead of 64 (4 warps, two blocks), sharing each Q/dO tile between twice the
  * keys and halving the dQ atomics. On an H200 (shape as above) k128 alone is slower (1.60 against
@@ -521,6 +525,8 @@ static int launch_backward_mma(finch_plugin_device *dev, gpuStream_t st, attn_pa
     dq<<<dim3(tiles, (unsigned)d->n_heads, (unsigned)d->n_seqs), MMA_THREADS, s2, st>>>(p, (T *)gpu_ptr(d->dq), d->lddq);
     return GPU_LAUNCHED("attention_backward dq (tensor cores)");
 }
+
+#endif
 
 template <typename T>
 static int backward_typed(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d, int mma)

@@ -530,6 +530,35 @@ __device__ __forceinline__ void mma_dq_probs(const attn_params &p, float (&s)[MM
 
 /* The A fragment of rows row0 .. row0 + 15, columns k0 .. k0 + 15 of a tile stored k-major
  * ([k][row], stride ld): ldmatrix.trans. */
+/* The backward's two score-shaped products of a warp's 16 rows (row r0 of the A tiles) against N rows
+ * of the B tiles, over head_dim D: x = A1 B1^T and y = A2 B2^T (S and dP in the dQ kernel with A = Q, dO
+ * and B = K, V; their transposes in the dK/dV kernel with A = K, V and B = Q, dO). */
+template <int D, int N, typename T>
+__device__ __forceinline__ void mma_two_products(float x[N / 8][4], float y[N / 8][4], const T *a1, const T *a2, int r0, const T *b1,
+                                                 const T *b2, int ld)
+{
+#pragma unroll
+    for (int nt = 0; nt < N / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) x[nt][e] = y[nt][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        uint32_t fa[4], fb[4];
+        ldsm_a<T>(fa, a1, ld, r0, kk * 16);
+        ldsm_a<T>(fb, a2, ld, r0, kk * 16);
+#pragma unroll
+        for (int np = 0; np < N / 16; np++) {
+            uint32_t b[4];
+            ldsm_b<T>(b, b1, ld, np * 16, kk * 16);
+            mma16816<T>(x[2 * np], fa, b[0], b[1]);
+            mma16816<T>(x[2 * np + 1], fa, b[2], b[3]);
+            ldsm_b<T>(b, b2, ld, np * 16, kk * 16);
+            mma16816<T>(y[2 * np], fb, b[0], b[1]);
+            mma16816<T>(y[2 * np + 1], fb, b[2], b[3]);
+        }
+    }
+}
+
 template <typename T> __device__ __forceinline__ void ldsm_a_trans(uint32_t a[4], const T *tile, int ld, int k0, int row0)
 {
     int lane = threadIdx.x % 32;
@@ -665,26 +694,7 @@ __global__ void __launch_bounds__(32 * KW, 8 / KW) attention_dkdv_mma_kernel(att
             __syncthreads();
             bool full = q0 + MMA_BWD_Q <= len && k0 + BK <= len && p.window == 0 && (!p.causal || k0 + BK - 1 <= q0);
             float st[MMA_BWD_Q / 8][4], dpt[MMA_BWD_Q / 8][4];
-#pragma unroll
-            for (int nt = 0; nt < MMA_BWD_Q / 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                uint32_t ka[4], va[4];
-                ldsm_a<T>(ka, ks, LD, kr0, kk * 16);
-                ldsm_a<T>(va, vs, LD, kr0, kk * 16);
-#pragma unroll
-                for (int np = 0; np < MMA_BWD_Q / 16; np++) {
-                    uint32_t b[4];
-                    ldsm_b<T>(b, qs, LD, np * 16, kk * 16);
-                    mma16816<T>(st[2 * np], ka, b[0], b[1]);
-                    mma16816<T>(st[2 * np + 1], ka, b[2], b[3]);
-                    ldsm_b<T>(b, dos, LD, np * 16, kk * 16);
-                    mma16816<T>(dpt[2 * np], va, b[0], b[1]);
-                    mma16816<T>(dpt[2 * np + 1], va, b[2], b[3]);
-                }
-            }
+            mma_two_products<D, MMA_BWD_Q, T>(st, dpt, ks, vs, kr0, qs, dos, LD);
             /* st becomes P^T, dpt becomes dS^T (scaled), element by element. */
             if (full) {
                 if (cap) mma_dkdv_probs<false, true>(p, st, dpt, lse_s, delta_s, q0, k0 + kr0, len);
@@ -778,26 +788,7 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) attention_dq_mma_kernel(attn_p
         pipe.acquire(k0, &ks, &vs);
         bool full = rows_full && k0 + MMA_BLOCK_K <= len && (!p.causal || k0 + MMA_BLOCK_K - 1 <= q0);
         float s[MMA_BLOCK_K / 8][4], dp[MMA_BLOCK_K / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) s[nt][e] = dp[nt][e] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t qa[4], da[4];
-            ldsm_a<T>(qa, qs, LD, r0, kk * 16);
-            ldsm_a<T>(da, dos, LD, r0, kk * 16);
-#pragma unroll
-            for (int np = 0; np < MMA_BLOCK_K / 16; np++) {
-                uint32_t b[4];
-                ldsm_b<T>(b, ks, LD, np * 16, kk * 16);
-                mma16816<T>(s[2 * np], qa, b[0], b[1]);
-                mma16816<T>(s[2 * np + 1], qa, b[2], b[3]);
-                ldsm_b<T>(b, vs, LD, np * 16, kk * 16);
-                mma16816<T>(dp[2 * np], da, b[0], b[1]);
-                mma16816<T>(dp[2 * np + 1], da, b[2], b[3]);
-            }
-        }
+        mma_two_products<D, MMA_BLOCK_K, T>(s, dp, qs, dos, r0, ks, vs, LD);
         if (full) {
             if (cap) mma_dq_probs<false, true>(p, s, dp, lse_s, delta_s, q0, r0, k0, len);
             else mma_dq_probs<false, false>(p, s, dp, lse_s, delta_s, q0, r0, k0, len);
