@@ -127,9 +127,10 @@ void finch_session_free(finch_session *s);
 finch_status finch_session_reset(finch_session *s);
 /* Tokens the cache holds for sequence seq. */
 int64_t finch_session_length(const finch_session *s, int seq);
-/* Passes the session ran (appends, prefill and decode), and how many of them were replayed from a
- * recording (one new token per sequence on a backend that records, such as CUDA: the whole pass
- * launched at once; see FINCH_CUDA_GRAPHS in the README). */
+/* Passes the session ran (appends, prefill and decode), and how many of them were launched from a
+ * recording: on a backend that records (CUDA), a pass of one new token per sequence is recorded the
+ * second time it comes with the same sequences and launched whole from then on (FINCH_CUDA_GRAPHS=0
+ * turns it off; see the README). */
 typedef struct finch_session_stats {
     int64_t passes, replayed;
 } finch_session_stats;
