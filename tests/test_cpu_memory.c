@@ -144,6 +144,7 @@ static void test_fill_cast(void)
         if (i != 0 && i != 1 && i != 12 && i != 13) others_zero &= r[i] == 0;
     CHECK(r[12] == 0 && r[13] == 1 && r[0] == 6 && r[1] == 7 && others_zero, "copy_rows values: %g %g %g %g", r[12], r[13], r[0], r[1]);
     CHECK(api->copy_rows(dev, NULL, FINCH_DTYPE_F32, 6, 2, ms, 6, pd, rd, 3) == FINCH_ERR_INVALID_ARGUMENT, "copy_rows: rows overrun");
+    api->free(dev, pd.buf);
 }
 
 int main(void)
