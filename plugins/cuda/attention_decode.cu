@@ -90,26 +90,30 @@ __global__ void __launch_bounds__(DEC_THREADS) attention_decode_kernel(decode_pa
     }
 }
 
-/* One block per (head, sequence), one thread per element of head_dim. */
+/* One block per (head, sequence), one thread per element of head_dim. The chunks' (max, sum) pairs
+ * are read once, in parallel, into shared memory with their weights exp(m_s - m); each element then
+ * sums its chunks' partial outputs with loads that do not wait on each other. */
 template <typename T>
 __global__ void attention_decode_combine_kernel(decode_params p, T *o, int64_t ldo, float *lse, int64_t n_tokens)
 {
+    __shared__ float weight[DEC_MAX_SPLITS], red[32];
     int64_t h = blockIdx.x, seq = blockIdx.y, D = p.head_dim;
     int64_t base = (seq * p.n_heads + h) * p.splits;
     float m = -INFINITY;
-    for (int s = 0; s < p.splits; s++) m = fmaxf(m, p.part_ml[(base + s) * 2]);
+    for (int s = threadIdx.x; s < p.splits; s += blockDim.x) m = fmaxf(m, p.part_ml[(base + s) * 2]);
+    m = block_max(m, red);
     float l = 0.0f;
-    for (int s = 0; s < p.splits; s++) {
-        float ms = p.part_ml[(base + s) * 2];
-        if (ms != -INFINITY) l += p.part_ml[(base + s) * 2 + 1] * expf(ms - m);
+    for (int s = threadIdx.x; s < p.splits; s += blockDim.x) {
+        float ms = p.part_ml[(base + s) * 2], e = ms != -INFINITY ? expf(ms - m) : 0.0f;
+        weight[s] = e;
+        l += p.part_ml[(base + s) * 2 + 1] * e;
     }
+    l = block_sum(l, red); /* its barriers also publish weight[] */
     int64_t qrow = p.cu_q[seq];
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
         float acc = 0.0f;
-        for (int s = 0; s < p.splits; s++) {
-            float ms = p.part_ml[(base + s) * 2];
-            if (ms != -INFINITY) acc += p.part_o[(base + s) * D + d] * expf(ms - m);
-        }
+#pragma unroll 8
+        for (int s = 0; s < p.splits; s++) acc += p.part_o[(base + s) * D + d] * weight[s];
         o[qrow * ldo + h * D + d] = from_f32<T>(acc / l);
     }
     if (lse && threadIdx.x == 0) lse[h * n_tokens + qrow] = m + logf(l);

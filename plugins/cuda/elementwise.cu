@@ -209,15 +209,17 @@ extern "C" int plugin_activation_backward(finch_plugin_device *dev, finch_plugin
 
 /* Gated units: element (i, j) of strided gate/up views, contiguous out/dout. The cap of SOFTCAP is
  * not a parameter of the glu entries, so the gated entries accept the four plain activations.
- * Blocks take rows (grid-stride), threads the columns of a row: no 64-bit division per element. */
+ * Blocks take rows (grid-stride, blockIdx.y), threads the columns of a row (and with few rows, several
+ * blocks a row along blockIdx.x, so that one token's row is not left to one SM): no 64-bit division
+ * per element. */
 template <typename T>
 __global__ void glu_forward_kernel(int act, int64_t n, int64_t dim, const T *gate, int64_t ldg, const T *up,
                                    int64_t ldu, T *out)
 {
-    for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+    for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
         const T *gr = gate + i * ldg, *ur = up + i * ldu;
         T *orow = out + i * dim;
-        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < dim; j += (int64_t)gridDim.x * blockDim.x) {
             float g = to_f32(gr[j]), u = to_f32(ur[j]);
             orow[j] = from_f32<T>(act_forward(act, 0.0f, g) * u);
         }
@@ -228,10 +230,10 @@ template <typename T>
 __global__ void glu_backward_kernel(int act, int64_t n, int64_t dim, const T *gate, int64_t ldg, const T *up,
                                     int64_t ldu, const T *dout, T *dgate, T *dup)
 {
-    for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+    for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
         const T *gr = gate + i * ldg, *ur = up + i * ldu, *dr = dout + i * dim;
         T *dgr = dgate + i * ldg, *dur = dup + i * ldu;
-        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < dim; j += (int64_t)gridDim.x * blockDim.x) {
             float g = to_f32(gr[j]), u = to_f32(ur[j]), d = to_f32(dr[j]);
             float a = act_forward(act, 0.0f, g), da = act_derivative(act, 0.0f, g);
             dgr[j] = from_f32<T>(d * u * da);
@@ -240,8 +242,17 @@ __global__ void glu_backward_kernel(int act, int64_t n, int64_t dim, const T *ga
     }
 }
 
-/* Blocks for the row-wise gated kernels: one per row, at most the grid-stride cap. */
-static unsigned glu_blocks(int64_t n) { return n < 65535 * 16 ? (unsigned)n : 65535u * 16; }
+/* Blocks for the row-wise gated kernels: one per row up to the grid's y limit (then grid-stride);
+ * under 256 rows, a row's columns spread over up to 64 blocks. */
+static dim3 glu_blocks(int64_t n, int64_t dim)
+{
+    unsigned across = 1;
+    if (n < 256) {
+        int64_t want = (dim + THREADS - 1) / THREADS;
+        across = (unsigned)(want < 64 ? want : 64);
+    }
+    return dim3(across, (unsigned)(n < 65535 ? n : 65535));
+}
 
 static int check_glu(finch_activation act, int64_t dim, int64_t ldg, int64_t ldu, const char *entry)
 {
@@ -266,7 +277,7 @@ extern "C" int plugin_glu_forward(finch_plugin_device *dev, finch_plugin_stream 
     GPU_TRY(check_ptr(gpu_ptr(up), "glu_forward", "up"));
     GPU_TRY(check_ptr(gpu_ptr(out), "glu_forward", "out"));
     FINCH_DISPATCH_FLOAT(dtype, T, "glu_forward",
-        glu_forward_kernel<T><<<glu_blocks(n), THREADS, 0, st>>>(
+        glu_forward_kernel<T><<<glu_blocks(n, dim), THREADS, 0, st>>>(
             act, n, dim, (const T *)gpu_ptr(gate), ldg, (const T *)gpu_ptr(up), ldu, (T *)gpu_ptr(out)));
     return GPU_LAUNCHED("glu_forward");
 }
@@ -285,7 +296,7 @@ extern "C" int plugin_glu_backward(finch_plugin_device *dev, finch_plugin_stream
     GPU_TRY(check_ptr(gpu_ptr(dgate), "glu_backward", "dgate"));
     GPU_TRY(check_ptr(gpu_ptr(dup), "glu_backward", "dup"));
     FINCH_DISPATCH_FLOAT(dtype, T, "glu_backward",
-        glu_backward_kernel<T><<<glu_blocks(n), THREADS, 0, st>>>(
+        glu_backward_kernel<T><<<glu_blocks(n, dim), THREADS, 0, st>>>(
             act, n, dim, (const T *)gpu_ptr(gate), ldg, (const T *)gpu_ptr(up), ldu, (const T *)gpu_ptr(dout),
             (T *)gpu_ptr(dgate), (T *)gpu_ptr(dup)));
     return GPU_LAUNCHED("glu_backward");

@@ -5,8 +5,10 @@
 #define THREADS 256
 #define ROW_CHUNK 128 /* rows per block of the column reduction */
 
-template <typename T, typename W>
-__global__ void __launch_bounds__(THREADS)
+/* NT threads a row: THREADS, or 1024 for a few long rows (a decode step's one token), where a single
+ * block would otherwise walk its row in many dependent rounds. */
+template <typename T, typename W, int NT>
+__global__ void __launch_bounds__(NT)
 rmsnorm_forward_kernel(int64_t n, int64_t dim, const T *x, const W *w, float offset, float eps, T *y, float *rstd_out)
 {
     __shared__ float shared[32];
@@ -164,10 +166,15 @@ extern "C" int plugin_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_str
     GPU_TRY(gpu_begin(dev, s, &st));
     if (n <= 0) return FINCH_OK;
     GPU_TRY(check_norm("rmsnorm_forward", dim, dtype, w_type, gpu_ptr(x), gpu_ptr(y), "y"));
+    bool wide = n < 256 && dim >= 2048;
     DISPATCH_NORM(dtype, w_type, "rmsnorm_forward",
-        rmsnorm_forward_kernel<T, W><<<row_blocks(n), THREADS, 0, st>>>(n, dim, (const T *)gpu_ptr(x), (const W *)gpu_ptr(w),
-                                                                        weight_offset, eps, (T *)gpu_ptr(y),
-                                                                        (float *)gpu_ptr(rstd)));
+        if (wide)
+            rmsnorm_forward_kernel<T, W, 1024><<<row_blocks(n), 1024, 0, st>>>(n, dim, (const T *)gpu_ptr(x), (const W *)gpu_ptr(w),
+                                                                             weight_offset, eps, (T *)gpu_ptr(y), (float *)gpu_ptr(rstd));
+        else
+            rmsnorm_forward_kernel<T, W, THREADS><<<row_blocks(n), THREADS, 0, st>>>(n, dim, (const T *)gpu_ptr(x), (const W *)gpu_ptr(w),
+                                                                                   weight_offset, eps, (T *)gpu_ptr(y),
+                                                                                   (float *)gpu_ptr(rstd)));
     return GPU_LAUNCHED("rmsnorm_forward");
 }
 

@@ -13,13 +13,15 @@ struct rope_params {
     float attn_factor, sign; /* sign -1: backward */
 };
 
-/* One block per token (grid-stride): the block's angles (cos, sin of each rotated pair index, shared
- * by every head) go to shared memory once, then the threads walk the token's heads x pairs. */
+/* One block per token (grid-stride) and group of heads (blockIdx.y: with few tokens, a decode step's,
+ * the heads spread over several blocks): the block's angles (cos, sin of each rotated pair index,
+ * shared by every head) go to shared memory once, then the threads walk its heads x pairs. */
 template <typename T>
 __global__ void rope_kernel(rope_params p, T *x)
 {
     extern __shared__ float cs[]; /* cos [half], sin [half] */
-    int half = (int)p.half, pairs = (int)(p.n_heads * p.half);
+    int half = (int)p.half, per = (int)((p.n_heads + gridDim.y - 1) / gridDim.y), h0 = (int)blockIdx.y * per;
+    int h1 = h0 + per < p.n_heads ? h0 + per : (int)p.n_heads, pairs = (h1 > h0 ? h1 - h0 : 0) * half;
     for (int64_t t = blockIdx.x; t < p.n_tokens; t += gridDim.x) {
         __syncthreads(); /* the previous token's angles are used */
         for (int d = threadIdx.x; d < half; d += blockDim.x) {
@@ -33,6 +35,7 @@ __global__ void rope_kernel(rope_params p, T *x)
         T *row = x + t * p.ldx;
         for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
             int h = j / half, d = j - h * half;
+            h += h0;
             T *hr = row + (int64_t)h * p.head_dim;
             float c = cs[d], sn = cs[half + d];
             float x1 = to_f32(hr[d]), x2 = to_f32(hr[d + half]);
@@ -78,9 +81,10 @@ static int rope(finch_plugin_device *dev, finch_plugin_stream *s, const finch_ro
         return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: %lld heads of %lld pairs", entry,
                         (long long)d->n_heads, (long long)p.half);
     unsigned blocks = d->n_tokens < 65535 * 16 ? (unsigned)d->n_tokens : 65535u * 16;
+    unsigned groups = d->n_tokens < 64 ? (unsigned)(d->n_heads < 8 ? d->n_heads : 8) : 1;
     size_t smem = (size_t)p.half * 2 * sizeof(float);
     FINCH_DISPATCH_FLOAT(d->dtype, T, entry,
-        rope_kernel<T><<<blocks, THREADS, smem, st>>>(p, (T *)gpu_ptr(d->x)));
+        rope_kernel<T><<<dim3(blocks, groups), THREADS, smem, st>>>(p, (T *)gpu_ptr(d->x)));
     return GPU_LAUNCHED(entry);
 }
 
