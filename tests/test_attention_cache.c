@@ -276,9 +276,8 @@ int main(void)
     cpu_errors(&cpu);
     cpu.api->device_close(cpu.dev);
 
-    const char *bin = getenv("FINCH_BIN_DIR");
     char path[4096];
-    snprintf(path, sizeof path, "%s/libfinch-opencl.so", bin && *bin ? bin : "bin");
+    snprintf(path, sizeof path, "%s/libfinch-opencl.so", testing_bin_dir());
     void *mod = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!mod) {
         printf("opencl: not built (%s), skipped\n", path);

@@ -175,8 +175,7 @@ static void bad_inputs(void)
 
 int main(void)
 {
-    const char *bin = getenv("FINCH_BIN_DIR");
-    snprintf(finch_bin, sizeof finch_bin, "%s/finch", bin && *bin ? bin : "bin");
+    snprintf(finch_bin, sizeof finch_bin, "%s/finch", testing_bin_dir());
     snprintf(tmp, sizeof tmp, "%s", testing_tmp_dir());
     snprintf(log_path, sizeof log_path, "%s/forward_cli.log", tmp);
     if (access(finch_bin, X_OK) != 0) {

@@ -98,8 +98,7 @@ static void bad_inputs(void)
 
 int main(void)
 {
-    const char *bin = getenv("FINCH_BIN_DIR");
-    snprintf(finch_bin, sizeof finch_bin, "%s/finch", bin && *bin ? bin : "bin");
+    snprintf(finch_bin, sizeof finch_bin, "%s/finch", testing_bin_dir());
     snprintf(log_path, sizeof log_path, "%s/generate_ids_cli.log", testing_tmp_dir());
     if (access(finch_bin, X_OK) != 0) {
         fprintf(stderr, "no finch binary at %s\n", finch_bin);

@@ -44,8 +44,7 @@ static int train(const char *name, const char *extra, double *losses, char *out,
 
 int main(void)
 {
-    const char *b = getenv("FINCH_BIN_DIR");
-    snprintf(bin, sizeof bin, "%s", b && *b ? b : "bin");
+    snprintf(bin, sizeof bin, "%s", testing_bin_dir());
     snprintf(dir, sizeof dir, "%s/cli_switch", testing_tmp_dir());
     snprintf(model, sizeof model, "%s/model", dir);
     snprintf(data, sizeof data, "%s/data.jsonl", dir);

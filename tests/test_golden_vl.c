@@ -321,8 +321,7 @@ static void train_smoke(finch_runtime *rt, const char *model_dir)
 static void check_cli(const char *base)
 {
     char bin[1100], model[1100], image[1100], batch[1200], out[1200], log[1200];
-    const char *dir = getenv("FINCH_BIN_DIR");
-    snprintf(bin, sizeof bin, "%s/finch", dir && *dir ? dir : "bin");
+    snprintf(bin, sizeof bin, "%s/finch", testing_bin_dir());
     snprintf(model, sizeof model, "%s/model", base);
     snprintf(image, sizeof image, "%s/image0.png", base);
     snprintf(batch, sizeof batch, "%s/golden.safetensors", base);

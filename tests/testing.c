@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 int testing_passed, testing_failed;
 
@@ -24,6 +25,25 @@ const char *testing_tmp_dir(void)
 {
     const char *d = getenv("FINCH_TEST_TMP");
     return d && *d ? d : "/tmp";
+}
+
+const char *testing_bin_dir(void)
+{
+    static char own[4096];
+    const char *d = getenv("FINCH_BIN_DIR");
+    if (d && *d) return d;
+    ssize_t len = readlink("/proc/self/exe", own, sizeof own - 16);
+    if (len > 0) {
+        own[len] = 0;
+        char *slash = strrchr(own, '/');
+        if (slash) {
+            strcpy(slash, "/finch");
+            int beside = access(own, X_OK) == 0;
+            *slash = 0;
+            if (beside) return own;
+        }
+    }
+    return "bin";
 }
 
 double testing_rel_err(const float *a, const float *ref, size_t n)

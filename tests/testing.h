@@ -26,6 +26,9 @@ int testing_finish(void);
 const char *testing_shared_dir(void);
 /* A scratch directory for files a test writes ($FINCH_TEST_TMP, else /tmp). */
 const char *testing_tmp_dir(void);
+/* Where the finch tool and the plugin modules are: $FINCH_BIN_DIR (ctest sets it), else the test's own
+ * folder when the tool is beside it (a GPU bundle's bin/), else "bin". */
+const char *testing_bin_dir(void);
 /* ||a - ref|| / ||ref|| (or ||a|| when ref is all zeros). */
 double testing_rel_err(const float *a, const float *ref, size_t n);
 /* Deterministic pseudo-random floats in [-1, 1). */
