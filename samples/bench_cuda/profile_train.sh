@@ -28,13 +28,8 @@ start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$out/summary.txt"; }
 left() { echo $(( start + budget - $(date +%s) )); }
 
-lib=/tmp/finch-gpu-lib
-mkdir -p "$lib"
-cp "$bundle"/lib/*.so* "$lib"/ 2>/dev/null
-for f in "$lib"/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
-cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
-export LD_LIBRARY_PATH="$lib:/usr/local/cuda/lib64:${cublas:+$cublas:}${LD_LIBRARY_PATH:-}"
-export FINCH_SHARED_DIR="$bundle/shared"
+. "$(dirname "$0")/bundle_env.sh"
+export "${finch_env[@]:1}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/summary.txt" 2>&1
 
 stamp "a) parity and goldens"

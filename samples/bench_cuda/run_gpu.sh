@@ -18,13 +18,7 @@ start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$out/summary.txt"; }
 
 # Libraries the bundle carries (OpenBLAS gzipped), then the CUDA toolkit's and pip's cuBLASLt.
-lib=/tmp/finch-gpu-lib
-mkdir -p "$lib"
-cp "$bundle"/lib/*.so* "$lib"/ 2>/dev/null
-for f in "$lib"/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
-cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
-finch_env=(env "LD_LIBRARY_PATH=$lib:/usr/local/cuda/lib64:${cublas:+$cublas:}${LD_LIBRARY_PATH:-}"
-           "FINCH_SHARED_DIR=$bundle/shared" "FINCH_PLUGIN_PATH=$bundle/bin")
+. "$(dirname "$0")/bundle_env.sh"
 
 {
   echo "date: $(date -u +%FT%TZ)"

@@ -25,13 +25,8 @@ end=$(( start + ${BUDGET:-300} ))
 stamp() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$out/summary.txt"; }
 box() { local left=$(( end - $(date +%s) )); [ "$1" -lt "$left" ] && echo "$1" || echo $(( left > 1 ? left : 1 )); }
 
-lib=/tmp/finch-gpu-lib
-mkdir -p "$lib"
-cp "$bundle"/lib/*.so* "$lib"/ 2>/dev/null
-for f in "$lib"/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
-cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
-export LD_LIBRARY_PATH="$lib:/usr/local/cuda/lib64:${cublas:+$cublas:}${LD_LIBRARY_PATH:-}"
-export FINCH_SHARED_DIR="$bundle/shared" FINCH_PLUGIN_PATH="$bundle/bin"
+. "$(dirname "$0")/../bench_cuda/bundle_env.sh"
+export "${finch_env[@]:1}"
 finch="$bundle/bin/finch"
 model=/dev/shm/finch-decode-8b
 

@@ -21,13 +21,8 @@ start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$out/summary.txt"; }
 left() { echo $(( deadline - ($(date +%s) - start) )); }
 
-lib=/tmp/finch-gpu-lib
-mkdir -p "$lib"
-cp "$bundle"/lib/*.so* "$lib"/ 2>/dev/null
-for f in "$lib"/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
-cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
-finch_env=(env "LD_LIBRARY_PATH=$lib:/usr/local/cuda/lib64:${cublas:+$cublas:}${LD_LIBRARY_PATH:-}"
-           "FINCH_SHARED_DIR=$bundle/shared" "FINCH_PLUGIN_PATH=$bundle/bin" "FINCH_TEST_TMP=/tmp")
+. "$(dirname "$0")/../bench_cuda/bundle_env.sh"
+finch_env+=("FINCH_TEST_TMP=/tmp")
 scratch=/dev/shm
 {
   echo "date: $(date -u +%FT%TZ)"
