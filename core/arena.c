@@ -14,7 +14,6 @@ static void release_chunks(finch_arena *a)
     for (int i = 0; i < a->n_chunks; i++)
         a->be->api->free(a->be->dev, a->chunks[i].buf);
     a->n_chunks = 0;
-    a->cur = 0;
     a->generation++;
 }
 
@@ -44,7 +43,6 @@ int finch_arena_begin(finch_arena *a)
         if (rc) return rc;
     }
     for (int i = 0; i < a->n_chunks; i++) a->chunks[i].used = 0;
-    a->cur = 0;
     a->in_use = 0;
     return FINCH_OK;
 }
@@ -53,28 +51,23 @@ int finch_arena_alloc(finch_arena *a, size_t bytes, finch_dptr *out)
 {
     size_t need = (bytes + FINCH_ARENA_ALIGN - 1) & ~(size_t)(FINCH_ARENA_ALIGN - 1);
     if (need == 0) need = FINCH_ARENA_ALIGN;
-    while (a->cur < a->n_chunks && a->chunks[a->cur].cap - a->chunks[a->cur].used < need) {
-        /* Skip to the next chunk; what is left in this one stays unused until a reset. */
-        if (a->cur + 1 < a->n_chunks) {
-            a->cur++;
-            a->chunks[a->cur].used = 0;
-        } else {
-            break;
-        }
-    }
-    if (a->cur >= a->n_chunks || a->chunks[a->cur].cap - a->chunks[a->cur].used < need) {
+    int at = 0;
+    while (at < a->n_chunks && a->chunks[at].cap - a->chunks[at].used < need) at++;
+    if (at == a->n_chunks) {
         /* Grow by a quarter of what is held (at least 16 MiB, at least this allocation): the first
          * step of a shape overshoots its peak by at most about that much, where doubling could hold
-         * nearly twice the peak until the next step replaces the chunks with one buffer. */
+         * nearly twice the peak until the next step replaces the chunks with one buffer. Near the
+         * device's limit (the longest contexts) the overshoot may not fit where this allocation
+         * alone does. */
         size_t total = 0;
         for (int i = 0; i < a->n_chunks; i++) total += a->chunks[i].cap;
         size_t cap = total / 4 > need ? total / 4 : need;
         if (cap < ((size_t)16 << 20)) cap = (size_t)16 << 20;
         int rc = add_chunk(a, cap);
+        if (rc && cap > need) rc = add_chunk(a, need);
         if (rc) return rc;
-        a->cur = a->n_chunks - 1;
     }
-    finch_arena_chunk *c = &a->chunks[a->cur];
+    finch_arena_chunk *c = &a->chunks[at];
     out->buf = c->buf;
     out->offset = c->used;
     c->used += need;
@@ -85,16 +78,16 @@ int finch_arena_alloc(finch_arena *a, size_t bytes, finch_dptr *out)
 
 finch_arena_mark finch_arena_get_mark(const finch_arena *a)
 {
-    finch_arena_mark m = {a->cur, a->n_chunks ? a->chunks[a->cur].used : 0, a->in_use};
+    finch_arena_mark m;
+    m.n_chunks = a->n_chunks;
+    for (int i = 0; i < a->n_chunks; i++) m.used[i] = a->chunks[i].used;
+    m.in_use = a->in_use;
     return m;
 }
 
 void finch_arena_reset(finch_arena *a, finch_arena_mark m)
 {
-    if (a->n_chunks == 0) return;
-    for (int i = m.chunk + 1; i < a->n_chunks; i++) a->chunks[i].used = 0;
-    a->cur = m.chunk;
-    a->chunks[m.chunk].used = m.used;
+    for (int i = 0; i < a->n_chunks; i++) a->chunks[i].used = i < m.n_chunks ? m.used[i] : 0;
     a->in_use = m.in_use;
 }
 

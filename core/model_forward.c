@@ -6,7 +6,7 @@
  * (x_0 .. x_L) stays (in host memory but for two of them with offload_activations), and each layer
  * is recomputed, differentiated and released in turn. Gradients
  * of the residual stream use two buffers in turn; everything else a layer's backward allocates is
- * released when the layer is done. */
+ * released when the layer is done, and the head's when the head is. */
 #include "core/error.h"
 #include "core/half.h"
 #include "core/kv_cache.h"
@@ -664,11 +664,15 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     }
     g->recording = do_backward;
     g->want_grad = do_backward;
+    finch_arena_mark head_mark = finch_arena_get_mark(&m->arena);
     if (!rc) rc = head_and_loss(&s, &x[L], want_logits, do_backward, grad_scale);
 
     if (!rc && do_backward) {
         if (x[L].node >= 0) finch_graph_rebind_grad(g, &x[L], gbuf[L % 2]);
         rc = finch_graph_backward(g, seg[L]);
+        /* The head's normed input and its gradient are done with (x_L's gradient is in gbuf): the
+         * layers' backward reuses their memory, two [tokens, hidden] tensors of a long context. */
+        if (!want_logits) finch_arena_reset(&m->arena, head_mark);
         for (int64_t l = L - 1; !rc && l >= 0; l--) {
             if (x[l].node >= 0) finch_graph_rebind_grad(g, &x[l], gbuf[l % 2]);
             finch_arena_mark am = finch_arena_get_mark(&m->arena);

@@ -1,6 +1,7 @@
 /* A backend for the switch tests that wraps another plugin table in-process: it counts the bytes
  * live on its device (to see that a move frees everything on the old device) and fails on command:
  *     fault_alloc_budget  allocations left before alloc fails as out of memory (-1: no limit)
+ *     fault_byte_limit    alloc fails as out of memory past this many live bytes (-1: no limit)
  *     fault_lost          the device is lost: memory calls and compute fail with FINCH_ERR_DEVICE
  *     fault_no_kernels    compute fails as a plugin whose kernels did not build (memory calls work)
  * Buffers are the inner plugin's own (device pointers pass through unchanged). One wrapper per
@@ -18,6 +19,7 @@ static const finch_plugin_api *fault_inner;
 static finch_plugin_api fault_table;
 static long long fault_live_bytes, fault_live_buffers;
 static int fault_alloc_budget = -1, fault_lost, fault_no_kernels;
+static long long fault_byte_limit = -1;
 static const char *fault_message = "";
 static struct {
     finch_plugin_buffer *buf;
@@ -45,7 +47,7 @@ static int fault_alloc(finch_plugin_device *dev, size_t bytes, finch_plugin_buff
 {
     int rc = fault_check(0);
     if (rc) return rc;
-    if (fault_alloc_budget == 0) {
+    if (fault_alloc_budget == 0 || (fault_byte_limit >= 0 && fault_live_bytes + (long long)bytes > fault_byte_limit)) {
         fault_message = "fault: out of device memory";
         return FINCH_ERR_OUT_OF_MEMORY;
     }
@@ -136,6 +138,7 @@ static int fault_backend_open(const finch_plugin_api *inner, finch_backend *out)
     fault_table.linear_forward = fault_linear_forward;
     fault_table.linear_backward = fault_linear_backward;
     fault_alloc_budget = -1;
+    fault_byte_limit = -1;
     fault_lost = fault_no_kernels = 0;
     memset(out, 0, sizeof *out);
     out->api = &fault_table;

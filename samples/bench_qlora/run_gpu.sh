@@ -11,6 +11,14 @@
 #   f) long context: bench_qlora --offload, 2 layers, T = 32768 and 65536 -> long.log
 #   g) LONG=1: all 32 layers, --offload --optim adamw8bit, one whole step (--steps 0) at T = 131072, then
 #      196608 if 330 s are left (123 s and 256 s on an H200)              -> long32.log
+# MAXCTX=1 runs only e) and h) (DEADLINE default 560):
+#   h) the longest context on an 80 GB card, emulated on a larger one: a ballast process (torch) holds
+#      all device memory but CARD_GIB (default 79.0: what an 80 GB H100/A100 shows) less R, where
+#      R = e)'s peak (32 layers) - the same run's peak with 2 layers (the other 30 layers' weights,
+#      adapters and optimizer state); then one whole 2-layer step each at the lengths in MAXCTX_T
+#      (default 655360 737280; on out of memory the next shorter one, 524288). With offload the
+#      device's activation memory does not depend on the layer count; a 32-layer step at these lengths
+#      takes 30+ minutes, longer than one call                                  -> maxctx.log
 # usage: bash samples/bench_qlora/run_gpu.sh [BUNDLE_DIR]
 set -u
 bundle=$(cd "${1:-build-gpu/gpu-bundle}" && pwd)
@@ -41,6 +49,44 @@ step() { # name log timeout command...
 }
 
 bq="$bundle/bin/bench_qlora"
+if [ "${MAXCTX:-0}" = 1 ]; then
+  deadline=${DEADLINE:-560}
+  step "e) qlora 8b B1 T2048 offload" qlora_offload.log 120 "$bq" --mode qlora --batch 1 --seq 2048 --steps 3 --dir $scratch --offload \
+    --optim adamw8bit
+  rm -rf $scratch/finch_bench_8b_qlora_32l
+  step "h) the same, 2 layers" maxctx.log 60 "$bq" --mode qlora --layers 2 --batch 1 --seq 2048 --steps 3 --dir $scratch --offload \
+    --optim adamw8bit
+  peak() { sed -n 's/.*layers='"$1"' .*peak_alloc_gib=\([0-9.]*\).*/\1/p' "$2" | tail -1; }
+  p32=$(peak 32 "$out/qlora_offload.log"); p2=$(peak 2 "$out/maxctx.log")
+  card=${CARD_GIB:-79.0}
+  target=$(python3 -c "print(round($card - ($p32 - $p2), 3))")
+  stamp "h) R = $p32 - $p2 GiB; ballast leaves $target GiB of the device to finch"
+  rm -f /tmp/ballast_ready
+  TARGET_GIB=$target python3 -c '
+import os, time, torch
+free, total = torch.cuda.mem_get_info()
+n = int(free - float(os.environ["TARGET_GIB"]) * 2**30)
+x = torch.empty(max(n, 1), dtype=torch.uint8, device="cuda")
+free, total = torch.cuda.mem_get_info()
+print("ballast %.2f GiB; free %.2f GiB of %.2f" % (n / 2**30, free / 2**30, total / 2**30), flush=True)
+open("/tmp/ballast_ready", "w").write("%d" % free)
+time.sleep(3600)' >> "$out/maxctx.log" 2>&1 &
+  ballast=$!
+  for i in $(seq 60); do [ -s /tmp/ballast_ready ] && break; sleep 1; done
+  stamp "$(tail -1 "$out/maxctx.log")"
+  ok=0
+  for T in ${MAXCTX_T:-655360 737280}; do
+    [ $ok = 1 ] && [ "$(left)" -lt 250 ] && { stamp "h) T$T: skipped (a step takes ~4 minutes)"; break; }
+    step "h) 2 layers T$T on the emulated card" maxctx.log 330 "$bq" --mode qlora --layers 2 --batch 1 --seq $T --steps 0 --dir $scratch \
+      --reuse --offload --optim adamw8bit
+    grep -q "RESULT.*T=$T " "$out/maxctx.log" && ok=1 || break
+  done
+  [ $ok = 0 ] && step "h) 2 layers T524288 on the emulated card" maxctx.log 200 "$bq" --mode qlora --layers 2 --batch 1 --seq 524288 \
+    --steps 0 --dir $scratch --reuse --offload --optim adamw8bit
+  kill $ballast 2>/dev/null
+  grep -h RESULT "$out"/*.log >> "$out/summary.txt"
+  exit 0
+fi
 step "a) qlora 8b B1 T2048" qlora.log 100 "$bq" --mode qlora --batch 1 --seq 2048 --steps 3 --dir $scratch
 step "b) bf16 lora 8b B1 T2048" lora.log 110 "$bq" --mode lora --batch 1 --seq 2048 --steps 3 --dir $scratch
 rm -rf $scratch/finch_bench_8b_lora_32l
