@@ -4,7 +4,7 @@
  *
  *   finch bench train [--config llama1b-gc|llama1b|llama8b-gc|llama8b-8k|all] [--shape full|tiny]
  *                     [--backend NAME] [--warmup N] [--steps N] [--optim adamw|adamw8bit] [--dir DIR]
- *                     [--batch N] [--seq N]
+ *                     [--batch N] [--seq N] [--mlp-chunk N]
  *
  * Each configuration: a Llama model with random bf16 weights (llama1b: hidden 2048, intermediate
  * 8192, 16 layers, 32 heads, 8 kv heads, vocab 128256, tied embeddings; llama8b: 4096 / 14336 / 32 /
@@ -12,7 +12,8 @@
  * 0.01, no gradient clipping, as torch.optim.AdamW in the baseline), the same random B x T token
  * batch every step (labels = inputs), --warmup steps (3) and then --steps (8) timed optimizer steps
  * (forward, backward, optimizer). --batch/--seq replace the configuration's B and T (a smaller step for a
- * slower backend; the JSON line then no longer pairs with the baseline's). --shape tiny keeps the configurations but shrinks the model and
+ * slower backend; the JSON line then no longer pairs with the baseline's). --mlp-chunk: tokens per MLP
+ * chunk under gradient checkpointing (without it, the library's choice; a large N: no chunks). --shape tiny keeps the configurations but shrinks the model and
  * T so the command runs anywhere (the CPU backend included).
  *
  * The checkpoint is written to a scratch folder (--dir, else /dev/shm, $TMPDIR or /tmp) once per
@@ -64,7 +65,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: finch bench train [--config llama1b-gc|llama1b|llama8b-gc|llama8b-8k|all] [--shape full|tiny]\n"
                "                         [--backend NAME] [--warmup N] [--steps N] [--optim adamw|adamw8bit] [--dir DIR]\n"
-               "                         [--batch N] [--seq N]\n");
+               "                         [--batch N] [--seq N] [--mlp-chunk N]\n");
 }
 
 typedef struct run_options {
@@ -72,6 +73,7 @@ typedef struct run_options {
     int64_t warmup, steps;
     finch_optimizer optim;
     int64_t batch, seq;             /* 0: the configuration's */
+    int64_t mlp_chunk;              /* 0: the library's choice */
 } run_options;
 
 /* One configuration on a loaded model (no adapter attached); prints its JSON line. */
@@ -81,6 +83,7 @@ static int run_config(finch_runtime *rt, finch_model *m, const bench_config *c, 
     finch_model_info info;
     finch_model_info_get(m, &info);
     m->gradient_checkpointing = c->gc;
+    m->mlp_chunk_tokens = o->mlp_chunk;
 
     /* B rows of random tokens; labels = inputs, as the baseline's labels=ids. */
     int32_t *ids = malloc((size_t)(B * T) * sizeof *ids);
@@ -150,7 +153,7 @@ static int parse_i64(const char *opt, const char *v, int64_t *out)
 int finch_cmd_bench_train(int argc, char **argv)
 {
     const char *config = "all", *backend = "auto", *dir_opt = NULL;
-    run_options o = {0, 3, 8, FINCH_OPTIM_ADAMW, 0, 0};
+    run_options o = {0, 3, 8, FINCH_OPTIM_ADAMW, 0, 0, 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -174,6 +177,8 @@ int finch_cmd_bench_train(int argc, char **argv)
             if (parse_i64(a, v, &o.batch)) return 2;
         } else if (!strcmp(a, "--seq")) {
             if (parse_i64(a, v, &o.seq)) return 2;
+        } else if (!strcmp(a, "--mlp-chunk")) {
+            if (parse_i64(a, v, &o.mlp_chunk)) return 2;
         } else if (!strcmp(a, "--shape") && (!strcmp(v, "full") || !strcmp(v, "tiny"))) {
             o.tiny = !strcmp(v, "tiny");
         } else if (!strcmp(a, "--optim")) {
