@@ -106,6 +106,8 @@ struct finch_model {
     unsigned char *offload_host;             /* x_1 .. x_{L-1} of the step when offloading activations */
     size_t offload_cap;                      /* bytes */
     int offload_pinned;                      /* offload_host came from the backend's host_alloc */
+    finch_plugin_stream *offload_stream;     /* the copies' own stream when the backend orders streams */
+    finch_plugin_event *offload_events[5];   /* compute reached; slot 0/1 copied out; slot 0/1 loaded */
     size_t host_i32_cap;
 };
 

@@ -252,8 +252,10 @@ int finch_layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const fin
 /* Gradient checkpointing's backward of layer l with the MLP in chunks: the attention half is
  * recomputed and taped; then each chunk of the MLP half is recomputed, taped and differentiated
  * (its gradient rows land in x1's gradient, allocated before the chunks and zeroed by the first
- * view that writes it) and released; last the attention half is differentiated. */
-static int layer_backward_chunked(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out, int64_t chunk)
+ * view that writes it) and released; last the attention half is differentiated. The chunks' output
+ * values are not read (only their gradient, in out's node): out_to_scratch puts them in scratch. */
+static int layer_backward_chunked(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out, int64_t chunk,
+                                  int out_to_scratch)
 {
     finch_graph *g = s->g;
     finch_arena *arena = &s->m->arena;
@@ -270,8 +272,9 @@ static int layer_backward_chunked(step_ctx *s, int64_t l, const finch_tensor *x,
         finch_graph_mark gc = finch_graph_get_mark(g);
         finch_arena_mark ac = finch_arena_get_mark(arena);
         finch_tensor x1c = finch_tensor_rows(&x1, r0, n), outc = finch_tensor_rows(out, r0, n);
+        if (out_to_scratch) rc = finch_arena_alloc(arena, (size_t)(n * outc.cols) * finch_dtype_size(outc.dtype), &outc.data);
         s->row0 = r0;
-        rc = mlp_half(s, l, &x1c, &outc);
+        if (!rc) rc = mlp_half(s, l, &x1c, &outc);
         s->row0 = 0;
         if (!rc) rc = finch_graph_backward(g, gc.n_tape);
         finch_graph_reset(g, gc);
@@ -531,15 +534,23 @@ static int head_and_loss(step_ctx *s, const finch_tensor *xL, int want_logits, i
 /* ---- activation offload ----------------------------------------------------------------------- */
 
 /* With checkpointing and offload, x_1 .. x_L share two device slots (x_l in slot l % 2): each layer
- * reads one and writes the other. x_1 .. x_{L-1} are copied to host memory as they are produced and
- * copied back into their slot just before their layer is recomputed in backward, when the slot's
- * other occupant (x_{l+2}) is no longer needed. x_0 (the embeddings) and x_L (the head's input) stay
- * on the device. */
+ * reads one and writes the other. x_1 .. x_{L-2} are copied to host memory as they are produced and
+ * copied back into their slot for their layer's recomputation in backward. x_0 (the embeddings),
+ * x_{L-1} and x_L stay on the device.
+ *
+ * Where the backend orders streams (events) and has page-locked memory, the copies run on a stream
+ * of their own beside the compute: a copy out starts when its layer is done and must end before the
+ * slot is written again two layers later; the copy back of x_{l-1} runs while layer l is
+ * differentiated (whose recomputed output then goes to scratch memory, not to x_{l+1}'s slot, the
+ * one x_{l-1} comes back to). Otherwise the copies are queued on the compute stream. */
 typedef struct offload {
     int on;
+    int async;                    /* copies on m->offload_stream, ordered by m->offload_events */
     finch_dptr slot[2];
     size_t bytes;                 /* of one x_l */
 } offload;
+
+enum { EV_COMPUTE, EV_COPIED, EV_LOADED = EV_COPIED + 2 };
 
 /* Page-locked memory when the backend has it (the copies then run in stream order without holding
  * up the host: far cheaper than a synchronous copy from pageable memory), else plain memory. */
@@ -549,13 +560,40 @@ static int has_async_copies(const finch_model *m)
     return api->host_alloc && api->host_free && api->read_async && api->write_async;
 }
 
+static int has_events(const finch_model *m)
+{
+    const finch_plugin_api *api = m->be->api;
+    return api->event_create && api->event_destroy && api->event_record && api->stream_wait_event;
+}
+
+static void release_copy_stream(finch_model *m)
+{
+    const finch_plugin_api *api = m->be->api;
+    for (int i = 0; i < 5; i++) {
+        if (m->offload_events[i]) api->event_destroy(m->be->dev, m->offload_events[i]);
+        m->offload_events[i] = NULL;
+    }
+    if (m->offload_stream) api->stream_destroy(m->be->dev, m->offload_stream); /* waits for its copies */
+    m->offload_stream = NULL;
+}
+
 void finch_model_offload_release(finch_model *m)
 {
+    release_copy_stream(m);
     if (m->offload_pinned && m->offload_host) m->be->api->host_free(m->be->dev, m->offload_host);
     else free(m->offload_host);
     m->offload_host = NULL;
     m->offload_cap = 0;
     m->offload_pinned = 0;
+}
+
+/* The copy stream and its events; on any failure the copies stay on the compute stream. */
+static void open_copy_stream(finch_model *m)
+{
+    const finch_plugin_api *api = m->be->api;
+    int rc = api->stream_create(m->be->dev, &m->offload_stream);
+    for (int i = 0; i < 5 && !rc; i++) rc = api->event_create(m->be->dev, &m->offload_events[i]);
+    if (rc) release_copy_stream(m);
 }
 
 static int offload_begin(finch_model *m, int64_t n, int64_t H, offload *o)
@@ -564,7 +602,7 @@ static int offload_begin(finch_model *m, int64_t n, int64_t H, offload *o)
     o->bytes = (size_t)(n * H) * finch_dtype_size(m->dtype);
     size_t need = o->bytes * (size_t)(L - 1);
     if (need > m->offload_cap) {
-        /* The stream may still be copying into the old buffer (the previous step's reloads). */
+        /* The streams may still be copying into the old buffer (the previous step's reloads). */
         if (m->offload_pinned && m->be->api->synchronize(m->be->dev, m->be->stream))
             return finch_device_error(m->be, FINCH_ERR_DEVICE, "synchronize");
         finch_model_offload_release(m);
@@ -575,6 +613,8 @@ static int offload_begin(finch_model *m, int64_t n, int64_t H, offload *o)
         m->offload_host = p;
         m->offload_cap = need;
     }
+    if (m->offload_pinned && has_events(m) && !m->offload_stream) open_copy_stream(m);
+    o->async = m->offload_stream != NULL;
     int rc = FINCH_OK;
     for (int i = 0; i < 2 && !rc; i++) rc = finch_arena_alloc(&m->arena, o->bytes, &o->slot[i]);
     o->on = !rc;
@@ -582,6 +622,62 @@ static int offload_begin(finch_model *m, int64_t n, int64_t H, offload *o)
 }
 
 static unsigned char *offload_at(finch_model *m, const offload *o, int64_t l) { return m->offload_host + (size_t)(l - 1) * o->bytes; }
+
+/* Stream a waits for what stream b has queued so far (through event ev). */
+static int stream_after(finch_model *m, finch_plugin_stream *a, finch_plugin_stream *b, finch_plugin_event *ev)
+{
+    const finch_plugin_api *api = m->be->api;
+    if (api->event_record(m->be->dev, b, ev) || api->stream_wait_event(m->be->dev, a, ev))
+        return finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
+    return FINCH_OK;
+}
+
+/* Before layer l writes x_{l+1}: the copy out of the slot's last occupant (x_{l-1}) is done. */
+static int offload_before_forward(finch_model *m, const offload *o, int64_t l)
+{
+    if (!o->async) return FINCH_OK;
+    if (m->be->api->stream_wait_event(m->be->dev, m->be->stream, m->offload_events[EV_COPIED + (l + 1) % 2]))
+        return finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
+    return FINCH_OK;
+}
+
+/* x_l (just computed) to host memory when its layer will need it back. */
+static int offload_out(finch_model *m, const offload *o, const finch_tensor *xl, int64_t l)
+{
+    const finch_plugin_api *api = m->be->api;
+    if (l < 1 || l > m->cfg.n_layers - 2) return FINCH_OK;
+    finch_plugin_stream *cs = o->async ? m->offload_stream : m->be->stream;
+    int rc = o->async ? stream_after(m, cs, m->be->stream, m->offload_events[EV_COMPUTE]) : FINCH_OK;
+    if (!rc && (m->offload_pinned ? api->read_async : api->read)(m->be->dev, cs, xl->data, offload_at(m, o, l), o->bytes))
+        rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "offloading a layer input to host memory");
+    if (!rc && o->async && api->event_record(m->be->dev, cs, m->offload_events[EV_COPIED + l % 2]))
+        rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
+    return rc;
+}
+
+/* x_l back into its slot: queued before layer l + 1 is differentiated (async: it runs meanwhile) or,
+ * on the compute stream, just before layer l. */
+static int offload_in(finch_model *m, const offload *o, const finch_tensor *xl, int64_t l)
+{
+    const finch_plugin_api *api = m->be->api;
+    if (l < 1 || l > m->cfg.n_layers - 2) return FINCH_OK;
+    finch_plugin_stream *cs = o->async ? m->offload_stream : m->be->stream;
+    int rc = o->async ? stream_after(m, cs, m->be->stream, m->offload_events[EV_COMPUTE]) : FINCH_OK;
+    if (!rc && (m->offload_pinned ? api->write_async : api->write)(m->be->dev, cs, xl->data, offload_at(m, o, l), o->bytes))
+        rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "reloading a layer input from host memory");
+    if (!rc && o->async && api->event_record(m->be->dev, cs, m->offload_events[EV_LOADED + l % 2]))
+        rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
+    return rc;
+}
+
+/* Before layer l is differentiated: its input is back. */
+static int offload_before_backward(finch_model *m, const offload *o, int64_t l)
+{
+    if (!o->async || l < 1 || l > m->cfg.n_layers - 2) return FINCH_OK;
+    if (m->be->api->stream_wait_event(m->be->dev, m->be->stream, m->offload_events[EV_LOADED + l % 2]))
+        return finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
+    return FINCH_OK;
+}
 
 /* A residual-stream tensor over existing device memory, with a gradient node when req. */
 static int stream_tensor(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t cols, int req, finch_dptr data, finch_tensor *out)
@@ -659,12 +755,10 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             finch_arena_mark am = finch_arena_get_mark(&m->arena);
             g->recording = 0;
             g->want_grad = 0;
-            rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
+            if (off.on) rc = offload_before_forward(m, &off, l);
+            if (!rc) rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
             finch_arena_reset(&m->arena, am);
-            if (!rc && off.on && l + 1 < L &&
-                (m->offload_pinned ? api->read_async : api->read)(m->be->dev, m->be->stream, x[l + 1].data, offload_at(m, &off, l + 1),
-                                                                   off.bytes))
-                rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "offloading a layer input to host memory");
+            if (!rc && off.on) rc = offload_out(m, &off, &x[l + 1], l + 1);
         } else {
             rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
         }
@@ -684,17 +778,24 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
         for (int64_t l = L - 1; !rc && l >= 0; l--) {
             if (x[l].node >= 0) finch_graph_rebind_grad(g, &x[l], gbuf[l % 2]);
             finch_arena_mark am = finch_arena_get_mark(&m->arena);
-            if (off.on && l >= 1 && l < L - 1 &&
-                (m->offload_pinned ? api->write_async : api->write)(m->be->dev, m->be->stream, x[l].data, offload_at(m, &off, l),
-                                                                     off.bytes))
-                rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "reloading a layer input from host memory");
+            if (off.on) {
+                /* Beside the compute x_{l-1} comes back while layer l is differentiated; else x_l
+                 * just before. */
+                int64_t back = off.async ? l - 1 : l;
+                if (back >= 1) rc = offload_in(m, &off, &x[back], back);
+                if (!rc) rc = offload_before_backward(m, &off, l);
+            }
             if (rc) break;
             int64_t chunk = ckpt ? mlp_chunk(&s) : 0;
             if (chunk) {
-                rc = layer_backward_chunked(&s, l, &x[l], &x[l + 1], chunk);
+                rc = layer_backward_chunked(&s, l, &x[l], &x[l + 1], chunk, off.async);
             } else if (ckpt) {
+                /* The recomputed output's values are not needed, only its gradient (node); with
+                 * copies beside the compute they go to scratch (x_{l+1}'s slot is x_{l-1}'s). */
+                finch_tensor out = x[l + 1];
+                if (off.async) rc = finch_arena_alloc(&m->arena, off.bytes, &out.data);
                 finch_graph_mark gm = finch_graph_get_mark(g);
-                rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
+                if (!rc) rc = finch_layer_forward(&s, l, &x[l], &out);
                 if (!rc) rc = finch_graph_backward(g, gm.n_tape);
                 finch_graph_reset(g, gm);
             } else {

@@ -390,6 +390,42 @@ static void test_async_copies(void)
  * buffer (both skipped), from a strided source at an offset. Then a recording on the plugin: a
  * copy_rows and an axpby captured once and replayed three times with new contents in the same
  * buffers must give what the CPU computes directly each time. Skipped where the entries are absent. */
+/* ABI 1.4: work on one stream waits for another's through an event. Stream 1 scales a 16 MiB buffer
+ * eight times, stream 2 copies it after the event: without the wait the copy would race the
+ * scaling. Both sides run it; the copies must agree. */
+static void test_event_order(void)
+{
+    const side *p = &sides[1];
+    if (!p->api->event_create || !p->api->event_destroy || !p->api->event_record || !p->api->stream_wait_event) {
+        printf("%-30s %s has no events (ABI < 1.4 or not provided): skipped\n", "event_record", p->name);
+        return;
+    }
+    const int64_t n = (int64_t)1 << 22;
+    tensor a = random_tensor(FINCH_DTYPE_F32, (size_t)n, 1.0f), b = poisoned(FINCH_DTYPE_F32, (size_t)n);
+    for (int s = 0; s < 2; s++) {
+        const side *sd = &sides[s];
+        finch_plugin_stream *s1 = NULL, *s2 = NULL;
+        finch_plugin_event *ev = NULL;
+        int rc = sd->api->stream_create(sd->dev, &s1);
+        if (!rc) rc = sd->api->stream_create(sd->dev, &s2);
+        if (!rc) rc = sd->api->event_create(sd->dev, &ev);
+        if (!rc) rc = sd->api->fill(sd->dev, s1, D(a, s), FINCH_DTYPE_F32, n, 1.5f);
+        for (int k = 0; !rc && k < 8; k++)
+            rc = sd->api->axpby(sd->dev, s1, n, FINCH_DTYPE_F32, 1.0f, D(a, s), 0.5f, D(a, s), D(a, s));
+        if (!rc) rc = sd->api->event_record(sd->dev, s1, ev);
+        if (!rc) rc = sd->api->stream_wait_event(sd->dev, s2, ev);
+        if (!rc) rc = sd->api->copy(sd->dev, s2, D(b, s), D(a, s), (size_t)n * 4);
+        if (!rc) rc = sd->api->synchronize(sd->dev, s2);
+        CHECK(!rc, "events on %s: %s", sd->name, rc ? sd->api->last_error() : "");
+        if (!rc) rc = sd->api->synchronize(sd->dev, s1);
+        if (ev) sd->api->event_destroy(sd->dev, ev);
+        if (s2) sd->api->stream_destroy(sd->dev, s2);
+        if (s1) sd->api->stream_destroy(sd->dev, s1);
+    }
+    compare("stream_wait_event", "a copy on stream 2 after 9 passes on stream 1", b, 0);
+    release_all();
+}
+
 static void test_copy_rows_and_replay(void)
 {
     const side *p = &sides[1];
@@ -1685,6 +1721,7 @@ int main(void)
     run("memory and element-wise", test_memory);
     run("async copies", test_async_copies);
     run("copy_rows and recording", test_copy_rows_and_replay);
+    run("events", test_event_order);
     run("activations and gated units", test_activations);
     run("gemm", test_gemm);
     run("qmatmul", test_qmatmul);

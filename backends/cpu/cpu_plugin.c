@@ -120,6 +120,21 @@ int cpu_host_alloc(finch_plugin_device *dev, size_t bytes, void **out)
 
 void cpu_host_free(finch_plugin_device *dev, void *ptr) { free(ptr); }
 
+/* Work on a CPU stream is done when its call returns: every mark is reached as it is made. */
+struct finch_plugin_event {
+    int unused;
+};
+
+static int cpu_event_create(finch_plugin_device *dev, finch_plugin_event **out)
+{
+    *out = calloc(1, sizeof **out);
+    return *out ? FINCH_OK : cpu_oom(sizeof **out, "event_create");
+}
+
+static void cpu_event_destroy(finch_plugin_device *dev, finch_plugin_event *ev) { free(ev); }
+static int cpu_event_record(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_event *ev) { return FINCH_OK; }
+static int cpu_stream_wait_event(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_event *ev) { return FINCH_OK; }
+
 static const finch_plugin_api cpu_api = {
     .abi_major = FINCH_PLUGIN_ABI_MAJOR,
     .abi_minor = FINCH_PLUGIN_ABI_MINOR,
@@ -177,6 +192,10 @@ static const finch_plugin_api cpu_api = {
     .adamw8bit_step = cpu_adamw8bit_step,
     .attention_cache_forward = cpu_attention_cache_forward,
     .copy_rows = cpu_copy_rows,
+    .event_create = cpu_event_create,
+    .event_destroy = cpu_event_destroy,
+    .event_record = cpu_event_record,
+    .stream_wait_event = cpu_stream_wait_event,
 };
 
 const finch_plugin_api *finch_cpu_plugin_api(void) { return &cpu_api; }

@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define FINCH_PLUGIN_ABI_MAJOR 1
-#define FINCH_PLUGIN_ABI_MINOR 3
+#define FINCH_PLUGIN_ABI_MINOR 4
 #define FINCH_PLUGIN_ENTRY_SYMBOL "finch_plugin_entry"
 #define FINCH_IGNORE_INDEX (-100)
 
@@ -43,6 +43,7 @@ typedef struct finch_plugin_device finch_plugin_device; /* one opened device, pl
 typedef struct finch_plugin_buffer finch_plugin_buffer; /* one device allocation              */
 typedef struct finch_plugin_stream finch_plugin_stream; /* an in-order queue of device work   */
 typedef struct finch_plugin_graph finch_plugin_graph;   /* recorded stream work (ABI 1.3)      */
+typedef struct finch_plugin_event finch_plugin_event;   /* a point in a stream (ABI 1.4)       */
 
 /* A device address: a buffer and a byte offset into it. buf == NULL means "absent". */
 typedef struct finch_dptr {
@@ -423,6 +424,17 @@ typedef struct finch_plugin_api {
     int (*capture_end)(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_graph **out);
     int (*graph_launch)(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_graph *g);
     void (*graph_free)(finch_plugin_device *dev, finch_plugin_graph *g);
+
+    /* --- ABI 1.4: optional --- */
+    /* Order between two streams of a device: event_record marks the point stream s has reached (the
+     * work queued on it so far); stream_wait_event makes work queued on s after the call wait until
+     * the work before the event's latest mark is done. Neither blocks the host. An event may be
+     * recorded again and again; a wait refers to the mark at the time of the wait. Lets copies to and
+     * from host memory run on a second stream beside the compute. All four or none. */
+    int (*event_create)(finch_plugin_device *dev, finch_plugin_event **out);
+    void (*event_destroy)(finch_plugin_device *dev, finch_plugin_event *ev);
+    int (*event_record)(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_event *ev);
+    int (*stream_wait_event)(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_event *ev);
 } finch_plugin_api;
 
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);

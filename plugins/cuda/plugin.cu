@@ -493,6 +493,51 @@ static void plugin_graph_free(finch_plugin_device *dev, finch_plugin_graph *g)
     free(g);
 }
 
+/* ---- order between streams (ABI 1.4) ------------------------------------------------------- */
+struct finch_plugin_event {
+    gpuEvent_t event;
+    int device;
+};
+
+static int plugin_event_create(finch_plugin_device *dev, finch_plugin_event **out)
+{
+    gpuStream_t st = NULL;
+    *out = NULL;
+    GPU_TRY(gpu_begin(dev, NULL, &st));
+    finch_plugin_event *ev = (finch_plugin_event *)calloc(1, sizeof *ev);
+    if (!ev) return gpu_fail(FINCH_ERR_OUT_OF_MEMORY, FINCH_GPU_PLUGIN_NAME ": out of host memory");
+    int rc = gpu_check(gpuEventCreateWithFlags(&ev->event, gpuEventDisableTiming), "creating an event");
+    if (rc) { free(ev); return rc; }
+    ev->device = dev->index;
+    *out = ev;
+    return FINCH_OK;
+}
+
+static void plugin_event_destroy(finch_plugin_device *dev, finch_plugin_event *ev)
+{
+    (void)dev;
+    if (!ev) return;
+    gpuSetDevice(ev->device);
+    gpuEventDestroy(ev->event);
+    free(ev);
+}
+
+static int plugin_event_record(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_event *ev)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (!ev) return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": event_record: NULL event");
+    return gpu_check(gpuEventRecord(ev->event, st), "recording an event");
+}
+
+static int plugin_stream_wait_event(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_event *ev)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (!ev) return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": stream_wait_event: NULL event");
+    return gpu_check(gpuStreamWaitEvent(st, ev->event, 0), "waiting on an event");
+}
+
 /* ---- the table ------------------------------------------------------------------------------ */
 /* attention_decode.cu: attention_cache_forward with a decode path in front of attention.cu's. */
 extern "C" int plugin_attention_cache_dispatch(finch_plugin_device *dev, finch_plugin_stream *s,
@@ -525,6 +570,7 @@ static const finch_plugin_api plugin_api = {
     plugin_host_alloc, plugin_host_free, plugin_write_async, plugin_read_async,
     plugin_copy_rows,
     plugin_capture_begin, plugin_capture_end, plugin_graph_launch, plugin_graph_free,
+    plugin_event_create, plugin_event_destroy, plugin_event_record, plugin_stream_wait_event,
 };
 
 extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)

@@ -137,6 +137,46 @@ int ocl_synchronize(finch_plugin_device *dev, finch_plugin_stream *s)
     return err == CL_SUCCESS ? FINCH_OK : ocl_cl_fail(err, "clFinish", "synchronize");
 }
 
+/* An event is the marker last enqueued on a queue; a wait is a barrier on that marker. */
+struct finch_plugin_event {
+    cl_event mark;              /* NULL until recorded */
+};
+
+int ocl_event_create(finch_plugin_device *dev, finch_plugin_event **out)
+{
+    if (!dev || !out) return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: event_create: NULL argument");
+    *out = calloc(1, sizeof **out);
+    return *out ? FINCH_OK : ocl_fail(FINCH_ERR_OUT_OF_MEMORY, "opencl: event_create: out of host memory");
+}
+
+void ocl_event_destroy(finch_plugin_device *dev, finch_plugin_event *ev)
+{
+    if (!ev) return;
+    if (ev->mark) clReleaseEvent(ev->mark);
+    free(ev);
+}
+
+int ocl_event_record(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_event *ev)
+{
+    if (!dev || !ev) return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: event_record: NULL argument");
+    cl_event mark = NULL;
+    cl_int err = clEnqueueMarkerWithWaitList(ocl_stream(dev, s)->queue, 0, NULL, &mark);
+    if (err != CL_SUCCESS) return ocl_cl_fail(err, "clEnqueueMarkerWithWaitList", "event_record");
+    /* Queued work is submitted, so a queue waiting on the marker never waits on unsubmitted work. */
+    clFlush(ocl_stream(dev, s)->queue);
+    if (ev->mark) clReleaseEvent(ev->mark);
+    ev->mark = mark;
+    return FINCH_OK;
+}
+
+int ocl_stream_wait_event(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_event *ev)
+{
+    if (!dev || !ev) return ocl_fail(FINCH_ERR_INVALID_ARGUMENT, "opencl: stream_wait_event: NULL argument");
+    if (!ev->mark) return FINCH_OK; /* never recorded: nothing to wait for */
+    cl_int err = clEnqueueBarrierWithWaitList(ocl_stream(dev, s)->queue, 1, &ev->mark, NULL);
+    return err == CL_SUCCESS ? FINCH_OK : ocl_cl_fail(err, "clEnqueueBarrierWithWaitList", "stream_wait_event");
+}
+
 int ocl_scratch(finch_plugin_device *dev, finch_plugin_stream *s, size_t bytes, ocl_ptr *out)
 {
     if (bytes == 0) bytes = 1;
