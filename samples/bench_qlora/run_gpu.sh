@@ -3,7 +3,7 @@
 # $OUT (default ./gpu-out). Takes the folder made here by samples/bench_cuda/bundle.sh (built with
 # bench_qlora and test_qlora). Each step is time-boxed and the whole script stops starting new steps
 # after DEADLINE seconds (default 280; 560 for the longest contexts of g):
-#   a) bench_qlora --mode qlora, 8B shape, B1 x T2048                     -> qlora.log
+#   a) bench_qlora --mode qlora --optim adamw8bit, 8B shape, B1 x T2048   -> qlora.log
 #   b) bench_qlora --mode lora (bf16 weights), same shape and program     -> lora.log
 #   c) test_qlora cuda (QLoRA vs the dequantised bf16/f32 path, goldens)   -> test_qlora.log
 #   d) test_plugin_parity, groups qmatmul and linear                      -> parity.log
@@ -87,15 +87,15 @@ time.sleep(3600)' >> "$out/maxctx.log" 2>&1 &
   grep -h RESULT "$out"/*.log >> "$out/summary.txt"
   exit 0
 fi
-step "a) qlora 8b B1 T2048" qlora.log 100 "$bq" --mode qlora --batch 1 --seq 2048 --steps 3 --dir $scratch
-step "b) bf16 lora 8b B1 T2048" lora.log 110 "$bq" --mode lora --batch 1 --seq 2048 --steps 3 --dir $scratch
+step "a) qlora 8b B1 T2048" qlora.log 100 "$bq" --mode qlora --batch 1 --seq 2048 --steps 5 --dir $scratch --optim adamw8bit
+step "b) bf16 lora 8b B1 T2048" lora.log 110 "$bq" --mode lora --batch 1 --seq 2048 --steps 5 --dir $scratch --optim adamw8bit
 rm -rf $scratch/finch_bench_8b_lora_32l
 step "c) test_qlora cuda" test_qlora.log 60 "$bundle/bin/test_qlora" cuda
 step "d) parity qmatmul, linear" parity.log 40 env FINCH_PARITY_PLUGIN="$bundle/bin/libfinch-cuda.so" \
   FINCH_PARITY_ONLY=qmatmul,linear "$bundle/bin/test_plugin_parity"
 grep -E "FAIL" "$out/parity.log" | head -20 >> "$out/summary.txt"
 grep -E "FAIL" "$out/test_qlora.log" | head -20 >> "$out/summary.txt"
-step "e) qlora 8b B1 T2048 offload" qlora_offload.log 40 "$bq" --mode qlora --batch 1 --seq 2048 --steps 3 --dir $scratch --reuse --offload \
+step "e) qlora 8b B1 T2048 offload" qlora_offload.log 40 "$bq" --mode qlora --batch 1 --seq 2048 --steps 5 --dir $scratch --reuse --offload \
   --optim adamw8bit
 for T in 32768 65536; do
   step "f) qlora 8b 2 layers T$T offload" long.log 60 "$bq" --mode qlora --layers 2 --batch 1 --seq $T --steps 1 --dir $scratch --reuse --offload
