@@ -1028,6 +1028,161 @@ static void test_attention_cache(void)
     }
 }
 
+/* A decode layer's chain of entries recorded on the plugin (capture_begin .. capture_end) and
+ * replayed with new tokens, positions and cache places, against the CPU running each entry directly:
+ * rmsnorm, the fused q/k/v product, RoPE on q and k, both cache appends, decode attention (3
+ * sequences, one query row each, GQA), the o product (NF4), the residual add, rmsnorm, the gate/up
+ * product, GLU, down (NF4, blocks straddling rows), the residual, a softcap and the head (odd rows).
+ * Each entry reads what the one before wrote, so on a plugin whose recorded kernels overlap (CUDA's
+ * programmatic launches on sm_90) a kernel that reads its input before the previous one has
+ * finished shows here. The chain runs once directly on the stream first, as a decode pass does. */
+enum { CH_SEQS = 3, CH_H = 136, CH_HEADS = 2, CH_KV = 1, CH_D = 64, CH_CAP = 40, CH_FF = 96, CH_VOCAB = 37 };
+typedef struct chain {
+    tensor x, nw, rstd, h, qkv, cu, kv_start, kv_len, pos, inv, where_k, kc, vc, o, y2, x2, h2, gu, g, y4, x3, x4, logits;
+    finch_weight w1[2], w2[2], w3[2], w4[2], w5[2];
+} chain;
+
+/* The chain on side s (stream st). Returns the first failing status. */
+static int chain_run(const chain *c, int s, finch_plugin_stream *st)
+{
+    const side *sd = &sides[s];
+    const finch_plugin_api *a = sd->api;
+    const finch_dtype t = FINCH_DTYPE_BF16;
+    int64_t nq = CH_HEADS * CH_D, nkv = CH_KV * CH_D, w = nq + 2 * nkv;
+    int rc = a->rmsnorm_forward(sd->dev, st, CH_SEQS, CH_H, t, D(c->x, s), t, D(c->nw, s), 0.0f, 1e-5f, D(c->h, s), D(c->rstd, s));
+    if (!rc) rc = a->qmatmul_forward(sd->dev, st, &c->w1[s], w, CH_H, CH_SEQS, t, D(c->h, s), CH_H, D(c->qkv, s), w, 0.0f);
+    finch_rope_desc r;
+    memset(&r, 0, sizeof r);
+    r.n_tokens = CH_SEQS, r.n_heads = CH_HEADS, r.head_dim = CH_D, r.rot_dim = CH_D, r.dtype = t, r.x = D(c->qkv, s), r.ldx = w;
+    r.positions = D(c->pos, s), r.inv_freq = D(c->inv, s), r.n_sections = 1, r.sections[0] = CH_D / 2, r.attn_factor = 1.0f;
+    if (!rc) rc = a->rope_forward(sd->dev, st, &r);
+    r.n_heads = CH_KV, r.x = D(offset_view(c->qkv, (size_t)nq), s);
+    if (!rc) rc = a->rope_forward(sd->dev, st, &r);
+    if (!rc) rc = a->copy_rows(sd->dev, st, t, CH_SEQS, nkv, D(offset_view(c->qkv, (size_t)nq), s), w, D(c->where_k, s), D(c->kc, s), nkv);
+    if (!rc) rc = a->copy_rows(sd->dev, st, t, CH_SEQS, nkv, D(offset_view(c->qkv, (size_t)(nq + nkv)), s), w, D(c->where_k, s),
+                               D(c->vc, s), nkv);
+    finch_attention_cache_desc d;
+    memset(&d, 0, sizeof d);
+    d.n_tokens = CH_SEQS, d.n_seqs = CH_SEQS, d.max_q_len = 1, d.max_kv_len = CH_CAP;
+    d.cu_seqlens_q = D(c->cu, s), d.kv_start = D(c->kv_start, s), d.kv_len = D(c->kv_len, s), d.kv_rows = CH_SEQS * CH_CAP;
+    d.n_heads = CH_HEADS, d.n_kv_heads = CH_KV, d.head_dim = CH_D, d.dtype = t;
+    d.q = D(c->qkv, s), d.ldq = w, d.k = D(c->kc, s), d.ldk = nkv, d.v = D(c->vc, s), d.ldv = nkv, d.o = D(c->o, s), d.ldo = nq;
+    d.scale = 1.0f / sqrtf((float)CH_D), d.causal = 1;
+    if (!rc) rc = a->attention_cache_forward(sd->dev, st, &d);
+    if (!rc) rc = a->qmatmul_forward(sd->dev, st, &c->w2[s], CH_H, nq, CH_SEQS, t, D(c->o, s), nq, D(c->y2, s), CH_H, 0.0f);
+    if (!rc) rc = a->axpby(sd->dev, st, CH_SEQS * CH_H, t, 1.0f, D(c->y2, s), 1.0f, D(c->x, s), D(c->x2, s));
+    if (!rc) rc = a->rmsnorm_forward(sd->dev, st, CH_SEQS, CH_H, t, D(c->x2, s), t, D(c->nw, s), 0.0f, 1e-5f, D(c->h2, s), D(c->rstd, s));
+    if (!rc) rc = a->qmatmul_forward(sd->dev, st, &c->w3[s], 2 * CH_FF, CH_H, CH_SEQS, t, D(c->h2, s), CH_H, D(c->gu, s), 2 * CH_FF, 0.0f);
+    if (!rc) rc = a->glu_forward(sd->dev, st, FINCH_ACT_SILU, CH_SEQS, CH_FF, t, D(c->gu, s), 2 * CH_FF, D(offset_view(c->gu, CH_FF), s),
+                                 2 * CH_FF, D(c->g, s));
+    if (!rc) rc = a->qmatmul_forward(sd->dev, st, &c->w4[s], CH_H, CH_FF, CH_SEQS, t, D(c->g, s), CH_FF, D(c->y4, s), CH_H, 0.0f);
+    if (!rc) rc = a->axpby(sd->dev, st, CH_SEQS * CH_H, t, 1.0f, D(c->y4, s), 1.0f, D(c->x2, s), D(c->x3, s));
+    if (!rc) rc = a->activation_forward(sd->dev, st, FINCH_ACT_SOFTCAP, 3.0f, CH_SEQS * CH_H, t, D(c->x3, s), D(c->x4, s));
+    if (!rc) rc = a->qmatmul_forward(sd->dev, st, &c->w5[s], CH_VOCAB, CH_H, CH_SEQS, t, D(c->x4, s), CH_H, D(c->logits, s), CH_VOCAB,
+                                     0.0f);
+    return rc;
+}
+
+/* New inputs of round `round` on both sides: tokens' rows x, positions, cache lengths and places. */
+static void chain_inputs(const chain *c, int round)
+{
+    float xv[CH_SEQS * CH_H];
+    unsigned char raw[sizeof xv];
+    for (int i = 0; i < CH_SEQS * CH_H; i++) xv[i] = (float)((i * 7 + round * 13) % 31) * 0.125f - 1.9f;
+    encode(FINCH_DTYPE_BF16, xv, CH_SEQS * CH_H, raw);
+    write_both(c->x, raw, (size_t)CH_SEQS * CH_H * 2);
+    int32_t len[CH_SEQS], where[CH_SEQS], pos[CH_SEQS];
+    for (int i = 0; i < CH_SEQS; i++) {
+        len[i] = 5 + 9 * i + round; /* 5..32: below CH_CAP */
+        where[i] = i * CH_CAP + len[i] - 1;
+        pos[i] = len[i] - 1;
+    }
+    write_both(c->kv_len, len, sizeof len);
+    write_both(c->where_k, where, sizeof where);
+    write_both(c->pos, pos, sizeof pos);
+}
+
+static void chain_compare(const chain *c, const char *when)
+{
+    char what[80];
+    double tol = tol_for(FINCH_DTYPE_BF16);
+    snprintf(what, sizeof what, "%s: key cache", when);
+    compare("recorded decode chain", what, c->kc, tol);
+    snprintf(what, sizeof what, "%s: attention output", when);
+    compare("recorded decode chain", what, c->o, tol);
+    snprintf(what, sizeof what, "%s: residual after the MLP", when);
+    compare("recorded decode chain", what, c->x3, tol);
+    snprintf(what, sizeof what, "%s: logits [3, 37]", when);
+    compare("recorded decode chain", what, c->logits, tol);
+}
+
+static void test_recorded_decode_chain(void)
+{
+    const side *p = &sides[1];
+    if (!p->api->capture_begin || !p->api->capture_end || !p->api->graph_launch || !p->api->graph_free || !p->api->copy_rows ||
+        !p->api->attention_cache_forward) {
+        printf("%-30s %s does not record: skipped\n", "recorded decode chain", p->name);
+        return;
+    }
+    const finch_dtype t = FINCH_DTYPE_BF16;
+    int64_t nq = CH_HEADS * CH_D, nkv = CH_KV * CH_D, w = nq + 2 * nkv;
+    chain c;
+    memset(&c, 0, sizeof c);
+    c.x = random_tensor(t, CH_SEQS * CH_H, 1.0f), c.nw = positive_tensor(t, CH_H, 2.0f), c.rstd = poisoned(FINCH_DTYPE_F32, CH_SEQS);
+    c.h = poisoned(t, CH_SEQS * CH_H), c.qkv = poisoned(t, (size_t)(CH_SEQS * w));
+    c.cu = from_ints((const int32_t[]){0, 1, 2, 3}, 4), c.kv_start = from_ints((const int32_t[]){0, CH_CAP, 2 * CH_CAP}, 3);
+    c.kv_len = from_ints((const int32_t[]){1, 1, 1}, 3), c.pos = from_ints((const int32_t[]){0, 0, 0}, 3);
+    c.where_k = from_ints((const int32_t[]){0, 0, 0}, 3);
+    float inv[CH_D / 2];
+    for (int i = 0; i < CH_D / 2; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)CH_D);
+    c.inv = from_floats(FINCH_DTYPE_F32, inv, CH_D / 2);
+    c.kc = random_tensor(t, (size_t)(CH_SEQS * CH_CAP * nkv), 1.0f), c.vc = random_tensor(t, (size_t)(CH_SEQS * CH_CAP * nkv), 1.0f);
+    c.o = poisoned(t, (size_t)(CH_SEQS * nq)), c.y2 = poisoned(t, CH_SEQS * CH_H), c.x2 = poisoned(t, CH_SEQS * CH_H);
+    c.h2 = poisoned(t, CH_SEQS * CH_H), c.gu = poisoned(t, CH_SEQS * 2 * CH_FF), c.g = poisoned(t, CH_SEQS * CH_FF);
+    c.y4 = poisoned(t, CH_SEQS * CH_H), c.x3 = poisoned(t, CH_SEQS * CH_H), c.x4 = poisoned(t, CH_SEQS * CH_H);
+    c.logits = poisoned(t, CH_SEQS * CH_VOCAB);
+    tensor w1 = random_tensor(t, (size_t)(w * CH_H), 0.1f), w3 = random_tensor(t, (size_t)(2 * CH_FF * CH_H), 0.1f);
+    tensor w5 = random_tensor(t, (size_t)(CH_VOCAB * CH_H), 0.1f);
+    nf4_parts n2 = make_nf4(CH_H, nq), n4 = make_nf4(CH_H, CH_FF);
+    for (int s = 0; s < 2; s++) {
+        c.w1[s] = dense_weight(w1, s), c.w3[s] = dense_weight(w3, s), c.w5[s] = dense_weight(w5, s);
+        c.w2[s] = nf4_weight(&n2, s), c.w4[s] = nf4_weight(&n4, s);
+        c.w2[s].blocksize = c.w4[s].blocksize = 64;
+    }
+    finch_plugin_stream *st = NULL;
+    finch_plugin_graph *g = NULL;
+    int rc = p->api->stream_create(p->dev, &st);
+    CHECK(!rc, "stream_create on %s: %s", p->name, rc ? p->api->last_error() : "");
+    chain_inputs(&c, 0);
+    if (!rc) rc = chain_run(&c, 1, st);
+    if (!rc) rc = p->api->synchronize(p->dev, st);
+    CHECK(!rc, "the chain directly on %s: %s", p->name, rc ? p->api->last_error() : "");
+    int rc0 = chain_run(&c, 0, NULL);
+    CHECK(!rc0, "the chain on %s: %s", sides[0].name, rc0 ? sides[0].api->last_error() : "");
+    if (!rc && !rc0) chain_compare(&c, "direct");
+    if (!rc) rc = p->api->capture_begin(p->dev, st);
+    if (!rc) {
+        int r1 = chain_run(&c, 1, st);
+        rc = p->api->capture_end(p->dev, st, &g);
+        if (!rc) rc = r1;
+    }
+    CHECK(!rc && g, "recording the chain on %s: %s", p->name, rc ? p->api->last_error() : "no graph");
+    char when[32];
+    for (int round = 1; !rc && round <= 3; round++) {
+        chain_inputs(&c, round);
+        rc = p->api->graph_launch(p->dev, st, g);
+        if (!rc) rc = p->api->synchronize(p->dev, st);
+        CHECK(!rc, "graph_launch on %s: %s", p->name, rc ? p->api->last_error() : "");
+        rc = chain_run(&c, 0, NULL);
+        CHECK(!rc, "the chain on %s: %s", sides[0].name, rc ? sides[0].api->last_error() : "");
+        snprintf(when, sizeof when, "replay %d", round);
+        if (!rc) chain_compare(&c, when);
+    }
+    if (g) p->api->graph_free(p->dev, g);
+    if (st) p->api->stream_destroy(p->dev, st);
+    release_all();
+}
+
 /* ---- norms, rope, embedding --------------------------------------------------------------------- */
 static void test_norms(void)
 {
@@ -1722,6 +1877,7 @@ int main(void)
     run("async copies", test_async_copies);
     run("copy_rows and recording", test_copy_rows_and_replay);
     run("events", test_event_order);
+    run("recorded decode chain", test_recorded_decode_chain);
     run("activations and gated units", test_activations);
     run("gemm", test_gemm);
     run("qmatmul", test_qmatmul);

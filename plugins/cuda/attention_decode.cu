@@ -32,6 +32,8 @@ struct decode_params {
 template <typename T>
 __global__ void __launch_bounds__(DEC_THREADS) attention_decode_kernel(decode_params p)
 {
+    gpu_grid_release();
+    gpu_grid_wait();
     int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
     int warps = blockDim.x / FINCH_WARP_SIZE, warp = threadIdx.x / FINCH_WARP_SIZE, lane = threadIdx.x % FINCH_WARP_SIZE;
     int64_t D = p.head_dim, group = p.n_heads / p.n_kv_heads;
@@ -97,6 +99,8 @@ template <typename T>
 __global__ void attention_decode_combine_kernel(decode_params p, T *o, int64_t ldo, float *lse, int64_t n_tokens)
 {
     __shared__ float weight[DEC_MAX_SPLITS], red[32];
+    gpu_grid_release();
+    gpu_grid_wait();
     int64_t h = blockIdx.x, seq = blockIdx.y, D = p.head_dim;
     int64_t base = (seq * p.n_heads + h) * p.splits;
     float m = -INFINITY;
@@ -119,8 +123,10 @@ __global__ void attention_decode_combine_kernel(decode_params p, T *o, int64_t l
     if (lse && threadIdx.x == 0) lse[h * n_tokens + qrow] = m + logf(l);
 }
 
-/* The decode path when it applies (*done = 1), else nothing queued. */
-static int attention_decode(gpuStream_t st, const finch_attention_cache_desc *c, int *done)
+/* The decode path when it applies (*done = 1), else nothing queued. The partial results live in the
+ * stream's held scratch (no allocation in a recorded pass), else in stream-ordered scratch. */
+static int attention_decode(finch_plugin_device *dev, finch_plugin_stream *s, gpuStream_t st, const finch_attention_cache_desc *c,
+                            int *done)
 {
     *done = 0;
     if (c->max_q_len != 1 || c->n_tokens != c->n_seqs || c->n_seqs < 1 || c->n_seqs > 65535) return FINCH_OK;
@@ -155,30 +161,29 @@ static int attention_decode(gpuStream_t st, const finch_attention_cache_desc *c,
     p.chunk = (int)chunk;
     p.splits = (int)((c->max_kv_len + chunk - 1) / chunk);
     size_t parts = (size_t)(c->n_seqs * c->n_heads * p.splits);
-    void *scratch = NULL;
-    GPU_TRY(gpu_scratch(st, parts * (size_t)(D + 2) * sizeof(float), &scratch, "decode attention partial results"));
-    p.part_o = (float *)scratch;
+    size_t bytes = parts * (size_t)(D + 2) * sizeof(float);
+    void *held = NULL, *scratch = NULL;
+    GPU_TRY(gpu_held_scratch(dev, s, st, bytes, &held));
+    if (!held) GPU_TRY(gpu_scratch(st, bytes, &scratch, "decode attention partial results"));
+    p.part_o = (float *)(held ? held : scratch);
     p.part_ml = p.part_o + parts * (size_t)D;
     dim3 grid((unsigned)p.splits, (unsigned)c->n_kv_heads, (unsigned)c->n_seqs);
     dim3 grid2((unsigned)c->n_heads, (unsigned)c->n_seqs);
     int threads2 = D < 32 ? 32 : (int)((D + 31) / 32 * 32);
-    int rc = FINCH_OK;
     float *lse = (float *)gpu_ptr(c->lse);
+    gpuError_t err;
+#define DECODE_LAUNCH(T)                                                                                        \
+    err = gpu_launch(attention_decode_kernel<T>, grid, dim3(DEC_THREADS), 0, st, p);                              \
+    if (err == gpuSuccess)                                                                                      \
+        err = gpu_launch(attention_decode_combine_kernel<T>, grid2, dim3(threads2), 0, st, p, (T *)gpu_ptr(c->o), \
+                         c->ldo, lse, c->n_tokens);
     switch (c->dtype) {
-    case FINCH_DTYPE_BF16:
-        attention_decode_kernel<gpu_bf16><<<grid, DEC_THREADS, 0, st>>>(p);
-        attention_decode_combine_kernel<gpu_bf16><<<grid2, threads2, 0, st>>>(p, (gpu_bf16 *)gpu_ptr(c->o), c->ldo, lse, c->n_tokens);
-        break;
-    case FINCH_DTYPE_F16:
-        attention_decode_kernel<gpu_f16><<<grid, DEC_THREADS, 0, st>>>(p);
-        attention_decode_combine_kernel<gpu_f16><<<grid2, threads2, 0, st>>>(p, (gpu_f16 *)gpu_ptr(c->o), c->ldo, lse, c->n_tokens);
-        break;
-    default:
-        attention_decode_kernel<float><<<grid, DEC_THREADS, 0, st>>>(p);
-        attention_decode_combine_kernel<float><<<grid2, threads2, 0, st>>>(p, (float *)gpu_ptr(c->o), c->ldo, lse, c->n_tokens);
-        break;
+    case FINCH_DTYPE_BF16: DECODE_LAUNCH(gpu_bf16); break;
+    case FINCH_DTYPE_F16: DECODE_LAUNCH(gpu_f16); break;
+    default: DECODE_LAUNCH(float); break;
     }
-    rc = GPU_LAUNCHED("decode attention");
+#undef DECODE_LAUNCH
+    int rc = gpu_check(err, "decode attention");
     gpu_scratch_free(st, scratch);
     if (!rc) *done = 1;
     return rc;
@@ -203,7 +208,7 @@ extern "C" int plugin_attention_cache_dispatch(finch_plugin_device *dev, finch_p
     GPU_TRY(gpu_begin(dev, s, &st));
     if (c && decode_enabled()) {
         int done = 0;
-        GPU_TRY(attention_decode(st, c, &done));
+        GPU_TRY(attention_decode(dev, s, st, c, &done));
         if (done) return FINCH_OK;
     }
     return plugin_attention_cache_forward(dev, s, c);

@@ -35,6 +35,8 @@ extern "C" int plugin_fill(finch_plugin_device *dev, finch_plugin_stream *s, fin
 __global__ void copy_rows_kernel(const char *src, size_t src_pitch, const int32_t *rows, char *dst, size_t dst_pitch, size_t row_bytes,
                                  size_t es, size_t dst_bytes)
 {
+    gpu_grid_release();
+    gpu_grid_wait();
     int32_t r = rows[blockIdx.x];
     if (r < 0 || (size_t)r * dst_pitch > dst_bytes || row_bytes > dst_bytes - (size_t)r * dst_pitch) return;
     const char *from = src + (size_t)blockIdx.x * src_pitch;
@@ -67,9 +69,10 @@ extern "C" int plugin_copy_rows(finch_plugin_device *dev, finch_plugin_stream *s
     if (src.offset + ((size_t)(n - 1) * ld_src + cols) * es > src.buf->size || rows.offset + (size_t)n * 4 > rows.buf->size)
         return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": copy_rows: src or rows overrun their buffers");
     size_t dst_bytes = dst.offset < dst.buf->size ? dst.buf->size - dst.offset : 0;
-    copy_rows_kernel<<<(unsigned)n, 128, 0, st>>>((const char *)gpu_ptr(src), (size_t)ld_src * es, (const int32_t *)gpu_ptr(rows),
-                                                 (char *)gpu_ptr(dst), (size_t)ld_dst * es, (size_t)cols * es, es, dst_bytes);
-    return GPU_LAUNCHED("copy_rows");
+    return gpu_check(gpu_launch(copy_rows_kernel, dim3((unsigned)n), dim3(128), 0, st, (const char *)gpu_ptr(src), (size_t)ld_src * es,
+                                (const int32_t *)gpu_ptr(rows), (char *)gpu_ptr(dst), (size_t)ld_dst * es, (size_t)cols * es, es,
+                                dst_bytes),
+                     "copy_rows");
 }
 
 __global__ void cast_kernel(int64_t n, const void *src, int src_type, void *dst, int dst_type)
@@ -106,6 +109,8 @@ extern "C" int plugin_cast(finch_plugin_device *dev, finch_plugin_stream *s, int
 template <typename T>
 __global__ void axpby_kernel(int64_t n, float alpha, const T *x, float beta, const T *y, T *out)
 {
+    gpu_grid_release();
+    gpu_grid_wait();
     GRID_STRIDE(i, n) {
         float v = alpha * to_f32(x[i]);
         if (y) v += beta * to_f32(y[i]);
@@ -121,10 +126,11 @@ extern "C" int plugin_axpby(finch_plugin_device *dev, finch_plugin_stream *s, in
     if (n <= 0) return FINCH_OK;
     GPU_TRY(check_ptr(gpu_ptr(x), "axpby", "x"));
     GPU_TRY(check_ptr(gpu_ptr(out), "axpby", "out"));
+    gpuError_t err = gpuSuccess;
     FINCH_DISPATCH_FLOAT(dtype, T, "axpby",
-        axpby_kernel<T><<<gpu_blocks(n, THREADS), THREADS, 0, st>>>(n, alpha, (const T *)gpu_ptr(x), beta,
-                                                                      (const T *)gpu_ptr(y), (T *)gpu_ptr(out)));
-    return GPU_LAUNCHED("axpby");
+        err = gpu_launch(axpby_kernel<T>, dim3(gpu_blocks(n, THREADS)), dim3(THREADS), 0, st, n, alpha, (const T *)gpu_ptr(x), beta,
+                         (const T *)gpu_ptr(y), (T *)gpu_ptr(out)));
+    return gpu_check(err, "axpby");
 }
 
 template <typename T>
@@ -167,6 +173,8 @@ static int check_activation(finch_activation act, float param, const char *entry
 template <typename T>
 __global__ void activation_forward_kernel(int act, float param, int64_t n, const T *x, T *y)
 {
+    gpu_grid_release();
+    gpu_grid_wait();
     GRID_STRIDE(i, n) y[i] = from_f32<T>(act_forward(act, param, to_f32(x[i])));
 }
 
@@ -185,10 +193,11 @@ extern "C" int plugin_activation_forward(finch_plugin_device *dev, finch_plugin_
     if (n <= 0) return FINCH_OK;
     GPU_TRY(check_ptr(gpu_ptr(x), "activation_forward", "x"));
     GPU_TRY(check_ptr(gpu_ptr(y), "activation_forward", "y"));
+    gpuError_t err = gpuSuccess;
     FINCH_DISPATCH_FLOAT(dtype, T, "activation_forward",
-        activation_forward_kernel<T><<<gpu_blocks(n, THREADS), THREADS, 0, st>>>(act, param, n, (const T *)gpu_ptr(x),
-                                                                                   (T *)gpu_ptr(y)));
-    return GPU_LAUNCHED("activation_forward");
+        err = gpu_launch(activation_forward_kernel<T>, dim3(gpu_blocks(n, THREADS)), dim3(THREADS), 0, st, (int)act, param, n,
+                         (const T *)gpu_ptr(x), (T *)gpu_ptr(y)));
+    return gpu_check(err, "activation_forward");
 }
 
 extern "C" int plugin_activation_backward(finch_plugin_device *dev, finch_plugin_stream *s, finch_activation act, float param,
@@ -216,6 +225,8 @@ template <typename T>
 __global__ void glu_forward_kernel(int act, int64_t n, int64_t dim, const T *gate, int64_t ldg, const T *up,
                                    int64_t ldu, T *out)
 {
+    gpu_grid_release();
+    gpu_grid_wait();
     for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
         const T *gr = gate + i * ldg, *ur = up + i * ldu;
         T *orow = out + i * dim;
@@ -276,10 +287,11 @@ extern "C" int plugin_glu_forward(finch_plugin_device *dev, finch_plugin_stream 
     GPU_TRY(check_ptr(gpu_ptr(gate), "glu_forward", "gate"));
     GPU_TRY(check_ptr(gpu_ptr(up), "glu_forward", "up"));
     GPU_TRY(check_ptr(gpu_ptr(out), "glu_forward", "out"));
+    gpuError_t err = gpuSuccess;
     FINCH_DISPATCH_FLOAT(dtype, T, "glu_forward",
-        glu_forward_kernel<T><<<glu_blocks(n, dim), THREADS, 0, st>>>(
-            act, n, dim, (const T *)gpu_ptr(gate), ldg, (const T *)gpu_ptr(up), ldu, (T *)gpu_ptr(out)));
-    return GPU_LAUNCHED("glu_forward");
+        err = gpu_launch(glu_forward_kernel<T>, glu_blocks(n, dim), dim3(THREADS), 0, st, (int)act, n, dim, (const T *)gpu_ptr(gate),
+                         ldg, (const T *)gpu_ptr(up), ldu, (T *)gpu_ptr(out)));
+    return gpu_check(err, "glu_forward");
 }
 
 extern "C" int plugin_glu_backward(finch_plugin_device *dev, finch_plugin_stream *s, finch_activation act, int64_t n,

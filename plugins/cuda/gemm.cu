@@ -473,6 +473,7 @@ int gpu_weight_operand(const finch_weight *w, int64_t out_features, int64_t in_f
     out->dtype = w->dtype;
     out->trans = transposed;
     out->ld = in_features;
+    out->weight = 1;
     if (!out->ptr) return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": weight data is absent");
     if (w->dtype == FINCH_DTYPE_NF4) {
         out->absmax = (const float *)gpu_ptr(w->absmax);

@@ -15,6 +15,9 @@
  * two rows per warp sharing each load of A; the absmax index is a shift when blocksize / 32 is a
  * power of two. gpu_gemm sends such shapes here first; anything these kernels do not take (a
  * transposed operand, W rows not 16-byte aligned, m > 8) goes on to cuBLASLt or the tiled kernel.
+ * In a recorded pass on sm_90 (gpu_overlap) a product of a model weight starts before the kernel
+ * ahead of it has finished: it loads the NF4 table and its first round of W, then waits for A, and
+ * lets the next kernel start once its warps have streamed their rows (FINCH_CUDA_GEMV_RELEASE).
  * FINCH_CUDA_GEMV=0 turns the path off, for comparing; FINCH_CUDA_GEMV_SPLIT=1|2|4|8 (warps per
  * row) and FINCH_CUDA_GEMV_BLOCKS=N (grid of unsplit rows: N blocks, 0 = one group per warp) force
  * the layout, read on every call (tests and tuning). */
@@ -37,7 +40,12 @@ struct gemv_params {
     int groups;                              /* groups of rows per thread block */
     int c_type; void *c; int64_t ldc;
     float alpha, beta;
+    int early;                               /* W is a weight: its loads may start before the previous kernel ends */
+    int release;                             /* when the next kernel may start (gpu_overlap): GEMV_RELEASE_* */
+    int evict_first;                         /* W's loads marked first to leave L2 (it is read once) */
 };
+
+enum { GEMV_RELEASE_START, GEMV_RELEASE_END, GEMV_RELEASE_EXIT };
 
 struct nf4_t {}; /* tag: W holds NF4 codes */
 template <typename WT> struct is_nf4 { static constexpr bool value = false; };
@@ -70,18 +78,36 @@ template <> struct words<gpu_f16> {
 template <typename WT> struct w_vec { static constexpr int n = 16 / (int)sizeof(WT); };
 template <> struct w_vec<nf4_t> { static constexpr int n = 32; };
 
-/* A 16-byte load of W that does not stay in L1 (W is read once; A should stay there). */
-__device__ __forceinline__ uint4 load_stream(const uint4 *p)
+/* A 16-byte load of W that does not stay in L1 (W is read once; A should stay there); with a
+ * policy (evict_first), marked to leave L2 before other data too. */
+__device__ __forceinline__ uint4 load_stream(const uint4 *p, bool hinted, uint64_t policy)
 {
 #if FINCH_GPU_CUDA
     uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
+    if (hinted)
+        asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+            : "l"(p), "l"(policy));
+    else
+        asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+            : "l"(p));
     return v;
 #else
+    (void)hinted;
+    (void)policy;
     return *p;
 #endif
+}
+
+/* The L2 policy of W's loads when p.evict_first. */
+__device__ __forceinline__ uint64_t stream_policy(void)
+{
+    uint64_t policy = 0;
+#if FINCH_GPU_CUDA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+#endif
+    return policy;
 }
 
 /* N consecutive elements of A starting at element e of row r, as f32. vec: 16-byte aligned rows
@@ -166,7 +192,7 @@ template <typename WT, int R, int U> struct w_round {
 
 template <typename WT, int R, int U>
 __device__ __forceinline__ void load_round(const gemv_params &p, int64_t grp, int64_t base, int64_t stride, int64_t nvec,
-                                           int lane, w_round<WT, R, U> &out)
+                                           int lane, uint64_t policy, w_round<WT, R, U> &out)
 {
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -177,7 +203,7 @@ __device__ __forceinline__ void load_round(const gemv_params &p, int64_t grp, in
         for (int u = 0; u < U; u++) {
             int64_t v = base + u * stride + lane;
             if (v < nvec) {
-                out.w[u][r] = load_stream(wrow + v);
+                out.w[u][r] = load_stream(wrow + v, p.evict_first, policy);
                 if constexpr (is_nf4<WT>::value) {
                     int64_t gi = first + v;
                     out.scale[u][r] = p.absmax[p.block_shift >= 0 ? gi >> p.block_shift : gi / p.groups_per_block];
@@ -200,6 +226,11 @@ __global__ void __launch_bounds__(GEMV_THREADS, M > 1 ? 1 : is_nf4<WT>::value ? 
     constexpr int VEC = w_vec<WT>::n;
     __shared__ float table[16];
     __shared__ float partial[GEMV_MAX_WARPS][M * R];
+    /* Overlapping the previous kernel (gpu_overlap): the loads of a weight (the code table and the
+     * first round) go out before the wait for A and C. */
+    if (p.release == GEMV_RELEASE_START) gpu_grid_release();
+    if (!p.early) gpu_grid_wait();
+    uint64_t policy = p.evict_first ? stream_policy() : 0;
     if constexpr (nf4) {
         if (threadIdx.x < 16) table[threadIdx.x] = p.code[threadIdx.x];
         __syncthreads();
@@ -217,14 +248,15 @@ __global__ void __launch_bounds__(GEMV_THREADS, M > 1 ? 1 : is_nf4<WT>::value ? 
 #pragma unroll
         for (int r = 0; r < R; r++) acc[i][r] = 0.0f;
     w_round<WT, R, U> cur, next;
-    if (grp < ngroups) load_round<WT, R, U>(p, grp, base, stride, nvec, lane, cur);
+    if (grp < ngroups) load_round<WT, R, U>(p, grp, base, stride, nvec, lane, policy, cur);
+    if (p.early) gpu_grid_wait();
     while (grp < ngroups) {
         int64_t next_grp = grp, next_base = base + stride * U;
         if (next_base >= nvec) {
             next_base = first_base;
             next_grp += group_step;
         }
-        if (next_grp < ngroups) load_round<WT, R, U>(p, next_grp, next_base, stride, nvec, lane, next);
+        if (next_grp < ngroups) load_round<WT, R, U>(p, next_grp, next_base, stride, nvec, lane, policy, next);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int64_t v = base + u * stride + lane;
@@ -288,6 +320,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, M > 1 ? 1 : is_nf4<WT>::value ? 
         grp = next_grp;
         base = next_base;
     }
+    if (p.release == GEMV_RELEASE_END) gpu_grid_release(); /* this warp's rounds are done */
     if (splits > 1) { /* the grid covers every group once (gpu_gemv): each warp summed one group */
         __syncthreads();
         for (int t = threadIdx.x; t < groups * R * (int)p.m; t += blockDim.x) {
@@ -332,6 +365,41 @@ static int resident_blocks(void)
     return n;
 }
 
+/* How products overlap the kernels around them in a recorded pass (gpu_overlap), read once:
+ * - FINCH_CUDA_GEMV_RELEASE=start|end|exit (default end): the next kernel may start when the
+ *   product starts, when its warps have streamed their rows, or only when it has finished;
+ * - FINCH_CUDA_GEMV_EVICT_FIRST=0|1 (default 1, any pass): W's loads leave L2 first.
+ * And FINCH_CUDA_GEMV_BALANCE=0 turns off the split of k that evens out warps' rows (choose_groups). */
+static int64_t env_int(const char *name, int64_t fallback)
+{
+    const char *e = getenv(name);
+    return e && *e ? atoll(e) : fallback;
+}
+
+static int release_point(void)
+{
+    static int r = -1;
+    if (r < 0) {
+        const char *e = getenv("FINCH_CUDA_GEMV_RELEASE");
+        r = e && !strcmp(e, "start") ? GEMV_RELEASE_START : e && !strcmp(e, "exit") ? GEMV_RELEASE_EXIT : GEMV_RELEASE_END;
+    }
+    return r;
+}
+
+static int evict_first(void)
+{
+    static int on = -1;
+    if (on < 0) on = env_int("FINCH_CUDA_GEMV_EVICT_FIRST", 1) != 0;
+    return on;
+}
+
+static int balance(void)
+{
+    static int on = -1;
+    if (on < 0) on = env_int("FINCH_CUDA_GEMV_BALANCE", 1) != 0;
+    return on;
+}
+
 /* Groups of rows per block (a divisor of warps; the other warps split k). Whole rows per warp
  * stream best (on an H200 every split was slower once the blocks fill the card: 4096 x 4096 bf16
  * 11.2 us unsplit, 12.2 / 14.5 / 19.8 us with 2 / 4 / 8 warps a row), so k is split only as far as
@@ -347,7 +415,21 @@ static int choose_groups(int64_t ngroups, int64_t nvec, int warps, int64_t slots
     int groups = warps;
     while (groups > 1 && (ngroups + groups - 1) / groups < slots * 9 / 10 && nvec >= (int64_t)(warps / groups) * 2 * 32)
         groups /= 2;
-    return groups;
+    if (groups < warps || !balance()) return groups;
+    /* Whole rows on a full card: the warps with one row more than others set the time (6144 rows
+     * on 4224 warps: two rows' time for 1.45 on average). Split k where that is at least 10% less
+     * time, counted in runs of 32 vectors: unsplit, ceil(rows / warps) rows of ceil(nvec / 32)
+     * runs; split s ways, waves of blocks of warps / s rows, each ceil(nvec / 32s) runs. */
+    int64_t best = (ngroups + slots * warps - 1) / (slots * warps) * ((nvec + 31) / 32), best_groups = warps;
+    for (int s = 2; s <= 4 && nvec >= (int64_t)s * 2 * 32; s *= 2) {
+        int64_t g = warps / s, blocks = (ngroups + g - 1) / g;
+        int64_t cost = (blocks + slots - 1) / slots * ((nvec + 32 * s - 1) / (32 * s));
+        if (cost * 10 < best * 9) {
+            best = cost;
+            best_groups = g;
+        }
+    }
+    return (int)best_groups;
 }
 
 template <typename WT, typename XT, int M, int R, int U>
@@ -366,8 +448,9 @@ static int launch(gpuStream_t st, int sms, int warps, gemv_params p)
         if (cap > 0 && blocks > cap) blocks = cap;
     }
     if (blocks > INT32_MAX) return 0;
-    gemv_kernel<WT, XT, M, R, U><<<(unsigned)blocks, GEMV_THREADS, 0, st>>>(p);
-    return 1;
+    p.release = release_point();
+    gpuError_t e = gpu_launch(gemv_kernel<WT, XT, M, R, U>, dim3((unsigned)blocks), dim3(GEMV_THREADS), 0, st, p);
+    return e == gpuSuccess ? 1 : -gpu_check(e, "gemv"); /* launched, or minus the status */
 }
 
 template <typename WT, int R, int U>
@@ -420,6 +503,8 @@ int gpu_gemv(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int
     p.ldc = ldc;
     p.alpha = alpha;
     p.beta = beta;
+    p.early = b->weight;
+    p.evict_first = evict_first();
     int warps = GEMV_THREADS / (dev->props.warpSize > 0 ? dev->props.warpSize : 32);
     int sms = dev->props.multiProcessorCount > 0 ? dev->props.multiProcessorCount : 1;
     int launched;
@@ -429,8 +514,8 @@ int gpu_gemv(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int
     case FINCH_DTYPE_F32: launched = launch_for_x<float, 1, 4>(st, sms, warps, a->dtype, p); break;
     default: launched = launch_for_x<nf4_t, 2, 2>(st, sms, warps, a->dtype, p); break;
     }
+    if (launched < 0) return -launched;
     if (!launched) return FINCH_OK;
-    GPU_TRY(GPU_LAUNCHED("gemv"));
     *done = 1;
     return FINCH_OK;
 }

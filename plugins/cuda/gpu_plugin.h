@@ -21,6 +21,7 @@ struct finch_plugin_device {
     struct gpu_lt_cache *lt_cache;  /* cuBLASLt plans by shape (gemm.cu) */
 #endif
     struct finch_plugin_device *prev, *next; /* every open device, for shutdown */
+    struct gpu_held *held;          /* scratch of the default stream that recordings may name (gpu_held_scratch) */
 };
 
 struct finch_plugin_buffer {
@@ -34,6 +35,7 @@ struct finch_plugin_stream {
     gpuStream_t stream;
     int device;
     struct finch_plugin_stream *prev, *next;
+    struct gpu_held *held;          /* its scratch that recordings may name (gpu_held_scratch) */
 };
 
 /* ---- errors: a thread-local message behind last_error() -------------------------------- */
@@ -56,6 +58,21 @@ int gpu_begin(finch_plugin_device *dev, finch_plugin_stream *s, gpuStream_t *out
  * Freed with gpu_scratch_free on the same stream once the work using it is queued. */
 int gpu_scratch(gpuStream_t st, size_t bytes, void **out, const char *what);
 void gpu_scratch_free(gpuStream_t st, void *p);
+
+/* Scratch of at least `bytes` owned by the stream s (NULL: the device's default stream) and kept until
+ * the stream or device goes away, so that work recorded into a graph may name it: no allocation
+ * node in the recording. The same memory comes back on every call with a size it covers (work on
+ * one stream is ordered, so uses do not overlap); a larger size allocates anew (never while st is
+ * recording: then *out is NULL and the caller takes gpu_scratch). */
+int gpu_held_scratch(finch_plugin_device *dev, finch_plugin_stream *s, gpuStream_t st, size_t bytes, void **out);
+
+/* Programmatic dependent launch (sm_90+, CUDA): while this thread records st into a graph and
+ * FINCH_CUDA_PDL is not 0, gpu_launch lets a kernel start before the previous kernel in the
+ * stream has finished. Such kernels call gpu_grid_wait() before touching any memory that earlier
+ * work writes or reads (only data that nothing in the recording writes, the weights, may be read
+ * before it), and gpu_grid_release() to let the next kernel start early in turn. Elsewhere (not
+ * recording, HIP, older devices) launches are plain and both calls do nothing. */
+int gpu_overlap(gpuStream_t st);
 
 /* The address a finch_dptr names, or NULL when it is absent. */
 static inline void *gpu_ptr(finch_dptr p)
@@ -140,6 +157,45 @@ __device__ __forceinline__ float block_max(float v, float *shared)
     return t;
 }
 
+/* See gpu_overlap. */
+__device__ __forceinline__ void gpu_grid_wait(void)
+{
+#if FINCH_GPU_CUDA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void gpu_grid_release(void)
+{
+#if FINCH_GPU_CUDA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+/* kernel<<<grid, block, smem, st>>>(args...), the launch error returned; may overlap the previous
+ * kernel (gpu_overlap): only for kernels that call gpu_grid_wait() before their first access of
+ * memory that earlier work touches. */
+template <typename... P, typename... A>
+static inline gpuError_t gpu_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, gpuStream_t st, A... args)
+{
+#if FINCH_GPU_CUDA
+    if (gpu_overlap(st)) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = st;
+        cudaLaunchAttribute attr[1] = {};
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        return cudaLaunchKernelEx(&cfg, kernel, args...);
+    }
+#endif
+    kernel<<<grid, block, smem, st>>>(args...);
+    return gpuGetLastError();
+}
+
 /* FINCH_DISPATCH_FLOAT(dtype, T, body): runs body with T the storage type of dtype (F32/BF16/F16);
  * any other dtype makes the enclosing function return FINCH_ERR_UNSUPPORTED. */
 #define FINCH_DISPATCH_FLOAT(dtype, T, what, ...)                                             \
@@ -162,6 +218,7 @@ typedef struct gpu_operand {
     int64_t ld, stride;
     const float *absmax, *code;     /* NF4 only */
     int64_t blocksize;
+    int weight;                     /* a model weight: nothing queued in a recorded pass writes it */
 } gpu_operand;
 
 /* C[b] (m x n, row stride ldc, type c_type) = alpha op(A[b]) op(B[b]) + beta C[b]. Uses cuBLASLt

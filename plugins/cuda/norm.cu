@@ -12,6 +12,8 @@ __global__ void __launch_bounds__(NT)
 rmsnorm_forward_kernel(int64_t n, int64_t dim, const T *x, const W *w, float offset, float eps, T *y, float *rstd_out)
 {
     __shared__ float shared[32];
+    gpu_grid_release();
+    gpu_grid_wait();
     for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
         const T *xr = x + r * dim;
         float ss = 0.0f;
@@ -167,15 +169,16 @@ extern "C" int plugin_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_str
     if (n <= 0) return FINCH_OK;
     GPU_TRY(check_norm("rmsnorm_forward", dim, dtype, w_type, gpu_ptr(x), gpu_ptr(y), "y"));
     bool wide = n < 256 && dim >= 2048;
+    gpuError_t err = gpuSuccess;
     DISPATCH_NORM(dtype, w_type, "rmsnorm_forward",
         if (wide)
-            rmsnorm_forward_kernel<T, W, 1024><<<row_blocks(n), 1024, 0, st>>>(n, dim, (const T *)gpu_ptr(x), (const W *)gpu_ptr(w),
-                                                                             weight_offset, eps, (T *)gpu_ptr(y), (float *)gpu_ptr(rstd));
+            err = gpu_launch(rmsnorm_forward_kernel<T, W, 1024>, dim3(row_blocks(n)), dim3(1024), 0, st, n, dim, (const T *)gpu_ptr(x),
+                             (const W *)gpu_ptr(w), weight_offset, eps, (T *)gpu_ptr(y), (float *)gpu_ptr(rstd));
         else
-            rmsnorm_forward_kernel<T, W, THREADS><<<row_blocks(n), THREADS, 0, st>>>(n, dim, (const T *)gpu_ptr(x), (const W *)gpu_ptr(w),
-                                                                                   weight_offset, eps, (T *)gpu_ptr(y),
-                                                                                   (float *)gpu_ptr(rstd)));
-    return GPU_LAUNCHED("rmsnorm_forward");
+            err = gpu_launch(rmsnorm_forward_kernel<T, W, THREADS>, dim3(row_blocks(n)), dim3(THREADS), 0, st, n, dim,
+                             (const T *)gpu_ptr(x), (const W *)gpu_ptr(w), weight_offset, eps, (T *)gpu_ptr(y),
+                             (float *)gpu_ptr(rstd)));
+    return gpu_check(err, "rmsnorm_forward");
 }
 
 extern "C" int plugin_rmsnorm_backward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,

@@ -77,6 +77,95 @@ void gpu_scratch_free(gpuStream_t st, void *p)
     if (p) gpuFreeAsync(p, st);
 }
 
+/* ---- scratch kept for recordings, and overlapping launches while recording ------------------------ */
+struct gpu_held {
+    void *ptr;
+    size_t size;
+    struct gpu_held *next; /* smaller ones allocated before: recordings may still name them */
+};
+
+static void held_free(struct gpu_held **list)
+{
+    while (*list) {
+        struct gpu_held *h = *list;
+        *list = h->next;
+        gpuFree(h->ptr);
+        free(h);
+    }
+}
+
+static std::mutex held_lock; /* host threads may share a device's default stream */
+
+int gpu_held_scratch(finch_plugin_device *dev, finch_plugin_stream *s, gpuStream_t st, size_t bytes, void **out)
+{
+    *out = NULL;
+    std::lock_guard<std::mutex> g(held_lock);
+    struct gpu_held **list = s ? &s->held : &dev->held;
+    if (*list && (*list)->size >= bytes) {
+        *out = (*list)->ptr;
+        return FINCH_OK;
+    }
+#if FINCH_GPU_CUDA
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(st, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) {
+        (void)gpuGetLastError();
+        return FINCH_OK; /* no allocation while recording: the caller takes stream-ordered scratch */
+    }
+#else
+    hipStreamCaptureStatus cs = hipStreamCaptureStatusNone;
+    if (hipStreamIsCapturing(st, &cs) != hipSuccess || cs != hipStreamCaptureStatusNone) {
+        (void)gpuGetLastError();
+        return FINCH_OK;
+    }
+#endif
+    size_t size = *list ? (*list)->size * 2 : 0;
+    if (size < bytes) size = bytes;
+    struct gpu_held *h = (struct gpu_held *)calloc(1, sizeof *h);
+    if (!h) return gpu_fail(FINCH_ERR_OUT_OF_MEMORY, FINCH_GPU_PLUGIN_NAME ": out of host memory");
+    char what[96];
+    snprintf(what, sizeof what, "allocating %zu bytes of stream scratch", size);
+    int rc = gpu_check(gpuMalloc(&h->ptr, size), what);
+    if (rc) {
+        free(h);
+        return rc;
+    }
+    h->size = size;
+    h->next = *list;
+    *list = h;
+    *out = h->ptr;
+    return FINCH_OK;
+}
+
+/* The stream this thread is recording with overlapping launches on (plugin_capture_begin). */
+static thread_local gpuStream_t overlap_stream;
+
+int gpu_overlap(gpuStream_t st)
+{
+    return st && st == overlap_stream;
+}
+
+#if FINCH_GPU_CUDA
+/* Whether this module's kernels were built with griddepcontrol for the current device (sm_90+ code;
+ * a build for an older architecture run through its PTX has none, and must not overlap). */
+static __global__ void overlap_probe_kernel(void) { gpu_grid_wait(); }
+
+static int overlap_wanted(finch_plugin_device *dev)
+{
+    static int env = -1;
+    if (env < 0) {
+        const char *e = getenv("FINCH_CUDA_PDL");
+        env = !(e && !strcmp(e, "0"));
+    }
+    if (!env || dev->props.major < 9) return 0;
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, (const void *)overlap_probe_kernel) != cudaSuccess) {
+        (void)gpuGetLastError();
+        return 0;
+    }
+    return fa.ptxVersion >= 90;
+}
+#endif
+
 size_t gpu_dtype_size(finch_dtype t)
 {
     switch (t) {
@@ -270,6 +359,7 @@ static void plugin_device_close(finch_plugin_device *dev)
     gpublasLtDestroy(dev->lt);
 #endif
     gpuStreamDestroy(dev->stream);
+    held_free(&dev->held);
     gpuMemPool_t pool;
     if (gpuDeviceGetDefaultMemPool(&pool, dev->index) == gpuSuccess) gpuMemPoolTrimTo(pool, 0);
     free(dev);
@@ -310,6 +400,7 @@ static void plugin_stream_destroy(finch_plugin_device *dev, finch_plugin_stream 
     gpuSetDevice(s->device);
     gpuStreamSynchronize(s->stream);
     gpuStreamDestroy(s->stream);
+    held_free(&s->held);
     free(s);
 }
 
@@ -451,7 +542,11 @@ static int plugin_capture_begin(finch_plugin_device *dev, finch_plugin_stream *s
     gpuStream_t st = NULL;
     GPU_TRY(gpu_begin(dev, s, &st));
     /* Thread-local: other threads' unrelated calls (a host app's own CUDA work) are not disturbed. */
-    return gpu_check(gpuStreamBeginCapture(st, gpuStreamCaptureModeThreadLocal), "starting to record the stream");
+    GPU_TRY(gpu_check(gpuStreamBeginCapture(st, gpuStreamCaptureModeThreadLocal), "starting to record the stream"));
+#if FINCH_GPU_CUDA
+    overlap_stream = overlap_wanted(dev) ? st : NULL;
+#endif
+    return FINCH_OK;
 }
 
 static int plugin_capture_end(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_graph **out)
@@ -459,6 +554,7 @@ static int plugin_capture_end(finch_plugin_device *dev, finch_plugin_stream *s, 
     gpuStream_t st = NULL;
     *out = NULL;
     GPU_TRY(gpu_begin(dev, s, &st));
+    overlap_stream = NULL;
     gpuGraph_t graph = NULL;
     /* Ending also ends a capture that a failed call broke off; its error is the one to report. */
     int rc = gpu_check(gpuStreamEndCapture(st, &graph), "recording the stream");

@@ -19,6 +19,8 @@ struct rope_params {
 template <typename T>
 __global__ void rope_kernel(rope_params p, T *x)
 {
+    gpu_grid_release();
+    gpu_grid_wait();
     extern __shared__ float cs[]; /* cos [half], sin [half] */
     int half = (int)p.half, per = (int)((p.n_heads + gridDim.y - 1) / gridDim.y), h0 = (int)blockIdx.y * per;
     int h1 = h0 + per < p.n_heads ? h0 + per : (int)p.n_heads, pairs = (h1 > h0 ? h1 - h0 : 0) * half;
@@ -83,9 +85,10 @@ static int rope(finch_plugin_device *dev, finch_plugin_stream *s, const finch_ro
     unsigned blocks = d->n_tokens < 65535 * 16 ? (unsigned)d->n_tokens : 65535u * 16;
     unsigned groups = d->n_tokens < 64 ? (unsigned)(d->n_heads < 8 ? d->n_heads : 8) : 1;
     size_t smem = (size_t)p.half * 2 * sizeof(float);
+    gpuError_t err = gpuSuccess;
     FINCH_DISPATCH_FLOAT(d->dtype, T, entry,
-        rope_kernel<T><<<dim3(blocks, groups), THREADS, smem, st>>>(p, (T *)gpu_ptr(d->x)));
-    return GPU_LAUNCHED(entry);
+        err = gpu_launch(rope_kernel<T>, dim3(blocks, groups), dim3(THREADS), smem, st, p, (T *)gpu_ptr(d->x)));
+    return gpu_check(err, entry);
 }
 
 extern "C" int plugin_rope_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_rope_desc *d)
