@@ -641,33 +641,24 @@ static int offload_before_forward(finch_model *m, const offload *o, int64_t l)
     return FINCH_OK;
 }
 
-/* x_l (just computed) to host memory when its layer will need it back. */
-static int offload_out(finch_model *m, const offload *o, const finch_tensor *xl, int64_t l)
+/* x_l to host memory when it was just computed (back = 0), or back into its slot (back = 1): queued
+ * before layer l + 1 is differentiated (beside the compute: it runs meanwhile) or, on the compute
+ * stream, just before layer l. Only x_1 .. x_{L-2} travel. */
+static int offload_copy(finch_model *m, const offload *o, const finch_tensor *xl, int64_t l, int back)
 {
     const finch_plugin_api *api = m->be->api;
     if (l < 1 || l > m->cfg.n_layers - 2) return FINCH_OK;
     finch_plugin_stream *cs = o->async ? m->offload_stream : m->be->stream;
     int rc = o->async ? stream_after(m, cs, m->be->stream, m->offload_events[EV_COMPUTE]) : FINCH_OK;
-    if (!rc && (m->offload_pinned ? api->read_async : api->read)(m->be->dev, cs, xl->data, offload_at(m, o, l), o->bytes))
-        rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "offloading a layer input to host memory");
-    if (!rc && o->async && api->event_record(m->be->dev, cs, m->offload_events[EV_COPIED + l % 2]))
-        rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
-    return rc;
-}
-
-/* x_l back into its slot: queued before layer l + 1 is differentiated (async: it runs meanwhile) or,
- * on the compute stream, just before layer l. */
-static int offload_in(finch_model *m, const offload *o, const finch_tensor *xl, int64_t l)
-{
-    const finch_plugin_api *api = m->be->api;
-    if (l < 1 || l > m->cfg.n_layers - 2) return FINCH_OK;
-    finch_plugin_stream *cs = o->async ? m->offload_stream : m->be->stream;
-    int rc = o->async ? stream_after(m, cs, m->be->stream, m->offload_events[EV_COMPUTE]) : FINCH_OK;
-    if (!rc && (m->offload_pinned ? api->write_async : api->write)(m->be->dev, cs, xl->data, offload_at(m, o, l), o->bytes))
-        rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "reloading a layer input from host memory");
-    if (!rc && o->async && api->event_record(m->be->dev, cs, m->offload_events[EV_LOADED + l % 2]))
-        rc = finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
-    return rc;
+    if (rc) return rc;
+    unsigned char *host = offload_at(m, o, l);
+    if (back ? (m->offload_pinned ? api->write_async : api->write)(m->be->dev, cs, xl->data, host, o->bytes)
+             : (m->offload_pinned ? api->read_async : api->read)(m->be->dev, cs, xl->data, host, o->bytes))
+        return finch_device_error(m->be, FINCH_ERR_DEVICE, back ? "reloading a layer input from host memory"
+                                                                : "offloading a layer input to host memory");
+    if (o->async && api->event_record(m->be->dev, cs, m->offload_events[(back ? EV_LOADED : EV_COPIED) + l % 2]))
+        return finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
+    return FINCH_OK;
 }
 
 /* Before layer l is differentiated: its input is back. */
@@ -758,7 +749,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             if (off.on) rc = offload_before_forward(m, &off, l);
             if (!rc) rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
             finch_arena_reset(&m->arena, am);
-            if (!rc && off.on) rc = offload_out(m, &off, &x[l + 1], l + 1);
+            if (!rc && off.on) rc = offload_copy(m, &off, &x[l + 1], l + 1, 0);
         } else {
             rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
         }
@@ -782,7 +773,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
                 /* Beside the compute x_{l-1} comes back while layer l is differentiated; else x_l
                  * just before. */
                 int64_t back = off.async ? l - 1 : l;
-                if (back >= 1) rc = offload_in(m, &off, &x[back], back);
+                if (back >= 1) rc = offload_copy(m, &off, &x[back], back, 1);
                 if (!rc) rc = offload_before_backward(m, &off, l);
             }
             if (rc) break;
