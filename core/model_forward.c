@@ -103,12 +103,13 @@ static finch_rope_params rope_params(const step_ctx *s, int64_t layer, int64_t h
     return p;
 }
 
-static int attention_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor *out)
+/* Attention up to its output projection: o from the normed input x. */
+static int attention_core(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor *o)
 {
     const finch_model_config *c = &s->m->cfg;
     const finch_layer *ly = &s->m->layers[l];
     int64_t nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim;
-    finch_tensor q, k, v, qkv, o;
+    finch_tensor q, k, v, qkv;
     int rc;
     if (param_present(&ly->qkv.weight)) {
         if ((rc = linear(s, x, &ly->qkv, &qkv))) return rc;
@@ -135,9 +136,14 @@ static int attention_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_
     ap.scale = c->attn_scale;
     ap.softcap = c->attn_softcap;
     ap.window = c->layer_sliding[l] ? c->sliding_window : 0;
-    rc = s->cache ? finch_kv_cache_attention(s->cache, s->g, l, &q, &k, &v, &ap, &o) : finch_op_attention(s->g, &q, &k, &v, &ap, &o);
-    if (rc) return rc;
-    return linear(s, &o, &ly->o, out);
+    return s->cache ? finch_kv_cache_attention(s->cache, s->g, l, &q, &k, &v, &ap, o) : finch_op_attention(s->g, &q, &k, &v, &ap, o);
+}
+
+static int attention_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor *out)
+{
+    finch_tensor o;
+    int rc = attention_core(s, l, x, &o);
+    return rc ? rc : linear(s, &o, &s->m->layers[l].o, out);
 }
 
 static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor *out)
@@ -161,22 +167,6 @@ static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor
     return linear(s, &h, &ly->down, out);
 }
 
-/* The attention half of a layer: x1 = x + attn(norm(x)) (the attention output post-normed first with
- * sandwich norms). */
-static int attention_half(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor *x1)
-{
-    const finch_model_config *c = &s->m->cfg;
-    const finch_layer *ly = &s->m->layers[l];
-    finch_tensor a, attn, raw;
-    int rc;
-    if ((rc = norm(s, x, &ly->attn_norm, &ly->attn_norm_b, &a)) || (rc = attention_block(s, l, &a, &attn))) return rc;
-    if (c->sandwich_norms) {
-        raw = attn;
-        if ((rc = norm(s, &raw, &ly->post_attn_norm, NULL, &attn))) return rc;
-    }
-    return finch_op_add(s->g, x, &attn, NULL, x1);
-}
-
 /* The MLP half: out = x1 + mlp(norm(x1)) (post-normed first with sandwich norms), into out. Token by
  * token, so it may run on any rows of x1 and out (s->row0: where they start). */
 static int mlp_half(step_ctx *s, int64_t l, const finch_tensor *x1, const finch_tensor *out)
@@ -193,12 +183,28 @@ static int mlp_half(step_ctx *s, int64_t l, const finch_tensor *x1, const finch_
     return finch_op_add(s->g, x1, &mo, out, &res);
 }
 
+/* What follows attention, token by token, so on any rows of x, o and out (s->row0: where they
+ * start): x1 = x + o_proj(o) (post-normed first with sandwich norms), out = x1 + mlp(norm(x1)). */
+static int after_attention(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *o, const finch_tensor *out)
+{
+    const finch_layer *ly = &s->m->layers[l];
+    finch_tensor attn, raw, x1;
+    int rc = linear(s, o, &ly->o, &attn);
+    if (!rc && s->m->cfg.sandwich_norms) {
+        raw = attn;
+        rc = norm(s, &raw, &ly->post_attn_norm, NULL, &attn);
+    }
+    if (!rc) rc = finch_op_add(s->g, x, &attn, NULL, &x1);
+    return rc ? rc : mlp_half(s, l, &x1, out);
+}
+
 /* Tokens per MLP chunk when a pass over n tokens runs the MLP in chunks, else 0. The MLP's
  * intermediates dominate a layer's working set: in a chunk's backward about seven [tokens,
  * intermediate] tensors (gate, up, their product and the three gradients). Pieces of equal size
  * with at most ~448 MiB of them bound that part of a long sequence's memory (pieces of ~2000
  * tokens at Llama-8B's width; an 8B-shape B2xT2048 step in two: 0.5 GiB less at ~2% of its time on
- * an H200). Falcon's parallel layers read x in both halves (no split). */
+ * an H200). The output projection and the residual sums go with the MLP (after_attention). Falcon's
+ * parallel layers read x in both halves (no split). */
 #define FINCH_MLP_CHUNK_BYTES ((int64_t)448 << 20)
 static int64_t mlp_chunk(const step_ctx *s)
 {
@@ -214,8 +220,8 @@ static int64_t mlp_chunk(const step_ctx *s)
 }
 
 /* One decoder layer: x -> out (out is preallocated and keeps its gradient node). A pass that keeps no
- * tape (inference, the forward of gradient checkpointing) runs long sequences' MLP in chunks, each
- * chunk's intermediates released before the next. */
+ * tape (inference, the forward of gradient checkpointing) runs long sequences' part after attention
+ * in chunks, each chunk's intermediates released before the next. */
 int finch_layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out)
 {
     const finch_model_config *c = &s->m->cfg;
@@ -233,48 +239,52 @@ int finch_layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const fin
         if ((rc = mlp_block(s, l, &mlp_in, &mo)) || (rc = finch_op_add(s->g, &mo, &attn, NULL, &sum))) return rc;
         return finch_op_add(s->g, x, &sum, out, &res);
     }
-    finch_tensor x1;
-    if ((rc = attention_half(s, l, x, &x1))) return rc;
+    finch_tensor a, o;
+    if ((rc = norm(s, x, &ly->attn_norm, &ly->attn_norm_b, &a)) || (rc = attention_core(s, l, &a, &o))) return rc;
     int64_t chunk = s->g->recording || s->g->want_grad ? 0 : mlp_chunk(s);
-    if (!chunk) return mlp_half(s, l, &x1, out);
+    if (!chunk) return after_attention(s, l, x, &o, out);
     for (int64_t r0 = 0; !rc && r0 < s->n_tokens; r0 += chunk) {
         int64_t n = s->n_tokens - r0 < chunk ? s->n_tokens - r0 : chunk;
         finch_arena_mark am = finch_arena_get_mark(&s->m->arena);
-        finch_tensor x1c = finch_tensor_rows(&x1, r0, n), outc = finch_tensor_rows(out, r0, n);
+        finch_tensor xc = finch_tensor_rows(x, r0, n), oc = finch_tensor_rows(&o, r0, n), outc = finch_tensor_rows(out, r0, n);
         s->row0 = r0;
-        rc = mlp_half(s, l, &x1c, &outc);
+        rc = after_attention(s, l, &xc, &oc, &outc);
         s->row0 = 0;
         finch_arena_reset(&s->m->arena, am);
     }
     return rc;
 }
 
-/* Gradient checkpointing's backward of layer l with the MLP in chunks: the attention half is
- * recomputed and taped; then each chunk of the MLP half is recomputed, taped and differentiated
- * (its gradient rows land in x1's gradient, allocated before the chunks and zeroed by the first
- * view that writes it) and released; last the attention half is differentiated. The chunks' output
- * values are not read (only their gradient, in out's node): out_to_scratch puts them in scratch. */
+/* Gradient checkpointing's backward of layer l in chunks: attention up to its output o is
+ * recomputed and taped; then each chunk of what follows (o's projection, the residual sums, the
+ * MLP) is recomputed, taped and differentiated (its gradient rows land in o's and x's gradients,
+ * allocated before the chunks and zeroed by the first view that writes them) and released; last
+ * attention is differentiated. Of the layer's [tokens, hidden]-sized tensors only the normed input,
+ * q/k/v, o and their gradients are ever whole. The chunks' output values are not read (only their
+ * gradient, in out's node): out_to_scratch puts them in scratch. */
 static int layer_backward_chunked(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *out, int64_t chunk,
                                   int out_to_scratch)
 {
     finch_graph *g = s->g;
     finch_arena *arena = &s->m->arena;
+    const finch_layer *ly = &s->m->layers[l];
     finch_graph_mark gm = finch_graph_get_mark(g);
-    finch_tensor x1;
-    int rc = attention_half(s, l, x, &x1);
-    if (!rc && x1.node >= 0) {
-        finch_dptr dx1;
+    finch_tensor a, o;
+    int rc = norm(s, x, &ly->attn_norm, &ly->attn_norm_b, &a);
+    if (!rc) rc = attention_core(s, l, &a, &o);
+    if (!rc && o.node >= 0) {
+        finch_dptr d;
         int acc;
-        rc = finch_grad_target(g, &x1, &dx1, &acc);
+        rc = finch_grad_target(g, &o, &d, &acc);
     }
     for (int64_t r0 = 0; !rc && r0 < s->n_tokens; r0 += chunk) {
         int64_t n = s->n_tokens - r0 < chunk ? s->n_tokens - r0 : chunk;
         finch_graph_mark gc = finch_graph_get_mark(g);
         finch_arena_mark ac = finch_arena_get_mark(arena);
-        finch_tensor x1c = finch_tensor_rows(&x1, r0, n), outc = finch_tensor_rows(out, r0, n);
+        finch_tensor xc = finch_tensor_rows(x, r0, n), oc = finch_tensor_rows(&o, r0, n), outc = finch_tensor_rows(out, r0, n);
         if (out_to_scratch) rc = finch_arena_alloc(arena, (size_t)(n * outc.cols) * finch_dtype_size(outc.dtype), &outc.data);
         s->row0 = r0;
-        if (!rc) rc = mlp_half(s, l, &x1c, &outc);
+        if (!rc) rc = after_attention(s, l, &xc, &oc, &outc);
         s->row0 = 0;
         if (!rc) rc = finch_graph_backward(g, gc.n_tape);
         finch_graph_reset(g, gc);
