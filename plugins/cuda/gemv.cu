@@ -42,7 +42,6 @@ struct gemv_params {
     float alpha, beta;
     int early;                               /* W is a weight: its loads may start before the previous kernel ends */
     int release;                             /* when the next kernel may start (gpu_overlap): GEMV_RELEASE_* */
-    int evict_first;                         /* W's loads marked first to leave L2 (it is read once) */
 };
 
 enum { GEMV_RELEASE_START, GEMV_RELEASE_END, GEMV_RELEASE_EXIT };
@@ -78,36 +77,19 @@ template <> struct words<gpu_f16> {
 template <typename WT> struct w_vec { static constexpr int n = 16 / (int)sizeof(WT); };
 template <> struct w_vec<nf4_t> { static constexpr int n = 32; };
 
-/* A 16-byte load of W that does not stay in L1 (W is read once; A should stay there); with a
- * policy (evict_first), marked to leave L2 before other data too. */
-__device__ __forceinline__ uint4 load_stream(const uint4 *p, bool hinted, uint64_t policy)
+/* A 16-byte load of W that does not stay in L1 (W is read once; A should stay there). (An L2
+ * evict_first hint on these loads was measured on an H200: decode 1-2% slower.) */
+__device__ __forceinline__ uint4 load_stream(const uint4 *p)
 {
 #if FINCH_GPU_CUDA
     uint4 v;
-    if (hinted)
-        asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
-            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-            : "l"(p), "l"(policy));
-    else
-        asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-            : "l"(p));
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
     return v;
 #else
-    (void)hinted;
-    (void)policy;
     return *p;
 #endif
-}
-
-/* The L2 policy of W's loads when p.evict_first. */
-__device__ __forceinline__ uint64_t stream_policy(void)
-{
-    uint64_t policy = 0;
-#if FINCH_GPU_CUDA && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-#endif
-    return policy;
 }
 
 /* N consecutive elements of A starting at element e of row r, as f32. vec: 16-byte aligned rows
@@ -192,7 +174,7 @@ template <typename WT, int R, int U> struct w_round {
 
 template <typename WT, int R, int U>
 __device__ __forceinline__ void load_round(const gemv_params &p, int64_t grp, int64_t base, int64_t stride, int64_t nvec,
-                                           int lane, uint64_t policy, w_round<WT, R, U> &out)
+                                           int lane, w_round<WT, R, U> &out)
 {
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -203,7 +185,7 @@ __device__ __forceinline__ void load_round(const gemv_params &p, int64_t grp, in
         for (int u = 0; u < U; u++) {
             int64_t v = base + u * stride + lane;
             if (v < nvec) {
-                out.w[u][r] = load_stream(wrow + v, p.evict_first, policy);
+                out.w[u][r] = load_stream(wrow + v);
                 if constexpr (is_nf4<WT>::value) {
                     int64_t gi = first + v;
                     out.scale[u][r] = p.absmax[p.block_shift >= 0 ? gi >> p.block_shift : gi / p.groups_per_block];
@@ -230,7 +212,6 @@ __global__ void __launch_bounds__(GEMV_THREADS, M > 1 ? 1 : is_nf4<WT>::value ? 
      * first round) go out before the wait for A and C. */
     if (p.release == GEMV_RELEASE_START) gpu_grid_release();
     if (!p.early) gpu_grid_wait();
-    uint64_t policy = p.evict_first ? stream_policy() : 0;
     if constexpr (nf4) {
         if (threadIdx.x < 16) table[threadIdx.x] = p.code[threadIdx.x];
         __syncthreads();
@@ -248,7 +229,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, M > 1 ? 1 : is_nf4<WT>::value ? 
 #pragma unroll
         for (int r = 0; r < R; r++) acc[i][r] = 0.0f;
     w_round<WT, R, U> cur, next;
-    if (grp < ngroups) load_round<WT, R, U>(p, grp, base, stride, nvec, lane, policy, cur);
+    if (grp < ngroups) load_round<WT, R, U>(p, grp, base, stride, nvec, lane, cur);
     if (p.early) gpu_grid_wait();
     while (grp < ngroups) {
         int64_t next_grp = grp, next_base = base + stride * U;
@@ -256,7 +237,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, M > 1 ? 1 : is_nf4<WT>::value ? 
             next_base = first_base;
             next_grp += group_step;
         }
-        if (next_grp < ngroups) load_round<WT, R, U>(p, next_grp, next_base, stride, nvec, lane, policy, next);
+        if (next_grp < ngroups) load_round<WT, R, U>(p, next_grp, next_base, stride, nvec, lane, next);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int64_t v = base + u * stride + lane;
@@ -366,16 +347,8 @@ static int resident_blocks(void)
 }
 
 /* How products overlap the kernels around them in a recorded pass (gpu_overlap), read once:
- * - FINCH_CUDA_GEMV_RELEASE=start|end|exit (default end): the next kernel may start when the
- *   product starts, when its warps have streamed their rows, or only when it has finished;
- * - FINCH_CUDA_GEMV_EVICT_FIRST=0|1 (default 1, any pass): W's loads leave L2 first.
- * And FINCH_CUDA_GEMV_BALANCE=0 turns off the split of k that evens out warps' rows (choose_groups). */
-static int64_t env_int(const char *name, int64_t fallback)
-{
-    const char *e = getenv(name);
-    return e && *e ? atoll(e) : fallback;
-}
-
+ * FINCH_CUDA_GEMV_RELEASE=start|end|exit (default end): the next kernel may start when the product
+ * starts, when its warps have streamed their rows, or only when it has finished. */
 static int release_point(void)
 {
     static int r = -1;
@@ -384,20 +357,6 @@ static int release_point(void)
         r = e && !strcmp(e, "start") ? GEMV_RELEASE_START : e && !strcmp(e, "exit") ? GEMV_RELEASE_EXIT : GEMV_RELEASE_END;
     }
     return r;
-}
-
-static int evict_first(void)
-{
-    static int on = -1;
-    if (on < 0) on = env_int("FINCH_CUDA_GEMV_EVICT_FIRST", 1) != 0;
-    return on;
-}
-
-static int balance(void)
-{
-    static int on = -1;
-    if (on < 0) on = env_int("FINCH_CUDA_GEMV_BALANCE", 1) != 0;
-    return on;
 }
 
 /* Groups of rows per block (a divisor of warps; the other warps split k). Whole rows per warp
@@ -415,21 +374,9 @@ static int choose_groups(int64_t ngroups, int64_t nvec, int warps, int64_t slots
     int groups = warps;
     while (groups > 1 && (ngroups + groups - 1) / groups < slots * 9 / 10 && nvec >= (int64_t)(warps / groups) * 2 * 32)
         groups /= 2;
-    if (groups < warps || !balance()) return groups;
-    /* Whole rows on a full card: the warps with one row more than others set the time (6144 rows
-     * on 4224 warps: two rows' time for 1.45 on average). Split k where that is at least 10% less
-     * time, counted in runs of 32 vectors: unsplit, ceil(rows / warps) rows of ceil(nvec / 32)
-     * runs; split s ways, waves of blocks of warps / s rows, each ceil(nvec / 32s) runs. */
-    int64_t best = (ngroups + slots * warps - 1) / (slots * warps) * ((nvec + 31) / 32), best_groups = warps;
-    for (int s = 2; s <= 4 && nvec >= (int64_t)s * 2 * 32; s *= 2) {
-        int64_t g = warps / s, blocks = (ngroups + g - 1) / g;
-        int64_t cost = (blocks + slots - 1) / slots * ((nvec + 32 * s - 1) / (32 * s));
-        if (cost * 10 < best * 9) {
-            best = cost;
-            best_groups = g;
-        }
-    }
-    return (int)best_groups;
+    /* (Splitting k further to even out the warps' row counts on a full card was measured on an
+     * H200: decode 1-2% slower.) */
+    return groups;
 }
 
 template <typename WT, typename XT, int M, int R, int U>
@@ -504,7 +451,6 @@ int gpu_gemv(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int
     p.alpha = alpha;
     p.beta = beta;
     p.early = b->weight;
-    p.evict_first = evict_first();
     int warps = GEMV_THREADS / (dev->props.warpSize > 0 ? dev->props.warpSize : 32);
     int sms = dev->props.multiProcessorCount > 0 ? dev->props.multiProcessorCount : 1;
     int launched;
