@@ -93,7 +93,8 @@ typedef struct finch_load_options {
     int double_quant;          /* 1: absmax itself in 8 bits (bitsandbytes' compress_statistics) */
     /* With gradient checkpointing: the layer inputs kept for backward go to host memory as each layer
      * finishes and come back one layer at a time in backward, so the device holds two of them instead
-     * of one per layer (long contexts). The copies are synchronous: training steps are slower. */
+     * of one per layer (long contexts). Where the backend has page-locked memory and events (CUDA,
+     * OpenCL) the copies run on a stream of their own beside the compute; elsewhere between kernels. */
     int offload_activations;
 } finch_load_options;
 
