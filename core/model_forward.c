@@ -3,10 +3,11 @@
  *
  * Memory: the activations of a step come from the model's arena. Without gradient checkpointing
  * every layer's activations stay until backward; with it only the residual stream between layers
- * (x_0 .. x_L) stays (in host memory but for two of them with offload_activations), and each layer
- * is recomputed, differentiated and released in turn. Gradients
- * of the residual stream use two buffers in turn; everything else a layer's backward allocates is
- * released when the layer is done, and the head's when the head is. */
+ * (x_0 .. x_L) stays (with offload_activations x_1 .. x_{L-2} in host memory, the device holding
+ * two slots for them), and each layer is recomputed, differentiated and released in turn, what
+ * follows its attention in token chunks for long sequences. Gradients of the residual stream use two
+ * buffers in turn; everything else a layer's backward allocates is released when the layer is done,
+ * and the head's when the head is. */
 #include "core/error.h"
 #include "core/half.h"
 #include "core/kv_cache.h"
