@@ -557,10 +557,10 @@ void finch_model_free(finch_model *m)
     finch_param_release(m, &m->lm_head_own);
     finch_vl_free(m);
     finch_devmem_free(&m->mem, m->persistent);
+    finch_model_offload_release(m);   /* page-locked through the backend, its copies' stream: first */
     finch_arena_free(&m->arena);
     finch_devmem_release_all(&m->mem);
     free(m->mem.entries);
-    finch_model_offload_release(m);   /* page-locked through the backend: before it closes */
     if (m->backend_owned) finch_backend_close(&m->backend);
     free(m->owners);
     finch_graph_free(&m->graph);

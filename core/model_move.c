@@ -198,8 +198,8 @@ int finch_model_move_backend(finch_model *m, const finch_backend *to, int take)
     /* Commit: nothing below can fail. Per-device state that does not move goes first, on the old device. */
     for (int i = 0; i < m->n_owners; i++)
         if (m->owners[i].release) m->owners[i].release(m->owners[i].self);
+    finch_model_offload_release(m);   /* page-locked by the old backend; waits for the copies' stream */
     finch_arena_free(&m->arena);
-    finch_model_offload_release(m);   /* page-locked by the old backend; the next step makes it again */
     finch_graph_clear(&m->graph);
     m->logits = finch_dptr_none();
     m->logits_count = 0;
