@@ -643,13 +643,18 @@ static int stream_after(finch_model *m, finch_plugin_stream *a, finch_plugin_str
     return FINCH_OK;
 }
 
+/* The compute stream waits for the copy that recorded ev. */
+static int compute_waits(finch_model *m, finch_plugin_event *ev)
+{
+    if (m->be->api->stream_wait_event(m->be->dev, m->be->stream, ev))
+        return finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
+    return FINCH_OK;
+}
+
 /* Before layer l writes x_{l+1}: the copy out of the slot's last occupant (x_{l-1}) is done. */
 static int offload_before_forward(finch_model *m, const offload *o, int64_t l)
 {
-    if (!o->async) return FINCH_OK;
-    if (m->be->api->stream_wait_event(m->be->dev, m->be->stream, m->offload_events[EV_COPIED + (l + 1) % 2]))
-        return finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
-    return FINCH_OK;
+    return o->async ? compute_waits(m, m->offload_events[EV_COPIED + (l + 1) % 2]) : FINCH_OK;
 }
 
 /* x_l to host memory when it was just computed (back = 0), or back into its slot (back = 1): queued
@@ -676,9 +681,7 @@ static int offload_copy(finch_model *m, const offload *o, const finch_tensor *xl
 static int offload_before_backward(finch_model *m, const offload *o, int64_t l)
 {
     if (!o->async || l < 1 || l > m->cfg.n_layers - 2) return FINCH_OK;
-    if (m->be->api->stream_wait_event(m->be->dev, m->be->stream, m->offload_events[EV_LOADED + l % 2]))
-        return finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
-    return FINCH_OK;
+    return compute_waits(m, m->offload_events[EV_LOADED + l % 2]);
 }
 
 /* A residual-stream tensor over existing device memory, with a gradient node when req. */
