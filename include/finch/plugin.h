@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define FINCH_PLUGIN_ABI_MAJOR 1
-#define FINCH_PLUGIN_ABI_MINOR 4
+#define FINCH_PLUGIN_ABI_MINOR 5
 #define FINCH_PLUGIN_ENTRY_SYMBOL "finch_plugin_entry"
 #define FINCH_IGNORE_INDEX (-100)
 
@@ -435,6 +435,19 @@ typedef struct finch_plugin_api {
     void (*event_destroy)(finch_plugin_device *dev, finch_plugin_event *ev);
     int (*event_record)(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_event *ev);
     int (*stream_wait_event)(finch_plugin_device *dev, finch_plugin_stream *s, finch_plugin_event *ev);
+
+    /* --- ABI 1.5: optional; each may be NULL on its own --- */
+    /* Several linears over one input in one call: descs[i], i < count, share m, in_features, act_type,
+     * x and ldx; each writes its y (and xa) exactly as linear_forward would. A decode step's q/k/v and
+     * gate/up products then read x once and stream their weights as one product. */
+    int (*linear_forward_group)(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *descs,
+                                int count);
+    /* The residual add fused with the RMSNorm that follows it, over rows of [n, dim] (contiguous):
+     * sum = x + d (stored as dtype; it may alias x or d), then y and rstd as rmsnorm_forward computes
+     * them from sum as stored, so the result equals axpby followed by rmsnorm_forward. */
+    int (*add_rmsnorm_forward)(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                               finch_dtype dtype, finch_dptr x, finch_dptr d, finch_dptr sum, finch_dtype w_type,
+                               finch_dptr w, float weight_offset, float eps, finch_dptr y, finch_dptr rstd);
 } finch_plugin_api;
 
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);
