@@ -54,13 +54,49 @@ finch_linear_params finch_model_linear_params(const finch_model *m, const finch_
     return p;
 }
 
-static int linear(step_ctx *s, const finch_tensor *x, const finch_linear_module *lin, finch_tensor *y)
+static finch_linear_params step_linear_params(const step_ctx *s, const finch_linear_module *lin)
 {
     finch_linear_params p = finch_model_linear_params(s->m, lin, s->train);
     /* Rows of a chunk keep the dropout mask of their place in the whole step: element (row0 + i, j)
      * is index (row0 + i) * in + j, i.e. the seed moves by row0 * in steps of the mask's stride. */
     p.dropout_seed += (uint64_t)s->row0 * (uint64_t)lin->in_features * 0x9E3779B97F4A7C15ull;
+    return p;
+}
+
+static int linear(step_ctx *s, const finch_tensor *x, const finch_linear_module *lin, finch_tensor *y)
+{
+    finch_linear_params p = step_linear_params(s, lin);
     return finch_op_linear(s->g, x, &p, y);
+}
+
+/* Linears of one input as one call when generating (one_tensor: their outputs column views of one
+ * tensor): a decode step's products then stream their weights as one. Training keeps one product
+ * each. */
+static int linears(step_ctx *s, const finch_tensor *x, int count, const finch_linear_module *const *lin, int one_tensor,
+                   finch_tensor *y)
+{
+    if (!s->cache) {
+        for (int i = 0; i < count; i++) {
+            int rc = linear(s, x, lin[i], &y[i]);
+            if (rc) return rc;
+        }
+        return FINCH_OK;
+    }
+    finch_linear_params p[FINCH_LINEAR_GROUP_MAX];
+    const finch_linear_params *pp[FINCH_LINEAR_GROUP_MAX];
+    for (int i = 0; i < count; i++) {
+        p[i] = step_linear_params(s, lin[i]);
+        pp[i] = &p[i];
+    }
+    return finch_op_linear_group(s->g, x, count, pp, one_tensor, y);
+}
+
+/* Whether k's columns follow q's in one tensor (a qkv projection, or q/k/v as one call): then one
+ * RoPE call rotates both. */
+static int k_follows_q(const finch_tensor *q, const finch_tensor *k)
+{
+    return q->ld == k->ld && q->dtype == k->dtype && q->data.buf == k->data.buf && q->node == k->node &&
+           k->data.offset == q->data.offset + (size_t)q->cols * finch_dtype_size(q->dtype) && k->node_off == q->node_off + q->cols;
 }
 
 static int norm(step_ctx *s, const finch_tensor *x, const finch_param *w, const finch_param *b, finch_tensor *y)
@@ -117,15 +153,27 @@ static int attention_core(step_ctx *s, int64_t l, const finch_tensor *x, finch_t
         q = finch_tensor_cols(&qkv, 0, nq);
         k = finch_tensor_cols(&qkv, nq, nkv);
         v = finch_tensor_cols(&qkv, nq + nkv, nkv);
-    } else if ((rc = linear(s, x, &ly->q, &q)) || (rc = linear(s, x, &ly->k, &k)) || (rc = linear(s, x, &ly->v, &v))) {
-        return rc;
+    } else {
+        const finch_linear_module *lin[3] = {&ly->q, &ly->k, &ly->v};
+        finch_tensor y[3];
+        /* Per-head norms read each of q and k whole. */
+        if ((rc = linears(s, x, 3, lin, !c->qk_norm, y))) return rc;
+        q = y[0];
+        k = y[1];
+        v = y[2];
     }
     if (c->qk_norm) {
         if ((rc = head_norm(s, &q, &ly->q_norm, c->n_heads, &q)) || (rc = head_norm(s, &k, &ly->k_norm, c->n_kv_heads, &k)))
             return rc;
     }
-    finch_rope_params rq = rope_params(s, l, c->n_heads), rk = rope_params(s, l, c->n_kv_heads);
-    if ((rc = finch_op_rope(s->g, &q, &rq)) || (rc = finch_op_rope(s->g, &k, &rk))) return rc;
+    if (k_follows_q(&q, &k)) {
+        finch_tensor qk = finch_tensor_cols(&q, 0, nq + nkv);
+        finch_rope_params r = rope_params(s, l, c->n_heads + c->n_kv_heads);
+        if ((rc = finch_op_rope(s->g, &qk, &r))) return rc;
+    } else {
+        finch_rope_params rq = rope_params(s, l, c->n_heads), rk = rope_params(s, l, c->n_kv_heads);
+        if ((rc = finch_op_rope(s->g, &q, &rq)) || (rc = finch_op_rope(s->g, &k, &rk))) return rc;
+    }
     finch_attention_params ap;
     memset(&ap, 0, sizeof ap);
     ap.n_seqs = s->n_seqs;
@@ -160,8 +208,12 @@ static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor
             if ((rc = linear(s, x, &ly->gate_up, &gu))) return rc;
             gate = finch_tensor_cols(&gu, 0, c->intermediate);
             up = finch_tensor_cols(&gu, c->intermediate, c->intermediate);
-        } else if ((rc = linear(s, x, &ly->gate, &gate)) || (rc = linear(s, x, &ly->up, &up))) {
-            return rc;
+        } else {
+            const finch_linear_module *lin[2] = {&ly->gate, &ly->up};
+            finch_tensor y[2];
+            if ((rc = linears(s, x, 2, lin, 1, y))) return rc;
+            gate = y[0];
+            up = y[1];
         }
         if ((rc = finch_op_glu(s->g, c->act, &gate, &up, &h))) return rc;
     }

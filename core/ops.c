@@ -150,15 +150,19 @@ static int linear_backward(finch_graph *g, const void *rec)
     return FINCH_OK;
 }
 
-int finch_op_linear(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y)
+static int linear_trainable(const finch_linear_params *p)
+{
+    return p->dw.buf || p->dbias.buf || (p->rank && (p->da.buf || p->db.buf));
+}
+
+/* The forward descriptor of linear p from x into y (allocated by the caller), with room for xa when
+ * the tape will want it; *keep: record it. */
+static int linear_prepare(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, const finch_tensor *y,
+                          linear_record *r, int *keep)
 {
     if (x->cols != p->in_features) return internal("linear input width");
-    int trainable = p->dw.buf || p->dbias.buf || (p->rank && (p->da.buf || p->db.buf));
-    int rc = finch_graph_tensor(g, x->dtype, x->rows, p->out_features, has_node(x) || trainable, y);
-    if (rc) return rc;
-    linear_record r;
-    memset(&r, 0, sizeof r);
-    finch_linear_desc *d = &r.d;
+    memset(r, 0, sizeof *r);
+    finch_linear_desc *d = &r->d;
     d->m = x->rows;
     d->in_features = p->in_features;
     d->out_features = p->out_features;
@@ -180,17 +184,57 @@ int finch_op_linear(finch_graph *g, const finch_tensor *x, const finch_linear_pa
     d->dbias = p->dbias;
     d->da = p->rank ? p->da : finch_dptr_none();
     d->db = p->rank ? p->db : finch_dptr_none();
-    int keep = g->recording && has_node(y);
-    if (keep && p->rank && d->db.buf) {
-        rc = finch_arena_alloc(g->arena, (size_t)(x->rows * p->rank) * sizeof(float), &d->xa);
-        if (rc) return rc;
-    }
-    rc = API->linear_forward(DEV, d);
+    r->x = *x;
+    r->y = *y;
+    *keep = g->recording && has_node(y);
+    if (*keep && p->rank && d->db.buf) return finch_arena_alloc(g->arena, (size_t)(x->rows * p->rank) * sizeof(float), &d->xa);
+    return FINCH_OK;
+}
+
+int finch_op_linear(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y)
+{
+    int rc = finch_graph_tensor(g, x->dtype, x->rows, p->out_features, has_node(x) || linear_trainable(p), y);
+    linear_record r;
+    int keep;
+    if (!rc) rc = linear_prepare(g, x, p, y, &r, &keep);
+    if (rc) return rc;
+    rc = API->linear_forward(DEV, &r.d);
     if (rc) return check(g, rc, "linear");
-    if (!keep) return FINCH_OK;
-    r.x = *x;
-    r.y = *y;
-    return finch_graph_record(g, linear_backward, &r, sizeof r);
+    return keep ? finch_graph_record(g, linear_backward, &r, sizeof r) : FINCH_OK;
+}
+
+int finch_op_linear_group(finch_graph *g, const finch_tensor *x, int count, const finch_linear_params *const *p,
+                          int one_tensor, finch_tensor *y)
+{
+    if (count < 1 || count > FINCH_LINEAR_GROUP_MAX) return internal("linear group size");
+    int64_t width = 0;
+    int grad = has_node(x);
+    for (int i = 0; i < count; i++) {
+        width += p[i]->out_features;
+        grad |= linear_trainable(p[i]);
+    }
+    finch_tensor all;
+    int rc = one_tensor ? finch_graph_tensor(g, x->dtype, x->rows, width, grad, &all) : FINCH_OK;
+    if (rc) return rc;
+    linear_record r[FINCH_LINEAR_GROUP_MAX];
+    finch_linear_desc d[FINCH_LINEAR_GROUP_MAX];
+    int keep[FINCH_LINEAR_GROUP_MAX];
+    for (int i = 0, c0 = 0; i < count; c0 += (int)p[i]->out_features, i++) {
+        if (one_tensor) y[i] = finch_tensor_cols(&all, c0, p[i]->out_features);
+        else if ((rc = finch_graph_tensor(g, x->dtype, x->rows, p[i]->out_features, has_node(x) || linear_trainable(p[i]), &y[i])))
+            return rc;
+        if ((rc = linear_prepare(g, x, p[i], &y[i], &r[i], &keep[i]))) return rc;
+        d[i] = r[i].d;
+    }
+    if (API->linear_forward_group) {
+        rc = API->linear_forward_group(DEV, d, count);
+    } else {
+        for (int i = 0; !rc && i < count; i++) rc = API->linear_forward(DEV, &d[i]);
+    }
+    if (rc) return check(g, rc, "linear group");
+    for (int i = 0; i < count; i++)
+        if (keep[i] && (rc = finch_graph_record(g, linear_backward, &r[i], sizeof r[i]))) return rc;
+    return FINCH_OK;
 }
 
 /* ---- rotary embedding --------------------------------------------------------------------- */

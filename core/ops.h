@@ -45,6 +45,12 @@ int finch_op_rmsnorm(finch_graph *g, const finch_tensor *x, const finch_param *w
 int finch_op_layernorm(finch_graph *g, const finch_tensor *x, const finch_param *w, const finch_param *b, float eps,
                        finch_tensor *y);
 int finch_op_linear(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y);
+/* Linears over one x (q/k/v, gate/up) in one backend call where it has linear_forward_group: y[i] =
+ * linear p[i] of x, taped as count linears; one_tensor: the y[i] are column views of one [rows, sum
+ * of out_features] tensor in order, else tensors of their own. */
+#define FINCH_LINEAR_GROUP_MAX 4
+int finch_op_linear_group(finch_graph *g, const finch_tensor *x, int count, const finch_linear_params *const *p,
+                          int one_tensor, finch_tensor *y);
 /* Rotates x in place (x may be a column view). Only valid when nothing else reads the unrotated x. */
 int finch_op_rope(finch_graph *g, const finch_tensor *x, const finch_rope_params *p);
 int finch_op_attention(finch_graph *g, const finch_tensor *q, const finch_tensor *k, const finch_tensor *v,

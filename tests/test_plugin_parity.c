@@ -862,6 +862,101 @@ static void test_linear(void)
     }
 }
 
+/* linear_forward_group (ABI 1.5): linears of one input in one call, against the CPU's, each linear's y
+ * a column range of one output (rows padded) and its xa. Decode-sized m (GPU plugins stream every
+ * weight as one product) with odd row counts per linear, NF4 with rows straddling blocks and row pairs
+ * straddling linears, a bias and an adapter on some, the CUDA plugin's layouts forced (k split over 8
+ * warps; a grid of one block looping over every row), more linears than one product takes, and a
+ * training-sized m; descriptors that do not share their input are refused on both sides. */
+typedef struct group_case {
+    const char *name, *split, *blocks;
+    finch_dtype act, wtype;
+    int64_t m, in;
+    int count;
+    int64_t out[6];
+    int rank_of, bias_of;                /* which linear has an adapter / a bias (-1: none) */
+} group_case;
+
+static void test_linear_group(void)
+{
+    if (!sides[1].api->linear_forward_group) {
+        printf("%-30s %s has no linear_forward_group (ABI < 1.5): skipped\n", "linear_forward_group", sides[1].name);
+        return;
+    }
+    static const group_case cases[] = {
+        {"bf16 q/k/v m 1", NULL, NULL, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 1, 136, 3, {45, 16, 21}, 1, 2},
+        {"bf16 gate/up m 3, f32 act", NULL, NULL, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 3, 2056, 2, {1000, 1000}, -1, -1},
+        {"f16 4 linears m 8, split 8", "8", NULL, FINCH_DTYPE_F16, FINCH_DTYPE_F16, 8, 264, 4, {7, 33, 1, 20}, 3, 0},
+        {"bf16 3 linears m 2, one block", "1", "1", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 2, 72, 3, {19, 40, 5}, 0, -1},
+        {"bf16 nf4 q/k/v m 1", NULL, NULL, FINCH_DTYPE_BF16, FINCH_DTYPE_NF4, 1, 192, 3, {43, 17, 17}, 2, 1},
+        {"f32 nf4 m 5, split 2", "2", NULL, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 5, 160, 2, {41, 1001}, -1, -1},
+        {"bf16 6 linears m 1", NULL, NULL, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 1, 64, 6, {9, 8, 7, 6, 5, 4}, 4, 5},
+        {"bf16 m 37 (not a decode shape)", NULL, NULL, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 37, 96, 3, {32, 16, 16}, 0, 2},
+    };
+    char what[128];
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const group_case *c = &cases[ci];
+        int nf4 = c->wtype == FINCH_DTYPE_NF4;
+        if (c->split) setenv("FINCH_CUDA_GEMV_SPLIT", c->split, 1);
+        if (c->blocks) setenv("FINCH_CUDA_GEMV_BLOCKS", c->blocks, 1);
+        int64_t width = 0;
+        for (int i = 0; i < c->count; i++) width += c->out[i];
+        int64_t ldx = c->in + 8, ldy = width + 2, rank = 4;
+        tensor x = random_tensor(c->act, (size_t)(c->m * ldx), 1.0f), y = poisoned(c->act, (size_t)(c->m * ldy));
+        tensor wd[6], bias = absent, la = absent, lb = absent, xa = absent;
+        nf4_parts parts[6];
+        finch_linear_desc d[2][6];
+        for (int i = 0, c0 = 0; i < c->count; c0 += (int)c->out[i], i++) {
+            if (nf4) parts[i] = make_nf4(c->out[i], c->in);
+            else wd[i] = random_tensor(c->wtype, (size_t)(c->out[i] * c->in), 0.2f);
+            if (i == c->bias_of) bias = random_tensor(FINCH_DTYPE_F32, (size_t)c->out[i], 1.0f);
+            if (i == c->rank_of) {
+                la = random_tensor(FINCH_DTYPE_F32, (size_t)(rank * c->in), 0.3f);
+                lb = random_tensor(FINCH_DTYPE_F32, (size_t)(c->out[i] * rank), 0.3f);
+                xa = poisoned(FINCH_DTYPE_F32, (size_t)(c->m * rank));
+            }
+            for (int s = 0; s < 2; s++) {
+                finch_linear_desc *e = &d[s][i];
+                memset(e, 0, sizeof *e);
+                e->m = c->m;
+                e->in_features = c->in;
+                e->out_features = c->out[i];
+                e->act_type = c->act;
+                e->x = D(x, s);
+                e->ldx = ldx;
+                e->y = D(offset_view(y, (size_t)c0), s);
+                e->ldy = ldy;
+                e->w = nf4 ? nf4_weight(&parts[i], s) : dense_weight(wd[i], s);
+                e->param_type = FINCH_DTYPE_F32;
+                if (i == c->bias_of) e->bias = D(bias, s);
+                if (i == c->rank_of) {
+                    e->rank = rank;
+                    e->lora_a = D(la, s);
+                    e->lora_b = D(lb, s);
+                    e->scale = 2.0f;
+                    e->xa = D(xa, s);
+                }
+            }
+        }
+        BOTH("linear_forward_group", sd->api->linear_forward_group(sd->dev, NULL, d[s], c->count));
+        unsetenv("FINCH_CUDA_GEMV_SPLIT");
+        unsetenv("FINCH_CUDA_GEMV_BLOCKS");
+        snprintf(what, sizeof what, "%s: y", c->name);
+        compare_rows("linear_forward_group", what, y, 1, c->m, width, ldy, 0, tol_for(c->act));
+        if (xa.n) {
+            snprintf(what, sizeof what, "%s: xa", c->name);
+            compare("linear_forward_group", what, xa, tol_for(c->act));
+        }
+        if (ci == 0) { /* the last linear reading another x is refused */
+            tensor x2 = random_tensor(c->act, (size_t)(c->m * ldx), 1.0f);
+            for (int s = 0; s < 2; s++) d[s][c->count - 1].x = D(x2, s);
+            BOTH_EXPECT("linear_forward_group", FINCH_ERR_INVALID_ARGUMENT,
+                        sd->api->linear_forward_group(sd->dev, NULL, d[s], c->count));
+        }
+        release_all();
+    }
+}
+
 /* ---- attention ---------------------------------------------------------------------------------- */
 /* attention_forward/backward cases leave kv_lens zero: each sequence's keys are its queries' rows. */
 typedef struct attention_case {
@@ -1883,6 +1978,7 @@ int main(void)
     run("qmatmul", test_qmatmul);
     run("gemv (a few rows)", test_gemv);
     run("linear", test_linear);
+    run("linear_forward_group", test_linear_group);
     run("attention", test_attention);
     run("attention_cache", test_attention_cache);
     run("norms", test_norms);

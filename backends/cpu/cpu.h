@@ -170,6 +170,7 @@ int cpu_qmatmul_backward(finch_plugin_device *dev, finch_plugin_stream *s, const
                          int64_t out_features, int64_t in_features, int64_t m, finch_dtype act_type, finch_dptr dy,
                          int64_t lddy, finch_dptr dx, int64_t lddx, float beta);
 int cpu_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d);
+int cpu_linear_forward_group(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *descs, int count);
 int cpu_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d);
 int cpu_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d);
 int cpu_attention_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d);

@@ -271,3 +271,16 @@ int cpu_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const 
     free(scratch);
     return rc;
 }
+
+int cpu_linear_forward_group(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *descs, int count)
+{
+    if (!descs || count < 1) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu linear_forward_group: %d descriptors", count);
+    int bad = finch_linear_group_mismatch(descs, count);
+    if (bad >= 0)
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu linear_forward_group: descriptor %d does not share descriptor 0's input", bad);
+    for (int i = 0; i < count; i++) {
+        int rc = cpu_linear_forward(dev, s, &descs[i]);
+        if (rc) return rc;
+    }
+    return FINCH_OK;
+}

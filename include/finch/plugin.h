@@ -452,6 +452,19 @@ typedef struct finch_plugin_api {
 
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);
 
+/* For linear_forward_group: the index of the first desc that does not share descs[0]'s input (m,
+ * in_features, act_type, x, ldx), or -1 when all do. */
+static inline int finch_linear_group_mismatch(const finch_linear_desc *descs, int count)
+{
+    for (int i = 1; i < count; i++) {
+        const finch_linear_desc *a = &descs[0], *b = &descs[i];
+        if (b->m != a->m || b->in_features != a->in_features || b->act_type != a->act_type || b->x.buf != a->x.buf ||
+            b->x.offset != a->x.offset || b->ldx != a->ldx)
+            return i;
+    }
+    return -1;
+}
+
 /* The LoRA-dropout mask, shared by every backend so that they agree bit for bit:
  * element `index` is kept when the top 24 bits of splitmix64(seed + index) / 2^24 >= p.
  * CUDA/HIP kernels call this same function on the device. */

@@ -30,15 +30,25 @@
 #define GEMV_THREADS 256
 #define GEMV_MAX_WARPS (GEMV_THREADS / 32)
 
-struct gemv_params {
-    int64_t m, n, k;
-    const void *a; int64_t lda; int a_vec;   /* a_vec: A's rows are 16-byte aligned */
+/* One of the products sharing A (gpu_gemv_group): rows [row0, next segment's row0) of the grid's
+ * rows are rows of this W and columns of this C. */
+struct gemv_segment {
     const void *w; int64_t ldw;
-    const float *absmax, *code;              /* NF4 */
+    const float *absmax;                     /* NF4 */
+    void *c; int64_t ldc;
+    int64_t row0;
+};
+
+struct gemv_params {
+    int64_t m, n, k;                         /* n: the rows of every segment */
+    const void *a; int64_t lda; int a_vec;   /* a_vec: A's rows are 16-byte aligned */
+    int nseg;
+    gemv_segment seg[GEMV_MAX_SEGMENTS];
+    const float *code;                       /* NF4 */
     int64_t groups_per_block;                /* blocksize / 32 (NF4) */
     int block_shift;                         /* log2(groups_per_block), or -1 when not a power of two */
     int groups;                              /* groups of rows per thread block */
-    int c_type; void *c; int64_t ldc;
+    int c_type;
     float alpha, beta;
     int early;                               /* W is a weight: its loads may start before the previous kernel ends */
     int release;                             /* when the next kernel may start (gpu_overlap): GEMV_RELEASE_* */
@@ -158,11 +168,28 @@ __device__ __forceinline__ float warp_total(float v)
     return v;
 }
 
+/* The segment holding grid row `row`, and the row's index inside it (unrolled: the parameters are
+ * read at constant offsets, never copied to local memory). */
+struct segment_row {
+    const gemv_segment *seg;
+    int64_t row;
+};
+__device__ __forceinline__ segment_row find_segment(const gemv_params &p, int64_t row)
+{
+    segment_row r = {&p.seg[0], row};
+#pragma unroll
+    for (int i = 1; i < GEMV_MAX_SEGMENTS; i++)
+        if (i < p.nseg && row >= p.seg[i].row0) r = {&p.seg[i], row - p.seg[i].row0};
+    return r;
+}
+
 __device__ __forceinline__ void gemv_store(const gemv_params &p, int64_t i, int64_t row, float acc)
 {
+    segment_row sr = find_segment(p, row);
+    int64_t at = i * sr.seg->ldc + sr.row;
     float v = p.alpha * acc;
-    if (p.beta != 0.0f) v += p.beta * load_as_f32(p.c, p.c_type, i * p.ldc + row);
-    store_from_f32(p.c, p.c_type, i * p.ldc + row, v);
+    if (p.beta != 0.0f) v += p.beta * load_as_f32(sr.seg->c, p.c_type, at);
+    store_from_f32(sr.seg->c, p.c_type, at, v);
 }
 
 /* The 16-byte loads of W of one round: U per row for R rows (vector v = base + u * stride + lane
@@ -179,8 +206,10 @@ __device__ __forceinline__ void load_round(const gemv_params &p, int64_t grp, in
 #pragma unroll
     for (int r = 0; r < R; r++) {
         int64_t row = grp * R + r < p.n ? grp * R + r : p.n - 1; /* rows past n: read row n - 1, never stored */
-        int64_t first = is_nf4<WT>::value ? row * (p.ldw / 32) : 0; /* NF4: the row's first group of 32 codes */
-        const uint4 *wrow = is_nf4<WT>::value ? (const uint4 *)p.w + first : (const uint4 *)((const WT *)p.w + row * p.ldw);
+        segment_row sr = find_segment(p, row);
+        int64_t first = is_nf4<WT>::value ? sr.row * (sr.seg->ldw / 32) : 0; /* NF4: the row's first group of 32 codes */
+        const uint4 *wrow = is_nf4<WT>::value ? (const uint4 *)sr.seg->w + first
+                                              : (const uint4 *)((const WT *)sr.seg->w + sr.row * sr.seg->ldw);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int64_t v = base + u * stride + lane;
@@ -188,7 +217,7 @@ __device__ __forceinline__ void load_round(const gemv_params &p, int64_t grp, in
                 out.w[u][r] = load_stream(wrow + v);
                 if constexpr (is_nf4<WT>::value) {
                     int64_t gi = first + v;
-                    out.scale[u][r] = p.absmax[p.block_shift >= 0 ? gi >> p.block_shift : gi / p.groups_per_block];
+                    out.scale[u][r] = sr.seg->absmax[p.block_shift >= 0 ? gi >> p.block_shift : gi / p.groups_per_block];
                 }
             }
         }
@@ -274,8 +303,8 @@ __global__ void __launch_bounds__(GEMV_THREADS, M > 1 ? 1 : is_nf4<WT>::value ? 
                 for (int64_t e = nvec * VEC + first_base + lane; e < p.k; e += stride) {
 #pragma unroll
                     for (int r = 0; r < R; r++) {
-                        int64_t row = grp * R + r < p.n ? grp * R + r : p.n - 1;
-                        float w = to_f32(((const WT *)p.w)[row * p.ldw + e]);
+                        segment_row sr = find_segment(p, grp * R + r < p.n ? grp * R + r : p.n - 1);
+                        float w = to_f32(((const WT *)sr.seg->w)[sr.row * sr.seg->ldw + e]);
 #pragma unroll
                         for (int i = 0; i < M; i++)
                             if (i < p.m) acc[i][r] = fmaf(w, to_f32(((const XT *)p.a)[i * p.lda + e]), acc[i][r]);
@@ -416,45 +445,56 @@ static int launch_for_x(gpuStream_t st, int sms, int warps, finch_dtype xt, cons
 #undef GEMV_M
 }
 
-int gpu_gemv(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
-             const gpu_operand *b, finch_dtype c_type, void *c, int64_t ldc, float alpha, float beta, int *done)
+int gpu_gemv_group(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t k, const gpu_operand *a, int count,
+                   const gpu_operand *b, const int64_t *n, finch_dtype c_type, void *const *c, const int64_t *ldc, float alpha,
+                   float beta, int *done)
 {
     *done = 0;
-    if (m < 1 || m > GEMV_MAX_M || n < 1 || k < 1 || a->trans || !b->trans || !gemv_enabled()) return FINCH_OK;
-    if (!gpu_is_float_type(a->dtype) || !gpu_is_float_type(c_type) || a->ld < k || ldc < n) return FINCH_OK;
-    uintptr_t wp = (uintptr_t)b->ptr;
-    if (b->dtype == FINCH_DTYPE_NF4) {
-        /* Every row starts on a 16-byte boundary of the packed codes, and one absmax covers each 32 codes. */
-        if ((wp & 15) || b->ld != k || k % 32 || b->blocksize <= 0 || b->blocksize % 32 || !b->absmax || !b->code) return FINCH_OK;
-    } else if (!gpu_is_float_type(b->dtype) || (wp & 15) || (b->ld * (int64_t)gpu_dtype_size(b->dtype)) % 16 || b->ld < k) {
-        return FINCH_OK;
-    }
+    if (m < 1 || m > GEMV_MAX_M || k < 1 || count < 1 || count > GEMV_MAX_SEGMENTS || a->trans || !gemv_enabled()) return FINCH_OK;
+    if (!gpu_is_float_type(a->dtype) || !gpu_is_float_type(c_type) || a->ld < k) return FINCH_OK;
     gemv_params p;
     memset(&p, 0, sizeof p);
+    finch_dtype wt = b[0].dtype;
+    for (int i = 0; i < count; i++) {
+        const gpu_operand *w = &b[i];
+        uintptr_t wp = (uintptr_t)w->ptr;
+        if (!w->trans || w->dtype != wt || n[i] < 1 || ldc[i] < n[i] || (wp & 15)) return FINCH_OK;
+        if (wt == FINCH_DTYPE_NF4) {
+            /* Every row starts on a 16-byte boundary of the packed codes, and one absmax covers each 32 codes. */
+            if (w->ld != k || k % 32 || w->blocksize != b[0].blocksize || w->blocksize <= 0 || w->blocksize % 32 || !w->absmax ||
+                !w->code || w->code != b[0].code)
+                return FINCH_OK;
+        } else if (!gpu_is_float_type(wt) || (w->ld * (int64_t)gpu_dtype_size(wt)) % 16 || w->ld < k) {
+            return FINCH_OK;
+        }
+        p.seg[i].w = w->ptr;
+        p.seg[i].ldw = w->ld;
+        p.seg[i].absmax = w->absmax;
+        p.seg[i].c = c[i];
+        p.seg[i].ldc = ldc[i];
+        p.seg[i].row0 = p.n;
+        p.n += n[i];
+    }
+    p.nseg = count;
     p.m = m;
-    p.n = n;
     p.k = k;
     p.a = a->ptr;
     p.lda = a->ld;
     p.a_vec = !((uintptr_t)a->ptr & 15) && (a->ld * (int64_t)gpu_dtype_size(a->dtype)) % 16 == 0;
-    p.w = b->ptr;
-    p.ldw = b->ld;
-    p.absmax = b->absmax;
-    p.code = b->code;
-    p.groups_per_block = b->blocksize / 32;
+    p.code = b[0].code;
+    p.groups_per_block = b[0].blocksize / 32;
     p.block_shift = -1;
     for (int sh = 0; sh < 63; sh++)
         if ((int64_t)1 << sh == p.groups_per_block) p.block_shift = sh;
     p.c_type = c_type;
-    p.c = c;
-    p.ldc = ldc;
     p.alpha = alpha;
     p.beta = beta;
-    p.early = b->weight;
+    p.early = 1;
+    for (int i = 0; i < count; i++) p.early &= b[i].weight;
     int warps = GEMV_THREADS / (dev->props.warpSize > 0 ? dev->props.warpSize : 32);
     int sms = dev->props.multiProcessorCount > 0 ? dev->props.multiProcessorCount : 1;
     int launched;
-    switch (b->dtype) {
+    switch (wt) {
     case FINCH_DTYPE_BF16: launched = launch_for_x<gpu_bf16, 1, 4>(st, sms, warps, a->dtype, p); break;
     case FINCH_DTYPE_F16: launched = launch_for_x<gpu_f16, 1, 4>(st, sms, warps, a->dtype, p); break;
     case FINCH_DTYPE_F32: launched = launch_for_x<float, 1, 4>(st, sms, warps, a->dtype, p); break;
@@ -464,4 +504,10 @@ int gpu_gemv(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int
     if (!launched) return FINCH_OK;
     *done = 1;
     return FINCH_OK;
+}
+
+int gpu_gemv(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t n, int64_t k, const gpu_operand *a,
+             const gpu_operand *b, finch_dtype c_type, void *c, int64_t ldc, float alpha, float beta, int *done)
+{
+    return gpu_gemv_group(dev, st, m, k, a, 1, b, &n, c_type, &c, &ldc, alpha, beta, done);
 }

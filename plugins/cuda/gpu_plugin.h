@@ -234,6 +234,15 @@ void gpu_lt_cache_free(finch_plugin_device *dev);
 int gpu_weight_operand(const finch_weight *w, int64_t out_features, int64_t in_features, int transposed,
                        gpu_operand *out);
 
+/* gemv.cu: count (<= GEMV_MAX_SEGMENTS) products C_i [m, n_i] = alpha A W_i^T + beta C_i of one A with
+ * 1 <= m <= 8 rows, W_i dense or NF4 (all one type, block size and code table) with 16-byte aligned
+ * rows, streamed as one product over their rows. *done = 0 when it does not take the shapes
+ * (nothing queued). */
+#define GEMV_MAX_SEGMENTS 4
+int gpu_gemv_group(finch_plugin_device *dev, gpuStream_t st, int64_t m, int64_t k, const gpu_operand *a, int count,
+                   const gpu_operand *b, const int64_t *n, finch_dtype c_type, void *const *c, const int64_t *ldc, float alpha,
+                   float beta, int *done);
+
 /* out[j] += sum over rows r < n of dy[r, j] * f(r, j), f = 1 when x is NULL, else
  * (x[r, j] - (mean ? mean[r] : 0)) * rstd[r]: bias, LayerNorm and RMSNorm weight gradients. */
 int gpu_column_sums(gpuStream_t st, int64_t n, int64_t dim, finch_dtype dtype, const void *dy, int64_t lddy,
@@ -258,6 +267,7 @@ FINCH_GPU_ENTRY(int, gemm, (finch_plugin_device *dev, finch_plugin_stream *s, co
 FINCH_GPU_ENTRY(int, qmatmul_forward, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_weight *w, int64_t out_features, int64_t in_features, int64_t m, finch_dtype act_type, finch_dptr x, int64_t ldx, finch_dptr y, int64_t ldy, float beta))
 FINCH_GPU_ENTRY(int, qmatmul_backward, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_weight *w, int64_t out_features, int64_t in_features, int64_t m, finch_dtype act_type, finch_dptr dy, int64_t lddy, finch_dptr dx, int64_t lddx, float beta))
 FINCH_GPU_ENTRY(int, linear_forward, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d))
+FINCH_GPU_ENTRY(int, linear_forward_group, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *descs, int count))
 FINCH_GPU_ENTRY(int, linear_backward, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d))
 FINCH_GPU_ENTRY(int, attention_forward, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d))
 FINCH_GPU_ENTRY(int, attention_backward, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d))

@@ -200,20 +200,27 @@ static int adapter_down(finch_plugin_device *dev, scratch_set *ss, const finch_l
     return gpu_gemm(dev, ss->st, d->m, d->rank, d->in_features, xin, &at, FINCH_DTYPE_F32, dst, d->rank, 0, 1, 1.0f, 0.0f);
 }
 
-extern "C" int plugin_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d)
+static int check_forward(const finch_linear_desc *d, const char *entry)
 {
-    gpuStream_t st = NULL;
-    gpu_operand x, wt;
-    GPU_TRY(gpu_begin(dev, s, &st));
-    GPU_TRY(check_linear(d, 1, "linear_forward"));
+    GPU_TRY(check_linear(d, 1, entry));
     if (!gpu_ptr(d->y) || d->ldy < d->out_features)
-        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": linear_forward: y absent or ldy %lld < out %lld",
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": %s: y absent or ldy %lld < out %lld", entry,
                         (long long)d->ldy, (long long)d->out_features);
-    if (d->m == 0) return FINCH_OK;
-    x = operand(gpu_ptr(d->x), d->act_type, 0, d->ldx);
+    return FINCH_OK;
+}
+
+/* y = x W^T. */
+static int forward_base(finch_plugin_device *dev, gpuStream_t st, const finch_linear_desc *d)
+{
+    gpu_operand x = operand(gpu_ptr(d->x), d->act_type, 0, d->ldx), wt;
     GPU_TRY(gpu_weight_operand(&d->w, d->out_features, d->in_features, 1, &wt));
-    GPU_TRY(gpu_gemm(dev, st, d->m, d->out_features, d->in_features, &x, &wt, d->act_type, gpu_ptr(d->y), d->ldy, 0, 1, 1.0f,
-                     0.0f));
+    return gpu_gemm(dev, st, d->m, d->out_features, d->in_features, &x, &wt, d->act_type, gpu_ptr(d->y), d->ldy, 0, 1, 1.0f,
+                    0.0f);
+}
+
+/* y += bias + scale (drop(x) A^T) B^T, writing xa. */
+static int forward_rest(finch_plugin_device *dev, gpuStream_t st, const finch_linear_desc *d)
+{
     if (gpu_ptr(d->bias)) {
         int64_t n = d->m * d->out_features;
         FINCH_DISPATCH_FLOAT(d->act_type, T, "linear bias",
@@ -238,6 +245,63 @@ extern "C" int plugin_linear_forward(finch_plugin_device *dev, finch_plugin_stre
         rc = gpu_gemm(dev, st, d->m, d->out_features, d->rank, &a, &bt, d->act_type, gpu_ptr(d->y), d->ldy, 0, 1, d->scale, 1.0f);
     }
     return release(&ss, rc);
+}
+
+extern "C" int plugin_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    GPU_TRY(check_forward(d, "linear_forward"));
+    if (d->m == 0) return FINCH_OK;
+    GPU_TRY(forward_base(dev, st, d));
+    return forward_rest(dev, st, d);
+}
+
+/* FINCH_CUDA_GEMV_GROUP=0: a group's products one by one (for comparing). */
+static bool group_gemv_enabled(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("FINCH_CUDA_GEMV_GROUP");
+        on = !(e && !strcmp(e, "0"));
+    }
+    return on == 1;
+}
+
+/* The base products of the group as one GEMV over all their weights' rows when it takes them (a
+ * few rows of x), else one product each; then each linear's bias and adapter. */
+extern "C" int plugin_linear_forward_group(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *descs,
+                                           int count)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (!descs || count < 1)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": linear_forward_group: %d descriptors", count);
+    int bad = finch_linear_group_mismatch(descs, count);
+    if (bad >= 0)
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT,
+                        FINCH_GPU_PLUGIN_NAME ": linear_forward_group: descriptor %d does not share descriptor 0's input", bad);
+    for (int i = 0; i < count; i++) GPU_TRY(check_forward(&descs[i], "linear_forward_group"));
+    const finch_linear_desc *d0 = &descs[0];
+    if (d0->m == 0) return FINCH_OK;
+    int done = 0;
+    if (count <= GEMV_MAX_SEGMENTS && group_gemv_enabled()) {
+        gpu_operand x = operand(gpu_ptr(d0->x), d0->act_type, 0, d0->ldx), w[GEMV_MAX_SEGMENTS];
+        int64_t n[GEMV_MAX_SEGMENTS], ldc[GEMV_MAX_SEGMENTS];
+        void *c[GEMV_MAX_SEGMENTS];
+        for (int i = 0; i < count; i++) {
+            GPU_TRY(gpu_weight_operand(&descs[i].w, descs[i].out_features, descs[i].in_features, 1, &w[i]));
+            n[i] = descs[i].out_features;
+            c[i] = gpu_ptr(descs[i].y);
+            ldc[i] = descs[i].ldy;
+        }
+        GPU_TRY(gpu_gemv_group(dev, st, d0->m, d0->in_features, &x, count, w, n, d0->act_type, c, ldc, 1.0f, 0.0f, &done));
+    }
+    for (int i = 0; i < count; i++) {
+        if (!done) GPU_TRY(forward_base(dev, st, &descs[i]));
+        GPU_TRY(forward_rest(dev, st, &descs[i]));
+    }
+    return FINCH_OK;
 }
 
 extern "C" int plugin_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d)

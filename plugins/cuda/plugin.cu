@@ -667,6 +667,7 @@ static const finch_plugin_api plugin_api = {
     plugin_copy_rows,
     plugin_capture_begin, plugin_capture_end, plugin_graph_launch, plugin_graph_free,
     plugin_event_create, plugin_event_destroy, plugin_event_record, plugin_stream_wait_event,
+    plugin_linear_forward_group, NULL /* add_rmsnorm_forward: not yet */,
 };
 
 extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)

@@ -219,3 +219,15 @@ int ocl_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const 
     }
     return FINCH_OK;
 }
+
+int ocl_linear_forward_group(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *descs, int count)
+{
+    OCL_NEED(descs && count >= 1, "opencl: linear_forward_group: %d descriptors", count);
+    int bad = finch_linear_group_mismatch(descs, count);
+    OCL_NEED(bad < 0, "opencl: linear_forward_group: descriptor %d does not share descriptor 0's input", bad);
+    for (int i = 0; i < count; i++) {
+        int rc = ocl_linear_forward(dev, s, &descs[i]);
+        if (rc) return rc;
+    }
+    return FINCH_OK;
+}

@@ -206,6 +206,7 @@ static const finch_plugin_api ocl_api = {
     .event_destroy = ocl_event_destroy,
     .event_record = ocl_event_record,
     .stream_wait_event = ocl_stream_wait_event,
+    .linear_forward_group = ocl_linear_forward_group,
     .cast = ocl_cast,
     .gemm = ocl_gemm,
     .axpby = ocl_axpby,
