@@ -196,6 +196,7 @@ static const finch_plugin_api cpu_api = {
     .event_destroy = cpu_event_destroy,
     .event_record = cpu_event_record,
     .stream_wait_event = cpu_stream_wait_event,
+    .add_rmsnorm_forward = cpu_add_rmsnorm_forward,
 };
 
 const finch_plugin_api *finch_cpu_plugin_api(void) { return &cpu_api; }

@@ -638,6 +638,10 @@ static int plugin_stream_wait_event(finch_plugin_device *dev, finch_plugin_strea
 /* attention_decode.cu: attention_cache_forward with a decode path in front of attention.cu's. */
 extern "C" int plugin_attention_cache_dispatch(finch_plugin_device *dev, finch_plugin_stream *s,
                                                const finch_attention_cache_desc *c);
+/* norm.cu: the residual add fused with rmsnorm_forward. */
+extern "C" int plugin_add_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                                          finch_dtype dtype, finch_dptr x, finch_dptr d, finch_dptr sum, finch_dtype w_type,
+                                          finch_dptr w, float weight_offset, float eps, finch_dptr y, finch_dptr rstd);
 extern "C" int plugin_copy_rows(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t n, int64_t cols,
                                 finch_dptr src, int64_t ld_src, finch_dptr rows, finch_dptr dst, int64_t ld_dst);
 
@@ -667,6 +671,7 @@ static const finch_plugin_api plugin_api = {
     plugin_copy_rows,
     plugin_capture_begin, plugin_capture_end, plugin_graph_launch, plugin_graph_free,
     plugin_event_create, plugin_event_destroy, plugin_event_record, plugin_stream_wait_event,
+    NULL /* linear_forward_group */, plugin_add_rmsnorm_forward,
 };
 
 extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)
