@@ -678,15 +678,20 @@ extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_
 {
     const char *profile = getenv("FINCH_CUDA_PROFILE");
     if (profile && !strcmp(profile, "1")) return gpu_profiled_api(&plugin_api);
-    /* FINCH_CUDA_GRAPHS=0: no recording, every call launched on its own (for comparison). */
-    const char *graphs = getenv("FINCH_CUDA_GRAPHS");
-    if (graphs && !strcmp(graphs, "0")) {
+    /* For comparison: FINCH_CUDA_GRAPHS=0, no recording, every call launched on its own;
+     * FINCH_CUDA_ADD_RMSNORM=0, no fused add_rmsnorm_forward (the core then calls axpby and rmsnorm). */
+    const char *graphs = getenv("FINCH_CUDA_GRAPHS"), *add_norm = getenv("FINCH_CUDA_ADD_RMSNORM");
+    bool no_graphs = graphs && !strcmp(graphs, "0"), no_add_norm = add_norm && !strcmp(add_norm, "0");
+    if (no_graphs || no_add_norm) {
         static finch_plugin_api plain;
         plain = plugin_api;
-        plain.capture_begin = NULL;
-        plain.capture_end = NULL;
-        plain.graph_launch = NULL;
-        plain.graph_free = NULL;
+        if (no_graphs) {
+            plain.capture_begin = NULL;
+            plain.capture_end = NULL;
+            plain.graph_launch = NULL;
+            plain.graph_free = NULL;
+        }
+        if (no_add_norm) plain.add_rmsnorm_forward = NULL;
         return &plain;
     }
     return &plugin_api;
