@@ -220,15 +220,28 @@ static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor
     return linear(s, &h, &ly->down, out);
 }
 
-/* The MLP half: out = x1 + mlp(norm(x1)) (post-normed first with sandwich norms), into out. Token by
- * token, so it may run on any rows of x1 and out (s->row0: where they start). */
-static int mlp_half(step_ctx *s, int64_t l, const finch_tensor *x1, const finch_tensor *out)
+/* sum = a + b (into dst when not NULL) and y = norm(sum): for RMSNorm one fused op. */
+static int add_norm(step_ctx *s, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *sum,
+                    const finch_param *w, const finch_param *nb, finch_tensor *y)
+{
+    const finch_model_config *c = &s->m->cfg;
+    if (c->norm_kind == FINCH_NORM_LAYER) {
+        int rc = finch_op_add(s->g, a, b, dst, sum);
+        return rc ? rc : norm(s, sum, w, nb, y);
+    }
+    return finch_op_add_rmsnorm(s->g, a, b, dst, sum, w, c->norm_offset, (float)c->norm_eps, y);
+}
+
+/* The MLP half: out = x1 + mlp(mlp_in) with mlp_in = norm(x1) (the MLP's output post-normed first
+ * with sandwich norms), into out. Token by token, so it may run on any rows of x1, mlp_in and out
+ * (s->row0: where they start). */
+static int mlp_half(step_ctx *s, int64_t l, const finch_tensor *x1, const finch_tensor *mlp_in, const finch_tensor *out)
 {
     const finch_model_config *c = &s->m->cfg;
     const finch_layer *ly = &s->m->layers[l];
-    finch_tensor mlp_in, mo, raw, res;
+    finch_tensor mo, raw, res;
     int rc;
-    if ((rc = norm(s, x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in)) || (rc = mlp_block(s, l, &mlp_in, &mo))) return rc;
+    if ((rc = mlp_block(s, l, mlp_in, &mo))) return rc;
     if (c->sandwich_norms) {
         raw = mo;
         if ((rc = norm(s, &raw, &ly->post_ffn_norm, NULL, &mo))) return rc;
@@ -241,14 +254,14 @@ static int mlp_half(step_ctx *s, int64_t l, const finch_tensor *x1, const finch_
 static int after_attention(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *o, const finch_tensor *out)
 {
     const finch_layer *ly = &s->m->layers[l];
-    finch_tensor attn, raw, x1;
+    finch_tensor attn, raw, x1, mlp_in;
     int rc = linear(s, o, &ly->o, &attn);
     if (!rc && s->m->cfg.sandwich_norms) {
         raw = attn;
         rc = norm(s, &raw, &ly->post_attn_norm, NULL, &attn);
     }
-    if (!rc) rc = finch_op_add(s->g, x, &attn, NULL, &x1);
-    return rc ? rc : mlp_half(s, l, &x1, out);
+    if (!rc) rc = add_norm(s, x, &attn, NULL, &x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in);
+    return rc ? rc : mlp_half(s, l, &x1, &mlp_in, out);
 }
 
 /* Tokens per MLP chunk when a pass over n tokens runs the MLP in chunks, else 0. The MLP's

@@ -82,27 +82,43 @@ static int norm_backward(finch_graph *g, const void *rec)
     return FINCH_OK;
 }
 
-static int norm_forward(finch_graph *g, const finch_tensor *x, const finch_param *w, const finch_param *b,
-                        float weight_offset, float eps, int layer, finch_tensor *y)
+/* Allocates y and the statistics of a norm of x and fills its record, for the forward to write. */
+static int norm_prepare(finch_graph *g, const finch_tensor *x, const finch_param *w, const finch_param *b,
+                        float weight_offset, int layer, finch_tensor *y, norm_record *r)
 {
     if (!finch_tensor_contiguous(x)) return internal("normalisation of a strided view");
     int trainable = (w && w->grad.buf) || (b && b->grad.buf);
     int rc = finch_graph_tensor(g, x->dtype, x->rows, x->cols, has_node(x) || trainable, y);
     if (rc) return rc;
-    norm_record r;
-    memset(&r, 0, sizeof r);
-    r.x = *x;
-    r.y = *y;
-    r.w_type = w ? w->dtype : x->dtype;
-    r.w = w ? w->data : finch_dptr_none();
-    r.b = b ? b->data : finch_dptr_none();
-    r.dw = w ? w->grad : finch_dptr_none();
-    r.db = b ? b->grad : finch_dptr_none();
-    r.weight_offset = weight_offset;
-    r.layer = layer;
+    memset(r, 0, sizeof *r);
+    r->x = *x;
+    r->y = *y;
+    r->w_type = w ? w->dtype : x->dtype;
+    r->w = w ? w->data : finch_dptr_none();
+    r->b = b ? b->data : finch_dptr_none();
+    r->dw = w ? w->grad : finch_dptr_none();
+    r->db = b ? b->grad : finch_dptr_none();
+    r->weight_offset = weight_offset;
+    r->layer = layer;
     size_t stats = (size_t)x->rows * sizeof(float);
-    if ((rc = finch_arena_alloc(g->arena, stats, &r.rstd))) return rc;
-    if (layer && (rc = finch_arena_alloc(g->arena, stats, &r.mean))) return rc;
+    if ((rc = finch_arena_alloc(g->arena, stats, &r->rstd))) return rc;
+    if (layer && (rc = finch_arena_alloc(g->arena, stats, &r->mean))) return rc;
+    return FINCH_OK;
+}
+
+/* Appends the norm's backward while the graph records. */
+static int norm_keep(finch_graph *g, const norm_record *r)
+{
+    if (!g->recording || !has_node(&r->y)) return FINCH_OK;
+    return finch_graph_record(g, norm_backward, r, sizeof *r);
+}
+
+static int norm_forward(finch_graph *g, const finch_tensor *x, const finch_param *w, const finch_param *b,
+                        float weight_offset, float eps, int layer, finch_tensor *y)
+{
+    norm_record r;
+    int rc = norm_prepare(g, x, w, b, weight_offset, layer, y, &r);
+    if (rc) return rc;
     if (layer)
         rc = API->layernorm_forward(DEV, x->rows, x->cols, x->dtype, x->data, r.w_type, r.w, r.b, eps, y->data, r.mean,
                                     r.rstd);
@@ -110,8 +126,7 @@ static int norm_forward(finch_graph *g, const finch_tensor *x, const finch_param
         rc = API->rmsnorm_forward(DEV, x->rows, x->cols, x->dtype, x->data, r.w_type, r.w, weight_offset, eps, y->data,
                                   r.rstd);
     if (rc) return check(g, rc, layer ? "layernorm" : "rmsnorm");
-    if (!g->recording || !has_node(y)) return FINCH_OK;
-    return finch_graph_record(g, norm_backward, &r, sizeof r);
+    return norm_keep(g, &r);
 }
 
 int finch_op_rmsnorm(finch_graph *g, const finch_tensor *x, const finch_param *w, float weight_offset, float eps,
@@ -456,23 +471,56 @@ static int add_backward(finch_graph *g, const void *rec)
     return pass_gradient(g, &r->b, dy);
 }
 
+/* Checks a residual sum's operands and allocates y (or takes dst). */
+static int add_prepare(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y)
+{
+    if (!finch_tensor_contiguous(a) || !finch_tensor_contiguous(b) || a->rows != b->rows || a->cols != b->cols)
+        return internal("residual sum of mismatched tensors");
+    if (dst) {
+        *y = *dst;
+        return FINCH_OK;
+    }
+    return finch_graph_tensor(g, a->dtype, a->rows, a->cols, has_node(a) || has_node(b), y);
+}
+
+/* Appends the sum's backward while the graph records and a gradient flows through it. */
+static int add_keep(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *y)
+{
+    if (!g->recording || !has_node(y) || (!has_node(a) && !has_node(b))) return FINCH_OK;
+    add_record r = {*a, *b, *y};
+    return finch_graph_record(g, add_backward, &r, sizeof r);
+}
+
 int finch_op_add(finch_graph *g, const finch_tensor *a_in, const finch_tensor *b_in, const finch_tensor *dst, finch_tensor *y)
 {
     finch_tensor a_copy = *a_in, b_copy = *b_in; /* y may alias an input */
     const finch_tensor *a = &a_copy, *b = &b_copy;
-    if (!finch_tensor_contiguous(a) || !finch_tensor_contiguous(b) || a->rows != b->rows || a->cols != b->cols)
-        return internal("residual sum of mismatched tensors");
-    int rc;
-    if (dst) {
-        *y = *dst;
-    } else if ((rc = finch_graph_tensor(g, a->dtype, a->rows, a->cols, has_node(a) || has_node(b), y))) {
-        return rc;
-    }
+    int rc = add_prepare(g, a, b, dst, y);
+    if (rc) return rc;
     rc = API->axpby(DEV, finch_tensor_numel(a), a->dtype, 1.0f, a->data, 1.0f, b->data, y->data);
     if (rc) return check(g, rc, "residual sum");
-    if (!g->recording || !has_node(y) || (!has_node(a) && !has_node(b))) return FINCH_OK;
-    add_record r = {*a, *b, *y};
-    return finch_graph_record(g, add_backward, &r, sizeof r);
+    return add_keep(g, a, b, y);
+}
+
+int finch_op_add_rmsnorm(finch_graph *g, const finch_tensor *a_in, const finch_tensor *b_in, const finch_tensor *dst,
+                         finch_tensor *sum, const finch_param *w, float weight_offset, float eps, finch_tensor *y)
+{
+    if (!API->add_rmsnorm_forward) {
+        int rc = finch_op_add(g, a_in, b_in, dst, sum);
+        return rc ? rc : finch_op_rmsnorm(g, sum, w, weight_offset, eps, y);
+    }
+    finch_tensor a_copy = *a_in, b_copy = *b_in, s; /* sum may alias an input */
+    const finch_tensor *a = &a_copy, *b = &b_copy;
+    norm_record r;
+    int rc = add_prepare(g, a, b, dst, &s);
+    if (!rc) rc = norm_prepare(g, &s, w, NULL, weight_offset, 0, y, &r);
+    if (rc) return rc;
+    *sum = s;
+    rc = API->add_rmsnorm_forward(DEV, a->rows, a->cols, a->dtype, a->data, b->data, s.data, r.w_type, r.w, weight_offset,
+                                  eps, y->data, r.rstd);
+    if (rc) return check(g, rc, "residual sum and rmsnorm");
+    if ((rc = add_keep(g, a, b, &s))) return rc;
+    return norm_keep(g, &r);
 }
 
 /* ---- language-model head with f32 logits -------------------------------------------------- */

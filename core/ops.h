@@ -59,6 +59,11 @@ int finch_op_glu(finch_graph *g, finch_activation act, const finch_tensor *gate,
 int finch_op_activation(finch_graph *g, finch_activation act, float param, const finch_tensor *x, finch_tensor *y);
 /* y = a + b; when dst is not NULL the sum is written into it (it keeps its node). */
 int finch_op_add(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y);
+/* sum = a + b (into dst when not NULL, as finch_op_add), then y = finch_op_rmsnorm(sum): one fused
+ * call where the backend has add_rmsnorm_forward, the two ops' calls otherwise. The tape holds the
+ * same two entries either way. */
+int finch_op_add_rmsnorm(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst,
+                         finch_tensor *sum, const finch_param *w, float weight_offset, float eps, finch_tensor *y);
 /* f32 logits [rows, vocab] = h W^T; dw: f32 gradient of W or absent. */
 int finch_op_logits(finch_graph *g, const finch_tensor *h, const finch_param *w, finch_tensor *logits);
 

@@ -334,6 +334,66 @@ static void test_norms(void)
     }
 }
 
+/* The residual add fused with RMSNorm equals axpby(1, x, 1, d) then rmsnorm_forward, bit for bit:
+ * sum, y and rstd, with sum in its own buffer or over x or d, on one thread and on several. */
+static int same_bytes(finch_dptr a, finch_dptr b, size_t bytes)
+{
+    unsigned char *ha = malloc(bytes + 1), *hb = malloc(bytes + 1);
+    int ok = api->read(dev, NULL, a, ha, bytes) == FINCH_OK && api->read(dev, NULL, b, hb, bytes) == FINCH_OK &&
+             memcmp(ha, hb, bytes) == 0;
+    free(ha), free(hb);
+    return ok;
+}
+
+static void add_rmsnorm_case(int ti, int64_t n, int64_t dim, float offset, int alias)
+{
+    static const char *const alias_names[3] = {"own sum", "sum over x", "sum over d"};
+    finch_dtype t = float_types[ti];
+    size_t nd = (size_t)(n * dim);
+    float *x = rnd(nd, 61), *d = rnd(nd, 62), *w = rnd((size_t)dim, 63);
+    for (size_t i = 0; i < nd; i++) x[i] = x[i] * 3 + 0.5f;
+    finch_dptr out[2][3]; /* [fused, separate][sum, y, rstd] */
+    for (int k = 0; k < 2; k++) {
+        finch_dptr xp = upload(x, nd, t), dp = upload(d, nd, t), wp = upload(w, (size_t)dim, t);
+        finch_dptr sum = alias == 1 ? xp : alias == 2 ? dp : zeros(nd, t);
+        finch_dptr y = zeros(nd, t), rstd = zeros((size_t)n, FINCH_DTYPE_F32);
+        int rc = k == 0 ? api->add_rmsnorm_forward(dev, NULL, n, dim, t, xp, dp, sum, t, wp, offset, 1e-6f, y, rstd)
+                        : api->axpby(dev, NULL, (int64_t)nd, t, 1.0f, xp, 1.0f, dp, sum);
+        if (!rc && k == 1) rc = api->rmsnorm_forward(dev, NULL, n, dim, t, sum, t, wp, offset, 1e-6f, y, rstd);
+        CHECK(rc == FINCH_OK, "add_rmsnorm %s: %s", k ? "axpby + rmsnorm" : "fused", api->last_error());
+        out[k][0] = sum, out[k][1] = y, out[k][2] = rstd;
+    }
+    static const char *const names[3] = {"sum", "y", "rstd"};
+    size_t bytes[3] = {nd * elem_size(t), nd * elem_size(t), (size_t)n * 4};
+    for (int i = 0; i < 3; i++)
+        CHECK(same_bytes(out[0][i], out[1][i], bytes[i]), "add_rmsnorm %s n %lld dim %lld offset %g, %s: %s differs from axpby + rmsnorm",
+              float_type_names[ti], (long long)n, (long long)dim, offset, alias_names[alias], names[i]);
+    /* and the sum is the sum: x + d rounded to t */
+    float *got = fzeros(nd);
+    download(out[0][0], nd, t, got);
+    round_to(t, x, nd), round_to(t, d, nd);
+    int bad = 0;
+    for (size_t i = 0; i < nd; i++) bad += got[i] != to_storage(t, x[i] + d[i]);
+    CHECK(!bad, "add_rmsnorm %s: %d elements of sum are not x + d", float_type_names[ti], bad);
+    free(x), free(d), free(w), free(got);
+    free_buffers();
+}
+
+static void test_add_rmsnorm(void)
+{
+    for (int ti = 0; ti < 3; ti++)
+        for (int alias = 0; alias < 3; alias++) {
+            add_rmsnorm_case(ti, 5, 24, 0.0f, alias);
+            add_rmsnorm_case(ti, 1, 2051, 1.0f, alias);
+            add_rmsnorm_case(ti, 37, 1001, alias == 1 ? 1.0f : 0.0f, alias); /* more than one thread's work */
+        }
+    finch_dptr p = zeros(8, FINCH_DTYPE_F32);
+    CHECK(api->add_rmsnorm_forward(dev, NULL, 2, 4, FINCH_DTYPE_F32, p, (finch_dptr){0}, p, FINCH_DTYPE_F32, p, 0.0f, 1e-6f, p,
+                                   p) == FINCH_ERR_INVALID_ARGUMENT,
+          "add_rmsnorm without d is refused");
+    free_buffers();
+}
+
 /* ---------------------------------------------------------------- rope */
 
 typedef struct rope {
@@ -661,6 +721,7 @@ int main(void)
     cpu_test_begin();
     test_linear();
     test_norms();
+    test_add_rmsnorm();
     test_rope();
     test_glu();
     test_activation();

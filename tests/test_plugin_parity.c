@@ -1126,7 +1126,8 @@ static void test_attention_cache(void)
 /* A decode layer's chain of entries recorded on the plugin (capture_begin .. capture_end) and
  * replayed with new tokens, positions and cache places, against the CPU running each entry directly:
  * rmsnorm, the fused q/k/v product, RoPE on q and k, both cache appends, decode attention (3
- * sequences, one query row each, GQA), the o product (NF4), the residual add, rmsnorm, the gate/up
+ * sequences, one query row each, GQA), the o product (NF4), the residual add and rmsnorm (one
+ * add_rmsnorm_forward where the plugin has it), the gate/up
  * product, GLU, down (NF4, blocks straddling rows), the residual, a softcap and the head (odd rows).
  * Each entry reads what the one before wrote, so on a plugin whose recorded kernels overlap (CUDA's
  * programmatic launches on sm_90) a kernel that reads its input before the previous one has
@@ -1165,8 +1166,14 @@ static int chain_run(const chain *c, int s, finch_plugin_stream *st)
     d.scale = 1.0f / sqrtf((float)CH_D), d.causal = 1;
     if (!rc) rc = a->attention_cache_forward(sd->dev, st, &d);
     if (!rc) rc = a->qmatmul_forward(sd->dev, st, &c->w2[s], CH_H, nq, CH_SEQS, t, D(c->o, s), nq, D(c->y2, s), CH_H, 0.0f);
-    if (!rc) rc = a->axpby(sd->dev, st, CH_SEQS * CH_H, t, 1.0f, D(c->y2, s), 1.0f, D(c->x, s), D(c->x2, s));
-    if (!rc) rc = a->rmsnorm_forward(sd->dev, st, CH_SEQS, CH_H, t, D(c->x2, s), t, D(c->nw, s), 0.0f, 1e-5f, D(c->h2, s), D(c->rstd, s));
+    if (sides[1].api->add_rmsnorm_forward) { /* as a decode pass does where the plugin has it */
+        if (!rc) rc = a->add_rmsnorm_forward(sd->dev, st, CH_SEQS, CH_H, t, D(c->y2, s), D(c->x, s), D(c->x2, s), t, D(c->nw, s), 0.0f,
+                                             1e-5f, D(c->h2, s), D(c->rstd, s));
+    } else {
+        if (!rc) rc = a->axpby(sd->dev, st, CH_SEQS * CH_H, t, 1.0f, D(c->y2, s), 1.0f, D(c->x, s), D(c->x2, s));
+        if (!rc) rc = a->rmsnorm_forward(sd->dev, st, CH_SEQS, CH_H, t, D(c->x2, s), t, D(c->nw, s), 0.0f, 1e-5f, D(c->h2, s),
+                                         D(c->rstd, s));
+    }
     if (!rc) rc = a->qmatmul_forward(sd->dev, st, &c->w3[s], 2 * CH_FF, CH_H, CH_SEQS, t, D(c->h2, s), CH_H, D(c->gu, s), 2 * CH_FF, 0.0f);
     if (!rc) rc = a->glu_forward(sd->dev, st, FINCH_ACT_SILU, CH_SEQS, CH_FF, t, D(c->gu, s), 2 * CH_FF, D(offset_view(c->gu, CH_FF), s),
                                  2 * CH_FF, D(c->g, s));
@@ -1325,6 +1332,73 @@ static void test_norms(void)
         compare("layernorm_backward dx", what, dx, tol);
         compare("layernorm_backward dw", what, dw, tol);
         compare("layernorm_backward db", what, db, tol);
+        release_all();
+    }
+}
+
+/* The residual add fused with RMSNorm: sum = x + d, then y and rstd of sum as stored. On each side
+ * the fused entry must also equal that side's own axpby + rmsnorm_forward bit for bit (the ABI's
+ * promise), with sum in its own buffer or over x or d, one long row (a decode step) included. */
+static void test_add_rmsnorm(void)
+{
+    static const struct { finch_dtype t, wt; float offset; int64_t n, dim; int alias; } cases[] = {
+        {FINCH_DTYPE_F32, FINCH_DTYPE_F32, 0.0f, 13, 67, 0},
+        {FINCH_DTYPE_BF16, FINCH_DTYPE_F32, 1.0f, 13, 67, 1},
+        {FINCH_DTYPE_F16, FINCH_DTYPE_BF16, 0.0f, 7, 515, 2},
+        {FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 1.0f, 1, 2053, 1},
+        {FINCH_DTYPE_F32, FINCH_DTYPE_F32, 0.0f, 3, 4096, 0},
+        {FINCH_DTYPE_F16, FINCH_DTYPE_F16, 1.0f, 1, 2048, 2},
+        {FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 0.0f, 257, 2051, 0},
+    };
+    static const char *const alias_names[3] = {"own sum", "sum over x", "sum over d"};
+    if (!sides[1].api->add_rmsnorm_forward) {
+        printf("%-30s %s does not have it: skipped\n", "add_rmsnorm_forward", sides[1].name);
+        return;
+    }
+    char what[96];
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        finch_dtype t = cases[ci].t, wt = cases[ci].wt;
+        int64_t n = cases[ci].n, dim = cases[ci].dim;
+        size_t nd = (size_t)(n * dim);
+        int alias = cases[ci].alias;
+        float offset = cases[ci].offset;
+        tensor w = random_tensor(wt, (size_t)dim, 1.0f);
+        tensor out[2][3]; /* [fused, separate][sum, y, rstd] */
+        unsigned long long seed = seed_counter;
+        for (int k = 0; k < 2; k++) {
+            seed_counter = seed; /* the same x and d for both */
+            tensor x = random_tensor(t, nd, 2.0f), d = random_tensor(t, nd, 2.0f);
+            tensor sum = alias == 1 ? x : alias == 2 ? d : poisoned(t, nd);
+            tensor y = poisoned(t, nd), rstd = poisoned(FINCH_DTYPE_F32, (size_t)n);
+            if (k == 0) {
+                BOTH("add_rmsnorm_forward", sd->api->add_rmsnorm_forward(sd->dev, NULL, n, dim, t, D(x, s), D(d, s), D(sum, s), wt,
+                                                                         D(w, s), offset, 1e-5f, D(y, s), D(rstd, s)));
+            } else {
+                BOTH("axpby", sd->api->axpby(sd->dev, NULL, (int64_t)nd, t, 1.0f, D(x, s), 1.0f, D(d, s), D(sum, s)));
+                BOTH("rmsnorm_forward", sd->api->rmsnorm_forward(sd->dev, NULL, n, dim, t, D(sum, s), wt, D(w, s), offset, 1e-5f,
+                                                                 D(y, s), D(rstd, s)));
+            }
+            out[k][0] = sum, out[k][1] = y, out[k][2] = rstd;
+        }
+        snprintf(what, sizeof what, "%s, w %s, offset %g, %lld x %lld, %s", dtype_name(t), dtype_name(wt), offset, (long long)n,
+                 (long long)dim, alias_names[alias]);
+        double tol = tol_for(t);
+        compare("add_rmsnorm_forward sum", what, out[0][0], tol);
+        compare("add_rmsnorm_forward y", what, out[0][1], tol);
+        compare("add_rmsnorm_forward rstd", what, out[0][2], tol);
+        static const char *const names[3] = {"sum", "y", "rstd"};
+        for (int s = 0; s < 2; s++)
+            for (int i = 0; i < 3; i++) {
+                size_t bytes = out[0][i].n * dtype_size(out[0][i].t);
+                unsigned char *fused = malloc(bytes), *separate = malloc(bytes);
+                if (sides[s].api->read(sides[s].dev, NULL, out[0][i].p[s], fused, bytes)) fatal("read", s);
+                if (sides[s].api->read(sides[s].dev, NULL, out[1][i].p[s], separate, bytes)) fatal("read", s);
+                int same = memcmp(fused, separate, bytes) == 0;
+                printf("%-30s %-52s %s %s: %s\n", "add_rmsnorm_forward = separate", what, sides[s].name, names[i], same ? "ok" : "FAIL");
+                CHECK(same, "add_rmsnorm_forward %s on %s: %s differs from axpby + rmsnorm_forward", what, sides[s].name, names[i]);
+                free(fused);
+                free(separate);
+            }
         release_all();
     }
 }
@@ -1982,6 +2056,7 @@ int main(void)
     run("attention", test_attention);
     run("attention_cache", test_attention_cache);
     run("norms", test_norms);
+    run("add_rmsnorm", test_add_rmsnorm);
     run("rope", test_rope);
     run("embedding", test_embedding);
     run("cross_entropy", test_cross_entropy);

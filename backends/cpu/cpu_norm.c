@@ -1,6 +1,9 @@
 /* RMSNorm and LayerNorm, forward and backward. One driver serves both: LayerNorm centres rows
- * (mean, and the mean of the gradient), RMSNorm does not. Weight gradients go through per-chunk
- * partial sums reduced in a fixed order, so results do not depend on scheduling. */
+ * (mean, and the mean of the gradient), RMSNorm does not. The residual add fused with an RMSNorm
+ * (add_rmsnorm_forward) is the same forward with a first step per row: sum = x + d is stored, and
+ * the row is then normalised as read back from sum, exactly as axpby then rmsnorm_forward do.
+ * Weight gradients go through per-chunk partial sums reduced in a fixed order, so results do not
+ * depend on scheduling. */
 #include "backends/cpu/cpu.h"
 
 #include <inttypes.h>
@@ -15,6 +18,7 @@ typedef struct norm_call {
     int64_t n, dim;
     finch_dtype dtype, w_type;
     finch_dptr x, w, b;         /* w, b may be absent: 1 and 0 */
+    finch_dptr d, sum;          /* add_rmsnorm_forward: sum = x + d, then the norm of sum */
     float weight_offset, eps;
     finch_dptr y, mean, rstd;
     finch_dptr dy, dx, dw, db;  /* backward */
@@ -52,6 +56,7 @@ static int norm_shape(const norm_call *c)
 typedef struct norm_job {
     const norm_call *c;
     void *xp, *yp, *mp, *rp, *dyp, *dxp;
+    void *dp, *sp;      /* the residual add's d and sum, or NULL */
     const float *w, *b;
     float *pw, *pb;     /* backward: per-chunk partial dw, db ([chunks, dim]), or NULL */
     float *dw, *db;     /* backward: where the partials are summed */
@@ -65,14 +70,24 @@ static void norm_forward_rows(void *ctx, int64_t i0, int64_t i1, int chunk)
     const norm_call *c = job->c;
     int64_t dim = c->dim;
     const float *w = job->w, *b = job->b;
-    float *buf = c->dtype == FINCH_DTYPE_F32 ? NULL : malloc(2 * (size_t)dim * sizeof(float));
-    if (c->dtype != FINCH_DTYPE_F32 && !buf) {
+    int scratch = c->dtype != FINCH_DTYPE_F32 || job->dp;
+    float *buf = scratch ? malloc(2 * (size_t)dim * sizeof(float)) : NULL;
+    if (scratch && !buf) {
         atomic_store(&job->oom, 1);
         return;
     }
     for (int64_t i = i0; i < i1; i++) {
         int64_t ld;
-        const float *x = cpu_load_block(c->dtype, cpu_at(c->dtype, job->xp, i * dim), 1, dim, dim, buf, &ld);
+        void *src = cpu_at(c->dtype, job->xp, i * dim);
+        if (job->dp) { /* as axpby(1, x, 1, d): both rows are read before sum (which may alias either) is written */
+            void *sum = cpu_at(c->dtype, job->sp, i * dim);
+            cpu_load(c->dtype, src, dim, buf);
+            cpu_load(c->dtype, cpu_at(c->dtype, job->dp, i * dim), dim, buf + dim);
+            for (int64_t j = 0; j < dim; j++) buf[j] += buf[dim + j];
+            cpu_store(c->dtype, buf, dim, sum);
+            src = sum;
+        }
+        const float *x = cpu_load_block(c->dtype, src, 1, dim, dim, buf, &ld);
         float *y = cpu_out_block(c->dtype, cpu_at(c->dtype, job->yp, i * dim), dim, buf ? buf + dim : NULL, &ld);
         float mu = 0, var = 0;
         if (c->centered) {
@@ -158,6 +173,13 @@ static int norm_forward(const norm_call *c)
     if ((rc = cpu_matrix(c->x, c->dtype, n, dim, dim, what, &xp))) return rc;
     snprintf(what, sizeof what, "%s: y", c->op);
     if ((rc = cpu_matrix(c->y, c->dtype, n, dim, dim, what, &yp))) return rc;
+    void *dp = NULL, *sp = NULL;
+    if (c->d.buf || c->sum.buf) {
+        snprintf(what, sizeof what, "%s: d", c->op);
+        if ((rc = cpu_matrix(c->d, c->dtype, n, dim, dim, what, &dp))) return rc;
+        snprintf(what, sizeof what, "%s: sum", c->op);
+        if ((rc = cpu_matrix(c->sum, c->dtype, n, dim, dim, what, &sp))) return rc;
+    }
     snprintf(what, sizeof what, "%s: rstd", c->op);
     if ((rc = cpu_matrix_opt(c->rstd, FINCH_DTYPE_F32, 1, n, n, what, &rp))) return rc;
     snprintf(what, sizeof what, "%s: mean", c->op);
@@ -169,7 +191,7 @@ static int norm_forward(const norm_call *c)
     if (!rc) rc = load_vector(c, c->b, "b", 0.0f, 0.0f, b);
     if (!rc && c->centered == 0 && !c->w.buf)
         rc = finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu %s: weight is absent", c->op);
-    norm_job job = {.c = c, .xp = xp, .yp = yp, .mp = mp, .rp = rp, .w = w, .b = b};
+    norm_job job = {.c = c, .xp = xp, .yp = yp, .mp = mp, .rp = rp, .dp = dp, .sp = sp, .w = w, .b = b};
     if (!rc) cpu_parallel_for(n, n * dim > (1 << 14), &job, norm_forward_rows);
     free(wb);
     if (!rc && atomic_load(&job.oom)) rc = cpu_oom(2 * (size_t)dim * sizeof(float), c->op);
@@ -222,6 +244,17 @@ int cpu_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_
 {
     norm_call c = {.op = "rmsnorm_forward", .n = n, .dim = dim, .dtype = dtype, .w_type = w_type, .x = x, .w = w,
                    .weight_offset = weight_offset, .eps = eps, .y = y, .rstd = rstd};
+    return norm_forward(&c);
+}
+
+int cpu_add_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                            finch_dtype dtype, finch_dptr x, finch_dptr d, finch_dptr sum, finch_dtype w_type,
+                            finch_dptr w, float weight_offset, float eps, finch_dptr y, finch_dptr rstd)
+{
+    norm_call c = {.op = "add_rmsnorm_forward", .n = n, .dim = dim, .dtype = dtype, .w_type = w_type, .x = x, .d = d,
+                   .sum = sum, .w = w, .weight_offset = weight_offset, .eps = eps, .y = y, .rstd = rstd};
+    if (!d.buf || !sum.buf)
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu add_rmsnorm_forward: d or sum is absent");
     return norm_forward(&c);
 }
 

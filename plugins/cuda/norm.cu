@@ -6,10 +6,14 @@
 #define ROW_CHUNK 128 /* rows per block of the column reduction */
 
 /* NT threads a row: THREADS, or 1024 for a few long rows (a decode step's one token), where a single
- * block would otherwise walk its row in many dependent rounds. */
+ * block would otherwise walk its row in many dependent rounds. With d (add_rmsnorm_forward) the row
+ * is first the residual sum: each thread stores sum = x + d for its elements, reading x and d once,
+ * and the norm then reads those same elements back from sum (the thread's own stores, rounded to T as
+ * axpby would store them; sum may alias x or d). */
 template <typename T, typename W, int NT>
 __global__ void __launch_bounds__(NT)
-rmsnorm_forward_kernel(int64_t n, int64_t dim, const T *x, const W *w, float offset, float eps, T *y, float *rstd_out)
+rmsnorm_forward_kernel(int64_t n, int64_t dim, const T *x, const T *d, T *sum, const W *w, float offset, float eps, T *y,
+                       float *rstd_out)
 {
     __shared__ float shared[32];
     gpu_grid_release();
@@ -17,9 +21,21 @@ rmsnorm_forward_kernel(int64_t n, int64_t dim, const T *x, const W *w, float off
     for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
         const T *xr = x + r * dim;
         float ss = 0.0f;
-        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
-            float v = to_f32(xr[j]);
-            ss += v * v;
+        if (d) {
+            const T *dr = d + r * dim;
+            T *sr = sum + r * dim;
+            for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+                T s = from_f32<T>(to_f32(xr[j]) + to_f32(dr[j]));
+                sr[j] = s;
+                float v = to_f32(s);
+                ss += v * v;
+            }
+            xr = sr;
+        } else {
+            for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+                float v = to_f32(xr[j]);
+                ss += v * v;
+            }
         }
         ss = block_sum(ss, shared);
         float rstd = 1.0f / sqrtf(ss / (float)dim + eps);
@@ -160,25 +176,44 @@ static int check_norm(const char *entry, int64_t dim, finch_dtype dtype, finch_d
 #define DISPATCH_NORM(dtype, w_type, what, ...) \
     FINCH_DISPATCH_FLOAT(dtype, T, what, FINCH_DISPATCH_FLOAT(w_type, W, what, __VA_ARGS__))
 
-extern "C" int plugin_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
-                                      finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w, float weight_offset,
-                                      float eps, finch_dptr y, finch_dptr rstd)
+/* rmsnorm_forward, and with d and sum the residual add before it (add_rmsnorm_forward). */
+static int rmsnorm_forward(const char *entry, finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                           finch_dtype dtype, finch_dptr x, finch_dptr d, finch_dptr sum, finch_dtype w_type, finch_dptr w,
+                           float weight_offset, float eps, finch_dptr y, finch_dptr rstd)
 {
     gpuStream_t st = NULL;
     GPU_TRY(gpu_begin(dev, s, &st));
     if (n <= 0) return FINCH_OK;
-    GPU_TRY(check_norm("rmsnorm_forward", dim, dtype, w_type, gpu_ptr(x), gpu_ptr(y), "y"));
+    GPU_TRY(check_norm(entry, dim, dtype, w_type, gpu_ptr(x), gpu_ptr(y), "y"));
     bool wide = n < 256 && dim >= 2048;
     gpuError_t err = gpuSuccess;
-    DISPATCH_NORM(dtype, w_type, "rmsnorm_forward",
+    DISPATCH_NORM(dtype, w_type, entry,
         if (wide)
-            err = gpu_launch(rmsnorm_forward_kernel<T, W, 1024>, dim3(row_blocks(n)), dim3(1024), 0, st, n, dim, (const T *)gpu_ptr(x),
-                             (const W *)gpu_ptr(w), weight_offset, eps, (T *)gpu_ptr(y), (float *)gpu_ptr(rstd));
+            err = gpu_launch(rmsnorm_forward_kernel<T, W, 1024>, dim3(row_blocks(n)), dim3(1024), 0, st, n, dim,
+                             (const T *)gpu_ptr(x), (const T *)gpu_ptr(d), (T *)gpu_ptr(sum), (const W *)gpu_ptr(w),
+                             weight_offset, eps, (T *)gpu_ptr(y), (float *)gpu_ptr(rstd));
         else
             err = gpu_launch(rmsnorm_forward_kernel<T, W, THREADS>, dim3(row_blocks(n)), dim3(THREADS), 0, st, n, dim,
-                             (const T *)gpu_ptr(x), (const W *)gpu_ptr(w), weight_offset, eps, (T *)gpu_ptr(y),
-                             (float *)gpu_ptr(rstd)));
-    return gpu_check(err, "rmsnorm_forward");
+                             (const T *)gpu_ptr(x), (const T *)gpu_ptr(d), (T *)gpu_ptr(sum), (const W *)gpu_ptr(w),
+                             weight_offset, eps, (T *)gpu_ptr(y), (float *)gpu_ptr(rstd)));
+    return gpu_check(err, entry);
+}
+
+extern "C" int plugin_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                                      finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w, float weight_offset,
+                                      float eps, finch_dptr y, finch_dptr rstd)
+{
+    return rmsnorm_forward("rmsnorm_forward", dev, s, n, dim, dtype, x, finch_dptr{}, finch_dptr{}, w_type, w, weight_offset,
+                           eps, y, rstd);
+}
+
+extern "C" int plugin_add_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                                          finch_dtype dtype, finch_dptr x, finch_dptr d, finch_dptr sum, finch_dtype w_type,
+                                          finch_dptr w, float weight_offset, float eps, finch_dptr y, finch_dptr rstd)
+{
+    if (!gpu_ptr(d) || !gpu_ptr(sum))
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": add_rmsnorm_forward: d or sum is absent");
+    return rmsnorm_forward("add_rmsnorm_forward", dev, s, n, dim, dtype, x, d, sum, w_type, w, weight_offset, eps, y, rstd);
 }
 
 extern "C" int plugin_rmsnorm_backward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,

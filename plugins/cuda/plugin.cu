@@ -638,6 +638,10 @@ static int plugin_stream_wait_event(finch_plugin_device *dev, finch_plugin_strea
 /* attention_decode.cu: attention_cache_forward with a decode path in front of attention.cu's. */
 extern "C" int plugin_attention_cache_dispatch(finch_plugin_device *dev, finch_plugin_stream *s,
                                                const finch_attention_cache_desc *c);
+/* norm.cu: the residual add fused with rmsnorm_forward. */
+extern "C" int plugin_add_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
+                                          finch_dtype dtype, finch_dptr x, finch_dptr d, finch_dptr sum, finch_dtype w_type,
+                                          finch_dptr w, float weight_offset, float eps, finch_dptr y, finch_dptr rstd);
 extern "C" int plugin_copy_rows(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t n, int64_t cols,
                                 finch_dptr src, int64_t ld_src, finch_dptr rows, finch_dptr dst, int64_t ld_dst);
 
@@ -667,22 +671,27 @@ static const finch_plugin_api plugin_api = {
     plugin_copy_rows,
     plugin_capture_begin, plugin_capture_end, plugin_graph_launch, plugin_graph_free,
     plugin_event_create, plugin_event_destroy, plugin_event_record, plugin_stream_wait_event,
-    plugin_linear_forward_group, NULL /* add_rmsnorm_forward: not yet */,
+    plugin_linear_forward_group, plugin_add_rmsnorm_forward,
 };
 
 extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)
 {
     const char *profile = getenv("FINCH_CUDA_PROFILE");
     if (profile && !strcmp(profile, "1")) return gpu_profiled_api(&plugin_api);
-    /* FINCH_CUDA_GRAPHS=0: no recording, every call launched on its own (for comparison). */
-    const char *graphs = getenv("FINCH_CUDA_GRAPHS");
-    if (graphs && !strcmp(graphs, "0")) {
+    /* For comparison: FINCH_CUDA_GRAPHS=0, no recording, every call launched on its own;
+     * FINCH_CUDA_ADD_RMSNORM=0, no fused add_rmsnorm_forward (the core then calls axpby and rmsnorm). */
+    const char *graphs = getenv("FINCH_CUDA_GRAPHS"), *add_norm = getenv("FINCH_CUDA_ADD_RMSNORM");
+    bool no_graphs = graphs && !strcmp(graphs, "0"), no_add_norm = add_norm && !strcmp(add_norm, "0");
+    if (no_graphs || no_add_norm) {
         static finch_plugin_api plain;
         plain = plugin_api;
-        plain.capture_begin = NULL;
-        plain.capture_end = NULL;
-        plain.graph_launch = NULL;
-        plain.graph_free = NULL;
+        if (no_graphs) {
+            plain.capture_begin = NULL;
+            plain.capture_end = NULL;
+            plain.graph_launch = NULL;
+            plain.graph_free = NULL;
+        }
+        if (no_add_norm) plain.add_rmsnorm_forward = NULL;
         return &plain;
     }
     return &plugin_api;

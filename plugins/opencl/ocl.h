@@ -19,7 +19,8 @@
     X(add_bias) X(dropout_apply) X(dropout_accumulate) X(rmsnorm_forward) X(rmsnorm_backward)      \
     X(rmsnorm_dw) X(layernorm_forward) X(layernorm_backward) X(layernorm_dwdb) X(rope)             \
     X(embedding_forward) X(embedding_backward) X(cross_entropy_rows) X(attention_forward)          \
-    X(attention_delta) X(attention_dq) X(attention_dkdv) X(adamw8bit_step) X(attention_cache_forward)
+    X(attention_delta) X(attention_dq) X(attention_dkdv) X(adamw8bit_step) X(attention_cache_forward) \
+    X(add_rmsnorm_forward)
 
 typedef enum ocl_kernel_id {
 #define OCL_KERNEL_ENUM(name) OCL_K_##name,
@@ -224,6 +225,9 @@ int ocl_attention_cache_forward(finch_plugin_device *dev, finch_plugin_stream *s
 int ocl_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim, finch_dtype dtype,
                         finch_dptr x, finch_dtype w_type, finch_dptr w, float weight_offset, float eps,
                         finch_dptr y, finch_dptr rstd);
+int ocl_add_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim, finch_dtype dtype,
+                            finch_dptr x, finch_dptr d, finch_dptr sum, finch_dtype w_type, finch_dptr w,
+                            float weight_offset, float eps, finch_dptr y, finch_dptr rstd);
 int ocl_rmsnorm_backward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
                          finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w, float weight_offset,
                          finch_dptr rstd, finch_dptr dy, finch_dptr dx, int dx_accumulate, finch_dptr dw);

@@ -36,22 +36,45 @@ static void column_args(ocl_args *a, int64_t n, int64_t dim, finch_dtype dtype, 
     ocl_arg_ptr(a, ocl_p(dy));
 }
 
-int ocl_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim, finch_dtype dtype,
-                        finch_dptr x, finch_dtype w_type, finch_dptr w, float weight_offset, float eps, finch_dptr y,
-                        finch_dptr rstd)
+/* rmsnorm_forward, and with d and sum the residual add before it (add_rmsnorm_forward). */
+static int rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, const char *entry, int64_t n, int64_t dim,
+                           finch_dtype dtype, finch_dptr x, finch_dptr d, finch_dptr sum, finch_dtype w_type, finch_dptr w,
+                           float weight_offset, float eps, finch_dptr y, finch_dptr rstd)
 {
-    OCL_NEED(dev, "opencl: rmsnorm_forward: device is NULL");
-    OCL_NEED(w.buf, "opencl: rmsnorm_forward: the weight is absent");
-    int rc = check_norm(n, dim, dtype, w_type, 1, "rmsnorm_forward");
+    int add = d.buf != NULL;
+    OCL_NEED(dev, "opencl: %s: device is NULL", entry);
+    OCL_NEED(w.buf, "opencl: %s: the weight is absent", entry);
+    int rc = check_norm(n, dim, dtype, w_type, 1, entry);
     if (rc || n == 0) return rc;
-    OCL_NEED(x.buf && y.buf && rstd.buf, "opencl: rmsnorm_forward: x, y or rstd is absent");
+    OCL_NEED(x.buf && y.buf && rstd.buf, "opencl: %s: x, y or rstd is absent", entry);
     ocl_args a = {0};
     row_args(&a, dim, dtype, x, w_type, w);
     ocl_arg_f(&a, weight_offset);
     ocl_arg_f(&a, eps);
     ocl_arg_ptr(&a, ocl_p(y));
     ocl_arg_ptr(&a, ocl_p(rstd));
-    return ocl_launch_rows(dev, s, OCL_K_rmsnorm_forward, &a, n);
+    if (add) {
+        ocl_arg_ptr(&a, ocl_p(d));
+        ocl_arg_ptr(&a, ocl_p(sum));
+    }
+    return ocl_launch_rows(dev, s, add ? OCL_K_add_rmsnorm_forward : OCL_K_rmsnorm_forward, &a, n);
+}
+
+int ocl_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim, finch_dtype dtype,
+                        finch_dptr x, finch_dtype w_type, finch_dptr w, float weight_offset, float eps, finch_dptr y,
+                        finch_dptr rstd)
+{
+    return rmsnorm_forward(dev, s, "rmsnorm_forward", n, dim, dtype, x, (finch_dptr){0}, (finch_dptr){0}, w_type, w,
+                           weight_offset, eps, y, rstd);
+}
+
+int ocl_add_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim, finch_dtype dtype,
+                            finch_dptr x, finch_dptr d, finch_dptr sum, finch_dtype w_type, finch_dptr w,
+                            float weight_offset, float eps, finch_dptr y, finch_dptr rstd)
+{
+    OCL_NEED(d.buf && sum.buf, "opencl: add_rmsnorm_forward: d or sum is absent");
+    return rmsnorm_forward(dev, s, "add_rmsnorm_forward", n, dim, dtype, x, d, sum, w_type, w, weight_offset, eps, y,
+                           rstd);
 }
 
 int ocl_rmsnorm_backward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim, finch_dtype dtype,

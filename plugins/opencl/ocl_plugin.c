@@ -235,6 +235,7 @@ static const finch_plugin_api ocl_api = {
     .adamw8bit_step = ocl_adamw8bit_step,
     .attention_cache_forward = ocl_attention_cache_forward,
     .device_details = ocl_device_details,
+    .add_rmsnorm_forward = ocl_add_rmsnorm_forward,
 };
 
 __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)

@@ -7,12 +7,10 @@ float norm_weight(int has_w, const global uchar *w, long j, int w_dt, float offs
     return has_w ? load(w, j, w_dt) + offset : 1.0f;
 }
 
-kernel void rmsnorm_forward(long dim, int dt, BUF(x), int w_dt, int has_w, BUF(w), float offset, float eps,
-                            BUF(y), BUF(rstd))
+/* One row of RMSNorm: y and rstd from x (for add_rmsnorm_forward, x is the sum as stored). */
+void rmsnorm_row(local float *red, long row, long dim, int dt, const global uchar *x, int w_dt, int has_w,
+                 const global uchar *w, float offset, float eps, global uchar *y, global float *rstd)
 {
-    local float red[FINCH_ROW_WG];
-    long row = get_group_id(0);
-    const global uchar *x = AT(x);
     float ss = 0.0f;
     for (long j = get_local_id(0); j < dim; j += get_local_size(0)) {
         float v = load(x, row * dim + j, dt);
@@ -21,9 +19,30 @@ kernel void rmsnorm_forward(long dim, int dt, BUF(x), int w_dt, int has_w, BUF(w
     float r = rsqrt(group_sum(red, ss) / (float)dim + eps);
     for (long j = get_local_id(0); j < dim; j += get_local_size(0)) {
         float v = load(x, row * dim + j, dt);
-        store(AT(y), row * dim + j, dt, v * r * norm_weight(has_w, AT(w), j, w_dt, offset));
+        store(y, row * dim + j, dt, v * r * norm_weight(has_w, w, j, w_dt, offset));
     }
-    if (get_local_id(0) == 0) ((global float *)AT(rstd))[row] = r;
+    if (get_local_id(0) == 0) rstd[row] = r;
+}
+
+kernel void rmsnorm_forward(long dim, int dt, BUF(x), int w_dt, int has_w, BUF(w), float offset, float eps,
+                            BUF(y), BUF(rstd))
+{
+    local float red[FINCH_ROW_WG];
+    rmsnorm_row(red, get_group_id(0), dim, dt, AT(x), w_dt, has_w, AT(w), offset, eps, AT(y), (global float *)AT(rstd));
+}
+
+/* sum = x + d (sum may alias x or d), then rmsnorm_forward's row of sum as stored. Each work-item
+ * stores the elements it reads back first in rmsnorm_row, so no barrier is needed in between. */
+kernel void add_rmsnorm_forward(long dim, int dt, BUF(x), int w_dt, int has_w, BUF(w), float offset, float eps,
+                                BUF(y), BUF(rstd), BUF(d), BUF(sum))
+{
+    local float red[FINCH_ROW_WG];
+    long row = get_group_id(0);
+    for (long j = get_local_id(0); j < dim; j += get_local_size(0)) {
+        long i = row * dim + j;
+        store(AT(sum), i, dt, load(AT(x), i, dt) + load(AT(d), i, dt));
+    }
+    rmsnorm_row(red, row, dim, dt, AT(sum), w_dt, has_w, AT(w), offset, eps, AT(y), (global float *)AT(rstd));
 }
 
 /* dx = r g dy - x r^3 / dim * sum(dy g x), g = w + offset */
