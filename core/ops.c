@@ -150,7 +150,9 @@ static int linear_backward(finch_graph *g, const void *rec)
     return FINCH_OK;
 }
 
-int finch_op_linear(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y)
+/* compute 0: y and its tape entry only (finch_op_linear_tape_only); xa then stays absent and the
+ * backward forms it from x (finch_linear_desc). */
+static int linear_op(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, int compute, finch_tensor *y)
 {
     if (x->cols != p->in_features) return internal("linear input width");
     int trainable = p->dw.buf || p->dbias.buf || (p->rank && (p->da.buf || p->db.buf));
@@ -181,16 +183,28 @@ int finch_op_linear(finch_graph *g, const finch_tensor *x, const finch_linear_pa
     d->da = p->rank ? p->da : finch_dptr_none();
     d->db = p->rank ? p->db : finch_dptr_none();
     int keep = g->recording && has_node(y);
-    if (keep && p->rank && d->db.buf) {
-        rc = finch_arena_alloc(g->arena, (size_t)(x->rows * p->rank) * sizeof(float), &d->xa);
-        if (rc) return rc;
+    if (compute) {
+        if (keep && p->rank && d->db.buf) {
+            rc = finch_arena_alloc(g->arena, (size_t)(x->rows * p->rank) * sizeof(float), &d->xa);
+            if (rc) return rc;
+        }
+        rc = API->linear_forward(DEV, d);
+        if (rc) return check(g, rc, "linear");
     }
-    rc = API->linear_forward(DEV, d);
-    if (rc) return check(g, rc, "linear");
     if (!keep) return FINCH_OK;
     r.x = *x;
     r.y = *y;
     return finch_graph_record(g, linear_backward, &r, sizeof r);
+}
+
+int finch_op_linear(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y)
+{
+    return linear_op(g, x, p, 1, y);
+}
+
+int finch_op_linear_tape_only(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y)
+{
+    return linear_op(g, x, p, 0, y);
 }
 
 /* ---- rotary embedding --------------------------------------------------------------------- */
@@ -412,7 +426,8 @@ static int add_backward(finch_graph *g, const void *rec)
     return pass_gradient(g, &r->b, dy);
 }
 
-int finch_op_add(finch_graph *g, const finch_tensor *a_in, const finch_tensor *b_in, const finch_tensor *dst, finch_tensor *y)
+static int add_op(finch_graph *g, const finch_tensor *a_in, const finch_tensor *b_in, const finch_tensor *dst, int compute,
+                  finch_tensor *y)
 {
     finch_tensor a_copy = *a_in, b_copy = *b_in; /* y may alias an input */
     const finch_tensor *a = &a_copy, *b = &b_copy;
@@ -424,11 +439,21 @@ int finch_op_add(finch_graph *g, const finch_tensor *a_in, const finch_tensor *b
     } else if ((rc = finch_graph_tensor(g, a->dtype, a->rows, a->cols, has_node(a) || has_node(b), y))) {
         return rc;
     }
-    rc = API->axpby(DEV, finch_tensor_numel(a), a->dtype, 1.0f, a->data, 1.0f, b->data, y->data);
-    if (rc) return check(g, rc, "residual sum");
+    if (compute && (rc = API->axpby(DEV, finch_tensor_numel(a), a->dtype, 1.0f, a->data, 1.0f, b->data, y->data)))
+        return check(g, rc, "residual sum");
     if (!g->recording || !has_node(y) || (!has_node(a) && !has_node(b))) return FINCH_OK;
     add_record r = {*a, *b, *y};
     return finch_graph_record(g, add_backward, &r, sizeof r);
+}
+
+int finch_op_add(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y)
+{
+    return add_op(g, a, b, dst, 1, y);
+}
+
+int finch_op_add_tape_only(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y)
+{
+    return add_op(g, a, b, dst, 0, y);
 }
 
 /* ---- language-model head with f32 logits -------------------------------------------------- */
