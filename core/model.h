@@ -81,6 +81,7 @@ struct finch_model {
     int full_finetune, gradient_checkpointing;
     int offload_activations;                 /* with checkpointing: layer inputs in host memory (model_forward.c) */
     int64_t mlp_chunk_tokens;                /* MLP recomputed this many tokens at a time (0: pieces of <= ~448 MiB, model_forward.c) */
+    int recompute_all;                       /* checkpointing recomputes outputs nothing reads too (FINCH_RECOMPUTE_ALL=1; for A/B) */
     /* LoRA */
     int lora_attached;
     int lora_r, lora_use_rslora;

@@ -99,6 +99,19 @@ static int k_follows_q(const finch_tensor *q, const finch_tensor *k)
            k->data.offset == q->data.offset + (size_t)q->cols * finch_dtype_size(q->dtype) && k->node_off == q->node_off + q->cols;
 }
 
+/* A linear and a sum whose outputs flow only into the layer's output, through sums: in a recompute
+ * for backward (s->outputs_unread) only their tape entries are made, the values go uncomputed. */
+static int linear_to_out(step_ctx *s, const finch_tensor *x, const finch_linear_module *lin, finch_tensor *y)
+{
+    finch_linear_params p = step_linear_params(s, lin);
+    return (s->outputs_unread ? finch_op_linear_tape_only : finch_op_linear)(s->g, x, &p, y);
+}
+
+static int add_to_out(step_ctx *s, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y)
+{
+    return (s->outputs_unread ? finch_op_add_tape_only : finch_op_add)(s->g, a, b, dst, y);
+}
+
 static int norm(step_ctx *s, const finch_tensor *x, const finch_param *w, const finch_param *b, finch_tensor *y)
 {
     const finch_model_config *c = &s->m->cfg;
@@ -188,11 +201,12 @@ static int attention_core(step_ctx *s, int64_t l, const finch_tensor *x, finch_t
     return s->cache ? finch_kv_cache_attention(s->cache, s->g, l, &q, &k, &v, &ap, o) : finch_op_attention(s->g, &q, &k, &v, &ap, o);
 }
 
+/* Attention with its output projection, for Falcon's parallel layer: out goes only into its sums. */
 static int attention_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor *out)
 {
     finch_tensor o;
     int rc = attention_core(s, l, x, &o);
-    return rc ? rc : linear(s, &o, &s->m->layers[l].o, out);
+    return rc ? rc : linear_to_out(s, &o, &s->m->layers[l].o, out);
 }
 
 static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor *out)
@@ -217,7 +231,8 @@ static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor
         }
         if ((rc = finch_op_glu(s->g, c->act, &gate, &up, &h))) return rc;
     }
-    return linear(s, &h, &ly->down, out);
+    /* out goes only into the layer's sums, but for a sandwich norm's backward, which reads it. */
+    return c->sandwich_norms ? linear(s, &h, &ly->down, out) : linear_to_out(s, &h, &ly->down, out);
 }
 
 /* sum = a + b (into dst when not NULL) and y = norm(sum): for RMSNorm one fused op. */
@@ -246,7 +261,7 @@ static int mlp_half(step_ctx *s, int64_t l, const finch_tensor *x1, const finch_
         raw = mo;
         if ((rc = norm(s, &raw, &ly->post_ffn_norm, NULL, &mo))) return rc;
     }
-    return finch_op_add(s->g, x1, &mo, out, &res);
+    return add_to_out(s, x1, &mo, out, &res);
 }
 
 /* What follows attention, token by token, so on any rows of x, o and out (s->row0: where they
@@ -302,8 +317,8 @@ int finch_layer_forward(step_ctx *s, int64_t l, const finch_tensor *x, const fin
         } else {
             mlp_in = a;
         }
-        if ((rc = mlp_block(s, l, &mlp_in, &mo)) || (rc = finch_op_add(s->g, &mo, &attn, NULL, &sum))) return rc;
-        return finch_op_add(s->g, x, &sum, out, &res);
+        if ((rc = mlp_block(s, l, &mlp_in, &mo)) || (rc = add_to_out(s, &mo, &attn, NULL, &sum))) return rc;
+        return add_to_out(s, x, &sum, out, &res);
     }
     finch_tensor a, o;
     if ((rc = norm(s, x, &ly->attn_norm, &ly->attn_norm_b, &a)) || (rc = attention_core(s, l, &a, &o))) return rc;
@@ -785,7 +800,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     int rc = finch_arena_begin(&m->arena);
     if (rc) return rc;
     finch_graph_clear(g);
-    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0, NULL, 0};
+    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0, NULL, 0, 0};
     if (do_backward) m->weights_version++; /* an optimizer step will follow: cached keys go stale */
     int64_t count = 0;
     if ((rc = upload_batch(&s, b, &count)) || (rc = finch_vl_positions(m, b, &s.positions))) return rc;
@@ -857,11 +872,13 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             }
             if (rc) break;
             int64_t chunk = ckpt ? mlp_chunk(&s) : 0;
+            s.outputs_unread = ckpt && !m->recompute_all;
             if (chunk) {
                 rc = layer_backward_chunked(&s, l, &x[l], &x[l + 1], chunk, off.async);
             } else if (ckpt) {
-                /* The recomputed output's values are not needed, only its gradient (node); with
-                 * copies beside the compute they go to scratch (x_{l+1}'s slot is x_{l-1}'s). */
+                /* The recomputed output's values are not needed, only its gradient (node): the ops
+                 * that make only them are not run (s->outputs_unread); with copies beside the compute
+                 * they go to scratch (x_{l+1}'s slot is x_{l-1}'s) when they are. */
                 finch_tensor out = x[l + 1];
                 if (off.async) rc = finch_arena_alloc(&m->arena, off.bytes, &out.data);
                 finch_graph_mark gm = finch_graph_get_mark(g);

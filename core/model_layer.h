@@ -18,6 +18,7 @@ typedef struct finch_step_ctx {
     int64_t n_seqs;                    /* sequences in cu_seqlens: one per row, or per segment of packed rows */
     const int32_t *host_ids;           /* ids on the host (n_tokens), for a host-resident embedding table */
     int64_t row0;                      /* the first token row of the tensors at hand (MLP chunks): LoRA dropout masks */
+    int outputs_unread;                /* a recompute for backward: the layer's output values are not read (model_forward.c) */
 } finch_step_ctx;
 
 /* x_0: the embeddings of s->ids (scaled where the architecture scales them). */

@@ -494,6 +494,8 @@ finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_lo
     m->dtype = o.compute_dtype;
     m->gradient_checkpointing = o.gradient_checkpointing;
     m->offload_activations = o.offload_activations;
+    const char *all = getenv("FINCH_RECOMPUTE_ALL");   /* an A/B switch for measurements (model.h) */
+    m->recompute_all = all && !strcmp(all, "1");
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     finch_arena_init(&m->arena, m->be);
     finch_graph_init(&m->graph, m->be, &m->arena);

@@ -171,9 +171,10 @@ static int linear_trainable(const finch_linear_params *p)
 }
 
 /* The forward descriptor of linear p from x into y (allocated by the caller), with room for xa when
- * the tape will want it; *keep: record it. */
+ * the tape will want it and the forward runs (compute; else xa stays absent and the backward forms it
+ * from x, finch_linear_desc); *keep: record it. */
 static int linear_prepare(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, const finch_tensor *y,
-                          linear_record *r, int *keep)
+                          int compute, linear_record *r, int *keep)
 {
     if (x->cols != p->in_features) return internal("linear input width");
     memset(r, 0, sizeof *r);
@@ -202,20 +203,25 @@ static int linear_prepare(finch_graph *g, const finch_tensor *x, const finch_lin
     r->x = *x;
     r->y = *y;
     *keep = g->recording && has_node(y);
-    if (*keep && p->rank && d->db.buf) return finch_arena_alloc(g->arena, (size_t)(x->rows * p->rank) * sizeof(float), &d->xa);
-    return FINCH_OK;
+    if (!compute || !*keep || !p->rank || !d->db.buf) return FINCH_OK;
+    return finch_arena_alloc(g->arena, (size_t)(x->rows * p->rank) * sizeof(float), &d->xa);
+}
+
+/* compute 0: y and its tape entry only (finch_op_linear_tape_only). */
+static int linear_op(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, int compute, finch_tensor *y)
+{
+    int rc = finch_graph_tensor(g, x->dtype, x->rows, p->out_features, has_node(x) || linear_trainable(p), y);
+    linear_record r;
+    int keep = 0;
+    if (!rc) rc = linear_prepare(g, x, p, y, compute, &r, &keep);
+    if (rc) return rc;
+    if (compute && (rc = API->linear_forward(DEV, &r.d))) return check(g, rc, "linear");
+    return keep ? finch_graph_record(g, linear_backward, &r, sizeof r) : FINCH_OK;
 }
 
 int finch_op_linear(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y)
 {
-    int rc = finch_graph_tensor(g, x->dtype, x->rows, p->out_features, has_node(x) || linear_trainable(p), y);
-    linear_record r;
-    int keep;
-    if (!rc) rc = linear_prepare(g, x, p, y, &r, &keep);
-    if (rc) return rc;
-    rc = API->linear_forward(DEV, &r.d);
-    if (rc) return check(g, rc, "linear");
-    return keep ? finch_graph_record(g, linear_backward, &r, sizeof r) : FINCH_OK;
+    return linear_op(g, x, p, 1, y);
 }
 
 int finch_op_linear_group(finch_graph *g, const finch_tensor *x, int count, const finch_linear_params *const *p,
@@ -238,7 +244,7 @@ int finch_op_linear_group(finch_graph *g, const finch_tensor *x, int count, cons
         if (one_tensor) y[i] = finch_tensor_cols(&all, c0, p[i]->out_features);
         else if ((rc = finch_graph_tensor(g, x->dtype, x->rows, p[i]->out_features, has_node(x) || linear_trainable(p[i]), &y[i])))
             return rc;
-        if ((rc = linear_prepare(g, x, p[i], &y[i], &r[i], &keep[i]))) return rc;
+        if ((rc = linear_prepare(g, x, p[i], &y[i], 1, &r[i], &keep[i]))) return rc;
         d[i] = r[i].d;
     }
     if (API->linear_forward_group) {
@@ -250,6 +256,11 @@ int finch_op_linear_group(finch_graph *g, const finch_tensor *x, int count, cons
     for (int i = 0; i < count; i++)
         if (keep[i] && (rc = finch_graph_record(g, linear_backward, &r[i], sizeof r[i]))) return rc;
     return FINCH_OK;
+}
+
+int finch_op_linear_tape_only(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y)
+{
+    return linear_op(g, x, p, 0, y);
 }
 
 /* ---- rotary embedding --------------------------------------------------------------------- */
@@ -491,15 +502,27 @@ static int add_keep(finch_graph *g, const finch_tensor *a, const finch_tensor *b
     return finch_graph_record(g, add_backward, &r, sizeof r);
 }
 
-int finch_op_add(finch_graph *g, const finch_tensor *a_in, const finch_tensor *b_in, const finch_tensor *dst, finch_tensor *y)
+/* compute 0: y and its tape entry only (finch_op_add_tape_only). */
+static int add_op(finch_graph *g, const finch_tensor *a_in, const finch_tensor *b_in, const finch_tensor *dst, int compute,
+                  finch_tensor *y)
 {
     finch_tensor a_copy = *a_in, b_copy = *b_in; /* y may alias an input */
     const finch_tensor *a = &a_copy, *b = &b_copy;
     int rc = add_prepare(g, a, b, dst, y);
     if (rc) return rc;
-    rc = API->axpby(DEV, finch_tensor_numel(a), a->dtype, 1.0f, a->data, 1.0f, b->data, y->data);
-    if (rc) return check(g, rc, "residual sum");
+    if (compute && (rc = API->axpby(DEV, finch_tensor_numel(a), a->dtype, 1.0f, a->data, 1.0f, b->data, y->data)))
+        return check(g, rc, "residual sum");
     return add_keep(g, a, b, y);
+}
+
+int finch_op_add(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y)
+{
+    return add_op(g, a, b, dst, 1, y);
+}
+
+int finch_op_add_tape_only(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y)
+{
+    return add_op(g, a, b, dst, 0, y);
 }
 
 int finch_op_add_rmsnorm(finch_graph *g, const finch_tensor *a_in, const finch_tensor *b_in, const finch_tensor *dst,

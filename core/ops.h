@@ -64,6 +64,12 @@ int finch_op_add(finch_graph *g, const finch_tensor *a, const finch_tensor *b, c
  * same two entries either way. */
 int finch_op_add_rmsnorm(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst,
                          finch_tensor *sum, const finch_param *w, float weight_offset, float eps, finch_tensor *y);
+/* The same ops without their forward arithmetic, for an output whose values nothing reads, only its
+ * gradient (a layer's output recomputed for backward under gradient checkpointing): y is allocated
+ * (or is dst) and gets its node and tape entry, its values are left as they were. The backward is the
+ * full op's; a linear's then forms xa = drop(x) A^T itself (the plugin's backward without xa). */
+int finch_op_linear_tape_only(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y);
+int finch_op_add_tape_only(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y);
 /* f32 logits [rows, vocab] = h W^T; dw: f32 gradient of W or absent. */
 int finch_op_logits(finch_graph *g, const finch_tensor *h, const finch_param *w, finch_tensor *logits);
 

@@ -1,0 +1,255 @@
+/* Gradient checkpointing recomputes only what backward reads (model_forward.c, s->outputs_unread):
+ * the recompute of a layer for its backward leaves out the products whose values flow only into the
+ * layer's output (the MLP's down projection but with sandwich norms, Falcon's parallel attention
+ * projection, the residual sums into the output). On the golden models, on the CPU backend or the one
+ * named (`test_recompute opencl`; exit 77 when it has no device here):
+ *  - two checkpointed LoRA steps, each followed by an AdamW step, give bit for bit the losses,
+ *    gradients and updated parameters of the same steps with everything recomputed
+ *    (FINCH_RECOMPUTE_ALL=1 at load): every text architecture and Qwen2.5-VL's language model (with
+ *    its image); with LoRA dropout, the MLP in chunks of 7 tokens, bf16 compute, 4-bit weights and
+ *    full fine-tuning on some of them (llama, gemma2 with its sandwich norms, falcon, phi3);
+ *  - the skip does run: each step makes exactly the expected number fewer linear_forward and axpby
+ *    calls (per layer and MLP chunk: the down projection but with sandwich norms, plus Falcon's
+ *    attention projection; the sum into the output, plus Falcon's sum of its two branches). */
+#include "core/model.h"
+#include "core/runtime.h"
+#include "tests/golden_common.h"
+
+#include <stdint.h>
+
+/* ---- the backend's table, counting linear_forward and axpby calls ---------------------------- */
+
+static const finch_plugin_api *base_api;
+static finch_plugin_api counting_api;
+static int64_t n_linear, n_axpby;
+
+static int counting_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d)
+{
+    n_linear++;
+    return base_api->linear_forward(dev, s, d);
+}
+
+static int counting_axpby(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype dtype, float alpha,
+                          finch_dptr x, float beta, finch_dptr y, finch_dptr out)
+{
+    n_axpby++;
+    return base_api->axpby(dev, s, n, dtype, alpha, x, beta, y, out);
+}
+
+/* ---- one case --------------------------------------------------------------------------------- */
+
+typedef struct test_case {
+    const char *arch;
+    const char *what;         /* printed */
+    float dropout;
+    int64_t mlp_chunk;        /* 0: the MLP whole (the library's choice at these sizes) */
+    finch_dtype dtype;
+    int in4, full;
+} test_case;
+
+/* The image of the Qwen2.5-VL golden batch. */
+static int32_t grid[3];
+static float *pixels;
+static int64_t n_patches;
+
+static finch_batch golden_batch(void)
+{
+    finch_batch b = {.batch = B, .seq_len = T, .input_ids = ids, .labels = labels};
+    if (pixels) {
+        b.pixel_values = pixels;
+        b.image_grid_thw = grid;
+        b.n_images = 1;
+        b.n_patches = n_patches;
+        b.text_positions = 1;
+    }
+    return b;
+}
+
+static finch_model *load_case(finch_runtime *rt, const char *dir, const test_case *c, int recompute_all)
+{
+    finch_load_options o = finch_load_options_default();
+    o.full_finetune = c->full;
+    o.gradient_checkpointing = 1;
+    o.compute_dtype = c->dtype;
+    o.load_in_4bit = c->in4;
+    if (recompute_all) setenv("FINCH_RECOMPUTE_ALL", "1", 1);
+    finch_model *m = NULL;
+    int rc = finch_model_load(rt, dir, &o, &m);
+    unsetenv("FINCH_RECOMPUTE_ALL");
+    if (!ok(rc, dir)) return NULL;
+    CHECK(m->recompute_all == recompute_all, "%s: recompute_all %d after loading with FINCH_RECOMPUTE_ALL %s", dir,
+          m->recompute_all, recompute_all ? "=1" : "unset");
+    m->mlp_chunk_tokens = c->mlp_chunk;
+    if (c->full) return m;
+    /* r = 4 on every linear, B non-zero (the same on both models) so every gradient carries. */
+    finch_lora_config lc = finch_lora_config_default();
+    lc.r = 4;
+    lc.alpha = 8;
+    lc.seed = 5;
+    lc.dropout = c->dropout;
+    if (!ok(finch_lora_attach(m, &lc), "finch_lora_attach")) {
+        finch_model_free(m);
+        return NULL;
+    }
+    for (int64_t i = 0; i < finch_trainable_count(m); i++) {
+        finch_tensor_info ti;
+        finch_trainable_info(m, i, &ti);
+        if (!strstr(ti.name, "lora_B")) continue;
+        float *v = malloc((size_t)ti.numel * sizeof(float));
+        testing_fill_random(v, (size_t)ti.numel, 300 + (unsigned long long)i);
+        for (int64_t j = 0; j < ti.numel; j++) v[j] *= 0.2f;
+        ok(finch_trainable_write(m, i, v, ti.numel), "finch_trainable_write");
+        free(v);
+    }
+    return m;
+}
+
+/* Every trainable's gradient (grads = 1) or value (grads = 0), concatenated. */
+static float *trainables(finch_model *m, int grads, int64_t *n)
+{
+    *n = 0;
+    for (int64_t i = 0; i < finch_trainable_count(m); i++) {
+        finch_tensor_info ti;
+        finch_trainable_info(m, i, &ti);
+        *n += ti.numel;
+    }
+    float *v = malloc((size_t)*n * sizeof(float) + 1);
+    int64_t at = 0;
+    for (int64_t i = 0; v && i < finch_trainable_count(m); i++) {
+        finch_tensor_info ti;
+        finch_trainable_info(m, i, &ti);
+        ok((grads ? finch_trainable_grad_read : finch_trainable_read)(m, i, v + at, ti.numel), "reading a trainable");
+        at += ti.numel;
+    }
+    return v;
+}
+
+/* Both arrays of n floats alike bit for bit, and the gradients of a step not all zero. */
+static int same_bits(float *a, float *b, int64_t n, int nonzero)
+{
+    int same = a && b && !memcmp(a, b, (size_t)n * sizeof(float)), any = 0;
+    for (int64_t i = 0; nonzero && same && i < n; i++) any |= a[i] != 0.0f;
+    free(a);
+    free(b);
+    return same && (!nonzero || any);
+}
+
+/* One checkpointed step: its loss, and the plugin calls it made. */
+static int step(finch_model *m, double *loss, int64_t *linears, int64_t *axpbys)
+{
+    finch_batch b = golden_batch();
+    finch_step_result r;
+    n_linear = n_axpby = 0;
+    if (!ok(finch_zero_grads(m), "finch_zero_grads") || !ok(finch_forward_backward(m, &b, NULL, &r), "finch_forward_backward"))
+        return 0;
+    *loss = r.loss;
+    *linears = n_linear;
+    *axpbys = n_axpby;
+    return 1;
+}
+
+static void run_case(finch_runtime *rt, const test_case *c)
+{
+    char dir[1100];
+    snprintf(dir, sizeof dir, "%s/golden/%s/model", testing_shared_dir(), c->arch);
+    finch_model *skip = load_case(rt, dir, c, 0), *all = load_case(rt, dir, c, 1);
+    finch_plugin_buffer **st_skip = skip && all ? adamw_state(skip) : NULL, **st_all = st_skip ? adamw_state(all) : NULL;
+    if (st_all) {
+        const finch_model_config *cfg = &skip->cfg;
+        int64_t n = B * T, pieces = c->mlp_chunk && n > c->mlp_chunk ? (n + c->mlp_chunk - 1) / c->mlp_chunk : 1;
+        int parallel = cfg->arch == FINCH_ARCH_FALCON && cfg->parallel_attn;
+        int64_t want_linear = cfg->n_layers * pieces * (parallel ? 2 : cfg->sandwich_norms ? 0 : 1);
+        int64_t want_axpby = cfg->n_layers * pieces * (parallel ? 2 : 1);
+        int same = 1;
+        for (int s = 1; s <= 2; s++) {
+            double ls, la;
+            int64_t lin_s, lin_a, ax_s, ax_a, ng;
+            if (!step(skip, &ls, &lin_s, &ax_s) || !step(all, &la, &lin_a, &ax_a)) {
+                same = 0;
+                break;
+            }
+            CHECK(ls == la, "%s (%s) step %d: loss %.9g with the skip, %.9g without", c->arch, c->what, s, ls, la);
+            CHECK(lin_a - lin_s == want_linear && ax_a - ax_s == want_axpby,
+                  "%s (%s) step %d: the skip saves %lld linear_forward and %lld axpby calls (%lld vs %lld, %lld vs %lld), "
+                  "not %lld and %lld",
+                  c->arch, c->what, s, (long long)(lin_a - lin_s), (long long)(ax_a - ax_s), (long long)lin_s, (long long)lin_a,
+                  (long long)ax_s, (long long)ax_a, (long long)want_linear, (long long)want_axpby);
+            float *gs = trainables(skip, 1, &ng), *ga = trainables(all, 1, &ng);
+            int g_same = same_bits(gs, ga, ng, 1);
+            CHECK(g_same, "%s (%s) step %d: gradients differ with the skip (or are all zero)", c->arch, c->what, s);
+            adamw_step_all(skip, st_skip, s, 0.01f);
+            adamw_step_all(all, st_all, s, 0.01f);
+            float *ps = trainables(skip, 0, &ng), *pa = trainables(all, 0, &ng);
+            int p_same = same_bits(ps, pa, ng, 0);
+            CHECK(p_same, "%s (%s) step %d: parameters after AdamW differ with the skip", c->arch, c->what, s);
+            same &= ls == la && g_same && p_same;
+        }
+        printf("  %-10s %-26s %s; per step %lld linear_forward, %lld axpby calls fewer\n", c->arch, c->what,
+               same ? "bit for bit" : "DIFFERENT", (long long)want_linear, (long long)want_axpby);
+    }
+    adamw_state_free(skip, st_skip);
+    adamw_state_free(all, st_all);
+    finch_model_free(skip);
+    finch_model_free(all);
+}
+
+int main(int argc, char **argv)
+{
+    const char *backend = argc > 1 ? argv[1] : "cpu";
+    finch_runtime *rt = NULL;
+    if (finch_runtime_open(backend, &rt) != FINCH_OK) {
+        printf("skipped: backend %s unavailable: %s\n", backend, finch_last_error());
+        return 77;
+    }
+    base_api = rt->backend.api;
+    counting_api = *base_api;
+    counting_api.linear_forward = counting_linear_forward;
+    counting_api.axpby = counting_axpby;
+    rt->backend.api = &counting_api;
+
+    const finch_dtype F32 = FINCH_DTYPE_F32, BF16 = FINCH_DTYPE_BF16;
+    const test_case cases[] = {
+        {"llama", "LoRA", 0, 0, F32, 0, 0},
+        {"llama", "LoRA dropout 0.25", 0.25f, 0, F32, 0, 0},
+        {"llama", "MLP chunks of 7, dropout", 0.25f, 7, F32, 0, 0},
+        {"llama", "bf16", 0, 0, BF16, 0, 0},
+        {"llama", "NF4 weights", 0, 0, F32, 1, 0},
+        {"llama", "full fine-tuning", 0, 0, F32, 0, 1},
+        {"mistral", "LoRA", 0, 0, F32, 0, 0},
+        {"qwen2", "LoRA", 0, 0, F32, 0, 0},
+        {"qwen3", "LoRA", 0, 0, F32, 0, 0},
+        {"gemma", "LoRA", 0, 0, F32, 0, 0},
+        {"gemma2", "LoRA", 0, 0, F32, 0, 0},
+        {"gemma2", "MLP chunks of 7, dropout", 0.25f, 7, F32, 0, 0},
+        {"gemma2", "full fine-tuning", 0, 0, F32, 0, 1},
+        {"gemma3", "LoRA", 0, 0, F32, 0, 0},
+        {"phi3", "LoRA, MLP chunks of 7", 0, 7, F32, 0, 0},
+        {"falcon", "LoRA", 0, 0, F32, 0, 0},
+        {"falcon", "LoRA dropout 0.25", 0.25f, 0, F32, 0, 0},
+        {"falcon", "full fine-tuning", 0, 0, F32, 0, 1},
+        {"qwen2_5_vl", "LoRA, with its image", 0.25f, 7, F32, 0, 0},
+    };
+    printf("checkpointed steps on %s with the recompute's unread outputs skipped = everything recomputed\n", backend);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char base[1024];
+        snprintf(base, sizeof base, "%s/golden/%s", testing_shared_dir(), cases[i].arch);
+        if (!open_gold(base)) break;
+        if (!strcmp(cases[i].arch, "qwen2_5_vl")) {
+            const st_tensor *pv = st_set_find(gold, "image0.pixel_values"), *gt = st_set_find(gold, "image0.grid_thw");
+            CHECK(pv && pv->ndim == 2 && gt && gt->numel == 3, "%s: image0.pixel_values, image0.grid_thw", gold_path);
+            if (pv && pv->ndim == 2 && gt && gt->numel == 3) {
+                n_patches = pv->shape[0];
+                pixels = gold_f32("image0.pixel_values", NULL);
+                st_to_i32(gt, grid);
+            }
+        }
+        if (pixels || strcmp(cases[i].arch, "qwen2_5_vl")) run_case(rt, &cases[i]);
+        free(pixels);
+        pixels = NULL;
+        free(ids);
+        free(labels);
+        st_set_close(gold);
+    }
+    finch_runtime_close(rt);
+    return testing_finish();
+}
