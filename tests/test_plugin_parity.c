@@ -1099,6 +1099,9 @@ static void test_attention_cache(void)
         {FINCH_DTYPE_BF16, 6, 2, 80, 3, {1, 1, 1}, {301, 2, 45}, 1, 33, 30.0f, 0},
         {FINCH_DTYPE_F16, 8, 8, 256, 2, {1, 1}, {1000, 129}, 1, 0, 0.0f, 0},
         {FINCH_DTYPE_F32, 3, 1, 96, 2, {1, 1}, {70, 5000}, 0, 0, 0.0f, 0},
+        /* caches long enough that a decode block's chunk spans several tiles of 32 keys */
+        {FINCH_DTYPE_BF16, 4, 1, 128, 2, {1, 1}, {20000, 9001}, 1, 3000, 0.0f, 0},
+        {FINCH_DTYPE_F16, 6, 3, 64, 1, {1}, {12345}, 1, 0, 15.0f, 0},
     };
     char what[160];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {

@@ -2,7 +2,9 @@
  * of attention.cu would give each (sequence, head) one block whose query tile holds a single row,
  * leaving most of the GPU idle and walking the whole cache serially. Here the keys are split along
  * the sequence into chunks, one block per (chunk, kv head, sequence); the block's warps take the
- * query heads that share the kv head, so the chunk of keys and values is read once. Each block
+ * query heads that share the kv head, so the chunk of keys and values is read once, a tile of keys
+ * and values at a time into shared memory by the whole block (the per-key steps then wait on shared
+ * memory, not on a load from the cache in HBM). Each block
  * writes a partial result (running max, sum of exponentials, unnormalised output, f32), and a second
  * kernel combines the chunks of each (sequence, head) into o and lse. Visibility, scale and softcap
  * are those of finch_attention_cache_desc with the query at position kv_len - 1. Anything else
@@ -25,13 +27,39 @@ struct decode_params {
     int64_t ldq, ldk, ldv;
     float scale, softcap;
     int chunk, splits;
+    int tile;               /* keys of the chunk in shared memory at a time */
     float *part_o;          /* [seq][head][split][head_dim] */
     float *part_ml;         /* [seq][head][split][2]: running max, sum of exponentials */
 };
 
+/* Rows [t0, t0 + n) of the chunk's keys and values into shared memory [n][D] each, by every thread of
+ * the block at once: one memory latency a tile, not one a key. */
+template <typename T>
+__device__ __forceinline__ void load_tile(const decode_params &p, int64_t row0, int kvh, int n, T *kt, T *vt, bool vec)
+{
+    int64_t D = p.head_dim;
+    const T *k = (const T *)p.k + row0 * p.ldk + kvh * D, *v = (const T *)p.v + row0 * p.ldv + kvh * D;
+    if (vec) {
+        constexpr int per = 16 / (int)sizeof(T);
+        int64_t row_vecs = D / per;
+        for (int64_t e = threadIdx.x; e < n * row_vecs; e += blockDim.x) {
+            int64_t r = e / row_vecs, c = e % row_vecs;
+            ((uint4 *)kt)[e] = *(const uint4 *)(k + r * p.ldk + c * per);
+            ((uint4 *)vt)[e] = *(const uint4 *)(v + r * p.ldv + c * per);
+        }
+    } else {
+        for (int64_t e = threadIdx.x; e < n * D; e += blockDim.x) {
+            int64_t r = e / D, c = e % D;
+            kt[e] = k[r * p.ldk + c];
+            vt[e] = v[r * p.ldv + c];
+        }
+    }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(DEC_THREADS) attention_decode_kernel(decode_params p)
 {
+    extern __shared__ __align__(16) unsigned char dec_tiles[];
     gpu_grid_release();
     gpu_grid_wait();
     int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
@@ -43,42 +71,51 @@ __global__ void __launch_bounds__(DEC_THREADS) attention_decode_kernel(decode_pa
     int64_t j0 = (int64_t)split * p.chunk, j1 = j0 + p.chunk < end ? j0 + p.chunk : end;
     if (j0 < lo) j0 = lo;
     int64_t qrow = p.cu_q[seq];
-    for (int64_t hg = warp; hg < group; hg += warps) {
-        int64_t h = kvh * group + hg;
-        const T *qh = (const T *)p.q + qrow * p.ldq + h * D;
+    T *kt = (T *)dec_tiles, *vt = kt + (int64_t)p.tile * D;
+    constexpr int per = 16 / (int)sizeof(T);
+    bool vec = D % per == 0 && p.ldk % per == 0 && p.ldv % per == 0 && !((uintptr_t)p.k & 15) && !((uintptr_t)p.v & 15);
+    /* Every warp runs the same loops (a warp past the group's heads idles through them): the tiles'
+     * barriers are the block's. */
+    for (int64_t hg0 = 0; hg0 < group; hg0 += warps) {
+        int64_t hg = hg0 + warp, h = kvh * group + hg;
+        bool active = hg < group;
         float qf[DEC_MAX_PER_LANE], acc[DEC_MAX_PER_LANE];
 #pragma unroll
         for (int i = 0; i < DEC_MAX_PER_LANE; i++) {
             int64_t d = lane + (int64_t)i * FINCH_WARP_SIZE;
-            qf[i] = d < D ? to_f32(qh[d]) * p.scale : 0.0f;
+            qf[i] = active && d < D ? to_f32(((const T *)p.q)[qrow * p.ldq + h * D + d]) * p.scale : 0.0f;
             acc[i] = 0.0f;
         }
         float m = -INFINITY, l = 0.0f;
-#if FINCH_GPU_CUDA
-#pragma unroll 4 /* loads of four keys in flight (the HIP build disables partial unrolling) */
-#endif
-        for (int64_t j = j0; j < j1; j++) {
-            const T *kr = (const T *)p.k + (start + j) * p.ldk + kvh * D;
-            const T *vr = (const T *)p.v + (start + j) * p.ldv + kvh * D;
-            float s = 0.0f, vf[DEC_MAX_PER_LANE];
+        for (int64_t t0 = j0; t0 < j1; t0 += p.tile) {
+            int n = j1 - t0 < p.tile ? (int)(j1 - t0) : p.tile;
+            __syncthreads(); /* the last tile is read */
+            load_tile(p, start + t0, kvh, n, kt, vt, vec);
+            __syncthreads();
+            if (!active) continue;
+            for (int jj = 0; jj < n; jj++) {
+                const T *kr = kt + (int64_t)jj * D, *vr = vt + (int64_t)jj * D;
+                float s = 0.0f, vf[DEC_MAX_PER_LANE];
 #pragma unroll
-            for (int i = 0; i < DEC_MAX_PER_LANE; i++) {
-                int64_t d = lane + (int64_t)i * FINCH_WARP_SIZE;
-                if (d < D) {
-                    s = fmaf(qf[i], to_f32(kr[d]), s);
-                    vf[i] = to_f32(vr[d]);
-                } else {
-                    vf[i] = 0.0f;
+                for (int i = 0; i < DEC_MAX_PER_LANE; i++) {
+                    int64_t d = lane + (int64_t)i * FINCH_WARP_SIZE;
+                    if (d < D) {
+                        s = fmaf(qf[i], to_f32(kr[d]), s);
+                        vf[i] = to_f32(vr[d]);
+                    } else {
+                        vf[i] = 0.0f;
+                    }
                 }
-            }
-            for (int o = FINCH_WARP_SIZE / 2; o > 0; o >>= 1) s += gpu_shfl_xor(s, o);
-            if (p.softcap > 0.0f) s = p.softcap * tanhf(s / p.softcap);
-            float m_new = fmaxf(m, s), keep = expf(m - m_new), e = expf(s - m_new);
-            l = l * keep + e;
+                for (int o = FINCH_WARP_SIZE / 2; o > 0; o >>= 1) s += gpu_shfl_xor(s, o);
+                if (p.softcap > 0.0f) s = p.softcap * tanhf(s / p.softcap);
+                float m_new = fmaxf(m, s), keep = expf(m - m_new), e = expf(s - m_new);
+                l = l * keep + e;
 #pragma unroll
-            for (int i = 0; i < DEC_MAX_PER_LANE; i++) acc[i] = fmaf(acc[i], keep, e * vf[i]);
-            m = m_new;
+                for (int i = 0; i < DEC_MAX_PER_LANE; i++) acc[i] = fmaf(acc[i], keep, e * vf[i]);
+                m = m_new;
+            }
         }
+        if (!active) continue;
         int64_t slot = (seq * p.n_heads + h) * p.splits + split;
 #pragma unroll
         for (int i = 0; i < DEC_MAX_PER_LANE; i++) {
@@ -167,13 +204,19 @@ static int attention_decode(finch_plugin_device *dev, finch_plugin_stream *s, gp
     if (!held) GPU_TRY(gpu_scratch(st, bytes, &scratch, "decode attention partial results"));
     p.part_o = (float *)(held ? held : scratch);
     p.part_ml = p.part_o + parts * (size_t)D;
+    /* Tiles of up to 32 keys, K and V within 48 KiB of shared memory. */
+    size_t row_bytes = (size_t)D * gpu_dtype_size(c->dtype);
+    p.tile = 32;
+    while (p.tile > 1 && 2 * (size_t)p.tile * row_bytes > 48 * 1024) p.tile /= 2;
+    if (p.tile > p.chunk) p.tile = p.chunk;
+    size_t tile_bytes = 2 * (size_t)p.tile * row_bytes;
     dim3 grid((unsigned)p.splits, (unsigned)c->n_kv_heads, (unsigned)c->n_seqs);
     dim3 grid2((unsigned)c->n_heads, (unsigned)c->n_seqs);
     int threads2 = D < 32 ? 32 : (int)((D + 31) / 32 * 32);
     float *lse = (float *)gpu_ptr(c->lse);
     gpuError_t err;
 #define DECODE_LAUNCH(T)                                                                                        \
-    err = gpu_launch(attention_decode_kernel<T>, grid, dim3(DEC_THREADS), 0, st, p);                              \
+    err = gpu_launch(attention_decode_kernel<T>, grid, dim3(DEC_THREADS), tile_bytes, st, p);                              \
     if (err == gpuSuccess)                                                                                      \
         err = gpu_launch(attention_decode_combine_kernel<T>, grid2, dim3(threads2), 0, st, p, (T *)gpu_ptr(c->o), \
                          c->ldo, lse, c->n_tokens);
