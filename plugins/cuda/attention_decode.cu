@@ -129,32 +129,49 @@ __global__ void __launch_bounds__(DEC_THREADS) attention_decode_kernel(decode_pa
     }
 }
 
-/* One block per (head, sequence), one thread per element of head_dim. The chunks' (max, sum) pairs
- * are read once, in parallel, into shared memory with their weights exp(m_s - m); each element then
- * sums its chunks' partial outputs with loads that do not wait on each other. */
+/* One block per (head, sequence), one thread per element of head_dim (blockDim.x >= head_dim). The
+ * chunks' (max, sum) pairs are read once into registers, and the first DEC_EARLY_SPLITS partial
+ * outputs of the thread's element are loaded before the block's reductions need them, so the
+ * kernel waits on memory about once instead of once per step. */
+#define DEC_EARLY_SPLITS 16
 template <typename T>
 __global__ void attention_decode_combine_kernel(decode_params p, T *o, int64_t ldo, float *lse, int64_t n_tokens)
 {
     __shared__ float weight[DEC_MAX_SPLITS], red[32];
+    constexpr int pairs = DEC_MAX_SPLITS / 32; /* per thread, for any block of >= 32 threads */
     gpu_grid_release();
     gpu_grid_wait();
-    int64_t h = blockIdx.x, seq = blockIdx.y, D = p.head_dim;
-    int64_t base = (seq * p.n_heads + h) * p.splits;
-    float m = -INFINITY;
-    for (int s = threadIdx.x; s < p.splits; s += blockDim.x) m = fmaxf(m, p.part_ml[(base + s) * 2]);
+    int64_t h = blockIdx.x, seq = blockIdx.y, D = p.head_dim, d = threadIdx.x;
+    int64_t base = (seq * p.n_heads + h) * p.splits, qrow = p.cu_q[seq];
+    float ms[pairs], ls[pairs], early[DEC_EARLY_SPLITS], m = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < pairs; i++) {
+        int s = threadIdx.x + i * blockDim.x;
+        ms[i] = s < p.splits ? p.part_ml[(base + s) * 2] : -INFINITY;
+        ls[i] = s < p.splits ? p.part_ml[(base + s) * 2 + 1] : 0.0f;
+        m = fmaxf(m, ms[i]);
+    }
+#pragma unroll
+    for (int s = 0; s < DEC_EARLY_SPLITS; s++) early[s] = d < D && s < p.splits ? p.part_o[(base + s) * D + d] : 0.0f;
     m = block_max(m, red);
     float l = 0.0f;
-    for (int s = threadIdx.x; s < p.splits; s += blockDim.x) {
-        float ms = p.part_ml[(base + s) * 2], e = ms != -INFINITY ? expf(ms - m) : 0.0f;
-        weight[s] = e;
-        l += p.part_ml[(base + s) * 2 + 1] * e;
+#pragma unroll
+    for (int i = 0; i < pairs; i++) {
+        int s = threadIdx.x + i * blockDim.x;
+        if (s < p.splits) {
+            float e = ms[i] != -INFINITY ? expf(ms[i] - m) : 0.0f;
+            weight[s] = e;
+            l += ls[i] * e;
+        }
     }
     l = block_sum(l, red); /* its barriers also publish weight[] */
-    int64_t qrow = p.cu_q[seq];
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    if (d < D) {
         float acc = 0.0f;
+#pragma unroll
+        for (int s = 0; s < DEC_EARLY_SPLITS; s++)
+            if (s < p.splits) acc += early[s] * weight[s];
 #pragma unroll 8
-        for (int s = 0; s < p.splits; s++) acc += p.part_o[(base + s) * D + d] * weight[s];
+        for (int s = DEC_EARLY_SPLITS; s < p.splits; s++) acc += p.part_o[(base + s) * D + d] * weight[s];
         o[qrow * ldo + h * D + d] = from_f32<T>(acc / l);
     }
     if (lse && threadIdx.x == 0) lse[h * n_tokens + qrow] = m + logf(l);

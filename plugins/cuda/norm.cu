@@ -4,6 +4,7 @@
 
 #define THREADS 256
 #define ROW_CHUNK 128 /* rows per block of the column reduction */
+#define NORM_CACHE 8  /* row elements a thread keeps in registers (rmsnorm_forward_kernel) */
 
 /* NT threads a row: THREADS, or 1024 for a few long rows (a decode step's one token), where a single
  * block would otherwise walk its row in many dependent rounds. With d (add_rmsnorm_forward) the row
@@ -16,30 +17,64 @@ rmsnorm_forward_kernel(int64_t n, int64_t dim, const T *x, const T *d, T *sum, c
                        float *rstd_out)
 {
     __shared__ float shared[32];
+    /* Rows of at most NORM_CACHE elements a thread (every row a decode step normalises): the weight is
+     * read into registers before the wait for x (nothing this kernel may overlap writes a weight, as
+     * for the GEMV's), and x stays in registers across the reduction. Same arithmetic either way. */
+    bool cached = dim <= (int64_t)NORM_CACHE * blockDim.x;
+    float wc[NORM_CACHE], xc[NORM_CACHE];
     gpu_grid_release();
+    if (cached) {
+#pragma unroll
+        for (int c = 0; c < NORM_CACHE; c++) {
+            int64_t j = threadIdx.x + (int64_t)c * blockDim.x;
+            wc[c] = j < dim && w ? to_f32(w[j]) + offset : 1.0f;
+        }
+    }
     gpu_grid_wait();
     for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
-        const T *xr = x + r * dim;
+        const T *xr = x + r * dim, *dr = d ? d + r * dim : NULL;
+        T *sr = d ? sum + r * dim : NULL;
         float ss = 0.0f;
-        if (d) {
-            const T *dr = d + r * dim;
-            T *sr = sum + r * dim;
+        if (cached) {
+#pragma unroll
+            for (int c = 0; c < NORM_CACHE; c++) {
+                int64_t j = threadIdx.x + (int64_t)c * blockDim.x;
+                xc[c] = 0.0f;
+                if (j >= dim) continue;
+                if (d) {
+                    T s = from_f32<T>(to_f32(xr[j]) + to_f32(dr[j]));
+                    sr[j] = s;
+                    xc[c] = to_f32(s);
+                } else {
+                    xc[c] = to_f32(xr[j]);
+                }
+                ss += xc[c] * xc[c];
+            }
+        } else if (d) {
             for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
                 T s = from_f32<T>(to_f32(xr[j]) + to_f32(dr[j]));
                 sr[j] = s;
                 float v = to_f32(s);
                 ss += v * v;
             }
-            xr = sr;
         } else {
             for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
                 float v = to_f32(xr[j]);
                 ss += v * v;
             }
         }
+        if (d) xr = sr;
         ss = block_sum(ss, shared);
         float rstd = 1.0f / sqrtf(ss / (float)dim + eps);
         if (rstd_out && threadIdx.x == 0) rstd_out[r] = rstd;
+        if (cached) {
+#pragma unroll
+            for (int c = 0; c < NORM_CACHE; c++) {
+                int64_t j = threadIdx.x + (int64_t)c * blockDim.x;
+                if (j < dim) y[r * dim + j] = from_f32<T>(xc[c] * rstd * wc[c]);
+            }
+            continue;
+        }
         for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
             float wv = w ? to_f32(w[j]) + offset : 1.0f;
             y[r * dim + j] = from_f32<T>(to_f32(xr[j]) * rstd * wv);
