@@ -101,7 +101,8 @@ typedef struct finch_gemm_desc {
  * x [m, in] (row stride ldx), y [m, out] (ldy), A [rank, in], B [out, rank].
  * rank == 0 means no adapter. drop() zeroes element (i, j) of x when
  * finch_dropout_keep(dropout_seed, i * in + j, dropout) is 0 and scales kept ones by 1/(1-dropout).
- * Forward writes xa = drop(x) A^T [m, rank] (f32) for the backward pass when xa.buf != NULL.
+ * Forward writes xa = drop(x) A^T [m, rank] (f32) for the backward pass when xa.buf != NULL; a
+ * backward given no xa forms it from x the same way.
  * Backward, with dy [m, out]:
  *     dx  = dy W + scale * drop'((dy B) A)      (when dx.buf; accumulated if dx_accumulate)
  *     dA += scale * (dy B)^T drop(x)            (f32)
