@@ -91,16 +91,7 @@ static finch_model *load_case(finch_runtime *rt, const char *dir, const test_cas
         finch_model_free(m);
         return NULL;
     }
-    for (int64_t i = 0; i < finch_trainable_count(m); i++) {
-        finch_tensor_info ti;
-        finch_trainable_info(m, i, &ti);
-        if (!strstr(ti.name, "lora_B")) continue;
-        float *v = malloc((size_t)ti.numel * sizeof(float));
-        testing_fill_random(v, (size_t)ti.numel, 300 + (unsigned long long)i);
-        for (int64_t j = 0; j < ti.numel; j++) v[j] *= 0.2f;
-        ok(finch_trainable_write(m, i, v, ti.numel), "finch_trainable_write");
-        free(v);
-    }
+    ok(testing_lora_b_random(m, 300, 0.2f), "finch_trainable_write");
     return m;
 }
 

@@ -1,4 +1,5 @@
 #include "tests/testing.h"
+#include "finch/finch.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -133,4 +134,21 @@ int testing_write_sums_jsonl(const char *path)
                 x, y, x + y);
     }
     return fclose(f) == 0 ? 0 : -1;
+}
+
+int testing_lora_b_random(finch_model *m, unsigned long long seed, float scale)
+{
+    for (int64_t i = 0; i < finch_trainable_count(m); i++) {
+        finch_tensor_info ti;
+        finch_trainable_info(m, i, &ti);
+        if (!strstr(ti.name, "lora_B")) continue;
+        float *v = malloc((size_t)ti.numel * sizeof(float));
+        if (!v) return FINCH_ERR_OUT_OF_MEMORY;
+        testing_fill_random(v, (size_t)ti.numel, seed + (unsigned long long)i);
+        for (int64_t j = 0; j < ti.numel; j++) v[j] *= scale;
+        int rc = finch_trainable_write(m, i, v, ti.numel);
+        free(v);
+        if (rc) return rc;
+    }
+    return FINCH_OK;
 }

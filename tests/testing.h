@@ -33,6 +33,10 @@ const char *testing_bin_dir(void);
 double testing_rel_err(const float *a, const float *ref, size_t n);
 /* Deterministic pseudo-random floats in [-1, 1). */
 void testing_fill_random(float *x, size_t n, unsigned long long seed);
+/* Every LoRA B factor of m (zero after finch_lora_attach) to scale * testing_fill_random(seed + i), i its
+ * trainable index, so that every adapter's gradients carry; FINCH_OK or the first error. */
+typedef struct finch_model finch_model;
+int testing_lora_b_random(finch_model *m, unsigned long long seed, float scale);
 /* Runs a shell command with its stdout and stderr in out (NUL-terminated, cut at size - 1 bytes);
  * returns its exit status, or -1 when it could not run or did not exit. */
 int testing_run(const char *cmd, char *out, size_t size);

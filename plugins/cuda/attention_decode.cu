@@ -251,12 +251,8 @@ static int attention_decode(finch_plugin_device *dev, finch_plugin_stream *s, gp
 
 static bool decode_enabled(void)
 {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("FINCH_CUDA_DECODE_ATTENTION");
-        on = !(e && !strcmp(e, "0"));
-    }
-    return on == 1;
+    static int off = -1;
+    return !gpu_env_is("FINCH_CUDA_DECODE_ATTENTION", "0", &off);
 }
 
 /* The table's attention_cache_forward: the decode kernels for one query row per sequence

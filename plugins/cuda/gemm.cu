@@ -201,12 +201,8 @@ void gpu_lt_cache_free(finch_plugin_device *dev)
 
 static bool lt_cache_enabled(void)
 {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("FINCH_CUDA_LT_CACHE");
-        on = !(e && !strcmp(e, "0"));
-    }
-    return on == 1;
+    static int off = -1;
+    return !gpu_env_is("FINCH_CUDA_LT_CACHE", "0", &off);
 }
 
 /* Builds the descriptors of key and asks the heuristic for an algorithm. */

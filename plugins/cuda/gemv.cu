@@ -346,12 +346,8 @@ __global__ void __launch_bounds__(GEMV_THREADS, M > 1 ? 1 : is_nf4<WT>::value ? 
 /* ---- dispatch ----------------------------------------------------------------------------- */
 static bool gemv_enabled(void)
 {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("FINCH_CUDA_GEMV");
-        on = !(e && !strcmp(e, "0"));
-    }
-    return on == 1;
+    static int off = -1;
+    return !gpu_env_is("FINCH_CUDA_GEMV", "0", &off);
 }
 
 /* Thread blocks of this kernel resident per multiprocessor (asked once per kernel). */

@@ -9,6 +9,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 struct finch_plugin_device {
     int index;
@@ -85,6 +87,17 @@ int gpu_is_float_type(finch_dtype t); /* F32, BF16 or F16 */
 const char *gpu_dtype_name(finch_dtype t);
 
 /* Grid size for a grid-stride loop over n items with `threads` per block. */
+/* A switch from the environment, read once into *cached (-1 before the first call): whether variable
+ * `name` is `value` ("0" turns off a path that is on by default, for comparing; "1" turns one on). */
+static inline bool gpu_env_is(const char *name, const char *value, int *cached)
+{
+    if (*cached < 0) {
+        const char *e = getenv(name);
+        *cached = e && !strcmp(e, value);
+    }
+    return *cached == 1;
+}
+
 static inline unsigned gpu_blocks(int64_t n, int threads)
 {
     int64_t b = (n + threads - 1) / threads;

@@ -128,11 +128,7 @@ static finch_dtype rank_partner(const finch_linear_desc *d, finch_dtype t)
 static bool lora_f32_exact(void)
 {
     static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("FINCH_CUDA_LORA_F32");
-        on = e && !strcmp(e, "1");
-    }
-    return on == 1;
+    return gpu_env_is("FINCH_CUDA_LORA_F32", "1", &on);
 }
 
 /* Below this many rows (decoding) the adapter products are matrix-vector work bound by memory, not
@@ -260,12 +256,8 @@ extern "C" int plugin_linear_forward(finch_plugin_device *dev, finch_plugin_stre
 /* FINCH_CUDA_GEMV_GROUP=0: a group's products one by one (for comparing). */
 static bool group_gemv_enabled(void)
 {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("FINCH_CUDA_GEMV_GROUP");
-        on = !(e && !strcmp(e, "0"));
-    }
-    return on == 1;
+    static int off = -1;
+    return !gpu_env_is("FINCH_CUDA_GEMV_GROUP", "0", &off);
 }
 
 /* The base products of the group as one GEMV over all their weights' rows when it takes them (a

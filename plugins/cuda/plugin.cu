@@ -151,12 +151,8 @@ static __global__ void overlap_probe_kernel(void) { gpu_grid_wait(); }
 
 static int overlap_wanted(finch_plugin_device *dev)
 {
-    static int env = -1;
-    if (env < 0) {
-        const char *e = getenv("FINCH_CUDA_PDL");
-        env = !(e && !strcmp(e, "0"));
-    }
-    if (!env || dev->props.major < 9) return 0;
+    static int off = -1;
+    if (gpu_env_is("FINCH_CUDA_PDL", "0", &off) || dev->props.major < 9) return 0;
     cudaFuncAttributes fa;
     if (cudaFuncGetAttributes(&fa, (const void *)overlap_probe_kernel) != cudaSuccess) {
         (void)gpuGetLastError();
