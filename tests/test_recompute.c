@@ -72,13 +72,10 @@ static finch_model *load_case(finch_runtime *rt, const char *dir, const test_cas
     o.gradient_checkpointing = 1;
     o.compute_dtype = c->dtype;
     o.load_in_4bit = c->in4;
-    if (recompute_all) setenv("FINCH_RECOMPUTE_ALL", "1", 1);
     finch_model *m = NULL;
-    int rc = finch_model_load(rt, dir, &o, &m);
-    unsetenv("FINCH_RECOMPUTE_ALL");
-    if (!ok(rc, dir)) return NULL;
-    CHECK(m->recompute_all == recompute_all, "%s: recompute_all %d after loading with FINCH_RECOMPUTE_ALL %s", dir,
-          m->recompute_all, recompute_all ? "=1" : "unset");
+    if (!ok(finch_model_load(rt, dir, &o, &m), dir)) return NULL;
+    CHECK(!m->recompute_all, "%s: recompute_all %d after loading without FINCH_RECOMPUTE_ALL", dir, m->recompute_all);
+    m->recompute_all = recompute_all;
     m->mlp_chunk_tokens = c->mlp_chunk;
     if (c->full) return m;
     /* r = 4 on every linear, B non-zero (the same on both models) so every gradient carries. */
@@ -184,9 +181,28 @@ static void run_case(finch_runtime *rt, const test_case *c)
     finch_model_free(all);
 }
 
+/* FINCH_RECOMPUTE_ALL=1 at load sets the switch. Checked before any backend runs threads of its own:
+ * setenv beside a thread that reads the environment (PoCL's do) is a data race. */
+static void check_env_switch(void)
+{
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/golden/llama/model", testing_shared_dir());
+    finch_runtime *rt = NULL;
+    finch_model *m = NULL;
+    setenv("FINCH_RECOMPUTE_ALL", "1", 1);
+    finch_load_options o = finch_load_options_default();
+    o.gradient_checkpointing = 1;
+    if (ok(finch_runtime_open("cpu", &rt), "finch_runtime_open cpu") && ok(finch_model_load(rt, dir, &o, &m), dir))
+        CHECK(m->recompute_all == 1, "recompute_all %d after loading with FINCH_RECOMPUTE_ALL=1", m->recompute_all);
+    unsetenv("FINCH_RECOMPUTE_ALL");
+    finch_model_free(m);
+    finch_runtime_close(rt);
+}
+
 int main(int argc, char **argv)
 {
     const char *backend = argc > 1 ? argv[1] : "cpu";
+    check_env_switch();
     finch_runtime *rt = NULL;
     if (finch_runtime_open(backend, &rt) != FINCH_OK) {
         printf("skipped: backend %s unavailable: %s\n", backend, finch_last_error());
