@@ -254,6 +254,17 @@ static void compare_rows(const char *entry, const char *what, tensor x, int64_t 
     free(all);
 }
 
+/* Sets (value) or clears (NULL) one of the CUDA/HIP plugin's layout switches, which it reads on every
+ * call; only for that plugin: setenv beside another runtime's threads that read the environment (PoCL's
+ * do) is a data race. */
+static void plugin_env(const char *name, const char *value)
+{
+    const char *p = sides[1].name;
+    if (!p || (strcmp(p, "cuda") && strcmp(p, "hip"))) return;
+    if (value) setenv(name, value, 1);
+    else unsetenv(name);
+}
+
 /* Runs `call` (an expression using s, sd and D(x, s)) on both sides; both must return `expect`. */
 #define BOTH_EXPECT(entry, expect, call)                                                                 \
     for (int s = 0; s < 2; s++) {                                                                        \
@@ -643,7 +654,7 @@ static void test_qmatmul(void)
     char what[96];
     static const int64_t sizes[3][3] = {{33, 47, 19}, {161, 95, 77}, {200, 136, 80}};
     for (int sliced = 0; sliced < 2; sliced++) {
-    if (sliced) setenv("FINCH_CUDA_NF4_SLICE_ELEMS", "4096", 1);
+    if (sliced) plugin_env("FINCH_CUDA_NF4_SLICE_ELEMS", "4096");
     for (int ti = 0; ti < 2; ti++) {
         finch_dtype t = ti ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
         for (int big = 0; big < 3; big++) {
@@ -668,7 +679,7 @@ static void test_qmatmul(void)
         }
     }
     }
-    unsetenv("FINCH_CUDA_NF4_SLICE_ELEMS");
+    plugin_env("FINCH_CUDA_NF4_SLICE_ELEMS", NULL);
 }
 
 /* One product C = 0.5 A W^T + beta C of m rows through gemm, compared with the CPU. lda_pad pads A's
@@ -738,10 +749,8 @@ static void test_gemv(void)
     char what[24];
     for (int li = 0; li < 6; li++) {
         const char *split = layouts[li][0], *blocks = layouts[li][1];
-        if (split) setenv("FINCH_CUDA_GEMV_SPLIT", split, 1);
-        else unsetenv("FINCH_CUDA_GEMV_SPLIT");
-        if (blocks) setenv("FINCH_CUDA_GEMV_BLOCKS", blocks, 1);
-        else unsetenv("FINCH_CUDA_GEMV_BLOCKS");
+        plugin_env("FINCH_CUDA_GEMV_SPLIT", split);
+        plugin_env("FINCH_CUDA_GEMV_BLOCKS", blocks);
         snprintf(what, sizeof what, "%s%s%s", split ? split : "auto", blocks ? " blocks " : "", blocks ? blocks : "");
         for (int wi = 0; wi < 3; wi++) {
             for (int ai = 0; ai < 3; ai++) {
@@ -760,8 +769,8 @@ static void test_gemv(void)
             }
         }
     }
-    unsetenv("FINCH_CUDA_GEMV_SPLIT");
-    unsetenv("FINCH_CUDA_GEMV_BLOCKS");
+    plugin_env("FINCH_CUDA_GEMV_SPLIT", NULL);
+    plugin_env("FINCH_CUDA_GEMV_BLOCKS", NULL);
     for (int mi = 0; mi < 4; mi += 2) {
         gemv_case(FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, ms[mi], 1000, 2056, 1, 0.0f, "auto");
         gemv_case(FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_F32, ms[mi], 997, 4100, 1, 0.5f, "auto");
@@ -897,8 +906,8 @@ static void test_linear_group(void)
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const group_case *c = &cases[ci];
         int nf4 = c->wtype == FINCH_DTYPE_NF4;
-        if (c->split) setenv("FINCH_CUDA_GEMV_SPLIT", c->split, 1);
-        if (c->blocks) setenv("FINCH_CUDA_GEMV_BLOCKS", c->blocks, 1);
+        if (c->split) plugin_env("FINCH_CUDA_GEMV_SPLIT", c->split);
+        if (c->blocks) plugin_env("FINCH_CUDA_GEMV_BLOCKS", c->blocks);
         int64_t width = 0;
         for (int i = 0; i < c->count; i++) width += c->out[i];
         int64_t ldx = c->in + 8, ldy = width + 2, rank = 4;
@@ -939,8 +948,8 @@ static void test_linear_group(void)
             }
         }
         BOTH("linear_forward_group", sd->api->linear_forward_group(sd->dev, NULL, d[s], c->count));
-        unsetenv("FINCH_CUDA_GEMV_SPLIT");
-        unsetenv("FINCH_CUDA_GEMV_BLOCKS");
+        plugin_env("FINCH_CUDA_GEMV_SPLIT", NULL);
+        plugin_env("FINCH_CUDA_GEMV_BLOCKS", NULL);
         snprintf(what, sizeof what, "%s: y", c->name);
         compare_rows("linear_forward_group", what, y, 1, c->m, width, ldy, 0, tol_for(c->act));
         if (xa.n) {
