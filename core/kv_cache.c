@@ -196,15 +196,21 @@ static int attention_fallback(finch_kv_cache *c, finch_graph *g, int64_t layer, 
     return FINCH_OK;
 }
 
+int finch_kv_cache_rotates(const finch_kv_cache *c)
+{
+    return API->attention_cache_append_forward && API->attention_cache_forward && API->copy_rows;
+}
+
 int finch_kv_cache_attention(finch_kv_cache *c, finch_graph *g, int64_t layer, const finch_tensor *q,
                              const finch_tensor *k, const finch_tensor *v, const finch_attention_params *p,
-                             finch_tensor *o)
+                             const finch_rope_params *rope, finch_tensor *o)
 {
-    if (k->cols != c->width || v->cols != c->width || q->dtype != c->dtype || k->dtype != c->dtype || layer >= c->n_layers)
+    if (k->cols != c->width || v->cols != c->width || q->dtype != c->dtype || k->dtype != c->dtype || layer >= c->n_layers ||
+        (rope && !finch_kv_cache_rotates(c)))
         return finch_error(FINCH_ERR_INVALID_ARGUMENT, "internal: key/value cache shape");
     const int32_t *cu = c->host;
     size_t es = finch_dtype_size(c->dtype);
-    for (int kind = 0; API->copy_rows && kind < 2; kind++) {
+    for (int kind = 0; !rope && API->copy_rows && kind < 2; kind++) {
         const finch_tensor *t = kind ? v : k;
         if (API->copy_rows(DEV, c->dtype, t->rows, c->width, t->data, t->ld, c->rows, cache_at(c, c->buf, c->capacity, layer, kind, 0, 0),
                            c->width))
@@ -248,7 +254,13 @@ int finch_kv_cache_attention(finch_kv_cache *c, finch_graph *g, int64_t layer, c
     d.softcap = p->softcap;
     d.causal = 1;
     d.window = p->window;
-    if ((rc = API->attention_cache_forward(DEV, &d))) return finch_device_error(c->be, rc, "attention over the key/value cache");
+    if (rope) {
+        finch_rope_desc r = finch_rope_desc_of(q, rope);
+        rc = API->attention_cache_append_forward(DEV, &d, &r, k->data, k->ld, v->data, v->ld, c->rows);
+    } else {
+        rc = API->attention_cache_forward(DEV, &d);
+    }
+    if (rc) return finch_device_error(c->be, rc, "attention over the key/value cache");
     return FINCH_OK;
 }
 

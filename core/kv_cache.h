@@ -8,7 +8,8 @@
  *
  * A pass (finch_kv_cache_begin .. finch_kv_cache_commit) appends new tokens to some slots: each
  * layer's attention writes the new keys and values after the held ones and attends over all of them
- * through the plugin's attention_cache_forward. */
+ * through the plugin's attention_cache_forward (or attention_cache_append_forward, which also turns
+ * the step's queries and keys: one call for what would be rope, two appends and the attention). */
 #ifndef FINCH_CORE_KV_CACHE_H
 #define FINCH_CORE_KV_CACHE_H
 
@@ -48,11 +49,16 @@ int finch_kv_cache_reserve(finch_kv_cache *c, int64_t tokens);
 /* Starts a pass: slot slots[i] gains n_new[i] tokens (rows cu .. of the pass's packed batch). The
  * pass's device arrays come from the arena. */
 int finch_kv_cache_begin(finch_kv_cache *c, finch_arena *arena, int n, const int *slots, const int64_t *n_new);
+/* Whether finch_kv_cache_attention can take rope: the backend turns q and k, appends and attends in
+ * one call (attention_cache_append_forward). */
+int finch_kv_cache_rotates(const finch_kv_cache *c);
 /* Layer l's attention in the pass: appends k and v (the pass's new rows) and attends q over the slot's
- * held and new keys. o is allocated from the graph. */
+ * held and new keys. o is allocated from the graph. With rope (only where finch_kv_cache_rotates), q
+ * and k come unturned and are turned as finch_op_rope would with rope (its n_heads ignored) on the way;
+ * their contents afterwards are unspecified. */
 int finch_kv_cache_attention(finch_kv_cache *c, finch_graph *g, int64_t layer, const finch_tensor *q,
                              const finch_tensor *k, const finch_tensor *v, const finch_attention_params *p,
-                             finch_tensor *o);
+                             const finch_rope_params *rope, finch_tensor *o);
 /* Ends a successful pass: the new tokens are held. (A failed pass is simply not committed.) */
 void finch_kv_cache_commit(finch_kv_cache *c);
 /* Keeps the first `tokens` tokens of a slot. */

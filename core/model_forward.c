@@ -179,11 +179,13 @@ static int attention_core(step_ctx *s, int64_t l, const finch_tensor *x, finch_t
         if ((rc = head_norm(s, &q, &ly->q_norm, c->n_heads, &q)) || (rc = head_norm(s, &k, &ly->k_norm, c->n_kv_heads, &k)))
             return rc;
     }
-    if (k_follows_q(&q, &k)) {
+    /* Over the cache, where the backend can, RoPE goes into the attention call with the append. */
+    int rope_in_cache = s->cache && finch_kv_cache_rotates(s->cache);
+    if (!rope_in_cache && k_follows_q(&q, &k)) {
         finch_tensor qk = finch_tensor_cols(&q, 0, nq + nkv);
         finch_rope_params r = rope_params(s, l, c->n_heads + c->n_kv_heads);
         if ((rc = finch_op_rope(s->g, &qk, &r))) return rc;
-    } else {
+    } else if (!rope_in_cache) {
         finch_rope_params rq = rope_params(s, l, c->n_heads), rk = rope_params(s, l, c->n_kv_heads);
         if ((rc = finch_op_rope(s->g, &q, &rq)) || (rc = finch_op_rope(s->g, &k, &rk))) return rc;
     }
@@ -198,7 +200,9 @@ static int attention_core(step_ctx *s, int64_t l, const finch_tensor *x, finch_t
     ap.scale = c->attn_scale;
     ap.softcap = c->attn_softcap;
     ap.window = c->layer_sliding[l] ? c->sliding_window : 0;
-    return s->cache ? finch_kv_cache_attention(s->cache, s->g, l, &q, &k, &v, &ap, o) : finch_op_attention(s->g, &q, &k, &v, &ap, o);
+    if (!s->cache) return finch_op_attention(s->g, &q, &k, &v, &ap, o);
+    finch_rope_params r = rope_params(s, l, c->n_heads);
+    return finch_kv_cache_attention(s->cache, s->g, l, &q, &k, &v, &ap, rope_in_cache ? &r : NULL, o);
 }
 
 /* Attention with its output projection, for Falcon's parallel layer: out goes only into its sums. */

@@ -279,26 +279,33 @@ static int rope_backward(finch_graph *g, const void *rec)
     return check(g, API->rope_backward(DEV, &d), "rope backward");
 }
 
+finch_rope_desc finch_rope_desc_of(const finch_tensor *x, const finch_rope_params *p)
+{
+    finch_rope_desc d;
+    memset(&d, 0, sizeof d);
+    d.n_tokens = x->rows;
+    d.n_heads = p->n_heads;
+    d.head_dim = p->head_dim;
+    d.rot_dim = p->rot_dim;
+    d.dtype = x->dtype;
+    d.x = x->data;
+    d.ldx = x->ld;
+    d.positions = p->positions;
+    d.inv_freq = p->inv_freq;
+    d.n_sections = p->n_sections > 0 ? p->n_sections : 1;
+    if (p->n_sections > 0) memcpy(d.sections, p->sections, sizeof d.sections);
+    else d.sections[0] = (int)(p->rot_dim / 2);
+    d.attn_factor = p->attn_factor;
+    return d;
+}
+
 int finch_op_rope(finch_graph *g, const finch_tensor *x, const finch_rope_params *p)
 {
     if (x->cols != p->n_heads * p->head_dim) return internal("rope width");
     rope_record r;
     memset(&r, 0, sizeof r);
-    finch_rope_desc *d = &r.d;
-    d->n_tokens = x->rows;
-    d->n_heads = p->n_heads;
-    d->head_dim = p->head_dim;
-    d->rot_dim = p->rot_dim;
-    d->dtype = x->dtype;
-    d->x = x->data;
-    d->ldx = x->ld;
-    d->positions = p->positions;
-    d->inv_freq = p->inv_freq;
-    d->n_sections = p->n_sections > 0 ? p->n_sections : 1;
-    if (p->n_sections > 0) memcpy(d->sections, p->sections, sizeof d->sections);
-    else d->sections[0] = (int)(p->rot_dim / 2);
-    d->attn_factor = p->attn_factor;
-    int rc = API->rope_forward(DEV, d);
+    r.d = finch_rope_desc_of(x, p);
+    int rc = API->rope_forward(DEV, &r.d);
     if (rc) return check(g, rc, "rope");
     if (!g->recording || !has_node(x)) return FINCH_OK;
     r.x = *x;

@@ -53,6 +53,8 @@ int finch_op_linear_group(finch_graph *g, const finch_tensor *x, int count, cons
                           int one_tensor, finch_tensor *y);
 /* Rotates x in place (x may be a column view). Only valid when nothing else reads the unrotated x. */
 int finch_op_rope(finch_graph *g, const finch_tensor *x, const finch_rope_params *p);
+/* The backend's description of rotating x [rows, p->n_heads * p->head_dim] as p says. */
+finch_rope_desc finch_rope_desc_of(const finch_tensor *x, const finch_rope_params *p);
 int finch_op_attention(finch_graph *g, const finch_tensor *q, const finch_tensor *k, const finch_tensor *v,
                        const finch_attention_params *p, finch_tensor *y);
 int finch_op_glu(finch_graph *g, finch_activation act, const finch_tensor *gate, const finch_tensor *up, finch_tensor *y);

@@ -5,8 +5,8 @@
  *     fault_lost          the device is lost: memory calls and compute fail with FINCH_ERR_DEVICE
  *     fault_no_kernels    compute fails as a plugin whose kernels did not build (memory calls work)
  * Buffers are the inner plugin's own (device pointers pass through unchanged); the optional fused
- * entries add_rmsnorm_forward and linear_forward_group are left out. One wrapper per process: fault_backend_open() sets it up over
- * `inner` and opens the inner device 0. */
+ * entries (add_rmsnorm_forward, linear_forward_group, attention_cache_append_forward) are left out.
+ * One wrapper per process: fault_backend_open() sets it up over `inner` and opens the inner device 0. */
 #ifndef FINCH_TESTS_FAULT_BACKEND_H
 #define FINCH_TESTS_FAULT_BACKEND_H
 
@@ -143,6 +143,7 @@ static int fault_backend_open(const finch_plugin_api *inner, finch_backend *out)
      * numbers all the same (and go through the faults above). */
     fault_table.add_rmsnorm_forward = NULL;
     fault_table.linear_forward_group = NULL;
+    fault_table.attention_cache_append_forward = NULL;
     fault_alloc_budget = -1;
     fault_byte_limit = -1;
     fault_lost = fault_no_kernels = 0;

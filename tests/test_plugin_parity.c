@@ -146,14 +146,24 @@ static tensor from_floats(finch_dtype t, const float *x, size_t n)
 
 static unsigned long long seed_counter = 1;
 
+/* New contents for x on both sides, uniform in [-scale, scale). */
+static void refill(tensor x, float scale)
+{
+    float *v = malloc(x.n * sizeof(float) + 4);
+    void *raw = malloc(x.n * dtype_size(x.t) + 1);
+    testing_fill_random(v, x.n, seed_counter++);
+    for (size_t i = 0; i < x.n; i++) v[i] *= scale;
+    encode(x.t, v, x.n, raw);
+    write_both(x, raw, x.n * dtype_size(x.t));
+    free(raw);
+    free(v);
+}
+
 /* Uniform in [-scale, scale). */
 static tensor random_tensor(finch_dtype t, size_t n, float scale)
 {
-    float *x = malloc(n * sizeof(float) + 4);
-    testing_fill_random(x, n, seed_counter++);
-    for (size_t i = 0; i < n; i++) x[i] *= scale;
-    tensor r = from_floats(t, x, n);
-    free(x);
+    tensor r = alloc_tensor(t, n, n * dtype_size(t));
+    refill(r, scale);
     return r;
 }
 
@@ -1085,15 +1095,16 @@ static void test_attention(void)
     }
 }
 
+/* An optional entry the plugin under test lacks (past its table's size, or NULL): says so, skipped. */
+#define OPTIONAL_ABSENT(field, label, since)                                                                 \
+    ((sides[1].api->struct_size < offsetof(finch_plugin_api, field) + sizeof sides[1].api->field ||         \
+      !sides[1].api->field) &&                                                                              \
+     printf("%-30s %-52s %s\n", label, "absent (optional since ABI " since ")", "skipped") > 0)
+
 /* ABI 1.1, optional: attention of query rows over a key/value cache with room to grow. */
 static void test_attention_cache(void)
 {
-    const finch_plugin_api *api = sides[1].api;
-    size_t end = offsetof(finch_plugin_api, attention_cache_forward) + sizeof api->attention_cache_forward;
-    if (api->struct_size < end || !api->attention_cache_forward) {
-        printf("%-30s %-52s %s\n", "attention_cache_forward", "absent (optional since ABI 1.1)", "skipped");
-        return;
-    }
+    if (OPTIONAL_ABSENT(attention_cache_forward, "attention_cache_forward", "1.1")) return;
     static const attention_case cases[] = {
         {FINCH_DTYPE_F32, 4, 2, 16, 3, {1, 1, 1}, {5, 17, 1}, 1, 0, 0.0f, 0},          /* decode */
         {FINCH_DTYPE_F32, 3, 1, 80, 2, {7, 2}, {13, 40}, 1, 5, 20.0f, 0},              /* chunked prefill, window, cap */
@@ -1135,10 +1146,206 @@ static void test_attention_cache(void)
     }
 }
 
+/* ABI 1.6, optional: RoPE on q and the new keys, the new rows into the cache and attention over it,
+ * in one call. Cases as attention_cache's, each sequence's q_len new tokens being the last of its
+ * kv_len; displaced moves token 0's cache row: 1 into the gap after its sequence (attended by none),
+ * 2 into sequence 1's keys (at kv_len[1] - 5: sequence 1 attends to it), 3 to row -1 (not written). */
+typedef struct append_case {
+    attention_case a;
+    int64_t rot_dim;    /* 0: rope absent */
+    int n_sections, sections[4];
+    float factor;
+    int displaced;
+} append_case;
+
+/* The layout of one call: new tokens' keys and values (row strides padded), their rows and
+ * positions ([n_sections][n]), written on both sides. */
+typedef struct append_inputs {
+    attention_inputs in;
+    int64_t ldkn, ldvn;
+    tensor k_new, v_new, rows, pos, inv;
+} append_inputs;
+
+static void append_layout(const append_case *c, const attention_inputs *in, int32_t *rows, int32_t *pos)
+{
+    int32_t t = 0, start = 3; /* attention_setup's: 3 rows, then each sequence and 7 rows of gap */
+    int n_sections = c->n_sections > 0 ? c->n_sections : 1;
+    for (int i = 0; i < c->a.n_seqs; i++) {
+        for (int32_t j = 0; j < c->a.q_lens[i]; j++, t++) {
+            int32_t p = c->a.kv_lens[i] - c->a.q_lens[i] + j;
+            rows[t] = start + p;
+            for (int sct = 0; sct < n_sections; sct++) pos[sct * in->n + t] = p + 3 * sct;
+        }
+        start += c->a.kv_lens[i] + 7;
+    }
+    if (c->displaced == 1) rows[0] = 3 + c->a.kv_lens[0] + 2;
+    if (c->displaced == 2) rows[0] = 3 + c->a.kv_lens[0] + 7 + c->a.kv_lens[1] - 5;
+    if (c->displaced == 3) rows[0] = -1;
+}
+
+static append_inputs append_setup(const append_case *c)
+{
+    append_inputs x;
+    memset(&x, 0, sizeof x);
+    x.in = attention_setup(&c->a, 1);
+    int64_t n = x.in.n, kvw = c->a.kv_heads * c->a.head_dim, half = c->rot_dim / 2;
+    x.ldkn = kvw + 3, x.ldvn = kvw + 8;
+    x.k_new = random_tensor(c->a.t, (size_t)(n * x.ldkn), 1.0f), x.v_new = random_tensor(c->a.t, (size_t)(n * x.ldvn), 1.0f);
+    int32_t rows[64], pos[4 * 64];
+    append_layout(c, &x.in, rows, pos);
+    x.rows = from_ints(rows, (size_t)n);
+    x.pos = from_ints(pos, (size_t)(n * (c->n_sections > 0 ? c->n_sections : 1)));
+    float inv[128];
+    for (int64_t i = 0; i < half; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)c->rot_dim);
+    if (half) x.inv = from_floats(FINCH_DTYPE_F32, inv, (size_t)half);
+    return x;
+}
+
+static finch_rope_desc append_rope(const append_case *c, const append_inputs *x, int s)
+{
+    finch_rope_desc r;
+    memset(&r, 0, sizeof r);
+    r.head_dim = c->a.head_dim, r.rot_dim = c->rot_dim;
+    r.positions = D(x->pos, s), r.inv_freq = D(x->inv, s);
+    r.n_sections = c->n_sections > 0 ? c->n_sections : 1;
+    if (c->n_sections > 0) memcpy(r.sections, c->sections, sizeof r.sections);
+    else r.sections[0] = (int)(c->rot_dim / 2);
+    r.attn_factor = c->factor;
+    return r;
+}
+
+static void append_compare(const append_case *c, const append_inputs *x, const char *when)
+{
+    char what[240], name[160];
+    attention_name(&c->a, 1, name, sizeof name);
+    double tol = tol_for(c->a.t);
+    snprintf(what, sizeof what, "%s rot %lld/%d%s%s", name, (long long)c->rot_dim, c->n_sections,
+             c->displaced ? " displaced" : "", when);
+    compare("attention_cache_append o", what, x->in.o, tol);
+    compare("attention_cache_append lse", what, x->in.lse, tol);
+    compare("attention_cache_append k", what, x->in.k, tol);
+    compare("attention_cache_append v", what, x->in.v, tol);
+}
+
+static void test_attention_cache_append(void)
+{
+    if (OPTIONAL_ABSENT(attention_cache_append_forward, "attention_cache_append", "1.6")) return;
+    static const append_case cases[] = {
+        /* decode: GQA, head_dim 128 and 64, odd sizes, partial rotary, M-RoPE, no rope, window, cap */
+        {{FINCH_DTYPE_BF16, 8, 2, 128, 3, {1, 1, 1}, {1, 37, 300}, 1, 0, 0.0f, 0}, 128, 0, {0}, 1.0f, 0},
+        {{FINCH_DTYPE_F16, 6, 3, 64, 2, {1, 1}, {20000, 9001}, 1, 3000, 0.0f, 0}, 64, 0, {0}, 1.0f, 0},
+        {{FINCH_DTYPE_F32, 3, 1, 80, 2, {1, 1}, {70, 5}, 1, 0, 20.0f, 0}, 40, 0, {0}, 1.25f, 0},
+        {{FINCH_DTYPE_BF16, 4, 4, 64, 1, {1}, {12345}, 1, 0, 15.0f, 1}, 64, 3, {8, 12, 12, 0}, 1.0f, 0},
+        {{FINCH_DTYPE_F32, 2, 1, 24, 3, {1, 1, 1}, {5, 17, 2}, 1, 0, 0.0f, 0}, 0, 0, {0}, 1.0f, 0},
+        {{FINCH_DTYPE_F16, 8, 8, 256, 2, {1, 1}, {1000, 129}, 1, 33, 0.0f, 0}, 256, 0, {0}, 0.9f, 0},
+        {{FINCH_DTYPE_BF16, 6, 2, 96, 3, {1, 1, 1}, {2, 45, 1}, 1, 0, 30.0f, 0}, 64, 0, {0}, 1.0f, 0},
+        /* new rows elsewhere than at their sequence's end */
+        {{FINCH_DTYPE_F16, 6, 2, 96, 2, {1, 1}, {40, 129}, 1, 0, 0.0f, 0}, 96, 0, {0}, 1.0f, 1},
+        {{FINCH_DTYPE_BF16, 4, 2, 64, 3, {1, 1, 1}, {30, 200, 64}, 1, 0, 0.0f, 1}, 64, 0, {0}, 1.0f, 2},
+        {{FINCH_DTYPE_BF16, 2, 1, 64, 2, {1, 1}, {33, 10}, 1, 0, 0.0f, 0}, 64, 0, {0}, 1.0f, 3},
+        /* several new rows in a sequence (chunked prefill) */
+        {{FINCH_DTYPE_BF16, 4, 2, 128, 2, {7, 1}, {50, 90}, 1, 0, 0.0f, 0}, 128, 0, {0}, 1.0f, 0},
+        {{FINCH_DTYPE_F32, 3, 1, 32, 2, {5, 12}, {5, 40}, 1, 9, 0.0f, 0}, 16, 0, {0}, 1.0f, 0},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const append_case *c = &cases[ci];
+        append_inputs x = append_setup(c);
+        finch_attention_cache_desc d[2];
+        finch_rope_desc r[2];
+        for (int s = 0; s < 2; s++) {
+            SET_ATTENTION_FIELDS(d[s], &c->a, x.in, s);
+            d[s].max_q_len = x.in.max_q;
+            d[s].max_kv_len = x.in.max_kv;
+            d[s].cu_seqlens_q = D(x.in.cu, s);
+            d[s].kv_start = D(x.in.kv_start, s);
+            d[s].kv_len = D(x.in.kv_len, s);
+            d[s].kv_rows = x.in.rows;
+            r[s] = append_rope(c, &x, s);
+        }
+        BOTH("attention_cache_append_forward",
+             sd->api->attention_cache_append_forward(sd->dev, NULL, &d[s], c->rot_dim ? &r[s] : NULL, D(x.k_new, s), x.ldkn,
+                                                     D(x.v_new, s), x.ldvn, D(x.rows, s)));
+        append_compare(c, &x, "");
+        release_all();
+    }
+}
+
+/* The entry recorded once on a stream of the plugin and replayed with new queries, keys, values,
+ * positions, cache lengths and rows (the cache's capacity fixed, as a recorded decode pass has it),
+ * against the CPU running it directly each time. */
+static void test_attention_cache_append_replay(void)
+{
+    const side *p = &sides[1];
+    if (!p->api->attention_cache_append_forward || !p->api->capture_begin || !p->api->capture_end || !p->api->graph_launch ||
+        !p->api->graph_free) {
+        printf("%-30s %s does not record it: skipped\n", "attention_cache_append replay", p->name);
+        return;
+    }
+    enum { CAP = 300 };
+    /* kv_lens are the capacity: the recording's max_kv_len; rounds use less */
+    append_case c = {{FINCH_DTYPE_BF16, 8, 2, 128, 2, {1, 1}, {CAP, CAP}, 1, 0, 0.0f, 0}, 128, 0, {0}, 1.0f, 0};
+    append_inputs x = append_setup(&c);
+    finch_attention_cache_desc d[2];
+    finch_rope_desc r[2];
+    for (int s = 0; s < 2; s++) {
+        SET_ATTENTION_FIELDS(d[s], &c.a, x.in, s);
+        d[s].max_q_len = 1, d[s].max_kv_len = CAP;
+        d[s].cu_seqlens_q = D(x.in.cu, s), d[s].kv_start = D(x.in.kv_start, s), d[s].kv_len = D(x.in.kv_len, s);
+        d[s].kv_rows = x.in.rows;
+        r[s] = append_rope(&c, &x, s);
+    }
+    finch_plugin_stream *st = NULL;
+    finch_plugin_graph *g = NULL;
+    int rc = p->api->stream_create(p->dev, &st);
+    CHECK(!rc, "stream_create on %s: %s", p->name, rc ? p->api->last_error() : "");
+    /* once directly on both sides (the plugin's held scratch is made outside the recording), then recorded */
+    for (int s = 0; !rc && s < 2; s++) {
+        finch_plugin_stream *ss = s ? st : NULL;
+        rc = sides[s].api->attention_cache_append_forward(sides[s].dev, ss, &d[s], &r[s], D(x.k_new, s), x.ldkn, D(x.v_new, s),
+                                                          x.ldvn, D(x.rows, s));
+        if (!rc) rc = sides[s].api->synchronize(sides[s].dev, ss);
+        CHECK(!rc, "attention_cache_append_forward on %s: %s", sides[s].name, rc ? sides[s].api->last_error() : "");
+    }
+    if (!rc) rc = p->api->capture_begin(p->dev, st);
+    if (!rc) {
+        int r1 = p->api->attention_cache_append_forward(p->dev, st, &d[1], &r[1], D(x.k_new, 1), x.ldkn, D(x.v_new, 1), x.ldvn,
+                                                        D(x.rows, 1));
+        rc = p->api->capture_end(p->dev, st, &g);
+        if (!rc) rc = r1;
+    }
+    CHECK(!rc && g, "recording attention_cache_append_forward on %s: %s", p->name, rc ? p->api->last_error() : "no graph");
+    for (int round = 1; !rc && round <= 4; round++) {
+        int32_t len[2] = {20 + 61 * round, CAP - 40 * round}, rows[2], pos[2];
+        for (int i = 0; i < 2; i++) {
+            rows[i] = 3 + i * (CAP + 7) + len[i] - 1;
+            pos[i] = len[i] - 1 + 1000 * round;
+        }
+        write_both(x.in.kv_len, len, sizeof len);
+        write_both(x.rows, rows, sizeof rows);
+        write_both(x.pos, pos, sizeof pos);
+        refill(x.in.q, 1.0f); /* new queries, keys and values: the last round's are scratch */
+        refill(x.k_new, 1.0f);
+        refill(x.v_new, 1.0f);
+        rc = p->api->graph_launch(p->dev, st, g);
+        if (!rc) rc = p->api->synchronize(p->dev, st);
+        CHECK(!rc, "graph_launch on %s: %s", p->name, rc ? p->api->last_error() : "");
+        rc = sides[0].api->attention_cache_append_forward(sides[0].dev, NULL, &d[0], &r[0], D(x.k_new, 0), x.ldkn, D(x.v_new, 0),
+                                                          x.ldvn, D(x.rows, 0));
+        CHECK(!rc, "attention_cache_append_forward on %s: %s", sides[0].name, rc ? sides[0].api->last_error() : "");
+        char when[32];
+        snprintf(when, sizeof when, " replay %d", round);
+        if (!rc) append_compare(&c, &x, when);
+    }
+    if (g) p->api->graph_free(p->dev, g);
+    if (st) p->api->stream_destroy(p->dev, st);
+    release_all();
+}
+
 /* A decode layer's chain of entries recorded on the plugin (capture_begin .. capture_end) and
  * replayed with new tokens, positions and cache places, against the CPU running each entry directly:
  * rmsnorm, the fused q/k/v product, RoPE on q and k, both cache appends, decode attention (3
- * sequences, one query row each, GQA), the o product (NF4), the residual add and rmsnorm (one
+ * sequences, one query row each, GQA; the four in one attention_cache_append_forward where the plugin
+ * has it), the o product (NF4), the residual add and rmsnorm (one
  * add_rmsnorm_forward where the plugin has it), the gate/up
  * product, GLU, down (NF4, blocks straddling rows), the residual, a softcap and the head (odd rows).
  * Each entry reads what the one before wrote, so on a plugin whose recorded kernels overlap (CUDA's
@@ -1163,12 +1370,15 @@ static int chain_run(const chain *c, int s, finch_plugin_stream *st)
     memset(&r, 0, sizeof r);
     r.n_tokens = CH_SEQS, r.n_heads = CH_HEADS, r.head_dim = CH_D, r.rot_dim = CH_D, r.dtype = t, r.x = D(c->qkv, s), r.ldx = w;
     r.positions = D(c->pos, s), r.inv_freq = D(c->inv, s), r.n_sections = 1, r.sections[0] = CH_D / 2, r.attn_factor = 1.0f;
-    if (!rc) rc = a->rope_forward(sd->dev, st, &r);
+    int fused = sides[1].api->attention_cache_append_forward != NULL; /* as a decode pass does where the plugin has it */
+    if (!rc && !fused) rc = a->rope_forward(sd->dev, st, &r);
     r.n_heads = CH_KV, r.x = D(offset_view(c->qkv, (size_t)nq), s);
-    if (!rc) rc = a->rope_forward(sd->dev, st, &r);
-    if (!rc) rc = a->copy_rows(sd->dev, st, t, CH_SEQS, nkv, D(offset_view(c->qkv, (size_t)nq), s), w, D(c->where_k, s), D(c->kc, s), nkv);
-    if (!rc) rc = a->copy_rows(sd->dev, st, t, CH_SEQS, nkv, D(offset_view(c->qkv, (size_t)(nq + nkv)), s), w, D(c->where_k, s),
-                               D(c->vc, s), nkv);
+    if (!rc && !fused) rc = a->rope_forward(sd->dev, st, &r);
+    if (!rc && !fused)
+        rc = a->copy_rows(sd->dev, st, t, CH_SEQS, nkv, D(offset_view(c->qkv, (size_t)nq), s), w, D(c->where_k, s), D(c->kc, s), nkv);
+    if (!rc && !fused)
+        rc = a->copy_rows(sd->dev, st, t, CH_SEQS, nkv, D(offset_view(c->qkv, (size_t)(nq + nkv)), s), w, D(c->where_k, s), D(c->vc, s),
+                          nkv);
     finch_attention_cache_desc d;
     memset(&d, 0, sizeof d);
     d.n_tokens = CH_SEQS, d.n_seqs = CH_SEQS, d.max_q_len = 1, d.max_kv_len = CH_CAP;
@@ -1176,7 +1386,11 @@ static int chain_run(const chain *c, int s, finch_plugin_stream *st)
     d.n_heads = CH_HEADS, d.n_kv_heads = CH_KV, d.head_dim = CH_D, d.dtype = t;
     d.q = D(c->qkv, s), d.ldq = w, d.k = D(c->kc, s), d.ldk = nkv, d.v = D(c->vc, s), d.ldv = nkv, d.o = D(c->o, s), d.ldo = nq;
     d.scale = 1.0f / sqrtf((float)CH_D), d.causal = 1;
-    if (!rc) rc = a->attention_cache_forward(sd->dev, st, &d);
+    if (!rc && fused)
+        rc = a->attention_cache_append_forward(sd->dev, st, &d, &r, D(offset_view(c->qkv, (size_t)nq), s), w,
+                                               D(offset_view(c->qkv, (size_t)(nq + nkv)), s), w, D(c->where_k, s));
+    else if (!rc)
+        rc = a->attention_cache_forward(sd->dev, st, &d);
     if (!rc) rc = a->qmatmul_forward(sd->dev, st, &c->w2[s], CH_H, nq, CH_SEQS, t, D(c->o, s), nq, D(c->y2, s), CH_H, 0.0f);
     if (sides[1].api->add_rmsnorm_forward) { /* as a decode pass does where the plugin has it */
         if (!rc) rc = a->add_rmsnorm_forward(sd->dev, st, CH_SEQS, CH_H, t, D(c->y2, s), D(c->x, s), D(c->x2, s), t, D(c->nw, s), 0.0f,
@@ -1641,12 +1855,7 @@ static void test_adamw(void)
 /* ABI 1.1, optional: compared when the plugin has it. */
 static void test_adamw8bit(void)
 {
-    const finch_plugin_api *api = sides[1].api;
-    size_t end = offsetof(finch_plugin_api, adamw8bit_step) + sizeof api->adamw8bit_step;
-    if (api->struct_size < end || !api->adamw8bit_step) {
-        printf("%-30s %-52s %s\n", "adamw8bit_step", "absent (optional since ABI 1.1)", "skipped");
-        return;
-    }
+    if (OPTIONAL_ABSENT(adamw8bit_step, "adamw8bit_step", "1.1")) return;
     float m_map[256], v_map[256];
     for (int k = 0; k < 256; k++) {
         float u = ((float)k - 127.5f) / 127.5f;
@@ -2067,6 +2276,8 @@ int main(void)
     run("linear_forward_group", test_linear_group);
     run("attention", test_attention);
     run("attention_cache", test_attention_cache);
+    run("attention_cache_append", test_attention_cache_append);
+    run("attention_cache_append replay", test_attention_cache_append_replay);
     run("norms", test_norms);
     run("add_rmsnorm", test_add_rmsnorm);
     run("rope", test_rope);

@@ -175,6 +175,9 @@ int cpu_linear_backward(finch_plugin_device *dev, finch_plugin_stream *s, const 
 int cpu_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d);
 int cpu_attention_backward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d);
 int cpu_attention_cache_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_cache_desc *d);
+int cpu_attention_cache_append_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_cache_desc *c,
+                                       const finch_rope_desc *rope, finch_dptr k_new, int64_t ldk_new, finch_dptr v_new,
+                                       int64_t ldv_new, finch_dptr rows);
 int cpu_rmsnorm_forward(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
                         finch_dtype dtype, finch_dptr x, finch_dtype w_type, finch_dptr w, float weight_offset,
                         float eps, finch_dptr y, finch_dptr rstd);

@@ -436,3 +436,30 @@ int cpu_attention_backward(finch_plugin_device *dev, finch_plugin_stream *s, con
     free(a.block_seq);
     return oom ? cpu_oom(floats * sizeof(float), "attention_backward") : FINCH_OK;
 }
+
+/* attention_cache_append_forward: the four calls it stands for, one after another. */
+int cpu_attention_cache_append_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_cache_desc *c,
+                                       const finch_rope_desc *rope, finch_dptr k_new, int64_t ldk_new, finch_dptr v_new,
+                                       int64_t ldv_new, finch_dptr rows)
+{
+    if (!c) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu attention_cache_append_forward: descriptor is NULL");
+    int64_t width = c->n_kv_heads * c->head_dim;
+    int rc = FINCH_OK;
+    if (rope) {
+        finch_rope_desc r = *rope;
+        r.n_tokens = c->n_tokens;
+        r.dtype = c->dtype;
+        r.x = c->q;
+        r.ldx = c->ldq;
+        r.n_heads = c->n_heads;
+        if (!(rc = cpu_rope_forward(dev, s, &r))) {
+            r.x = k_new;
+            r.ldx = ldk_new;
+            r.n_heads = c->n_kv_heads;
+            rc = cpu_rope_forward(dev, s, &r);
+        }
+    }
+    if (!rc) rc = cpu_copy_rows(dev, s, c->dtype, c->n_tokens, width, k_new, ldk_new, rows, c->k, c->ldk);
+    if (!rc) rc = cpu_copy_rows(dev, s, c->dtype, c->n_tokens, width, v_new, ldv_new, rows, c->v, c->ldv);
+    return rc ? rc : cpu_attention_cache_forward(dev, s, c);
+}

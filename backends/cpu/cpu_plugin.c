@@ -198,6 +198,7 @@ static const finch_plugin_api cpu_api = {
     .stream_wait_event = cpu_stream_wait_event,
     .linear_forward_group = cpu_linear_forward_group,
     .add_rmsnorm_forward = cpu_add_rmsnorm_forward,
+    .attention_cache_append_forward = cpu_attention_cache_append_forward,
 };
 
 const finch_plugin_api *finch_cpu_plugin_api(void) { return &cpu_api; }

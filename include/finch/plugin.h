@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define FINCH_PLUGIN_ABI_MAJOR 1
-#define FINCH_PLUGIN_ABI_MINOR 5
+#define FINCH_PLUGIN_ABI_MINOR 6
 #define FINCH_PLUGIN_ENTRY_SYMBOL "finch_plugin_entry"
 #define FINCH_IGNORE_INDEX (-100)
 
@@ -449,6 +449,18 @@ typedef struct finch_plugin_api {
     int (*add_rmsnorm_forward)(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, int64_t dim,
                                finch_dtype dtype, finch_dptr x, finch_dptr d, finch_dptr sum, finch_dtype w_type,
                                finch_dptr w, float weight_offset, float eps, finch_dptr y, finch_dptr rstd);
+
+    /* --- ABI 1.6: optional; each may be NULL on its own --- */
+    /* A decode step's attention from its projections: RoPE turns q (d->q) and the new keys k_new
+     * [n_tokens, n_kv_heads * head_dim] (row stride ldk_new) as rope_forward with *rope would (rope->x,
+     * ldx and n_heads ignored: q has d->n_heads heads, k_new d->n_kv_heads; rope may be NULL: no
+     * rotation), the rows of k_new and v_new go to rows rows[t] (i32 [n_tokens], as copy_rows) of d->k and
+     * d->v, then attention_cache_forward(d). The results are o, lse and the cache rows; q and k_new are
+     * scratch (their contents afterwards are unspecified). */
+    int (*attention_cache_append_forward)(finch_plugin_device *dev, finch_plugin_stream *s,
+                                          const finch_attention_cache_desc *d, const finch_rope_desc *rope,
+                                          finch_dptr k_new, int64_t ldk_new, finch_dptr v_new, int64_t ldv_new,
+                                          finch_dptr rows);
 } finch_plugin_api;
 
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);

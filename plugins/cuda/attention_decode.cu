@@ -8,8 +8,15 @@
  * writes a partial result (running max, sum of exponentials, unnormalised output, f32), and a second
  * kernel combines the chunks of each (sequence, head) into o and lse. Visibility, scale and softcap
  * are those of finch_attention_cache_desc with the query at position kv_len - 1. Anything else
- * (several query rows in a sequence) goes to plugin_attention_cache_forward. */
-#include "gpu_plugin.h"
+ * (several query rows in a sequence) goes to plugin_attention_cache_forward.
+ *
+ * attention_cache_append_forward runs the same kernel with the step's RoPE and cache append folded
+ * in: each block turns its query heads as it loads them, every block whose chunk holds a new token's
+ * cache row takes that row from the new keys and values (turning the key), not from the cache, in the
+ * tile that holds it, and the block whose chunk holds its own sequence's new row (or, for a row in no
+ * chunk of the sequence, the sequence's first block) also writes it to the cache. So no block waits
+ * on another's write, and the rope, both copy_rows and their launches go. */
+#include "rope.cuh"
 
 #include <math.h>
 #include <stdlib.h>
@@ -19,6 +26,13 @@
 #define DEC_MAX_PER_LANE 8       /* head_dim <= 8 * 32 */
 #define DEC_MIN_CHUNK 16         /* keys per block, at least */
 #define DEC_MAX_SPLITS 256
+/* nvcc held the decode kernel to 64 registers and spilled (the RoPE and append paths); a floor of 4
+ * blocks a multiprocessor lets it take the 88 it needs. */
+#if FINCH_GPU_CUDA
+#define DEC_BOUNDS __launch_bounds__(DEC_THREADS, 4)
+#else
+#define DEC_BOUNDS __launch_bounds__(DEC_THREADS)
+#endif
 
 struct decode_params {
     int64_t n_heads, n_kv_heads, head_dim, kv_rows, window;
@@ -30,7 +44,42 @@ struct decode_params {
     int tile;               /* keys of the chunk in shared memory at a time */
     float *part_o;          /* [seq][head][split][head_dim] */
     float *part_ml;         /* [seq][head][split][2]: running max, sum of exponentials */
+    /* attention_cache_append_forward (rows not NULL): the new tokens' keys and values [n_tokens][kv
+     * width], their cache rows, the turn of q and k_new (rope.half 0: none), and the bytes of k's and
+     * v's buffers from k and v on (a row past them is not written, as copy_rows). */
+    const int32_t *rows;
+    const void *k_new, *v_new;
+    int64_t ldk_new, ldv_new, n_tokens;
+    size_t k_bytes, v_bytes;
+    rope_angles rope;
+    int subs_cap;           /* entries of the block's list of new rows in its chunk (shared memory) */
 };
+
+/* Head kvh of new token t, its turned key and its value: into the tiles' row (kt, vt; or NULL) and into
+ * cache row r (r >= 0, where the row fits in the buffers, as copy_rows). */
+template <typename T>
+__device__ __forceinline__ void place_new_row(const decode_params &p, int64_t t, int kvh, T *kt, T *vt, int64_t r)
+{
+    int64_t D = p.head_dim;
+    const T *kn = (const T *)p.k_new + t * p.ldk_new + kvh * D, *vn = (const T *)p.v_new + t * p.ldv_new + kvh * D;
+    T *kc = NULL, *vc = NULL;
+    if (r >= 0) {
+        size_t es = sizeof(T), row = (size_t)(p.n_kv_heads * D) * es;
+        if ((size_t)r * (size_t)p.ldk * es <= p.k_bytes && row <= p.k_bytes - (size_t)r * (size_t)p.ldk * es)
+            kc = (T *)p.k + r * p.ldk + kvh * D;
+        if ((size_t)r * (size_t)p.ldv * es <= p.v_bytes && row <= p.v_bytes - (size_t)r * (size_t)p.ldv * es)
+            vc = (T *)p.v + r * p.ldv + kvh * D;
+    }
+    for (int e = threadIdx.x; e < D; e += blockDim.x) {
+        T ke = rope_element(p.rope, kn, t, e), ve = vn[e];
+        if (kt) {
+            kt[e] = ke;
+            vt[e] = ve;
+        }
+        if (kc) kc[e] = ke;
+        if (vc) vc[e] = ve;
+    }
+}
 
 /* Rows [t0, t0 + n) of the chunk's keys and values into shared memory [n][D] each, by every thread of
  * the block at once: one memory latency a tile, not one a key. */
@@ -57,9 +106,10 @@ __device__ __forceinline__ void load_tile(const decode_params &p, int64_t row0, 
 }
 
 template <typename T>
-__global__ void __launch_bounds__(DEC_THREADS) attention_decode_kernel(decode_params p)
+__global__ void DEC_BOUNDS attention_decode_kernel(decode_params p)
 {
     extern __shared__ __align__(16) unsigned char dec_tiles[];
+    __shared__ int n_subs;
     gpu_grid_release();
     gpu_grid_wait();
     int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
@@ -72,6 +122,28 @@ __global__ void __launch_bounds__(DEC_THREADS) attention_decode_kernel(decode_pa
     if (j0 < lo) j0 = lo;
     int64_t qrow = p.cu_q[seq];
     T *kt = (T *)dec_tiles, *vt = kt + (int64_t)p.tile * D;
+    int *subs = (int *)(dec_tiles + ((2 * (size_t)p.tile * D * sizeof(T) + 15) & ~(size_t)15));
+    int ns = 0;              /* new tokens whose rows fall in the chunk, listed in subs */
+    int64_t own_row = -1;    /* this block's to write, the sequence's token's cache row, with its tile row */
+    if (p.rows) {
+        int64_t c0 = (int64_t)split * p.chunk, r = p.rows[qrow], rel = r - start;
+        if (threadIdx.x == 0) n_subs = 0;
+        __syncthreads();
+        for (int64_t t = threadIdx.x; t < p.n_tokens; t += blockDim.x) {
+            int64_t r = (int64_t)p.rows[t] - start;
+            if (r >= c0 && r < j1) {
+                int i = atomicAdd(&n_subs, 1);
+                if (i < p.subs_cap) subs[i] = (int)t;
+            }
+        }
+        __syncthreads();
+        ns = n_subs < p.subs_cap ? n_subs : p.subs_cap;
+        int owner = rel >= 0 && rel < end ? (int)(rel / p.chunk) : 0;
+        if (split == owner && r >= 0) {
+            if (rel >= j0 && rel < j1) own_row = r;
+            else place_new_row(p, qrow, kvh, (T *)NULL, (T *)NULL, r); /* in no tile of the block */
+        }
+    }
     constexpr int per = 16 / (int)sizeof(T);
     bool vec = D % per == 0 && p.ldk % per == 0 && p.ldv % per == 0 && !((uintptr_t)p.k & 15) && !((uintptr_t)p.v & 15);
     /* Every warp runs the same loops (a warp past the group's heads idles through them): the tiles'
@@ -83,7 +155,7 @@ __global__ void __launch_bounds__(DEC_THREADS) attention_decode_kernel(decode_pa
 #pragma unroll
         for (int i = 0; i < DEC_MAX_PER_LANE; i++) {
             int64_t d = lane + (int64_t)i * FINCH_WARP_SIZE;
-            qf[i] = active && d < D ? to_f32(((const T *)p.q)[qrow * p.ldq + h * D + d]) * p.scale : 0.0f;
+            qf[i] = active && d < D ? to_f32(rope_element(p.rope, (const T *)p.q + qrow * p.ldq + h * D, qrow, (int)d)) * p.scale : 0.0f;
             acc[i] = 0.0f;
         }
         float m = -INFINITY, l = 0.0f;
@@ -91,6 +163,13 @@ __global__ void __launch_bounds__(DEC_THREADS) attention_decode_kernel(decode_pa
             int n = j1 - t0 < p.tile ? (int)(j1 - t0) : p.tile;
             __syncthreads(); /* the last tile is read */
             load_tile(p, start + t0, kvh, n, kt, vt, vec);
+            for (int i = 0; i < ns; i++) { /* the same on every thread: the barrier is the block's */
+                int64_t jj = (int64_t)p.rows[subs[i]] - start - t0;
+                if (jj >= 0 && jj < n) {
+                    __syncthreads(); /* the tile's loads are done */
+                    place_new_row(p, subs[i], kvh, kt + jj * D, vt + jj * D, subs[i] == qrow ? own_row : -1);
+                }
+            }
             __syncthreads();
             if (!active) continue;
             for (int jj = 0; jj < n; jj++) {
@@ -177,10 +256,18 @@ __global__ void attention_decode_combine_kernel(decode_params p, T *o, int64_t l
     if (lse && threadIdx.x == 0) lse[h * n_tokens + qrow] = m + logf(l);
 }
 
-/* The decode path when it applies (*done = 1), else nothing queued. The partial results live in the
+/* What attention_cache_append_forward adds to the descriptor. */
+struct decode_append {
+    const finch_rope_desc *rope;
+    finch_dptr k_new, v_new, rows;
+    int64_t ldk_new, ldv_new;
+};
+
+/* The decode path when it applies (*done = 1), else nothing queued; with a (not NULL) the new keys
+ * and values go in as well. The partial results live in the
  * stream's held scratch (no allocation in a recorded pass), else in stream-ordered scratch. */
 static int attention_decode(finch_plugin_device *dev, finch_plugin_stream *s, gpuStream_t st, const finch_attention_cache_desc *c,
-                            int *done)
+                            const decode_append *a, int *done)
 {
     *done = 0;
     if (c->max_q_len != 1 || c->n_tokens != c->n_seqs || c->n_seqs < 1 || c->n_seqs > 65535) return FINCH_OK;
@@ -214,6 +301,27 @@ static int attention_decode(finch_plugin_device *dev, finch_plugin_stream *s, gp
     if (chunk < DEC_MIN_CHUNK) chunk = DEC_MIN_CHUNK;
     p.chunk = (int)chunk;
     p.splits = (int)((c->max_kv_len + chunk - 1) / chunk);
+    size_t subs_bytes = 0;
+    if (a) {
+        if (!gpu_ptr(a->k_new) || !gpu_ptr(a->v_new) || !gpu_ptr(a->rows) || a->ldk_new < kv_width || a->ldv_new < kv_width ||
+            c->k.offset > c->k.buf->size || c->v.offset > c->v.buf->size)
+            return FINCH_OK; /* the composition reports what is wrong */
+        if (a->rope) {
+            if (a->rope->head_dim != D) return FINCH_OK;
+            GPU_TRY(rope_angles_setup(a->rope, c->n_tokens, &p.rope, "attention_cache_append_forward"));
+        }
+        p.rows = (const int32_t *)gpu_ptr(a->rows);
+        p.k_new = gpu_ptr(a->k_new);
+        p.v_new = gpu_ptr(a->v_new);
+        p.ldk_new = a->ldk_new;
+        p.ldv_new = a->ldv_new;
+        p.n_tokens = c->n_tokens;
+        p.k_bytes = c->k.buf->size - c->k.offset;
+        p.v_bytes = c->v.buf->size - c->v.offset;
+        p.subs_cap = (int)(c->n_tokens < chunk ? c->n_tokens : chunk);
+        subs_bytes = (size_t)p.subs_cap * sizeof(int);
+        if (subs_bytes > 16 * 1024) return FINCH_OK;
+    }
     size_t parts = (size_t)(c->n_seqs * c->n_heads * p.splits);
     size_t bytes = parts * (size_t)(D + 2) * sizeof(float);
     void *held = NULL, *scratch = NULL;
@@ -221,12 +329,12 @@ static int attention_decode(finch_plugin_device *dev, finch_plugin_stream *s, gp
     if (!held) GPU_TRY(gpu_scratch(st, bytes, &scratch, "decode attention partial results"));
     p.part_o = (float *)(held ? held : scratch);
     p.part_ml = p.part_o + parts * (size_t)D;
-    /* Tiles of up to 32 keys, K and V within 48 KiB of shared memory. */
+    /* Tiles of up to 32 keys, K and V (and the list of new rows) within 48 KiB of shared memory. */
     size_t row_bytes = (size_t)D * gpu_dtype_size(c->dtype);
     p.tile = 32;
-    while (p.tile > 1 && 2 * (size_t)p.tile * row_bytes > 48 * 1024) p.tile /= 2;
+    while (p.tile > 1 && 2 * (size_t)p.tile * row_bytes + 16 + subs_bytes > 48 * 1024) p.tile /= 2;
     if (p.tile > p.chunk) p.tile = p.chunk;
-    size_t tile_bytes = 2 * (size_t)p.tile * row_bytes;
+    size_t tile_bytes = ((2 * (size_t)p.tile * row_bytes + 15) & ~(size_t)15) + subs_bytes;
     dim3 grid((unsigned)p.splits, (unsigned)c->n_kv_heads, (unsigned)c->n_seqs);
     dim3 grid2((unsigned)c->n_heads, (unsigned)c->n_seqs);
     int threads2 = D < 32 ? 32 : (int)((D + 31) / 32 * 32);
@@ -264,8 +372,55 @@ extern "C" int plugin_attention_cache_dispatch(finch_plugin_device *dev, finch_p
     GPU_TRY(gpu_begin(dev, s, &st));
     if (c && decode_enabled()) {
         int done = 0;
-        GPU_TRY(attention_decode(dev, s, st, c, &done));
+        GPU_TRY(attention_decode(dev, s, st, c, NULL, &done));
         if (done) return FINCH_OK;
     }
     return plugin_attention_cache_forward(dev, s, c);
+}
+
+/* elementwise.cu */
+extern "C" int plugin_copy_rows(finch_plugin_device *dev, finch_plugin_stream *s, finch_dtype dtype, int64_t n, int64_t cols,
+                                finch_dptr src, int64_t ld_src, finch_dptr rows, finch_dptr dst, int64_t ld_dst);
+
+/* attention_cache_append_forward as the entries it stands for: rope_forward on q and k_new,
+ * copy_rows of k_new and v_new, attention_cache_forward. */
+static int append_composed(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_cache_desc *c,
+                           const decode_append *a)
+{
+    int64_t width = c->n_kv_heads * c->head_dim;
+    if (a->rope) {
+        finch_rope_desc r = *a->rope;
+        r.n_tokens = c->n_tokens;
+        r.dtype = c->dtype;
+        r.x = c->q;
+        r.ldx = c->ldq;
+        r.n_heads = c->n_heads;
+        GPU_TRY(plugin_rope_forward(dev, s, &r));
+        r.x = a->k_new;
+        r.ldx = a->ldk_new;
+        r.n_heads = c->n_kv_heads;
+        GPU_TRY(plugin_rope_forward(dev, s, &r));
+    }
+    GPU_TRY(plugin_copy_rows(dev, s, c->dtype, c->n_tokens, width, a->k_new, a->ldk_new, a->rows, c->k, c->ldk));
+    GPU_TRY(plugin_copy_rows(dev, s, c->dtype, c->n_tokens, width, a->v_new, a->ldv_new, a->rows, c->v, c->ldv));
+    return plugin_attention_cache_dispatch(dev, s, c);
+}
+
+/* The table's attention_cache_append_forward: one decode kernel (and the combine) where every
+ * sequence brings one query row, else the composition. */
+extern "C" int plugin_attention_cache_append_forward(finch_plugin_device *dev, finch_plugin_stream *s,
+                                                     const finch_attention_cache_desc *c, const finch_rope_desc *rope,
+                                                     finch_dptr k_new, int64_t ldk_new, finch_dptr v_new, int64_t ldv_new,
+                                                     finch_dptr rows)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (!c) return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": attention_cache_append_forward: descriptor is NULL");
+    decode_append a = {rope, k_new, v_new, rows, ldk_new, ldv_new};
+    if (decode_enabled()) {
+        int done = 0;
+        GPU_TRY(attention_decode(dev, s, st, c, &a, &done));
+        if (done) return FINCH_OK;
+    }
+    return append_composed(dev, s, c, &a);
 }

@@ -301,6 +301,7 @@ FINCH_GPU_ENTRY(int, linear_cross_entropy, (finch_plugin_device *dev, finch_plug
 FINCH_GPU_ENTRY(int, adamw_step, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d))
 FINCH_GPU_ENTRY(int, adamw8bit_step, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d))
 FINCH_GPU_ENTRY(int, attention_cache_forward, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_cache_desc *d))
+FINCH_GPU_ENTRY(int, attention_cache_append_forward, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_cache_desc *d, const finch_rope_desc *rope, finch_dptr k_new, int64_t ldk_new, finch_dptr v_new, int64_t ldv_new, finch_dptr rows))
 #undef FINCH_GPU_ENTRY
 #ifdef __cplusplus
 }

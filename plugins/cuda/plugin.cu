@@ -668,27 +668,32 @@ static const finch_plugin_api plugin_api = {
     plugin_capture_begin, plugin_capture_end, plugin_graph_launch, plugin_graph_free,
     plugin_event_create, plugin_event_destroy, plugin_event_record, plugin_stream_wait_event,
     plugin_linear_forward_group, plugin_add_rmsnorm_forward,
+    plugin_attention_cache_append_forward,
 };
+
+/* Switches that hand out the table without some entries, for comparison (the core then takes the
+ * calls those entries stand for): FINCH_CUDA_GRAPHS=0, no recording, every call launched on its own;
+ * FINCH_CUDA_ADD_RMSNORM=0, no add_rmsnorm_forward (axpby and rmsnorm); FINCH_CUDA_ATTN_APPEND=0, no
+ * attention_cache_append_forward (rope, copy_rows and attention_cache_forward). */
+static bool switched_off(const char *name)
+{
+    const char *v = getenv(name);
+    return v && !strcmp(v, "0");
+}
 
 extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_plugin_entry(void)
 {
     const char *profile = getenv("FINCH_CUDA_PROFILE");
     if (profile && !strcmp(profile, "1")) return gpu_profiled_api(&plugin_api);
-    /* For comparison: FINCH_CUDA_GRAPHS=0, no recording, every call launched on its own;
-     * FINCH_CUDA_ADD_RMSNORM=0, no fused add_rmsnorm_forward (the core then calls axpby and rmsnorm). */
-    const char *graphs = getenv("FINCH_CUDA_GRAPHS"), *add_norm = getenv("FINCH_CUDA_ADD_RMSNORM");
-    bool no_graphs = graphs && !strcmp(graphs, "0"), no_add_norm = add_norm && !strcmp(add_norm, "0");
-    if (no_graphs || no_add_norm) {
-        static finch_plugin_api plain;
-        plain = plugin_api;
-        if (no_graphs) {
-            plain.capture_begin = NULL;
-            plain.capture_end = NULL;
-            plain.graph_launch = NULL;
-            plain.graph_free = NULL;
-        }
-        if (no_add_norm) plain.add_rmsnorm_forward = NULL;
-        return &plain;
+    static finch_plugin_api plain;
+    plain = plugin_api;
+    if (switched_off("FINCH_CUDA_GRAPHS")) {
+        plain.capture_begin = NULL;
+        plain.capture_end = NULL;
+        plain.graph_launch = NULL;
+        plain.graph_free = NULL;
     }
-    return &plugin_api;
+    if (switched_off("FINCH_CUDA_ADD_RMSNORM")) plain.add_rmsnorm_forward = NULL;
+    if (switched_off("FINCH_CUDA_ATTN_APPEND")) plain.attention_cache_append_forward = NULL;
+    return &plain;
 }
