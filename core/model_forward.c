@@ -201,8 +201,9 @@ static int attention_core(step_ctx *s, int64_t l, const finch_tensor *x, finch_t
     ap.softcap = c->attn_softcap;
     ap.window = c->layer_sliding[l] ? c->sliding_window : 0;
     if (!s->cache) return finch_op_attention(s->g, &q, &k, &v, &ap, o);
+    if (!rope_in_cache) return finch_kv_cache_attention(s->cache, s->g, l, &q, &k, &v, &ap, NULL, o);
     finch_rope_params r = rope_params(s, l, c->n_heads);
-    return finch_kv_cache_attention(s->cache, s->g, l, &q, &k, &v, &ap, rope_in_cache ? &r : NULL, o);
+    return finch_kv_cache_attention(s->cache, s->g, l, &q, &k, &v, &ap, &r, o);
 }
 
 /* Attention with its output projection, for Falcon's parallel layer: out goes only into its sums. */
