@@ -567,10 +567,12 @@ static int head_and_loss(step_ctx *s, const finch_tensor *xL, int want_logits, i
         d.n_tokens = s->n_tokens;
         d.dim = c->hidden;
         d.vocab = c->vocab;
-        /* 128 MiB of f32 logits a chunk (261 tokens of a 128K vocabulary). Every chunk reads the
-         * whole lm head twice (logits, then dhidden): with 32 MiB chunks (65 tokens) a Llama-8B
-         * B2xT2048 step read its 1 GB head 126 times and the loss took 60 ms of 0.56 s on an H200. */
-        int64_t chunk = ((int64_t)128 << 20) / (c->vocab * 4);
+        /* ~128 MiB of logits in the activations' type a chunk (512 tokens of a 128K vocabulary in
+         * bf16), in whole tiles of 128 tokens of the products. Every chunk reads the whole lm head
+         * twice (logits, then dhidden): with 32 MiB chunks (65 tokens) a Llama-8B B2xT2048 step read
+         * its 1 GB head 126 times and the loss took 60 ms of 0.56 s on an H200. */
+        int64_t chunk = ((int64_t)128 << 20) / (c->vocab * (int64_t)finch_dtype_size(hn.dtype));
+        if (chunk >= 128) chunk -= chunk % 128;
         d.chunk_tokens = chunk < 1 ? 1 : chunk > s->n_tokens ? s->n_tokens : chunk;
         d.act_type = hn.dtype;
         d.hidden = hn.data;

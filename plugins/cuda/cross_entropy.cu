@@ -1,54 +1,104 @@
 /* Cross-entropy with optional logit softcap, and the fused lm-head + cross-entropy that produces
  * logits a chunk of tokens at a time (cuBLASLt), turns them into gradients in place, and feeds
  * them straight into dhidden and dW, so [tokens x vocab] never exists in full. */
-#include "gpu_plugin.h"
+#include "word16.cuh"
 
 #include <string.h>
 
-#define THREADS 256
+#define THREADS 512
 
 __device__ __forceinline__ float capped(float z, float softcap)
 {
     return softcap > 0.0f ? softcap * tanhf(z / softcap) : z;
 }
 
-__global__ void __launch_bounds__(THREADS)
-cross_entropy_kernel(int64_t n_tokens, int64_t vocab, int dtype, const void *logits, int64_t ld, const int32_t *labels,
-                     float softcap, float grad_scale, float *loss_sum, float *count, int dl_type, void *dlogits, int64_t lddl,
-                     int32_t *bad)
+/* Adds n capped logits to a running (max, sum of exp(z - max)), rescaling the sum once. */
+template <int N>
+__device__ __forceinline__ void online_add(float *z, float softcap, float &mx, float &sum)
 {
+    float m = mx;
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        z[i] = capped(z[i], softcap);
+        m = fmaxf(m, z[i]);
+    }
+    if (m > mx) {
+        sum = mx == -INFINITY ? 0.0f : sum * expf(mx - m);
+        mx = m;
+    }
+#pragma unroll
+    for (int i = 0; i < N; i++) sum += expf(z[i] - mx);
+}
+
+/* The gradient of the loss by n logits of a row, in place: grad_scale (softmax - onehot), times the
+ * softcap's derivative. */
+template <int N>
+__device__ __forceinline__ void row_gradient(float *v, int64_t j0, int32_t label, float softcap, float lse, float grad_scale)
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        float z = capped(v[i], softcap);
+        float g = expf(z - lse) - (j0 + i == label ? 1.0f : 0.0f);
+        if (softcap > 0.0f) g *= 1.0f - (z / softcap) * (z / softcap);
+        v[i] = grad_scale * g;
+    }
+}
+
+/* One block per row: log-sum-exp, the row's loss, and with dlogits the gradient (it may be logits
+ * itself: every element is read before it is written, by the same thread). `words`: rows of logits
+ * and dlogits start on 16-byte boundaries, so the first vocab - vocab % W elements go 16 bytes at
+ * a time. */
+template <typename T>
+__global__ void __launch_bounds__(THREADS)
+cross_entropy_kernel(int64_t n_tokens, int64_t vocab, const T *logits, int64_t ld, const int32_t *labels, float softcap,
+                     float grad_scale, float *loss_sum, float *count, T *dlogits, int64_t lddl, int words, int32_t *bad)
+{
+    constexpr int W = word16<T>::n;
     __shared__ float shared[32];
+    int64_t head = words ? vocab - vocab % W : 0;
     for (int64_t r = blockIdx.x; r < n_tokens; r += gridDim.x) {
+        const T *z = logits + r * ld;
+        T *dz = dlogits ? dlogits + r * lddl : NULL;
         int32_t label = labels[r];
-        int skip = label == FINCH_IGNORE_INDEX || label < 0 || label >= vocab;
-        if (skip) {
+        if (label == FINCH_IGNORE_INDEX || label < 0 || label >= vocab) {
             if (label != FINCH_IGNORE_INDEX && threadIdx.x == 0) atomicExch(bad, 1);
-            if (dlogits)
-                for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) store_from_f32(dlogits, dl_type, r * lddl + j, 0.0f);
+            if (dz) {
+                float zero[W] = {0.0f};
+                for (int64_t j = (int64_t)threadIdx.x * W; j < head; j += (int64_t)blockDim.x * W) store_word(dz + j, zero);
+                for (int64_t j = head + threadIdx.x; j < vocab; j += blockDim.x) dz[j] = from_f32<T>(0.0f);
+            }
             continue;
         }
-        /* Online max and sum of exponentials, per thread, then across the block. */
         float mx = -INFINITY, sum = 0.0f;
-        for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-            float z = capped(load_as_f32(logits, dtype, r * ld + j), softcap);
-            if (z > mx) { sum = sum * expf(mx - z) + 1.0f; mx = z; }
-            else sum += expf(z - mx);
+        for (int64_t j = (int64_t)threadIdx.x * W; j < head; j += (int64_t)blockDim.x * W) {
+            float v[W];
+            load_word(z + j, v);
+            online_add<W>(v, softcap, mx, sum);
+        }
+        for (int64_t j = head + threadIdx.x; j < vocab; j += blockDim.x) {
+            float v = to_f32(z[j]);
+            online_add<1>(&v, softcap, mx, sum);
         }
         float row_max = block_max(mx, shared);
         sum = mx == -INFINITY ? 0.0f : sum * expf(mx - row_max);
         float lse = row_max + logf(block_sum(sum, shared));
         if (threadIdx.x == 0) {
-            float zl = capped(load_as_f32(logits, dtype, r * ld + label), softcap);
+            float zl = capped(to_f32(z[label]), softcap);
             if (loss_sum) atomicAdd(loss_sum, lse - zl);
             if (count) atomicAdd(count, 1.0f);
         }
-        if (!dlogits) continue;
-        __syncthreads(); /* thread 0 read logits[label] above; dlogits may alias logits */
-        for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-            float raw = load_as_f32(logits, dtype, r * ld + j), z = capped(raw, softcap);
-            float g = expf(z - lse) - (j == label ? 1.0f : 0.0f);
-            if (softcap > 0.0f) g *= 1.0f - (z / softcap) * (z / softcap);
-            store_from_f32(dlogits, dl_type, r * lddl + j, grad_scale * g);
+        if (!dz) continue;
+        __syncthreads(); /* thread 0 read z[label] above; dz may alias z */
+        for (int64_t j = (int64_t)threadIdx.x * W; j < head; j += (int64_t)blockDim.x * W) {
+            float v[W];
+            load_word(z + j, v);
+            row_gradient<W>(v, j, label, softcap, lse, grad_scale);
+            store_word(dz + j, v);
+        }
+        for (int64_t j = head + threadIdx.x; j < vocab; j += blockDim.x) {
+            float v = to_f32(z[j]);
+            row_gradient<1>(&v, j, label, softcap, lse, grad_scale);
+            dz[j] = from_f32<T>(v);
         }
     }
 }
@@ -58,9 +108,15 @@ int gpu_cross_entropy_rows(gpuStream_t st, int64_t n_tokens, int64_t vocab, finc
                            float *count, finch_dtype dl_type, void *dlogits, int64_t lddl, int32_t *bad)
 {
     if (n_tokens <= 0) return FINCH_OK;
+    if (dlogits && dl_type != dtype)
+        return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": cross_entropy: gradient type %s for logits of %s",
+                        gpu_dtype_name(dl_type), gpu_dtype_name(dtype));
     unsigned blocks = (unsigned)(n_tokens < 65535 * 8 ? n_tokens : 65535 * 8);
-    cross_entropy_kernel<<<blocks, THREADS, 0, st>>>(n_tokens, vocab, dtype, logits, ld, labels, softcap, grad_scale, loss_sum,
-                                                     count, dl_type, dlogits, lddl, bad);
+    size_t es = gpu_dtype_size(dtype);
+    int words = rows_on_words(logits, ld, es) && rows_on_words(dlogits, lddl, es);
+    FINCH_DISPATCH_FLOAT(dtype, T, "cross_entropy",
+        cross_entropy_kernel<T><<<blocks, THREADS, 0, st>>>(n_tokens, vocab, (const T *)logits, ld, labels, softcap, grad_scale,
+                                                            loss_sum, count, (T *)dlogits, lddl, words, bad));
     return GPU_LAUNCHED("cross_entropy");
 }
 
@@ -124,24 +180,21 @@ extern "C" int plugin_linear_cross_entropy(finch_plugin_device *dev, finch_plugi
     GPU_TRY(gpu_weight_operand(&d->w, d->vocab, d->dim, 1, &w_t));
     GPU_TRY(gpu_weight_operand(&d->w, d->vocab, d->dim, 0, &w));
     int backward = d->grad_scale != 0.0f && (gpu_ptr(d->dhidden) || gpu_ptr(d->dw));
-    /* Gradients go back to the storage type of the weight when cuBLASLt can then take them. */
-    int narrow = backward && d->act_type != FINCH_DTYPE_F32 && d->w.dtype == d->act_type;
+    /* Logits in the activations' 16-bit type when the weight has it too (as the model's own lm head
+     * writes them; the loss is taken in f32 from there), and their gradient written over them: half
+     * the bytes of f32 logits and no cast before the gradient products. Else f32. */
+    finch_dtype lt = d->act_type != FINCH_DTYPE_F32 && d->w.dtype == d->act_type ? d->act_type : FINCH_DTYPE_F32;
 
     int64_t chunk = d->chunk_tokens;
-    if (chunk <= 0) chunk = (int64_t)((256u << 20) / ((size_t)d->vocab * 4)); /* ~256 MiB of f32 logits */
+    if (chunk <= 0) chunk = (int64_t)((256u << 20) / ((size_t)d->vocab * gpu_dtype_size(lt))); /* ~256 MiB of logits */
     if (chunk < 1) chunk = 1;
     if (chunk > d->n_tokens) chunk = d->n_tokens;
 
-    float *logits = NULL;
-    void *narrow_grad = NULL;
+    void *logits = NULL;
     int32_t *bad = NULL;
-    int rc = gpu_scratch(st, (size_t)chunk * d->vocab * sizeof(float), (void **)&logits, "linear_cross_entropy logits chunk");
-    if (!rc && narrow)
-        rc = gpu_scratch(st, (size_t)chunk * d->vocab * gpu_dtype_size(d->act_type), &narrow_grad,
-                         "linear_cross_entropy gradient chunk");
+    int rc = gpu_scratch(st, (size_t)chunk * d->vocab * gpu_dtype_size(lt), &logits, "linear_cross_entropy logits chunk");
     if (!rc) rc = new_flag(st, &bad, "linear_cross_entropy");
     if (rc) {
-        gpu_scratch_free(st, narrow_grad);
         gpu_scratch_free(st, logits);
         return rc;
     }
@@ -152,23 +205,17 @@ extern "C" int plugin_linear_cross_entropy(finch_plugin_device *dev, finch_plugi
         h.ptr = (const char *)gpu_ptr(d->hidden) + c0 * d->ldh * hsize;
         h.dtype = d->act_type;
         h.ld = d->ldh;
-        rc = gpu_gemm(dev, st, rows, d->vocab, d->dim, &h, &w_t, FINCH_DTYPE_F32, logits, d->vocab, 0, 1, 1.0f, 0.0f);
+        rc = gpu_gemm(dev, st, rows, d->vocab, d->dim, &h, &w_t, lt, logits, d->vocab, 0, 1, 1.0f, 0.0f);
         if (!rc)
-            rc = gpu_cross_entropy_rows(st, rows, d->vocab, FINCH_DTYPE_F32, logits, d->vocab,
-                                        (const int32_t *)gpu_ptr(d->labels) + c0, d->softcap, d->grad_scale,
-                                        (float *)gpu_ptr(d->loss_sum), (float *)gpu_ptr(d->count), FINCH_DTYPE_F32,
+            rc = gpu_cross_entropy_rows(st, rows, d->vocab, lt, logits, d->vocab, (const int32_t *)gpu_ptr(d->labels) + c0,
+                                        d->softcap, d->grad_scale, (float *)gpu_ptr(d->loss_sum), (float *)gpu_ptr(d->count), lt,
                                         backward ? logits : NULL, d->vocab, bad);
         if (rc || !backward) continue;
         gpu_operand g;
         memset(&g, 0, sizeof g);
         g.ptr = logits;
-        g.dtype = FINCH_DTYPE_F32;
+        g.dtype = lt;
         g.ld = d->vocab;
-        if (narrow) {
-            rc = gpu_cast(st, rows * d->vocab, FINCH_DTYPE_F32, logits, d->act_type, narrow_grad);
-            g.ptr = narrow_grad;
-            g.dtype = d->act_type;
-        }
         if (!rc && gpu_ptr(d->dhidden))
             rc = gpu_gemm(dev, st, rows, d->dim, d->vocab, &g, &w, d->act_type,
                           (char *)gpu_ptr(d->dhidden) + c0 * d->lddh * hsize, d->lddh, 0, 1, 1.0f,
@@ -178,7 +225,6 @@ extern "C" int plugin_linear_cross_entropy(finch_plugin_device *dev, finch_plugi
             rc = gpu_gemm(dev, st, d->vocab, d->dim, rows, &g, &h, FINCH_DTYPE_F32, gpu_ptr(d->dw), d->dim, 0, 1, 1.0f, 1.0f);
         }
     }
-    gpu_scratch_free(st, narrow_grad);
     gpu_scratch_free(st, logits);
     return finish_flag(st, bad, rc, "linear_cross_entropy", d->vocab);
 }

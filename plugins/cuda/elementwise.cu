@@ -1,5 +1,6 @@
 /* Element-wise entries: fill, copy_rows, cast, axpby, sum_squares, activation and gated-unit forward/backward. */
 #include "activation.h"
+#include "word16.cuh"
 
 #define THREADS 256
 #define GRID_STRIDE(i, n) for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
@@ -220,46 +221,90 @@ extern "C" int plugin_activation_backward(finch_plugin_device *dev, finch_plugin
  * not a parameter of the glu entries, so the gated entries accept the four plain activations.
  * Blocks take rows (grid-stride, blockIdx.y), threads the columns of a row (and with few rows, several
  * blocks a row along blockIdx.x, so that one token's row is not left to one SM): no 64-bit division
- * per element. */
+ * per element. With `words` (every row on a 16-byte boundary) a thread takes a 16-byte word of each
+ * row at a time, the last dim % W columns one by one. The backward may write over gate and up: each
+ * element is read before it is written, by the same thread. */
+template <int N>
+__device__ __forceinline__ void glu_forward_elements(int act, const float *g, const float *u, float *o)
+{
+#pragma unroll
+    for (int k = 0; k < N; k++) o[k] = act_forward(act, 0.0f, g[k]) * u[k];
+}
+
+template <int N>
+__device__ __forceinline__ void glu_backward_elements(int act, const float *g, const float *u, const float *d, float *dg,
+                                                      float *du)
+{
+#pragma unroll
+    for (int k = 0; k < N; k++) {
+        float a = act_forward(act, 0.0f, g[k]), da = act_derivative(act, 0.0f, g[k]);
+        dg[k] = d[k] * u[k] * da;
+        du[k] = d[k] * a;
+    }
+}
+
 template <typename T>
 __global__ void glu_forward_kernel(int act, int64_t n, int64_t dim, const T *gate, int64_t ldg, const T *up,
-                                   int64_t ldu, T *out)
+                                   int64_t ldu, T *out, int words)
 {
+    constexpr int W = word16<T>::n;
     gpu_grid_release();
     gpu_grid_wait();
+    int64_t head = words ? dim - dim % W : 0, t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x,
+            stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
         const T *gr = gate + i * ldg, *ur = up + i * ldu;
         T *orow = out + i * dim;
-        for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < dim; j += (int64_t)gridDim.x * blockDim.x) {
-            float g = to_f32(gr[j]), u = to_f32(ur[j]);
-            orow[j] = from_f32<T>(act_forward(act, 0.0f, g) * u);
+        for (int64_t j = t * W; j < head; j += stride * W) {
+            float g[W], u[W], o[W];
+            load_word(gr + j, g);
+            load_word(ur + j, u);
+            glu_forward_elements<W>(act, g, u, o);
+            store_word(orow + j, o);
+        }
+        for (int64_t j = head + t; j < dim; j += stride) {
+            float g = to_f32(gr[j]), u = to_f32(ur[j]), o;
+            glu_forward_elements<1>(act, &g, &u, &o);
+            orow[j] = from_f32<T>(o);
         }
     }
 }
 
 template <typename T>
 __global__ void glu_backward_kernel(int act, int64_t n, int64_t dim, const T *gate, int64_t ldg, const T *up,
-                                    int64_t ldu, const T *dout, T *dgate, T *dup)
+                                    int64_t ldu, const T *dout, T *dgate, T *dup, int words)
 {
+    constexpr int W = word16<T>::n;
+    int64_t head = words ? dim - dim % W : 0, t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x,
+            stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = blockIdx.y; i < n; i += gridDim.y) {
         const T *gr = gate + i * ldg, *ur = up + i * ldu, *dr = dout + i * dim;
         T *dgr = dgate + i * ldg, *dur = dup + i * ldu;
-        for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < dim; j += (int64_t)gridDim.x * blockDim.x) {
-            float g = to_f32(gr[j]), u = to_f32(ur[j]), d = to_f32(dr[j]);
-            float a = act_forward(act, 0.0f, g), da = act_derivative(act, 0.0f, g);
-            dgr[j] = from_f32<T>(d * u * da);
-            dur[j] = from_f32<T>(d * a);
+        for (int64_t j = t * W; j < head; j += stride * W) {
+            float g[W], u[W], d[W], dg[W], du[W];
+            load_word(gr + j, g);
+            load_word(ur + j, u);
+            load_word(dr + j, d);
+            glu_backward_elements<W>(act, g, u, d, dg, du);
+            store_word(dgr + j, dg);
+            store_word(dur + j, du);
+        }
+        for (int64_t j = head + t; j < dim; j += stride) {
+            float g = to_f32(gr[j]), u = to_f32(ur[j]), d = to_f32(dr[j]), dg, du;
+            glu_backward_elements<1>(act, &g, &u, &d, &dg, &du);
+            dgr[j] = from_f32<T>(dg);
+            dur[j] = from_f32<T>(du);
         }
     }
 }
 
 /* Blocks for the row-wise gated kernels: one per row up to the grid's y limit (then grid-stride);
- * under 256 rows, a row's columns spread over up to 64 blocks. */
-static dim3 glu_blocks(int64_t n, int64_t dim)
+ * under 256 rows, a row's columns (per_thread a thread at a time) spread over up to 64 blocks. */
+static dim3 glu_blocks(int64_t n, int64_t dim, int per_thread)
 {
     unsigned across = 1;
     if (n < 256) {
-        int64_t want = (dim + THREADS - 1) / THREADS;
+        int64_t want = (dim + (int64_t)THREADS * per_thread - 1) / ((int64_t)THREADS * per_thread);
         across = (unsigned)(want < 64 ? want : 64);
     }
     return dim3(across, (unsigned)(n < 65535 ? n : 65535));
@@ -288,9 +333,11 @@ extern "C" int plugin_glu_forward(finch_plugin_device *dev, finch_plugin_stream 
     GPU_TRY(check_ptr(gpu_ptr(up), "glu_forward", "up"));
     GPU_TRY(check_ptr(gpu_ptr(out), "glu_forward", "out"));
     gpuError_t err = gpuSuccess;
+    size_t es = gpu_dtype_size(dtype);
+    int words = rows_on_words(gpu_ptr(gate), ldg, es) && rows_on_words(gpu_ptr(up), ldu, es) && rows_on_words(gpu_ptr(out), dim, es);
     FINCH_DISPATCH_FLOAT(dtype, T, "glu_forward",
-        err = gpu_launch(glu_forward_kernel<T>, glu_blocks(n, dim), dim3(THREADS), 0, st, (int)act, n, dim, (const T *)gpu_ptr(gate),
-                         ldg, (const T *)gpu_ptr(up), ldu, (T *)gpu_ptr(out)));
+        err = gpu_launch(glu_forward_kernel<T>, glu_blocks(n, dim, words ? word16<T>::n : 1), dim3(THREADS), 0, st, (int)act, n, dim,
+                         (const T *)gpu_ptr(gate), ldg, (const T *)gpu_ptr(up), ldu, (T *)gpu_ptr(out), words));
     return gpu_check(err, "glu_forward");
 }
 
@@ -307,9 +354,13 @@ extern "C" int plugin_glu_backward(finch_plugin_device *dev, finch_plugin_stream
     GPU_TRY(check_ptr(gpu_ptr(dout), "glu_backward", "dout"));
     GPU_TRY(check_ptr(gpu_ptr(dgate), "glu_backward", "dgate"));
     GPU_TRY(check_ptr(gpu_ptr(dup), "glu_backward", "dup"));
+    size_t es = gpu_dtype_size(dtype);
+    int words = rows_on_words(gpu_ptr(gate), ldg, es) && rows_on_words(gpu_ptr(up), ldu, es) &&
+                rows_on_words(gpu_ptr(dout), dim, es) && rows_on_words(gpu_ptr(dgate), ldg, es) &&
+                rows_on_words(gpu_ptr(dup), ldu, es);
     FINCH_DISPATCH_FLOAT(dtype, T, "glu_backward",
-        glu_backward_kernel<T><<<glu_blocks(n, dim), THREADS, 0, st>>>(
+        glu_backward_kernel<T><<<glu_blocks(n, dim, words ? word16<T>::n : 1), THREADS, 0, st>>>(
             act, n, dim, (const T *)gpu_ptr(gate), ldg, (const T *)gpu_ptr(up), ldu, (const T *)gpu_ptr(dout),
-            (T *)gpu_ptr(dgate), (T *)gpu_ptr(dup)));
+            (T *)gpu_ptr(dgate), (T *)gpu_ptr(dup), words));
     return GPU_LAUNCHED("glu_backward");
 }

@@ -205,27 +205,28 @@ static int check_forward(const finch_linear_desc *d, const char *entry)
     return FINCH_OK;
 }
 
-/* y = x W^T. */
-static int forward_base(finch_plugin_device *dev, gpuStream_t st, const finch_linear_desc *d)
+/* y = x W^T + beta y. */
+static int forward_base(finch_plugin_device *dev, gpuStream_t st, const finch_linear_desc *d, float beta)
 {
     gpu_operand x = operand(gpu_ptr(d->x), d->act_type, 0, d->ldx), wt;
     GPU_TRY(gpu_weight_operand(&d->w, d->out_features, d->in_features, 1, &wt));
     return gpu_gemm(dev, st, d->m, d->out_features, d->in_features, &x, &wt, d->act_type, gpu_ptr(d->y), d->ldy, 0, 1, 1.0f,
-                    0.0f);
+                    beta);
 }
 
-/* y += bias + scale (drop(x) A^T) B^T, writing xa. */
-static int forward_rest(finch_plugin_device *dev, gpuStream_t st, const finch_linear_desc *d)
+static int forward_bias(gpuStream_t st, const finch_linear_desc *d)
 {
-    if (gpu_ptr(d->bias)) {
-        int64_t n = d->m * d->out_features;
-        FINCH_DISPATCH_FLOAT(d->act_type, T, "linear bias",
-            add_bias_kernel<T><<<gpu_blocks(n, THREADS), THREADS, 0, st>>>(d->m, d->out_features, (T *)gpu_ptr(d->y), d->ldy,
-                                                                           gpu_ptr(d->bias), d->param_type));
-        GPU_TRY(GPU_LAUNCHED("linear bias"));
-    }
-    if (d->rank == 0) return FINCH_OK;
+    if (!gpu_ptr(d->bias)) return FINCH_OK;
+    int64_t n = d->m * d->out_features;
+    FINCH_DISPATCH_FLOAT(d->act_type, T, "linear bias",
+        add_bias_kernel<T><<<gpu_blocks(n, THREADS), THREADS, 0, st>>>(d->m, d->out_features, (T *)gpu_ptr(d->y), d->ldy,
+                                                                       gpu_ptr(d->bias), d->param_type));
+    return GPU_LAUNCHED("linear bias");
+}
 
+/* y = scale (drop(x) A^T) B^T + beta y, writing xa. */
+static int forward_adapter(finch_plugin_device *dev, gpuStream_t st, const finch_linear_desc *d, float beta)
+{
     scratch_set ss = {st, {0}, 0};
     gpu_operand xin;
     factors f;
@@ -238,9 +239,19 @@ static int forward_rest(finch_plugin_device *dev, gpuStream_t st, const finch_li
     if (!rc) rc = rank_operand(&ss, xa, d->m, d->rank, rank_partner(d, f.t), 0, &a);
     if (!rc) {
         gpu_operand bt = operand(f.b, f.t, 1, d->rank);
-        rc = gpu_gemm(dev, st, d->m, d->out_features, d->rank, &a, &bt, d->act_type, gpu_ptr(d->y), d->ldy, 0, 1, d->scale, 1.0f);
+        rc = gpu_gemm(dev, st, d->m, d->out_features, d->rank, &a, &bt, d->act_type, gpu_ptr(d->y), d->ldy, 0, 1, d->scale, beta);
     }
     return release(&ss, rc);
+}
+
+/* y = x W^T + bias + scale (drop(x) A^T) B^T. The adapter's product goes first, into y, and the base
+ * product adds itself to it as it stores (C = y, beta 1): a pass of its own reading and writing y
+ * after the base product would cost as much as the adapter's products together. */
+static int forward_one(finch_plugin_device *dev, gpuStream_t st, const finch_linear_desc *d)
+{
+    if (d->rank > 0) GPU_TRY(forward_adapter(dev, st, d, 0.0f));
+    GPU_TRY(forward_base(dev, st, d, d->rank > 0 ? 1.0f : 0.0f));
+    return forward_bias(st, d);
 }
 
 extern "C" int plugin_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d)
@@ -249,8 +260,7 @@ extern "C" int plugin_linear_forward(finch_plugin_device *dev, finch_plugin_stre
     GPU_TRY(gpu_begin(dev, s, &st));
     GPU_TRY(check_forward(d, "linear_forward"));
     if (d->m == 0) return FINCH_OK;
-    GPU_TRY(forward_base(dev, st, d));
-    return forward_rest(dev, st, d);
+    return forward_one(dev, st, d);
 }
 
 /* FINCH_CUDA_GEMV_GROUP=0: a group's products one by one (for comparing). */
@@ -290,8 +300,12 @@ extern "C" int plugin_linear_forward_group(finch_plugin_device *dev, finch_plugi
         GPU_TRY(gpu_gemv_group(dev, st, d0->m, d0->in_features, &x, count, w, n, d0->act_type, c, ldc, 1.0f, 0.0f, &done));
     }
     for (int i = 0; i < count; i++) {
-        if (!done) GPU_TRY(forward_base(dev, st, &descs[i]));
-        GPU_TRY(forward_rest(dev, st, &descs[i]));
+        if (!done) {
+            GPU_TRY(forward_one(dev, st, &descs[i]));
+            continue;
+        }
+        GPU_TRY(forward_bias(st, &descs[i]));
+        if (descs[i].rank > 0) GPU_TRY(forward_adapter(dev, st, &descs[i], 1.0f));
     }
     return FINCH_OK;
 }
@@ -321,45 +335,56 @@ extern "C" int plugin_linear_backward(finch_plugin_device *dev, finch_plugin_str
     factors f = {NULL, NULL, d->param_type};
     int rc = lora ? adapter_factors(&ss, d, &f) : FINCH_OK;
 
-    if (gpu_ptr(d->dx)) {
+    /* g = dy B (f32 [m, rank]) and its rounding for the products with A and x. */
+    float *g = NULL;
+    gpu_operand gop;
+    int lora_dx = lora && gpu_ptr(d->dx), lora_da = lora && gpu_ptr(d->da);
+    if (!rc && (lora_dx || lora_da)) {
+        gpu_operand b = operand(f.b, f.t, 0, r);
+        rc = take(&ss, (size_t)m * r * sizeof(float), (void **)&g, "linear dy B");
+        if (!rc) rc = gpu_gemm(dev, st, m, r, out, &dy, &b, FINCH_DTYPE_F32, g, r, 0, 1, 1.0f, 0.0f);
+        if (!rc) rc = rank_operand(&ss, g, m, r, rank_partner(d, f.t), 0, &gop);
+    }
+    /* dx: without dropout the adapter's term first, so that the base product adds itself to it as
+     * it stores (see forward_one); with dropout the base product first and the masked term after. */
+    int adapter_first = lora_dx && d->dropout <= 0.0f;
+    float dx_beta = d->dx_accumulate ? 1.0f : 0.0f;
+    if (!rc && adapter_first) {
+        gpu_operand a = operand(f.a, f.t, 0, in);
+        rc = gpu_gemm(dev, st, m, in, r, &gop, &a, d->act_type, gpu_ptr(d->dx), d->lddx, 0, 1, d->scale, dx_beta);
+        dx_beta = 1.0f;
+    }
+    if (!rc && gpu_ptr(d->dx)) {
         gpu_operand w;
         rc = gpu_weight_operand(&d->w, out, in, 0, &w);
-        if (!rc) rc = gpu_gemm(dev, st, m, in, out, &dy, &w, d->act_type, gpu_ptr(d->dx), d->lddx, 0, 1, 1.0f,
-                               d->dx_accumulate ? 1.0f : 0.0f);
+        if (!rc) rc = gpu_gemm(dev, st, m, in, out, &dy, &w, d->act_type, gpu_ptr(d->dx), d->lddx, 0, 1, 1.0f, dx_beta);
+    }
+    if (!rc && lora_dx && !adapter_first) {
+        float *t = NULL;
+        gpu_operand a = operand(f.a, f.t, 0, in);
+        rc = take(&ss, (size_t)m * in * sizeof(float), (void **)&t, "linear (dy B) A");
+        if (!rc) rc = gpu_gemm(dev, st, m, in, r, &gop, &a, FINCH_DTYPE_F32, t, in, 0, 1, 1.0f, 0.0f);
+        if (!rc) {
+            FINCH_DISPATCH_FLOAT(d->act_type, T, "linear dropout backward",
+                dropout_backward_kernel<T><<<gpu_blocks(m * in, THREADS), THREADS, 0, st>>>(
+                    m, in, t, d->dropout_seed, d->dropout, d->scale, (T *)gpu_ptr(d->dx), d->lddx));
+            rc = GPU_LAUNCHED("linear dropout backward");
+        }
     }
     if (!rc && gpu_ptr(d->dw))
         rc = gpu_gemm(dev, st, out, in, m, &dyt, &x, FINCH_DTYPE_F32, gpu_ptr(d->dw), in, 0, 1, 1.0f, 1.0f);
     if (!rc && gpu_ptr(d->dbias))
         rc = gpu_column_sums(st, m, out, d->act_type, gpu_ptr(d->dy), d->lddy, NULL, 0, NULL, NULL, (float *)gpu_ptr(d->dbias));
-
-    if (!rc && lora && (gpu_ptr(d->dx) || gpu_ptr(d->da))) {
-        float *g = NULL; /* g = dy B, f32 [m, rank] */
-        gpu_operand b = operand(f.b, f.t, 0, r);
-        rc = take(&ss, (size_t)m * r * sizeof(float), (void **)&g, "linear dy B");
-        if (!rc) rc = gpu_gemm(dev, st, m, r, out, &dy, &b, FINCH_DTYPE_F32, g, r, 0, 1, 1.0f, 0.0f);
-        gpu_operand gop, a = operand(f.a, f.t, 0, in);
-        if (!rc && gpu_ptr(d->dx)) rc = rank_operand(&ss, g, m, r, rank_partner(d, f.t), 0, &gop);
-        if (!rc && gpu_ptr(d->dx)) {
-            if (d->dropout <= 0.0f) {
-                rc = gpu_gemm(dev, st, m, in, r, &gop, &a, d->act_type, gpu_ptr(d->dx), d->lddx, 0, 1, d->scale, 1.0f);
-            } else {
-                float *t = NULL;
-                rc = take(&ss, (size_t)m * in * sizeof(float), (void **)&t, "linear (dy B) A");
-                if (!rc) rc = gpu_gemm(dev, st, m, in, r, &gop, &a, FINCH_DTYPE_F32, t, in, 0, 1, 1.0f, 0.0f);
-                if (!rc) {
-                    FINCH_DISPATCH_FLOAT(d->act_type, T, "linear dropout backward",
-                        dropout_backward_kernel<T><<<gpu_blocks(m * in, THREADS), THREADS, 0, st>>>(
-                            m, in, t, d->dropout_seed, d->dropout, d->scale, (T *)gpu_ptr(d->dx), d->lddx));
-                    rc = GPU_LAUNCHED("linear dropout backward");
-                }
-            }
+    if (!rc && lora_da) {
+        gpu_operand xin, gt;
+        rc = adapter_input(&ss, d, &xin);
+        if (!rc && rank_partner(d, xin.dtype) == gop.dtype) {
+            gt = gop;
+            gt.trans = 1;
+        } else if (!rc) {
+            rc = rank_operand(&ss, g, m, r, rank_partner(d, xin.dtype), 1, &gt);
         }
-        if (!rc && gpu_ptr(d->da)) {
-            gpu_operand xin, gt;
-            rc = adapter_input(&ss, d, &xin);
-            if (!rc) rc = rank_operand(&ss, g, m, r, rank_partner(d, xin.dtype), 1, &gt);
-            if (!rc) rc = gpu_gemm(dev, st, r, in, m, &gt, &xin, FINCH_DTYPE_F32, gpu_ptr(d->da), in, 0, 1, d->scale, 1.0f);
-        }
+        if (!rc) rc = gpu_gemm(dev, st, r, in, m, &gt, &xin, FINCH_DTYPE_F32, gpu_ptr(d->da), in, 0, 1, d->scale, 1.0f);
     }
     if (!rc && lora && gpu_ptr(d->db)) {
         float *xa = (float *)gpu_ptr(d->xa);

@@ -1,6 +1,6 @@
 /* RMSNorm and LayerNorm forward/backward: one block per row, statistics in f32; weight and bias
  * gradients by a column reduction shared with the linear bias gradient. */
-#include "gpu_plugin.h"
+#include "word16.cuh"
 
 #define THREADS 256
 #define ROW_CHUNK 128 /* rows per block of the column reduction */
@@ -82,26 +82,47 @@ rmsnorm_forward_kernel(int64_t n, int64_t dim, const T *x, const T *d, T *sum, c
     }
 }
 
-template <typename T, typename W>
+/* dx of RMSNorm, a row a block. With `words` (dim a multiple of a 16-byte word, rows on 16-byte
+ * boundaries) x, dy and dx go a word at a time. */
+template <int N, typename W>
+__device__ __forceinline__ void rms_weights(const W *w, float offset, int64_t j, float *wv)
+{
+#pragma unroll
+    for (int k = 0; k < N; k++) wv[k] = w ? to_f32(w[j + k]) + offset : 1.0f;
+}
+
+template <typename T, typename W, bool WORDS>
 __global__ void __launch_bounds__(THREADS)
 rmsnorm_backward_kernel(int64_t n, int64_t dim, const T *x, const W *w, float offset, const float *rstd_in, const T *dy,
                         T *dx, int accumulate)
 {
+    constexpr int N = WORDS ? word16<T>::n : 1;
     __shared__ float shared[32];
     for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
         const T *xr = x + r * dim, *dyr = dy + r * dim;
+        T *dxr = dx + r * dim;
         float rstd = rstd_in[r], dot = 0.0f;
-        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
-            float wv = w ? to_f32(w[j]) + offset : 1.0f;
-            dot += to_f32(dyr[j]) * wv * to_f32(xr[j]) * rstd;
+        for (int64_t j = (int64_t)threadIdx.x * N; j < dim; j += (int64_t)blockDim.x * N) {
+            float xv[N], gv[N], wv[N];
+            load_elements<N>(xr + j, xv);
+            load_elements<N>(dyr + j, gv);
+            rms_weights<N>(w, offset, j, wv);
+#pragma unroll
+            for (int k = 0; k < N; k++) dot += gv[k] * wv[k] * xv[k] * rstd;
         }
         float mean_gx = block_sum(dot, shared) / (float)dim;
-        for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
-            float wv = w ? to_f32(w[j]) + offset : 1.0f;
-            float xhat = to_f32(xr[j]) * rstd;
-            float v = rstd * (to_f32(dyr[j]) * wv - xhat * mean_gx);
-            if (accumulate) v += to_f32(dx[r * dim + j]);
-            dx[r * dim + j] = from_f32<T>(v);
+        for (int64_t j = (int64_t)threadIdx.x * N; j < dim; j += (int64_t)blockDim.x * N) {
+            float xv[N], gv[N], wv[N], out[N];
+            load_elements<N>(xr + j, xv);
+            load_elements<N>(dyr + j, gv);
+            rms_weights<N>(w, offset, j, wv);
+            if (accumulate) load_elements<N>(dxr + j, out);
+#pragma unroll
+            for (int k = 0; k < N; k++) {
+                float v = rstd * (gv[k] * wv[k] - xv[k] * rstd * mean_gx);
+                out[k] = accumulate ? out[k] + v : v;
+            }
+            store_elements<N>(dxr + j, out);
         }
     }
 }
@@ -264,8 +285,11 @@ extern "C" int plugin_rmsnorm_backward(finch_plugin_device *dev, finch_plugin_st
         GPU_TRY(gpu_column_sums(st, n, dim, dtype, gpu_ptr(dy), dim, gpu_ptr(x), dim, NULL, (const float *)gpu_ptr(rstd),
                                 (float *)gpu_ptr(dw)));
     if (gpu_ptr(dx)) {
+        size_t es = gpu_dtype_size(dtype);
+        bool words = (dim * (int64_t)es) % 16 == 0 && rows_on_words(gpu_ptr(x), dim, es) && rows_on_words(gpu_ptr(dy), dim, es) &&
+                     rows_on_words(gpu_ptr(dx), dim, es);
         DISPATCH_NORM(dtype, w_type, "rmsnorm_backward",
-            rmsnorm_backward_kernel<T, W><<<row_blocks(n), THREADS, 0, st>>>(
+            (words ? rmsnorm_backward_kernel<T, W, true> : rmsnorm_backward_kernel<T, W, false>)<<<row_blocks(n), THREADS, 0, st>>>(
                 n, dim, (const T *)gpu_ptr(x), (const W *)gpu_ptr(w), weight_offset, (const float *)gpu_ptr(rstd),
                 (const T *)gpu_ptr(dy), (T *)gpu_ptr(dx), dx_accumulate));
         GPU_TRY(GPU_LAUNCHED("rmsnorm_backward"));
