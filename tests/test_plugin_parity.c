@@ -2112,8 +2112,13 @@ static void benchmarks(void)
         bench("gemm bf16 8192^3 (A B^T)", bench_gemm, &d, 2.0 * n * n * n);
         release_all();
     }
-    /* LoRA linear, Llama-8B q_proj-like: m = 4 x 2048 tokens, 4096 -> 4096, r 16. */
-    for (int nf4 = 0; nf4 < 2; nf4++) {
+    /* LoRA linear, Llama-8B q_proj-like: m = 4 x 2048 tokens, 4096 -> 4096, r 16; bf16 factors, NF4 W, and
+     * f32 factors (as the trainer keeps them). */
+    const char *which = getenv("FINCH_PARITY_BENCH");
+    int linear_only = which && !strcmp(which, "linear");
+    for (int kind = 0; kind < 3; kind++) {
+        int nf4 = kind == 1, f32_factors = kind == 2;
+        if (linear_only && nf4) continue;
         int64_t m = 8192, in = 4096, out = 4096, r = 16;
         finch_linear_desc d;
         memset(&d, 0, sizeof d);
@@ -2131,8 +2136,9 @@ static void benchmarks(void)
             d.w.dtype = FINCH_DTYPE_BF16;
             d.w.data = bench_buffer(FINCH_DTYPE_BF16, (size_t)(out * in), 0.02f);
         }
-        d.lora_a = bench_buffer(FINCH_DTYPE_BF16, (size_t)(r * in), 0.02f);
-        d.lora_b = bench_buffer(FINCH_DTYPE_BF16, (size_t)(out * r), 0.02f);
+        if (f32_factors) d.param_type = FINCH_DTYPE_F32;
+        d.lora_a = bench_buffer(d.param_type, (size_t)(r * in), 0.02f);
+        d.lora_b = bench_buffer(d.param_type, (size_t)(out * r), 0.02f);
         d.scale = 2.0f;
         d.xa = bench_buffer(FINCH_DTYPE_F32, (size_t)(m * r), 1.0f);
         d.dy = bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * out), 1.0f); d.lddy = out;
@@ -2140,12 +2146,14 @@ static void benchmarks(void)
         d.da = bench_buffer(FINCH_DTYPE_F32, (size_t)(r * in), 1.0f);
         d.db = bench_buffer(FINCH_DTYPE_F32, (size_t)(out * r), 1.0f);
         double base = 2.0 * m * in * out, lora = 2.0 * m * r * (in + out);
-        snprintf(name, sizeof name, "linear_forward %s 8192x4096->4096 r16", nf4 ? "nf4" : "bf16");
+        const char *kind = f32_factors ? "bf16, f32 A/B" : nf4 ? "nf4" : "bf16";
+        snprintf(name, sizeof name, "linear_forward %s 8192x4096->4096 r16", kind);
         bench(name, bench_linear_fwd, &d, base + lora);
-        snprintf(name, sizeof name, "linear_backward %s 8192x4096->4096 r16", nf4 ? "nf4" : "bf16");
+        snprintf(name, sizeof name, "linear_backward %s 8192x4096->4096 r16", kind);
         bench(name, bench_linear_bwd, &d, base + 2 * lora);
         release_all();
     }
+    if (linear_only) return;
     attention_benchmarks();
     /* Norm and gated unit over 8192 tokens. */
     {

@@ -42,6 +42,14 @@ __global__ void add_bias_kernel(int64_t m, int64_t n, T *y, int64_t ldy, const v
     }
 }
 
+/* A [na] then B [nb], f32, rounded to T into one buffer: one launch for both factors. */
+template <typename T>
+__global__ void factors_cast_kernel(int64_t na, const float *a, int64_t nb, const float *b, T *out)
+{
+    for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < na + nb; idx += (int64_t)gridDim.x * blockDim.x)
+        out[idx] = from_f32<T>(idx < na ? a[idx] : b[idx - na]);
+}
+
 static gpu_operand operand(const void *p, finch_dtype t, int trans, int64_t ld)
 {
     gpu_operand o;
@@ -157,8 +165,10 @@ static int adapter_factors(scratch_set *ss, const finch_linear_desc *d, factors 
     void *a16 = NULL;
     GPU_TRY(take(ss, (size_t)(na + nb) * es, &a16, "linear adapter factors in 16 bits"));
     void *b16 = (char *)a16 + (size_t)na * es;
-    GPU_TRY(gpu_cast(ss->st, na, FINCH_DTYPE_F32, f->a, d->act_type, a16));
-    GPU_TRY(gpu_cast(ss->st, nb, FINCH_DTYPE_F32, f->b, d->act_type, b16));
+    FINCH_DISPATCH_FLOAT(d->act_type, T, "linear adapter factors",
+        factors_cast_kernel<T><<<gpu_blocks(na + nb, THREADS), THREADS, 0, ss->st>>>(na, (const float *)f->a, nb,
+                                                                                  (const float *)f->b, (T *)a16));
+    GPU_TRY(GPU_LAUNCHED("linear adapter factors"));
     f->a = a16;
     f->b = b16;
     f->t = d->act_type;
@@ -341,9 +351,18 @@ extern "C" int plugin_linear_backward(finch_plugin_device *dev, finch_plugin_str
     int lora_dx = lora && gpu_ptr(d->dx), lora_da = lora && gpu_ptr(d->da);
     if (!rc && (lora_dx || lora_da)) {
         gpu_operand b = operand(f.b, f.t, 0, r);
-        rc = take(&ss, (size_t)m * r * sizeof(float), (void **)&g, "linear dy B");
-        if (!rc) rc = gpu_gemm(dev, st, m, r, out, &dy, &b, FINCH_DTYPE_F32, g, r, 0, 1, 1.0f, 0.0f);
-        if (!rc) rc = rank_operand(&ss, g, m, r, rank_partner(d, f.t), 0, &gop);
+        finch_dtype partner = rank_partner(d, f.t);
+        if (partner != FINCH_DTYPE_F32 && d->dropout <= 0.0f) {
+            /* Only its rounding is read: the product writes it in that type. */
+            void *g16 = NULL;
+            rc = take(&ss, (size_t)(m * r) * gpu_dtype_size(partner), &g16, "linear dy B");
+            if (!rc) rc = gpu_gemm(dev, st, m, r, out, &dy, &b, partner, g16, r, 0, 1, 1.0f, 0.0f);
+            gop = operand(g16, partner, 0, r);
+        } else {
+            rc = take(&ss, (size_t)m * r * sizeof(float), (void **)&g, "linear dy B");
+            if (!rc) rc = gpu_gemm(dev, st, m, r, out, &dy, &b, FINCH_DTYPE_F32, g, r, 0, 1, 1.0f, 0.0f);
+            if (!rc) rc = rank_operand(&ss, g, m, r, partner, 0, &gop);
+        }
     }
     /* dx: without dropout the adapter's term first, so that the base product adds itself to it as
      * it stores (see forward_one); with dropout the base product first and the masked term after. */

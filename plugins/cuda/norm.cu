@@ -5,6 +5,7 @@
 #define THREADS 256
 #define ROW_CHUNK 128 /* rows per block of the column reduction */
 #define NORM_CACHE 8  /* row elements a thread keeps in registers (rmsnorm_forward_kernel) */
+#define NORM_WORDS 2  /* row words a thread keeps in registers (rmsnorm_words_kernel) */
 
 /* NT threads a row: THREADS, or 1024 for a few long rows (a decode step's one token), where a single
  * block would otherwise walk its row in many dependent rounds. With d (add_rmsnorm_forward) the row
@@ -89,6 +90,51 @@ __device__ __forceinline__ void rms_weights(const W *w, float offset, int64_t j,
 {
 #pragma unroll
     for (int k = 0; k < N; k++) wv[k] = w ? to_f32(w[j + k]) + offset : 1.0f;
+}
+
+/* rmsnorm_forward_kernel for many rows (training) of at most NORM_WORDS 16-byte words a thread,
+ * every row on 16-byte boundaries: the row stays in registers as words between the sum of squares
+ * and the scaling, and every load and store moves a word. */
+template <typename T, typename W>
+__global__ void __launch_bounds__(THREADS)
+rmsnorm_words_kernel(int64_t n, int64_t dim, const T *x, const T *d, T *sum, const W *w, float offset, float eps, T *y,
+                     float *rstd_out)
+{
+    constexpr int V = word16<T>::n;
+    __shared__ float shared[32];
+    gpu_grid_release();
+    gpu_grid_wait();
+    for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
+        float xc[NORM_WORDS][V], ss = 0.0f;
+#pragma unroll
+        for (int c = 0; c < NORM_WORDS; c++) {
+            int64_t j = ((int64_t)threadIdx.x + (int64_t)c * blockDim.x) * V;
+            if (j >= dim) continue;
+            load_word(x + r * dim + j, xc[c]);
+            if (d) {
+                float dv[V];
+                load_word(d + r * dim + j, dv);
+#pragma unroll
+                for (int k = 0; k < V; k++) xc[c][k] = to_f32(from_f32<T>(xc[c][k] + dv[k]));
+                store_word(sum + r * dim + j, xc[c]);
+            }
+#pragma unroll
+            for (int k = 0; k < V; k++) ss += xc[c][k] * xc[c][k];
+        }
+        ss = block_sum(ss, shared);
+        float rstd = 1.0f / sqrtf(ss / (float)dim + eps);
+        if (rstd_out && threadIdx.x == 0) rstd_out[r] = rstd;
+#pragma unroll
+        for (int c = 0; c < NORM_WORDS; c++) {
+            int64_t j = ((int64_t)threadIdx.x + (int64_t)c * blockDim.x) * V;
+            if (j >= dim) continue;
+            float wv[V];
+            rms_weights<V>(w, offset, j, wv);
+#pragma unroll
+            for (int k = 0; k < V; k++) xc[c][k] = xc[c][k] * rstd * wv[k];
+            store_word(y + r * dim + j, xc[c]);
+        }
+    }
 }
 
 template <typename T, typename W, bool WORDS>
@@ -242,9 +288,17 @@ static int rmsnorm_forward(const char *entry, finch_plugin_device *dev, finch_pl
     if (n <= 0) return FINCH_OK;
     GPU_TRY(check_norm(entry, dim, dtype, w_type, gpu_ptr(x), gpu_ptr(y), "y"));
     bool wide = n < 256 && dim >= 2048;
+    size_t es = gpu_dtype_size(dtype);
+    bool words = n >= 256 && (dim * (int64_t)es) % 16 == 0 && dim * (int64_t)es <= (int64_t)NORM_WORDS * 16 * THREADS &&
+                 rows_on_words(gpu_ptr(x), dim, es) && rows_on_words(gpu_ptr(d), dim, es) &&
+                 rows_on_words(gpu_ptr(sum), dim, es) && rows_on_words(gpu_ptr(y), dim, es);
     gpuError_t err = gpuSuccess;
     DISPATCH_NORM(dtype, w_type, entry,
-        if (wide)
+        if (words)
+            err = gpu_launch(rmsnorm_words_kernel<T, W>, dim3(row_blocks(n)), dim3(THREADS), 0, st, n, dim, (const T *)gpu_ptr(x),
+                             (const T *)gpu_ptr(d), (T *)gpu_ptr(sum), (const W *)gpu_ptr(w), weight_offset, eps, (T *)gpu_ptr(y),
+                             (float *)gpu_ptr(rstd));
+        else if (wide)
             err = gpu_launch(rmsnorm_forward_kernel<T, W, 1024>, dim3(row_blocks(n)), dim3(1024), 0, st, n, dim,
                              (const T *)gpu_ptr(x), (const T *)gpu_ptr(d), (T *)gpu_ptr(sum), (const W *)gpu_ptr(w),
                              weight_offset, eps, (T *)gpu_ptr(y), (float *)gpu_ptr(rstd));
