@@ -189,17 +189,46 @@ void finch_optim_free(finch_optim *o)
     free(o);
 }
 
-/* The sum of squares of every gradient (grads) or every weight, into one f32. */
+/* The tensor of slot i that sum_squares reads: its gradient (grads) or its weight (the f32 master
+ * copy where there is one). */
+static void squares_of(const finch_optim *o, int i, int grads, int64_t *n, finch_dtype *t, finch_dptr *x)
+{
+    const optim_slot *s = &o->slots[i];
+    const finch_param *p = s->param;
+    *n = p->numel;
+    *t = grads || s->master.buf ? FINCH_DTYPE_F32 : p->dtype;
+    *x = grads ? p->grad : s->master.buf ? s->master : p->data;
+}
+
+/* The sum of squares of every gradient (grads) or every weight, into one f32: one call for all
+ * where the backend has sum_squares_multi (ABI 1.7). */
 static int sum_squares(finch_optim *o, int grads, float *out)
 {
     const finch_backend *be = o->m->be;
     int rc = be->api->fill(be->dev, be->stream, o->sum_sq, FINCH_DTYPE_F32, 1, 0.0f);
-    for (int i = 0; !rc && i < o->n_slots; i++) {
-        const optim_slot *s = &o->slots[i];
-        const finch_param *p = s->param;
-        if (grads) rc = be->api->sum_squares(be->dev, be->stream, p->numel, FINCH_DTYPE_F32, p->grad, o->sum_sq);
-        else if (s->master.buf) rc = be->api->sum_squares(be->dev, be->stream, p->numel, FINCH_DTYPE_F32, s->master, o->sum_sq);
-        else rc = be->api->sum_squares(be->dev, be->stream, p->numel, p->dtype, p->data, o->sum_sq);
+    if (!rc && be->api->sum_squares_multi && o->n_slots > 0) {
+        int64_t *n = malloc((size_t)o->n_slots * sizeof *n);
+        finch_dtype *t = malloc((size_t)o->n_slots * sizeof *t);
+        finch_dptr *x = malloc((size_t)o->n_slots * sizeof *x);
+        if (!n || !t || !x) {
+            free(n);
+            free(t);
+            free(x);
+            return finch_error(FINCH_ERR_OUT_OF_MEMORY, "the list of %d tensors for a norm", o->n_slots);
+        }
+        for (int i = 0; i < o->n_slots; i++) squares_of(o, i, grads, &n[i], &t[i], &x[i]);
+        rc = be->api->sum_squares_multi(be->dev, be->stream, o->n_slots, n, t, x, o->sum_sq);
+        free(n);
+        free(t);
+        free(x);
+    } else {
+        for (int i = 0; !rc && i < o->n_slots; i++) {
+            int64_t n;
+            finch_dtype t;
+            finch_dptr x;
+            squares_of(o, i, grads, &n, &t, &x);
+            rc = be->api->sum_squares(be->dev, be->stream, n, t, x, o->sum_sq);
+        }
     }
     if (!rc) rc = be->api->read(be->dev, be->stream, o->sum_sq, out, sizeof *out);
     return rc ? finch_device_error(be, rc, grads ? "the gradient norm" : "the weight norm") : FINCH_OK;
@@ -226,6 +255,9 @@ int finch_optim_step(finch_optim *o, int64_t step, double lr, double embed_lr, f
     const finch_backend *be = o->m->be;
     const finch_optim_config *c = &o->cfg;
     float bc1 = (float)(1.0 - pow(c->beta1, (double)step)), bc2 = (float)(1.0 - pow(c->beta2, (double)step));
+    /* The f32-moment tensors go to adamw_step_multi together where the backend has it (ABI 1.7). */
+    finch_adamw_desc *batch = be->api->adamw_step_multi && o->n_slots > 0 ? malloc((size_t)o->n_slots * sizeof *batch) : NULL;
+    int batched = 0;
     for (int i = 0; i < o->n_slots; i++) {
         const optim_slot *s = &o->slots[i];
         const finch_param *p = s->param;
@@ -273,11 +305,20 @@ int finch_optim_step(finch_optim *o, int64_t step, double lr, double embed_lr, f
             d.grad_scale = grad_scale;
             d.bias_correction1 = bc1;
             d.bias_correction2 = bc2;
+            if (batch) {
+                batch[batched++] = d;
+                continue;
+            }
             rc = be->api->adamw_step(be->dev, be->stream, &d);
         }
-        if (rc) return finch_device_error(be, rc, s->eight_bit ? "adamw8bit_step" : "adamw_step");
+        if (rc) {
+            free(batch);
+            return finch_device_error(be, rc, s->eight_bit ? "adamw8bit_step" : "adamw_step");
+        }
     }
-    return FINCH_OK;
+    int rc = batched ? be->api->adamw_step_multi(be->dev, be->stream, batched, batch) : FINCH_OK;
+    free(batch);
+    return rc ? finch_device_error(be, rc, "adamw_step_multi") : FINCH_OK;
 }
 
 int finch_optim_tensor_count(const finch_optim *o) { return o->n_entries; }

@@ -5,7 +5,8 @@
  *     fault_lost          the device is lost: memory calls and compute fail with FINCH_ERR_DEVICE
  *     fault_no_kernels    compute fails as a plugin whose kernels did not build (memory calls work)
  * Buffers are the inner plugin's own (device pointers pass through unchanged); the optional fused
- * entries (add_rmsnorm_forward, linear_forward_group, attention_cache_append_forward) are left out.
+ * entries (add_rmsnorm_forward, linear_forward_group, attention_cache_append_forward, adamw_step_multi,
+ * sum_squares_multi) are left out.
  * One wrapper per process: fault_backend_open() sets it up over `inner` and opens the inner device 0. */
 #ifndef FINCH_TESTS_FAULT_BACKEND_H
 #define FINCH_TESTS_FAULT_BACKEND_H
@@ -144,6 +145,8 @@ static int fault_backend_open(const finch_plugin_api *inner, finch_backend *out)
     fault_table.add_rmsnorm_forward = NULL;
     fault_table.linear_forward_group = NULL;
     fault_table.attention_cache_append_forward = NULL;
+    fault_table.adamw_step_multi = NULL; /* ABI 1.7: then a call per tensor */
+    fault_table.sum_squares_multi = NULL;
     fault_alloc_budget = -1;
     fault_byte_limit = -1;
     fault_lost = fault_no_kernels = 0;

@@ -1815,11 +1815,11 @@ static void test_linear_cross_entropy(void)
 }
 
 /* The fields finch_adamw_desc and finch_adamw8bit_desc share: hyperparameters of optimizer step `step`. */
-#define SET_ADAMW_FIELDS(d, n_, pt, param, master, grad, step, s)                                        \
+#define SET_ADAMW_FIELDS(d, n_, pt, param_, master_, grad_, step, s)                                     \
     do {                                                                                                 \
         memset(&(d), 0, sizeof(d));                                                                      \
         (d).n = (n_), (d).param_type = (pt);                                                             \
-        (d).param = D(param, s), (d).master = D(master, s), (d).grad = D(grad, s);                       \
+        (d).param = D(param_, s), (d).master = D(master_, s), (d).grad = D(grad_, s);                    \
         (d).lr = 1e-2f, (d).beta1 = 0.9f, (d).beta2 = 0.999f, (d).eps = 1e-8f;                           \
         (d).weight_decay = 0.01f, (d).grad_scale = 0.5f;                                                 \
         (d).bias_correction1 = 1.0f - powf(0.9f, (float)(step));                                        \
@@ -1850,6 +1850,64 @@ static void test_adamw(void)
         compare("adamw_step v", what, v, 1e-5);
         release_all();
     }
+}
+
+/* ABI 1.7, optional: many tensors' steps in one call (more than a CUDA launch takes: 24), of odd
+ * sizes, f32 parameters and bf16 ones with masters, each with its own learning rate and decay; and
+ * the sum of squares over many tensors (more than a launch's 48) of mixed types. */
+#define MULTI_TENSORS 53
+static void test_optimizer_multi(void)
+{
+    if (OPTIONAL_ABSENT(adamw_step_multi, "adamw_step_multi", "1.7")) return;
+    static const int64_t sizes[] = {1, 1003, 7, 4096, 1025, 33, 65536 + 17, 300};
+    tensor prm[MULTI_TENSORS], mst[MULTI_TENSORS], grd[MULTI_TENSORS], m[MULTI_TENSORS], v[MULTI_TENSORS];
+    finch_adamw_desc d[2][MULTI_TENSORS];
+    int64_t n[MULTI_TENSORS];
+    finch_dtype pt[MULTI_TENSORS];
+    for (int i = 0; i < MULTI_TENSORS; i++) {
+        n[i] = sizes[i % 8];
+        pt[i] = i % 3 == 1 ? FINCH_DTYPE_BF16 : FINCH_DTYPE_F32;
+        mst[i] = pt[i] == FINCH_DTYPE_BF16 ? random_tensor(FINCH_DTYPE_F32, (size_t)n[i], 1.0f) : absent;
+        prm[i] = random_tensor(pt[i], (size_t)n[i], 1.0f);
+        grd[i] = random_tensor(FINCH_DTYPE_F32, (size_t)n[i], 1.0f);
+        m[i] = random_tensor(FINCH_DTYPE_F32, (size_t)n[i], 0.1f);
+        v[i] = positive_tensor(FINCH_DTYPE_F32, (size_t)n[i], 0.01f);
+    }
+    for (int step = 1; step <= 2; step++) {
+        for (int s = 0; s < 2; s++)
+            for (int i = 0; i < MULTI_TENSORS; i++) {
+                SET_ADAMW_FIELDS(d[s][i], n[i], pt[i], prm[i], mst[i], grd[i], step, s);
+                d[s][i].m = D(m[i], s);
+                d[s][i].v = D(v[i], s);
+                d[s][i].lr = 1e-3f * (float)(1 + i % 5);
+                d[s][i].weight_decay = i % 4 ? 0.01f : 0.0f;
+            }
+        BOTH("adamw_step_multi", sd->api->adamw_step_multi(sd->dev, NULL, MULTI_TENSORS, d[s]));
+    }
+    char what[64];
+    for (int i = 0; i < MULTI_TENSORS; i++) {
+        snprintf(what, sizeof what, "tensor %d of %d, %lld %s, 2 steps", i, MULTI_TENSORS, (long long)n[i], dtype_name(pt[i]));
+        compare("adamw_step_multi param", what, prm[i], pt[i] == FINCH_DTYPE_BF16 ? 1e-2 : 1e-5);
+        if (pt[i] == FINCH_DTYPE_BF16) compare("adamw_step_multi master", what, mst[i], 1e-5);
+        compare("adamw_step_multi m", what, m[i], 1e-5);
+        compare("adamw_step_multi v", what, v[i], 1e-5);
+    }
+    BOTH_EXPECT("adamw_step_multi", FINCH_ERR_INVALID_ARGUMENT, sd->api->adamw_step_multi(sd->dev, NULL, -1, d[s]));
+    release_all();
+
+    if (OPTIONAL_ABSENT(sum_squares_multi, "sum_squares_multi", "1.7")) return;
+    static const finch_dtype types[] = {FINCH_DTYPE_F32, FINCH_DTYPE_BF16, FINCH_DTYPE_F16};
+    tensor x[MULTI_TENSORS];
+    finch_dptr xd[2][MULTI_TENSORS];
+    for (int i = 0; i < MULTI_TENSORS; i++) {
+        pt[i] = types[i % 3];
+        x[i] = random_tensor(pt[i], (size_t)n[i], 1.0f);
+        for (int s = 0; s < 2; s++) xd[s][i] = D(x[i], s);
+    }
+    tensor ss = from_floats(FINCH_DTYPE_F32, (float[]){0.5f}, 1);
+    BOTH("sum_squares_multi", sd->api->sum_squares_multi(sd->dev, NULL, MULTI_TENSORS, n, pt, xd[s], D(ss, s)));
+    compare("sum_squares_multi", "53 tensors of f32/bf16/f16, added to 0.5", ss, 1e-5);
+    release_all();
 }
 
 /* ABI 1.1, optional: compared when the plugin has it. */
@@ -2294,6 +2352,7 @@ int main(void)
     run("linear_cross_entropy", test_linear_cross_entropy);
     run("adamw", test_adamw);
     run("adamw8bit", test_adamw8bit);
+    run("optimizer multi", test_optimizer_multi);
     const char *b = getenv("FINCH_PARITY_BENCH");
     if (b && !strcmp(b, "attention")) run("attention benchmarks", attention_benchmarks);
     else if (b && *b && *b != '0' && strcmp(b, "decode")) run("benchmarks", benchmarks);

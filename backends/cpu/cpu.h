@@ -163,6 +163,8 @@ int cpu_axpby(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch
               finch_dptr x, float beta, finch_dptr y, finch_dptr out);
 int cpu_sum_squares(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n, finch_dtype dtype, finch_dptr x,
                     finch_dptr sum_sq);
+int cpu_sum_squares_multi(finch_plugin_device *dev, finch_plugin_stream *s, int count, const int64_t *n, const finch_dtype *dtype,
+                          const finch_dptr *x, finch_dptr sum_sq);
 int cpu_qmatmul_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_weight *w,
                         int64_t out_features, int64_t in_features, int64_t m, finch_dtype act_type, finch_dptr x,
                         int64_t ldx, finch_dptr y, int64_t ldy, float beta);
@@ -216,6 +218,7 @@ int cpu_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s, const fi
 int cpu_linear_cross_entropy(finch_plugin_device *dev, finch_plugin_stream *s,
                              const finch_linear_cross_entropy_desc *d);
 int cpu_adamw_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d);
+int cpu_adamw_step_multi(finch_plugin_device *dev, finch_plugin_stream *s, int count, const finch_adamw_desc *descs);
 int cpu_adamw8bit_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d);
 
 #endif

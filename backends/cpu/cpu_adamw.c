@@ -60,3 +60,15 @@ int cpu_adamw_step(finch_plugin_device *dev, finch_plugin_stream *s, const finch
     cpu_parallel_for((n + CHUNK - 1) / CHUNK, n > (1 << 14), &j, adamw_chunks);
     return FINCH_OK;
 }
+
+/* adamw_step_multi: the tensors one after another. */
+int cpu_adamw_step_multi(finch_plugin_device *dev, finch_plugin_stream *s, int count, const finch_adamw_desc *descs)
+{
+    if (count < 0 || (count && !descs))
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu adamw_step_multi: %d descriptors at %p", count, (const void *)descs);
+    for (int i = 0; i < count; i++) {
+        int rc = cpu_adamw_step(dev, s, &descs[i]);
+        if (rc) return rc;
+    }
+    return FINCH_OK;
+}

@@ -227,3 +227,16 @@ int cpu_sum_squares(finch_plugin_device *dev, finch_plugin_stream *s, int64_t n,
     *(float *)sp += (float)total;
     return FINCH_OK;
 }
+
+/* sum_squares_multi: the tensors one after another into the one sum. */
+int cpu_sum_squares_multi(finch_plugin_device *dev, finch_plugin_stream *s, int count, const int64_t *n, const finch_dtype *dtype,
+                          const finch_dptr *x, finch_dptr sum_sq)
+{
+    if (count < 0 || (count && (!n || !dtype || !x)))
+        return finch_error(FINCH_ERR_INVALID_ARGUMENT, "cpu sum_squares_multi: %d tensors without their arrays", count);
+    for (int i = 0; i < count; i++) {
+        int rc = cpu_sum_squares(dev, s, n[i], dtype[i], x[i], sum_sq);
+        if (rc) return rc;
+    }
+    return FINCH_OK;
+}

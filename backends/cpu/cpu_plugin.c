@@ -199,6 +199,8 @@ static const finch_plugin_api cpu_api = {
     .linear_forward_group = cpu_linear_forward_group,
     .add_rmsnorm_forward = cpu_add_rmsnorm_forward,
     .attention_cache_append_forward = cpu_attention_cache_append_forward,
+    .adamw_step_multi = cpu_adamw_step_multi,
+    .sum_squares_multi = cpu_sum_squares_multi,
 };
 
 const finch_plugin_api *finch_cpu_plugin_api(void) { return &cpu_api; }

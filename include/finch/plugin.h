@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define FINCH_PLUGIN_ABI_MAJOR 1
-#define FINCH_PLUGIN_ABI_MINOR 6
+#define FINCH_PLUGIN_ABI_MINOR 7
 #define FINCH_PLUGIN_ENTRY_SYMBOL "finch_plugin_entry"
 #define FINCH_IGNORE_INDEX (-100)
 
@@ -461,6 +461,15 @@ typedef struct finch_plugin_api {
                                           const finch_attention_cache_desc *d, const finch_rope_desc *rope,
                                           finch_dptr k_new, int64_t ldk_new, finch_dptr v_new, int64_t ldv_new,
                                           finch_dptr rows);
+
+    /* --- ABI 1.7: optional; each may be NULL on its own --- */
+    /* adamw_step for count tensors in one call (where the backend has it, a few launches for all: a
+     * LoRA model steps hundreds of small tensors); each tensor's result equals adamw_step(&descs[i])
+     * bit for bit. */
+    int (*adamw_step_multi)(finch_plugin_device *dev, finch_plugin_stream *s, int count, const finch_adamw_desc *descs);
+    /* sum_squares over count tensors (n[i] elements of dtype[i] at x[i]) into the one f32 sum_sq. */
+    int (*sum_squares_multi)(finch_plugin_device *dev, finch_plugin_stream *s, int count, const int64_t *n,
+                             const finch_dtype *dtype, const finch_dptr *x, finch_dptr sum_sq);
 } finch_plugin_api;
 
 typedef const finch_plugin_api *(*finch_plugin_entry_fn)(void);

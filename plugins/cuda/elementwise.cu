@@ -2,6 +2,8 @@
 #include "activation.h"
 #include "word16.cuh"
 
+#include <string.h>
+
 #define THREADS 256
 #define GRID_STRIDE(i, n) for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
@@ -29,7 +31,9 @@ extern "C" int plugin_fill(finch_plugin_device *dev, finch_plugin_stream *s, fin
     if (count <= 0) return FINCH_OK;
     GPU_TRY(check_ptr(gpu_ptr(dst), "fill", "dst"));
     /* +0 is all zero bytes in every type here: the driver's memset writes them at full bandwidth. */
-    if (value == 0.0f && !signbit(value))
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    if (bits == 0)
         return gpu_check(gpuMemsetAsync(gpu_ptr(dst), 0, (size_t)count * gpu_dtype_size(dtype), st), "fill");
     fill_kernel<<<gpu_blocks(count, THREADS), THREADS, 0, st>>>(gpu_ptr(dst), dtype, count, value);
     return GPU_LAUNCHED("fill");
@@ -144,7 +148,10 @@ extern "C" int plugin_axpby(finch_plugin_device *dev, finch_plugin_stream *s, in
     GPU_TRY(check_ptr(gpu_ptr(out), "axpby", "out"));
     gpuError_t err = gpuSuccess;
     size_t es = gpu_dtype_size(dtype);
-    int words = rows_on_words(gpu_ptr(x), 0, es) && rows_on_words(gpu_ptr(y), 0, es) && rows_on_words(gpu_ptr(out), 0, es);
+    /* Words for training's large sums; a decode step's one row (a few thousand elements) keeps an
+     * element a thread, its latency spread over more blocks. */
+    int words = n >= (1 << 16) && rows_on_words(gpu_ptr(x), 0, es) && rows_on_words(gpu_ptr(y), 0, es) &&
+                rows_on_words(gpu_ptr(out), 0, es);
     FINCH_DISPATCH_FLOAT(dtype, T, "axpby",
         err = gpu_launch(axpby_kernel<T>, dim3(gpu_blocks(words ? n / word16<T>::n + 1 : n, THREADS)), dim3(THREADS), 0, st, n, alpha,
                          (const T *)gpu_ptr(x), beta, (const T *)gpu_ptr(y), (T *)gpu_ptr(out), words));
@@ -177,6 +184,76 @@ extern "C" int plugin_sum_squares(finch_plugin_device *dev, finch_plugin_stream 
     FINCH_DISPATCH_FLOAT(dtype, T, "sum_squares",
         sum_squares_kernel<T><<<blocks, THREADS, 0, st>>>(n, (const T *)gpu_ptr(x), (float *)gpu_ptr(sum_sq)));
     return GPU_LAUNCHED("sum_squares");
+}
+
+/* sum_squares_multi: the tensors of one launch; block b sums SQUARES_BLOCK_ELEMS elements of tensor t
+ * where block0[t] <= b < block0[t + 1]. */
+#define SQUARES_TENSORS 48
+#define SQUARES_BLOCK_ELEMS (8 * THREADS)
+typedef struct squares_list {
+    const void *x[SQUARES_TENSORS];
+    int64_t n[SQUARES_TENSORS];
+    int dtype[SQUARES_TENSORS];
+    int block0[SQUARES_TENSORS + 1];
+    int count;
+} squares_list;
+
+__global__ void sum_squares_multi_kernel(squares_list list, float *sum_sq)
+{
+    __shared__ float shared[32];
+    int t = 0;
+    while (t + 1 < list.count && (int)blockIdx.x >= list.block0[t + 1]) t++;
+    int64_t i0 = (int64_t)(blockIdx.x - list.block0[t]) * SQUARES_BLOCK_ELEMS,
+            i1 = i0 + SQUARES_BLOCK_ELEMS < list.n[t] ? i0 + SQUARES_BLOCK_ELEMS : list.n[t];
+    float acc = 0.0f;
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+        float v = load_as_f32(list.x[t], list.dtype[t], i);
+        acc += v * v;
+    }
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) atomicAdd(sum_sq, acc);
+}
+
+extern "C" int plugin_sum_squares_multi(finch_plugin_device *dev, finch_plugin_stream *s, int count, const int64_t *n,
+                                        const finch_dtype *dtype, const finch_dptr *x, finch_dptr sum_sq)
+{
+    gpuStream_t st = NULL;
+    GPU_TRY(gpu_begin(dev, s, &st));
+    if (count < 0 || (count && (!n || !dtype || !x)))
+        return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": sum_squares_multi: %d tensors without their arrays", count);
+    GPU_TRY(check_ptr(gpu_ptr(sum_sq), "sum_squares_multi", "sum_sq"));
+    const int64_t max_blocks = (int64_t)1 << 30;
+    squares_list list;
+    list.count = 0;
+    int64_t blocks = 0;
+    for (int i = 0; i <= count; i++) {
+        int64_t need = 0;
+        if (i < count) {
+            if (n[i] < 0 || !gpu_is_float_type(dtype[i]))
+                return gpu_fail(FINCH_ERR_INVALID_ARGUMENT, FINCH_GPU_PLUGIN_NAME ": sum_squares_multi: tensor %d: n %lld, dtype %s", i,
+                                (long long)n[i], gpu_dtype_name(dtype[i]));
+            if (n[i] == 0) continue;
+            GPU_TRY(check_ptr(gpu_ptr(x[i]), "sum_squares_multi", "x"));
+            need = (n[i] + SQUARES_BLOCK_ELEMS - 1) / SQUARES_BLOCK_ELEMS;
+            if (need > max_blocks)
+                return gpu_fail(FINCH_ERR_UNSUPPORTED, FINCH_GPU_PLUGIN_NAME ": sum_squares_multi: a tensor of %lld elements",
+                                (long long)n[i]);
+        }
+        if (list.count && (i == count || list.count == SQUARES_TENSORS || blocks + need > max_blocks)) {
+            list.block0[list.count] = (int)blocks;
+            sum_squares_multi_kernel<<<(unsigned)blocks, THREADS, 0, st>>>(list, (float *)gpu_ptr(sum_sq));
+            GPU_TRY(GPU_LAUNCHED("sum_squares_multi"));
+            list.count = 0;
+            blocks = 0;
+        }
+        if (i == count) break;
+        list.x[list.count] = gpu_ptr(x[i]);
+        list.n[list.count] = n[i];
+        list.dtype[list.count] = (int)dtype[i];
+        list.block0[list.count++] = (int)blocks;
+        blocks += need;
+    }
+    return FINCH_OK;
 }
 
 static int check_activation(finch_activation act, float param, const char *entry)

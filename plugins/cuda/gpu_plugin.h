@@ -299,6 +299,8 @@ FINCH_GPU_ENTRY(int, embedding_backward, (finch_plugin_device *dev, finch_plugin
 FINCH_GPU_ENTRY(int, cross_entropy, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_cross_entropy_desc *d))
 FINCH_GPU_ENTRY(int, linear_cross_entropy, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_cross_entropy_desc *d))
 FINCH_GPU_ENTRY(int, adamw_step, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw_desc *d))
+FINCH_GPU_ENTRY(int, adamw_step_multi, (finch_plugin_device *dev, finch_plugin_stream *s, int count, const finch_adamw_desc *descs))
+FINCH_GPU_ENTRY(int, sum_squares_multi, (finch_plugin_device *dev, finch_plugin_stream *s, int count, const int64_t *n, const finch_dtype *dtype, const finch_dptr *x, finch_dptr sum_sq))
 FINCH_GPU_ENTRY(int, adamw8bit_step, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_adamw8bit_desc *d))
 FINCH_GPU_ENTRY(int, attention_cache_forward, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_cache_desc *d))
 FINCH_GPU_ENTRY(int, attention_cache_append_forward, (finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_cache_desc *d, const finch_rope_desc *rope, finch_dptr k_new, int64_t ldk_new, finch_dptr v_new, int64_t ldv_new, finch_dptr rows))

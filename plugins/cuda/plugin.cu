@@ -669,12 +669,14 @@ static const finch_plugin_api plugin_api = {
     plugin_event_create, plugin_event_destroy, plugin_event_record, plugin_stream_wait_event,
     plugin_linear_forward_group, plugin_add_rmsnorm_forward,
     plugin_attention_cache_append_forward,
+    plugin_adamw_step_multi, plugin_sum_squares_multi,
 };
 
 /* Switches that hand out the table without some entries, for comparison (the core then takes the
  * calls those entries stand for): FINCH_CUDA_GRAPHS=0, no recording, every call launched on its own;
  * FINCH_CUDA_ADD_RMSNORM=0, no add_rmsnorm_forward (axpby and rmsnorm); FINCH_CUDA_ATTN_APPEND=0, no
- * attention_cache_append_forward (rope, copy_rows and attention_cache_forward). */
+ * attention_cache_append_forward (rope, copy_rows and attention_cache_forward); FINCH_CUDA_MULTI=0, no
+ * adamw_step_multi and sum_squares_multi (a launch a tensor). */
 static bool switched_off(const char *name)
 {
     const char *v = getenv(name);
@@ -695,5 +697,9 @@ extern "C" __attribute__((visibility("default"))) const finch_plugin_api *finch_
     }
     if (switched_off("FINCH_CUDA_ADD_RMSNORM")) plain.add_rmsnorm_forward = NULL;
     if (switched_off("FINCH_CUDA_ATTN_APPEND")) plain.attention_cache_append_forward = NULL;
+    if (switched_off("FINCH_CUDA_MULTI")) {
+        plain.adamw_step_multi = NULL;
+        plain.sum_squares_multi = NULL;
+    }
     return &plain;
 }

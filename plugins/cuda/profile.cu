@@ -28,7 +28,7 @@ namespace {
     X(rope_forward) X(rope_backward) X(glu_forward) X(glu_backward) X(activation_forward) X(activation_backward)        \
     X(embedding_forward) X(embedding_backward) X(cross_entropy) X(linear_cross_entropy) X(adamw_step)                   \
     X(adamw8bit_step) X(attention_cache_forward) X(memory_info) X(copy_rows) X(linear_forward_group)                 \
-    X(add_rmsnorm_forward) X(attention_cache_append_forward)
+    X(add_rmsnorm_forward) X(attention_cache_append_forward) X(adamw_step_multi) X(sum_squares_multi)
 
 enum {
 #define ID_OF(name) E_##name,
