@@ -2115,14 +2115,14 @@ static void decode_benchmarks(void)
     }
 }
 
-/* Attention, Llama-8B-like (32 heads, 8 kv heads, head_dim 128, causal): sequences x length. Also
- * run alone with FINCH_PARITY_BENCH=attention. */
+/* Attention, Llama-8B-like (32 heads, 8 kv heads, head_dim 128, causal) and Llama-1B-like (head_dim
+ * 64): sequences x length. Also run alone with FINCH_PARITY_BENCH=attention. */
 static void attention_benchmarks(void)
 {
-    static const struct { int64_t seqs, T; } shapes[] = {{4, 2048}, {2, 2048}, {1, 8192}};
+    static const struct { int64_t seqs, T, hd; } shapes[] = {{4, 2048, 128}, {2, 2048, 128}, {1, 8192, 128}, {4, 2048, 64}};
     char name[96];
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-        int64_t seqs = shapes[si].seqs, T = shapes[si].T, H = 32, KV = 8, hd = 128, n = seqs * T;
+        int64_t seqs = shapes[si].seqs, T = shapes[si].T, H = 32, KV = 8, hd = shapes[si].hd, n = seqs * T;
         int32_t cu[5];
         for (int i = 0; i <= seqs; i++) cu[i] = (int32_t)(i * T);
         finch_attention_desc d;
@@ -2142,9 +2142,11 @@ static void attention_benchmarks(void)
         d.dk = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.lddk = KV * hd;
         d.dv = bench_buffer(FINCH_DTYPE_BF16, (size_t)(n * KV * hd), 1.0f); d.lddv = KV * hd;
         double fwd = 4.0 * seqs * H * hd * (double)T * T / 2;
-        snprintf(name, sizeof name, "attention_forward bf16 %lldx%lld h32/8 d128 causal", (long long)seqs, (long long)T);
+        snprintf(name, sizeof name, "attention_forward bf16 %lldx%lld h32/8 d%lld causal", (long long)seqs, (long long)T,
+                 (long long)hd);
         bench(name, bench_attn_fwd, &d, fwd);
-        snprintf(name, sizeof name, "attention_backward bf16 %lldx%lld h32/8 d128 causal", (long long)seqs, (long long)T);
+        snprintf(name, sizeof name, "attention_backward bf16 %lldx%lld h32/8 d%lld causal", (long long)seqs, (long long)T,
+                 (long long)hd);
         bench(name, bench_attn_bwd, &d, 2.5 * fwd);
         release_all();
     }

@@ -42,6 +42,9 @@ struct attn_params {
     bool vec_o;                         /* 16-bit rows of o that allow 4-byte stores */
     bool no_async;                      /* FINCH_CUDA_ATTENTION=sync: no cp.async prefetching */
     bool no_fold;                       /* FINCH_CUDA_ATTENTION=nofold: see mma_online_softmax */
+    bool inorder;                       /* FINCH_CUDA_ATTENTION=inorder: see mma_block_order */
+    int head_split;                     /* fused backward: blocks a kv head's query heads are split over */
+    float *dk_acc, *dv_acc;             /* with head_split > 1: f32 dK, dV [n_tokens][n_kv_heads * head_dim] */
 };
 
 /* One sequence's query rows [q_start, q_start + q_len) and key rows [k_start, k_start + k_len); its
@@ -178,11 +181,32 @@ __global__ void __launch_bounds__(THREADS) attention_forward_kernel(attn_params 
     if (l == 0 && p.lse) p.lse[h * p.n_tokens + start + i] = row_sum > 0.0f ? row_max + logf(row_sum) : -INFINITY;
 }
 
-/* delta[h, t] = dout[t, h] . o[t, h], one warp per (token, head). */
+/* delta[h, t] = dout[t, h] . o[t, h]. With shift >= 0 (16-bit rows that allow 16-byte loads, head_dim /
+ * 8 = 2^shift lanes of a warp or fewer, fewer than 2^31 threads) 2^shift lanes per (token, head), eight
+ * elements each, in 32-bit index arithmetic; else one warp per (token, head). */
 template <typename T>
-__global__ void attention_delta_kernel(attn_params p)
+__global__ void attention_delta_kernel(attn_params p, int shift)
 {
-    int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / FINCH_WARP_SIZE;
+    if constexpr (sizeof(T) == 2) {
+        if (shift >= 0) {
+            unsigned gid = blockIdx.x * blockDim.x + threadIdx.x, w = gid >> shift, rows = (unsigned)(p.n_tokens * p.n_heads);
+            unsigned lanes = 1u << shift, l = gid & (lanes - 1), heads = (unsigned)p.n_heads;
+            unsigned t = w / heads, h = w - t * heads;
+            float acc = 0.0f;
+            if (w < rows) {
+                uint4 ov = *(const uint4 *)((const T *)p.o + (int64_t)t * p.ldo + h * p.head_dim + l * 8);
+                uint4 gv = *(const uint4 *)((const T *)p.dout + (int64_t)t * p.lddout + h * p.head_dim + l * 8);
+                const T *oe = (const T *)&ov, *ge = (const T *)&gv;
+#pragma unroll
+                for (int i = 0; i < 8; i++) acc += to_f32(oe[i]) * to_f32(ge[i]);
+            }
+            for (unsigned off = lanes / 2; off > 0; off >>= 1) acc += gpu_shfl_xor(acc, (int)off);
+            if (l == 0 && w < rows) p.delta[(int64_t)h * p.n_tokens + t] = acc;
+            return;
+        }
+    }
+    int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t w = gid / FINCH_WARP_SIZE;
     int lane = threadIdx.x % FINCH_WARP_SIZE;
     if (w >= p.n_tokens * p.n_heads) return;
     int64_t t = w / p.n_heads, h = w % p.n_heads;
@@ -288,12 +312,26 @@ __global__ void __launch_bounds__(THREADS) attention_backward_kernel(attn_params
     }
 }
 
-/* dq[t, h*D + d] = dq_acc[t, h*D + d] in the storage type, honouring lddq; blocks take rows. */
+/* dq[t, h*D + d] = dq_acc[t, h*D + d] in the storage type, honouring lddq; blocks take rows, four
+ * elements a thread where the f32 rows allow 16-byte loads. */
 template <typename T>
 __global__ void attention_store_dq_kernel(int64_t n_tokens, int64_t width, const float *acc, T *dq, int64_t lddq)
 {
-    for (int64_t t = blockIdx.x; t < n_tokens; t += gridDim.x)
-        for (int64_t c = threadIdx.x; c < width; c += blockDim.x) dq[t * lddq + c] = from_f32<T>(acc[t * width + c]);
+    bool vec = width % 4 == 0 && (uintptr_t)acc % 16 == 0;
+    for (int64_t t = blockIdx.x; t < n_tokens; t += gridDim.x) {
+        if (vec) {
+            for (int64_t c = 4 * threadIdx.x; c < width; c += 4 * blockDim.x) {
+                float4 v = *(const float4 *)(acc + t * width + c);
+                T *d = dq + t * lddq + c;
+                d[0] = from_f32<T>(v.x);
+                d[1] = from_f32<T>(v.y);
+                d[2] = from_f32<T>(v.z);
+                d[3] = from_f32<T>(v.w);
+            }
+        } else {
+            for (int64_t c = threadIdx.x; c < width; c += blockDim.x) dq[t * lddq + c] = from_f32<T>(acc[t * width + c]);
+        }
+    }
 }
 
 /* Rows of a 16-bit tensor at p with row stride ld can be read 16 bytes at a time (head offsets are
@@ -305,8 +343,11 @@ static bool vec16(const void *p, int64_t ld, finch_dtype t)
 
 /* FINCH_CUDA_ATTENTION=simt: the portable kernels everywhere (the reference path for the
  * tensor-core kernels); =sync: the tensor-core kernels without cp.async prefetching (to measure it);
- * =q64: the tensor-core forward with 64-row query tiles; =dqatomic: see dq_atomic; =nofold: the
- * forward's softmax without the folded scale on interior tiles. */
+ * =q64: the tensor-core forward with 64-row query tiles; =nofold: the forward's softmax without the
+ * folded scale on interior tiles; =inorder: blocks in index order (see mma_block_order); =fwdk64 /
+ * fwdk32: see forward_k64; =dqkernel, bwd64, dqatomic, k128, hsplit2, hsplit4: backward variants (see
+ * launch_backward_mma). Words may be combined ("bwd64,fwdk64,inorder": the kernels of before s7-attn)
+ * except simt, sync, q64 and nofold, which must stand alone. */
 static const char *attention_mode(void)
 {
     static const char *mode = NULL;
@@ -327,11 +368,24 @@ static bool simt_forced(void) { return !strcmp(attention_mode(), "simt"); }
  * an H200 (B2 x T2048, h32/8, d128, causal: 0.388 against 0.429 ms; T8192: 2.35 against 2.73 ms). */
 static int forward_mma_rows(void) { return !strcmp(attention_mode(), "q64") ? 64 : 128; }
 
+/* Keys per online-softmax step of the 128-row forward: at head_dim 128, 32 (two steps a 64-key tile:
+ * half the score registers, spills 216 -> 56 bytes; B4 x T2048: 223 against 216 TFLOP/s on an H200);
+ * at 64, a whole tile (184 against 162-166: the 32-key steps' second read of the query fragments costs
+ * more there than the registers they save). FINCH_CUDA_ATTENTION=fwdk64 / fwdk32 force one. */
+static bool forward_k64(int64_t head_dim)
+{
+    if (strstr(attention_mode(), "fwdk64")) return true;
+    if (strstr(attention_mode(), "fwdk32")) return false;
+    return head_dim != 128;
+}
+
 template <int D, int WM, typename T>
 static int launch_forward_mma_tiles(finch_plugin_device *dev, gpuStream_t st, attn_params pa, const finch_attention_desc *d)
 {
     typedef mma_fwd_tiles<D, WM> L;
-    void (*kernel)(attn_params) = attention_forward_mma_kernel<D, WM, T>;
+    void (*kernel)(attn_params) = attention_forward_mma_kernel<D, WM, T, 64>;
+    if constexpr (WM == 2)
+        if (!forward_k64(D)) kernel = attention_forward_mma_kernel<D, WM, T, 32>;
     if (L::bytes(true) > dev->props.sharedMemPerBlockOptin) pa.no_async = true;
     size_t smem = L::bytes(!pa.no_async);
     GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
@@ -423,6 +477,8 @@ static attn_params make_params(const finch_attention_desc *d)
     p.vec_o = gpu_dtype_size(d->dtype) == 2 && (uintptr_t)p.out % 4 == 0 && d->ldo % 2 == 0;
     p.no_async = !strcmp(attention_mode(), "sync");
     p.no_fold = !strcmp(attention_mode(), "nofold");
+    p.inorder = strstr(attention_mode(), "inorder") != NULL;
+    p.head_split = 1;
     return p;
 }
 
@@ -479,46 +535,76 @@ static int mma_applies(const finch_plugin_device *dev, const finch_attention_des
 #endif
 }
 
+/* An f32 accumulator [n_tokens][width] into dst (row stride ld) in the storage type. */
+template <typename T>
+static int store_acc(gpuStream_t st, int64_t n_tokens, int64_t width, const float *acc, finch_dptr dst, int64_t ld)
+{
+    unsigned blocks = (unsigned)(n_tokens < 65535 ? n_tokens : 65535);
+    attention_store_dq_kernel<T><<<blocks, 256, 0, st>>>(n_tokens, width, acc, (T *)gpu_ptr(dst), ld);
+    return GPU_LAUNCHED("attention_backward gradient store");
+}
+
 template <typename T>
 static int store_dq(gpuStream_t st, const attn_params &p, const finch_attention_desc *d)
 {
-    unsigned blocks = (unsigned)(d->n_tokens < 65535 ? d->n_tokens : 65535);
-    attention_store_dq_kernel<T><<<blocks, 256, 0, st>>>(d->n_tokens, d->n_heads * d->head_dim, p.dq_acc, (T *)gpu_ptr(d->dq),
-                                                         d->lddq);
-    return GPU_LAUNCHED("attention_backward dq");
+    return store_acc<T>(st, d->n_tokens, d->n_heads * d->head_dim, p.dq_acc, d->dq, d->lddq);
 }
 
-/* FINCH_CUDA_ATTENTION=dqatomic: the tensor-core dK/dV kernel also adds dQ with f32 atomics
- * (FlashAttention-2's scheme, five products per score instead of seven), instead of a second kernel
- * that recomputes S and dP. Measured slower on an H200 (B2 x T2048, h32/8, d128, causal: 1.64 ms
- * against 1.44 ms; T8192: 9.37 against 8.73 ms): the atomics' traffic costs more than the products. */
-static bool dq_atomic(void) { return strstr(attention_mode(), "dqatomic") != NULL; }
+/* The tensor-core backward: by default attention_bwd_fused_kernel (dK, dV and dQ by atomics in one
+ * kernel, FlashAttention-2's partition: see attention_mma.cuh). FINCH_CUDA_ATTENTION=dqkernel: the
+ * fused kernel for dK/dV only, dQ from attention_dq_mma_kernel (slower on an H200: B2 x T2048 d128
+ * 157.6 against 190-193 TFLOP/s, T8192 194.8 against 235); =bwd64 (or dqatomic / k128): the earlier
+ * dK/dV kernel of 16 keys a warp (and the dQ kernel):
+ *   dqatomic: that kernel also adds dQ with f32 atomics (five products per score instead of seven).
+ *     Measured slower than its second dQ kernel on an H200 (B2 x T2048, h32/8, d128, causal: 1.64
+ *     against 1.44 ms; T8192: 9.37 against 8.73 ms).
+ *   k128 (may be combined: "dqatomic,k128"): 128-key blocks of 8 warps instead of 64 keys of 4 warps.
+ *     Alone slower (1.60 against 1.40 ms); with dqatomic slower at T2048 (1.55 ms), faster at T8192
+ *     (8.30 against 8.73). */
+static bool mode_has(const char *word) { return strstr(attention_mode(), word) != NULL; }
+static bool bwd_earlier(void) { return mode_has("bwd64") || mode_has("dqatomic") || mode_has("k128"); }
+
+/* Whether attention_bwd_fused_kernel takes a tensor-core backward of this head_dim (it needs 109 KiB
+ * of shared memory at 64, 173 at 128: sm_80 and sm_90 have them, sm_86/89 not). */
+static bool use_fused(const finch_plugin_device *dev, int64_t head_dim)
+{
+#if FINCH_GPU_CUDA
+    if (bwd_earlier()) return false;
+    size_t need = head_dim == 64 ? mma_fused_smem<64>::bytes() : mma_fused_smem<128>::bytes();
+    return need <= dev->props.sharedMemPerBlockOptin;
+#else
+    (void)dev; (void)head_dim;
+    return false;
+#endif
+}
+
+/* FINCH_CUDA_ATTENTION=hsplit2 / hsplit4: the fused backward splits each kv head's query heads over 2 / 4
+ * blocks, each adding its dK, dV to f32 accumulators with atomics (more, shorter blocks where few
+ * (key tile, kv head, sequence) blocks meet many SMs). Measured on an H200 (bf16, h32/8, causal, with
+ * the heaviest-first block order): no gain at any benchmark shape (B2 x T2048 d128: 190.6 / 183.0
+ * TFLOP/s against 193.1 unsplit; B4 x T2048: 194.4 / 178.5 against 199.0), so off by default. */
+static int fused_head_split(const finch_plugin_device *dev, const finch_attention_desc *d)
+{
+    if (!use_fused(dev, d->head_dim)) return 1;
+    int64_t group = d->n_heads / d->n_kv_heads, split = mode_has("hsplit4") ? 4 : mode_has("hsplit2") ? 2 : 1;
+    return group % split == 0 ? (int)split : 1;
+}
+
+/* Whether the tensor-core backward adds dQ with atomics into an f32 accumulator. */
+static bool dq_atomic(const finch_plugin_device *dev, int64_t head_dim)
+{
+    return use_fused(dev, head_dim) ? !mode_has("dqkernel") : mode_has("dqatomic");
+}
 
 #if FINCH_GPU_CUDA
-/* FINCH_CUDA_ATTENTION=k128 (may be combined: "dqatomic,k128"): dK/dV blocks of 128 keys (8 warps,
- * one block an SM) instead of 64 (4 warps, two blocks), sharing each Q/dO tile between twice the
- * keys and halving the dQ atomics. On an H200 (shape as above) k128 alone is slower (1.60 against
- * 1.40 ms); with dqatomic it is slower at T2048 (1.55 ms) but faster at T8192 (8.30 against 8.73). */
-static int dkdv_warps(void) { return strstr(attention_mode(), "k128") ? 8 : 4; }
+static int dkdv_warps(void) { return mode_has("k128") ? 8 : 4; }
 
 template <int D, typename T>
-static int launch_backward_mma(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d)
+static int launch_dq_mma(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d)
 {
     typedef mma_bwd_smem<D> L;
-    bool atomic = dq_atomic();
-    int kw = dkdv_warps(), keys = 16 * kw;
-    void (*dkdv)(attn_params) = kw == 8 ? (atomic ? attention_dkdv_mma_kernel<D, 8, true, T> : attention_dkdv_mma_kernel<D, 8, false, T>)
-                                        : (atomic ? attention_dkdv_mma_kernel<D, 4, true, T> : attention_dkdv_mma_kernel<D, 4, false, T>);
     void (*dq)(attn_params, T *, int64_t) = attention_dq_mma_kernel<D, T>;
-    if (L::dkdv_bytes(true, atomic, keys) > dev->props.sharedMemPerBlockOptin || L::dq_bytes(true) > dev->props.sharedMemPerBlockOptin)
-        p.no_async = true;
-    size_t s1 = L::dkdv_bytes(!p.no_async, atomic, keys), s2 = L::dq_bytes(!p.no_async);
-    GPU_TRY(gpu_check(gpuFuncSetAttribute(dkdv, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s1),
-                      "attention_backward shared memory"));
-    unsigned key_tiles = (unsigned)((d->max_seqlen + keys - 1) / keys);
-    dkdv<<<dim3(key_tiles, (unsigned)d->n_kv_heads, (unsigned)d->n_seqs), 32 * kw, s1, st>>>(p);
-    GPU_TRY(GPU_LAUNCHED("attention_backward dk/dv (tensor cores)"));
-    if (atomic) return store_dq<T>(st, p, d);
+    size_t s2 = L::dq_bytes(!p.no_async);
     unsigned tiles = (unsigned)((d->max_seqlen + MMA_BLOCK_K - 1) / MMA_BLOCK_K);
     GPU_TRY(gpu_check(gpuFuncSetAttribute(dq, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s2),
                       "attention_backward shared memory"));
@@ -526,13 +612,53 @@ static int launch_backward_mma(finch_plugin_device *dev, gpuStream_t st, attn_pa
     return GPU_LAUNCHED("attention_backward dq (tensor cores)");
 }
 
+template <int D, typename T>
+static int launch_backward_mma(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d)
+{
+    typedef mma_bwd_smem<D> L;
+    bool atomic = dq_atomic(dev, D);
+    if (L::dq_bytes(true) > dev->props.sharedMemPerBlockOptin) p.no_async = true;
+    if (use_fused(dev, D)) {
+        void (*fused)(attn_params) = atomic ? attention_bwd_fused_kernel<D, true, T> : attention_bwd_fused_kernel<D, false, T>;
+        size_t s1 = mma_fused_smem<D>::bytes();
+        GPU_TRY(gpu_check(gpuFuncSetAttribute(fused, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s1),
+                          "attention_backward shared memory"));
+        unsigned key_tiles = (unsigned)((d->max_seqlen + FUSED_KEYS - 1) / FUSED_KEYS);
+        fused<<<dim3(key_tiles, (unsigned)(d->n_kv_heads * p.head_split), (unsigned)d->n_seqs), FUSED_THREADS, s1, st>>>(p);
+        GPU_TRY(GPU_LAUNCHED("attention_backward (tensor cores, fused)"));
+        if (p.head_split > 1) {
+            int64_t width = d->n_kv_heads * D;
+            GPU_TRY(store_acc<T>(st, d->n_tokens, width, p.dk_acc, d->dk, d->lddk));
+            GPU_TRY(store_acc<T>(st, d->n_tokens, width, p.dv_acc, d->dv, d->lddv));
+        }
+        return atomic ? store_dq<T>(st, p, d) : launch_dq_mma<D, T>(dev, st, p, d);
+    }
+    int kw = dkdv_warps(), keys = 16 * kw;
+    void (*dkdv)(attn_params) = kw == 8 ? (atomic ? attention_dkdv_mma_kernel<D, 8, true, T> : attention_dkdv_mma_kernel<D, 8, false, T>)
+                                        : (atomic ? attention_dkdv_mma_kernel<D, 4, true, T> : attention_dkdv_mma_kernel<D, 4, false, T>);
+    if (L::dkdv_bytes(true, atomic, keys) > dev->props.sharedMemPerBlockOptin) p.no_async = true;
+    size_t s1 = L::dkdv_bytes(!p.no_async, atomic, keys);
+    GPU_TRY(gpu_check(gpuFuncSetAttribute(dkdv, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)s1),
+                      "attention_backward shared memory"));
+    unsigned key_tiles = (unsigned)((d->max_seqlen + keys - 1) / keys);
+    dkdv<<<dim3(key_tiles, (unsigned)d->n_kv_heads, (unsigned)d->n_seqs), 32 * kw, s1, st>>>(p);
+    GPU_TRY(GPU_LAUNCHED("attention_backward dk/dv (tensor cores)"));
+    return atomic ? store_dq<T>(st, p, d) : launch_dq_mma<D, T>(dev, st, p, d);
+}
+
 #endif
 
 template <typename T>
 static int backward_typed(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d, int mma)
 {
-    int64_t warps = d->n_tokens * d->n_heads;
-    attention_delta_kernel<T><<<(unsigned)((warps * dev->props.warpSize + 255) / 256), 256, 0, st>>>(p);
+    int64_t rows = d->n_tokens * d->n_heads, lanes = d->head_dim / 8;
+    int shift = 0;
+    while ((1 << shift) < lanes) shift++;
+    if (!(gpu_dtype_size(d->dtype) == 2 && vec16(p.o, d->ldo, d->dtype) && p.vec_do && d->head_dim % 8 == 0 &&
+          lanes <= dev->props.warpSize && lanes == (1 << shift) && rows * lanes < INT32_MAX))
+        shift = -1;
+    int64_t threads = rows * (shift >= 0 ? lanes : dev->props.warpSize);
+    attention_delta_kernel<T><<<(unsigned)((threads + 255) / 256), 256, 0, st>>>(p, shift);
     GPU_TRY(GPU_LAUNCHED("attention_backward delta"));
 #if FINCH_GPU_CUDA
     if constexpr (!std::is_same<T, float>::value) {
@@ -553,11 +679,19 @@ extern "C" int plugin_attention_backward(finch_plugin_device *dev, finch_plugin_
     attn_params p = make_params(d);
     int mma = mma_applies(dev, d);
     float *scratch = NULL;
-    size_t delta_n = (size_t)d->n_heads * d->n_tokens, acc_n = mma && !dq_atomic() ? 0 : (size_t)d->n_tokens * d->n_heads * d->head_dim;
-    GPU_TRY(gpu_scratch(st, (delta_n + acc_n) * sizeof(float), (void **)&scratch, "attention_backward scratch"));
+    /* scratch: delta, then the f32 accumulators that need zeros: dQ (atomic dQ), dK and dV (head split);
+     * every part a multiple of 4 floats, so each starts 16-byte aligned */
+    p.head_split = mma ? fused_head_split(dev, d) : 1;
+    size_t delta_n = ((size_t)d->n_heads * d->n_tokens + 3) / 4 * 4;
+    size_t acc_n = mma && !dq_atomic(dev, d->head_dim) ? 0 : (size_t)d->n_tokens * d->n_heads * d->head_dim;
+    size_t kv_n = p.head_split > 1 ? (size_t)d->n_tokens * d->n_kv_heads * d->head_dim : 0;
+    GPU_TRY(gpu_scratch(st, (delta_n + acc_n + 2 * kv_n) * sizeof(float), (void **)&scratch, "attention_backward scratch"));
     p.delta = scratch;
     p.dq_acc = scratch + delta_n;
-    int rc = acc_n ? gpu_check(gpuMemsetAsync(p.dq_acc, 0, acc_n * sizeof(float), st), "attention_backward") : FINCH_OK;
+    p.dk_acc = kv_n ? p.dq_acc + acc_n : NULL;
+    p.dv_acc = kv_n ? p.dk_acc + kv_n : NULL;
+    int rc = acc_n + kv_n ? gpu_check(gpuMemsetAsync(p.dq_acc, 0, (acc_n + 2 * kv_n) * sizeof(float), st), "attention_backward")
+                          : FINCH_OK;
     if (!rc) {
         switch (d->dtype) {
         case FINCH_DTYPE_F32: rc = backward_typed<float>(dev, st, p, d, mma); break;

@@ -176,12 +176,31 @@ __device__ __forceinline__ void mma_load_rows_async(T *dst, int ld, const T *src
  * uses the first buffer only, loaded synchronously. */
 __device__ __forceinline__ int mma_nbuf(const attn_params &p) { return p.no_async ? 1 : 2; }
 
-/* The query tile of a block of the forward and dQ kernels. Under a causal mask later tiles see more
- * keys: blocks are handed out in index order, so the heaviest tiles go first and the last wave is
- * made of light ones. */
-__device__ __forceinline__ unsigned mma_heavy_first(const attn_params &p)
+/* Which tile (x), head (y) and sequence (z) a block takes. Blocks start roughly in the order of their
+ * linear index. Under a causal mask the tiles of a (head, sequence) pair differ in work (later query
+ * tiles see more keys; earlier key tiles more queries), so the linear index walks the tiles heaviest
+ * first across all pairs: the last waves are made of light tiles (FINCH_CUDA_ATTENTION=inorder: each
+ * pair's tiles in turn, the earlier order). heavy_low: tile 0 is the heaviest (the backward's key
+ * tiles), else the last one is. */
+struct mma_block {
+    unsigned x, y, z;
+};
+
+__device__ __forceinline__ mma_block mma_block_order(const attn_params &p, bool heavy_low)
 {
-    return p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    mma_block b = {blockIdx.x, blockIdx.y, blockIdx.z};
+    if (!p.causal) return b;
+    if (p.inorder) {
+        if (!heavy_low) b.x = gridDim.x - 1 - blockIdx.x;
+        return b;
+    }
+    unsigned pairs = gridDim.y * gridDim.z;
+    unsigned linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    unsigned rank = linear / pairs, pair = linear % pairs;
+    b.x = heavy_low ? rank : gridDim.x - 1 - rank;
+    b.y = pair % gridDim.y;
+    b.z = pair / gridDim.y;
+    return b;
 }
 
 /* Whether query row i of a sequence (at key position i + off) sees key j; len and klen are the
@@ -259,8 +278,8 @@ template <int D, int WM> struct mma_fwd_tiles {
  * mx (base-2 units), partial row sums l (this thread's columns) and o have been rescaled.
  * FOLD (no mask, no softcap, scale > 0): the max is taken over the raw scores and the scaling folds
  * into the exponent's fma. */
-template <bool MASK, bool CAP, bool FOLD, int WM, int D>
-__device__ __forceinline__ void mma_online_softmax(const attn_params &p, float (&s)[WM][MMA_BLOCK_K / 8][4],
+template <bool MASK, bool CAP, bool FOLD, int WM, int D, int NT>
+__device__ __forceinline__ void mma_online_softmax(const attn_params &p, float (&s)[WM][NT][4],
                                                    float (&o)[WM][D / 8][4], float (&mx)[2 * WM], float (&l)[2 * WM], int row0,
                                                    int k0, int len, int klen, int off)
 {
@@ -272,7 +291,7 @@ __device__ __forceinline__ void mma_online_softmax(const attn_params &p, float (
             int i = row0 + 16 * m + g + 8 * r;
             float tile_max = -INFINITY, c2 = p.scale * MMA_LOG2E;
 #pragma unroll
-            for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
+            for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                 for (int c = 0; c < 2; c++) {
                     if (FOLD) {
@@ -292,7 +311,7 @@ __device__ __forceinline__ void mma_online_softmax(const attn_params &p, float (
             float alpha = exp2_fast(mx[2 * m + r] - base), sum = 0.0f;
             mx[2 * m + r] = new_max;
 #pragma unroll
-            for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++)
+            for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                 for (int c = 0; c < 2; c++) {
                     float e = FOLD ? exp2_fast(fmaf(s[m][nt][2 * r + c], c2, -base)) : exp2_fast(s[m][nt][2 * r + c] - base);
@@ -308,7 +327,9 @@ __device__ __forceinline__ void mma_online_softmax(const attn_params &p, float (
         }
 }
 
-template <int D, int WM, typename T>
+/* KS: keys per online-softmax step, 64 (a whole key tile) or 32 (two steps a tile: half the score
+ * registers, fewer spills, at the price of reading the query fragments twice). */
+template <int D, int WM, typename T, int KS>
 __global__ void __launch_bounds__(MMA_THREADS, WM == 1 ? 3 : 2) attention_forward_mma_kernel(attn_params p)
 {
     typedef mma_fwd_tiles<D, WM> L;
@@ -325,10 +346,11 @@ __global__ void __launch_bounds__(MMA_THREADS, WM == 1 ? 3 : 2) attention_forwar
         v_bufs = k_bufs + mma_nbuf(p) * L::TILE;
     }
 
-    int64_t h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
-    const seq_span sp = seq_span_of(p, blockIdx.z);
+    const mma_block blk = mma_block_order(p, false);
+    int64_t h = blk.y, kvh = h / (p.n_heads / p.n_kv_heads);
+    const seq_span sp = seq_span_of(p, blk.z);
     int64_t start = sp.q_start;
-    int len = (int)sp.q_len, klen = (int)sp.k_len, off = (int)sp.off, q0 = (int)mma_heavy_first(p) * BQ;
+    int len = (int)sp.q_len, klen = (int)sp.k_len, off = (int)sp.off, q0 = (int)blk.x * BQ;
     if (q0 >= len) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     int r0 = warp * 16 * WM; /* this warp's first row in the tile */
@@ -361,62 +383,69 @@ __global__ void __launch_bounds__(MMA_THREADS, WM == 1 ? 3 : 2) attention_forwar
     for (int k0 = k_first; k0 < k_hi; k0 += MMA_BLOCK_K) {
         T *ks, *vs;
         pipe.acquire(k0, &ks, &vs);
-        float s[WM][MMA_BLOCK_K / 8][4];
 #pragma unroll
-        for (int m = 0; m < WM; m++)
+        for (int kh = 0; kh < MMA_BLOCK_K; kh += KS) {
+            /* a step whose keys all come after the warp's last query row is wholly masked: nothing to add */
+            if (p.causal && k0 + kh > q0 + off + r0 + 16 * WM - 1) continue;
+            const int NT = KS / 8;
+            float s[WM][NT][4];
 #pragma unroll
-            for (int nt = 0; nt < MMA_BLOCK_K / 8; nt++) s[m][nt][0] = s[m][nt][1] = s[m][nt][2] = s[m][nt][3] = 0.0f;
+            for (int m = 0; m < WM; m++)
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t qa[WM][4];
+                for (int nt = 0; nt < NT; nt++) s[m][nt][0] = s[m][nt][1] = s[m][nt][2] = s[m][nt][3] = 0.0f;
 #pragma unroll
-            for (int m = 0; m < WM; m++) {
-                if (WM == 1) {
-#pragma unroll
-                    for (int e = 0; e < 4; e++) qa[m][e] = qf[WM == 1 ? kk : 0][e];
-                } else {
-                    ldsm_a<T>(qa[m], qs, LD, r0 + 16 * m, kk * 16);
-                }
-            }
-#pragma unroll
-            for (int np = 0; np < MMA_BLOCK_K / 16; np++) {
-                uint32_t b[4];
-                ldsm_b<T>(b, ks, LD, np * 16, kk * 16);
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t qa[WM][4];
 #pragma unroll
                 for (int m = 0; m < WM; m++) {
-                    mma16816<T>(s[m][2 * np], qa[m], b[0], b[1]);
-                    mma16816<T>(s[m][2 * np + 1], qa[m], b[2], b[3]);
+                    if (WM == 1) {
+#pragma unroll
+                        for (int e = 0; e < 4; e++) qa[m][e] = qf[WM == 1 ? kk : 0][e];
+                    } else {
+                        ldsm_a<T>(qa[m], qs, LD, r0 + 16 * m, kk * 16);
+                    }
+                }
+#pragma unroll
+                for (int np = 0; np < NT / 2; np++) {
+                    uint32_t b[4];
+                    ldsm_b<T>(b, ks, LD, kh + np * 16, kk * 16);
+#pragma unroll
+                    for (int m = 0; m < WM; m++) {
+                        mma16816<T>(s[m][2 * np], qa[m], b[0], b[1]);
+                        mma16816<T>(s[m][2 * np + 1], qa[m], b[2], b[3]);
+                    }
                 }
             }
-        }
-        bool full = rows_full && k0 + MMA_BLOCK_K <= klen && (!p.causal || k0 + MMA_BLOCK_K - 1 <= q0 + off);
-        int row0 = q0 + r0;
-        if (full) {
-            if (cap) mma_online_softmax<false, true, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
-            else if (fold) mma_online_softmax<false, false, true, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
-            else mma_online_softmax<false, false, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
-        } else {
-            if (cap) mma_online_softmax<true, true, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
-            else mma_online_softmax<true, false, false, WM, D>(p, s, o, mx, l, row0, k0, len, klen, off);
-        }
-#pragma unroll
-        for (int kk = 0; kk < MMA_BLOCK_K / 16; kk++) {
-            uint32_t pa[WM][4];
-#pragma unroll
-            for (int m = 0; m < WM; m++) {
-                pa[m][0] = pack2<T>(s[m][2 * kk][0], s[m][2 * kk][1]);
-                pa[m][1] = pack2<T>(s[m][2 * kk][2], s[m][2 * kk][3]);
-                pa[m][2] = pack2<T>(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
-                pa[m][3] = pack2<T>(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
+            int kb = k0 + kh;
+            bool full = rows_full && kb + KS <= klen && (!p.causal || kb + KS - 1 <= q0 + off);
+            int row0 = q0 + r0;
+            if (full) {
+                if (cap) mma_online_softmax<false, true, false, WM, D, NT>(p, s, o, mx, l, row0, kb, len, klen, off);
+                else if (fold) mma_online_softmax<false, false, true, WM, D, NT>(p, s, o, mx, l, row0, kb, len, klen, off);
+                else mma_online_softmax<false, false, false, WM, D, NT>(p, s, o, mx, l, row0, kb, len, klen, off);
+            } else {
+                if (cap) mma_online_softmax<true, true, false, WM, D, NT>(p, s, o, mx, l, row0, kb, len, klen, off);
+                else mma_online_softmax<true, false, false, WM, D, NT>(p, s, o, mx, l, row0, kb, len, klen, off);
             }
 #pragma unroll
-            for (int nd = 0; nd < D / 8; nd += 2) {
-                uint32_t b[4];
-                ldsm_b_trans<T>(b, vs, LD, kk * 16, nd * 8);
+            for (int kk = 0; kk < NT / 2; kk++) {
+                uint32_t pa[WM][4];
 #pragma unroll
                 for (int m = 0; m < WM; m++) {
-                    mma16816<T>(o[m][nd], pa[m], b[0], b[1]);
-                    mma16816<T>(o[m][nd + 1], pa[m], b[2], b[3]);
+                    pa[m][0] = pack2<T>(s[m][2 * kk][0], s[m][2 * kk][1]);
+                    pa[m][1] = pack2<T>(s[m][2 * kk][2], s[m][2 * kk][3]);
+                    pa[m][2] = pack2<T>(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
+                    pa[m][3] = pack2<T>(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
+                }
+#pragma unroll
+                for (int nd = 0; nd < D / 8; nd += 2) {
+                    uint32_t b[4];
+                    ldsm_b_trans<T>(b, vs, LD, kh + kk * 16, nd * 8);
+#pragma unroll
+                    for (int m = 0; m < WM; m++) {
+                        mma16816<T>(o[m][nd], pa[m], b[0], b[1]);
+                        mma16816<T>(o[m][nd + 1], pa[m], b[2], b[3]);
+                    }
                 }
             }
         }
@@ -760,9 +789,10 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) attention_dq_mma_kernel(attn_p
     T *v_bufs = k_bufs + mma_nbuf(p) * MMA_BLOCK_K * LD;
     float *lse_s = (float *)(v_bufs + mma_nbuf(p) * MMA_BLOCK_K * LD), *delta_s = lse_s + BQ;
 
-    int64_t seq = blockIdx.z, h = blockIdx.y, kvh = h / (p.n_heads / p.n_kv_heads);
+    const mma_block blk = mma_block_order(p, false);
+    int64_t seq = blk.z, h = blk.y, kvh = h / (p.n_heads / p.n_kv_heads);
     int64_t start = p.cu[seq];
-    int len = (int)(p.cu[seq + 1] - start), q0 = (int)mma_heavy_first(p) * BQ;
+    int len = (int)(p.cu[seq + 1] - start), q0 = (int)blk.x * BQ;
     if (q0 >= len) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, r0 = warp * 16;
     mma_load_rows<D, T>(qs, LD, (const T *)p.q + start * p.ldq + h * D, p.ldq, q0, BQ, len, p.vec_q);
@@ -820,6 +850,301 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) attention_dq_mma_kernel(attn_p
             dst[nd * 8 + t * 2 + 1] = from_f32<T>(dq[nd][2 * r + 1]);
         }
     }
+}
+
+/* ---- backward in one kernel: FlashAttention-2's partition ------------------------------------------
+ * attention_bwd_fused_kernel: one tile of 128 keys per block of 8 warps (one kv head), looping over
+ * the query heads of its group and over 64-query tiles (Q, dO double-buffered with cp.async). Each
+ * iteration has three phases, each warp with its own part of the tile:
+ *   1. S^T = K Q^T and dP^T = V dO^T, a warp 32 keys x 32 queries (4 x 2 warps); P^T and dS^T go to
+ *      shared memory (16-bit), so every K/V fragment serves two query n-tiles and every Q/dO fragment
+ *      two key m-tiles.
+ *   2. dV += P^T dO and dK += dS^T Q, a warp 32 keys x D/2 columns (4 x 2), accumulated in registers.
+ *   3. (ATOMIC_DQ) dQ += dS K, a warp 32 queries x D/4 columns (2 x 4), added to p.dq_acc (f32) with
+ *      atomics; otherwise attention_dq_mma_kernel computes dQ afterwards.
+ * Against attention_dkdv_mma_kernel (a warp 16 keys x all of D in every product) each ldmatrix feeds
+ * about twice the mma. Sub-tiles wholly above the causal diagonal skip their products. 255 registers
+ * (no spills) and 173 KiB of shared memory at D = 128: one block of 8 warps an SM, so the order the
+ * blocks start in matters (mma_block_order). With p.head_split > 1 a block takes group / head_split
+ * of the kv head's query heads and adds its dK, dV to f32 sums (p.dk_acc, p.dv_acc) with atomics. */
+#define FUSED_KEYS 128
+#define FUSED_Q 64
+#define FUSED_THREADS 256
+
+template <int D> struct mma_fused_smem {
+    static const int LD = D + 8, LDP = FUSED_Q + 8;
+    /* K, V [128][LD]; Q, dO [2][64][LD]; P^T, dS^T [128][LDP]; lse, delta [2][64] f32 */
+    static size_t bytes(void)
+    {
+        return ((size_t)2 * FUSED_KEYS * LD + 4 * FUSED_Q * LD + 2 * FUSED_KEYS * LDP) * 2 + 4 * FUSED_Q * sizeof(float);
+    }
+};
+
+/* Adds a warp's 32 x (8 NDQ) f32 fragment (rows row0 + 16 m + g (+ 8) of dst, row stride ld; columns
+ * 8 nd + 2 t (+ 1)) to global memory: 8-byte atomics on sm_90, else 4-byte. (16-byte atomics after
+ * lanes t and t ^ 1 swap half their pairs measured 1-2% slower on an H200.) */
+template <int NDQ>
+__device__ __forceinline__ void mma_atomic_add_rows(float *dst, int64_t ld, const float (&acc)[2][NDQ][4], int row0, int len)
+{
+    int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            int i = row0 + 16 * m + g + 8 * r;
+            if (i >= len) continue;
+            float *row = dst + (int64_t)i * ld + t * 2;
+#pragma unroll
+            for (int nd = 0; nd < NDQ; nd++) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+                atomicAdd((float2 *)(row + nd * 8), make_float2(acc[m][nd][2 * r], acc[m][nd][2 * r + 1]));
+#else
+                atomicAdd(row + nd * 8, acc[m][nd][2 * r]);
+                atomicAdd(row + nd * 8 + 1, acc[m][nd][2 * r + 1]);
+#endif
+            }
+        }
+}
+
+template <int D, bool ATOMIC_DQ, typename T>
+__global__ void __launch_bounds__(FUSED_THREADS, 1) attention_bwd_fused_kernel(attn_params p)
+{
+    typedef mma_fused_smem<D> L;
+    const int LD = L::LD, LDP = L::LDP, BN = FUSED_KEYS, BM = FUSED_Q;
+    const int NDV = D / 16;  /* n-tiles of a warp's D/2 columns of dK and dV */
+    const int NDQ = D / 32;  /* n-tiles of a warp's D/4 columns of dQ */
+    extern __shared__ float smem_raw[];
+    T *ks = (T *)smem_raw, *vs = ks + BN * LD, *q_bufs = vs + BN * LD, *do_bufs = q_bufs + 2 * BM * LD;
+    T *pt = do_bufs + 2 * BM * LD, *dst = pt + BN * LDP;
+    float *lse_s = (float *)(dst + BN * LDP), *delta_s = lse_s + 2 * BM;
+
+    const mma_block blk = mma_block_order(p, true);
+    int64_t seq = blk.z, kvh = blk.y / p.head_split, group = p.n_heads / p.n_kv_heads, part = blk.y % p.head_split;
+    int64_t start = p.cu[seq];
+    int len = (int)(p.cu[seq + 1] - start), k0 = (int)blk.x * BN;
+    if (k0 >= len) return;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int kw = 32 * (warp & 3), qw = 32 * (warp >> 2);          /* phase 1 */
+    const int kr = 32 * (warp & 3), dc = (D / 2) * (warp >> 2);     /* phase 2 */
+    const int qm = 32 * (warp >> 2), dn = (D / 4) * (warp & 3);     /* phase 3 */
+    mma_load_rows<D, T, FUSED_THREADS>(ks, LD, (const T *)p.k + start * p.ldk + kvh * D, p.ldk, k0, BN, len, p.vec_k);
+    mma_load_rows<D, T, FUSED_THREADS>(vs, LD, (const T *)p.v + start * p.ldv + kvh * D, p.ldv, k0, BN, len, p.vec_v);
+
+    float dk[2][NDV][4], dv[2][NDV][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int nd = 0; nd < NDV; nd++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dk[m][nd][e] = dv[m][nd][e] = 0.0f;
+
+    int last_k = (k0 + BN < len ? k0 + BN : len) - 1;
+    int q_lo = p.causal ? k0 : 0;
+    int64_t q_hi64 = p.window > 0 ? last_k + p.window : len;
+    int q_hi = q_hi64 > len ? len : (int)q_hi64;
+    const int64_t per = group / p.head_split, h_end = kvh * group + (part + 1) * per;
+    const bool async = p.vec_q && p.vec_do && !p.no_async, cap = p.softcap > 0.0f;
+    const T *qbase = (const T *)p.q + start * p.ldq, *dobase = (const T *)p.dout + start * p.lddout;
+    int64_t h = kvh * group + part * per;
+    int q0 = q_lo, buf = 0;
+    if (q_lo < q_hi) {
+        if (async) {
+            mma_load_rows_async<D, T, FUSED_THREADS>(q_bufs, LD, qbase + h * D, p.ldq, q0, BM, len);
+            mma_load_rows_async<D, T, FUSED_THREADS>(do_bufs, LD, dobase + h * D, p.lddout, q0, BM, len);
+        }
+        cp_async_commit();
+        if (threadIdx.x < BM) {
+            int i = q0 + threadIdx.x;
+            lse_s[threadIdx.x] = i < len ? p.lse[h * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
+            delta_s[threadIdx.x] = i < len ? p.delta[h * p.n_tokens + start + i] : 0.0f;
+        }
+    }
+    while (q_lo < q_hi && h < h_end) {
+        T *qs = q_bufs + buf * BM * LD, *dos = do_bufs + buf * BM * LD;
+        if (!async) {
+            /* this buffer was last read two iterations ago: every warp has passed the barrier since */
+            mma_load_rows<D, T, FUSED_THREADS>(qs, LD, qbase + h * D, p.ldq, q0, BM, len, p.vec_q);
+            mma_load_rows<D, T, FUSED_THREADS>(dos, LD, dobase + h * D, p.lddout, q0, BM, len, p.vec_do);
+        }
+        cp_async_wait<0>();
+        __syncthreads(); /* this tile resident; the previous iteration wholly done (P^T, dS^T, other buffers free) */
+        int64_t nh = h;
+        int nq = q0 + BM;
+        if (nq >= q_hi) {
+            nh++;
+            nq = q_lo;
+        }
+        bool more = nh < h_end;
+        if (async && more) {
+            mma_load_rows_async<D, T, FUSED_THREADS>(q_bufs + (buf ^ 1) * BM * LD, LD, qbase + nh * D, p.ldq, nq, BM, len);
+            mma_load_rows_async<D, T, FUSED_THREADS>(do_bufs + (buf ^ 1) * BM * LD, LD, dobase + nh * D, p.lddout, nq, BM, len);
+        }
+        cp_async_commit();
+        float lse_next = 0.0f, delta_next = 0.0f;
+        if (more && threadIdx.x < BM) {
+            int i = nq + threadIdx.x;
+            lse_next = i < len ? p.lse[nh * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
+            delta_next = i < len ? p.delta[nh * p.n_tokens + start + i] : 0.0f;
+        }
+
+        /* phase 1: S^T, dP^T -> P^T, dS^T */
+        {
+            float st[2][4][4], dpt[2][4][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) st[m][nt][e] = dpt[m][nt][e] = 0.0f;
+            /* wholly above the diagonal: P = dS = 0 (the masked step below writes the zeros) */
+            bool above = p.causal && k0 + kw > q0 + qw + 31;
+            if (!above) {
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) {
+                    uint32_t ka[2][4], va[2][4];
+#pragma unroll
+                    for (int m = 0; m < 2; m++) {
+                        ldsm_a<T>(ka[m], ks, LD, kw + 16 * m, kk * 16);
+                        ldsm_a<T>(va[m], vs, LD, kw + 16 * m, kk * 16);
+                    }
+#pragma unroll
+                    for (int np = 0; np < 2; np++) {
+                        uint32_t b[4];
+                        ldsm_b<T>(b, qs, LD, qw + 16 * np, kk * 16);
+#pragma unroll
+                        for (int m = 0; m < 2; m++) {
+                            mma16816<T>(st[m][2 * np], ka[m], b[0], b[1]);
+                            mma16816<T>(st[m][2 * np + 1], ka[m], b[2], b[3]);
+                        }
+                        ldsm_b<T>(b, dos, LD, qw + 16 * np, kk * 16);
+#pragma unroll
+                        for (int m = 0; m < 2; m++) {
+                            mma16816<T>(dpt[m][2 * np], va[m], b[0], b[1]);
+                            mma16816<T>(dpt[m][2 * np + 1], va[m], b[2], b[3]);
+                        }
+                    }
+                }
+            }
+            bool full = q0 + BM <= len && k0 + kw + 32 <= len && p.window == 0 && (!p.causal || k0 + kw + 31 <= q0 + qw);
+            const float *ls = lse_s + buf * BM, *ds = delta_s + buf * BM;
+#pragma unroll
+            for (int m = 0; m < 2; m++) {
+                if (full) {
+                    if (cap) mma_dkdv_probs<false, true>(p, st[m], dpt[m], ls + qw, ds + qw, q0 + qw, k0 + kw + 16 * m, len);
+                    else mma_dkdv_probs<false, false>(p, st[m], dpt[m], ls + qw, ds + qw, q0 + qw, k0 + kw + 16 * m, len);
+                } else {
+                    if (cap) mma_dkdv_probs<true, true>(p, st[m], dpt[m], ls + qw, ds + qw, q0 + qw, k0 + kw + 16 * m, len);
+                    else mma_dkdv_probs<true, false>(p, st[m], dpt[m], ls + qw, ds + qw, q0 + qw, k0 + kw + 16 * m, len);
+                }
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    T *prow = pt + (kw + 16 * m + g + 8 * r) * LDP + qw + t * 2;
+                    T *srow = dst + (kw + 16 * m + g + 8 * r) * LDP + qw + t * 2;
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++) {
+                        *(uint32_t *)(prow + nt * 8) = pack2<T>(st[m][nt][2 * r], st[m][nt][2 * r + 1]);
+                        *(uint32_t *)(srow + nt * 8) = pack2<T>(dpt[m][nt][2 * r], dpt[m][nt][2 * r + 1]);
+                    }
+                }
+            }
+        }
+        if (more && threadIdx.x < BM) {
+            lse_s[(buf ^ 1) * BM + threadIdx.x] = lse_next;
+            delta_s[(buf ^ 1) * BM + threadIdx.x] = delta_next;
+        }
+        __syncthreads(); /* P^T and dS^T complete */
+
+        /* phase 2: dV += P^T dO, dK += dS^T Q */
+#pragma unroll
+        for (int kq = 0; kq < BM / 16; kq++) {
+            if (p.causal && q0 + 16 * kq + 15 < k0 + kr) continue; /* these queries see none of the warp's keys */
+            uint32_t pa[2][4], sa[2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++) {
+                ldsm_a<T>(pa[m], pt, LDP, kr + 16 * m, kq * 16);
+                ldsm_a<T>(sa[m], dst, LDP, kr + 16 * m, kq * 16);
+            }
+#pragma unroll
+            for (int nd = 0; nd < NDV; nd += 2) {
+                uint32_t b[4];
+                ldsm_b_trans<T>(b, dos, LD, kq * 16, dc + nd * 8);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    mma16816<T>(dv[m][nd], pa[m], b[0], b[1]);
+                    mma16816<T>(dv[m][nd + 1], pa[m], b[2], b[3]);
+                }
+                ldsm_b_trans<T>(b, qs, LD, kq * 16, dc + nd * 8);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    mma16816<T>(dk[m][nd], sa[m], b[0], b[1]);
+                    mma16816<T>(dk[m][nd + 1], sa[m], b[2], b[3]);
+                }
+            }
+        }
+
+        /* phase 3: dQ += dS K */
+        if (ATOMIC_DQ) {
+            float acc[2][NDQ][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int nd = 0; nd < NDQ; nd++) acc[m][nd][0] = acc[m][nd][1] = acc[m][nd][2] = acc[m][nd][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                if (p.causal && k0 + 16 * kk > q0 + qm + 31) continue; /* keys after all the warp's queries */
+                uint32_t a[2][4];
+#pragma unroll
+                for (int m = 0; m < 2; m++) ldsm_a_trans<T>(a[m], dst, LDP, kk * 16, qm + 16 * m);
+#pragma unroll
+                for (int nd = 0; nd < NDQ; nd += 2) {
+                    uint32_t b[4];
+                    ldsm_b_trans<T>(b, ks, LD, kk * 16, dn + nd * 8);
+#pragma unroll
+                    for (int m = 0; m < 2; m++) {
+                        mma16816<T>(acc[m][nd], a[m], b[0], b[1]);
+                        mma16816<T>(acc[m][nd + 1], a[m], b[2], b[3]);
+                    }
+                }
+            }
+            float *dq = p.dq_acc + start * (p.n_heads * D) + h * D + dn;
+            mma_atomic_add_rows<NDQ>(dq, p.n_heads * D, acc, q0 + qm, len);
+        }
+        h = nh;
+        q0 = nq;
+        buf ^= 1;
+    }
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            int j = k0 + kr + 16 * m + g + 8 * r;
+            if (j >= len) continue;
+            if (p.dk_acc) { /* a part of the group's query heads: add to the f32 sums */
+                float *dka = p.dk_acc + (start + j) * (p.n_kv_heads * D) + kvh * D + dc + t * 2;
+                float *dva = p.dv_acc + (start + j) * (p.n_kv_heads * D) + kvh * D + dc + t * 2;
+#pragma unroll
+                for (int nd = 0; nd < NDV; nd++) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+                    atomicAdd((float2 *)(dka + nd * 8), make_float2(dk[m][nd][2 * r], dk[m][nd][2 * r + 1]));
+                    atomicAdd((float2 *)(dva + nd * 8), make_float2(dv[m][nd][2 * r], dv[m][nd][2 * r + 1]));
+#else
+                    atomicAdd(dka + nd * 8, dk[m][nd][2 * r]);
+                    atomicAdd(dka + nd * 8 + 1, dk[m][nd][2 * r + 1]);
+                    atomicAdd(dva + nd * 8, dv[m][nd][2 * r]);
+                    atomicAdd(dva + nd * 8 + 1, dv[m][nd][2 * r + 1]);
+#endif
+                }
+                continue;
+            }
+            T *dkr = (T *)p.dk + (start + j) * p.lddk + kvh * D + dc + t * 2, *dvr = (T *)p.dv + (start + j) * p.lddv + kvh * D + dc + t * 2;
+#pragma unroll
+            for (int nd = 0; nd < NDV; nd++) {
+                dkr[nd * 8] = from_f32<T>(dk[m][nd][2 * r]);
+                dkr[nd * 8 + 1] = from_f32<T>(dk[m][nd][2 * r + 1]);
+                dvr[nd * 8] = from_f32<T>(dv[m][nd][2 * r]);
+                dvr[nd * 8 + 1] = from_f32<T>(dv[m][nd][2 * r + 1]);
+            }
+        }
 }
 #endif
 
