@@ -52,6 +52,14 @@ __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], uint32
 #endif
 }
 
+/* d0 += a b[0..1], d1 += a b[2..3]: one A fragment against the two n-tiles of an x4 ldmatrix of B. */
+template <typename T>
+__device__ __forceinline__ void mma16816_pair(float d0[4], float d1[4], const uint32_t a[4], const uint32_t b[4])
+{
+    mma16816<T>(d0, a, b[0], b[1]);
+    mma16816<T>(d1, a, b[2], b[3]);
+}
+
 /* 2^x (MUFU.EX2; -inf gives 0). */
 __device__ __forceinline__ float exp2_fast(float x)
 {
@@ -411,8 +419,7 @@ __global__ void __launch_bounds__(MMA_THREADS, WM == 1 ? 3 : 2) attention_forwar
                     ldsm_b<T>(b, ks, LD, kh + np * 16, kk * 16);
 #pragma unroll
                     for (int m = 0; m < WM; m++) {
-                        mma16816<T>(s[m][2 * np], qa[m], b[0], b[1]);
-                        mma16816<T>(s[m][2 * np + 1], qa[m], b[2], b[3]);
+                        mma16816_pair<T>(s[m][2 * np], s[m][2 * np + 1], qa[m], b);
                     }
                 }
             }
@@ -443,8 +450,7 @@ __global__ void __launch_bounds__(MMA_THREADS, WM == 1 ? 3 : 2) attention_forwar
                     ldsm_b_trans<T>(b, vs, LD, kh + kk * 16, nd * 8);
 #pragma unroll
                     for (int m = 0; m < WM; m++) {
-                        mma16816<T>(o[m][nd], pa[m], b[0], b[1]);
-                        mma16816<T>(o[m][nd + 1], pa[m], b[2], b[3]);
+                        mma16816_pair<T>(o[m][nd], o[m][nd + 1], pa[m], b);
                     }
                 }
             }
@@ -579,11 +585,9 @@ __device__ __forceinline__ void mma_two_products(float x[N / 8][4], float y[N / 
         for (int np = 0; np < N / 16; np++) {
             uint32_t b[4];
             ldsm_b<T>(b, b1, ld, np * 16, kk * 16);
-            mma16816<T>(x[2 * np], fa, b[0], b[1]);
-            mma16816<T>(x[2 * np + 1], fa, b[2], b[3]);
+            mma16816_pair<T>(x[2 * np], x[2 * np + 1], fa, b);
             ldsm_b<T>(b, b2, ld, np * 16, kk * 16);
-            mma16816<T>(y[2 * np], fb, b[0], b[1]);
-            mma16816<T>(y[2 * np + 1], fb, b[2], b[3]);
+            mma16816_pair<T>(y[2 * np], y[2 * np + 1], fb, b);
         }
     }
 }
@@ -616,8 +620,7 @@ __device__ __forceinline__ void mma_dq_atomic(const attn_params &p, const T *ds_
         for (int nd = 0; nd < DN / 8; nd += 2) {
             uint32_t b[4];
             ldsm_b_trans<T>(b, ks, LD, kk * 16, dn + nd * 8);
-            mma16816<T>(acc[nd], a, b[0], b[1]);
-            mma16816<T>(acc[nd + 1], a, b[2], b[3]);
+            mma16816_pair<T>(acc[nd], acc[nd + 1], a, b);
         }
     }
     int64_t width = p.n_heads * D;
@@ -743,11 +746,9 @@ __global__ void __launch_bounds__(32 * KW, 8 / KW) attention_dkdv_mma_kernel(att
                 for (int nd = 0; nd < D / 8; nd += 2) {
                     uint32_t b[4];
                     ldsm_b_trans<T>(b, dos, LD, kq * 16, nd * 8);
-                    mma16816<T>(dv[nd], pa, b[0], b[1]);
-                    mma16816<T>(dv[nd + 1], pa, b[2], b[3]);
+                    mma16816_pair<T>(dv[nd], dv[nd + 1], pa, b);
                     ldsm_b_trans<T>(b, qs, LD, kq * 16, nd * 8);
-                    mma16816<T>(dk[nd], sa, b[0], b[1]);
-                    mma16816<T>(dk[nd + 1], sa, b[2], b[3]);
+                    mma16816_pair<T>(dk[nd], dk[nd + 1], sa, b);
                 }
                 if (ATOMIC_DQ) {
                     /* dS^T as it is in the fragments: [key][query] */
@@ -834,8 +835,7 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) attention_dq_mma_kernel(attn_p
             for (int nd = 0; nd < D / 8; nd += 2) {
                 uint32_t b[4];
                 ldsm_b_trans<T>(b, ks, LD, kk * 16, nd * 8);
-                mma16816<T>(dq[nd], sa, b[0], b[1]);
-                mma16816<T>(dq[nd + 1], sa, b[2], b[3]);
+                mma16816_pair<T>(dq[nd], dq[nd + 1], sa, b);
             }
         }
     }
@@ -1013,14 +1013,12 @@ __global__ void __launch_bounds__(FUSED_THREADS, 1) attention_bwd_fused_kernel(a
                         ldsm_b<T>(b, qs, LD, qw + 16 * np, kk * 16);
 #pragma unroll
                         for (int m = 0; m < 2; m++) {
-                            mma16816<T>(st[m][2 * np], ka[m], b[0], b[1]);
-                            mma16816<T>(st[m][2 * np + 1], ka[m], b[2], b[3]);
+                            mma16816_pair<T>(st[m][2 * np], st[m][2 * np + 1], ka[m], b);
                         }
                         ldsm_b<T>(b, dos, LD, qw + 16 * np, kk * 16);
 #pragma unroll
                         for (int m = 0; m < 2; m++) {
-                            mma16816<T>(dpt[m][2 * np], va[m], b[0], b[1]);
-                            mma16816<T>(dpt[m][2 * np + 1], va[m], b[2], b[3]);
+                            mma16816_pair<T>(dpt[m][2 * np], dpt[m][2 * np + 1], va[m], b);
                         }
                     }
                 }
@@ -1070,14 +1068,12 @@ __global__ void __launch_bounds__(FUSED_THREADS, 1) attention_bwd_fused_kernel(a
                 ldsm_b_trans<T>(b, dos, LD, kq * 16, dc + nd * 8);
 #pragma unroll
                 for (int m = 0; m < 2; m++) {
-                    mma16816<T>(dv[m][nd], pa[m], b[0], b[1]);
-                    mma16816<T>(dv[m][nd + 1], pa[m], b[2], b[3]);
+                    mma16816_pair<T>(dv[m][nd], dv[m][nd + 1], pa[m], b);
                 }
                 ldsm_b_trans<T>(b, qs, LD, kq * 16, dc + nd * 8);
 #pragma unroll
                 for (int m = 0; m < 2; m++) {
-                    mma16816<T>(dk[m][nd], sa[m], b[0], b[1]);
-                    mma16816<T>(dk[m][nd + 1], sa[m], b[2], b[3]);
+                    mma16816_pair<T>(dk[m][nd], dk[m][nd + 1], sa[m], b);
                 }
             }
         }
@@ -1101,8 +1097,7 @@ __global__ void __launch_bounds__(FUSED_THREADS, 1) attention_bwd_fused_kernel(a
                     ldsm_b_trans<T>(b, ks, LD, kk * 16, dn + nd * 8);
 #pragma unroll
                     for (int m = 0; m < 2; m++) {
-                        mma16816<T>(acc[m][nd], a[m], b[0], b[1]);
-                        mma16816<T>(acc[m][nd + 1], a[m], b[2], b[3]);
+                        mma16816_pair<T>(acc[m][nd], acc[m][nd + 1], a[m], b);
                     }
                 }
             }
