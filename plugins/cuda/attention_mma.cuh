@@ -178,6 +178,33 @@ __device__ __forceinline__ void mma_load_rows_async(T *dst, int ld, const T *src
     }
 }
 
+/* The queries of a sequence of len tokens that see keys [k0, k0 + bk) (causal, window): [*lo, *hi). */
+__device__ __forceinline__ void mma_bwd_query_range(const attn_params &p, int k0, int bk, int len, int *lo, int *hi)
+{
+    int last_k = (k0 + bk < len ? k0 + bk : len) - 1;
+    *lo = p.causal ? k0 : 0;
+    int64_t hi64 = p.window > 0 ? last_k + p.window : len;
+    *hi = hi64 > len ? len : (int)hi64;
+}
+
+/* A backward block's first (query head h, rows from q0) tiles: Q and dO start loading (cp.async, when
+ * async) and the thread's row q0 + threadIdx.x (of the first `rows`) gets its lse (base 2) and delta. */
+template <int D, typename T, int NT>
+__device__ __forceinline__ void mma_bwd_first_tiles(const attn_params &p, bool async, T *q_bufs, T *do_bufs, int ld,
+                                                    const T *qbase, const T *dobase, int64_t h, int q0, int rows, int len,
+                                                    int64_t start, float &lse, float &delta)
+{
+    if (async) {
+        mma_load_rows_async<D, T, NT>(q_bufs, ld, qbase + h * D, p.ldq, q0, rows, len);
+        mma_load_rows_async<D, T, NT>(do_bufs, ld, dobase + h * D, p.lddout, q0, rows, len);
+    }
+    cp_async_commit();
+    int i = q0 + threadIdx.x;
+    bool in = (int)threadIdx.x < rows && i < len;
+    lse = in ? p.lse[h * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
+    delta = in ? p.delta[h * p.n_tokens + start + i] : 0.0f;
+}
+
 /* Streamed tiles get two buffers each (the next tile loading with cp.async while the current one is
  * in use) unless p.no_async, which the launch sets when the device cannot give the block that much
  * shared memory (or FINCH_CUDA_ATTENTION=sync); a kernel whose operands do not allow 16-byte loads
@@ -665,10 +692,8 @@ __global__ void __launch_bounds__(32 * KW, 8 / KW) attention_dkdv_mma_kernel(att
 #pragma unroll
         for (int e = 0; e < 4; e++) dk[nd][e] = dv[nd][e] = 0.0f;
 
-    int last_k = (k0 + BK < len ? k0 + BK : len) - 1;
-    int q_lo = p.causal ? k0 : 0;
-    int64_t q_hi64 = p.window > 0 ? last_k + p.window : len;
-    int q_hi = q_hi64 > len ? len : (int)q_hi64;
+    int q_lo, q_hi;
+    mma_bwd_query_range(p, k0, BK, len, &q_lo, &q_hi);
     /* One pass over (query head of the group, query tile) pairs; with 16-byte rows the next pair's Q
      * and dO tiles (cp.async) and lse/delta (registers) load while the current pair is used. */
     const int64_t h_end = (kvh + 1) * group;
@@ -677,17 +702,8 @@ __global__ void __launch_bounds__(32 * KW, 8 / KW) attention_dkdv_mma_kernel(att
     float lse_next = 0.0f, delta_next = 0.0f;
     int buf = 0;
     if (q_lo < q_hi) {
-        int64_t h = kvh * group;
-        if (async) {
-            mma_load_rows_async<D, T, NT>(q_bufs, LD, qbase + h * D, p.ldq, q_lo, MMA_BWD_Q, len);
-            mma_load_rows_async<D, T, NT>(do_bufs, LD, dobase + h * D, p.lddout, q_lo, MMA_BWD_Q, len);
-        }
-        cp_async_commit();
-        if (threadIdx.x < MMA_BWD_Q) {
-            int i = q_lo + threadIdx.x;
-            lse_next = i < len ? p.lse[h * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
-            delta_next = i < len ? p.delta[h * p.n_tokens + start + i] : 0.0f;
-        }
+        mma_bwd_first_tiles<D, T, NT>(p, async, q_bufs, do_bufs, LD, qbase, dobase, kvh * group, q_lo, MMA_BWD_Q, len, start,
+                                      lse_next, delta_next);
     }
     for (int64_t h = kvh * group; h < h_end; h++) {
         for (int q0 = q_lo; q0 < q_hi; q0 += MMA_BWD_Q) {
@@ -938,25 +954,20 @@ __global__ void __launch_bounds__(FUSED_THREADS, 1) attention_bwd_fused_kernel(a
 #pragma unroll
             for (int e = 0; e < 4; e++) dk[m][nd][e] = dv[m][nd][e] = 0.0f;
 
-    int last_k = (k0 + BN < len ? k0 + BN : len) - 1;
-    int q_lo = p.causal ? k0 : 0;
-    int64_t q_hi64 = p.window > 0 ? last_k + p.window : len;
-    int q_hi = q_hi64 > len ? len : (int)q_hi64;
+    int q_lo, q_hi;
+    mma_bwd_query_range(p, k0, BN, len, &q_lo, &q_hi);
     const int64_t per = group / p.head_split, h_end = kvh * group + (part + 1) * per;
     const bool async = p.vec_q && p.vec_do && !p.no_async, cap = p.softcap > 0.0f;
     const T *qbase = (const T *)p.q + start * p.ldq, *dobase = (const T *)p.dout + start * p.lddout;
     int64_t h = kvh * group + part * per;
     int q0 = q_lo, buf = 0;
     if (q_lo < q_hi) {
-        if (async) {
-            mma_load_rows_async<D, T, FUSED_THREADS>(q_bufs, LD, qbase + h * D, p.ldq, q0, BM, len);
-            mma_load_rows_async<D, T, FUSED_THREADS>(do_bufs, LD, dobase + h * D, p.lddout, q0, BM, len);
-        }
-        cp_async_commit();
+        float lse0, delta0;
+        mma_bwd_first_tiles<D, T, FUSED_THREADS>(p, async, q_bufs, do_bufs, LD, qbase, dobase, h, q0, BM, len, start, lse0,
+                                                 delta0);
         if (threadIdx.x < BM) {
-            int i = q0 + threadIdx.x;
-            lse_s[threadIdx.x] = i < len ? p.lse[h * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
-            delta_s[threadIdx.x] = i < len ? p.delta[h * p.n_tokens + start + i] : 0.0f;
+            lse_s[threadIdx.x] = lse0;
+            delta_s[threadIdx.x] = delta0;
         }
     }
     while (q_lo < q_hi && h < h_end) {
