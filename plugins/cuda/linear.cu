@@ -1,6 +1,7 @@
 /* The fused linear layer: y = x W^T + bias + scale (drop(x) A^T) B^T and its backward, with the
- * adapter products kept rank-wide (xa = drop(x) A^T and g = dy B are [m, rank], f32) so that the
- * adapted weight W + scale B A is never formed. Dense W goes through cuBLASLt, NF4 W through the
+ * adapter products kept rank-wide (xa = drop(x) A^T and g = dy B are [m, rank]: f32, g in the
+ * activations' type where only its rounding is read) so that the adapted weight W + scale B A is never
+ * formed. Dense W goes through cuBLASLt, NF4 W through the
  * tiled kernel that dequantizes as it loads. */
 #include "gpu_plugin.h"
 
