@@ -98,11 +98,7 @@ int finch_model_rebuild_trainables(finch_model *m)
             add_trainable(m, &lin->lora_b, lin, 1);
         }
     }
-    for (int i = 0; i < m->n_trainables; i++) {
-        int rc = finch_param_alloc_grad(m, m->trainables[i].param);
-        if (rc) return rc;
-    }
-    return FINCH_OK;
+    return finch_model_alloc_grads(m);
 }
 
 void finch_lora_detach(finch_model *m)
@@ -113,6 +109,7 @@ void finch_lora_detach(finch_model *m)
         finch_param_release(m, &lin->lora_b);
         lin->rank = 0;
     }
+    finch_model_release_grads(m);
     m->lora_attached = 0;
     m->weights_version++;
     free(m->lora_targets_json);

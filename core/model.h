@@ -89,6 +89,8 @@ struct finch_model {
     char *lora_targets_json;                 /* target_modules as saved: a JSON list or string */
     finch_trainable *trainables;
     int n_trainables;
+    finch_plugin_buffer *grad_arena;         /* the trainables' f32 gradients, one after another */
+    size_t grad_arena_bytes;
     /* Bumped whenever weights or adapters may change (attach, detach, writes, backward passes), so
      * a generation cache knows its keys and values are stale. */
     uint64_t weights_version;
@@ -124,7 +126,10 @@ int finch_model_download_f32(const finch_model *m, finch_dptr src, finch_dtype d
                              const int32_t *perm, float *dst);
 int finch_param_alloc(finch_model *m, finch_param *p, finch_dtype dtype, int ndim, int64_t d0, int64_t d1);
 void finch_param_release(finch_model *m, finch_param *p);
-int finch_param_alloc_grad(finch_model *m, finch_param *p);
+/* Gives every trainable a cleared f32 gradient in one buffer, m->grad_arena (dropping the gradients
+ * of an earlier list); finch_model_release_grads drops them all. */
+int finch_model_alloc_grads(finch_model *m);
+void finch_model_release_grads(finch_model *m);
 
 /* Loads checkpoint tensor `name` into p (which takes that name), shape [d0] (ndim 1) or [d0, d1].
  * With flatten, a tensor of more dimensions whose trailing ones multiply to d1 loads as [d0, d1]

@@ -114,10 +114,8 @@ finch_status finch_trainable_grad_read(const finch_model *m, int64_t i, float *d
 finch_status finch_zero_grads(finch_model *m)
 {
     if (!m) return finch_error(FINCH_ERR_INVALID_ARGUMENT, "finch_zero_grads: NULL model");
-    for (int i = 0; i < m->n_trainables; i++) {
-        const finch_param *p = m->trainables[i].param;
-        int rc = m->be->api->fill(m->be->dev, m->be->stream, p->grad, FINCH_DTYPE_F32, p->numel, 0.0f);
-        if (rc) return finch_device_error(m->be, rc, "clearing gradients");
-    }
-    return FINCH_OK;
+    if (!m->grad_arena) return FINCH_OK;
+    finch_dptr all = {m->grad_arena, 0};
+    int rc = m->be->api->fill(m->be->dev, m->be->stream, all, FINCH_DTYPE_F32, (int64_t)(m->grad_arena_bytes / sizeof(float)), 0.0f);
+    return rc ? finch_device_error(m->be, rc, "clearing gradients") : FINCH_OK;
 }

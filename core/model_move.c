@@ -83,6 +83,7 @@ void finch_model_visit_devrefs(finch_model *m, finch_devref_fn fn, void *ctx)
     }
     if (m->vision) finch_vision_visit_devrefs(m->vision, fn, ctx);
     fn(&m->persistent, ctx);
+    fn(&m->grad_arena, ctx);
     fn(&m->loss_buf.buf, ctx);
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < 2; j++) fn(&m->rope_inv[i][j].buf, ctx);
