@@ -1631,18 +1631,23 @@ static void test_add_rmsnorm(void)
 
 static void test_rope(void)
 {
-    static const struct { finch_dtype t; int64_t heads, head_dim, rot_dim; int n_sections; int sections[4]; float factor; } cases[] = {
-        {FINCH_DTYPE_F32, 3, 16, 16, 1, {8, 0, 0, 0}, 1.0f},
-        {FINCH_DTYPE_BF16, 2, 24, 12, 1, {6, 0, 0, 0}, 1.25f},
-        {FINCH_DTYPE_F32, 2, 32, 32, 3, {4, 6, 6, 0}, 1.0f},
-        {FINCH_DTYPE_F16, 4, 64, 64, 1, {32, 0, 0, 0}, 0.9f},
+    /* n tokens, rows padded by pad elements; from 64 tokens with rows and heads in whole 16-byte words
+     * the plugin may take another kernel (many tokens a block), hence the last cases */
+    static const struct { finch_dtype t; int64_t heads, head_dim, rot_dim; int n_sections; int sections[4]; float factor; int64_t n, pad; } cases[] = {
+        {FINCH_DTYPE_F32, 3, 16, 16, 1, {8, 0, 0, 0}, 1.0f, 11, 5},
+        {FINCH_DTYPE_BF16, 2, 24, 12, 1, {6, 0, 0, 0}, 1.25f, 11, 5},
+        {FINCH_DTYPE_F32, 2, 32, 32, 3, {4, 6, 6, 0}, 1.0f, 11, 5},
+        {FINCH_DTYPE_F16, 4, 64, 64, 1, {32, 0, 0, 0}, 0.9f, 11, 5},
+        {FINCH_DTYPE_BF16, 5, 128, 128, 1, {64, 0, 0, 0}, 1.0f, 67, 0},
+        {FINCH_DTYPE_F32, 3, 32, 32, 3, {4, 6, 6, 0}, 1.0f, 70, 4},
+        {FINCH_DTYPE_F16, 2, 64, 32, 1, {16, 0, 0, 0}, 0.9f, 64, 8},
     };
-    char what[64];
+    char what[80];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        int64_t n = 11, half = cases[ci].rot_dim / 2, ldx = cases[ci].heads * cases[ci].head_dim + 5;
-        int32_t pos[3 * 11];
+        int64_t n = cases[ci].n, half = cases[ci].rot_dim / 2, ldx = cases[ci].heads * cases[ci].head_dim + cases[ci].pad;
+        int32_t pos[3 * 70];
         for (int i = 0; i < cases[ci].n_sections * n; i++) pos[i] = (i * 37) % 101 + (i % 3) * 1000;
-        float inv[32];
+        float inv[64];
         for (int64_t i = 0; i < half; i++) inv[i] = powf(10000.0f, -2.0f * (float)i / (float)cases[ci].rot_dim);
         tensor pt = from_ints(pos, (size_t)(cases[ci].n_sections * n)), it = from_floats(FINCH_DTYPE_F32, inv, (size_t)half);
         tensor x = random_tensor(cases[ci].t, (size_t)(n * ldx), 1.0f), g = random_tensor(cases[ci].t, (size_t)(n * ldx), 1.0f);
@@ -1666,8 +1671,8 @@ static void test_rope(void)
         }
         BOTH("rope_forward", sd->api->rope_forward(sd->dev, NULL, &d[s]));
         BOTH("rope_backward", sd->api->rope_backward(sd->dev, NULL, &b[s]));
-        snprintf(what, sizeof what, "%s h%lld d%lld rot %lld sections %d", dtype_name(cases[ci].t), (long long)cases[ci].heads,
-                 (long long)cases[ci].head_dim, (long long)cases[ci].rot_dim, cases[ci].n_sections);
+        snprintf(what, sizeof what, "%s %lld tokens h%lld d%lld rot %lld sections %d", dtype_name(cases[ci].t), (long long)n,
+                 (long long)cases[ci].heads, (long long)cases[ci].head_dim, (long long)cases[ci].rot_dim, cases[ci].n_sections);
         compare("rope_forward", what, x, tol_for(cases[ci].t));
         compare("rope_backward", what, g, tol_for(cases[ci].t));
         release_all();
@@ -2115,6 +2120,105 @@ static void decode_benchmarks(void)
     }
 }
 
+static finch_dptr dptr_at(finch_dptr p, size_t bytes)
+{
+    p.offset += bytes;
+    return p;
+}
+
+/* Products one after another, as one bench call. */
+typedef struct gemm_list { int n; finch_gemm_desc d[3]; } gemm_list;
+static int bench_gemm_list(void *ctx)
+{
+    gemm_list *l = ctx;
+    for (int i = 0; i < l->n; i++)
+        if (bench_gemm(&l->d[i])) return 1;
+    return 0;
+}
+
+static finch_rope_desc rope_bench_desc(int64_t n, int64_t heads, finch_dptr x, finch_dptr pos, finch_dptr inv)
+{
+    finch_rope_desc d;
+    memset(&d, 0, sizeof d);
+    d.n_tokens = n; d.n_heads = heads; d.head_dim = 128; d.rot_dim = 128; d.dtype = FINCH_DTYPE_BF16;
+    d.x = x; d.ldx = heads * 128; d.positions = pos; d.inv_freq = inv; d.n_sections = 1; d.sections[0] = 64;
+    d.attn_factor = 1.0f;
+    return d;
+}
+static int bench_rope_qk(void *ctx)
+{
+    finch_rope_desc *d = ctx;
+    return sides[1].api->rope_forward(sides[1].dev, NULL, &d[0]) || sides[1].api->rope_forward(sides[1].dev, NULL, &d[1]);
+}
+
+/* A Llama-8B layer's products at B2xT2048 (4096 tokens) as the trainer issues them (q, k, v and gate,
+ * up one by one, the backward's dx accumulating) against one product over stacked weights, and RoPE
+ * on q and k (FINCH_PARITY_BENCH=step). */
+static void step_benchmarks(void)
+{
+    const int64_t m = 4096, h = 4096, kv = 1024, ff = 14336;
+    static const char *names[4] = {"q,k,v forward", "q,k,v backward dx", "gate,up forward", "gate,up backward dx"};
+    for (int which = 0; which < 4; which++) {
+        int mlp = which >= 2, bwd = which & 1;
+        int64_t outs[3] = {h, kv, kv};
+        if (mlp) outs[0] = outs[1] = ff;
+        int parts = mlp ? 2 : 3;
+        int64_t total = 0;
+        for (int i = 0; i < parts; i++) total += outs[i];
+        finch_dptr x = bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * h), 1.0f);
+        finch_dptr y = bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * total), 1.0f);
+        finch_dptr w = bench_buffer(FINCH_DTYPE_BF16, (size_t)(total * h), 0.02f);
+        gemm_list sep, one;
+        memset(&sep, 0, sizeof sep);
+        memset(&one, 0, sizeof one);
+        int64_t at = 0;
+        for (int i = 0; i <= parts; i++) {
+            finch_gemm_desc *d = i < parts ? &sep.d[i] : &one.d[0];
+            int64_t n_out = i < parts ? outs[i] : total, c0 = i < parts ? at : 0;
+            d->a_type = d->b_type = d->c_type = FINCH_DTYPE_BF16;
+            d->batch = 1;
+            d->alpha = 1.0f;
+            d->b = dptr_at(w, (size_t)(c0 * h) * 2);
+            d->ldb = h;
+            if (!bwd) {     /* y[:, c0..] = x W_i^T */
+                d->m = m; d->n = n_out; d->k = h;
+                d->a = x; d->lda = h;
+                d->trans_b = 1;
+                d->c = dptr_at(y, (size_t)c0 * 2); d->ldc = total;
+            } else {        /* dx += dy[:, c0..] W_i */
+                d->m = m; d->n = h; d->k = n_out;
+                d->a = dptr_at(y, (size_t)c0 * 2); d->lda = total;
+                d->c = x; d->ldc = h;
+                d->beta = i > 0 && i < parts ? 1.0f : 0.0f;
+            }
+            if (i < parts) at += outs[i];
+        }
+        sep.n = parts;
+        one.n = 1;
+        char name[96];
+        double flops = 2.0 * m * h * total;
+        snprintf(name, sizeof name, "%s one by one", names[which]);
+        bench(name, bench_gemm_list, &sep, flops);
+        snprintf(name, sizeof name, "%s stacked", names[which]);
+        bench(name, bench_gemm_list, &one, flops);
+        release_all();
+    }
+    {
+        int32_t *pos = malloc((size_t)m * sizeof *pos);
+        float inv[64];
+        for (int64_t i = 0; i < m; i++) pos[i] = (int32_t)(i % 2048);
+        for (int i = 0; i < 64; i++) inv[i] = powf(500000.0f, -2.0f * (float)i / 128.0f);
+        finch_dptr pt = bench_buffer(FINCH_DTYPE_F32, (size_t)m, 1.0f), it = bench_buffer(FINCH_DTYPE_F32, 64, 1.0f);
+        if (sides[1].api->write(sides[1].dev, NULL, pt, pos, (size_t)m * 4) || sides[1].api->write(sides[1].dev, NULL, it, inv, sizeof inv))
+            fatal("write", 1);
+        free(pos);
+        finch_rope_desc d[2] = {rope_bench_desc(m, 32, bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * h), 1.0f), pt, it),
+                                rope_bench_desc(m, 8, bench_buffer(FINCH_DTYPE_BF16, (size_t)(m * kv), 1.0f), pt, it)};
+        bench("rope_forward q (32 heads) + k (8 heads), 4096 tokens d128", bench_rope_qk, d, 0);
+        release_all();
+    }
+}
+
 /* Attention, Llama-8B-like (32 heads, 8 kv heads, head_dim 128, causal) and Llama-1B-like (head_dim
  * 64): sequences x length. Also run alone with FINCH_PARITY_BENCH=attention. */
 static void attention_benchmarks(void)
@@ -2357,8 +2461,9 @@ int main(void)
     run("optimizer multi", test_optimizer_multi);
     const char *b = getenv("FINCH_PARITY_BENCH");
     if (b && !strcmp(b, "attention")) run("attention benchmarks", attention_benchmarks);
+    else if (b && !strcmp(b, "step")) run("step benchmarks", step_benchmarks);
     else if (b && *b && *b != '0' && strcmp(b, "decode")) run("benchmarks", benchmarks);
-    if (b && *b && *b != '0' && strcmp(b, "attention")) run("decode benchmarks", decode_benchmarks);
+    if (b && *b && *b != '0' && strcmp(b, "attention") && strcmp(b, "step")) run("decode benchmarks", decode_benchmarks);
 
     for (int s = 0; s < 2; s++) {
         sides[s].api->device_close(sides[s].dev);
