@@ -795,29 +795,36 @@ typedef struct linear_case {
     int64_t m, in, out, rank;
     int bias, save_xa, want_dw, dx_accumulate;
     float dropout;
+    int words;                       /* rows of y and dy padded to 16 bytes, not by 3 elements */
 } linear_case;
 
 static void test_linear(void)
 {
     static const linear_case cases[] = {
-        {"f32 dense, bias, r5, dropout, dw", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_F32, 37, 67, 53, 5, 1, 1, 1, 1, 0.1f},
-        {"bf16 dense, bias, r4, xa recomputed", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 29, 64, 48, 4, 1, 0, 0, 0, 0.0f},
-        {"f32 nf4, r3, dropout", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 23, 47, 33, 3, 0, 1, 0, 1, 0.2f},
-        {"bf16 nf4, bias, no adapter", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_NF4, 17, 40, 24, 0, 1, 0, 0, 0, 0.0f},
-        {"f16 dense, f32 params, r8", FINCH_DTYPE_F16, FINCH_DTYPE_F32, FINCH_DTYPE_F16, 31, 72, 40, 8, 0, 1, 0, 0, 0.0f},
-        {"bf16 nf4, r16, m 150", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_NF4, 150, 136, 200, 16, 0, 1, 0, 1, 0.0f},
-        {"bf16 dense, r16, dropout, m 130", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 130, 96, 160, 16, 1, 1, 1, 0, 0.05f},
-        {"f32 nf4, r7, m 70", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 70, 81, 65, 7, 1, 0, 0, 0, 0.0f},
+        {"f32 dense, bias, r5, dropout, dw", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_F32, 37, 67, 53, 5, 1, 1, 1, 1, 0.1f, 0},
+        {"bf16 dense, bias, r4, xa recomputed", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 29, 64, 48, 4, 1, 0, 0, 0, 0.0f, 0},
+        {"f32 nf4, r3, dropout", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 23, 47, 33, 3, 0, 1, 0, 1, 0.2f, 0},
+        {"bf16 nf4, bias, no adapter", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_NF4, 17, 40, 24, 0, 1, 0, 0, 0, 0.0f, 0},
+        {"f16 dense, f32 params, r8", FINCH_DTYPE_F16, FINCH_DTYPE_F32, FINCH_DTYPE_F16, 31, 72, 40, 8, 0, 1, 0, 0, 0.0f, 0},
+        {"bf16 nf4, r16, m 150", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_NF4, 150, 136, 200, 16, 0, 1, 0, 1, 0.0f, 0},
+        {"bf16 dense, r16, dropout, m 130", FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, FINCH_DTYPE_BF16, 130, 96, 160, 16, 1, 1, 1, 0, 0.05f, 0},
+        {"f32 nf4, r7, m 70", FINCH_DTYPE_F32, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 70, 81, 65, 7, 1, 0, 0, 0, 0.0f, 0},
         /* The trainer's configuration: bf16 activations and weights, f32 adapter (and bias). */
-        {"bf16 dense, f32 params, r16, m 70", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 70, 96, 136, 16, 0, 1, 0, 1, 0.0f},
-        {"bf16 dense, f32 params, bias, r8, dropout", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 45, 64, 80, 8, 1, 0, 1, 0, 0.1f},
-        {"bf16 nf4 decode, bias, r4, m 1", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 1, 192, 43, 4, 1, 1, 0, 0, 0.0f},
-        {"bf16 dense decode, r8, m 3", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 3, 136, 57, 8, 0, 0, 0, 0, 0.0f},
+        {"bf16 dense, f32 params, r16, m 70", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 70, 96, 136, 16, 0, 1, 0, 1, 0.0f, 0},
+        {"bf16 dense, f32 params, bias, r8, dropout", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 45, 64, 80, 8, 1, 0, 1, 0, 0.1f, 0},
+        {"bf16 nf4 decode, bias, r4, m 1", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 1, 192, 43, 4, 1, 1, 0, 0, 0.0f, 0},
+        {"bf16 dense decode, r8, m 3", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 3, 136, 57, 8, 0, 0, 0, 0, 0.0f, 0},
+        /* y and dy in 16-byte rows, xa saved, ranks 16..64, sizes off any 64-multiple: the layout
+         * the trainer gives (the cases above pad rows by 3 elements) */
+        {"bf16 dense, f32 params, r16, m 600, words", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 600, 72, 1000, 16, 0, 1, 0, 0, 0.0f, 1},
+        {"f16 dense, f16 params, r32, m 130, words", FINCH_DTYPE_F16, FINCH_DTYPE_F16, FINCH_DTYPE_F16, 130, 40, 136, 32, 1, 1, 0, 1, 0.0f, 1},
+        {"bf16 dense, f32 params, r48, m 257, words", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_BF16, 257, 24, 520, 48, 0, 1, 0, 1, 0.0f, 1},
+        {"bf16 nf4, f32 params, r64, m 100, words", FINCH_DTYPE_BF16, FINCH_DTYPE_F32, FINCH_DTYPE_NF4, 100, 64, 64, 64, 0, 1, 0, 0, 0.0f, 1},
     };
     char what[96];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const linear_case *c = &cases[ci];
-        int64_t ldx = c->in + 1, ldy = c->out + 3;
+        int64_t ldx = c->in + 1, ldy = c->words ? c->out + 8 : c->out + 3;
         int nf4 = c->wtype == FINCH_DTYPE_NF4;
         tensor x = random_tensor(c->act, (size_t)(c->m * ldx), 1.0f), y = poisoned(c->act, (size_t)(c->m * ldy));
         nf4_parts parts = {absent, absent, absent};
