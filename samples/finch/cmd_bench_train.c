@@ -4,7 +4,7 @@
  *
  *   finch bench train [--config llama1b-gc|llama1b|llama8b-gc|llama8b-8k|all] [--shape full|tiny]
  *                     [--backend NAME] [--warmup N] [--steps N] [--optim adamw|adamw8bit] [--dir DIR]
- *                     [--batch N] [--seq N] [--mlp-chunk N]
+ *                     [--batch N] [--seq N] [--mlp-chunk N] [--offload on|off]
  *
  * Each configuration: a Llama model with random bf16 weights (llama1b: hidden 2048, intermediate
  * 8192, 16 layers, 32 heads, 8 kv heads, vocab 128256, tied embeddings; llama8b: 4096 / 14336 / 32 /
@@ -13,7 +13,9 @@
  * batch every step (labels = inputs), --warmup steps (3) and then --steps (8) timed optimizer steps
  * (forward, backward, optimizer). --batch/--seq replace the configuration's B and T (a smaller step for a
  * slower backend; the JSON line then no longer pairs with the baseline's). --mlp-chunk: tokens per MLP
- * chunk under gradient checkpointing (without it, the library's choice; a large N: no chunks). --shape tiny keeps the configurations but shrinks the model and
+ * chunk under gradient checkpointing (without it, the library's choice; a large N: no chunks). --offload on: with
+ * checkpointing, the layer inputs wait for the backward in page-locked host memory (finch_load_options'
+ * offload_activations), copied out and back beside the compute. --shape tiny keeps the configurations but shrinks the model and
  * T so the command runs anywhere (the CPU backend included).
  *
  * The checkpoint is written to a scratch folder (--dir, else /dev/shm, $TMPDIR or /tmp) once per
@@ -65,7 +67,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: finch bench train [--config llama1b-gc|llama1b|llama8b-gc|llama8b-8k|all] [--shape full|tiny]\n"
                "                         [--backend NAME] [--warmup N] [--steps N] [--optim adamw|adamw8bit] [--dir DIR]\n"
-               "                         [--batch N] [--seq N] [--mlp-chunk N]\n");
+               "                         [--batch N] [--seq N] [--mlp-chunk N] [--offload on|off]\n");
 }
 
 typedef struct run_options {
@@ -74,6 +76,7 @@ typedef struct run_options {
     finch_optimizer optim;
     int64_t batch, seq;             /* 0: the configuration's */
     int64_t mlp_chunk;              /* 0: the library's choice */
+    int offload;                    /* layer inputs in host memory under checkpointing */
 } run_options;
 
 /* One configuration on a loaded model (no adapter attached); prints its JSON line. */
@@ -84,6 +87,7 @@ static int run_config(finch_runtime *rt, finch_model *m, const bench_config *c, 
     finch_model_info_get(m, &info);
     m->gradient_checkpointing = c->gc;
     m->mlp_chunk_tokens = o->mlp_chunk;
+    m->offload_activations = o->offload && c->gc;
 
     /* B rows of random tokens; labels = inputs, as the baseline's labels=ids. */
     int32_t *ids = malloc((size_t)(B * T) * sizeof *ids);
@@ -122,10 +126,11 @@ static int run_config(finch_runtime *rt, finch_model *m, const bench_config *c, 
         double model_flops = 4.0 * nparam * (double)B * (double)T + attn_f * 3.5;
         printf("{\"name\": \"%s\", \"B\": %lld, \"T\": %lld, \"gc\": %s, \"params_B\": %.6f, \"step_s\": %.6f, \"tokens_per_s\": %.2f, "
                "\"peak_GiB\": %.4f, \"weights_GiB\": %.4f, \"model_TFLOPs\": %.3f, \"loss\": %.6f, \"device_used_GiB\": %.4f, "
-               "\"optim\": \"%s\", \"shape\": \"%s\"}\n",
+               "\"optim\": \"%s\", \"shape\": \"%s\", \"offload\": %s}\n",
                c->name, (long long)B, (long long)T, c->gc ? "true" : "false", nparam / 1e9, dt, (double)(B * T) / dt,
                gib((double)bench_device_peak()), gib((double)weight_bytes), model_flops / dt / 1e12, p.loss,
-               gib((double)(total_b - free_b)), finch_optimizer_name(o->optim), o->tiny ? "tiny" : "full");
+               gib((double)(total_b - free_b)), finch_optimizer_name(o->optim), o->tiny ? "tiny" : "full",
+               m->offload_activations ? "true" : "false");
         fflush(stdout);
     }
     finch_trainer_close(t);
@@ -153,7 +158,7 @@ static int parse_i64(const char *opt, const char *v, int64_t *out)
 int finch_cmd_bench_train(int argc, char **argv)
 {
     const char *config = "all", *backend = "auto", *dir_opt = NULL;
-    run_options o = {0, 3, 8, FINCH_OPTIM_ADAMW, 0, 0, 0};
+    run_options o = {0, 3, 8, FINCH_OPTIM_ADAMW, 0, 0, 0, 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -179,6 +184,8 @@ int finch_cmd_bench_train(int argc, char **argv)
             if (parse_i64(a, v, &o.seq)) return 2;
         } else if (!strcmp(a, "--mlp-chunk")) {
             if (parse_i64(a, v, &o.mlp_chunk)) return 2;
+        } else if (!strcmp(a, "--offload") && (!strcmp(v, "on") || !strcmp(v, "off"))) {
+            o.offload = !strcmp(v, "on");
         } else if (!strcmp(a, "--shape") && (!strcmp(v, "full") || !strcmp(v, "tiny"))) {
             o.tiny = !strcmp(v, "tiny");
         } else if (!strcmp(a, "--optim")) {
