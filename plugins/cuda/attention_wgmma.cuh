@@ -18,7 +18,8 @@
  * Tiles arrive by cp.async (all 256 threads, the swizzle applied to the destination), double-buffered.
  * P V of tile j is issued after S of tile j + 1, so the tensor cores run it while the softmax of
  * tile j + 1 waits for S only (FINCH_CUDA_ATTENTION=wgserial waits for both first). V therefore loads
- * one tile behind K: iteration j brings K_{j+1} and V_j, and reads K_j and V_{j-1}.
+ * one tile behind K: iteration j reads K_j and V_{j-1} and queues K_{j+1} and V_j once its products are
+ * issued; one barrier a tile.
  *
  * Compiled only where the sm_90a features are (__CUDA_ARCH_FEAT_SM90_ALL); elsewhere the kernel is
  * empty and the host never launches it (wgmma_forward_built). */
@@ -129,17 +130,26 @@ template <int D, typename T> __device__ __forceinline__ void wg_rs(float (&d)[D 
 __device__ __forceinline__ void wg_fence_async_smem(void) { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 /* WG_KEYS rows (row0.. of src, row stride ld; rows at or past len zero-filled) x D columns into a
- * swizzled tile at dst, queued with cp.async by all threads (the caller commits). */
+ * swizzled tile at dst, queued with cp.async by all threads (the caller commits). A thread keeps one
+ * 16-byte column chunk c and takes rows r, r + RS, ...: RS is a multiple of 8, so the chunk's swizzled
+ * place in each row is the same and the addresses step by constants. */
 template <int D, typename T>
 __device__ __forceinline__ void wg_load_tile(char *dst, const T *src, int64_t ld, int row0, int len)
 {
-    const int C = D / 8; /* 16-byte chunks a row */
+    const int C = D / 8, RS = WG_THREADS / C, N = WG_KEYS / RS; /* chunks a row, rows a pass, passes */
+    int r = threadIdx.x / C, c = threadIdx.x % C;
+    char *d = dst + (c / 8) * wg_tiles<D>::SLAB_BYTES + r * 128 + (((c % 8) ^ (r % 8)) << 4);
+    const T *g = src + (int64_t)(row0 + r) * ld + c * 8;
+    int64_t step = (int64_t)RS * ld;
+    if (row0 + WG_KEYS <= len) {
 #pragma unroll
-    for (int it = 0; it < WG_KEYS * C / WG_THREADS; it++) {
-        int e = threadIdx.x + it * WG_THREADS, r = e / C, c = e % C;
-        bool ok = row0 + r < len;
-        int off = (c / 8) * wg_tiles<D>::SLAB_BYTES + r * 128 + (((c % 8) ^ (r % 8)) << 4), rr = ok ? row0 + r : 0;
-        cp_async16(dst + off, src + (int64_t)rr * ld + c * 8, ok);
+        for (int it = 0; it < N; it++) cp_async16(d + it * RS * 128, g + it * step, true);
+    } else {
+#pragma unroll
+        for (int it = 0; it < N; it++) {
+            bool ok = row0 + r + it * RS < len;
+            cp_async16(d + it * RS * 128, ok ? g + it * step : src, ok);
+        }
     }
 }
 #endif /* FINCH_WGMMA */
@@ -246,13 +256,10 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attention_forward_wgmma_kernel(
 
     for (int j = 0; j < n_tiles; j++) {
         int k0 = k_first + j * WG_KEYS;
-        /* Both warpgroups are done with K_{j-1} (its buffer takes K_{j+1}) and V_{j-2} (its buffer
-         * takes V_j). */
-        __syncthreads();
-        if (j + 1 < n_tiles) wg_load_tile<D, T>(kbuf + ((j + 1) & 1) * L::TILE_BYTES, kp, p.ldk, k0 + WG_KEYS, klen);
-        wg_load_tile<D, T>(vbuf + (j & 1) * L::TILE_BYTES, vp, p.ldv, k0, klen);
-        cp_async_commit();
-        cp_async_wait<1>(); /* K_j (with Q or V_{j-1}) has landed */
+        /* The one group in flight holds K_j (with Q or V_{j-1}); the proxy fence comes before the next
+         * loads are queued, so it waits for nothing else. After the barrier both warpgroups are also
+         * done with K_{j-1} and V_{j-2}, whose buffers take K_{j+1} and V_j below. */
+        cp_async_wait<0>();
         wg_fence_async_smem();
         __syncthreads();
 
@@ -270,6 +277,9 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attention_forward_wgmma_kernel(
             for (int kk = 0; kk < WG_KEYS / 16; kk++) wg_rs<D, T>(o, pf[kk], wg_desc(vt + kk * 16 * 128, v_lbo, v_sbo));
         }
         wg_commit(); /* empty at j = 0: the waits below stay the same on every iteration */
+        if (j + 1 < n_tiles) wg_load_tile<D, T>(kbuf + ((j + 1) & 1) * L::TILE_BYTES, kp, p.ldk, k0 + WG_KEYS, klen);
+        wg_load_tile<D, T>(vbuf + (j & 1) * L::TILE_BYTES, vp, p.ldv, k0, klen);
+        cp_async_commit();
         if (OVERLAP) wg_wait<1>(); /* S_j is in s */
         else wg_wait<0>();
         wg_hold(s);
