@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attention_forward_wgmma_kernel(
     if (n_tiles > 0) wg_load_tile<D, T>(kbuf, kp, p.ldk, k_first, klen);
     cp_async_commit();
 
-    /* K-major descriptors at k step 0: Q (this warpgroup's 64 rows) and each K buffer. */
+    /* Q's K-major descriptor at k step 0 (this warpgroup's 64 rows). */
     const uint64_t q_desc = wg_desc(q_addr + r0 * 128, 16, 1024);
     float o[D / 2], s[64], mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     uint32_t pf[WG_KEYS / 16][4]; /* P of the previous tile: A fragments of its 8 k steps */
