@@ -420,8 +420,9 @@ template <int D, typename T, bool OVERLAP> static bool wgmma_forward_built(void)
     static int built = -1;
     if (built < 0) {
         cudaFuncAttributes a;
-        built = cudaFuncGetAttributes(&a, attention_forward_wgmma_kernel<D, T, OVERLAP>) == cudaSuccess && a.numRegs >= 64;
-        (void)cudaGetLastError();
+        bool ok = cudaFuncGetAttributes(&a, attention_forward_wgmma_kernel<D, T, OVERLAP>) == cudaSuccess;
+        if (!ok) (void)cudaGetLastError(); /* the mma.sync forward runs instead */
+        built = ok && a.numRegs >= 64;
     }
     return built > 0;
 }
