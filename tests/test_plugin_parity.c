@@ -1070,6 +1070,10 @@ static void test_attention(void)
         {FINCH_DTYPE_F16, 4, 1, 64, 2, {200, 129}, {0}, 1, 70, 0.0f, 1},
         {FINCH_DTYPE_BF16, 2, 2, 128, 1, {260}, {0}, 0, 0, 15.0f, 1},
         {FINCH_DTYPE_F16, 4, 2, 64, 3, {1, 128, 191}, {0}, 0, 90, 0.0f, 1},
+        /* the wgmma forward (sm_90a): f16 at head_dim 128 without a mask, bf16 at 64 with one, several
+         * 128-key tiles and a partial last one */
+        {FINCH_DTYPE_F16, 4, 2, 128, 2, {190, 300}, {0}, 0, 0, 0.0f, 1},
+        {FINCH_DTYPE_BF16, 4, 4, 64, 2, {257, 40}, {0}, 1, 0, 0.0f, 1},
     };
     char what[160];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {

@@ -346,8 +346,10 @@ static bool vec16(const void *p, int64_t ld, finch_dtype t)
  * =q64: the tensor-core forward with 64-row query tiles; =nofold: the forward's softmax without the
  * folded scale on interior tiles; =inorder: blocks in index order (see mma_block_order); =fwdk64 /
  * fwdk32: see forward_k64; =dqkernel, bwd64, dqatomic, k128, hsplit2, hsplit4: backward variants (see
- * launch_backward_mma). Words may be combined ("bwd64,fwdk64,inorder": the kernels of before s7-attn)
- * except simt, sync, q64 and nofold, which must stand alone. */
+ * launch_backward_mma); =nowgmma: the mma.sync forward on sm_90a too, =wgserial / wgswap: see
+ * launch_forward_wgmma. Words may be combined ("bwd64,fwdk64,inorder": the kernels of before s7-attn)
+ * except simt, sync, q64 and nofold, which must stand alone. The forward variants of the mma.sync
+ * kernel (sync, q64, nofold, fwdk64, fwdk32) also turn the wgmma forward off. */
 static const char *attention_mode(void)
 {
     static const char *mode = NULL;
@@ -361,6 +363,7 @@ static const char *attention_mode(void)
 static bool simt_forced(void) { return !strcmp(attention_mode(), "simt"); }
 
 #include "attention_mma.cuh"
+#include "attention_wgmma.cuh"
 
 #if FINCH_GPU_CUDA /* the tensor-core kernels (attention_mma.cuh) are CUDA's */
 /* Query rows per block of the tensor-core forward: 64 (FINCH_CUDA_ATTENTION=q64: one m-tile per warp,
@@ -397,6 +400,54 @@ static int launch_forward_mma_tiles(finch_plugin_device *dev, gpuStream_t st, at
 
 #endif
 
+#if FINCH_GPU_CUDA
+/* The wgmma forward (attention_wgmma.cuh) on sm_90a: 128 query rows a block in two warpgroups, 128-key
+ * tiles, P V of a tile overlapped with the softmax of the next (FINCH_CUDA_ATTENTION=wgserial: not
+ * overlapped). It takes calls without softcap whose q, k, v rows allow 16-byte loads; the rest, and
+ * FINCH_CUDA_ATTENTION=nowgmma, go to attention_forward_mma_kernel. =wgswap swaps V's descriptor
+ * strides (a check of the N-major layout's reading; wrong results expected). */
+static bool wgmma_forward_wanted(void)
+{
+    const char *m = attention_mode();
+    return !strstr(m, "nowgmma") && !strstr(m, "fwdk") && strcmp(m, "sync") && strcmp(m, "q64") && strcmp(m, "nofold");
+}
+
+/* Whether the kernel the device would run has its wgmma body: the plugin may have been built without
+ * sm_90a machine code (the kernel then comes from PTX of another target, with an empty body, a few
+ * registers). Read once per kernel. */
+template <int D, typename T, bool OVERLAP> static bool wgmma_forward_built(void)
+{
+    static int built = -1;
+    if (built < 0) {
+        cudaFuncAttributes a;
+        bool ok = cudaFuncGetAttributes(&a, attention_forward_wgmma_kernel<D, T, OVERLAP>) == cudaSuccess;
+        if (!ok) (void)cudaGetLastError(); /* the mma.sync forward runs instead */
+        built = ok && a.numRegs >= 64;
+    }
+    return built > 0;
+}
+
+template <int D, typename T>
+static int launch_forward_wgmma(finch_plugin_device *dev, gpuStream_t st, const attn_params &p, const finch_attention_desc *d,
+                                int *done)
+{
+    bool overlap = !strstr(attention_mode(), "wgserial");
+    void (*kernel)(attn_params, uint32_t, uint32_t) =
+        overlap ? attention_forward_wgmma_kernel<D, T, true> : attention_forward_wgmma_kernel<D, T, false>;
+    size_t smem = wg_tiles<D>::bytes();
+    if (smem > dev->props.sharedMemPerBlockOptin || !(overlap ? wgmma_forward_built<D, T, true>() : wgmma_forward_built<D, T, false>()))
+        return FINCH_OK;
+    *done = 1;
+    uint32_t lbo = wg_tiles<D>::SLAB_BYTES, sbo = 1024;
+    if (strstr(attention_mode(), "wgswap")) lbo = 1024, sbo = wg_tiles<D>::SLAB_BYTES;
+    GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                      "attention_forward shared memory"));
+    dim3 grid((unsigned)((d->max_seqlen + WG_ROWS - 1) / WG_ROWS), (unsigned)d->n_heads, (unsigned)d->n_seqs);
+    kernel<<<grid, WG_THREADS, smem, st>>>(p, lbo, sbo);
+    return GPU_LAUNCHED("attention_forward (wgmma)");
+}
+#endif
+
 /* The tensor-core forward where it applies (16-bit storage, head_dim 64 or 128, sm_80+): *done = 1. */
 template <typename T>
 static int launch_forward_mma(finch_plugin_device *dev, gpuStream_t st, const attn_params &p, const finch_attention_desc *d,
@@ -406,6 +457,12 @@ static int launch_forward_mma(finch_plugin_device *dev, gpuStream_t st, const at
 #if FINCH_GPU_CUDA
     if constexpr (!std::is_same<T, float>::value) {
         if (dev->props.major < 8 || (d->head_dim != 64 && d->head_dim != 128) || simt_forced()) return FINCH_OK;
+        if (dev->props.major == 9 && dev->props.minor == 0 && p.softcap == 0.0f && p.vec_q && p.vec_k && p.vec_v &&
+            wgmma_forward_wanted()) {
+            int rc = d->head_dim == 64 ? launch_forward_wgmma<64, T>(dev, st, p, d, done) : launch_forward_wgmma<128, T>(dev, st, p, d, done);
+            GPU_TRY(rc);
+            if (*done) return FINCH_OK;
+        }
         *done = 1;
         bool wide = forward_mma_rows() == 128;
         if (d->head_dim == 64)
