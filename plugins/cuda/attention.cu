@@ -346,7 +346,7 @@ static bool vec16(const void *p, int64_t ld, finch_dtype t)
  * =q64: the tensor-core forward with 64-row query tiles; =nofold: the forward's softmax without the
  * folded scale on interior tiles; =inorder: blocks in index order (see mma_block_order); =fwdk64 /
  * fwdk32: see forward_k64; =dqkernel, bwd64, dqatomic, k128, hsplit2, hsplit4: backward variants (see
- * launch_backward_mma); =nowgmma: the mma.sync forward on sm_90a too, =wgserial / wgswap: see
+ * launch_backward_mma); =nowgmma: the mma.sync forward on sm_90a too, =wgserial: see
  * launch_forward_wgmma. Words may be combined ("bwd64,fwdk64,inorder": the kernels of before s7-attn)
  * except simt, sync, q64 and nofold, which must stand alone. The forward variants of the mma.sync
  * kernel (sync, q64, nofold, fwdk64, fwdk32) also turn the wgmma forward off. */
@@ -404,8 +404,7 @@ static int launch_forward_mma_tiles(finch_plugin_device *dev, gpuStream_t st, at
 /* The wgmma forward (attention_wgmma.cuh) on sm_90a: 128 query rows a block in two warpgroups, 128-key
  * tiles, P V of a tile overlapped with the softmax of the next (FINCH_CUDA_ATTENTION=wgserial: not
  * overlapped). It takes calls without softcap whose q, k, v rows allow 16-byte loads; the rest, and
- * FINCH_CUDA_ATTENTION=nowgmma, go to attention_forward_mma_kernel. =wgswap swaps V's descriptor
- * strides (a check of the N-major layout's reading; wrong results expected). */
+ * FINCH_CUDA_ATTENTION=nowgmma, go to attention_forward_mma_kernel. */
 static bool wgmma_forward_wanted(void)
 {
     const char *m = attention_mode();
@@ -432,18 +431,16 @@ static int launch_forward_wgmma(finch_plugin_device *dev, gpuStream_t st, const 
                                 int *done)
 {
     bool overlap = !strstr(attention_mode(), "wgserial");
-    void (*kernel)(attn_params, uint32_t, uint32_t) =
+    void (*kernel)(attn_params) =
         overlap ? attention_forward_wgmma_kernel<D, T, true> : attention_forward_wgmma_kernel<D, T, false>;
     size_t smem = wg_tiles<D>::bytes();
     if (smem > dev->props.sharedMemPerBlockOptin || !(overlap ? wgmma_forward_built<D, T, true>() : wgmma_forward_built<D, T, false>()))
         return FINCH_OK;
     *done = 1;
-    uint32_t lbo = wg_tiles<D>::SLAB_BYTES, sbo = 1024;
-    if (strstr(attention_mode(), "wgswap")) lbo = 1024, sbo = wg_tiles<D>::SLAB_BYTES;
     GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                       "attention_forward shared memory"));
     dim3 grid((unsigned)((d->max_seqlen + WG_ROWS - 1) / WG_ROWS), (unsigned)d->n_heads, (unsigned)d->n_seqs);
-    kernel<<<grid, WG_THREADS, smem, st>>>(p, lbo, sbo);
+    kernel<<<grid, WG_THREADS, smem, st>>>(p);
     return GPU_LAUNCHED("attention_forward (wgmma)");
 }
 #endif

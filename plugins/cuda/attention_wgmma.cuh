@@ -209,13 +209,12 @@ __device__ __forceinline__ void wg_softmax(const attn_params &p, const float (&s
     l[1] = l[1] * alpha[1] + (sum[1][0] + sum[1][1]);
 }
 
-/* v_lbo / v_sbo: V's descriptor strides (the slab size and 1024; FINCH_CUDA_ATTENTION=wgswap swaps
- * them, to check the reading of the N-major layout on a new toolkit or chip). */
 template <int D, typename T, bool OVERLAP>
-__global__ void __launch_bounds__(WG_THREADS, 1) attention_forward_wgmma_kernel(attn_params p, uint32_t v_lbo, uint32_t v_sbo)
+__global__ void __launch_bounds__(WG_THREADS, 1) attention_forward_wgmma_kernel(attn_params p)
 {
 #if FINCH_WGMMA
     typedef wg_tiles<D> L;
+    const uint32_t v_lbo = L::SLAB_BYTES, v_sbo = 1024; /* V N-major: LBO the 64-column slab, SBO eight rows */
     extern __shared__ float smem_raw[];
     uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), pad = (1024u - (raw & 1023u)) & 1023u;
     char *qs = (char *)smem_raw + pad, *kbuf = qs + L::TILE_BYTES, *vbuf = kbuf + 2 * L::TILE_BYTES;
@@ -339,7 +338,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attention_forward_wgmma_kernel(
         if (t == 0 && p.lse) p.lse[h * p.n_tokens + start + i] = sum > 0.0f ? mx[r] * MMA_LN2 + logf(sum) : -INFINITY;
     }
 #else
-    (void)p; (void)v_lbo; (void)v_sbo;
+    (void)p;
 #endif
 }
 
