@@ -238,6 +238,21 @@ __device__ __forceinline__ mma_block mma_block_order(const attn_params &p, bool 
     return b;
 }
 
+/* A forward block's query tile (blocks heaviest first, mma_block_order): its sequence's rows
+ * (seq_span_of), head h and its kv head, the tile's first query row q0 (rows a tile). */
+struct mma_fwd_tile {
+    seq_span sp;
+    int64_t h, kvh;
+    int q0;
+};
+
+__device__ __forceinline__ mma_fwd_tile mma_forward_tile(const attn_params &p, int rows)
+{
+    const mma_block blk = mma_block_order(p, false);
+    mma_fwd_tile f = {seq_span_of(p, blk.z), (int64_t)blk.y, (int64_t)blk.y / (p.n_heads / p.n_kv_heads), (int)blk.x * rows};
+    return f;
+}
+
 /* Whether query row i of a sequence (at key position i + off) sees key j; len and klen are the
  * sequence's query and key counts. 32-bit: one sequence has fewer than 2^31 rows. */
 __device__ __forceinline__ bool mma_visible(const attn_params &p, int i, int j, int len, int klen, int off)
@@ -381,11 +396,10 @@ __global__ void __launch_bounds__(MMA_THREADS, WM == 1 ? 3 : 2) attention_forwar
         v_bufs = k_bufs + mma_nbuf(p) * L::TILE;
     }
 
-    const mma_block blk = mma_block_order(p, false);
-    int64_t h = blk.y, kvh = h / (p.n_heads / p.n_kv_heads);
-    const seq_span sp = seq_span_of(p, blk.z);
-    int64_t start = sp.q_start;
-    int len = (int)sp.q_len, klen = (int)sp.k_len, off = (int)sp.off, q0 = (int)blk.x * BQ;
+    const mma_fwd_tile f = mma_forward_tile(p, BQ);
+    const seq_span &sp = f.sp;
+    int64_t h = f.h, kvh = f.kvh, start = sp.q_start;
+    int len = (int)sp.q_len, klen = (int)sp.k_len, off = (int)sp.off, q0 = f.q0;
     if (q0 >= len) return;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     int r0 = warp * 16 * WM; /* this warp's first row in the tile */

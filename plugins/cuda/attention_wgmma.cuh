@@ -220,11 +220,10 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attention_forward_wgmma_kernel(
     char *qs = (char *)smem_raw + pad, *kbuf = qs + L::TILE_BYTES, *vbuf = kbuf + 2 * L::TILE_BYTES;
     const uint32_t q_addr = raw + pad, k_addr = q_addr + L::TILE_BYTES, v_addr = k_addr + 2 * L::TILE_BYTES;
 
-    const mma_block blk = mma_block_order(p, false);
-    int64_t h = blk.y, kvh = h / (p.n_heads / p.n_kv_heads);
-    const seq_span sp = seq_span_of(p, blk.z);
-    int64_t start = sp.q_start;
-    int len = (int)sp.q_len, klen = (int)sp.k_len, off = (int)sp.off, q0 = (int)blk.x * WG_ROWS;
+    const mma_fwd_tile f = mma_forward_tile(p, WG_ROWS);
+    const seq_span &sp = f.sp;
+    int64_t h = f.h, kvh = f.kvh, start = sp.q_start;
+    int len = (int)sp.q_len, klen = (int)sp.k_len, off = (int)sp.off, q0 = f.q0;
     if (q0 >= len) return;
     int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     int r0 = 64 * wg;                    /* this warpgroup's first row in the tile */
