@@ -178,6 +178,18 @@ __device__ __forceinline__ void mma_load_rows_async(T *dst, int ld, const T *src
     }
 }
 
+/* The (head, query tile) a backward block visits after (h, q0): the next tile of rows tile wide in
+ * [q_lo, q_hi), else the next head's first. */
+__device__ __forceinline__ void mma_bwd_next_tile(int64_t h, int q0, int tile, int q_lo, int q_hi, int64_t *nh, int *nq)
+{
+    *nh = h;
+    *nq = q0 + tile;
+    if (*nq >= q_hi) {
+        ++*nh;
+        *nq = q_lo;
+    }
+}
+
 /* The queries of a sequence of len tokens that see keys [k0, k0 + bk) (causal, window): [*lo, *hi). */
 __device__ __forceinline__ void mma_bwd_query_range(const attn_params &p, int k0, int bk, int len, int *lo, int *hi)
 {
@@ -721,12 +733,9 @@ __global__ void __launch_bounds__(32 * KW, 8 / KW) attention_dkdv_mma_kernel(att
     }
     for (int64_t h = kvh * group; h < h_end; h++) {
         for (int q0 = q_lo; q0 < q_hi; q0 += MMA_BWD_Q) {
-            int64_t nh = h;
-            int nq = q0 + MMA_BWD_Q;
-            if (nq >= q_hi) {
-                nh++;
-                nq = q_lo;
-            }
+            int64_t nh;
+            int nq;
+            mma_bwd_next_tile(h, q0, MMA_BWD_Q, q_lo, q_hi, &nh, &nq);
             bool more = nh < h_end;
             __syncthreads(); /* previous tiles fully used; K and V loaded */
             if (threadIdx.x < MMA_BWD_Q) {
@@ -993,12 +1002,9 @@ __global__ void __launch_bounds__(FUSED_THREADS, 1) attention_bwd_fused_kernel(a
         }
         cp_async_wait<0>();
         __syncthreads(); /* this tile resident; the previous iteration wholly done (P^T, dS^T, other buffers free) */
-        int64_t nh = h;
-        int nq = q0 + BM;
-        if (nq >= q_hi) {
-            nh++;
-            nq = q_lo;
-        }
+        int64_t nh;
+        int nq;
+        mma_bwd_next_tile(h, q0, BM, q_lo, q_hi, &nh, &nq);
         bool more = nh < h_end;
         if (async && more) {
             mma_load_rows_async<D, T, FUSED_THREADS>(q_bufs + (buf ^ 1) * BM * LD, LD, qbase + nh * D, p.ldq, nq, BM, len);
