@@ -42,12 +42,16 @@ int finch_param_alloc(finch_model *m, finch_param *p, finch_dtype dtype, int ndi
  * accumulate into them like. */
 #define GRAD_ALIGN 256
 
+static size_t grad_slice_bytes(const finch_param *p)
+{
+    return ((size_t)p->numel * sizeof(float) + GRAD_ALIGN - 1) / GRAD_ALIGN * GRAD_ALIGN;
+}
+
 int finch_model_alloc_grads(finch_model *m)
 {
     finch_model_release_grads(m);
     size_t bytes = 0;
-    for (int i = 0; i < m->n_trainables; i++)
-        bytes += ((size_t)m->trainables[i].param->numel * sizeof(float) + GRAD_ALIGN - 1) / GRAD_ALIGN * GRAD_ALIGN;
+    for (int i = 0; i < m->n_trainables; i++) bytes += grad_slice_bytes(m->trainables[i].param);
     if (!bytes) return FINCH_OK;
     int rc = finch_devmem_alloc(&m->mem, bytes, "gradients", &m->grad_arena);
     if (rc) return rc;
@@ -57,7 +61,7 @@ int finch_model_alloc_grads(finch_model *m)
         finch_param *p = m->trainables[i].param;
         p->grad.buf = m->grad_arena;
         p->grad.offset = at;
-        at += ((size_t)p->numel * sizeof(float) + GRAD_ALIGN - 1) / GRAD_ALIGN * GRAD_ALIGN;
+        at += grad_slice_bytes(p);
     }
     return finch_zero_grads(m);
 }
