@@ -72,19 +72,26 @@ static int new_node(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t ld,
     return FINCH_OK;
 }
 
-int finch_graph_tensor(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t cols, int requires_grad,
-                       finch_tensor *out)
+int finch_graph_tensor_at(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t cols, finch_dptr data, int requires_grad,
+                          finch_tensor *out)
 {
     memset(out, 0, sizeof *out);
     out->dtype = dtype;
     out->rows = rows;
     out->cols = cols;
     out->ld = cols;
+    out->data = data;
     out->node = -1;
-    int rc = finch_arena_alloc(g->arena, (size_t)(rows * cols) * finch_dtype_size(dtype), &out->data);
-    if (rc) return rc;
     if (requires_grad && g->want_grad) return new_node(g, dtype, rows, cols, finch_dptr_none(), &out->node);
     return FINCH_OK;
+}
+
+int finch_graph_tensor(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t cols, int requires_grad,
+                       finch_tensor *out)
+{
+    finch_dptr data;
+    int rc = finch_arena_alloc(g->arena, (size_t)(rows * cols) * finch_dtype_size(dtype), &data);
+    return rc ? rc : finch_graph_tensor_at(g, dtype, rows, cols, data, requires_grad, out);
 }
 
 int finch_graph_bind_grad(finch_graph *g, finch_tensor *t, finch_dptr grad)

@@ -376,7 +376,7 @@ static int run_pass(finch_session *s, int n, const int *seqs, const int32_t *con
     if ((rc = finch_kv_cache_begin(&s->cache, &s->arena, n, seqs, n_tokens))) return rc;
 
     finch_step_ctx ctx = {m, g, n, longest, total, d, finch_dptr_none(), finch_dptr_at(d, (size_t)total * sizeof(int32_t)),
-                          s->cache.cu_q, 0, &s->cache, n, ids, 0, 0};
+                          s->cache.cu_q, 0, &s->cache, n, ids, 0, 0, NULL};
     finch_tensor x[2];
     if ((rc = finch_model_embed(&ctx, &x[0])) || (rc = finch_graph_tensor(g, m->dtype, total, H, 0, &x[1]))) return rc;
     if (images && images->n_images) {

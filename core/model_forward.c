@@ -169,8 +169,17 @@ static int attention_core(step_ctx *s, int64_t l, const finch_tensor *x, finch_t
     } else {
         const finch_linear_module *lin[3] = {&ly->q, &ly->k, &ly->v};
         finch_tensor y[3];
-        /* Per-head norms read each of q and k whole. */
-        if ((rc = linears(s, x, 3, lin, !c->qk_norm, y))) return rc;
+        const finch_layer_saved *sv = s->saved && s->saved->has_qkv ? s->saved : NULL;
+        if (sv) {
+            /* Kept: computed into the block by the forward, taped over it by the recompute. */
+            for (int i = 0; i < 3; i++) {
+                finch_linear_params p = step_linear_params(s, lin[i]);
+                if ((rc = finch_op_linear_at(s->g, x, &p, sv->qkv[i], !sv->reading, &y[i]))) return rc;
+            }
+        } else if ((rc = linears(s, x, 3, lin, !c->qk_norm, y))) {
+            /* Per-head norms read each of q and k whole. */
+            return rc;
+        }
         q = y[0];
         k = y[1];
         v = y[2];
@@ -181,13 +190,15 @@ static int attention_core(step_ctx *s, int64_t l, const finch_tensor *x, finch_t
     }
     /* Over the cache, where the backend can, RoPE goes into the attention call with the append. */
     int rope_in_cache = s->cache && finch_kv_cache_rotates(s->cache);
+    int (*rope)(finch_graph *, const finch_tensor *, const finch_rope_params *) =
+        s->saved && s->saved->has_qkv && s->saved->reading ? finch_op_rope_tape_only : finch_op_rope;
     if (!rope_in_cache && k_follows_q(&q, &k)) {
         finch_tensor qk = finch_tensor_cols(&q, 0, nq + nkv);
         finch_rope_params r = rope_params(s, l, c->n_heads + c->n_kv_heads);
-        if ((rc = finch_op_rope(s->g, &qk, &r))) return rc;
+        if ((rc = rope(s->g, &qk, &r))) return rc;
     } else if (!rope_in_cache) {
         finch_rope_params rq = rope_params(s, l, c->n_heads), rk = rope_params(s, l, c->n_kv_heads);
-        if ((rc = finch_op_rope(s->g, &q, &rq)) || (rc = finch_op_rope(s->g, &k, &rk))) return rc;
+        if ((rc = rope(s->g, &q, &rq)) || (rc = rope(s->g, &k, &rk))) return rc;
     }
     finch_attention_params ap;
     memset(&ap, 0, sizeof ap);
@@ -200,6 +211,7 @@ static int attention_core(step_ctx *s, int64_t l, const finch_tensor *x, finch_t
     ap.scale = c->attn_scale;
     ap.softcap = c->attn_softcap;
     ap.window = c->layer_sliding[l] ? c->sliding_window : 0;
+    if (s->saved) return finch_op_attention_at(s->g, &q, &k, &v, &ap, s->saved->o, s->saved->lse, !s->saved->reading, o);
     if (!s->cache) return finch_op_attention(s->g, &q, &k, &v, &ap, o);
     if (!rope_in_cache) return finch_kv_cache_attention(s->cache, s->g, l, &q, &k, &v, &ap, NULL, o);
     finch_rope_params r = rope_params(s, l, c->n_heads);
@@ -269,18 +281,39 @@ static int mlp_half(step_ctx *s, int64_t l, const finch_tensor *x1, const finch_
     return add_to_out(s, x1, &mo, out, &res);
 }
 
+/* Rows [s->row0, s->row0 + rows) of a saved [tokens, hidden] tensor, with a gradient node when req. */
+static int saved_rows(step_ctx *s, finch_dptr at, int64_t rows, int req, finch_tensor *out)
+{
+    int64_t H = s->m->cfg.hidden;
+    at = finch_dptr_at(at, (size_t)(s->row0 * H) * finch_dtype_size(s->m->dtype));
+    return finch_graph_tensor_at(s->g, s->m->dtype, rows, H, at, req, out);
+}
+
 /* What follows attention, token by token, so on any rows of x, o and out (s->row0: where they
- * start): x1 = x + o_proj(o) (post-normed first with sandwich norms), out = x1 + mlp(norm(x1)). */
+ * start): x1 = x + o_proj(o) (post-normed first with sandwich norms), out = x1 + mlp(norm(x1)).
+ * With x1 saved the forward writes it there, and the recompute for backward takes it from there:
+ * o_proj and the sum only get their tape entries. */
 static int after_attention(step_ctx *s, int64_t l, const finch_tensor *x, const finch_tensor *o, const finch_tensor *out)
 {
     const finch_layer *ly = &s->m->layers[l];
-    finch_tensor attn, raw, x1, mlp_in;
-    int rc = linear(s, o, &ly->o, &attn);
+    const finch_layer_saved *sv = s->saved && s->saved->has_x1 ? s->saved : NULL;
+    finch_tensor attn, raw, x1, mlp_in, at;
+    int rc;
+    if (sv && sv->reading) {
+        finch_linear_params p = step_linear_params(s, &ly->o);
+        if ((rc = finch_op_linear_tape_only(s->g, o, &p, &attn)) ||
+            (rc = saved_rows(s, sv->x1, x->rows, x->node >= 0 || attn.node >= 0, &at)) ||
+            (rc = finch_op_add_tape_only(s->g, x, &attn, &at, &x1)) || (rc = norm(s, &x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in)))
+            return rc;
+        return mlp_half(s, l, &x1, &mlp_in, out);
+    }
+    rc = linear(s, o, &ly->o, &attn);
     if (!rc && s->m->cfg.sandwich_norms) {
         raw = attn;
         rc = norm(s, &raw, &ly->post_attn_norm, NULL, &attn);
     }
-    if (!rc) rc = add_norm(s, x, &attn, NULL, &x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in);
+    if (!rc && sv) rc = saved_rows(s, sv->x1, x->rows, 0, &at);
+    if (!rc) rc = add_norm(s, x, &attn, sv ? &at : NULL, &x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in);
     return rc ? rc : mlp_half(s, l, &x1, &mlp_in, out);
 }
 
@@ -636,6 +669,14 @@ static int head_and_loss(step_ctx *s, const finch_tensor *xL, int want_logits, i
  * copied back into their slot for their layer's recomputation in backward. x_0 (the embeddings),
  * x_{L-1} and x_L stay on the device.
  *
+ * With m->save_attention each layer l also keeps its attention half (finch_layer_saved: o, its
+ * log-sum-exp, x1, and at level 2 q, k, v) in a second pair of slots (block l in slot l % 2), and
+ * blocks 0 .. L-3 travel with the inputs: the recompute for backward then runs the input norm and what
+ * follows x1 (level 1: also the products q, k and v and RoPE, which attention's backward reads), not
+ * attention nor o's projection. An 8B-shape layer of 4096 tokens moves 32 MB (x_l) and 64 MB (level 1)
+ * or 112 MB (level 2) each way. Layer l's copies out (x_{l+1} and block l) and back (x_l and block l)
+ * each end in one event.
+ *
  * Where the backend orders streams (events) and has page-locked memory, the copies run on a stream
  * of their own beside the compute: a copy out starts when its layer is done and must end before the
  * slot is written again two layers later; the copy back of x_{l-1} runs while layer l is
@@ -646,6 +687,10 @@ typedef struct offload {
     int async;                    /* copies on m->offload_stream, ordered by m->offload_events */
     finch_dptr slot[2];
     size_t bytes;                 /* of one x_l */
+    int save;                     /* attention halves kept (m->save_attention where the layers allow) */
+    finch_dptr block[2];
+    size_t block_bytes, lse_at, x1_at, qkv_at[3];   /* one block: o at 0, then lse, x1, q, k, v */
+    int has_x1, has_qkv;
 } offload;
 
 enum { EV_COMPUTE, EV_COPIED, EV_LOADED = EV_COPIED + 2 };
@@ -694,11 +739,27 @@ static void open_copy_stream(finch_model *m)
     if (rc) release_copy_stream(m);
 }
 
+static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
 static int offload_begin(finch_model *m, int64_t n, int64_t H, offload *o)
 {
-    int64_t L = m->cfg.n_layers;
-    o->bytes = (size_t)(n * H) * finch_dtype_size(m->dtype);
-    size_t need = o->bytes * (size_t)(L - 1);
+    const finch_model_config *c = &m->cfg;
+    int64_t L = c->n_layers;
+    size_t es = finch_dtype_size(m->dtype);
+    o->bytes = (size_t)(n * H) * es;
+    o->save = m->save_attention && !(c->arch == FINCH_ARCH_FALCON && c->parallel_attn);
+    if (o->save) {
+        int64_t nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim;
+        o->has_x1 = !c->sandwich_norms;
+        o->has_qkv = m->save_attention >= 2 && !c->qk_norm && !param_present(&m->layers[0].qkv.weight);
+        o->lse_at = align256((size_t)(n * nq) * es);
+        o->x1_at = o->lse_at + align256((size_t)(n * c->n_heads) * sizeof(float));
+        o->qkv_at[0] = o->x1_at + (o->has_x1 ? align256(o->bytes) : 0);
+        o->qkv_at[1] = o->qkv_at[0] + (o->has_qkv ? align256((size_t)(n * nq) * es) : 0);
+        o->qkv_at[2] = o->qkv_at[1] + (o->has_qkv ? align256((size_t)(n * nkv) * es) : 0);
+        o->block_bytes = o->qkv_at[2] + (o->has_qkv ? align256((size_t)(n * nkv) * es) : 0);
+    }
+    size_t need = o->bytes * (size_t)(L - 1) + o->block_bytes * (size_t)L;
     if (need > m->offload_cap) {
         /* The streams may still be copying into the old buffer (the previous step's reloads). */
         if (m->offload_pinned && m->be->api->synchronize(m->be->dev, m->be->stream))
@@ -715,11 +776,30 @@ static int offload_begin(finch_model *m, int64_t n, int64_t H, offload *o)
     o->async = m->offload_stream != NULL;
     int rc = FINCH_OK;
     for (int i = 0; i < 2 && !rc; i++) rc = finch_arena_alloc(&m->arena, o->bytes, &o->slot[i]);
+    for (int i = 0; i < 2 && !rc && o->save; i++) rc = finch_arena_alloc(&m->arena, o->block_bytes, &o->block[i]);
     o->on = !rc;
     return rc;
 }
 
+/* Host memory: x_1 .. x_{L-1}, then blocks 0 .. L-1. */
 static unsigned char *offload_at(finch_model *m, const offload *o, int64_t l) { return m->offload_host + (size_t)(l - 1) * o->bytes; }
+
+static unsigned char *block_at(finch_model *m, const offload *o, int64_t l)
+{
+    return m->offload_host + (size_t)(m->cfg.n_layers - 1) * o->bytes + (size_t)l * o->block_bytes;
+}
+
+static int travels_x(const finch_model *m, int64_t l) { return l >= 1 && l <= m->cfg.n_layers - 2; }
+static int travels_block(const finch_model *m, const offload *o, int64_t l) { return o->save && l >= 0 && l <= m->cfg.n_layers - 3; }
+
+/* Layer l's attention half in its slot, for the forward to write (reading 0) or the recompute to read. */
+static finch_layer_saved saved_block(const offload *o, int64_t l, int reading)
+{
+    finch_dptr b = o->block[l % 2];
+    finch_layer_saved sv = {reading, o->has_x1, o->has_qkv, b, finch_dptr_at(b, o->lse_at), finch_dptr_at(b, o->x1_at), {{0}}};
+    for (int i = 0; i < 3; i++) sv.qkv[i] = finch_dptr_at(b, o->qkv_at[i]);
+    return sv;
+}
 
 /* Stream a waits for what stream b has queued so far (through event ev). */
 static int stream_after(finch_model *m, finch_plugin_stream *a, finch_plugin_stream *b, finch_plugin_event *ev)
@@ -744,44 +824,38 @@ static int offload_before_forward(finch_model *m, const offload *o, int64_t l)
     return o->async ? compute_waits(m, m->offload_events[EV_COPIED + (l + 1) % 2]) : FINCH_OK;
 }
 
-/* x_l to host memory when it was just computed (back = 0), or back into its slot (back = 1): queued
- * before layer l + 1 is differentiated (beside the compute: it runs meanwhile) or, on the compute
- * stream, just before layer l. Only x_1 .. x_{L-2} travel. */
-static int offload_copy(finch_model *m, const offload *o, const finch_tensor *xl, int64_t l, int back)
+static int copy_one(finch_model *m, finch_plugin_stream *cs, finch_dptr dev, unsigned char *host, size_t bytes, int back)
 {
     const finch_plugin_api *api = m->be->api;
-    if (l < 1 || l > m->cfg.n_layers - 2) return FINCH_OK;
-    finch_plugin_stream *cs = o->async ? m->offload_stream : m->be->stream;
-    int rc = o->async ? stream_after(m, cs, m->be->stream, m->offload_events[EV_COMPUTE]) : FINCH_OK;
-    if (rc) return rc;
-    unsigned char *host = offload_at(m, o, l);
-    if (back ? (m->offload_pinned ? api->write_async : api->write)(m->be->dev, cs, xl->data, host, o->bytes)
-             : (m->offload_pinned ? api->read_async : api->read)(m->be->dev, cs, xl->data, host, o->bytes))
-        return finch_device_error(m->be, FINCH_ERR_DEVICE, back ? "reloading a layer input from host memory"
-                                                                : "offloading a layer input to host memory");
-    if (o->async && api->event_record(m->be->dev, cs, m->offload_events[(back ? EV_LOADED : EV_COPIED) + l % 2]))
-        return finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
+    if (back ? (m->offload_pinned ? api->write_async : api->write)(m->be->dev, cs, dev, host, bytes)
+             : (m->offload_pinned ? api->read_async : api->read)(m->be->dev, cs, dev, host, bytes))
+        return finch_device_error(m->be, FINCH_ERR_DEVICE, back ? "reloading a layer's activations from host memory"
+                                                                : "offloading a layer's activations to host memory");
     return FINCH_OK;
 }
 
-/* Before layer l is differentiated: its input is back. */
-static int offload_before_backward(finch_model *m, const offload *o, int64_t l)
+/* Layer l's activations to host memory when it was just computed (back = 0: x_{l+1} and block l), or
+ * back into their slots (back = 1: x_l and block l): queued before layer l + 1 is differentiated
+ * (beside the compute: it runs meanwhile) or, on the compute stream, just before layer l. */
+static int offload_layer(finch_model *m, const offload *o, const finch_tensor *x, int64_t l, int back)
 {
-    if (!o->async || l < 1 || l > m->cfg.n_layers - 2) return FINCH_OK;
-    return compute_waits(m, m->offload_events[EV_LOADED + l % 2]);
+    int64_t xi = back ? l : l + 1;
+    int do_x = travels_x(m, xi), do_block = travels_block(m, o, l);
+    if (!do_x && !do_block) return FINCH_OK;
+    finch_plugin_stream *cs = o->async ? m->offload_stream : m->be->stream;
+    int rc = o->async ? stream_after(m, cs, m->be->stream, m->offload_events[EV_COMPUTE]) : FINCH_OK;
+    if (!rc && do_x) rc = copy_one(m, cs, x[xi].data, offload_at(m, o, xi), o->bytes, back);
+    if (!rc && do_block) rc = copy_one(m, cs, o->block[l % 2], block_at(m, o, l), o->block_bytes, back);
+    if (!rc && o->async && m->be->api->event_record(m->be->dev, cs, m->offload_events[(back ? EV_LOADED : EV_COPIED) + xi % 2]))
+        return finch_device_error(m->be, FINCH_ERR_DEVICE, "ordering the activation copies");
+    return rc;
 }
 
-/* A residual-stream tensor over existing device memory, with a gradient node when req. */
-static int stream_tensor(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t cols, int req, finch_dptr data, finch_tensor *out)
+/* Before layer l is differentiated: its input and block are back. */
+static int offload_before_backward(finch_model *m, const offload *o, int64_t l)
 {
-    memset(out, 0, sizeof *out);
-    out->dtype = dtype;
-    out->rows = rows;
-    out->cols = cols;
-    out->ld = cols;
-    out->data = data;
-    out->node = -1;
-    return req ? finch_graph_bind_grad(g, out, finch_dptr_none()) : FINCH_OK;
+    if (!o->async || (!travels_x(m, l) && !travels_block(m, o, l))) return FINCH_OK;
+    return compute_waits(m, m->offload_events[EV_LOADED + l % 2]);
 }
 
 /* ---- the step -------------------------------------------------------------------------------- */
@@ -807,7 +881,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     int rc = finch_arena_begin(&m->arena);
     if (rc) return rc;
     finch_graph_clear(g);
-    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0, NULL, 0, 0};
+    step_ctx s = {m, g, b->batch, b->seq_len, b->batch * b->seq_len, {0}, {0}, {0}, {0}, do_backward, NULL, 0, NULL, 0, 0, NULL};
     if (do_backward) m->weights_version++; /* an optimizer step will follow: cached keys go stale */
     int64_t count = 0;
     if ((rc = upload_batch(&s, b, &count)) || (rc = finch_vl_positions(m, b, &s.positions))) return rc;
@@ -835,7 +909,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
     for (int64_t l = 0; !rc && l < L; l++) {
         int req = do_backward && (x[l].node >= 0 || layer_trainable(&m->layers[l]));
         if (off.on) {
-            rc = stream_tensor(g, m->dtype, n, H, req, off.slot[(l + 1) % 2], &x[l + 1]);
+            rc = finch_graph_tensor_at(g, m->dtype, n, H, off.slot[(l + 1) % 2], req, &x[l + 1]);
             continue;
         }
         rc = finch_graph_tensor(g, m->dtype, n, H, req, &x[l + 1]);
@@ -847,10 +921,13 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
             finch_arena_mark am = finch_arena_get_mark(&m->arena);
             g->recording = 0;
             g->want_grad = 0;
+            finch_layer_saved sv = saved_block(&off, l, 0);
+            s.saved = off.save ? &sv : NULL;
             if (off.on) rc = offload_before_forward(m, &off, l);
             if (!rc) rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
+            s.saved = NULL;
             finch_arena_reset(&m->arena, am);
-            if (!rc && off.on) rc = offload_copy(m, &off, &x[l + 1], l + 1, 0);
+            if (!rc && off.on) rc = offload_layer(m, &off, x, l, 0);
         } else {
             rc = finch_layer_forward(&s, l, &x[l], &x[l + 1]);
         }
@@ -874,12 +951,14 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
                 /* Beside the compute x_{l-1} comes back while layer l is differentiated; else x_l
                  * just before. */
                 int64_t back = off.async ? l - 1 : l;
-                if (back >= 1) rc = offload_copy(m, &off, &x[back], back, 1);
+                if (back >= 0) rc = offload_layer(m, &off, x, back, 1);
                 if (!rc) rc = offload_before_backward(m, &off, l);
             }
             if (rc) break;
             int64_t chunk = ckpt ? mlp_chunk(&s) : 0;
             s.outputs_unread = ckpt && !m->recompute_all;
+            finch_layer_saved sv = saved_block(&off, l, 1);
+            s.saved = off.save ? &sv : NULL;
             if (chunk) {
                 rc = layer_backward_chunked(&s, l, &x[l], &x[l + 1], chunk, off.async);
             } else if (ckpt) {
@@ -896,6 +975,7 @@ int finch_model_step(finch_model *m, const finch_batch *b, const finch_step_opti
                 g->n_tape = seg[l + 1];
                 rc = finch_graph_backward(g, seg[l]);
             }
+            s.saved = NULL;
             finch_arena_reset(&m->arena, am);
         }
         if (!rc) {

@@ -8,6 +8,16 @@
 typedef struct finch_kv_cache finch_kv_cache;
 
 /* One pass over the layers: the tokens' device arrays and where attention finds its keys. */
+/* Under gradient checkpointing with offload, what a layer's forward keeps of its attention half so
+ * that the recompute for its backward need not run it again (model_forward.c): the attention output
+ * o, its log-sum-exp, without sandwich norms x1 = x + o_proj(o), and where q, k and v are products
+ * of their own without per-head norms, q and k turned and v. */
+typedef struct finch_layer_saved {
+    int reading;                       /* 0: the forward writes them; 1: the recompute takes them */
+    int has_x1, has_qkv;
+    finch_dptr o, lse, x1, qkv[3];
+} finch_layer_saved;
+
 typedef struct finch_step_ctx {
     finch_model *m;
     finch_graph *g;
@@ -19,6 +29,7 @@ typedef struct finch_step_ctx {
     const int32_t *host_ids;           /* ids on the host (n_tokens), for a host-resident embedding table */
     int64_t row0;                      /* the first token row of the tensors at hand (MLP chunks): LoRA dropout masks */
     int outputs_unread;                /* a recompute for backward: the layer's output values are not read (model_forward.c) */
+    const finch_layer_saved *saved;    /* NULL, or where the layer at hand keeps its attention half */
 } finch_step_ctx;
 
 /* x_0: the embeddings of s->ids (scaled where the architecture scales them). */

@@ -530,6 +530,8 @@ finch_status finch_model_load(finch_runtime *rt, const char *dir, const finch_lo
     m->offload_activations = o.offload_activations;
     const char *all = getenv("FINCH_RECOMPUTE_ALL");   /* an A/B switch for measurements (model.h) */
     m->recompute_all = all && !strcmp(all, "1");
+    const char *keep = getenv("FINCH_OFFLOAD_ATTENTION");   /* likewise */
+    m->save_attention = keep && (!strcmp(keep, "0") || !strcmp(keep, "1")) ? keep[0] - '0' : 2;
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     finch_arena_init(&m->arena, m->be);
     finch_graph_init(&m->graph, m->be, &m->arena);

@@ -207,10 +207,13 @@ static int linear_prepare(finch_graph *g, const finch_tensor *x, const finch_lin
     return finch_arena_alloc(g->arena, (size_t)(x->rows * p->rank) * sizeof(float), &d->xa);
 }
 
-/* compute 0: y and its tape entry only (finch_op_linear_tape_only). */
-static int linear_op(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, int compute, finch_tensor *y)
+/* compute 0: y and its tape entry only (finch_op_linear_tape_only); y at `at` when present. */
+static int linear_op(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_dptr at, int compute,
+                     finch_tensor *y)
 {
-    int rc = finch_graph_tensor(g, x->dtype, x->rows, p->out_features, has_node(x) || linear_trainable(p), y);
+    int req = has_node(x) || linear_trainable(p);
+    int rc = at.buf ? finch_graph_tensor_at(g, x->dtype, x->rows, p->out_features, at, req, y)
+                    : finch_graph_tensor(g, x->dtype, x->rows, p->out_features, req, y);
     linear_record r;
     int keep = 0;
     if (!rc) rc = linear_prepare(g, x, p, y, compute, &r, &keep);
@@ -221,7 +224,7 @@ static int linear_op(finch_graph *g, const finch_tensor *x, const finch_linear_p
 
 int finch_op_linear(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y)
 {
-    return linear_op(g, x, p, 1, y);
+    return linear_op(g, x, p, finch_dptr_none(), 1, y);
 }
 
 int finch_op_linear_group(finch_graph *g, const finch_tensor *x, int count, const finch_linear_params *const *p,
@@ -260,7 +263,14 @@ int finch_op_linear_group(finch_graph *g, const finch_tensor *x, int count, cons
 
 int finch_op_linear_tape_only(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y)
 {
-    return linear_op(g, x, p, 0, y);
+    return linear_op(g, x, p, finch_dptr_none(), 0, y);
+}
+
+int finch_op_linear_at(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_dptr at, int compute,
+                       finch_tensor *y)
+{
+    if (!at.buf) return internal("linear output not given");
+    return linear_op(g, x, p, at, compute, y);
 }
 
 /* ---- rotary embedding --------------------------------------------------------------------- */
@@ -299,18 +309,22 @@ finch_rope_desc finch_rope_desc_of(const finch_tensor *x, const finch_rope_param
     return d;
 }
 
-int finch_op_rope(finch_graph *g, const finch_tensor *x, const finch_rope_params *p)
+static int rope_op(finch_graph *g, const finch_tensor *x, const finch_rope_params *p, int compute)
 {
     if (x->cols != p->n_heads * p->head_dim) return internal("rope width");
     rope_record r;
     memset(&r, 0, sizeof r);
     r.d = finch_rope_desc_of(x, p);
-    int rc = API->rope_forward(DEV, &r.d);
+    int rc = compute ? API->rope_forward(DEV, &r.d) : FINCH_OK;
     if (rc) return check(g, rc, "rope");
     if (!g->recording || !has_node(x)) return FINCH_OK;
     r.x = *x;
     return finch_graph_record(g, rope_backward, &r, sizeof r);
 }
+
+int finch_op_rope(finch_graph *g, const finch_tensor *x, const finch_rope_params *p) { return rope_op(g, x, p, 1); }
+
+int finch_op_rope_tape_only(finch_graph *g, const finch_tensor *x, const finch_rope_params *p) { return rope_op(g, x, p, 0); }
 
 /* ---- attention ---------------------------------------------------------------------------- */
 
@@ -352,11 +366,14 @@ static int attention_backward(finch_graph *g, const void *rec)
     return FINCH_OK;
 }
 
-int finch_op_attention(finch_graph *g, const finch_tensor *q, const finch_tensor *k, const finch_tensor *v,
-                       const finch_attention_params *p, finch_tensor *y)
+/* at_o, at_lse absent: y and the log-sum-exp from the arena. */
+static int attention_op(finch_graph *g, const finch_tensor *q, const finch_tensor *k, const finch_tensor *v,
+                        const finch_attention_params *p, finch_dptr at_o, finch_dptr at_lse, int compute, finch_tensor *y)
 {
     int req = has_node(q) || has_node(k) || has_node(v);
-    int rc = finch_graph_tensor(g, q->dtype, q->rows, p->n_heads * p->head_dim, req, y);
+    int64_t width = p->n_heads * p->head_dim;
+    int rc = at_o.buf ? finch_graph_tensor_at(g, q->dtype, q->rows, width, at_o, req, y)
+                      : finch_graph_tensor(g, q->dtype, q->rows, width, req, y);
     if (rc) return rc;
     attention_record r;
     memset(&r, 0, sizeof r);
@@ -381,16 +398,28 @@ int finch_op_attention(finch_graph *g, const finch_tensor *q, const finch_tensor
     d->softcap = p->softcap;
     d->causal = !p->bidirectional;
     d->window = p->window;
-    rc = finch_arena_alloc(g->arena, (size_t)(p->n_heads * q->rows) * sizeof(float), &d->lse);
-    if (rc) return rc;
-    rc = API->attention_forward(DEV, d);
-    if (rc) return check(g, rc, "attention");
+    d->lse = at_lse;
+    if (!at_o.buf && (rc = finch_arena_alloc(g->arena, (size_t)(p->n_heads * q->rows) * sizeof(float), &d->lse))) return rc;
+    if (compute && (rc = API->attention_forward(DEV, d))) return check(g, rc, "attention");
     if (!g->recording || !has_node(y)) return FINCH_OK;
     r.q = *q;
     r.k = *k;
     r.v = *v;
     r.o = *y;
     return finch_graph_record(g, attention_backward, &r, sizeof r);
+}
+
+int finch_op_attention(finch_graph *g, const finch_tensor *q, const finch_tensor *k, const finch_tensor *v,
+                       const finch_attention_params *p, finch_tensor *y)
+{
+    return attention_op(g, q, k, v, p, finch_dptr_none(), finch_dptr_none(), 1, y);
+}
+
+int finch_op_attention_at(finch_graph *g, const finch_tensor *q, const finch_tensor *k, const finch_tensor *v,
+                          const finch_attention_params *p, finch_dptr o, finch_dptr lse, int compute, finch_tensor *y)
+{
+    if (!o.buf || !lse.buf) return internal("attention output or log-sum-exp not given");
+    return attention_op(g, q, k, v, p, o, lse, compute, y);
 }
 
 /* ---- gated unit and activations ----------------------------------------------------------- */

@@ -57,6 +57,11 @@ int finch_op_rope(finch_graph *g, const finch_tensor *x, const finch_rope_params
 finch_rope_desc finch_rope_desc_of(const finch_tensor *x, const finch_rope_params *p);
 int finch_op_attention(finch_graph *g, const finch_tensor *q, const finch_tensor *k, const finch_tensor *v,
                        const finch_attention_params *p, finch_tensor *y);
+/* Attention whose output and log-sum-exp live at o ([rows, n_heads * head_dim], contiguous) and lse
+ * (f32 [n_heads * rows]) instead of the arena: compute 1 writes them there; compute 0 takes them as
+ * they are (kept from an earlier forward of the same inputs) and makes only y and its tape entry. */
+int finch_op_attention_at(finch_graph *g, const finch_tensor *q, const finch_tensor *k, const finch_tensor *v,
+                          const finch_attention_params *p, finch_dptr o, finch_dptr lse, int compute, finch_tensor *y);
 int finch_op_glu(finch_graph *g, finch_activation act, const finch_tensor *gate, const finch_tensor *up, finch_tensor *y);
 int finch_op_activation(finch_graph *g, finch_activation act, float param, const finch_tensor *x, finch_tensor *y);
 /* y = a + b; when dst is not NULL the sum is written into it (it keeps its node). */
@@ -72,6 +77,11 @@ int finch_op_add_rmsnorm(finch_graph *g, const finch_tensor *a, const finch_tens
  * full op's; a linear's then forms xa = drop(x) A^T itself (the plugin's backward without xa). */
 int finch_op_linear_tape_only(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y);
 int finch_op_add_tape_only(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y);
+int finch_op_rope_tape_only(finch_graph *g, const finch_tensor *x, const finch_rope_params *p);
+/* A linear whose output lives at `at` ([rows, out_features], contiguous): compute 1 writes it there,
+ * compute 0 takes it as it is (kept from an earlier forward) and makes only y and its tape entry. */
+int finch_op_linear_at(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_dptr at, int compute,
+                       finch_tensor *y);
 /* f32 logits [rows, vocab] = h W^T; dw: f32 gradient of W or absent. */
 int finch_op_logits(finch_graph *g, const finch_tensor *h, const finch_param *w, finch_tensor *logits);
 

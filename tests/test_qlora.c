@@ -335,8 +335,9 @@ static int write_deeper(const char *src, const char *dst)
 }
 
 /* NF4 with gradient checkpointing, layer inputs offloaded to host memory or not: the same step on a
- * model deep enough that inputs come back from the host; bit for bit on the CPU backend, to round-off
- * elsewhere (a GPU's kernels may take other algorithms for buffers at other addresses). */
+ * model deep enough that inputs and kept attention halves come back from the host; bit for bit on the
+ * CPU backend, to round-off elsewhere (a GPU's kernels may take other algorithms for buffers at other
+ * addresses). */
 static void check_offload(finch_runtime *rt, const char *arch, const char *src)
 {
     char dir[1200];
@@ -346,8 +347,9 @@ static void check_offload(finch_runtime *rt, const char *arch, const char *src)
         return;
     }
     finch_dtype types[2] = {FINCH_DTYPE_F32, FINCH_DTYPE_BF16};
-    for (int i = 0; i < 3; i++) {
-        /* The third run: f32 with the MLP in chunks of 7 tokens (its recomputed output in chunks). */
+    for (int i = 0; i < 4; i++) {
+        /* The third run: f32 with the MLP in chunks of 7 tokens (its recomputed output in chunks); the
+         * fourth: f32 with only the layer inputs offloaded (attention recomputed). */
         finch_dtype t = types[i % 2];
         outputs a, b;
         memset(&a, 0, sizeof a);
@@ -356,12 +358,14 @@ static void check_offload(finch_runtime *rt, const char *arch, const char *src)
         offload_next = 1;
         finch_model *off = load(rt, dir, 1, 64, 0, t, 1);
         if (off && i == 2) off->mlp_chunk_tokens = 7;
+        if (off && i == 3) off->save_attention = 0;
+        const char *what = i == 2 ? ", MLP in chunks of 7" : i == 3 ? ", attention recomputed" : "";
         if (plain && off && attach(plain) && attach(off) && run(plain, 1, &a) && run(off, 1, &b)) {
-            double e = compare(&b, &a), tol = on_cpu && i < 2 ? 0.0 : t == FINCH_DTYPE_F32 ? 1e-5 : 1e-2;
+            double e = compare(&b, &a), tol = on_cpu && i != 2 ? 0.0 : t == FINCH_DTYPE_F32 ? 1e-5 : 1e-2;
             CHECK(e <= tol && a.n_grads > 0, "%s (%s, layers doubled%s): NF4 + checkpointing with activation offload = without: rel err %.3g",
-                  arch, finch_dtype_name(t), i == 2 ? ", MLP chunks" : "", e);
+                  arch, finch_dtype_name(t), what, e);
             printf("  %-28s offloaded activations (%s, %d layers%s): rel err %.1e\n", arch, finch_dtype_name(t),
-                   (int)off->cfg.n_layers, i == 2 ? ", MLP in chunks of 7" : "", e);
+                   (int)off->cfg.n_layers, what, e);
         }
         outputs_free(&a);
         outputs_free(&b);

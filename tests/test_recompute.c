@@ -10,7 +10,11 @@
  *    full fine-tuning on some of them (llama, gemma2 with its sandwich norms, falcon, phi3);
  *  - the skip does run: each step makes exactly the expected number fewer linear_forward and axpby
  *    calls (per layer and MLP chunk: the down projection but with sandwich norms, plus Falcon's
- *    attention projection; the sum into the output, plus Falcon's sum of its two branches). */
+ *    attention projection; the sum into the output, plus Falcon's sum of its two branches);
+ *  - with activation offload (the checkpointed model only) the layers also keep their attention half
+ *    (o, its log-sum-exp, without sandwich norms x1, and q, k, v where they are products of their own
+ *    without per-head norms): still bit for bit, and per layer one attention_forward fewer, per layer
+ *    and chunk o's projection (and x1's sum) too, and per layer the q, k and v products. */
 #include "core/model.h"
 #include "core/runtime.h"
 #include "tests/golden_common.h"
@@ -21,7 +25,7 @@
 
 static const finch_plugin_api *base_api;
 static finch_plugin_api counting_api;
-static int64_t n_linear, n_axpby;
+static int64_t n_linear, n_axpby, n_attention;
 
 static int counting_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d)
 {
@@ -36,6 +40,12 @@ static int counting_axpby(finch_plugin_device *dev, finch_plugin_stream *s, int6
     return base_api->axpby(dev, s, n, dtype, alpha, x, beta, y, out);
 }
 
+static int counting_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d)
+{
+    n_attention++;
+    return base_api->attention_forward(dev, s, d);
+}
+
 /* ---- one case --------------------------------------------------------------------------------- */
 
 typedef struct test_case {
@@ -45,6 +55,7 @@ typedef struct test_case {
     int64_t mlp_chunk;        /* 0: the MLP whole (the library's choice at these sizes) */
     finch_dtype dtype;
     int in4, full;
+    int offload;              /* the checkpointed model offloads its activations (and keeps attention halves) */
 } test_case;
 
 /* The image of the Qwen2.5-VL golden batch. */
@@ -72,6 +83,7 @@ static finch_model *load_case(finch_runtime *rt, const char *dir, const test_cas
     o.gradient_checkpointing = 1;
     o.compute_dtype = c->dtype;
     o.load_in_4bit = c->in4;
+    o.offload_activations = c->offload && !recompute_all;
     finch_model *m = NULL;
     if (!ok(finch_model_load(rt, dir, &o, &m), dir)) return NULL;
     CHECK(!m->recompute_all, "%s: recompute_all %d after loading without FINCH_RECOMPUTE_ALL", dir, m->recompute_all);
@@ -123,16 +135,17 @@ static int same_bits(float *a, float *b, int64_t n, int nonzero)
 }
 
 /* One checkpointed step: its loss, and the plugin calls it made. */
-static int step(finch_model *m, double *loss, int64_t *linears, int64_t *axpbys)
+static int step(finch_model *m, double *loss, int64_t *linears, int64_t *axpbys, int64_t *attentions)
 {
     finch_batch b = golden_batch();
     finch_step_result r;
-    n_linear = n_axpby = 0;
+    n_linear = n_axpby = n_attention = 0;
     if (!ok(finch_zero_grads(m), "finch_zero_grads") || !ok(finch_forward_backward(m, &b, NULL, &r), "finch_forward_backward"))
         return 0;
     *loss = r.loss;
     *linears = n_linear;
     *axpbys = n_axpby;
+    *attentions = n_attention;
     return 1;
 }
 
@@ -148,15 +161,26 @@ static void run_case(finch_runtime *rt, const test_case *c)
         int parallel = cfg->arch == FINCH_ARCH_FALCON && cfg->parallel_attn;
         int64_t want_linear = cfg->n_layers * pieces * (parallel ? 2 : cfg->sandwich_norms ? 0 : 1);
         int64_t want_axpby = cfg->n_layers * pieces * (parallel ? 2 : 1);
+        int64_t want_attention = c->offload && !parallel ? cfg->n_layers : 0;
+        if (c->offload && !parallel && !cfg->sandwich_norms) {
+            /* x1 kept: o's projection and x1's sum (an axpby unless fused with the norm) not run. */
+            int fused = cfg->norm_kind != FINCH_NORM_LAYER && base_api->add_rmsnorm_forward;
+            want_linear += cfg->n_layers * pieces;
+            want_axpby += fused ? 0 : cfg->n_layers * pieces;
+        }
+        if (c->offload && !parallel && !cfg->qk_norm && !skip->layers[0].qkv.weight.data.buf)
+            want_linear += 3 * cfg->n_layers; /* q, k and v kept (products of their own, no per-head norms) */
         int same = 1;
         for (int s = 1; s <= 2; s++) {
             double ls, la;
-            int64_t lin_s, lin_a, ax_s, ax_a, ng;
-            if (!step(skip, &ls, &lin_s, &ax_s) || !step(all, &la, &lin_a, &ax_a)) {
+            int64_t lin_s, lin_a, ax_s, ax_a, at_s, at_a, ng;
+            if (!step(skip, &ls, &lin_s, &ax_s, &at_s) || !step(all, &la, &lin_a, &ax_a, &at_a)) {
                 same = 0;
                 break;
             }
             CHECK(ls == la, "%s (%s) step %d: loss %.9g with the skip, %.9g without", c->arch, c->what, s, ls, la);
+            CHECK(at_a - at_s == want_attention, "%s (%s) step %d: %lld attention_forward calls fewer, not %lld", c->arch, c->what,
+                  s, (long long)(at_a - at_s), (long long)want_attention);
             CHECK(lin_a - lin_s == want_linear && ax_a - ax_s == want_axpby,
                   "%s (%s) step %d: the skip saves %lld linear_forward and %lld axpby calls (%lld vs %lld, %lld vs %lld), "
                   "not %lld and %lld",
@@ -212,29 +236,37 @@ int main(int argc, char **argv)
     counting_api = *base_api;
     counting_api.linear_forward = counting_linear_forward;
     counting_api.axpby = counting_axpby;
+    counting_api.attention_forward = counting_attention_forward;
     rt->backend.api = &counting_api;
 
     const finch_dtype F32 = FINCH_DTYPE_F32, BF16 = FINCH_DTYPE_BF16;
     const test_case cases[] = {
-        {"llama", "LoRA", 0, 0, F32, 0, 0},
-        {"llama", "LoRA dropout 0.25", 0.25f, 0, F32, 0, 0},
-        {"llama", "MLP chunks of 7, dropout", 0.25f, 7, F32, 0, 0},
-        {"llama", "bf16", 0, 0, BF16, 0, 0},
-        {"llama", "NF4 weights", 0, 0, F32, 1, 0},
-        {"llama", "full fine-tuning", 0, 0, F32, 0, 1},
-        {"mistral", "LoRA", 0, 0, F32, 0, 0},
-        {"qwen2", "LoRA", 0, 0, F32, 0, 0},
-        {"qwen3", "LoRA", 0, 0, F32, 0, 0},
-        {"gemma", "LoRA", 0, 0, F32, 0, 0},
-        {"gemma2", "LoRA", 0, 0, F32, 0, 0},
-        {"gemma2", "MLP chunks of 7, dropout", 0.25f, 7, F32, 0, 0},
-        {"gemma2", "full fine-tuning", 0, 0, F32, 0, 1},
-        {"gemma3", "LoRA", 0, 0, F32, 0, 0},
-        {"phi3", "LoRA, MLP chunks of 7", 0, 7, F32, 0, 0},
-        {"falcon", "LoRA", 0, 0, F32, 0, 0},
-        {"falcon", "LoRA dropout 0.25", 0.25f, 0, F32, 0, 0},
-        {"falcon", "full fine-tuning", 0, 0, F32, 0, 1},
-        {"qwen2_5_vl", "LoRA, with its image", 0.25f, 7, F32, 0, 0},
+        {"llama", "LoRA", 0, 0, F32, 0, 0, 0},
+        {"llama", "LoRA dropout 0.25", 0.25f, 0, F32, 0, 0, 0},
+        {"llama", "MLP chunks of 7, dropout", 0.25f, 7, F32, 0, 0, 0},
+        {"llama", "bf16", 0, 0, BF16, 0, 0, 0},
+        {"llama", "NF4 weights", 0, 0, F32, 1, 0, 0},
+        {"llama", "full fine-tuning", 0, 0, F32, 0, 1, 0},
+        {"mistral", "LoRA", 0, 0, F32, 0, 0, 0},
+        {"qwen2", "LoRA", 0, 0, F32, 0, 0, 0},
+        {"qwen3", "LoRA", 0, 0, F32, 0, 0, 0},
+        {"gemma", "LoRA", 0, 0, F32, 0, 0, 0},
+        {"gemma2", "LoRA", 0, 0, F32, 0, 0, 0},
+        {"gemma2", "MLP chunks of 7, dropout", 0.25f, 7, F32, 0, 0, 0},
+        {"gemma2", "full fine-tuning", 0, 0, F32, 0, 1, 0},
+        {"gemma3", "LoRA", 0, 0, F32, 0, 0, 0},
+        {"phi3", "LoRA, MLP chunks of 7", 0, 7, F32, 0, 0, 0},
+        {"falcon", "LoRA", 0, 0, F32, 0, 0, 0},
+        {"falcon", "LoRA dropout 0.25", 0.25f, 0, F32, 0, 0, 0},
+        {"falcon", "full fine-tuning", 0, 0, F32, 0, 1, 0},
+        {"qwen2_5_vl", "LoRA, with its image", 0.25f, 7, F32, 0, 0, 0},
+        {"llama", "offload", 0, 0, F32, 0, 0, 1},
+        {"llama", "offload, MLP chunks of 7, drop", 0.25f, 7, F32, 0, 0, 1},
+        {"llama", "offload, bf16", 0, 0, BF16, 0, 0, 1},
+        {"gemma2", "offload (sandwich norms)", 0, 0, F32, 0, 0, 1},
+        {"phi3", "offload, full fine-tuning", 0, 0, F32, 0, 1, 1},
+        {"falcon", "offload", 0, 0, F32, 0, 0, 1},
+        {"qwen2_5_vl", "offload, with its image", 0.25f, 7, F32, 0, 0, 1},
     };
     printf("checkpointed steps on %s with the recompute's unread outputs skipped = everything recomputed\n", backend);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
