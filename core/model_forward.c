@@ -741,24 +741,36 @@ static void open_copy_stream(finch_model *m)
 
 static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
-static int offload_begin(finch_model *m, int64_t n, int64_t H, offload *o)
+/* What a block holds at level 2 (o, lse, x1, q, k, v), 1 (o, lse, x1) or 0 (nothing), as far as the
+ * layers allow. */
+static void block_layout(const finch_model *m, int64_t n, int level, offload *o)
 {
     const finch_model_config *c = &m->cfg;
-    int64_t L = c->n_layers;
     size_t es = finch_dtype_size(m->dtype);
-    o->bytes = (size_t)(n * H) * es;
-    o->save = m->save_attention && !(c->arch == FINCH_ARCH_FALCON && c->parallel_attn);
-    if (o->save) {
-        int64_t nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim;
-        o->has_x1 = !c->sandwich_norms;
-        o->has_qkv = m->save_attention >= 2 && !c->qk_norm && !param_present(&m->layers[0].qkv.weight);
-        o->lse_at = align256((size_t)(n * nq) * es);
-        o->x1_at = o->lse_at + align256((size_t)(n * c->n_heads) * sizeof(float));
-        o->qkv_at[0] = o->x1_at + (o->has_x1 ? align256(o->bytes) : 0);
-        o->qkv_at[1] = o->qkv_at[0] + (o->has_qkv ? align256((size_t)(n * nq) * es) : 0);
-        o->qkv_at[2] = o->qkv_at[1] + (o->has_qkv ? align256((size_t)(n * nkv) * es) : 0);
-        o->block_bytes = o->qkv_at[2] + (o->has_qkv ? align256((size_t)(n * nkv) * es) : 0);
-    }
+    int64_t nq = c->n_heads * c->head_dim, nkv = c->n_kv_heads * c->head_dim;
+    o->save = level > 0 && !(c->arch == FINCH_ARCH_FALCON && c->parallel_attn);
+    o->has_x1 = o->save && !c->sandwich_norms;
+    o->has_qkv = o->save && level >= 2 && !c->qk_norm && !param_present(&m->layers[0].qkv.weight);
+    o->lse_at = align256((size_t)(n * nq) * es);
+    o->x1_at = o->lse_at + align256((size_t)(n * c->n_heads) * sizeof(float));
+    o->qkv_at[0] = o->x1_at + (o->has_x1 ? align256(o->bytes) : 0);
+    o->qkv_at[1] = o->qkv_at[0] + (o->has_qkv ? align256((size_t)(n * nq) * es) : 0);
+    o->qkv_at[2] = o->qkv_at[1] + (o->has_qkv ? align256((size_t)(n * nkv) * es) : 0);
+    o->block_bytes = o->save ? o->qkv_at[2] + (o->has_qkv ? align256((size_t)(n * nkv) * es) : 0) : 0;
+}
+
+/* Attention halves are kept while their two device slots take at most this much (an 8B-shape layer of
+ * 8192 tokens with q, k and v: 2 x 230 MB); longer steps keep less or nothing, so that offload still
+ * bounds a long context's device memory. */
+#define FINCH_KEPT_SLOTS_BYTES ((size_t)512 << 20)
+
+static int offload_begin(finch_model *m, int64_t n, int64_t H, offload *o)
+{
+    int64_t L = m->cfg.n_layers;
+    o->bytes = (size_t)(n * H) * finch_dtype_size(m->dtype);
+    int level = m->save_attention;
+    block_layout(m, n, level, o);
+    while (level > 0 && 2 * o->block_bytes > FINCH_KEPT_SLOTS_BYTES) block_layout(m, n, --level, o);
     size_t need = o->bytes * (size_t)(L - 1) + o->block_bytes * (size_t)L;
     if (need > m->offload_cap) {
         /* The streams may still be copying into the old buffer (the previous step's reloads). */
@@ -766,8 +778,21 @@ static int offload_begin(finch_model *m, int64_t n, int64_t H, offload *o)
             return finch_device_error(m->be, FINCH_ERR_DEVICE, "synchronize");
         finch_model_offload_release(m);
         void *p = NULL;
-        if (has_async_copies(m) && m->be->api->host_alloc(m->be->dev, need, &p) == FINCH_OK) m->offload_pinned = 1;
-        else p = malloc(need);   /* too much to page-lock: plain memory, synchronous copies */
+        if (has_async_copies(m) && m->be->api->host_alloc(m->be->dev, need, &p) != FINCH_OK && o->save) {
+            /* Too much to page-lock with the attention halves: the layer inputs alone, from now on. */
+            m->save_attention = 0;
+            block_layout(m, n, 0, o);
+            need = o->bytes * (size_t)(L - 1);
+            if (m->be->api->host_alloc(m->be->dev, need, &p) != FINCH_OK) p = NULL;
+        }
+        if (p) {
+            m->offload_pinned = 1;
+        } else {
+            /* Too much to page-lock: plain memory, synchronous copies (nothing kept but the inputs). */
+            block_layout(m, n, 0, o);
+            need = o->bytes * (size_t)(L - 1);
+            p = malloc(need);
+        }
         if (!p) return finch_error(FINCH_ERR_OUT_OF_MEMORY, "activation offload: cannot hold %zu bytes in host memory", need);
         m->offload_host = p;
         m->offload_cap = need;
