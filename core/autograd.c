@@ -68,6 +68,7 @@ static int new_node(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t ld,
     n->rows = rows;
     n->ld = ld;
     n->state = FINCH_GRAD_NONE;
+    n->sole_reader = 0;
     *out = g->n_nodes++;
     return FINCH_OK;
 }
@@ -188,6 +189,23 @@ int finch_grad_target(finch_graph *g, const finch_tensor *t, finch_dptr *dx, int
 void finch_grad_written(finch_graph *g, const finch_tensor *t)
 {
     if (t->node >= 0) g->nodes[t->node].state = FINCH_GRAD_WRITTEN;
+}
+
+void finch_graph_sole_reader(finch_graph *g, const finch_tensor *t)
+{
+    if (t->node >= 0) g->nodes[t->node].sole_reader = 1;
+}
+
+int finch_grad_borrow(finch_graph *g, const finch_tensor *t, const finch_tensor *y, finch_dptr dy)
+{
+    if (t->node < 0) return 0;
+    finch_node *n = &g->nodes[t->node];
+    int same_layout = t->node_off == 0 && t->rows == n->rows && t->cols == n->ld && finch_tensor_contiguous(t) &&
+                      finch_tensor_contiguous(y) && y->rows == t->rows && y->cols == t->cols && y->dtype == n->dtype;
+    if (!n->sole_reader || n->grad.buf || n->state != FINCH_GRAD_NONE || !same_layout) return 0;
+    n->grad = dy;
+    n->state = FINCH_GRAD_WRITTEN;
+    return 1;
 }
 
 int finch_grad_overwrite_slot(finch_graph *g, const finch_tensor *t, finch_grad_slot *slot)

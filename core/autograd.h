@@ -20,6 +20,7 @@ typedef struct finch_node {
     finch_dtype dtype;
     int64_t rows, ld;     /* the allocation's shape: rows x ld elements */
     int state;            /* FINCH_GRAD_* */
+    int sole_reader;      /* read only by a sum, which may hand it its own gradient (finch_grad_borrow) */
 } finch_node;
 
 typedef struct finch_graph finch_graph;
@@ -72,6 +73,11 @@ int finch_grad_of_output(finch_graph *g, const finch_tensor *t, finch_dptr *dy);
  * Call finch_grad_written() for every target after the op ran. Absent dptr: t needs no gradient. */
 int finch_grad_target(finch_graph *g, const finch_tensor *t, finch_dptr *dx, int *accumulate);
 void finch_grad_written(finch_graph *g, const finch_tensor *t);
+/* Marks t as read by nothing but one residual sum, whose backward may then give t the sum's own
+ * gradient dy (y's, laid out as t) as its gradient, instead of a copy: finch_grad_borrow says whether
+ * it did. Everything that reads t's gradient afterwards must only read it. */
+void finch_graph_sole_reader(finch_graph *g, const finch_tensor *t);
+int finch_grad_borrow(finch_graph *g, const finch_tensor *t, const finch_tensor *y, finch_dptr dy);
 
 /* For ops that can only overwrite: a destination for t's gradient; when the node already holds a
  * gradient it is a zeroed scratch of the node's shape and finch_grad_commit() adds it in. */

@@ -107,8 +107,11 @@ static int linear_to_out(step_ctx *s, const finch_tensor *x, const finch_linear_
     return (s->outputs_unread ? finch_op_linear_tape_only : finch_op_linear)(s->g, x, &p, y);
 }
 
+/* In the layer's sums b is a branch's output (attention's, the MLP's) that nothing else reads: its
+ * gradient is the sum's, not a copy of it. */
 static int add_to_out(step_ctx *s, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y)
 {
+    finch_graph_sole_reader(s->g, b);
     return (s->outputs_unread ? finch_op_add_tape_only : finch_op_add)(s->g, a, b, dst, y);
 }
 
@@ -257,6 +260,7 @@ static int add_norm(step_ctx *s, const finch_tensor *a, const finch_tensor *b, c
                     const finch_param *w, const finch_param *nb, finch_tensor *y)
 {
     const finch_model_config *c = &s->m->cfg;
+    finch_graph_sole_reader(s->g, b);
     if (c->norm_kind == FINCH_NORM_LAYER) {
         int rc = finch_op_add(s->g, a, b, dst, sum);
         return rc ? rc : norm(s, sum, w, nb, y);
@@ -302,8 +306,10 @@ static int after_attention(step_ctx *s, int64_t l, const finch_tensor *x, const 
     if (sv && sv->reading) {
         finch_linear_params p = step_linear_params(s, &ly->o);
         if ((rc = finch_op_linear_tape_only(s->g, o, &p, &attn)) ||
-            (rc = saved_rows(s, sv->x1, x->rows, x->node >= 0 || attn.node >= 0, &at)) ||
-            (rc = finch_op_add_tape_only(s->g, x, &attn, &at, &x1)) || (rc = norm(s, &x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in)))
+            (rc = saved_rows(s, sv->x1, x->rows, x->node >= 0 || attn.node >= 0, &at)))
+            return rc;
+        finch_graph_sole_reader(s->g, &attn);
+        if ((rc = finch_op_add_tape_only(s->g, x, &attn, &at, &x1)) || (rc = norm(s, &x1, &ly->mlp_norm, &ly->mlp_norm_b, &mlp_in)))
             return rc;
         return mlp_half(s, l, &x1, &mlp_in, out);
     }

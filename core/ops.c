@@ -493,8 +493,11 @@ typedef struct add_record {
     finch_tensor a, b, y;
 } add_record;
 
-static int pass_gradient(finch_graph *g, const finch_tensor *x, finch_dptr dy)
+/* x's share of the gradient dy of the sum y: dy itself where x may take it (finch_grad_borrow), else
+ * copied or added into x's gradient. */
+static int pass_gradient(finch_graph *g, const finch_tensor *x, const finch_tensor *y, finch_dptr dy)
 {
+    if (finch_grad_borrow(g, x, y, dy)) return FINCH_OK;
     finch_dptr dx;
     int acc, rc = finch_grad_target(g, x, &dx, &acc);
     if (rc || !dx.buf) return rc;
@@ -514,8 +517,8 @@ static int add_backward(finch_graph *g, const void *rec)
     finch_dptr dy;
     int rc = finch_grad_of_output(g, &r->y, &dy);
     if (rc || !dy.buf) return rc;
-    if ((rc = pass_gradient(g, &r->a, dy))) return rc;
-    return pass_gradient(g, &r->b, dy);
+    if ((rc = pass_gradient(g, &r->a, &r->y, dy))) return rc;
+    return pass_gradient(g, &r->b, &r->y, dy);
 }
 
 /* Checks a residual sum's operands and allocates y (or takes dst). */

@@ -11,7 +11,8 @@
  *  - the skip does run: each step makes exactly the expected number fewer linear_forward and axpby
  *    calls (per layer and MLP chunk: the down projection but with sandwich norms, plus Falcon's
  *    attention projection; the sum into the output, plus Falcon's sum of its two branches);
- *  - with activation offload (the checkpointed model only) the layers also keep their attention half
+ *  - with activation offload (the checkpointed model only; where the backend has page-locked host
+ *    memory) the layers also keep their attention half
  *    (o, its log-sum-exp, without sandwich norms x1, and q, k, v where they are products of their own
  *    without per-head norms): still bit for bit, and per layer one attention_forward fewer, per layer
  *    and chunk o's projection (and x1's sum) too, and per layer the q, k and v products. */
@@ -25,7 +26,7 @@
 
 static const finch_plugin_api *base_api;
 static finch_plugin_api counting_api;
-static int64_t n_linear, n_axpby, n_attention;
+static int64_t n_linear, n_axpby, n_attention, n_copy;
 
 static int counting_linear_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_linear_desc *d)
 {
@@ -38,6 +39,12 @@ static int counting_axpby(finch_plugin_device *dev, finch_plugin_stream *s, int6
 {
     n_axpby++;
     return base_api->axpby(dev, s, n, dtype, alpha, x, beta, y, out);
+}
+
+static int counting_copy(finch_plugin_device *dev, finch_plugin_stream *s, finch_dptr dst, finch_dptr src, size_t bytes)
+{
+    n_copy++;
+    return base_api->copy(dev, s, dst, src, bytes);
 }
 
 static int counting_attention_forward(finch_plugin_device *dev, finch_plugin_stream *s, const finch_attention_desc *d)
@@ -135,17 +142,18 @@ static int same_bits(float *a, float *b, int64_t n, int nonzero)
 }
 
 /* One checkpointed step: its loss, and the plugin calls it made. */
-static int step(finch_model *m, double *loss, int64_t *linears, int64_t *axpbys, int64_t *attentions)
+static int step(finch_model *m, double *loss, int64_t *linears, int64_t *axpbys, int64_t *attentions, int64_t *copies)
 {
     finch_batch b = golden_batch();
     finch_step_result r;
-    n_linear = n_axpby = n_attention = 0;
+    n_linear = n_axpby = n_attention = n_copy = 0;
     if (!ok(finch_zero_grads(m), "finch_zero_grads") || !ok(finch_forward_backward(m, &b, NULL, &r), "finch_forward_backward"))
         return 0;
     *loss = r.loss;
     *linears = n_linear;
     *axpbys = n_axpby;
     *attentions = n_attention;
+    *copies = n_copy;
     return 1;
 }
 
@@ -161,24 +169,31 @@ static void run_case(finch_runtime *rt, const test_case *c)
         int parallel = cfg->arch == FINCH_ARCH_FALCON && cfg->parallel_attn;
         int64_t want_linear = cfg->n_layers * pieces * (parallel ? 2 : cfg->sandwich_norms ? 0 : 1);
         int64_t want_axpby = cfg->n_layers * pieces * (parallel ? 2 : 1);
-        int64_t want_attention = c->offload && !parallel ? cfg->n_layers : 0;
-        if (c->offload && !parallel && !cfg->sandwich_norms) {
+        /* Attention halves are kept only with page-locked host memory (model_forward.c). */
+        int keeps = c->offload && !parallel && base_api->host_alloc && base_api->read_async && base_api->write_async;
+        int64_t want_attention = keeps ? cfg->n_layers : 0;
+        if (keeps && !cfg->sandwich_norms) {
             /* x1 kept: o's projection and x1's sum (an axpby unless fused with the norm) not run. */
             int fused = cfg->norm_kind != FINCH_NORM_LAYER && base_api->add_rmsnorm_forward;
             want_linear += cfg->n_layers * pieces;
             want_axpby += fused ? 0 : cfg->n_layers * pieces;
         }
-        if (c->offload && !parallel && !cfg->qk_norm && !skip->layers[0].qkv.weight.data.buf)
+        if (keeps && !cfg->qk_norm && !skip->layers[0].qkv.weight.data.buf)
             want_linear += 3 * cfg->n_layers; /* q, k and v kept (products of their own, no per-head norms) */
         int same = 1;
         for (int s = 1; s <= 2; s++) {
             double ls, la;
-            int64_t lin_s, lin_a, ax_s, ax_a, at_s, at_a, ng;
-            if (!step(skip, &ls, &lin_s, &ax_s, &at_s) || !step(all, &la, &lin_a, &ax_a, &at_a)) {
+            int64_t lin_s, lin_a, ax_s, ax_a, at_s, at_a, cp_s, cp_a, ng;
+            if (!step(skip, &ls, &lin_s, &ax_s, &at_s, &cp_s) || !step(all, &la, &lin_a, &ax_a, &at_a, &cp_a)) {
                 same = 0;
                 break;
             }
             CHECK(ls == la, "%s (%s) step %d: loss %.9g with the skip, %.9g without", c->arch, c->what, s, ls, la);
+            /* The layer's two sums give the branch they add (attention's output, the MLP's) their own
+             * gradient, no copy: one copy a layer and chunk for the residual input, and at most three more. */
+            CHECK(parallel || (cp_s <= cfg->n_layers * pieces + 3 && cp_a <= cfg->n_layers * pieces + 3),
+                  "%s (%s) step %d: %lld and %lld device copies, more than %lld", c->arch, c->what, s, (long long)cp_s,
+                  (long long)cp_a, (long long)(cfg->n_layers * pieces + 3));
             CHECK(at_a - at_s == want_attention, "%s (%s) step %d: %lld attention_forward calls fewer, not %lld", c->arch, c->what,
                   s, (long long)(at_a - at_s), (long long)want_attention);
             CHECK(lin_a - lin_s == want_linear && ax_a - ax_s == want_axpby,
@@ -237,6 +252,7 @@ int main(int argc, char **argv)
     counting_api.linear_forward = counting_linear_forward;
     counting_api.axpby = counting_axpby;
     counting_api.attention_forward = counting_attention_forward;
+    counting_api.copy = counting_copy;
     rt->backend.api = &counting_api;
 
     const finch_dtype F32 = FINCH_DTYPE_F32, BF16 = FINCH_DTYPE_BF16;
