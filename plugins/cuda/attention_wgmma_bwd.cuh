@@ -12,7 +12,9 @@
  *     p.dq_acc (f32) with 8-byte atomics, as the fused kernel does.
  * Q and dO tiles are double-buffered with cp.async (the next tile queued once S^T and dP^T are issued).
  * Under a causal mask the first query tile of a key tile sees none of the second warpgroup's keys:
- * that warpgroup skips its products, and dQ takes the first 64 keys only.
+ * that warpgroup skips S^T and dP^T (its dV, dK products then add zeros), and dQ takes the first 64 keys
+ * only. PIPE orders the waits: 0, P^T and dS^T once S^T and dP^T are both done; 1, P^T while dP^T runs;
+ * 2, also dV += P^T dO issued before dS^T is computed (FINCH_CUDA_ATTENTION=wgpipe0/1/2).
  *
  * Shared memory, all in the 128-byte-swizzled layout of attention_wgmma.cuh (slabs of 64 columns):
  * K, V [128][D]; Q, dO [2][64][D]; dS^T [128 keys][64 queries]; lse (base 2), delta [2][64] f32.
@@ -36,38 +38,50 @@ template <int D> struct wgb_tiles {
 };
 
 #if FINCH_WGMMA
-/* P^T and dS^T of one tile for a thread's keys key, key + 8 (rows g, g + 8 of its warp) and queries
- * q0 + 8 n + 2 t (+ 1): s and dp are only read (wgmma alone writes them); pf and df receive the A
- * fragments of dV's and dK's 4 k steps, and dS^T goes to the swizzled [key][query] tile at ds_row (row
- * g of the warp; chunk n of the row at n ^ g). lse_s (base 2) and delta_s are indexed by the query in
- * the tile. */
+/* P^T of one tile for a thread's keys key, key + 8 (rows g, g + 8 of its warp) and queries
+ * q0 + 8 n + 2 t (+ 1), lse_s (base 2) indexed by the query in the tile: pr in the accumulator layout
+ * of s (which is only read: wgmma alone writes it), and pf the A fragments of dV's 4 k steps. */
 template <bool MASK, typename T>
-__device__ __forceinline__ void wgb_probs(const attn_params &p, const float (&s)[32], const float (&dp)[32], const float *lse_s,
-                                          const float *delta_s, int q0, int key, int len, int g, int t, uint32_t (&pf)[4][4],
-                                          uint32_t (&df)[4][4], char *ds_row)
+__device__ __forceinline__ void wgb_probs(const attn_params &p, const float (&s)[32], const float *lse_s, int q0, int key, int len,
+                                          int t, float (&pr)[32], uint32_t (&pf)[4][4])
 {
 #pragma unroll
     for (int n = 0; n < 8; n++) {
-        float2 l2 = *(const float2 *)(lse_s + 8 * n + 2 * t), d2 = *(const float2 *)(delta_s + 8 * n + 2 * t);
+        float2 l2 = *(const float2 *)(lse_s + 8 * n + 2 * t);
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            float pr[2], ds[2];
 #pragma unroll
             for (int c = 0; c < 2; c++) {
-                pr[c] = s[4 * n + 2 * r + c];
-                ds[c] = dp[4 * n + 2 * r + c];
                 bool vis = !MASK || mma_visible(p, q0 + 8 * n + 2 * t + c, key + 8 * r, len, len, 0);
-                mma_prob_ds<MASK, false>(p, pr[c], ds[c], c ? l2.y : l2.x, c ? d2.y : d2.x, vis);
+                pr[4 * n + 2 * r + c] = mma_prob<MASK>(mma_score2<false>(p, s[4 * n + 2 * r + c]), c ? l2.y : l2.x, vis);
             }
-            pf[n / 2][2 * (n % 2) + r] = pack2<T>(pr[0], pr[1]);
-            df[n / 2][2 * (n % 2) + r] = pack2<T>(ds[0], ds[1]);
+            pf[n / 2][2 * (n % 2) + r] = pack2<T>(pr[4 * n + 2 * r], pr[4 * n + 2 * r + 1]);
+        }
+    }
+}
+
+/* dS^T = P^T (dP^T - delta) scale of the same tile: df receives the A fragments of dK's 4 k steps, and
+ * dS^T also goes to the swizzled [key][query] tile at ds_row (row g of the warp; chunk n of the row at
+ * n ^ g). */
+template <typename T>
+__device__ __forceinline__ void wgb_dscores(const attn_params &p, const float (&pr)[32], const float (&dp)[32], const float *delta_s,
+                                            int g, int t, uint32_t (&df)[4][4], char *ds_row)
+{
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+        float2 d2 = *(const float2 *)(delta_s + 8 * n + 2 * t);
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float a = mma_ds(pr[4 * n + 2 * r], dp[4 * n + 2 * r], d2.x) * p.scale;
+            float b = mma_ds(pr[4 * n + 2 * r + 1], dp[4 * n + 2 * r + 1], d2.y) * p.scale;
+            df[n / 2][2 * (n % 2) + r] = pack2<T>(a, b);
             *(uint32_t *)(ds_row + r * 8 * 128 + ((n ^ g) << 4) + 4 * t) = df[n / 2][2 * (n % 2) + r];
         }
     }
 }
 #endif /* FINCH_WGMMA */
 
-template <int D, typename T>
+template <int D, typename T, int PIPE>
 __global__ void __launch_bounds__(WG_THREADS, 1) attention_backward_wgmma_kernel(attn_params p)
 {
 #if FINCH_WGMMA
@@ -127,7 +141,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attention_backward_wgmma_kernel
         mma_bwd_next_tile(h, q0, WGB_Q, q_lo, q_hi, &nh, &nq);
         const bool more = nh < h_end;
         const uint32_t qt = q_addr + buf * L::QT_BYTES, dot = do_addr + buf * L::QT_BYTES;
-        /* whether any of the tile's queries sees this warpgroup's keys (causal: the first tile may not) */
+        /* whether any of the tile's queries sees this warpgroup's keys (causal: the first tile may not); if
+         * not, S^T and dP^T are not computed */
         const bool active = !p.causal || k0 + kw <= q0 + WGB_Q - 1;
         float s[32], dp[32];
         wg_zero(s);
@@ -159,24 +174,39 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attention_backward_wgmma_kernel
             delta_next = i < len ? p.delta[nh * p.n_tokens + start + i] : 0.0f;
         }
 
+        /* P^T, dS^T (zeros where the warpgroup issued nothing: every score is masked), dV += P^T dO,
+         * dK += dS^T Q. The waits and products stay outside any branch on `active`: ptxas serialises
+         * wgmma waited for or issued in a divergent path (C7514, C7520). PIPE 1: P^T is computed while
+         * dP^T runs; PIPE 2: also dV's products run while dS^T is computed. */
         uint32_t pf[4][4], df[4][4];
-        if (active) {
-            wg_wait<0>();
-            wg_hold(s);
-            wg_hold(dp);
-            const float *ls = lse_s + buf * WGB_Q, *ds = delta_s + buf * WGB_Q;
-            char *ds_row = dss + krow * 128;
-            bool full = q0 + WGB_Q <= len && k0 + kw + 64 <= len && p.window == 0 && (!p.causal || k0 + kw + 63 <= q0);
-            if (full) wgb_probs<false, T>(p, s, dp, ls, ds, q0, k0 + krow, len, g, t, pf, df, ds_row);
-            else wgb_probs<true, T>(p, s, dp, ls, ds, q0, k0 + krow, len, g, t, pf, df, ds_row);
-            /* dV += P^T dO, dK += dS^T Q */
+        const float *ls = lse_s + buf * WGB_Q, *ds = delta_s + buf * WGB_Q;
+        bool full = q0 + WGB_Q <= len && k0 + kw + 64 <= len && p.window == 0 && (!p.causal || k0 + kw + 63 <= q0);
+        float pr[32];
+        if (PIPE == 0) wg_wait<0>();
+        else wg_wait<1>(); /* S^T in s; dP^T may still be running */
+        wg_hold(s);
+        if (full) wgb_probs<false, T>(p, s, ls, q0, k0 + krow, len, t, pr, pf);
+        else wgb_probs<true, T>(p, s, ls, q0, k0 + krow, len, t, pr, pf);
+        if (PIPE == 2) { /* dV += P^T dO runs while dS^T is computed */
             wg_fence();
 #pragma unroll
             for (int kk = 0; kk < WGB_Q / 16; kk++) wg_rs<D, T>(dv, pf[kk], wg_desc(dot + kk * 16 * 128, L::QT_SLAB, 1024));
-#pragma unroll
-            for (int kk = 0; kk < WGB_Q / 16; kk++) wg_rs<D, T>(dk, df[kk], wg_desc(qt + kk * 16 * 128, L::QT_SLAB, 1024));
             wg_commit();
+            wg_wait<1>(); /* dP^T in dp */
+        } else if (PIPE == 1) {
+            wg_wait<0>();
         }
+        wg_hold(dp);
+        wgb_dscores<T>(p, pr, dp, ds, g, t, df, dss + krow * 128);
+        /* dV += P^T dO (unless issued above), dK += dS^T Q */
+        wg_fence();
+        if (PIPE != 2) {
+#pragma unroll
+            for (int kk = 0; kk < WGB_Q / 16; kk++) wg_rs<D, T>(dv, pf[kk], wg_desc(dot + kk * 16 * 128, L::QT_SLAB, 1024));
+        }
+#pragma unroll
+        for (int kk = 0; kk < WGB_Q / 16; kk++) wg_rs<D, T>(dk, df[kk], wg_desc(qt + kk * 16 * 128, L::QT_SLAB, 1024));
+        wg_commit();
         if (more && threadIdx.x < WGB_Q) {
             lse_s[(buf ^ 1) * WGB_Q + threadIdx.x] = lse_next;
             delta_s[(buf ^ 1) * WGB_Q + threadIdx.x] = delta_next;
@@ -186,10 +216,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attention_backward_wgmma_kernel
         wg_wait<0>(); /* dV and dK done: pf and df are free before dq is live (else ptxas serialises) */
         wg_hold(dk);
         wg_hold(dv);
-        if (active) {
-            wg_hold(pf);
-            wg_hold(df);
-        }
+        wg_hold(pf);
+        wg_hold(df);
 
         /* dQ (the tile's queries x this warpgroup's DQ columns) = dS K, over the keys the queries see:
          * all 128, or under a causal mask on the first tile only the first 64. */
