@@ -671,9 +671,7 @@ static int launch_dq_mma(finch_plugin_device *dev, gpuStream_t st, attn_params &
 /* The wgmma backward (attention_wgmma_bwd.cuh) on sm_90a: calls without softcap whose q, k, v and dout
  * rows allow 16-byte loads, where the fused kernel's dQ accumulator and unsplit heads are in use (the
  * mma.sync variants dqkernel, hsplit2/4, bwd64, dqatomic, k128 and sync keep the mma.sync kernels, as does
- * FINCH_CUDA_ATTENTION=nowgbwd). FINCH_CUDA_ATTENTION=wgpipe0/1/2 picks the kernel's order of waits
- * (PIPE, see there; default WGB_PIPE). *done = 1 when it was launched. */
-#define WGB_PIPE 0
+ * FINCH_CUDA_ATTENTION=nowgbwd). *done = 1 when it was launched. */
 template <int D, typename T>
 static int launch_backward_wgmma(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d, int *done)
 {
@@ -682,17 +680,8 @@ static int launch_backward_wgmma(finch_plugin_device *dev, gpuStream_t st, attn_
         p.head_split != 1 || p.no_async || !use_fused(dev, D) || !dq_atomic(dev, D) || mode_has("nowgbwd"))
         return FINCH_OK;
     size_t smem = wgb_tiles<D>::bytes();
-    int pipe = mode_has("wgpipe0") ? 0 : mode_has("wgpipe1") ? 1 : mode_has("wgpipe2") ? 2 : WGB_PIPE;
-    void (*kernel)(attn_params) = attention_backward_wgmma_kernel<D, T, 0>;
-    bool built = wgmma_built<attention_backward_wgmma_kernel<D, T, 0>>();
-    if (pipe == 1) {
-        kernel = attention_backward_wgmma_kernel<D, T, 1>;
-        built = wgmma_built<attention_backward_wgmma_kernel<D, T, 1>>();
-    } else if (pipe == 2) {
-        kernel = attention_backward_wgmma_kernel<D, T, 2>;
-        built = wgmma_built<attention_backward_wgmma_kernel<D, T, 2>>();
-    }
-    if (smem > dev->props.sharedMemPerBlockOptin || !built) return FINCH_OK;
+    void (*kernel)(attn_params) = attention_backward_wgmma_kernel<D, T>;
+    if (smem > dev->props.sharedMemPerBlockOptin || !wgmma_built<attention_backward_wgmma_kernel<D, T>>()) return FINCH_OK;
     GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                       "attention_backward shared memory"));
     unsigned key_tiles = (unsigned)((d->max_seqlen + WGB_KEYS - 1) / WGB_KEYS);

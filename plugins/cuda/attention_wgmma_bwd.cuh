@@ -13,8 +13,7 @@
  * Q and dO tiles are double-buffered with cp.async (the next tile queued once S^T and dP^T are issued).
  * Under a causal mask the first query tile of a key tile sees none of the second warpgroup's keys:
  * that warpgroup skips S^T and dP^T (its dV, dK products then add zeros), and dQ takes the first 64 keys
- * only. PIPE orders the waits: 0, P^T and dS^T once S^T and dP^T are both done; 1, P^T while dP^T runs;
- * 2, also dV += P^T dO issued before dS^T is computed (FINCH_CUDA_ATTENTION=wgpipe0/1/2).
+ * only.
  *
  * Shared memory, all in the 128-byte-swizzled layout of attention_wgmma.cuh (slabs of 64 columns):
  * K, V [128][D]; Q, dO [2][64][D]; dS^T [128 keys][64 queries]; lse (base 2), delta [2][64] f32.
@@ -81,7 +80,7 @@ __device__ __forceinline__ void wgb_dscores(const attn_params &p, const float (&
 }
 #endif /* FINCH_WGMMA */
 
-template <int D, typename T, int PIPE>
+template <int D, typename T>
 __global__ void __launch_bounds__(WG_THREADS, 1) attention_backward_wgmma_kernel(attn_params p)
 {
 #if FINCH_WGMMA
@@ -176,34 +175,20 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attention_backward_wgmma_kernel
 
         /* P^T, dS^T (zeros where the warpgroup issued nothing: every score is masked), dV += P^T dO,
          * dK += dS^T Q. The waits and products stay outside any branch on `active`: ptxas serialises
-         * wgmma waited for or issued in a divergent path (C7514, C7520). PIPE 1: P^T is computed while
-         * dP^T runs; PIPE 2: also dV's products run while dS^T is computed. */
+         * wgmma waited for or issued in a divergent path (C7514, C7520). */
         uint32_t pf[4][4], df[4][4];
         const float *ls = lse_s + buf * WGB_Q, *ds = delta_s + buf * WGB_Q;
         bool full = q0 + WGB_Q <= len && k0 + kw + 64 <= len && p.window == 0 && (!p.causal || k0 + kw + 63 <= q0);
         float pr[32];
-        if (PIPE == 0) wg_wait<0>();
-        else wg_wait<1>(); /* S^T in s; dP^T may still be running */
+        wg_wait<0>();
         wg_hold(s);
         if (full) wgb_probs<false, T>(p, s, ls, q0, k0 + krow, len, t, pr, pf);
         else wgb_probs<true, T>(p, s, ls, q0, k0 + krow, len, t, pr, pf);
-        if (PIPE == 2) { /* dV += P^T dO runs while dS^T is computed */
-            wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < WGB_Q / 16; kk++) wg_rs<D, T>(dv, pf[kk], wg_desc(dot + kk * 16 * 128, L::QT_SLAB, 1024));
-            wg_commit();
-            wg_wait<1>(); /* dP^T in dp */
-        } else if (PIPE == 1) {
-            wg_wait<0>();
-        }
         wg_hold(dp);
         wgb_dscores<T>(p, pr, dp, ds, g, t, df, dss + krow * 128);
-        /* dV += P^T dO (unless issued above), dK += dS^T Q */
         wg_fence();
-        if (PIPE != 2) {
 #pragma unroll
-            for (int kk = 0; kk < WGB_Q / 16; kk++) wg_rs<D, T>(dv, pf[kk], wg_desc(dot + kk * 16 * 128, L::QT_SLAB, 1024));
-        }
+        for (int kk = 0; kk < WGB_Q / 16; kk++) wg_rs<D, T>(dv, pf[kk], wg_desc(dot + kk * 16 * 128, L::QT_SLAB, 1024));
 #pragma unroll
         for (int kk = 0; kk < WGB_Q / 16; kk++) wg_rs<D, T>(dk, df[kk], wg_desc(qt + kk * 16 * 128, L::QT_SLAB, 1024));
         wg_commit();
