@@ -1074,6 +1074,9 @@ static void test_attention(void)
          * 128-key tiles and a partial last one */
         {FINCH_DTYPE_F16, 4, 2, 128, 2, {190, 300}, {0}, 0, 0, 0.0f, 1},
         {FINCH_DTYPE_BF16, 4, 4, 64, 2, {257, 40}, {0}, 1, 0, 0.0f, 1},
+        /* the wgmma backward (sm_90a): d128 causal with a window shorter than a key tile, several key
+         * tiles and query tiles past the window */
+        {FINCH_DTYPE_BF16, 8, 2, 128, 2, {330, 140}, {0}, 1, 100, 0.0f, 1},
     };
     char what[160];
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {

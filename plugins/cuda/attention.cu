@@ -347,8 +347,8 @@ static bool vec16(const void *p, int64_t ld, finch_dtype t)
  * folded scale on interior tiles; =inorder: blocks in index order (see mma_block_order); =fwdk64 /
  * fwdk32: see forward_k64; =dqkernel, bwd64, dqatomic, k128, hsplit2, hsplit4: backward variants (see
  * launch_backward_mma); =nowgmma: the mma.sync forward on sm_90a too, =wgserial: see
- * launch_forward_wgmma. Words may be combined ("bwd64,fwdk64,inorder": the kernels of before s7-attn)
- * except simt, sync, q64 and nofold, which must stand alone. The forward variants of the mma.sync
+ * launch_forward_wgmma; =nowgbwd: the mma.sync backward on sm_90a too (see launch_backward_wgmma).
+ * Words may be combined ("bwd64,fwdk64,inorder": the kernels of before s7-attn) except simt, sync, q64 and nofold, which must stand alone. The forward variants of the mma.sync
  * kernel (sync, q64, nofold, fwdk64, fwdk32) also turn the wgmma forward off. */
 static const char *attention_mode(void)
 {
@@ -364,6 +364,7 @@ static bool simt_forced(void) { return !strcmp(attention_mode(), "simt"); }
 
 #include "attention_mma.cuh"
 #include "attention_wgmma.cuh"
+#include "attention_wgmma_bwd.cuh"
 
 #if FINCH_GPU_CUDA /* the tensor-core kernels (attention_mma.cuh) are CUDA's */
 /* Query rows per block of the tensor-core forward: 64 (FINCH_CUDA_ATTENTION=q64: one m-tile per warp,
@@ -414,13 +415,13 @@ static bool wgmma_forward_wanted(void)
 /* Whether the kernel the device would run has its wgmma body: the plugin may have been built without
  * sm_90a machine code (the kernel then comes from PTX of another target, with an empty body, a few
  * registers). Read once per kernel. */
-template <int D, typename T, bool OVERLAP> static bool wgmma_forward_built(void)
+template <void (*KERNEL)(attn_params)> static bool wgmma_built(void)
 {
     static int built = -1;
     if (built < 0) {
         cudaFuncAttributes a;
-        bool ok = cudaFuncGetAttributes(&a, attention_forward_wgmma_kernel<D, T, OVERLAP>) == cudaSuccess;
-        if (!ok) (void)cudaGetLastError(); /* the mma.sync forward runs instead */
+        bool ok = cudaFuncGetAttributes(&a, KERNEL) == cudaSuccess;
+        if (!ok) (void)cudaGetLastError(); /* the mma.sync kernel runs instead */
         built = ok && a.numRegs >= 64;
     }
     return built > 0;
@@ -434,7 +435,8 @@ static int launch_forward_wgmma(finch_plugin_device *dev, gpuStream_t st, const 
     void (*kernel)(attn_params) =
         overlap ? attention_forward_wgmma_kernel<D, T, true> : attention_forward_wgmma_kernel<D, T, false>;
     size_t smem = wg_tiles<D>::bytes();
-    if (smem > dev->props.sharedMemPerBlockOptin || !(overlap ? wgmma_forward_built<D, T, true>() : wgmma_forward_built<D, T, false>()))
+    if (smem > dev->props.sharedMemPerBlockOptin ||
+        !(overlap ? wgmma_built<attention_forward_wgmma_kernel<D, T, true>>() : wgmma_built<attention_forward_wgmma_kernel<D, T, false>>()))
         return FINCH_OK;
     *done = 1;
     GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
@@ -666,10 +668,36 @@ static int launch_dq_mma(finch_plugin_device *dev, gpuStream_t st, attn_params &
     return GPU_LAUNCHED("attention_backward dq (tensor cores)");
 }
 
+/* The wgmma backward (attention_wgmma_bwd.cuh) on sm_90a: calls without softcap whose q, k, v and dout
+ * rows allow 16-byte loads, where the fused kernel's dQ accumulator and unsplit heads are in use (the
+ * mma.sync variants dqkernel, hsplit2/4, bwd64, dqatomic, k128 and sync keep the mma.sync kernels, as does
+ * FINCH_CUDA_ATTENTION=nowgbwd). *done = 1 when it was launched. */
+template <int D, typename T>
+static int launch_backward_wgmma(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d, int *done)
+{
+    *done = 0;
+    if (dev->props.major != 9 || dev->props.minor != 0 || p.softcap != 0.0f || !(p.vec_q && p.vec_k && p.vec_v && p.vec_do) ||
+        p.head_split != 1 || p.no_async || !use_fused(dev, D) || !dq_atomic(dev, D) || mode_has("nowgbwd"))
+        return FINCH_OK;
+    size_t smem = wgb_tiles<D>::bytes();
+    void (*kernel)(attn_params) = attention_backward_wgmma_kernel<D, T>;
+    if (smem > dev->props.sharedMemPerBlockOptin || !wgmma_built<attention_backward_wgmma_kernel<D, T>>()) return FINCH_OK;
+    GPU_TRY(gpu_check(gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                      "attention_backward shared memory"));
+    unsigned key_tiles = (unsigned)((d->max_seqlen + WGB_KEYS - 1) / WGB_KEYS);
+    kernel<<<dim3(key_tiles, (unsigned)d->n_kv_heads, (unsigned)d->n_seqs), WG_THREADS, smem, st>>>(p);
+    GPU_TRY(GPU_LAUNCHED("attention_backward (wgmma)"));
+    *done = 1;
+    return store_dq<T>(st, p, d);
+}
+
 template <int D, typename T>
 static int launch_backward_mma(finch_plugin_device *dev, gpuStream_t st, attn_params &p, const finch_attention_desc *d)
 {
     typedef mma_bwd_smem<D> L;
+    int done = 0;
+    int rc = launch_backward_wgmma<D, T>(dev, st, p, d, &done);
+    if (rc || done) return rc;
     bool atomic = dq_atomic(dev, D);
     if (L::dq_bytes(true) > dev->props.sharedMemPerBlockOptin) p.no_async = true;
     if (use_fused(dev, D)) {

@@ -565,14 +565,24 @@ template <int D> struct mma_bwd_smem {
     }
 };
 
+/* P of one score from its score x (mma_score2) and lse2 of its query row; 0 where not visible. */
+template <bool MASK> __device__ __forceinline__ float mma_prob(float x, float lse2, bool vis)
+{
+    float prob = exp2_fast(x - lse2);
+    return MASK && !vis ? 0.0f : prob;
+}
+
+/* dS of one score before the softcap's derivative and the factor scale: its P, dp = dO.v and delta of
+ * its query row. */
+__device__ __forceinline__ float mma_ds(float prob, float dp, float delta) { return prob * (dp - delta); }
+
 /* P and dS (times scale) of one score: dot = q.k, dp = dO.v, lse2 and delta of its query row. */
 template <bool MASK, bool CAP>
 __device__ __forceinline__ void mma_prob_ds(const attn_params &p, float &dot, float &dp, float lse2, float delta, bool vis)
 {
     float x = mma_score2<CAP>(p, dot);
-    float prob = exp2_fast(x - lse2);
-    if (MASK && !vis) prob = 0.0f;
-    float ds = prob * (dp - delta);
+    float prob = mma_prob<MASK>(x, lse2, vis);
+    float ds = mma_ds(prob, dp, delta);
     if (CAP) {
         float c = x * (MMA_LN2 / p.softcap); /* tanh of the capped score */
         ds *= 1.0f - c * c;

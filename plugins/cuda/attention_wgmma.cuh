@@ -73,26 +73,55 @@ template <int N> __device__ __forceinline__ void wg_hold(uint32_t (&r)[N][4])
     for (int i = 0; i < N; i++) asm volatile("" : "+r"(r[i][0]), "+r"(r[i][1]), "+r"(r[i][2]), "+r"(r[i][3])::"memory");
 }
 
+/* Zeroes an accumulator at the top of the loop it is used in: its first product overwrites it (acc = 0),
+ * but without a definition here ptxas keeps it live around the loop (and serialises the wgmma). */
+template <int N> __device__ __forceinline__ void wg_zero(float (&r)[N])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++) r[i] = 0.0f;
+}
+
 #define WG_F4(d, i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
 #define WG_F16(d, i) WG_F4(d, i), WG_F4(d, i + 4), WG_F4(d, i + 8), WG_F4(d, i + 12)
 #define WG_F32(d) WG_F16(d, 0), WG_F16(d, 16)
 #define WG_F64(d) WG_F32(d), WG_F16(d, 32), WG_F16(d, 48)
+#define WG_D16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
 #define WG_D32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
                "%23, %24, %25, %26, %27, %28, %29, %30, %31}"
 #define WG_D64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
                "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "   \
                "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 
-/* d (64 x 128, f32) = a b (+ d when acc): a from a K-major descriptor, b from a K-major descriptor. */
-#define WG_SS_N128(TY)                                                                                          \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                  \
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " " WG_D64 ", %64, %65, p, 1, 1, 0, 0;\n}\n" \
-                 : WG_F64(d)                                                                                    \
-                 : "l"(da), "l"(db), "r"(acc))
-template <typename T> __device__ __forceinline__ void wg_ss_n128(float (&d)[64], uint64_t da, uint64_t db, int acc)
+/* d (64 x N, f32) = a b (+ d when acc): a and b from descriptors. TA: a is M-major (read down its
+ * columns: the transpose bit), else K-major; TB likewise for b (N-major). The operand numbers of the
+ * descriptors, acc and the two transpose immediates follow N / 2 accumulator registers. */
+#define WG_F128_OUT(d) WG_F64(d)
+#define WG_F64_OUT(d) WG_F32(d)
+#define WG_F32_OUT(d) WG_F16(d, 0)
+#define WG_SS_OPS_128 "%64, %65, p, 1, 1, %67, %68"
+#define WG_SS_P_128 "66"
+#define WG_SS_OPS_64 "%32, %33, p, 1, 1, %35, %36"
+#define WG_SS_P_64 "34"
+#define WG_SS_OPS_32 "%16, %17, p, 1, 1, %19, %20"
+#define WG_SS_P_32 "18"
+#define WG_SS(N, DN, TY)                                                                                        \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" WG_SS_P_##N ", 0;\n"                                     \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " " DN ", " WG_SS_OPS_##N ";\n}\n"   \
+                 : WG_F##N##_OUT(d)                                                                             \
+                 : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB))
+template <int N, int TA, int TB, typename T>
+__device__ __forceinline__ void wg_ss(float (&d)[N / 2], uint64_t da, uint64_t db, int acc)
 {
-    if constexpr (std::is_same<T, gpu_bf16>::value) WG_SS_N128("bf16");
-    else WG_SS_N128("f16");
+    static_assert(N == 128 || N == 64 || N == 32, "wg_ss: N is 32, 64 or 128");
+    if constexpr (std::is_same<T, gpu_bf16>::value) {
+        if constexpr (N == 128) WG_SS(128, WG_D64, "bf16");
+        else if constexpr (N == 64) WG_SS(64, WG_D32, "bf16");
+        else WG_SS(32, WG_D16, "bf16");
+    } else {
+        if constexpr (N == 128) WG_SS(128, WG_D64, "f16");
+        else if constexpr (N == 64) WG_SS(64, WG_D32, "f16");
+        else WG_SS(32, WG_D16, "f16");
+    }
 }
 
 /* d (64 x N, f32) += a b: a (64 x 16) from registers, b (16 x N) from an N-major descriptor. */
@@ -108,8 +137,6 @@ template <typename T> __device__ __forceinline__ void wg_ss_n128(float (&d)[64],
 #define WG_B(N) WG_B_##N
 #define WG_B_128 "68"
 #define WG_B_64 "36"
-#define WG_F128_OUT(d) WG_F64(d)
-#define WG_F64_OUT(d) WG_F32(d)
 template <typename T> __device__ __forceinline__ void wg_rs_n128(float (&d)[64], const uint32_t (&a)[4], uint64_t db)
 {
     if constexpr (std::is_same<T, gpu_bf16>::value) WG_RS(128, WG_D64, 69, "bf16");
@@ -129,19 +156,19 @@ template <int D, typename T> __device__ __forceinline__ void wg_rs(float (&d)[D 
 /* Writes by the generic proxy (cp.async included) visible to the async proxy (wgmma's operand reads). */
 __device__ __forceinline__ void wg_fence_async_smem(void) { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-/* WG_KEYS rows (row0.. of src, row stride ld; rows at or past len zero-filled) x D columns into a
+/* ROWS rows (row0.. of src, row stride ld; rows at or past len zero-filled) x D columns into a
  * swizzled tile at dst, queued with cp.async by all threads (the caller commits). A thread keeps one
  * 16-byte column chunk c and takes rows r, r + RS, ...: RS is a multiple of 8, so the chunk's swizzled
  * place in each row is the same and the addresses step by constants. */
-template <int D, typename T>
+template <int D, typename T, int ROWS = WG_KEYS>
 __device__ __forceinline__ void wg_load_tile(char *dst, const T *src, int64_t ld, int row0, int len)
 {
-    const int C = D / 8, RS = WG_THREADS / C, N = WG_KEYS / RS; /* chunks a row, rows a pass, passes */
+    const int C = D / 8, RS = WG_THREADS / C, N = ROWS / RS; /* chunks a row, rows a pass, passes */
     int r = threadIdx.x / C, c = threadIdx.x % C;
-    char *d = dst + (c / 8) * wg_tiles<D>::SLAB_BYTES + r * 128 + (((c % 8) ^ (r % 8)) << 4);
+    char *d = dst + (c / 8) * (ROWS * 128) + r * 128 + (((c % 8) ^ (r % 8)) << 4);
     const T *g = src + (int64_t)(row0 + r) * ld + c * 8;
     int64_t step = (int64_t)RS * ld;
-    if (row0 + WG_KEYS <= len) {
+    if (row0 + ROWS <= len) {
 #pragma unroll
         for (int it = 0; it < N; it++) cp_async16(d + it * RS * 128, g + it * step, true);
     } else {
@@ -266,7 +293,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attention_forward_wgmma_kernel(
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
             uint32_t step = (kk / 4) * L::SLAB_BYTES + (kk % 4) * 32;
-            wg_ss_n128<T>(s, q_desc + (step >> 4), wg_desc(kt + step, 16, 1024), kk > 0);
+            wg_ss<128, 0, 0, T>(s, q_desc + (step >> 4), wg_desc(kt + step, 16, 1024), kk > 0);
         }
         wg_commit();
         if (j > 0) {
