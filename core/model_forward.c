@@ -63,6 +63,13 @@ static finch_linear_params step_linear_params(const step_ctx *s, const finch_lin
     return p;
 }
 
+/* Where the saved block keeps linear `which`'s xa for this step's rows (s->row0 on), or absent. */
+static finch_dptr saved_xa(const step_ctx *s, int which, const finch_linear_module *lin)
+{
+    if (!s->saved || !s->saved->xa[which].buf || !lin->rank) return finch_dptr_none();
+    return finch_dptr_at(s->saved->xa[which], (size_t)(s->row0 * lin->rank) * sizeof(float));
+}
+
 static int linear(step_ctx *s, const finch_tensor *x, const finch_linear_module *lin, finch_tensor *y)
 {
     finch_linear_params p = step_linear_params(s, lin);
@@ -101,10 +108,10 @@ static int k_follows_q(const finch_tensor *q, const finch_tensor *k)
 
 /* A linear and a sum whose outputs flow only into the layer's output, through sums: in a recompute
  * for backward (s->outputs_unread) only their tape entries are made, the values go uncomputed. */
-static int linear_to_out(step_ctx *s, const finch_tensor *x, const finch_linear_module *lin, finch_tensor *y)
+static int linear_to_out(step_ctx *s, const finch_tensor *x, const finch_linear_module *lin, int which, finch_tensor *y)
 {
     finch_linear_params p = step_linear_params(s, lin);
-    return (s->outputs_unread ? finch_op_linear_tape_only : finch_op_linear)(s->g, x, &p, y);
+    return finch_op_linear_at(s->g, x, &p, finch_dptr_none(), saved_xa(s, which, lin), !s->outputs_unread, y);
 }
 
 /* In the layer's sums b is a branch's output (attention's, the MLP's) that nothing else reads: its
@@ -177,7 +184,8 @@ static int attention_core(step_ctx *s, int64_t l, const finch_tensor *x, finch_t
             /* Kept: computed into the block by the forward, taped over it by the recompute. */
             for (int i = 0; i < 3; i++) {
                 finch_linear_params p = step_linear_params(s, lin[i]);
-                if ((rc = finch_op_linear_at(s->g, x, &p, sv->qkv[i], !sv->reading, &y[i]))) return rc;
+                if ((rc = finch_op_linear_at(s->g, x, &p, sv->qkv[i], saved_xa(s, FINCH_SAVED_Q + i, lin[i]), !sv->reading, &y[i])))
+                    return rc;
             }
         } else if ((rc = linears(s, x, 3, lin, !c->qk_norm, y))) {
             /* Per-head norms read each of q and k whole. */
@@ -226,7 +234,7 @@ static int attention_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_
 {
     finch_tensor o;
     int rc = attention_core(s, l, x, &o);
-    return rc ? rc : linear_to_out(s, &o, &s->m->layers[l].o, out);
+    return rc ? rc : linear_to_out(s, &o, &s->m->layers[l].o, FINCH_SAVED_O, out);
 }
 
 static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor *out)
@@ -252,7 +260,7 @@ static int mlp_block(step_ctx *s, int64_t l, const finch_tensor *x, finch_tensor
         if ((rc = finch_op_glu(s->g, c->act, &gate, &up, &h))) return rc;
     }
     /* out goes only into the layer's sums, but for a sandwich norm's backward, which reads it. */
-    return c->sandwich_norms ? linear(s, &h, &ly->down, out) : linear_to_out(s, &h, &ly->down, out);
+    return c->sandwich_norms ? linear(s, &h, &ly->down, out) : linear_to_out(s, &h, &ly->down, FINCH_SAVED_DOWN, out);
 }
 
 /* sum = a + b (into dst when not NULL) and y = norm(sum): for RMSNorm one fused op. */
@@ -305,7 +313,7 @@ static int after_attention(step_ctx *s, int64_t l, const finch_tensor *x, const 
     int rc;
     if (sv && sv->reading) {
         finch_linear_params p = step_linear_params(s, &ly->o);
-        if ((rc = finch_op_linear_tape_only(s->g, o, &p, &attn)) ||
+        if ((rc = finch_op_linear_at(s->g, o, &p, finch_dptr_none(), saved_xa(s, FINCH_SAVED_O, &ly->o), 0, &attn)) ||
             (rc = saved_rows(s, sv->x1, x->rows, x->node >= 0 || attn.node >= 0, &at)))
             return rc;
         finch_graph_sole_reader(s->g, &attn);
@@ -313,7 +321,8 @@ static int after_attention(step_ctx *s, int64_t l, const finch_tensor *x, const 
             return rc;
         return mlp_half(s, l, &x1, &mlp_in, out);
     }
-    rc = linear(s, o, &ly->o, &attn);
+    finch_linear_params po = step_linear_params(s, &ly->o);
+    rc = finch_op_linear_at(s->g, o, &po, finch_dptr_none(), saved_xa(s, FINCH_SAVED_O, &ly->o), 1, &attn);
     if (!rc && s->m->cfg.sandwich_norms) {
         raw = attn;
         rc = norm(s, &raw, &ly->post_attn_norm, NULL, &attn);
@@ -695,7 +704,8 @@ typedef struct offload {
     size_t bytes;                 /* of one x_l */
     int save;                     /* attention halves kept (m->save_attention where the layers allow) */
     finch_dptr block[2];
-    size_t block_bytes, lse_at, x1_at, qkv_at[3];   /* one block: o at 0, then lse, x1, q, k, v */
+    size_t block_bytes, lse_at, x1_at, qkv_at[3];   /* one block: o at 0, then lse, x1, q, k, v, the xa */
+    size_t xa_at[FINCH_SAVED_XA], xa_bytes[FINCH_SAVED_XA];
     int has_x1, has_qkv;
 } offload;
 
@@ -762,7 +772,21 @@ static void block_layout(const finch_model *m, int64_t n, int level, offload *o)
     o->qkv_at[0] = o->x1_at + (o->has_x1 ? align256(o->bytes) : 0);
     o->qkv_at[1] = o->qkv_at[0] + (o->has_qkv ? align256((size_t)(n * nq) * es) : 0);
     o->qkv_at[2] = o->qkv_at[1] + (o->has_qkv ? align256((size_t)(n * nkv) * es) : 0);
-    o->block_bytes = o->save ? o->qkv_at[2] + (o->has_qkv ? align256((size_t)(n * nkv) * es) : 0) : 0;
+    size_t at = o->qkv_at[2] + (o->has_qkv ? align256((size_t)(n * nkv) * es) : 0);
+    /* The xa of the products the recompute only tapes, at the largest rank any layer gives them. */
+    int kept[FINCH_SAVED_XA] = {o->has_qkv, o->has_qkv, o->has_qkv, o->has_x1, o->save && !c->sandwich_norms};
+    for (int i = 0; i < FINCH_SAVED_XA; i++) {
+        int64_t rank = 0;
+        for (int64_t l = 0; kept[i] && l < c->n_layers; l++) {
+            const finch_layer *ly = &m->layers[l];
+            const finch_linear_module *lin[FINCH_SAVED_XA] = {&ly->q, &ly->k, &ly->v, &ly->o, &ly->down};
+            if (lin[i]->rank > rank) rank = lin[i]->rank;
+        }
+        o->xa_at[i] = at;
+        o->xa_bytes[i] = align256((size_t)(n * rank) * sizeof(float));
+        at += o->xa_bytes[i];
+    }
+    o->block_bytes = o->save ? at : 0;
 }
 
 /* Attention halves are kept while their two device slots take at most this much (an 8B-shape layer of
@@ -827,8 +851,9 @@ static int travels_block(const finch_model *m, const offload *o, int64_t l) { re
 static finch_layer_saved saved_block(const offload *o, int64_t l, int reading)
 {
     finch_dptr b = o->block[l % 2];
-    finch_layer_saved sv = {reading, o->has_x1, o->has_qkv, b, finch_dptr_at(b, o->lse_at), finch_dptr_at(b, o->x1_at), {{0}}};
+    finch_layer_saved sv = {reading, o->has_x1, o->has_qkv, b, finch_dptr_at(b, o->lse_at), finch_dptr_at(b, o->x1_at), {{0}}, {{0}}};
     for (int i = 0; i < 3; i++) sv.qkv[i] = finch_dptr_at(b, o->qkv_at[i]);
+    for (int i = 0; i < FINCH_SAVED_XA; i++) sv.xa[i] = o->xa_bytes[i] ? finch_dptr_at(b, o->xa_at[i]) : finch_dptr_none();
     return sv;
 }
 

@@ -11,11 +11,14 @@ typedef struct finch_kv_cache finch_kv_cache;
 /* Under gradient checkpointing with offload, what a layer's forward keeps of its attention half so
  * that the recompute for its backward need not run it again (model_forward.c): the attention output
  * o, its log-sum-exp, without sandwich norms x1 = x + o_proj(o), and where q, k and v are products
- * of their own without per-head norms, q and k turned and v. */
+ * of their own without per-head norms, q and k turned and v; with them the adapters' xa of the
+ * products the recompute only tapes (q, k, v, o and the down projection: f32 [tokens, rank] each). */
+enum { FINCH_SAVED_Q, FINCH_SAVED_K, FINCH_SAVED_V, FINCH_SAVED_O, FINCH_SAVED_DOWN, FINCH_SAVED_XA };
 typedef struct finch_layer_saved {
     int reading;                       /* 0: the forward writes them; 1: the recompute takes them */
     int has_x1, has_qkv;
     finch_dptr o, lse, x1, qkv[3];
+    finch_dptr xa[FINCH_SAVED_XA];     /* absent where not kept */
 } finch_layer_saved;
 
 typedef struct finch_step_ctx {

@@ -172,9 +172,10 @@ static int linear_trainable(const finch_linear_params *p)
 
 /* The forward descriptor of linear p from x into y (allocated by the caller), with room for xa when
  * the tape will want it and the forward runs (compute; else xa stays absent and the backward forms it
- * from x, finch_linear_desc); *keep: record it. */
+ * from x, finch_linear_desc), or xa at xa_at when given (written there by a forward that computes,
+ * taken from there by the backward); *keep: record it. */
 static int linear_prepare(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, const finch_tensor *y,
-                          int compute, linear_record *r, int *keep)
+                          finch_dptr xa_at, int compute, linear_record *r, int *keep)
 {
     if (x->cols != p->in_features) return internal("linear input width");
     memset(r, 0, sizeof *r);
@@ -203,20 +204,24 @@ static int linear_prepare(finch_graph *g, const finch_tensor *x, const finch_lin
     r->x = *x;
     r->y = *y;
     *keep = g->recording && has_node(y);
+    if (p->rank && d->db.buf && xa_at.buf) {
+        d->xa = xa_at;
+        return FINCH_OK;
+    }
     if (!compute || !*keep || !p->rank || !d->db.buf) return FINCH_OK;
     return finch_arena_alloc(g->arena, (size_t)(x->rows * p->rank) * sizeof(float), &d->xa);
 }
 
-/* compute 0: y and its tape entry only (finch_op_linear_tape_only); y at `at` when present. */
-static int linear_op(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_dptr at, int compute,
-                     finch_tensor *y)
+/* compute 0: y and its tape entry only (finch_op_linear_tape_only); y at `at`, xa at xa_at when present. */
+static int linear_op(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_dptr at, finch_dptr xa_at,
+                     int compute, finch_tensor *y)
 {
     int req = has_node(x) || linear_trainable(p);
     int rc = at.buf ? finch_graph_tensor_at(g, x->dtype, x->rows, p->out_features, at, req, y)
                     : finch_graph_tensor(g, x->dtype, x->rows, p->out_features, req, y);
     linear_record r;
     int keep = 0;
-    if (!rc) rc = linear_prepare(g, x, p, y, compute, &r, &keep);
+    if (!rc) rc = linear_prepare(g, x, p, y, xa_at, compute, &r, &keep);
     if (rc) return rc;
     if (compute && (rc = API->linear_forward(DEV, &r.d))) return check(g, rc, "linear");
     return keep ? finch_graph_record(g, linear_backward, &r, sizeof r) : FINCH_OK;
@@ -224,7 +229,7 @@ static int linear_op(finch_graph *g, const finch_tensor *x, const finch_linear_p
 
 int finch_op_linear(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y)
 {
-    return linear_op(g, x, p, finch_dptr_none(), 1, y);
+    return linear_op(g, x, p, finch_dptr_none(), finch_dptr_none(), 1, y);
 }
 
 int finch_op_linear_group(finch_graph *g, const finch_tensor *x, int count, const finch_linear_params *const *p,
@@ -247,7 +252,7 @@ int finch_op_linear_group(finch_graph *g, const finch_tensor *x, int count, cons
         if (one_tensor) y[i] = finch_tensor_cols(&all, c0, p[i]->out_features);
         else if ((rc = finch_graph_tensor(g, x->dtype, x->rows, p[i]->out_features, has_node(x) || linear_trainable(p[i]), &y[i])))
             return rc;
-        if ((rc = linear_prepare(g, x, p[i], &y[i], 1, &r[i], &keep[i]))) return rc;
+        if ((rc = linear_prepare(g, x, p[i], &y[i], finch_dptr_none(), 1, &r[i], &keep[i]))) return rc;
         d[i] = r[i].d;
     }
     if (API->linear_forward_group) {
@@ -263,14 +268,13 @@ int finch_op_linear_group(finch_graph *g, const finch_tensor *x, int count, cons
 
 int finch_op_linear_tape_only(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y)
 {
-    return linear_op(g, x, p, finch_dptr_none(), 0, y);
+    return linear_op(g, x, p, finch_dptr_none(), finch_dptr_none(), 0, y);
 }
 
-int finch_op_linear_at(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_dptr at, int compute,
-                       finch_tensor *y)
+int finch_op_linear_at(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_dptr at, finch_dptr xa,
+                       int compute, finch_tensor *y)
 {
-    if (!at.buf) return internal("linear output not given");
-    return linear_op(g, x, p, at, compute, y);
+    return linear_op(g, x, p, at, xa, compute, y);
 }
 
 /* ---- rotary embedding --------------------------------------------------------------------- */

@@ -78,10 +78,12 @@ int finch_op_add_rmsnorm(finch_graph *g, const finch_tensor *a, const finch_tens
 int finch_op_linear_tape_only(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y);
 int finch_op_add_tape_only(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y);
 int finch_op_rope_tape_only(finch_graph *g, const finch_tensor *x, const finch_rope_params *p);
-/* A linear whose output lives at `at` ([rows, out_features], contiguous): compute 1 writes it there,
- * compute 0 takes it as it is (kept from an earlier forward) and makes only y and its tape entry. */
-int finch_op_linear_at(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_dptr at, int compute,
-                       finch_tensor *y);
+/* A linear whose output lives at `at` ([rows, out_features], contiguous; absent: from the arena) and,
+ * with an adapter, its xa = drop(x) A^T at xa (f32 [rows, rank]; absent: as finch_op_linear): compute 1
+ * writes them there, compute 0 takes them as they are (kept from an earlier forward) and makes only y
+ * and its tape entry. */
+int finch_op_linear_at(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_dptr at, finch_dptr xa,
+                       int compute, finch_tensor *y);
 /* f32 logits [rows, vocab] = h W^T; dw: f32 gradient of W or absent. */
 int finch_op_logits(finch_graph *g, const finch_tensor *h, const finch_param *w, finch_tensor *logits);
 
