@@ -199,6 +199,17 @@ __device__ __forceinline__ void mma_bwd_query_range(const attn_params &p, int k0
     *hi = hi64 > len ? len : (int)hi64;
 }
 
+/* Query row q0 + threadIdx.x of head h, when `want`, the thread is among the first `rows` and the row
+ * is inside the sequence: its lse (base 2) and delta; else 0. */
+__device__ __forceinline__ void mma_bwd_row_stats(const attn_params &p, bool want, int64_t h, int q0, int rows, int len,
+                                                  int64_t start, float &lse, float &delta)
+{
+    int i = q0 + threadIdx.x;
+    bool in = want && (int)threadIdx.x < rows && i < len;
+    lse = in ? p.lse[h * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
+    delta = in ? p.delta[h * p.n_tokens + start + i] : 0.0f;
+}
+
 /* A backward block's first (query head h, rows from q0) tiles: Q and dO start loading (cp.async, when
  * async) and the thread's row q0 + threadIdx.x (of the first `rows`) gets its lse (base 2) and delta. */
 template <int D, typename T, int NT>
@@ -211,10 +222,7 @@ __device__ __forceinline__ void mma_bwd_first_tiles(const attn_params &p, bool a
         mma_load_rows_async<D, T, NT>(do_bufs, ld, dobase + h * D, p.lddout, q0, rows, len);
     }
     cp_async_commit();
-    int i = q0 + threadIdx.x;
-    bool in = (int)threadIdx.x < rows && i < len;
-    lse = in ? p.lse[h * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
-    delta = in ? p.delta[h * p.n_tokens + start + i] : 0.0f;
+    mma_bwd_row_stats(p, true, h, q0, rows, len, start, lse, delta);
 }
 
 /* Streamed tiles get two buffers each (the next tile loading with cp.async while the current one is
@@ -751,12 +759,8 @@ __global__ void __launch_bounds__(32 * KW, 8 / KW) attention_dkdv_mma_kernel(att
             if (threadIdx.x < MMA_BWD_Q) {
                 lse_s[threadIdx.x] = lse_next;
                 delta_s[threadIdx.x] = delta_next;
-                int i = nq + threadIdx.x;
-                if (more) {
-                    lse_next = i < len ? p.lse[nh * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
-                    delta_next = i < len ? p.delta[nh * p.n_tokens + start + i] : 0.0f;
-                }
             }
+            mma_bwd_row_stats(p, more, nh, nq, MMA_BWD_Q, len, start, lse_next, delta_next);
             T *qs = q_bufs + buf * MMA_BWD_Q * LD, *dos = do_bufs + buf * MMA_BWD_Q * LD;
             if (async) {
                 if (more) {
@@ -1021,12 +1025,8 @@ __global__ void __launch_bounds__(FUSED_THREADS, 1) attention_bwd_fused_kernel(a
             mma_load_rows_async<D, T, FUSED_THREADS>(do_bufs + (buf ^ 1) * BM * LD, LD, dobase + nh * D, p.lddout, nq, BM, len);
         }
         cp_async_commit();
-        float lse_next = 0.0f, delta_next = 0.0f;
-        if (more && threadIdx.x < BM) {
-            int i = nq + threadIdx.x;
-            lse_next = i < len ? p.lse[nh * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
-            delta_next = i < len ? p.delta[nh * p.n_tokens + start + i] : 0.0f;
-        }
+        float lse_next, delta_next;
+        mma_bwd_row_stats(p, more, nh, nq, BM, len, start, lse_next, delta_next);
 
         /* phase 1: S^T, dP^T -> P^T, dS^T */
         {

@@ -166,12 +166,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attention_backward_wgmma_kernel
             wg_load_tile<D, T, WGB_Q>(do_bufs + (buf ^ 1) * L::QT_BYTES, dobase + nh * D, p.lddout, nq, len);
         }
         cp_async_commit();
-        float lse_next = 0.0f, delta_next = 0.0f;
-        if (more && threadIdx.x < WGB_Q) {
-            int i = nq + threadIdx.x;
-            lse_next = i < len ? p.lse[nh * p.n_tokens + start + i] * MMA_LOG2E : 0.0f;
-            delta_next = i < len ? p.delta[nh * p.n_tokens + start + i] : 0.0f;
-        }
+        float lse_next, delta_next;
+        mma_bwd_row_stats(p, more, nh, nq, WGB_Q, len, start, lse_next, delta_next);
 
         /* P^T, dS^T (zeros where the warpgroup issued nothing: every score is masked), dV += P^T dO,
          * dK += dS^T Q. The waits and products stay outside any branch on `active`: ptxas serialises
