@@ -82,7 +82,8 @@ struct finch_model {
     int offload_activations;                 /* with checkpointing: layer inputs in host memory (model_forward.c) */
     int64_t mlp_chunk_tokens;                /* MLP recomputed this many tokens at a time (0: pieces of <= ~448 MiB, model_forward.c) */
     int save_attention;                      /* with offload, layers keep their attention half: 2 with q, k, v, 1 without, 0 none
-                                              * (FINCH_OFFLOAD_ATTENTION=0|1, default 2; for A/B) */
+                                              * (FINCH_OFFLOAD_ATTENTION=0|1, default 2; for A/B); 0 once page-locked
+                                              * host memory could not hold them (model_forward.c) */
     int recompute_all;                       /* checkpointing recomputes outputs nothing reads too (FINCH_RECOMPUTE_ALL=1; for A/B) */
     /* LoRA */
     int lora_attached;

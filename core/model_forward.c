@@ -685,7 +685,8 @@ static int head_and_loss(step_ctx *s, const finch_tensor *xL, int want_logits, i
  * x_{L-1} and x_L stay on the device.
  *
  * With m->save_attention each layer l also keeps its attention half (finch_layer_saved: o, its
- * log-sum-exp, x1, and at level 2 q, k, v) in a second pair of slots (block l in slot l % 2), and
+ * log-sum-exp, x1, at level 2 q, k, v, and the adapters' xa of the products the recompute then only
+ * tapes) in a second pair of slots (block l in slot l % 2), and
  * blocks 0 .. L-3 travel with the inputs: the recompute for backward then runs the input norm and what
  * follows x1 (level 1: also the products q, k and v and RoPE, which attention's backward reads), not
  * attention nor o's projection. An 8B-shape layer of 4096 tokens moves 32 MB (x_l) and 64 MB (level 1)
