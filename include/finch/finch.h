@@ -93,8 +93,12 @@ typedef struct finch_load_options {
     int double_quant;          /* 1: absmax itself in 8 bits (bitsandbytes' compress_statistics) */
     /* With gradient checkpointing: the layer inputs kept for backward go to host memory as each layer
      * finishes and come back one layer at a time in backward, so the device holds two of them instead
-     * of one per layer (long contexts). Where the backend has page-locked memory and events (CUDA,
-     * OpenCL) the copies run on a stream of their own beside the compute; elsewhere between kernels. */
+     * of one per layer (long contexts). Where the backend has page-locked memory and events (CUDA)
+     * the copies run on a stream of their own beside the compute; elsewhere between kernels. With
+     * page-locked memory each layer's attention half (its output, q, k, v and the residual after it)
+     * travels too, so that backward recomputes only the MLP: faster, at ~4.7x the host memory
+     * (Llama-8B at 4096 tokens a step: 4.6 GB page-locked instead of 1 GB) and two such blocks on the
+     * device, kept only while those fit in 512 MiB (long contexts keep less or nothing). */
     int offload_activations;
 } finch_load_options;
 
