@@ -8,11 +8,30 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define FINCH_TESTING_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FINCH_TESTING_ASAN 1
+#endif
+#endif
+#ifdef FINCH_TESTING_ASAN
+#include <sanitizer/lsan_interface.h>
+#endif
+
 int testing_passed, testing_failed;
 
+/* Under AddressSanitizer the leak check runs here, at the end of main, instead of at exit: there it
+ * raced with PoCL's threads being torn down, and LeakSanitizer's tracer crashed (signal 11) in ~7% of
+ * test_backend_switch_opencl's runs after every check had passed; 0 of 72 runs so. The check is the same
+ * (what is still reachable from globals is not a leak). */
 int testing_finish(void)
 {
     printf("%d passed, %d failed\n", testing_passed, testing_failed);
+    fflush(stdout);
+#ifdef FINCH_TESTING_ASAN
+    __lsan_do_leak_check();
+#endif
     return (testing_failed == 0 && testing_passed > 0) ? 0 : 1;
 }
 
