@@ -76,6 +76,10 @@ static int new_node(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t ld,
 int finch_graph_tensor_at(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t cols, finch_dptr data, int requires_grad,
                           finch_tensor *out)
 {
+    if (!data.buf) {
+        int rc = finch_arena_alloc(g->arena, (size_t)(rows * cols) * finch_dtype_size(dtype), &data);
+        if (rc) return rc;
+    }
     memset(out, 0, sizeof *out);
     out->dtype = dtype;
     out->rows = rows;
@@ -90,9 +94,7 @@ int finch_graph_tensor_at(finch_graph *g, finch_dtype dtype, int64_t rows, int64
 int finch_graph_tensor(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t cols, int requires_grad,
                        finch_tensor *out)
 {
-    finch_dptr data;
-    int rc = finch_arena_alloc(g->arena, (size_t)(rows * cols) * finch_dtype_size(dtype), &data);
-    return rc ? rc : finch_graph_tensor_at(g, dtype, rows, cols, data, requires_grad, out);
+    return finch_graph_tensor_at(g, dtype, rows, cols, finch_dptr_none(), requires_grad, out);
 }
 
 int finch_graph_bind_grad(finch_graph *g, finch_tensor *t, finch_dptr grad)

@@ -56,7 +56,7 @@ void finch_graph_reset(finch_graph *g, finch_graph_mark m);
 /* Allocates an activation [rows, cols] from the arena; it gets a node when requires_grad. */
 int finch_graph_tensor(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t cols, int requires_grad,
                        finch_tensor *out);
-/* The same over device memory the caller holds (data, contiguous). */
+/* The same over device memory the caller holds (data, contiguous); data absent: from the arena. */
 int finch_graph_tensor_at(finch_graph *g, finch_dtype dtype, int64_t rows, int64_t cols, finch_dptr data, int requires_grad,
                           finch_tensor *out);
 /* Gives t a node whose gradient lives in grad (a caller-owned buffer, e.g. the residual stream's). */

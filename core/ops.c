@@ -212,13 +212,12 @@ static int linear_prepare(finch_graph *g, const finch_tensor *x, const finch_lin
     return finch_arena_alloc(g->arena, (size_t)(x->rows * p->rank) * sizeof(float), &d->xa);
 }
 
-/* compute 0: y and its tape entry only (finch_op_linear_tape_only); y at `at`, xa at xa_at when present. */
+/* compute 0: y and its tape entry only; y at `at`, xa at xa_at when present. */
 static int linear_op(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_dptr at, finch_dptr xa_at,
                      int compute, finch_tensor *y)
 {
     int req = has_node(x) || linear_trainable(p);
-    int rc = at.buf ? finch_graph_tensor_at(g, x->dtype, x->rows, p->out_features, at, req, y)
-                    : finch_graph_tensor(g, x->dtype, x->rows, p->out_features, req, y);
+    int rc = finch_graph_tensor_at(g, x->dtype, x->rows, p->out_features, at, req, y);
     linear_record r;
     int keep = 0;
     if (!rc) rc = linear_prepare(g, x, p, y, xa_at, compute, &r, &keep);
@@ -264,11 +263,6 @@ int finch_op_linear_group(finch_graph *g, const finch_tensor *x, int count, cons
     for (int i = 0; i < count; i++)
         if (keep[i] && (rc = finch_graph_record(g, linear_backward, &r[i], sizeof r[i]))) return rc;
     return FINCH_OK;
-}
-
-int finch_op_linear_tape_only(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y)
-{
-    return linear_op(g, x, p, finch_dptr_none(), finch_dptr_none(), 0, y);
 }
 
 int finch_op_linear_at(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_dptr at, finch_dptr xa,
@@ -376,8 +370,7 @@ static int attention_op(finch_graph *g, const finch_tensor *q, const finch_tenso
 {
     int req = has_node(q) || has_node(k) || has_node(v);
     int64_t width = p->n_heads * p->head_dim;
-    int rc = at_o.buf ? finch_graph_tensor_at(g, q->dtype, q->rows, width, at_o, req, y)
-                      : finch_graph_tensor(g, q->dtype, q->rows, width, req, y);
+    int rc = finch_graph_tensor_at(g, q->dtype, q->rows, width, at_o, req, y);
     if (rc) return rc;
     attention_record r;
     memset(&r, 0, sizeof r);

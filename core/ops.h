@@ -74,8 +74,8 @@ int finch_op_add_rmsnorm(finch_graph *g, const finch_tensor *a, const finch_tens
 /* The same ops without their forward arithmetic, for an output whose values nothing reads, only its
  * gradient (a layer's output recomputed for backward under gradient checkpointing): y is allocated
  * (or is dst) and gets its node and tape entry, its values are left as they were. The backward is the
- * full op's; a linear's then forms xa = drop(x) A^T itself (the plugin's backward without xa). */
-int finch_op_linear_tape_only(finch_graph *g, const finch_tensor *x, const finch_linear_params *p, finch_tensor *y);
+ * full op's. (A linear's: finch_op_linear_at with compute 0; its backward then forms xa = drop(x) A^T
+ * itself unless xa is given.) */
 int finch_op_add_tape_only(finch_graph *g, const finch_tensor *a, const finch_tensor *b, const finch_tensor *dst, finch_tensor *y);
 int finch_op_rope_tape_only(finch_graph *g, const finch_tensor *x, const finch_rope_params *p);
 /* A linear whose output lives at `at` ([rows, out_features], contiguous; absent: from the arena) and,
